@@ -1,0 +1,263 @@
+"""Typed, frozen configuration: the model's shape, the training recipe, the decoding settings.
+
+Defaults live here and nowhere else. Values are validated when a config is built, and loading
+from a dict or a TOML file rejects unknown keys, naming them and the valid ones.
+Precedence when training: command-line flag > config file > preset > dataclass default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from nmt.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the encoder-decoder Transformer (Vaswani et al. 2017).
+
+    Attributes:
+        vocab_size: joint SentencePiece vocabulary size (tokens), shared by source and target.
+        d_model: width of every residual stream.
+        n_heads: attention heads; ``d_model`` must be divisible by it.
+        ffn_dim: hidden width of the position-wise feed-forward layers.
+        n_encoder_layers / n_decoder_layers: depth of each stack.
+        dropout: dropout on embeddings, residual branches and the FFN hidden layer.
+        attention_dropout: dropout on attention weights.
+        activation_dropout: dropout on the FFN hidden layer (0 by default, as in fairseq).
+        pre_norm: LayerNorm before each sub-layer (Xiong et al. 2020) instead of after it.
+        max_positions: longest sequence (tokens) the sinusoidal table covers.
+    """
+
+    vocab_size: int = 8000
+    d_model: int = 256
+    n_heads: int = 4
+    ffn_dim: int = 1024
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    pre_norm: bool = True
+    max_positions: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_heads", "ffn_dim", "max_positions"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
+            )
+        if self.vocab_size < 8:
+            raise ConfigError(f"vocab_size={self.vocab_size} is too small (at least 8)")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, n_heads=4, ffn_dim=256, n_encoder_layers=2, n_decoder_layers=2),
+    "small": dict(d_model=256, n_heads=4, ffn_dim=1024, n_encoder_layers=3, n_decoder_layers=3),
+    "base": dict(d_model=512, n_heads=8, ffn_dim=2048, n_encoder_layers=6, n_decoder_layers=6),
+    "big": dict(
+        d_model=1024, n_heads=16, ffn_dim=4096, n_encoder_layers=6, n_decoder_layers=6,
+        dropout=0.3,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training recipe.
+
+    Attributes:
+        src_lang / tgt_lang: language codes, the suffixes of the corpus files.
+        batch_tokens: padded tokens per batch, counted as sentences × max(src_len, tgt_len).
+        lr: peak learning rate, reached at the end of the warm-up.
+        warmup_steps: linear warm-up length, then inverse-square-root decay
+            (Vaswani et al. 2017, eq. 3).
+        label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
+        max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
+        eval_every: validate every this many updates (and at the end).
+        patience: stop after this many validations without a better BLEU (0 = never).
+        valid_beam_size: beam used for validation BLEU (1 = greedy).
+        max_len: training pairs longer than this (tokens, either side) are skipped.
+        keep_checkpoints: how many step checkpoints to keep for averaging.
+        save_every: write a resume checkpoint every this many updates.
+        dtype: ``fp32`` or ``bf16`` autocast; ``auto`` = bf16 on CUDA and on CPUs with native
+            bf16 matrix units (AVX512-BF16/AMX), fp32 elsewhere.
+        log_every: write a training record to ``metrics.jsonl`` every this many updates.
+    """
+
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    batch_tokens: int = 4096
+    lr: float = 2e-3
+    warmup_steps: int = 400
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    clip_norm: float = 1.0
+    max_steps: int = 0
+    max_epochs: int = 0
+    max_minutes: float = 0.0
+    eval_every: int = 500
+    patience: int = 0
+    valid_beam_size: int = 1
+    max_len: int = 200
+    keep_checkpoints: int = 5
+    save_every: int = 500
+    seed: int = 1
+    device: str = "auto"
+    dtype: str = "auto"
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.batch_tokens < 16:
+            raise ConfigError(f"batch_tokens={self.batch_tokens} is too small (at least 16)")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be positive")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        for name in ("warmup_steps", "max_steps", "max_epochs", "patience", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if self.eval_every == 0:
+            raise ConfigError("eval_every=0: validate at least every N steps (N > 0)")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"device={self.device!r}: choose one of auto, cpu, cuda, cuda:N")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"dtype={self.dtype!r}: choose one of auto, fp32, bf16")
+        if self.src_lang == self.tgt_lang:
+            raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Search settings for translation.
+
+    Attributes:
+        beam_size: hypotheses kept per sentence (1 = greedy search).
+        length_penalty: alpha of the GNMT length penalty ((5 + len) / 6) ** alpha
+            (Wu et al. 2016, eq. 14); 0 ranks by raw log-probability.
+        max_len_a / max_len_b: a hypothesis stops at a * src_len + b target tokens.
+        nbest: hypotheses returned per sentence (at most beam_size).
+        batch_tokens: padded source tokens per translation batch.
+        batch_size: sentences per translation batch (at most).
+    """
+
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    nbest: int = 1
+    batch_tokens: int = 4096
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1:
+            raise ConfigError(f"beam_size={self.beam_size} must be at least 1")
+        if not 1 <= self.nbest <= self.beam_size:
+            raise ConfigError(
+                f"nbest={self.nbest} must be between 1 and beam_size={self.beam_size}"
+            )
+        if self.max_len_a < 0 or self.max_len_b < 1:
+            raise ConfigError("max_len_a must be >= 0 and max_len_b >= 1")
+        if self.batch_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("batch_tokens and batch_size must be positive")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
+    """Build the dataclass ``cls`` from ``values``, rejecting unknown keys.
+
+    Raises:
+        ConfigError: a key is not a field of ``cls`` (the message lists the valid names), or a
+            value fails validation.
+    """
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+        )
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**clean)
+    except TypeError as exc:  # wrong value type caught by a comparison in __post_init__
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as a plain dict (JSON/TOML friendly)."""
+    return dataclasses.asdict(config)
+
+
+def preset(name: str) -> dict[str, Any]:
+    """Model overrides of a named preset.
+
+    Raises:
+        ConfigError: unknown preset (the message lists the valid ones).
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a run config file: optional ``preset = "..."``, ``[model]`` and ``[train]`` tables.
+
+    Raises:
+        ConfigError: the file is missing, is not valid TOML, or has unknown top-level keys.
+    """
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"preset", "model", "train"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: model, preset, train"
+        )
+    return data
+
+
+def resolve(
+    preset_name: str | None,
+    config_file: str | Path | None,
+    model_overrides: dict[str, Any],
+    train_overrides: dict[str, Any],
+) -> tuple[ModelConfig, TrainConfig]:
+    """Merge preset, config file and flags (flags win) into validated configs.
+
+    ``None`` values in the override dicts mean "not given" and are ignored.
+
+    Raises:
+        ConfigError: unknown preset or key, or an invalid value.
+    """
+    file_data = read_toml(config_file) if config_file else {}
+    name = preset_name or file_data.get("preset") or "small"
+    model_values = preset(name)
+    model_values.update(file_data.get("model", {}))
+    model_values.update({k: v for k, v in model_overrides.items() if v is not None})
+    train_values = dict(file_data.get("train", {}))
+    train_values.update({k: v for k, v in train_overrides.items() if v is not None})
+    where = str(config_file) if config_file else "config"
+    return (
+        from_dict(ModelConfig, model_values, f"{where} [model]"),
+        from_dict(TrainConfig, train_values, f"{where} [train]"),
+    )

@@ -1,0 +1,353 @@
+"""The encoder-decoder Transformer of Vaswani et al. (2017), batch-first throughout.
+
+Structure follows the paper's figure 1: ``encode(src)`` gives the memory, ``decode(tgt_in,
+memory, src_mask)`` gives next-token logits, and ``decode_step`` runs one incremental decoding
+step against a :class:`DecoderCache` (self-attention keys/values grown step by step,
+cross-attention keys/values projected once per sentence). Attention runs through
+``torch.nn.functional.scaled_dot_product_attention``.
+
+Self-attention projects queries, keys and values with one fused ``qkv_proj`` and
+cross-attention keys and values with one ``kv_proj``: one matrix product instead of three
+(or two) is faster on CPU and GPU, and is the layout CTranslate2 uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.config import ModelConfig
+from nmt.tokenizer import PAD_ID
+
+CACHE_CHUNK = 16  # self-attention cache grows by this many positions at a time
+
+
+def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
+    """Sinusoidal position encodings (Vaswani et al. 2017, §3.5).
+
+    Returns:
+        ``(n_positions, d_model)`` float32; even channels sin, odd channels cos.
+    """
+    position = torch.arange(n_positions, dtype=torch.float32).unsqueeze(1)
+    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(n_positions, d_model)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+@dataclass
+class LayerCache:
+    """Keys and values one decoder layer has seen, for incremental decoding.
+
+    Attributes:
+        self_k / self_v: ``(rows, n_heads, capacity, head_dim)``; positions ``[0, length)``
+            hold the decoded prefix. Capacity grows in chunks of ``CACHE_CHUNK`` so a step
+            writes in place instead of re-copying the prefix.
+        length: decoded positions stored.
+        cross_k / cross_v: ``(rows, n_heads, src_len, head_dim)``, projected once from the
+            encoder output.
+    """
+
+    cross_k: torch.Tensor
+    cross_v: torch.Tensor
+    self_k: torch.Tensor | None = None
+    self_v: torch.Tensor | None = None
+    length: int = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one step's ``(rows, n_heads, 1, head_dim)`` key/value; return the prefix."""
+        if self.self_k is None or self.length == self.self_k.size(2):
+            grow = k.new_zeros(k.size(0), k.size(1), CACHE_CHUNK, k.size(3))
+            self.self_k = grow if self.self_k is None else torch.cat([self.self_k, grow], 2)
+            self.self_v = torch.zeros_like(grow) if self.self_v is None else torch.cat(
+                [self.self_v, torch.zeros_like(grow)], 2
+            )
+        assert self.self_v is not None
+        self.self_k[:, :, self.length] = k[:, :, 0]
+        self.self_v[:, :, self.length] = v[:, :, 0]
+        self.length += 1
+        return self.self_k[:, :, : self.length], self.self_v[:, :, : self.length]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (a ``(new_rows,)`` int64 tensor), in that order."""
+        self.cross_k = self.cross_k.index_select(0, index)
+        self.cross_v = self.cross_v.index_select(0, index)
+        if self.self_k is not None and self.self_v is not None:
+            self.self_k = self.self_k.index_select(0, index)
+            self.self_v = self.self_v.index_select(0, index)
+
+
+@dataclass
+class DecoderCache:
+    """The incremental-decoding state of the whole decoder.
+
+    Attributes:
+        layers: one :class:`LayerCache` per decoder layer.
+        src_mask: ``(rows, 1, 1, src_len)`` bool, True where the source is a real token.
+        step: target positions decoded so far.
+    """
+
+    layers: list[LayerCache]
+    src_mask: torch.Tensor
+    step: int = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` of every layer (beam reordering, finished-sentence removal)."""
+        for layer in self.layers:
+            layer.reorder(index)
+        self.src_mask = self.src_mask.index_select(0, index)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product attention (Vaswani et al. 2017, §3.2).
+
+    Args:
+        d_model: model width; n_heads: heads (``head_dim = d_model / n_heads``).
+        dropout: attention-weight dropout (training only).
+        cross: True for encoder-decoder attention (keys/values from the memory).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, cross: bool):
+        super().__init__()
+        self.n_heads, self.head_dim, self.dropout = n_heads, d_model // n_heads, dropout
+        self.cross = cross
+        if cross:
+            self.q_proj = nn.Linear(d_model, d_model)
+            self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        else:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, len, n * d_model)`` → n tensors ``(batch, n_heads, len, head_dim)``."""
+        b, t, _ = x.shape
+        return x.view(b, t, -1, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-attention keys and values, each ``(batch, n_heads, src_len, head_dim)``."""
+        k, v = self.split_heads(self.kv_proj(memory))
+        return k, v
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        mask: torch.Tensor | None, causal: bool,
+    ) -> torch.Tensor:
+        """SDPA over ``(batch, n_heads, len, head_dim)`` inputs → ``(batch, q_len, d_model)``.
+
+        ``mask`` is bool and True = attend (the opposite of a key-padding mask).
+        """
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        b, _, t, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, d_model)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
+        memory: torch.Tensor | None = None, cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        """Attend from ``x`` ``(batch, len, d_model)``.
+
+        Self-attention: keys/values from ``x`` (and the cache's prefix when ``cache`` is given).
+        Cross-attention: keys/values from ``memory`` ``(batch, src_len, d_model)`` or, when
+        decoding incrementally, from ``cache.cross_k/cross_v``.
+
+        Returns:
+            ``(batch, len, d_model)``.
+        """
+        if self.cross:
+            q = self.split_heads(self.q_proj(x))[0]
+            if cache is not None:
+                k, v = cache.cross_k, cache.cross_v
+            else:
+                assert memory is not None
+                k, v = self.project_kv(memory)
+            return self.attend(q, k, v, mask, causal=False)
+        q, k, v = self.split_heads(self.qkv_proj(x))
+        if cache is not None:
+            # One new query reads the whole prefix: no causal mask (SDPA's is_causal would
+            # align the single query with the first key).
+            k, v = cache.append(k, v)
+            return self.attend(q, k, v, None, causal=False)
+        return self.attend(q, k, v, mask, causal)
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network ``fc2(dropout(relu(fc1(x))))`` (§3.3)."""
+
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, ffn_dim), nn.Linear(ffn_dim, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, len, d_model)`` → ``(batch, len, d_model)``."""
+        h = F.relu(self.fc1(x))
+        return self.fc2(self.dropout(h) if self.dropout.p > 0 else h)
+
+
+class Sublayer(nn.Module):
+    """Residual connection around a sub-layer with LayerNorm before (pre-norm) or after it."""
+
+    def __init__(self, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
+
+    def forward(self, x: torch.Tensor, fn) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        if self.pre_norm:
+            return x + self.dropout(fn(self.norm(x)))
+        return self.norm(x + self.dropout(fn(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention then feed-forward, each in a residual :class:`Sublayer`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, False)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.attn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(self, x: torch.Tensor, src_mask: torch.Tensor | None) -> torch.Tensor:
+        """``x``: ``(batch, src_len, d_model)``; ``src_mask``: ``(batch, 1, 1, src_len)`` bool."""
+        x = self.attn_block(x, lambda h: self.self_attn(h, mask=src_mask))
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention over the memory, then feed-forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, False)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, True)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.self_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.cross_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
+        self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
+
+    def forward(
+        self, x: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        """``x``: ``(batch, tgt_len, d_model)`` (``tgt_len`` = 1 with a cache)."""
+        x = self.self_block(x, lambda h: self.self_attn(h, causal=cache is None, cache=cache))
+        x = self.cross_block(
+            x, lambda h: self.cross_attn(h, mask=src_mask, memory=memory, cache=cache)
+        )
+        return self.ffn_block(x, self.ffn)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder Transformer with tied source, target and output embeddings.
+
+    Args:
+        cfg: the model shape; ``cfg.vocab_size`` is the joint vocabulary.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.register_buffer(
+            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        )
+        self.embed_scale = math.sqrt(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
+        # Pre-norm stacks end with a LayerNorm; post-norm layers are already normalized.
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform linear weights, N(0, d_model^-0.5) embeddings (as fairseq)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[PAD_ID].zero_()
+
+    def embed_tokens(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``(batch, len)`` ids → ``(batch, len, d_model)``: scaled embedding + positions."""
+        if offset + ids.size(1) > self.cfg.max_positions:
+            raise ValueError(
+                f"sequence of {offset + ids.size(1)} tokens exceeds max_positions="
+                f"{self.cfg.max_positions}"
+            )
+        x = self.embed(ids) * self.embed_scale + self.positions[offset : offset + ids.size(1)]
+        return self.dropout(x)
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the encoder.
+
+        Args:
+            src: ``(batch, src_len)`` int64 ids ending in EOS, right-padded with PAD.
+
+        Returns:
+            memory ``(batch, src_len, d_model)`` and src_mask ``(batch, 1, 1, src_len)`` bool
+            (True = real token).
+        """
+        src_mask = (src != PAD_ID)[:, None, None, :]
+        x = self.embed_tokens(src)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return self.encoder_norm(x), src_mask
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Output projection tied to the embedding: ``(..., d_model)`` → ``(..., vocab)``."""
+        return F.linear(h, self.embed.weight)
+
+    def decode(
+        self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher-forced decoding of a whole target prefix (training, scoring).
+
+        Args:
+            tgt_in: ``(batch, tgt_len)`` int64, BOS + target ids.
+            memory: ``(batch, src_len, d_model)``; src_mask: ``(batch, 1, 1, src_len)`` bool.
+
+        Returns:
+            ``(batch, tgt_len, d_model)`` final decoder states; :meth:`logits` maps them to the
+            vocabulary (kept apart so that training projects only non-pad positions).
+        """
+        x = self.embed_tokens(tgt_in)
+        for layer in self.decoder_layers:
+            x = layer(x, memory, src_mask)
+        return self.decoder_norm(x)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """``(batch, src_len)``, ``(batch, tgt_len)`` → ``(batch, tgt_len, d_model)`` states."""
+        memory, src_mask = self.encode(src)
+        return self.decode(tgt_in, memory, src_mask)
+
+    def init_cache(self, memory: torch.Tensor, src_mask: torch.Tensor) -> DecoderCache:
+        """Project cross-attention keys/values once per sentence for incremental decoding."""
+        layers = [LayerCache(*layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers]
+        return DecoderCache(layers, src_mask)
+
+    def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
+        """One incremental decoding step.
+
+        Args:
+            tokens: ``(rows,)`` int64, the token at position ``cache.step`` of each row.
+            cache: updated in place (its self-attention prefix grows by one).
+
+        Returns:
+            ``(rows, vocab)`` float32 log-probabilities of the next token.
+        """
+        x = self.embed_tokens(tokens[:, None], offset=cache.step)  # (rows, 1, d_model)
+        for layer, layer_cache in zip(self.decoder_layers, cache.layers):
+            x = layer(x, None, cache.src_mask, layer_cache)
+        cache.step += 1
+        return F.log_softmax(self.logits(self.decoder_norm(x[:, 0])).float(), dim=-1)

@@ -1,0 +1,113 @@
+"""SentencePiece tokenization with fixed special ids: pad=0, unk=1, bos=2, eos=3.
+
+Token ids are SentencePiece's own; there is no second vocabulary layer (Kudo & Richardson 2018).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+from nmt.errors import CheckpointError, InputError
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """A joint source/target SentencePiece model.
+
+    Args:
+        model_path: a ``.model`` file written by SentencePiece.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, or its special ids differ from
+            pad=0, unk=1, bos=2, eos=3.
+    """
+
+    def __init__(self, model_path: str | Path):
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path}: SentencePiece model not found")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.Load(str(self.path))
+        except (OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{self.path}: not a SentencePiece model ({exc})") from None
+        ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
+        if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise CheckpointError(
+                f"{self.path}: special ids (pad, unk, bos, eos) are {ids}, expected (0, 1, 2, 3); "
+                "train the model with nmt or with --pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of pieces, special ones included."""
+        return int(self.sp.GetPieceSize())
+
+    def encode(self, lines: Sequence[str]) -> list[list[int]]:
+        """Token ids of each line, without BOS/EOS."""
+        return self.sp.Encode(list(lines), out_type=int)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Detokenized text of each id list; special ids are dropped."""
+        return [self.sp.Decode([i for i in seq if i > EOS_ID]) for seq in ids]
+
+    def pieces(self, line: str) -> list[str]:
+        """The pieces of one line (for inspection)."""
+        return self.sp.Encode(line, out_type=str)
+
+
+def train_tokenizer(
+    sentences: Iterable[str],
+    out_path: str | Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    max_sentences: int = 2_000_000,
+) -> Tokenizer:
+    """Train a SentencePiece model on ``sentences`` and write it atomically to ``out_path``.
+
+    Args:
+        sentences: training text (source and target lines for a joint vocabulary).
+        out_path: destination ``.model`` file; a ``.vocab`` file is written beside it.
+        vocab_size: number of pieces (tokens), special ones included.
+        model_type: ``unigram`` (Kudo 2018) or ``bpe``.
+        max_sentences: sample at most this many sentences.
+
+    Raises:
+        InputError: no training text, or too little text for ``vocab_size``.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [s for s in sentences if s.strip()]
+    if not lines:
+        raise InputError("no text to train the SentencePiece model on")
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".spm-") as tmp:
+        prefix = os.path.join(tmp, "spm")
+        try:
+            spm.SentencePieceTrainer.Train(
+                sentence_iterator=iter(lines),
+                model_prefix=prefix,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=1.0,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                input_sentence_size=max_sentences,
+                shuffle_input_sentence=True,
+                num_threads=os.cpu_count() or 1,
+                minloglevel=2,
+            )
+        except RuntimeError as exc:
+            raise InputError(
+                f"SentencePiece training failed: {exc}; lower --vocab-size or give more text"
+            ) from None
+        os.replace(prefix + ".vocab", out_path.with_suffix(".vocab"))
+        os.replace(prefix + ".model", out_path)
+    return Tokenizer(out_path)
