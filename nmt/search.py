@@ -1,0 +1,226 @@
+"""Greedy and beam search over the incremental decoder.
+
+Beam search is batched over ``(sentences × beam)`` rows and built from small steps: expand
+(top 2×beam candidates, so that end-of-sentence picks never shrink the beam; fairseq),
+finalize (hypotheses ending in EOS among the top ``beam`` candidates), select (the best
+``beam`` continuing candidates) and prune (sentences with ``beam`` finished hypotheses leave
+the batch, and their cache rows are dropped). Finished hypotheses are ranked by
+``log P / lp(len)`` with the GNMT length penalty ``lp = ((5 + len) / 6) ** alpha``
+(Wu et al. 2016, eq. 14), ``len`` counting the EOS token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nmt.model import DecoderCache, Transformer
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One translation found by search.
+
+    Attributes:
+        tokens: target ids, without BOS and EOS.
+        score: log-probability of ``tokens`` followed by EOS (natural log).
+        normalized: ``score`` divided by the length penalty (what beam search ranks by).
+    """
+
+    tokens: list[int]
+    score: float
+    normalized: float
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ``((5 + length) / 6) ** alpha`` (Wu et al. 2016, eq. 14)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(src: torch.Tensor, a: float, b: int, cap: int) -> torch.Tensor:
+    """Per-sentence target limit ``min(a * src_len + b, cap)`` (tokens before EOS).
+
+    ``src_len`` counts the real source tokens without EOS; ``cap`` is the longest target the
+    model's position table allows. Returns ``(batch,)`` int64.
+    """
+    src_len = (src != PAD_ID).sum(1) - 1
+    return ((src_len.float() * a).long() + b).clamp(max=cap)
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Transformer, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10
+) -> list[Hypothesis]:
+    """Pick the most probable token at each step.
+
+    Args:
+        src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded.
+
+    Returns:
+        One :class:`Hypothesis` per sentence, in batch order (``normalized`` = ``score``).
+    """
+    memory, src_mask = model.encode(src)
+    cache = model.init_cache(memory, src_mask)
+    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
+    batch = src.size(0)
+    alive = torch.arange(batch, device=src.device)  # original sentence index of each row
+    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
+    history = torch.empty(batch, 0, dtype=torch.long, device=src.device)
+    scores = torch.zeros(batch, device=src.device)
+    results: list[Hypothesis | None] = [None] * batch
+    for step in range(int(limits.max()) + 1):
+        logp = model.decode_step(tokens, cache)  # (rows, vocab)
+        forced = limits[alive] <= step
+        if forced.any():
+            logp[forced] = _only_eos(logp[forced])
+        best_logp, tokens = logp.max(-1)
+        scores = scores + best_logp
+        history = torch.cat([history, tokens[:, None]], 1)
+        done = tokens == EOS_ID
+        if done.any():
+            for row in done.nonzero()[:, 0].tolist():
+                score = float(scores[row])
+                results[int(alive[row])] = Hypothesis(history[row, :-1].tolist(), score, score)
+            keep = (~done).nonzero()[:, 0]
+            if keep.numel() == 0:
+                break
+            alive, tokens, history, scores = alive[keep], tokens[keep], history[keep], scores[keep]
+            cache.reorder(keep)
+    return [r for r in results if r is not None]
+
+
+def _only_eos(logp: torch.Tensor) -> torch.Tensor:
+    """Rows that reached their length limit may only end: all mass on EOS (log 1 = 0)."""
+    forced = torch.full_like(logp, float("-inf"))
+    forced[:, EOS_ID] = 0.0
+    return forced
+
+
+@dataclass
+class BeamState:
+    """The live part of a beam search.
+
+    Attributes:
+        sentence: ``(n,)`` original index of each live sentence.
+        scores: ``(n, beam)`` cumulative log-probabilities of the live hypotheses.
+        history: ``(n * beam, step)`` tokens decoded so far.
+        limits: ``(n,)`` maximum target length of each live sentence.
+        n_finished: ``(n,)`` finished hypotheses of each live sentence.
+        cache: decoder cache with ``n * beam`` rows.
+    """
+
+    sentence: torch.Tensor
+    scores: torch.Tensor
+    history: torch.Tensor
+    limits: torch.Tensor
+    n_finished: torch.Tensor
+    cache: DecoderCache
+
+
+def beam_init(
+    model: Transformer, src: torch.Tensor, beam_size: int, max_len_a: float, max_len_b: int
+) -> BeamState:
+    """Encode once, repeat the memory ``beam_size`` times; only beam 0 is live at first."""
+    batch = src.size(0)
+    memory, src_mask = model.encode(src)
+    rows = torch.arange(batch, device=src.device).repeat_interleave(beam_size)
+    cache = model.init_cache(memory, src_mask)
+    cache.reorder(rows)  # (batch * beam) rows, each sentence's beams adjacent
+    scores = torch.full((batch, beam_size), float("-inf"), device=src.device)
+    scores[:, 0] = 0.0
+    return BeamState(
+        sentence=torch.arange(batch, device=src.device),
+        scores=scores,
+        history=torch.empty(batch * beam_size, 0, dtype=torch.long, device=src.device),
+        limits=max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1),
+        n_finished=torch.zeros(batch, dtype=torch.long, device=src.device),
+        cache=cache,
+    )
+
+
+def beam_step(
+    model: Transformer, state: BeamState, finished: list[list[Hypothesis]],
+    beam_size: int, alpha: float,
+) -> BeamState | None:
+    """Advance every live sentence by one token; return ``None`` when all are done.
+
+    Appends the hypotheses that end here to ``finished[sentence]``.
+    """
+    n, step = state.sentence.numel(), state.history.size(1)
+    last = state.history[:, -1] if step else torch.full(
+        (n * beam_size,), BOS_ID, dtype=torch.long, device=state.scores.device
+    )
+    logp = model.decode_step(last, state.cache).view(n, beam_size, -1)  # (n, beam, vocab)
+    vocab = logp.size(-1)
+    forced = state.limits <= step
+    if forced.any():
+        logp[forced] = _only_eos(logp[forced].view(-1, vocab)).view(-1, beam_size, vocab)
+    candidates = (state.scores[:, :, None] + logp).view(n, -1)  # (n, beam * vocab)
+    cand_scores, cand_index = candidates.topk(2 * beam_size, dim=1)  # (n, 2 * beam)
+    cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+    is_eos = cand_token == EOS_ID
+    _finalize(state, finished, cand_scores, cand_beam, is_eos, beam_size, alpha)
+    # The best `beam` candidates that do not end: candidates are sorted, so topk over the
+    # EOS-masked scores keeps them in order.
+    next_scores, pick = cand_scores.masked_fill(is_eos, float("-inf")).topk(beam_size, dim=1)
+    next_beam, next_token = cand_beam.gather(1, pick), cand_token.gather(1, pick)
+    base = torch.arange(n, device=pick.device)[:, None] * beam_size
+    rows = (base + next_beam).view(-1)  # (n * beam) source row of each new hypothesis
+    done = (state.n_finished >= beam_size) | forced
+    history = torch.cat([state.history[rows], next_token.view(-1, 1)], 1)
+    if bool(done.all()):
+        return None
+    if bool(done.any()):
+        keep = (~done).nonzero()[:, 0]
+        keep_rows = (keep[:, None] * beam_size + torch.arange(beam_size, device=keep.device)).view(-1)
+        rows, history = rows[keep_rows], history[keep_rows]
+        next_scores, state.sentence = next_scores[keep], state.sentence[keep]
+        state.limits, state.n_finished = state.limits[keep], state.n_finished[keep]
+    state.cache.reorder(rows)
+    state.scores, state.history = next_scores, history
+    return state
+
+
+def _finalize(
+    state: BeamState, finished: list[list[Hypothesis]], cand_scores: torch.Tensor,
+    cand_beam: torch.Tensor, is_eos: torch.Tensor, beam_size: int, alpha: float,
+) -> None:
+    """Record hypotheses that end with EOS among each sentence's top ``beam`` candidates."""
+    ending = is_eos[:, :beam_size] & torch.isfinite(cand_scores[:, :beam_size])
+    if not bool(ending.any()):
+        return
+    length = state.history.size(1) + 1  # tokens including EOS
+    penalty = length_penalty(length, alpha)
+    for i, j in ending.nonzero().tolist():
+        sentence = int(state.sentence[i])
+        if len(finished[sentence]) >= beam_size:
+            continue
+        row = i * beam_size + int(cand_beam[i, j])
+        score = float(cand_scores[i, j])
+        finished[sentence].append(Hypothesis(state.history[row].tolist(), score, score / penalty))
+        state.n_finished[i] += 1
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Transformer, src: torch.Tensor, beam_size: int = 5, length_penalty_alpha: float = 1.0,
+    max_len_a: float = 1.5, max_len_b: int = 10, nbest: int = 1,
+) -> list[list[Hypothesis]]:
+    """Batched beam search (Sutskever et al. 2014; fairseq's 2×beam candidate scheme).
+
+    Args:
+        src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded.
+        beam_size: hypotheses kept per sentence; 1 gives the same result as greedy search.
+        length_penalty_alpha: GNMT alpha; 0 ranks finished hypotheses by log-probability.
+        nbest: hypotheses returned per sentence (at most ``beam_size``).
+
+    Returns:
+        For each sentence (batch order), its ``nbest`` best hypotheses, best first.
+    """
+    finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    state: BeamState | None = beam_init(model, src, beam_size, max_len_a, max_len_b)
+    while state is not None:
+        state = beam_step(model, state, finished, beam_size, length_penalty_alpha)
+    return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]

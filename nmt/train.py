@@ -1,0 +1,442 @@
+"""The training loop: one flat, ordered loop (set LR → step → log → validate → checkpoint).
+
+``train()`` prepares a run folder (SentencePiece model, config, encoded data), then runs
+:class:`Trainer`. A folder that already holds ``resume.pt`` is continued from it: model,
+optimizer, step, epoch, position in the epoch's batch order, RNG states and early-stopping
+state are all restored, so an interrupted run ends where an uninterrupted one would.
+Progress is reported through a :class:`TrainObserver`; the library prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt import checkpoint as ckpt
+from nmt.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from nmt.data import ParallelData, collate, encode_parallel, make_batches, read_parallel
+from nmt.errors import TrainingError
+from nmt.loss import label_smoothed_loss
+from nmt.model import Transformer
+from nmt.score import corpus_scores
+from nmt.tokenizer import Tokenizer, train_tokenizer
+from nmt.translate import Translator, resolve_device
+
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then decay with 1/sqrt(step).
+
+    This is Vaswani et al. (2017) eq. 3 with the constant ``d_model^-0.5`` replaced by the
+    peak rate: ``lr = peak * min(step / warmup, sqrt(warmup / step))`` for 1-based ``step``.
+    """
+    step = max(step, 1)
+    if warmup_steps == 0:
+        return peak / math.sqrt(step)
+    return peak * min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+
+@dataclass
+class StepStats:
+    """What one logged update reports (losses per target token, natural log)."""
+
+    step: int
+    epoch: int
+    loss: float
+    nll: float
+    lr: float
+    grad_norm: float
+    tgt_tokens_per_s: float
+    elapsed_s: float
+    skipped: int
+
+
+@dataclass
+class ValidResult:
+    """A validation: teacher-forced loss/perplexity and sacreBLEU scores of the search output."""
+
+    step: int
+    loss: float
+    ppl: float
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    best: bool
+    elapsed_s: float
+
+
+class TrainObserver:
+    """Receives progress; subclass it to render (the CLI draws a rich progress bar)."""
+
+    def on_start(self, trainer: Trainer) -> None:  # noqa: D102 - hooks are self-explanatory
+        pass
+
+    def on_step(self, stats: StepStats) -> None:  # noqa: D102
+        pass
+
+    def on_validate(self, result: ValidResult) -> None:  # noqa: D102
+        pass
+
+    def on_message(self, text: str) -> None:  # noqa: D102
+        pass
+
+
+@dataclass
+class TrainState:
+    """Counters saved in the resume checkpoint."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0
+    best_bleu: float = -1.0
+    bad_validations: int = 0
+    elapsed_s: float = 0.0
+    skipped_steps: int = 0
+
+
+def pick_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``cfg.dtype`` on ``device``; ``None`` means plain float32."""
+    if cfg.dtype == "fp32":
+        return None
+    if cfg.dtype == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else None
+
+
+class Trainer:
+    """Owns the model, optimizer and data of one run and runs the loop.
+
+    Args:
+        out_dir: the run folder (already holding ``config.json`` and ``spm.model``).
+        model_cfg / train_cfg: the resolved configuration.
+        tokenizer: the run's SentencePiece model.
+        train_data / valid_data: encoded pairs; valid_text: valid source and reference lines.
+        observer: progress receiver.
+    """
+
+    def __init__(
+        self, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer,
+        train_data: ParallelData, valid_data: ParallelData, valid_text: tuple[list[str], list[str]],
+        observer: TrainObserver | None = None,
+    ):
+        self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
+        self.train_data, self.valid_data, self.valid_text = train_data, valid_data, valid_text
+        self.observer = observer or TrainObserver()
+        self.device = resolve_device(train_cfg.device)
+        self.amp_dtype = pick_dtype(train_cfg, self.device)
+        torch.manual_seed(train_cfg.seed)
+        random.seed(train_cfg.seed)
+        self.model = Transformer(model_cfg).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train_cfg.lr, betas=train_cfg.adam_betas,
+            weight_decay=train_cfg.weight_decay,
+        )
+        self.state = TrainState()
+        self.stop_signal: int | None = None
+        self.batches_per_epoch = len(self.epoch_batches(1))
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The batch order of ``epoch`` (depends only on the seed and the epoch)."""
+        d = self.train_data
+        return make_batches([len(s) for s in d.src], [len(t) for t in d.tgt],
+                            self.cfg.batch_tokens, self.cfg.seed * 100_003 + epoch)
+
+    # --- resume -------------------------------------------------------------------------
+    def save_resume(self) -> None:
+        """Write ``last.safetensors`` and ``resume.pt`` (atomically, weights first)."""
+        ckpt.save_weights(self.out_dir / "last.safetensors", self.model, self.state.step)
+        ckpt.save_resume(self.out_dir / ckpt.RESUME_FILE, {
+            "format_version": ckpt.FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "state": dict(vars(self.state)),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": list(random.getstate()[1]),
+        })
+
+    def load_resume(self, path: Path) -> None:
+        """Restore everything :meth:`save_resume` wrote."""
+        data = ckpt.load_resume(path)
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.state = TrainState(**data["state"])
+        torch.set_rng_state(data["torch_rng"])
+        if data["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(data["cuda_rng"])
+        random.setstate((3, tuple(data["python_rng"]), None))
+
+    # --- one update ---------------------------------------------------------------------
+    def train_step(self, batch_indices: list[int]) -> tuple[float, float, float, int] | None:
+        """Forward, backward, clip, step. Returns (loss, nll, grad_norm, tokens) per token,
+        or ``None`` when the loss or gradient was not finite and the update was skipped."""
+        batch = collate(self.train_data, batch_indices).to(self.device)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype else nullcontext()
+        )
+        with autocast:
+            states = self.model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_loss(
+                self.model, states, batch.tgt_out, self.cfg.label_smoothing
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / batch.n_tgt_tokens).backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm))
+        if not (math.isfinite(grad_norm) and math.isfinite(float(loss.detach()))):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        n = batch.n_tgt_tokens
+        return float(loss.detach()) / n, float(nll) / n, grad_norm, n
+
+    # --- validation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def valid_loss(self) -> tuple[float, float]:
+        """Teacher-forced (label-smoothed loss, NLL) per target token on the valid set."""
+        self.model.eval()
+        total = nll_total = 0.0
+        tokens = 0
+        for batch_indices in make_batches(
+            [len(s) for s in self.valid_data.src], [len(t) for t in self.valid_data.tgt],
+            self.cfg.batch_tokens, 0,
+        ):
+            batch = collate(self.valid_data, batch_indices).to(self.device)
+            states = self.model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_loss(self.model, states, batch.tgt_out, self.cfg.label_smoothing)
+            total, nll_total, tokens = total + float(loss), nll_total + float(nll), tokens + batch.n_tgt_tokens
+        return total / max(tokens, 1), nll_total / max(tokens, 1)
+
+    def validate(self) -> ValidResult:
+        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
+        the best by BLEU and updates the early-stopping counters."""
+        start = time.monotonic()
+        loss, nll = self.valid_loss()
+        src_lines, ref_lines = self.valid_text
+        translator = Translator(self.model, self.tokenizer, DecodeConfig(
+            beam_size=self.cfg.valid_beam_size, batch_tokens=self.cfg.batch_tokens,
+        ))
+        hyps = [t.text for t in translator.translate(src_lines)]
+        self.model.train()
+        scores = corpus_scores(hyps, [ref_lines], metrics=("bleu", "chrf"))
+        bleu = scores["bleu"].score
+        best = bleu > self.state.best_bleu
+        if best:
+            self.state.best_bleu, self.state.bad_validations = bleu, 0
+            ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
+        else:
+            self.state.bad_validations += 1
+        result = ValidResult(self.state.step, loss, math.exp(min(nll, 50.0)), bleu,
+                             scores["chrf"].score, scores["bleu"].signature, best,
+                             time.monotonic() - start)
+        self.log({"type": "valid", **vars(result)})
+        self.observer.on_validate(result)
+        return result
+
+    # --- checkpoints and logs -----------------------------------------------------------
+    def save_step_checkpoint(self) -> None:
+        """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
+        folder = self.out_dir / "checkpoints"
+        ckpt.save_weights(folder / f"step-{self.state.step:08d}.safetensors", self.model,
+                          self.state.step)
+        for old in sorted(folder.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl``."""
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def out_of_budget(self) -> str | None:
+        """Why training should stop now, or ``None``."""
+        c, s = self.cfg, self.state
+        if c.max_steps and s.step >= c.max_steps:
+            return f"reached max_steps={c.max_steps}"
+        if c.max_epochs and s.epoch > c.max_epochs:
+            return f"reached max_epochs={c.max_epochs}"
+        if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
+            return f"reached max_minutes={c.max_minutes:g}"
+        if c.patience and s.bad_validations >= c.patience:
+            return f"no BLEU improvement in {c.patience} validations (patience)"
+        if self.stop_signal is not None:
+            return f"interrupted by signal {signal.Signals(self.stop_signal).name}"
+        return None
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> str:
+        """Train until a budget runs out; returns the reason training stopped.
+
+        Raises:
+            TrainingError: the loss stayed non-finite for ``MAX_BAD_STEPS`` updates in a row
+                (the last good state is saved first).
+        """
+        self.model.train()
+        self.observer.on_start(self)
+        bad_in_row, window_tokens, window_start = 0, 0, time.monotonic()
+        while (reason := self.out_of_budget()) is None:
+            batches = self.epoch_batches(self.state.epoch)
+            for index in range(self.state.batch_in_epoch, len(batches)):
+                tick = time.monotonic()
+                self.state.step += 1
+                lr = inverse_sqrt_lr(self.state.step, self.cfg.lr, self.cfg.warmup_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                result = self.train_step(batches[index])
+                self.state.batch_in_epoch = index + 1
+                if result is None:
+                    self.state.step -= 1
+                    self.state.skipped_steps += 1
+                    bad_in_row += 1
+                    if bad_in_row >= MAX_BAD_STEPS:
+                        self.save_resume()
+                        raise TrainingError(
+                            f"loss was NaN/inf for {bad_in_row} updates in a row at step "
+                            f"{self.state.step}; last good state saved in {self.out_dir}; "
+                            "lower lr or raise warmup_steps"
+                        )
+                    continue
+                bad_in_row = 0
+                self.state.elapsed_s += time.monotonic() - tick
+                window_tokens += result[3]
+                self.after_step(result, lr, window_tokens / max(time.monotonic() - window_start, 1e-9))
+                if self.state.step % self.cfg.log_every == 0:
+                    window_tokens, window_start = 0, time.monotonic()
+                if (reason := self.out_of_budget()) is not None:
+                    break
+            else:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+        self.finish()
+        return reason
+
+    def after_step(self, result: tuple[float, float, float, int], lr: float, tok_s: float) -> None:
+        """Log, validate and checkpoint on their schedules (validation time counts too)."""
+        s, c = self.state, self.cfg
+        loss, nll, grad_norm, _ = result
+        stats = StepStats(s.step, s.epoch, loss, nll, lr, grad_norm, tok_s, s.elapsed_s,
+                          s.skipped_steps)
+        self.observer.on_step(stats)
+        if s.step % c.log_every == 0:
+            self.log({"type": "train", **vars(stats)})
+        tick = time.monotonic()
+        if s.step % c.eval_every == 0:
+            self.validate()
+        if s.step % c.save_every == 0:
+            self.save_step_checkpoint()
+            self.save_resume()
+        s.elapsed_s += time.monotonic() - tick
+
+    def finish(self) -> None:
+        """Final validation (unless the last step just had one) and checkpoints."""
+        if self.state.step == 0:
+            return
+        if self.state.step % self.cfg.eval_every != 0 and self.stop_signal is None:
+            self.validate()
+        if self.state.step % self.cfg.save_every != 0:
+            self.save_step_checkpoint()
+        self.save_resume()
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer):  # type: ignore[no-untyped-def]
+    """SIGINT/SIGTERM finish the current step, then the loop saves and stops."""
+
+    def handler(signum: int, frame: Any) -> None:
+        trainer.stop_signal = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def prepare_run(
+    out_dir: Path, train_text: tuple[list[str], list[str]], prefixes: tuple[str, str],
+    model_cfg: ModelConfig, train_cfg: TrainConfig, spm_path: str | Path | None,
+    observer: TrainObserver,
+) -> tuple[ModelConfig, TrainConfig, Tokenizer, bool]:
+    """Create or reopen the run folder; returns the configs, tokenizer and whether to resume.
+
+    A folder with ``resume.pt`` keeps its model shape (from its ``config.json``); the
+    training recipe given now applies to the rest of the run.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resume = (out_dir / ckpt.RESUME_FILE).is_file()
+    spm_file = out_dir / ckpt.SPM_FILE
+    if resume:
+        saved = ckpt.read_config(out_dir)
+        model_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
+        observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
+    elif spm_path is not None:
+        Tokenizer(spm_path)  # checks the file and its special ids before copying it
+        ckpt.atomic_write(spm_file, lambda f: f.write(Path(spm_path).read_bytes()))
+    else:
+        observer.on_message(f"training a {model_cfg.vocab_size}-piece SentencePiece model")
+        train_tokenizer(train_text[0] + train_text[1], spm_file, model_cfg.vocab_size)
+    tokenizer = Tokenizer(spm_file)
+    model_cfg = replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    ckpt.write_json(out_dir / ckpt.CONFIG_FILE, {
+        "format_version": ckpt.FORMAT_VERSION,
+        "src_lang": train_cfg.src_lang,
+        "tgt_lang": train_cfg.tgt_lang,
+        "model": to_dict(model_cfg),
+        "train": to_dict(train_cfg),
+        "data": {"train": prefixes[0], "valid": prefixes[1]},
+    })
+    return model_cfg, train_cfg, tokenizer, resume
+
+
+def train(
+    train_prefix: str | Path, valid_prefix: str | Path, out_dir: str | Path,
+    model_cfg: ModelConfig, train_cfg: TrainConfig, spm_path: str | Path | None = None,
+    observer: TrainObserver | None = None,
+) -> tuple[Trainer, str]:
+    """Train a model into ``out_dir`` (continuing it if it holds a resume checkpoint).
+
+    Args:
+        train_prefix / valid_prefix: corpus prefixes (``PREFIX.LANG[.gz]``).
+        out_dir: the run folder; it becomes a model folder ``nmt translate -m`` accepts.
+        spm_path: an existing SentencePiece model to use instead of training one.
+
+    Returns:
+        The trainer (its ``state`` holds the final counters) and why training stopped.
+
+    Raises:
+        InputError: missing, non-UTF-8 or mismatched corpus files, or an empty corpus.
+        CheckpointError: an unreadable resume checkpoint. TrainingError: diverged training.
+    """
+    observer = observer or TrainObserver()
+    out_dir = Path(out_dir)
+    # Read (and so check) all input before anything is written into the run folder.
+    src, tgt = read_parallel(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
+    valid_src, valid_tgt = read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
+    model_cfg, train_cfg, tokenizer, resume = prepare_run(
+        out_dir, (src, tgt), (str(train_prefix), str(valid_prefix)), model_cfg, train_cfg,
+        spm_path, observer,
+    )
+    train_data = encode_parallel(tokenizer, src, tgt, train_cfg.max_len)
+    valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
+    observer.on_message(
+        f"{len(train_data)} training pairs ({train_data.dropped} dropped: empty or longer "
+        f"than {train_cfg.max_len} tokens), {len(valid_src)} validation pairs"
+    )
+    trainer = Trainer(out_dir, model_cfg, train_cfg, tokenizer, train_data, valid_data,
+                      (valid_src, valid_tgt), observer)
+    if resume:
+        trainer.load_resume(out_dir / ckpt.RESUME_FILE)
+    with stop_on_signals(trainer):
+        reason = trainer.run()
+    return trainer, reason
