@@ -1,0 +1,1 @@
+"""The ``nmt`` command-line interface: parses options, calls :mod:`nmt`, renders with rich."""

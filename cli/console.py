@@ -1,0 +1,71 @@
+"""The stderr console and progress bars shared by every command.
+
+Everything human-facing goes to stderr so that stdout carries only results (translations,
+JSON) and stays clean for pipes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from nmt.errors import NMTError
+
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def make_progress(*extra: Any) -> Progress:
+    """A progress bar on stderr that leaves stdout alone (``redirect_stdout=False``)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        redirect_stdout=False,
+        redirect_stderr=False,
+        transient=False,
+    )
+
+
+def fail(message: str) -> None:
+    """Print a one-line error on stderr and exit with status 1."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn :class:`nmt.errors.NMTError` into a one-line error and exit status 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except NMTError as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    """A spinner on stderr while a step without measurable progress runs."""
+    with err_console.status(message):
+        yield

@@ -1,0 +1,46 @@
+"""The ``nmt`` Typer application: one command per module, registered here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from nmt import __version__
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Neural machine translation: train, translate, score.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nmt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """Neural machine translation: train, translate, score."""
+
+
+def _register() -> None:
+    # Imported here so that each command module stays independent of the others.
+    from cli import average, data, score, train, translate
+
+    app.command("train")(train.train)
+    app.command("translate")(translate.translate)
+    app.command("score")(score.score)
+    app.command("average")(average.average)
+    app.add_typer(data.app, name="data")
+
+
+_register()

@@ -1,0 +1,164 @@
+"""``nmt train``: parse options, call :func:`nmt.train.train`, draw progress on stderr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TextColumn
+from rich.table import Table
+
+from cli.console import err_console, handle_errors, make_progress
+from nmt.config import resolve
+from nmt.train import StepStats, Trainer, TrainObserver, ValidResult, train as run_training
+
+
+class RichObserver(TrainObserver):
+    """Draws a progress bar (by steps, or by minutes when only a time budget is set)."""
+
+    def __init__(self) -> None:
+        self.progress = make_progress(TextColumn("{task.fields[info]}"))
+        self.task = None
+        self.history: list[ValidResult] = []
+        self.by_time = False
+
+    def on_start(self, trainer: Trainer) -> None:
+        c = trainer.cfg
+        total: float | None = None
+        if c.max_steps:
+            total = c.max_steps
+        elif c.max_epochs:
+            total = c.max_epochs * trainer.batches_per_epoch
+        elif c.max_minutes:
+            total, self.by_time = round(c.max_minutes * 60), True
+        done = trainer.state.elapsed_s if self.by_time else trainer.state.step
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train (s)" if self.by_time else "train", total=total, completed=done, info=""
+        )
+
+    def on_step(self, s: StepStats) -> None:
+        info = (
+            f"step {s.step} ep {s.epoch} loss {s.loss:.3f} lr {s.lr:.2e} "
+            f"|g| {s.grad_norm:.2f} {s.tgt_tokens_per_s:,.0f} tok/s"
+        )
+        if self.history:
+            info += (
+                f" BLEU {self.history[-1].bleu:.2f} (best {max(h.bleu for h in self.history):.2f})"
+            )
+        completed = round(s.elapsed_s) if self.by_time else s.step
+        self.progress.update(self.task, completed=completed, info=info)
+
+    def on_validate(self, r: ValidResult) -> None:
+        self.history.append(r)
+        mark = " [green]best[/]" if r.best else ""
+        self.progress.console.print(
+            f"valid step {r.step}: loss {r.loss:.3f} ppl {r.ppl:.2f} BLEU {r.bleu:.2f} "
+            f"chrF {r.chrf:.2f} ({r.elapsed_s:.0f}s){mark}"
+        )
+
+    def on_message(self, text: str) -> None:
+        err_console.print(text, highlight=False)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def summary_table(trainer: Trainer, reason: str, history: list[ValidResult]) -> Table:
+    """The end-of-run summary."""
+    table = Table(title=f"training finished: {reason}", show_header=False)
+    s = trainer.state
+    table.add_row("run folder", str(trainer.out_dir))
+    table.add_row("steps / epochs", f"{s.step} / {s.epoch}")
+    table.add_row("training time", f"{s.elapsed_s / 60:.1f} min")
+    if history:
+        best = max(history, key=lambda h: h.bleu)
+        table.add_row("best valid BLEU", f"{best.bleu:.2f} (step {best.step})")
+        table.add_row("last valid loss / ppl", f"{history[-1].loss:.3f} / {history[-1].ppl:.2f}")
+        table.add_row("BLEU signature", best.bleu_signature)
+    if s.skipped_steps:
+        table.add_row("skipped updates (NaN/inf)", str(s.skipped_steps))
+    return table
+
+
+@handle_errors
+def train(
+    train: Annotated[
+        str,
+        typer.Option(
+            "--train", help="Training corpus prefix: reads PREFIX.SRC[.gz] and PREFIX.TGT[.gz]."
+        ),
+    ],
+    valid: Annotated[str, typer.Option("--valid", help="Validation corpus prefix.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run folder (continued if it holds resume.pt).")
+    ],
+    src_lang: Annotated[
+        str | None, typer.Option("--src-lang", help="Source language suffix (default de).")
+    ] = None,
+    tgt_lang: Annotated[
+        str | None, typer.Option("--tgt-lang", help="Target language suffix (default en).")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Model preset: tiny, small, base, big (default small).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with preset, [model] and [train] tables.")
+    ] = None,
+    spm: Annotated[
+        Path | None, typer.Option(help="Use this SentencePiece model instead of training one.")
+    ] = None,
+    vocab_size: Annotated[
+        int | None, typer.Option(help="SentencePiece vocabulary size (default 8000).")
+    ] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N updates.")] = None,
+    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N updates.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Stop after N validations without a better BLEU.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+) -> None:
+    """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
+    model_cfg, train_cfg = resolve(
+        preset,
+        config,
+        {"vocab_size": vocab_size, "dropout": dropout},
+        {
+            "src_lang": src_lang,
+            "tgt_lang": tgt_lang,
+            "batch_tokens": batch_tokens,
+            "lr": lr,
+            "warmup_steps": warmup_steps,
+            "max_steps": max_steps,
+            "max_epochs": max_epochs,
+            "max_minutes": max_minutes,
+            "eval_every": eval_every,
+            "save_every": save_every,
+            "patience": patience,
+            "device": device,
+            "dtype": dtype,
+            "seed": seed,
+        },
+    )
+    observer = RichObserver()
+    try:
+        trainer, reason = run_training(train, valid, out, model_cfg, train_cfg, spm, observer)
+    finally:
+        observer.stop()
+    err_console.print(summary_table(trainer, reason, observer.history))
+    if trainer.stop_signal is not None:
+        err_console.print(
+            f"[yellow]interrupted[/]: resume checkpoint in {out}/resume.pt; run the same command "
+            "again to continue"
+        )
+        raise typer.Exit(130)

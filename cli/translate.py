@@ -1,0 +1,133 @@
+"""``nmt translate``: lines from a file or stdin to a file or stdout, one output per input."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import err_console, handle_errors, make_progress
+from nmt.checkpoint import atomic_write
+from nmt.config import DecodeConfig
+from nmt.data import count_lines, iter_lines
+from nmt.errors import InputError
+from nmt.translate import Translation, Translator
+
+
+def read_input(path: str) -> tuple[Iterator[str], int | None]:
+    """Lines of ``path`` (``-`` = stdin; ``.gz`` files are decompressed) without newlines,
+    streamed, and their count when known.
+
+    Raises:
+        InputError: missing file (a non-UTF-8 line raises while iterating, naming file and line).
+    """
+    if path == "-":
+        return stdin_lines(), None
+    return iter_lines(path), count_lines(path)
+
+
+def stdin_lines() -> Iterator[str]:
+    """Lines of stdin as they arrive, decoded as UTF-8 with line-numbered errors."""
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise InputError("not valid UTF-8; send UTF-8 text", "<stdin>", number) from None
+
+
+def format_result(t: Translation, nbest: int, scores: bool) -> str:
+    """One output line; with ``nbest`` > 1: ``rank<TAB>score<TAB>text`` lines per input."""
+    if nbest > 1:
+        return "\n".join(
+            f"{rank}\t{score:.4f}\t{text}" for rank, (text, score) in enumerate(t.nbest)
+        )
+    return f"{t.score:.4f}\t{t.text}" if scores else t.text
+
+
+@handle_errors
+def translate(
+    input: Annotated[str, typer.Argument(help="Input file, or - for stdin.")] = "-",
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Model folder written by nmt train.")
+    ] = Path("."),
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Output file (default stdout); written only when complete."
+        ),
+    ] = None,
+    beam_size: Annotated[
+        int, typer.Option(help="Beam size; 1 = greedy search.")
+    ] = DecodeConfig.beam_size,
+    length_penalty: Annotated[
+        float, typer.Option(help="GNMT length penalty alpha.")
+    ] = DecodeConfig.length_penalty,
+    max_len_a: Annotated[
+        float, typer.Option(help="Max output length = a * src_len + b.")
+    ] = DecodeConfig.max_len_a,
+    max_len_b: Annotated[int, typer.Option(help="See --max-len-a.")] = DecodeConfig.max_len_b,
+    batch_tokens: Annotated[
+        int, typer.Option(help="Source tokens per batch.")
+    ] = DecodeConfig.batch_tokens,
+    batch_size: Annotated[int, typer.Option(help="Sentences per batch.")] = DecodeConfig.batch_size,
+    nbest: Annotated[
+        int, typer.Option(help="Hypotheses per input: prints rank<TAB>score<TAB>text lines.")
+    ] = 1,
+    scores: Annotated[
+        bool, typer.Option("--scores", help="Prefix each line with its log-probability and a tab.")
+    ] = False,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights file in the folder to use instead of model.safetensors (e.g. last.safetensors)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Translate a file or stdin with batched beam search."""
+    decode = DecodeConfig(
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        nbest=nbest,
+        batch_tokens=batch_tokens,
+        batch_size=batch_size,
+    )
+    lines, total = read_input(input)
+    interactive = input == "-" and sys.stdin.isatty()
+    translator = Translator.load(
+        model, decode, device=device, weights=weights, chunk_lines=1 if interactive else 2000
+    )
+    truncated: list[int] = []
+    results = translator.translate(lines)
+    if output is None:
+        with make_progress() as progress:
+            task = progress.add_task("translate", total=total)
+            for number, t in enumerate(results, start=1):
+                sys.stdout.write(format_result(t, nbest, scores) + "\n")
+                sys.stdout.flush() if interactive else None
+                if t.truncated:
+                    truncated.append(number)
+                progress.advance(task)
+    else:
+
+        def write(f) -> None:  # type: ignore[no-untyped-def]
+            with make_progress() as progress:
+                task = progress.add_task("translate", total=total)
+                for number, t in enumerate(results, start=1):
+                    f.write((format_result(t, nbest, scores) + "\n").encode("utf-8"))
+                    if t.truncated:
+                        truncated.append(number)
+                    progress.advance(task)
+
+        atomic_write(output, write)
+    if truncated:
+        shown = ", ".join(map(str, truncated[:20])) + (" ..." if len(truncated) > 20 else "")
+        err_console.print(
+            f"[yellow]warning:[/] {len(truncated)} input line(s) longer than the "
+            f"model's limit were cut: line {shown}"
+        )

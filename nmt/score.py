@@ -1,0 +1,525 @@
+"""sacreBLEU metrics (BLEU, chrF/chrF++, TER), their signatures, and paired significance tests.
+
+Every number comes from sacreBLEU's Python API (Post 2018), built with the same arguments the
+``sacrebleu`` command builds, so a score here equals ``sacrebleu HYP -r REF -m bleu chrf ter``
+and each one carries sacreBLEU's signature (the settings needed to reproduce it). Scores are on
+a 0-100 scale; TER is an edit rate in percent (lower is better, can exceed 100).
+
+Methods: BLEU (Papineni et al. 2002), chrF (Popović 2015) and chrF++ (Popović 2017), TER
+(Snover et al. 2006), paired bootstrap resampling (Koehn 2004) and approximate randomization
+(Riezler & Maxwell 2005) as implemented in ``sacrebleu.significance.PairedTest``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.metrics.base import Metric
+from sacrebleu.significance import PairedTest, Result
+
+from nmt.errors import ConfigError, InputError
+
+METRICS = ("bleu", "chrf", "ter")
+DEFAULT_METRICS = ("bleu", "chrf")
+TOKENIZERS: tuple[str, ...] = tuple(BLEU.TOKENIZERS)
+PAIRED_METHODS = ("bs", "ar")
+# sacreBLEU's defaults: 1000 bootstrap resamples, 10000 AR trials, seed 12345 (SACREBLEU_SEED).
+DEFAULT_PAIRED_SAMPLES: dict[str, int] = dict(PairedTest._DEFAULT_SAMPLES)
+DEFAULT_SEED = 12345
+# Bootstrap resamples behind the confidence intervals of an AR test (sacreBLEU's API default).
+AR_CI_RESAMPLES = DEFAULT_PAIRED_SAMPLES["bs"]
+SIGNIFICANCE_LEVEL = 0.05
+
+SPM_MARKER = "\u2581"
+# Space before a comma or full stop, split clitics and Moses escapes: signs of tokenized text.
+_TOKENIZED = re.compile(r" [,.](?= |$)| 's\b| n't\b|&(?:apos|quot|amp|lt|gt);")
+TOKENIZED_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Metric settings; the defaults are sacreBLEU's (and appear in every signature).
+
+    Args:
+        tokenize: BLEU tokenizer, one of :data:`TOKENIZERS` (13a is mteval-v13a's).
+        lowercase: case-insensitive BLEU.
+        chrf_char_order: chrF character n-gram order.
+        chrf_word_order: chrF word n-gram order; 2 gives chrF++ (Popović 2017).
+        chrf_beta: weight of recall against precision in chrF's F-score.
+        chrf_lowercase: case-insensitive chrF.
+        ter_case_sensitive: case-sensitive TER (Tercom lowercases by default).
+        ter_no_punct: remove punctuation before TER.
+        ter_asian_support: split Asian characters for TER.
+        ter_normalized: Tercom's normalization and tokenization before TER.
+
+    Raises:
+        ConfigError: an unknown tokenizer or a negative n-gram order or beta.
+    """
+
+    tokenize: str = BLEU.TOKENIZER_DEFAULT
+    lowercase: bool = False
+    chrf_char_order: int = CHRF.CHAR_ORDER
+    chrf_word_order: int = CHRF.WORD_ORDER
+    chrf_beta: int = CHRF.BETA
+    chrf_lowercase: bool = False
+    ter_case_sensitive: bool = False
+    ter_no_punct: bool = False
+    ter_asian_support: bool = False
+    ter_normalized: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tokenize not in TOKENIZERS:
+            raise ConfigError(
+                f"tokenize={self.tokenize!r} is not a sacreBLEU tokenizer; choose one of: "
+                + ", ".join(TOKENIZERS)
+            )
+        for name in ("chrf_char_order", "chrf_word_order", "chrf_beta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.chrf_char_order + self.chrf_word_order == 0:
+            raise ConfigError("chrf_char_order and chrf_word_order are both 0; raise one of them")
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One corpus-level score.
+
+    Attributes:
+        name: sacreBLEU's name of the metric: ``BLEU``, ``chrF2``, ``chrF2++``, ``TER``.
+        score: the score, 0-100 (TER: percent of edits, lower is better).
+        signature: sacreBLEU's reproducibility signature, e.g. ``nrefs:1|case:mixed|...``.
+        detail: sacreBLEU's ``str(score)``, e.g. ``BLEU = 34.21 65.1/40.2/... (BP = ...)``.
+    """
+
+    name: str
+    score: float
+    signature: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class SentenceScores:
+    """Per-line scores of one metric (sentence BLEU uses effective n-gram order, as sacreBLEU).
+
+    Attributes:
+        name: sacreBLEU's name of the metric.
+        signature: sacreBLEU's signature of the sentence-level metric.
+        scores: one score per hypothesis line, 0-100.
+    """
+
+    name: str
+    signature: str
+    scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PairedScore:
+    """One system's result for one metric in a paired test.
+
+    Attributes:
+        score: the corpus score, 0-100.
+        mean: mean score over the bootstrap resamples.
+        ci: half-width of the 95% confidence interval around ``mean`` (score units).
+        p_value: probability of a difference at least as large by chance; ``None`` for the
+            baseline.
+    """
+
+    score: float
+    mean: float | None
+    ci: float | None
+    p_value: float | None
+
+    def significant(self, alpha: float = SIGNIFICANCE_LEVEL) -> bool:
+        """Whether the difference to the baseline is significant at level ``alpha``."""
+        return self.p_value is not None and self.p_value < alpha
+
+
+@dataclass(frozen=True)
+class PairedResult:
+    """A paired test of several systems against the first (the baseline).
+
+    Attributes:
+        method: ``bs`` (paired bootstrap resampling) or ``ar`` (approximate randomization).
+        n_samples: bootstrap resamples (bs) or randomization trials (ar).
+        seed: the RNG seed (``None``: unseeded).
+        names: system names, baseline first.
+        metric_names: metric id (``bleu``) to sacreBLEU's name (``BLEU``).
+        signatures: metric id to sacreBLEU's signature, which records the test and seed.
+        scores: metric id to one :class:`PairedScore` per system, baseline first.
+    """
+
+    method: str
+    n_samples: int
+    seed: int | None
+    names: tuple[str, ...]
+    metric_names: dict[str, str]
+    signatures: dict[str, str]
+    scores: dict[str, tuple[PairedScore, ...]]
+
+
+def read_text(path: str | Path) -> list[str]:
+    """The lines of a UTF-8 text file (gzipped if it ends in ``.gz``).
+
+    Only the line end is removed (``\\n``, or ``\\r\\n``); other whitespace is kept. A file
+    whose last line has no newline gives the same lines as one whose last line has.
+
+    Raises:
+        InputError: the file is missing or unreadable, or is not valid UTF-8 (with the line).
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); re-encode the file as UTF-8, "
+            "e.g. with iconv",
+            path,
+            line,
+        ) from None
+    if not text:
+        return []
+    # split("\n"), not splitlines(): U+2028 and friends are text, not line ends.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError("file not found", path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a text file", path) from None
+    except (gzip.BadGzipFile, EOFError):
+        raise InputError("not a valid gzip file (or truncated)", path) from None
+    except OSError as exc:
+        raise InputError(f"cannot read the file: {exc.strerror or exc}", path) from None
+
+
+def read_inputs(
+    hyp_paths: Sequence[str | Path], ref_paths: Sequence[str | Path]
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Read hypothesis and reference files and check that they are line-aligned.
+
+    Returns:
+        ``(systems, refs)``: one list of lines per hypothesis file and per reference file.
+
+    Raises:
+        InputError: a file is unreadable or not UTF-8, a hypothesis file is empty, or two
+            files have different line counts (the message names both files and counts).
+    """
+    if not hyp_paths or not ref_paths:
+        raise InputError("need at least one hypothesis file and one reference file")
+    refs = [read_text(path) for path in ref_paths]
+    for path, lines in zip(ref_paths[1:], refs[1:], strict=True):
+        _check_count(path, len(lines), ref_paths[0], len(refs[0]))
+    systems = []
+    for path in hyp_paths:
+        lines = read_text(path)
+        if not lines:
+            raise InputError("is empty: there are no hypotheses to score", path)
+        _check_count(path, len(lines), ref_paths[0], len(refs[0]))
+        systems.append(lines)
+    return systems, refs
+
+
+def _check_count(path: str | Path, count: int, ref_path: str | Path, expected: int) -> None:
+    if count != expected:
+        raise InputError(
+            f"has {count} lines but the reference {ref_path} has {expected} lines; every "
+            "hypothesis line must pair with one line of each reference",
+            path,
+        )
+
+
+def check_hypotheses(
+    hyps: Sequence[str], name: str = "hypotheses", baseline: Sequence[str] | None = None
+) -> list[str]:
+    """Common mistakes in a hypothesis file, as one warning each (empty list: none found).
+
+    Looks for SentencePiece markers (``▁``) left by a missing decode, text that looks
+    tokenized (`` ,`` `` .`` `` 's`` ``&quot;`` in at least 10% of the lines; sacreBLEU
+    tokenizes itself, so tokenized input gives scores not comparable to published ones), empty
+    lines, and a system identical to ``baseline`` (its paired p-value is meaningless).
+
+    Args:
+        hyps: hypothesis lines.
+        name: how to call them in the warnings (usually the file path).
+        baseline: the baseline's lines when ``hyps`` is compared with it.
+    """
+    total = len(hyps)
+    if total == 0:
+        return [f"{name}: no lines"]
+    warnings = []
+    n_spm = sum(SPM_MARKER in line for line in hyps)
+    if n_spm:
+        warnings.append(
+            f"{name}: {n_spm} of {total} lines contain the SentencePiece marker "
+            f"'{SPM_MARKER}' (U+2581); decode the pieces to plain text before scoring"
+        )
+    n_tok = sum(bool(_TOKENIZED.search(line)) for line in hyps)
+    if n_tok and n_tok >= TOKENIZED_SHARE * total:
+        warnings.append(
+            f"{name}: {n_tok} of {total} lines look tokenized (' ,', ' .', \" 's\", &quot;); "
+            "detokenize them: sacreBLEU tokenizes itself and tokenized input is not comparable"
+        )
+    n_empty = sum(not line.strip() for line in hyps)
+    if n_empty:
+        warnings.append(f"{name}: {n_empty} of {total} lines are empty")
+    if baseline is not None and list(hyps) == list(baseline):
+        warnings.append(
+            f"{name} is identical to the baseline; its paired p-value is meaningless "
+            "(sacreBLEU reports the smallest possible one)"
+        )
+    return warnings
+
+
+def corpus_scores(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    options: ScoreOptions | None = None,
+) -> dict[str, MetricResult]:
+    """Corpus-level scores, equal to ``sacrebleu.metrics.X(...).corpus_score(hyps, refs)``.
+
+    Args:
+        hyps: one detokenized hypothesis per segment.
+        refs: reference streams, each a list of lines aligned with ``hyps``.
+        metrics: metric ids among :data:`METRICS`.
+        options: metric settings (default: sacreBLEU's).
+
+    Returns:
+        Metric id (``bleu``, ``chrf``, ``ter``) to its :class:`MetricResult`, in the order of
+        ``metrics``.
+
+    Raises:
+        ConfigError: an unknown metric, or a tokenizer whose optional package is missing.
+        InputError: no hypotheses, or a reference stream of another length.
+    """
+    options = options or ScoreOptions()
+    _check_lengths(hyps, refs)
+    results = {}
+    for name in _check_metrics(metrics):
+        metric = _make_metric(name, options)
+        score = metric.corpus_score(list(hyps), [list(r) for r in refs])
+        signature = metric.get_signature().format()
+        results[name] = MetricResult(score.name, float(score.score), signature, str(score))
+    return results
+
+
+def sentence_scores(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    options: ScoreOptions | None = None,
+) -> dict[str, SentenceScores]:
+    """Per-line scores, equal to sacreBLEU's ``sentence_score`` (``sacrebleu -sl``).
+
+    Sentence BLEU uses effective n-gram order (``eff:yes``), as ``sacrebleu -sl`` does.
+
+    Args and Raises: as :func:`corpus_scores`.
+
+    Returns:
+        Metric id to its :class:`SentenceScores` (one score per line of ``hyps``).
+    """
+    options = options or ScoreOptions()
+    _check_lengths(hyps, refs)
+    results = {}
+    for name in _check_metrics(metrics):
+        metric = _make_metric(name, options, sentence=True)
+        scores = [metric.sentence_score(hyp, list(r)) for hyp, *r in zip(hyps, *refs, strict=True)]
+        results[name] = SentenceScores(
+            scores[0].name,
+            metric.get_signature().format(),
+            tuple(float(s.score) for s in scores),
+        )
+    return results
+
+
+def paired_test(
+    systems: Sequence[Sequence[str]],
+    refs: Sequence[Sequence[str]],
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    options: ScoreOptions | None = None,
+    method: str = "bs",
+    n_samples: int | None = None,
+    seed: int | None = DEFAULT_SEED,
+    names: Sequence[str] | None = None,
+) -> PairedResult:
+    """Compare each system with the first (the baseline) by a paired significance test.
+
+    Runs ``sacrebleu.significance.PairedTest``, so numbers equal ``sacrebleu --paired-bs``
+    (paired bootstrap resampling, Koehn 2004) or ``--paired-ar`` (approximate randomization,
+    Riezler & Maxwell 2005) with the same trials and ``SACREBLEU_SEED``. AR tests add 95%
+    confidence intervals from :data:`AR_CI_RESAMPLES` bootstrap resamples (its p-values are
+    unchanged by that; its signature then also shows ``bs``).
+
+    Args:
+        systems: hypothesis lines per system, baseline first.
+        refs: reference streams aligned with every system.
+        metrics: metric ids among :data:`METRICS`.
+        options: metric settings.
+        method: ``bs`` or ``ar``.
+        n_samples: resamples (bs) or trials (ar); ``None``: :data:`DEFAULT_PAIRED_SAMPLES`.
+        seed: RNG seed, used instead of ``$SACREBLEU_SEED``; ``None`` draws entropy from the OS
+            (not reproducible).
+        names: system names (default ``system 1``, ``system 2``, ...).
+
+    Raises:
+        ConfigError: an unknown method or metric, ``n_samples < 1``, or ``seed=0`` (sacreBLEU
+            treats 0 as "no seed").
+        InputError: fewer than two systems, or misaligned lines.
+    """
+    options = options or ScoreOptions()
+    n_samples = _check_paired_args(systems, method, n_samples, seed)
+    names = (
+        tuple(names) if names is not None else tuple(f"system {i + 1}" for i in range(len(systems)))
+    )
+    if len(names) != len(systems):
+        raise ConfigError(f"got {len(names)} names for {len(systems)} systems")
+    for hyps in systems:
+        _check_lengths(hyps, refs)
+    ref_lists = [list(r) for r in refs]
+    # Built with the references, as the sacrebleu command does, so they are processed once.
+    metric_objs = {m: _make_metric(m, options, ref_lists) for m in _check_metrics(metrics)}
+    with _sacrebleu_seed(seed):
+        test = PairedTest(
+            [(name, list(hyps)) for name, hyps in zip(names, systems, strict=True)],
+            metric_objs,
+            references=None,
+            test_type=method,
+            n_samples=n_samples,
+            n_ar_confidence=AR_CI_RESAMPLES if method == "ar" else -1,
+        )
+        signatures, table = test()
+    # PairedTest keys its results by score name (BLEU, chrF2, ...), in the order of metric_objs.
+    sacre_names = dict(zip(metric_objs, signatures, strict=True))
+    return PairedResult(
+        method=method,
+        n_samples=n_samples,
+        seed=seed,
+        names=names,
+        metric_names=sacre_names,
+        signatures={m: signatures[s].format() for m, s in sacre_names.items()},
+        scores={m: tuple(_paired_score(r) for r in table[s]) for m, s in sacre_names.items()},
+    )
+
+
+def _check_paired_args(
+    systems: Sequence[Sequence[str]], method: str, n_samples: int | None, seed: int | None
+) -> int:
+    if method not in PAIRED_METHODS:
+        raise ConfigError(f"paired method {method!r} is unknown; choose one of: bs, ar")
+    if len(systems) < 2:
+        raise InputError(
+            f"a paired test needs a baseline and at least one other system; got {len(systems)}"
+        )
+    if n_samples is not None and n_samples < 1:
+        raise ConfigError(f"n_samples={n_samples} must be >= 1")
+    if seed == 0:
+        raise ConfigError("seed=0 means 'no seed' to sacreBLEU's paired tests; pick another seed")
+    return n_samples if n_samples is not None else DEFAULT_PAIRED_SAMPLES[method]
+
+
+@contextmanager
+def _sacrebleu_seed(seed: int | None) -> Iterator[None]:
+    # PairedTest reads its seed from this variable only (as the sacrebleu command does).
+    old = os.environ.get("SACREBLEU_SEED")
+    os.environ["SACREBLEU_SEED"] = "none" if seed is None else str(seed)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SACREBLEU_SEED"]
+        else:
+            os.environ["SACREBLEU_SEED"] = old
+
+
+def _paired_score(result: Result) -> PairedScore:
+    def opt(value: float | None) -> float | None:
+        return None if value is None else float(value)
+
+    return PairedScore(float(result.score), opt(result.mean), opt(result.ci), opt(result.p_value))
+
+
+def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(m.strip().lower() for m in metrics))
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ConfigError(
+            f"unknown metric(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from: {', '.join(METRICS)}"
+        )
+    return names
+
+
+def _check_lengths(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+    if len(hyps) == 0:
+        raise InputError("there are no hypotheses to score")
+    if len(refs) == 0:
+        raise InputError("need at least one reference stream")
+    for i, ref in enumerate(refs, start=1):
+        if len(ref) != len(hyps):
+            raise InputError(
+                f"reference stream {i} has {len(ref)} lines but there are {len(hyps)} hypotheses"
+            )
+
+
+def _make_metric(
+    name: str,
+    options: ScoreOptions,
+    references: list[list[str]] | None = None,
+    sentence: bool = False,
+) -> Metric:
+    if name == "bleu":
+        return _make_bleu(options, references, sentence)
+    if name == "chrf":
+        return CHRF(
+            char_order=options.chrf_char_order,
+            word_order=options.chrf_word_order,
+            beta=options.chrf_beta,
+            lowercase=options.chrf_lowercase,
+            references=references,
+        )
+    return TER(
+        normalized=options.ter_normalized,
+        no_punct=options.ter_no_punct,
+        asian_support=options.ter_asian_support,
+        case_sensitive=options.ter_case_sensitive,
+        references=references,
+    )
+
+
+def _make_bleu(options: ScoreOptions, references: list[list[str]] | None, sentence: bool) -> BLEU:
+    # force=True: check_hypotheses warns about tokenized input; the library stays quiet.
+    try:
+        return BLEU(
+            lowercase=options.lowercase,
+            tokenize=options.tokenize,
+            force=True,
+            effective_order=sentence,
+            references=references,
+        )
+    except (ImportError, RuntimeError) as exc:  # MeCab tokenizers without their packages
+        raise ConfigError(
+            f"tokenize={options.tokenize!r} needs an optional package: {' '.join(str(exc).split())}"
+        ) from None
+    except OSError as exc:  # SentencePiece tokenizers download their model on first use
+        raise ConfigError(
+            f"tokenize={options.tokenize!r} could not load its SentencePiece model (sacreBLEU "
+            f"downloads it to ~/.sacrebleu/models on first use): {exc}"
+        ) from None
