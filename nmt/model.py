@@ -33,7 +33,9 @@ def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
         ``(n_positions, d_model)`` float32; even channels sin, odd channels cos.
     """
     position = torch.arange(n_positions, dtype=torch.float32).unsqueeze(1)
-    inv_freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
+    )
     table = torch.zeros(n_positions, d_model)
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq)
@@ -45,12 +47,13 @@ class LayerCache:
     """Keys and values one decoder layer has seen, for incremental decoding.
 
     Attributes:
-        self_k / self_v: ``(rows, n_heads, capacity, head_dim)``; positions ``[0, length)``
-            hold the decoded prefix. Capacity grows in chunks of ``CACHE_CHUNK`` so a step
-            writes in place instead of re-copying the prefix.
+        cross_k / cross_v: ``(sentences, n_heads, src_len, head_dim)``, projected once from the
+            encoder output and shared by all beams of a sentence.
+        self_k / self_v: ``(rows, n_heads, capacity, head_dim)`` with ``rows = sentences *
+            beam``; positions ``[0, length)`` hold the decoded prefix. Capacity grows in
+            chunks of ``CACHE_CHUNK`` so that a step writes in place instead of re-copying
+            the prefix.
         length: decoded positions stored.
-        cross_k / cross_v: ``(rows, n_heads, src_len, head_dim)``, projected once from the
-            encoder output.
     """
 
     cross_k: torch.Tensor
@@ -61,25 +64,28 @@ class LayerCache:
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one step's ``(rows, n_heads, 1, head_dim)`` key/value; return the prefix."""
-        if self.self_k is None or self.length == self.self_k.size(2):
+        if self.self_k is None or self.self_v is None or self.length == self.self_k.size(2):
             grow = k.new_zeros(k.size(0), k.size(1), CACHE_CHUNK, k.size(3))
-            self.self_k = grow if self.self_k is None else torch.cat([self.self_k, grow], 2)
-            self.self_v = torch.zeros_like(grow) if self.self_v is None else torch.cat(
-                [self.self_v, torch.zeros_like(grow)], 2
-            )
-        assert self.self_v is not None
+            if self.self_k is None or self.self_v is None:
+                self.self_k, self.self_v = grow, grow.clone()
+            else:
+                self.self_k = torch.cat([self.self_k, grow], 2)
+                self.self_v = torch.cat([self.self_v, grow], 2)
         self.self_k[:, :, self.length] = k[:, :, 0]
         self.self_v[:, :, self.length] = v[:, :, 0]
         self.length += 1
         return self.self_k[:, :, : self.length], self.self_v[:, :, : self.length]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (a ``(new_rows,)`` int64 tensor), in that order."""
-        self.cross_k = self.cross_k.index_select(0, index)
-        self.cross_v = self.cross_v.index_select(0, index)
+    def reorder_rows(self, index: torch.Tensor) -> None:
+        """Keep self-attention rows ``index`` (``(new_rows,)`` int64), in that order."""
         if self.self_k is not None and self.self_v is not None:
             self.self_k = self.self_k.index_select(0, index)
             self.self_v = self.self_v.index_select(0, index)
+
+    def select_sentences(self, index: torch.Tensor) -> None:
+        """Keep the cross-attention keys/values of sentences ``index``."""
+        self.cross_k = self.cross_k.index_select(0, index)
+        self.cross_v = self.cross_v.index_select(0, index)
 
 
 @dataclass
@@ -88,19 +94,34 @@ class DecoderCache:
 
     Attributes:
         layers: one :class:`LayerCache` per decoder layer.
-        src_mask: ``(rows, 1, 1, src_len)`` bool, True where the source is a real token.
+        src_mask: ``(sentences, 1, 1, src_len)`` bool, True where the source is a real token.
+        beam_size: decoder rows per sentence; a sentence's rows are adjacent.
+        rows: current number of decoder rows (``sentences * beam_size``).
         step: target positions decoded so far.
     """
 
     layers: list[LayerCache]
     src_mask: torch.Tensor
+    beam_size: int = 1
+    rows: int = 0
     step: int = 0
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` of every layer (beam reordering, finished-sentence removal)."""
+        """Keep decoder rows ``index`` (``(new_rows,)`` int64), in that order.
+
+        With ``beam_size`` > 1 the rows of one sentence must stay together, in sentence order
+        (as beam search keeps them): an index of the same length only moves hypotheses
+        between the beams of each sentence, so the per-sentence cross-attention state is left
+        alone; a shorter index drops whole sentences (finished ones) and their state.
+        """
         for layer in self.layers:
-            layer.reorder(index)
-        self.src_mask = self.src_mask.index_select(0, index)
+            layer.reorder_rows(index)
+        if self.beam_size == 1 or index.numel() != self.rows:
+            sentences = index[:: self.beam_size] // self.beam_size
+            for layer in self.layers:
+                layer.select_sentences(sentences)
+            self.src_mask = self.src_mask.index_select(0, sentences)
+        self.rows = index.numel()
 
 
 class MultiHeadAttention(nn.Module):
@@ -134,23 +155,35 @@ class MultiHeadAttention(nn.Module):
         return k, v
 
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-        mask: torch.Tensor | None, causal: bool,
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
     ) -> torch.Tensor:
         """SDPA over ``(batch, n_heads, len, head_dim)`` inputs → ``(batch, q_len, d_model)``.
 
         ``mask`` is bool and True = attend (the opposite of a key-padding mask).
         """
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=causal,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0,
         )
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, -1))  # (B, T, d_model)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False,
-        memory: torch.Tensor | None = None, cache: LayerCache | None = None,
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        memory: torch.Tensor | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` ``(batch, len, d_model)``.
 
@@ -163,12 +196,16 @@ class MultiHeadAttention(nn.Module):
         """
         if self.cross:
             q = self.split_heads(self.q_proj(x))[0]
-            if cache is not None:
-                k, v = cache.cross_k, cache.cross_v
-            else:
+            if cache is None:
                 assert memory is not None
                 k, v = self.project_kv(memory)
-            return self.attend(q, k, v, mask, causal=False)
+                return self.attend(q, k, v, mask, causal=False)
+            # All beams of a sentence read the same source: attend with them as the queries
+            # of one row, so the memory's keys/values are neither copied nor reordered per beam.
+            rows, n = q.size(0), cache.cross_k.size(0)
+            q = q.view(n, rows // n, self.n_heads, self.head_dim).transpose(1, 2)
+            out = self.attend(q, cache.cross_k, cache.cross_v, mask, causal=False)
+            return out.reshape(rows, 1, -1)  # (n, beam, d_model) -> (rows, 1, d_model)
         q, k, v = self.split_heads(self.qkv_proj(x))
         if cache is not None:
             # One new query reads the whole prefix: no causal mask (SDPA's is_causal would
@@ -197,7 +234,11 @@ class Sublayer(nn.Module):
 
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
-        self.norm, self.dropout, self.pre_norm = nn.LayerNorm(d_model), nn.Dropout(dropout), pre_norm
+        self.norm, self.dropout, self.pre_norm = (
+            nn.LayerNorm(d_model),
+            nn.Dropout(dropout),
+            pre_norm,
+        )
 
     def forward(self, x: torch.Tensor, fn) -> torch.Tensor:  # type: ignore[no-untyped-def]
         if self.pre_norm:
@@ -234,7 +275,10 @@ class DecoderLayer(nn.Module):
         self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor | None, src_mask: torch.Tensor,
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor | None,
+        src_mask: torch.Tensor,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """``x``: ``(batch, tgt_len, d_model)`` (``tgt_len`` = 1 with a cache)."""
@@ -331,10 +375,18 @@ class Transformer(nn.Module):
         memory, src_mask = self.encode(src)
         return self.decode(tgt_in, memory, src_mask)
 
-    def init_cache(self, memory: torch.Tensor, src_mask: torch.Tensor) -> DecoderCache:
-        """Project cross-attention keys/values once per sentence for incremental decoding."""
+    def init_cache(
+        self, memory: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 1
+    ) -> DecoderCache:
+        """Project cross-attention keys/values once per sentence for incremental decoding.
+
+        Args:
+            memory: ``(sentences, src_len, d_model)``; src_mask: ``(sentences, 1, 1, src_len)``.
+            beam_size: decoder rows per sentence; :meth:`decode_step` then takes
+                ``sentences * beam_size`` rows, each sentence's rows adjacent.
+        """
         layers = [LayerCache(*layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers]
-        return DecoderCache(layers, src_mask)
+        return DecoderCache(layers, src_mask, beam_size, rows=memory.size(0) * beam_size)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """One incremental decoding step.

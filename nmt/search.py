@@ -125,9 +125,7 @@ def beam_init(
     """Encode once, repeat the memory ``beam_size`` times; only beam 0 is live at first."""
     batch = src.size(0)
     memory, src_mask = model.encode(src)
-    rows = torch.arange(batch, device=src.device).repeat_interleave(beam_size)
-    cache = model.init_cache(memory, src_mask)
-    cache.reorder(rows)  # (batch * beam) rows, each sentence's beams adjacent
+    cache = model.init_cache(memory, src_mask, beam_size)  # (batch * beam) rows
     scores = torch.full((batch, beam_size), float("-inf"), device=src.device)
     scores[:, 0] = 0.0
     return BeamState(
@@ -141,16 +139,21 @@ def beam_init(
 
 
 def beam_step(
-    model: Transformer, state: BeamState, finished: list[list[Hypothesis]],
-    beam_size: int, alpha: float,
+    model: Transformer,
+    state: BeamState,
+    finished: list[list[Hypothesis]],
+    beam_size: int,
+    alpha: float,
 ) -> BeamState | None:
     """Advance every live sentence by one token; return ``None`` when all are done.
 
     Appends the hypotheses that end here to ``finished[sentence]``.
     """
     n, step = state.sentence.numel(), state.history.size(1)
-    last = state.history[:, -1] if step else torch.full(
-        (n * beam_size,), BOS_ID, dtype=torch.long, device=state.scores.device
+    last = (
+        state.history[:, -1]
+        if step
+        else torch.full((n * beam_size,), BOS_ID, dtype=torch.long, device=state.scores.device)
     )
     logp = model.decode_step(last, state.cache).view(n, beam_size, -1)  # (n, beam, vocab)
     vocab = logp.size(-1)
@@ -174,7 +177,9 @@ def beam_step(
         return None
     if bool(done.any()):
         keep = (~done).nonzero()[:, 0]
-        keep_rows = (keep[:, None] * beam_size + torch.arange(beam_size, device=keep.device)).view(-1)
+        keep_rows = (keep[:, None] * beam_size + torch.arange(beam_size, device=keep.device)).view(
+            -1
+        )
         rows, history = rows[keep_rows], history[keep_rows]
         next_scores, state.sentence = next_scores[keep], state.sentence[keep]
         state.limits, state.n_finished = state.limits[keep], state.n_finished[keep]
@@ -184,8 +189,13 @@ def beam_step(
 
 
 def _finalize(
-    state: BeamState, finished: list[list[Hypothesis]], cand_scores: torch.Tensor,
-    cand_beam: torch.Tensor, is_eos: torch.Tensor, beam_size: int, alpha: float,
+    state: BeamState,
+    finished: list[list[Hypothesis]],
+    cand_scores: torch.Tensor,
+    cand_beam: torch.Tensor,
+    is_eos: torch.Tensor,
+    beam_size: int,
+    alpha: float,
 ) -> None:
     """Record hypotheses that end with EOS among each sentence's top ``beam`` candidates."""
     ending = is_eos[:, :beam_size] & torch.isfinite(cand_scores[:, :beam_size])
@@ -205,8 +215,13 @@ def _finalize(
 
 @torch.inference_mode()
 def beam_search(
-    model: Transformer, src: torch.Tensor, beam_size: int = 5, length_penalty_alpha: float = 1.0,
-    max_len_a: float = 1.5, max_len_b: int = 10, nbest: int = 1,
+    model: Transformer,
+    src: torch.Tensor,
+    beam_size: int = 5,
+    length_penalty_alpha: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    nbest: int = 1,
 ) -> list[list[Hypothesis]]:
     """Batched beam search (Sutskever et al. 2014; fairseq's 2×beam candidate scheme).
 
