@@ -11,7 +11,8 @@ from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
 from nmt.config import resolve
-from nmt.train import StepStats, Trainer, TrainObserver, ValidResult, train as run_training
+from nmt.train import StepStats, Trainer, TrainObserver, ValidResult
+from nmt.train import train as run_training
 
 
 class RichObserver(TrainObserver):

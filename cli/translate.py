@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +14,7 @@ from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
 from nmt.data import count_lines, iter_lines
 from nmt.errors import InputError
+from nmt.score import corpus_scores, read_text
 from nmt.translate import Translation, Translator
 
 
@@ -82,10 +83,14 @@ def translate(
     weights: Annotated[
         str | None,
         typer.Option(
-            help="Weights file in the folder to use instead of model.safetensors (e.g. last.safetensors)."
+            help="Weights file to use instead of model.safetensors (e.g. last.safetensors)."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    ref: Annotated[
+        list[Path] | None,
+        typer.Option("--ref", "-r", help="Reference file(s): print BLEU and chrF when done."),
+    ] = None,
 ) -> None:
     """Translate a file or stdin with batched beam search."""
     decode = DecodeConfig(
@@ -102,32 +107,33 @@ def translate(
     translator = Translator.load(
         model, decode, device=device, weights=weights, chunk_lines=1 if interactive else 2000
     )
-    truncated: list[int] = []
     results = translator.translate(lines)
-    if output is None:
+    hyps: list[str] = []
+    truncated: list[int] = []
+
+    def emit(write: Callable[[str], None]) -> None:
         with make_progress() as progress:
             task = progress.add_task("translate", total=total)
             for number, t in enumerate(results, start=1):
-                sys.stdout.write(format_result(t, nbest, scores) + "\n")
-                sys.stdout.flush() if interactive else None
+                write(format_result(t, nbest, scores) + "\n")
+                hyps.append(t.text)
                 if t.truncated:
                     truncated.append(number)
                 progress.advance(task)
+
+    if output is None:
+        emit(lambda text: (sys.stdout.write(text), interactive and sys.stdout.flush()))
     else:
-
-        def write(f) -> None:  # type: ignore[no-untyped-def]
-            with make_progress() as progress:
-                task = progress.add_task("translate", total=total)
-                for number, t in enumerate(results, start=1):
-                    f.write((format_result(t, nbest, scores) + "\n").encode("utf-8"))
-                    if t.truncated:
-                        truncated.append(number)
-                    progress.advance(task)
-
-        atomic_write(output, write)
+        atomic_write(output, lambda f: emit(lambda text: f.write(text.encode("utf-8"))))
     if truncated:
         shown = ", ".join(map(str, truncated[:20])) + (" ..." if len(truncated) > 20 else "")
         err_console.print(
             f"[yellow]warning:[/] {len(truncated)} input line(s) longer than the "
             f"model's limit were cut: line {shown}"
         )
+    if ref:
+        refs = [read_text(r) for r in ref]
+        for name, result in corpus_scores(hyps, refs, metrics=("bleu", "chrf")).items():
+            err_console.print(
+                f"{result.detail}\n  {name} signature: {result.signature}", highlight=False
+            )

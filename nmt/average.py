@@ -31,8 +31,9 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     total: dict[str, torch.Tensor] = {}
     for path in paths:
         state = ckpt.load_weights(path)
-        if total and (state.keys() != total.keys()
-                      or any(state[k].shape != total[k].shape for k in state)):
+        if total and (
+            state.keys() != total.keys() or any(state[k].shape != total[k].shape for k in state)
+        ):
             raise CheckpointError(f"{path}: tensor names or shapes differ from {paths[0]}")
         for name, tensor in state.items():
             total[name] = total.get(name, 0) + tensor.double()  # type: ignore[operator]
@@ -64,13 +65,19 @@ def average_run(run_dir: str | Path, last: int, out_dir: str | Path) -> list[Pat
     if out_dir.resolve() == run_dir.resolve():
         raise CheckpointError("the output folder must differ from the run folder")
     paths = paths[-last:]
-    blob = st_save(average_weights(paths), metadata={
-        "format_version": str(ckpt.FORMAT_VERSION), "averaged": ",".join(p.name for p in paths),
-    })
+    blob = st_save(
+        average_weights(paths),
+        metadata={
+            "format_version": str(ckpt.FORMAT_VERSION),
+            "averaged": ",".join(p.name for p in paths),
+        },
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(out_dir / ckpt.SPM_FILE, lambda f: f.write((run_dir / ckpt.SPM_FILE).read_bytes()))
-    ckpt.write_json(out_dir / ckpt.CONFIG_FILE, {**config, "averaged_from": [p.name for p in paths]})
+    ckpt.atomic_write(
+        out_dir / ckpt.SPM_FILE, lambda f: f.write((run_dir / ckpt.SPM_FILE).read_bytes())
+    )
+    ckpt.write_json(
+        out_dir / ckpt.CONFIG_FILE, {**config, "averaged_from": [p.name for p in paths]}
+    )
     ckpt.atomic_write(out_dir / ckpt.WEIGHTS_FILE, lambda f: f.write(blob))
     return paths
-
-

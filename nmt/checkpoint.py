@@ -147,6 +147,13 @@ def load_model(
         path = folder / path
     state = load_weights(path)
     model = Transformer(model_cfg)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    resized = sorted(k for k, v in state.items() if k in shapes and v.shape != shapes[k])
+    if resized:  # load_state_dict would raise a RuntimeError
+        raise CheckpointError(
+            f"{path}: weights do not match {folder / CONFIG_FILE} (other shapes: "
+            f"{', '.join(resized[:5])})"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

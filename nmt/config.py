@@ -57,9 +57,7 @@ class ModelConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.d_model % self.n_heads:
-            raise ConfigError(
-                f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
-            )
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
         if self.vocab_size < 8:
             raise ConfigError(f"vocab_size={self.vocab_size} is too small (at least 8)")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
@@ -72,7 +70,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(d_model=256, n_heads=4, ffn_dim=1024, n_encoder_layers=3, n_decoder_layers=3),
     "base": dict(d_model=512, n_heads=8, ffn_dim=2048, n_encoder_layers=6, n_decoder_layers=6),
     "big": dict(
-        d_model=1024, n_heads=16, ffn_dim=4096, n_encoder_layers=6, n_decoder_layers=6,
+        d_model=1024,
+        n_heads=16,
+        ffn_dim=4096,
+        n_encoder_layers=6,
+        n_decoder_layers=6,
         dropout=0.3,
     ),
 }

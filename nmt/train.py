@@ -126,8 +126,14 @@ class Trainer:
     """
 
     def __init__(
-        self, out_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer: Tokenizer,
-        train_data: ParallelData, valid_data: ParallelData, valid_text: tuple[list[str], list[str]],
+        self,
+        out_dir: Path,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        tokenizer: Tokenizer,
+        train_data: ParallelData,
+        valid_data: ParallelData,
+        valid_text: tuple[list[str], list[str]],
         observer: TrainObserver | None = None,
     ):
         self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
@@ -139,7 +145,9 @@ class Trainer:
         random.seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=train_cfg.lr, betas=train_cfg.adam_betas,
+            self.model.parameters(),
+            lr=train_cfg.lr,
+            betas=train_cfg.adam_betas,
             weight_decay=train_cfg.weight_decay,
         )
         self.state = TrainState()
@@ -149,22 +157,29 @@ class Trainer:
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The batch order of ``epoch`` (depends only on the seed and the epoch)."""
         d = self.train_data
-        return make_batches([len(s) for s in d.src], [len(t) for t in d.tgt],
-                            self.cfg.batch_tokens, self.cfg.seed * 100_003 + epoch)
+        return make_batches(
+            [len(s) for s in d.src],
+            [len(t) for t in d.tgt],
+            self.cfg.batch_tokens,
+            self.cfg.seed * 100_003 + epoch,
+        )
 
     # --- resume -------------------------------------------------------------------------
     def save_resume(self) -> None:
         """Write ``last.safetensors`` and ``resume.pt`` (atomically, weights first)."""
         ckpt.save_weights(self.out_dir / "last.safetensors", self.model, self.state.step)
-        ckpt.save_resume(self.out_dir / ckpt.RESUME_FILE, {
-            "format_version": ckpt.FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "state": dict(vars(self.state)),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python_rng": list(random.getstate()[1]),
-        })
+        ckpt.save_resume(
+            self.out_dir / ckpt.RESUME_FILE,
+            {
+                "format_version": ckpt.FORMAT_VERSION,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": dict(vars(self.state)),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python_rng": list(random.getstate()[1]),
+            },
+        )
 
     def load_resume(self, path: Path) -> None:
         """Restore everything :meth:`save_resume` wrote."""
@@ -184,7 +199,8 @@ class Trainer:
         batch = collate(self.train_data, batch_indices).to(self.device)
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype else nullcontext()
+            if self.amp_dtype
+            else nullcontext()
         )
         with autocast:
             states = self.model(batch.src, batch.tgt_in)
@@ -193,7 +209,9 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         (loss / batch.n_tgt_tokens).backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm))
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        )
         if not (math.isfinite(grad_norm) and math.isfinite(float(loss.detach()))):
             self.optimizer.zero_grad(set_to_none=True)
             return None
@@ -209,13 +227,21 @@ class Trainer:
         total = nll_total = 0.0
         tokens = 0
         for batch_indices in make_batches(
-            [len(s) for s in self.valid_data.src], [len(t) for t in self.valid_data.tgt],
-            self.cfg.batch_tokens, 0,
+            [len(s) for s in self.valid_data.src],
+            [len(t) for t in self.valid_data.tgt],
+            self.cfg.batch_tokens,
+            0,
         ):
             batch = collate(self.valid_data, batch_indices).to(self.device)
             states = self.model(batch.src, batch.tgt_in)
-            loss, nll = label_smoothed_loss(self.model, states, batch.tgt_out, self.cfg.label_smoothing)
-            total, nll_total, tokens = total + float(loss), nll_total + float(nll), tokens + batch.n_tgt_tokens
+            loss, nll = label_smoothed_loss(
+                self.model, states, batch.tgt_out, self.cfg.label_smoothing
+            )
+            total, nll_total, tokens = (
+                total + float(loss),
+                nll_total + float(nll),
+                tokens + batch.n_tgt_tokens,
+            )
         return total / max(tokens, 1), nll_total / max(tokens, 1)
 
     def validate(self) -> ValidResult:
@@ -224,9 +250,14 @@ class Trainer:
         start = time.monotonic()
         loss, nll = self.valid_loss()
         src_lines, ref_lines = self.valid_text
-        translator = Translator(self.model, self.tokenizer, DecodeConfig(
-            beam_size=self.cfg.valid_beam_size, batch_tokens=self.cfg.batch_tokens,
-        ))
+        translator = Translator(
+            self.model,
+            self.tokenizer,
+            DecodeConfig(
+                beam_size=self.cfg.valid_beam_size,
+                batch_tokens=self.cfg.batch_tokens,
+            ),
+        )
         hyps = [t.text for t in translator.translate(src_lines)]
         self.model.train()
         scores = corpus_scores(hyps, [ref_lines], metrics=("bleu", "chrf"))
@@ -237,9 +268,16 @@ class Trainer:
             ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
         else:
             self.state.bad_validations += 1
-        result = ValidResult(self.state.step, loss, math.exp(min(nll, 50.0)), bleu,
-                             scores["chrf"].score, scores["bleu"].signature, best,
-                             time.monotonic() - start)
+        result = ValidResult(
+            self.state.step,
+            loss,
+            math.exp(min(nll, 50.0)),
+            bleu,
+            scores["chrf"].score,
+            scores["bleu"].signature,
+            best,
+            time.monotonic() - start,
+        )
         self.log({"type": "valid", **vars(result)})
         self.observer.on_validate(result)
         return result
@@ -248,8 +286,9 @@ class Trainer:
     def save_step_checkpoint(self) -> None:
         """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
         folder = self.out_dir / "checkpoints"
-        ckpt.save_weights(folder / f"step-{self.state.step:08d}.safetensors", self.model,
-                          self.state.step)
+        ckpt.save_weights(
+            folder / f"step-{self.state.step:08d}.safetensors", self.model, self.state.step
+        )
         for old in sorted(folder.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
             old.unlink()
 
@@ -309,7 +348,9 @@ class Trainer:
                 bad_in_row = 0
                 self.state.elapsed_s += time.monotonic() - tick
                 window_tokens += result[3]
-                self.after_step(result, lr, window_tokens / max(time.monotonic() - window_start, 1e-9))
+                self.after_step(
+                    result, lr, window_tokens / max(time.monotonic() - window_start, 1e-9)
+                )
                 if self.state.step % self.cfg.log_every == 0:
                     window_tokens, window_start = 0, time.monotonic()
                 if (reason := self.out_of_budget()) is not None:
@@ -324,8 +365,9 @@ class Trainer:
         """Log, validate and checkpoint on their schedules (validation time counts too)."""
         s, c = self.state, self.cfg
         loss, nll, grad_norm, _ = result
-        stats = StepStats(s.step, s.epoch, loss, nll, lr, grad_norm, tok_s, s.elapsed_s,
-                          s.skipped_steps)
+        stats = StepStats(
+            s.step, s.epoch, loss, nll, lr, grad_norm, tok_s, s.elapsed_s, s.skipped_steps
+        )
         self.observer.on_step(stats)
         if s.step % c.log_every == 0:
             self.log({"type": "train", **vars(stats)})
@@ -364,8 +406,12 @@ def stop_on_signals(trainer: Trainer):  # type: ignore[no-untyped-def]
 
 
 def prepare_run(
-    out_dir: Path, train_text: tuple[list[str], list[str]], prefixes: tuple[str, str],
-    model_cfg: ModelConfig, train_cfg: TrainConfig, spm_path: str | Path | None,
+    out_dir: Path,
+    train_text: tuple[list[str], list[str]],
+    prefixes: tuple[str, str],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    spm_path: str | Path | None,
     observer: TrainObserver,
 ) -> tuple[ModelConfig, TrainConfig, Tokenizer, bool]:
     """Create or reopen the run folder; returns the configs, tokenizer and whether to resume.
@@ -388,20 +434,27 @@ def prepare_run(
         train_tokenizer(train_text[0] + train_text[1], spm_file, model_cfg.vocab_size)
     tokenizer = Tokenizer(spm_file)
     model_cfg = replace(model_cfg, vocab_size=tokenizer.vocab_size)
-    ckpt.write_json(out_dir / ckpt.CONFIG_FILE, {
-        "format_version": ckpt.FORMAT_VERSION,
-        "src_lang": train_cfg.src_lang,
-        "tgt_lang": train_cfg.tgt_lang,
-        "model": to_dict(model_cfg),
-        "train": to_dict(train_cfg),
-        "data": {"train": prefixes[0], "valid": prefixes[1]},
-    })
+    ckpt.write_json(
+        out_dir / ckpt.CONFIG_FILE,
+        {
+            "format_version": ckpt.FORMAT_VERSION,
+            "src_lang": train_cfg.src_lang,
+            "tgt_lang": train_cfg.tgt_lang,
+            "model": to_dict(model_cfg),
+            "train": to_dict(train_cfg),
+            "data": {"train": prefixes[0], "valid": prefixes[1]},
+        },
+    )
     return model_cfg, train_cfg, tokenizer, resume
 
 
 def train(
-    train_prefix: str | Path, valid_prefix: str | Path, out_dir: str | Path,
-    model_cfg: ModelConfig, train_cfg: TrainConfig, spm_path: str | Path | None = None,
+    train_prefix: str | Path,
+    valid_prefix: str | Path,
+    out_dir: str | Path,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    spm_path: str | Path | None = None,
     observer: TrainObserver | None = None,
 ) -> tuple[Trainer, str]:
     """Train a model into ``out_dir`` (continuing it if it holds a resume checkpoint).
@@ -424,8 +477,13 @@ def train(
     src, tgt = read_parallel(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
     valid_src, valid_tgt = read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
     model_cfg, train_cfg, tokenizer, resume = prepare_run(
-        out_dir, (src, tgt), (str(train_prefix), str(valid_prefix)), model_cfg, train_cfg,
-        spm_path, observer,
+        out_dir,
+        (src, tgt),
+        (str(train_prefix), str(valid_prefix)),
+        model_cfg,
+        train_cfg,
+        spm_path,
+        observer,
     )
     train_data = encode_parallel(tokenizer, src, tgt, train_cfg.max_len)
     valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
@@ -433,8 +491,16 @@ def train(
         f"{len(train_data)} training pairs ({train_data.dropped} dropped: empty or longer "
         f"than {train_cfg.max_len} tokens), {len(valid_src)} validation pairs"
     )
-    trainer = Trainer(out_dir, model_cfg, train_cfg, tokenizer, train_data, valid_data,
-                      (valid_src, valid_tgt), observer)
+    trainer = Trainer(
+        out_dir,
+        model_cfg,
+        train_cfg,
+        tokenizer,
+        train_data,
+        valid_data,
+        (valid_src, valid_tgt),
+        observer,
+    )
     if resume:
         trainer.load_resume(out_dir / ckpt.RESUME_FILE)
     with stop_on_signals(trainer):

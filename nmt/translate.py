@@ -74,7 +74,10 @@ class Translator:
     """
 
     def __init__(
-        self, model: Transformer, tokenizer: Tokenizer, decode: DecodeConfig | None = None,
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        decode: DecodeConfig | None = None,
         chunk_lines: int = 2000,
     ):
         self.model = model.eval()
@@ -86,8 +89,11 @@ class Translator:
 
     @classmethod
     def load(
-        cls, folder: str | Path, decode: DecodeConfig | None = None,
-        device: str | torch.device = "auto", weights: str | Path | None = None,
+        cls,
+        folder: str | Path,
+        decode: DecodeConfig | None = None,
+        device: str | torch.device = "auto",
+        weights: str | Path | None = None,
         chunk_lines: int = 2000,
     ) -> Translator:
         """Load a model folder (config.json, spm.model, model.safetensors).
