@@ -1,0 +1,49 @@
+# nmt: the two commands a new user needs are `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/multi30k
+MIRROR ?= $(wildcard ../shared/data/multi30k)
+DEMO_MINUTES ?= 30
+DEMO_RUN ?= runs/demo
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install demo test test-slow lint bench clean
+
+install: $(BIN)/nmt
+
+# torch is installed first and pinned, so that the project's `torch>=2.4` range is already
+# met and pip does not pull a CUDA build with several GB of extra packages.
+$(BIN)/nmt: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(DATA)/train.de.gz: | install
+	$(BIN)/nmt data get multi30k -o $(DATA) $(if $(MIRROR),--mirror $(MIRROR))
+
+demo: install $(DATA)/train.de.gz
+	$(BIN)/nmt train --train $(DATA)/train --valid $(DATA)/val --src-lang de --tgt-lang en \
+		--preset small --max-minutes $(DEMO_MINUTES) --out $(DEMO_RUN)
+	$(BIN)/nmt average $(DEMO_RUN) --last 5 -o $(DEMO_RUN)/averaged
+	$(BIN)/nmt translate $(DATA)/test_2016_flickr.de.gz -m $(DEMO_RUN)/averaged --beam-size 5 \
+		-o $(DEMO_RUN)/test_2016_flickr.hyp.en
+	$(BIN)/nmt score $(DEMO_RUN)/test_2016_flickr.hyp.en -r $(DATA)/test_2016_flickr.en.gz \
+		--metrics bleu,chrf
+
+test: install
+	$(BIN)/pytest -q
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check nmt cli tests benchmarks
+
+bench: install $(DATA)/train.de.gz
+	$(BIN)/python benchmarks/translate_speed.py --model $(DEMO_RUN)/averaged --data $(DATA)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

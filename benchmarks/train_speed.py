@@ -1,0 +1,82 @@
+"""Training throughput of ``nmt train`` on Multi30k: target tokens/s and steps/s per preset.
+
+Times ``--steps`` updates (after ``--warmup`` untimed ones) of the real training step
+(collate, forward, label-smoothed loss, backward, clip, AdamW) and prints a table with the
+share of time spent building batches and the peak RSS.
+
+    python benchmarks/train_speed.py --data data/multi30k --presets small --batch-tokens 2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nmt.config import ModelConfig, TrainConfig, from_dict, preset
+from nmt.data import collate, encode_parallel, read_parallel
+from nmt.tokenizer import train_tokenizer
+from nmt.train import Trainer
+
+
+def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str) -> str:  # type: ignore[no-untyped-def]
+    model_cfg = replace(from_dict(ModelConfig, preset(name)), vocab_size=tokenizer.vocab_size)
+    train_cfg = TrainConfig(batch_tokens=args.batch_tokens, dtype=dtype, device=args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(Path(tmp), model_cfg, train_cfg, tokenizer, data, data, ([], []))
+        batches = trainer.epoch_batches(1)
+        for b in batches[: args.warmup]:
+            trainer.train_step(b)
+        tokens, collate_s = 0, 0.0
+        start = time.perf_counter()
+        for b in batches[args.warmup : args.warmup + args.steps]:
+            t0 = time.perf_counter()
+            collate(data, b)  # timed apart: the step below collates the same batch again
+            collate_s += time.perf_counter() - t0
+            tokens += trainer.train_step(b)[3]  # type: ignore[index]
+        seconds = time.perf_counter() - start - collate_s
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    amp = trainer.amp_dtype or torch.float32
+    return (
+        f"| {name} | {str(amp).replace('torch.', '')} | {args.batch_tokens} | "
+        f"{tokens / seconds:,.0f} | {args.steps / seconds:.2f} | "
+        f"{100 * collate_s / (seconds + collate_s):.1f}% | {rss:,.0f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("data/multi30k"))
+    parser.add_argument("--presets", default="small")
+    parser.add_argument("--dtypes", default="auto")
+    parser.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens)
+    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    src, tgt = read_parallel(args.data / "train", "de", "en")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = train_tokenizer(src + tgt, Path(tmp) / "spm.model", args.vocab_size)
+    data = encode_parallel(tokenizer, src, tgt, 200)
+    print(
+        f"# {torch.get_num_threads()} threads, torch {torch.__version__}, device "
+        f"{args.device}, {args.steps} timed steps"
+    )
+    print(
+        "| preset | dtype | batch tokens | target tokens/s | steps/s | batching share "
+        "| peak RSS (MiB) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in args.presets.split(","):
+        for dtype in args.dtypes.split(","):
+            print(measure(name, args, tokenizer, data, dtype), flush=True)
+
+
+if __name__ == "__main__":
+    main()

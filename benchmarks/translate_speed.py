@@ -1,0 +1,95 @@
+"""Translation speed and quality of ``nmt translate`` on Multi30k test_2016_flickr.
+
+Loads the model once, then times translating the whole test set at each beam size (batch of
+``--batch-size`` sentences, as in the numbers we compare with) and prints a table: sentences/s,
+target tokens/s, peak RSS and cased sacreBLEU.
+
+    python benchmarks/translate_speed.py --model runs/demo/averaged --data data/multi30k
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from nmt.config import DecodeConfig
+from nmt.data import corpus_path, read_lines
+from nmt.score import corpus_scores
+from nmt.translate import Translator
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(
+    model: Path,
+    src: list[str],
+    ref: list[str],
+    beam: int,
+    batch: int,
+    device: str,
+    length_penalty: float,
+) -> dict[str, float]:
+    decode = DecodeConfig(
+        beam_size=beam, batch_size=batch, batch_tokens=10**9, length_penalty=length_penalty
+    )
+    translator = Translator.load(model, decode, device=device)
+    translator.translate_chunk(src[:64])  # warm-up (allocator, kernels)
+    start = time.perf_counter()
+    results = translator.translate_chunk(src)
+    seconds = time.perf_counter() - start
+    hyps = [r.text for r in results]
+    tokens = sum(len(ids) + 1 for ids in translator.tokenizer.encode(hyps))  # + EOS
+    bleu = corpus_scores(hyps, [ref], metrics=("bleu",))["bleu"].score
+    return {
+        "beam": beam,
+        "sent_s": len(src) / seconds,
+        "tok_s": tokens / seconds,
+        "seconds": seconds,
+        "bleu": bleu,
+        "rss": peak_rss_mib(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, default=Path("data/multi30k"))
+    parser.add_argument("--split", default="test_2016_flickr")
+    parser.add_argument("--src-lang", default="de")
+    parser.add_argument("--tgt-lang", default="en")
+    parser.add_argument("--beams", default="5,1")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length-penalty", type=float, default=DecodeConfig.length_penalty)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    src = read_lines(corpus_path(args.data / args.split, args.src_lang))
+    ref = read_lines(corpus_path(args.data / args.split, args.tgt_lang))
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, device {args.device}, batch {args.batch_size}, "
+        f"{len(src)} sentences"
+    )
+    print("| beam | sentences/s | target tokens/s | seconds | BLEU | peak RSS (MiB) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for beam in (int(b) for b in args.beams.split(",")):
+        r = run(args.model, src, ref, beam, args.batch_size, args.device, args.length_penalty)
+        print(
+            f"| {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | {r['seconds']:.2f} | "
+            f"{r['bleu']:.2f} | {r['rss']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
