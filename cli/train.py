@@ -156,6 +156,8 @@ def train(
         trainer, reason = run_training(train, valid, out, model_cfg, train_cfg, spm, observer)
     finally:
         observer.stop()
+    if not trainer.dist.is_main:
+        return  # under torchrun, rank 0 reports
     err_console.print(summary_table(trainer, reason, observer.history))
     if trainer.stop_signal is not None:
         err_console.print(

@@ -34,3 +34,23 @@ def label_smoothed_loss(
     with torch.no_grad():
         nll = F.cross_entropy(logits, gold, reduction="sum")
     return loss, nll
+
+
+class LossModule(torch.nn.Module):
+    """The model and its loss as one module, so that DDP sees every use of the tied
+    embedding (inside the model and in the output projection) in a single forward.
+
+    Args:
+        model: the Transformer; label_smoothing: epsilon.
+    """
+
+    def __init__(self, model: Transformer, label_smoothing: float):
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def forward(
+        self, src: torch.Tensor, tgt_in: torch.Tensor, tgt_out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(batch, src_len)``, ``(batch, tgt_len)`` ×2 → summed (loss, nll) scalars."""
+        states = self.model(src, tgt_in)
+        return label_smoothed_loss(self.model, states, tgt_out, self.label_smoothing)

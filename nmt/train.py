@@ -24,8 +24,16 @@ import torch
 from nmt import checkpoint as ckpt
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.data import ParallelData, collate, encode_parallel, make_batches, read_parallel
+from nmt.distributed import (
+    DistEnv,
+    barrier,
+    gather_objects,
+    init_distributed,
+    shutdown,
+    sum_across,
+)
 from nmt.errors import TrainingError
-from nmt.loss import label_smoothed_loss
+from nmt.loss import LossModule, label_smoothed_loss
 from nmt.model import Transformer
 from nmt.score import corpus_scores
 from nmt.tokenizer import Tokenizer, train_tokenizer
@@ -135,15 +143,25 @@ class Trainer:
         valid_data: ParallelData,
         valid_text: tuple[list[str], list[str]],
         observer: TrainObserver | None = None,
+        dist_env: DistEnv | None = None,
     ):
         self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
         self.train_data, self.valid_data, self.valid_text = train_data, valid_data, valid_text
-        self.observer = observer or TrainObserver()
+        self.dist = dist_env or DistEnv()
+        self.observer = observer if observer and self.dist.is_main else TrainObserver()
         self.device = resolve_device(train_cfg.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = pick_dtype(train_cfg, self.device)
-        torch.manual_seed(train_cfg.seed)
+        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
         random.seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
+        torch.manual_seed(train_cfg.seed + self.dist.rank)  # different dropout per rank
+        loss_module = LossModule(self.model, train_cfg.label_smoothing)
+        self.forward: torch.nn.Module = loss_module
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=train_cfg.lr,
@@ -155,18 +173,33 @@ class Trainer:
         self.batches_per_epoch = len(self.epoch_batches(1))
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The batch order of ``epoch`` (depends only on the seed and the epoch)."""
+        """This rank's batches of ``epoch``, in order (they depend only on the seed, the
+        epoch and the rank: every rank takes every world_size-th batch, and all ranks get
+        the same number so that their steps stay in lockstep)."""
         d = self.train_data
-        return make_batches(
+        batches = make_batches(
             [len(s) for s in d.src],
             [len(t) for t in d.tgt],
             self.cfg.batch_tokens,
             self.cfg.seed * 100_003 + epoch,
         )
+        usable = len(batches) // self.dist.world_size * self.dist.world_size
+        return batches[self.dist.rank : usable : self.dist.world_size]
 
     # --- resume -------------------------------------------------------------------------
     def save_resume(self) -> None:
         """Write ``last.safetensors`` and ``resume.pt`` (atomically, weights first)."""
+        # Every rank's RNG state is kept (all ranks must call this), so that dropout after a
+        # resume continues exactly as it would have.
+        rng = gather_objects(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            self.dist,
+        )
+        if not self.dist.is_main:
+            return
         ckpt.save_weights(self.out_dir / "last.safetensors", self.model, self.state.step)
         ckpt.save_resume(
             self.out_dir / ckpt.RESUME_FILE,
@@ -175,9 +208,9 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "state": dict(vars(self.state)),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "rng": rng,
                 "python_rng": list(random.getstate()[1]),
+                "world_size": self.dist.world_size,
             },
         )
 
@@ -187,9 +220,11 @@ class Trainer:
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
         self.state = TrainState(**data["state"])
-        torch.set_rng_state(data["torch_rng"])
-        if data["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(data["cuda_rng"])
+        rngs = data["rng"]
+        rng = rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate((3, tuple(data["python_rng"]), None))
 
     # --- one update ---------------------------------------------------------------------
@@ -203,16 +238,15 @@ class Trainer:
             else nullcontext()
         )
         with autocast:
-            states = self.model(batch.src, batch.tgt_in)
-            loss, nll = label_smoothed_loss(
-                self.model, states, batch.tgt_out, self.cfg.label_smoothing
-            )
+            loss, nll = self.forward(batch.src, batch.tgt_in, batch.tgt_out)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss / batch.n_tgt_tokens).backward()
+        (loss / batch.n_tgt_tokens).backward()  # DDP averages the gradients across ranks
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
         )
-        if not (math.isfinite(grad_norm) and math.isfinite(float(loss.detach()))):
+        # A NaN/inf loss on any rank makes the averaged gradient non-finite on every rank,
+        # so all ranks skip the same update.
+        if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
@@ -285,6 +319,8 @@ class Trainer:
     # --- checkpoints and logs -----------------------------------------------------------
     def save_step_checkpoint(self) -> None:
         """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
+        if not self.dist.is_main:
+            return
         folder = self.out_dir / "checkpoints"
         ckpt.save_weights(
             folder / f"step-{self.state.step:08d}.safetensors", self.model, self.state.step
@@ -293,7 +329,9 @@ class Trainer:
             old.unlink()
 
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl``."""
+        """Append one JSON line to ``metrics.jsonl`` (main process only)."""
+        if not self.dist.is_main:
+            return
         with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -323,43 +361,60 @@ class Trainer:
         self.model.train()
         self.observer.on_start(self)
         bad_in_row, window_tokens, window_start = 0, 0, time.monotonic()
-        while (reason := self.out_of_budget()) is None:
+        while (reason := self.check_stop()[0]) is None:
             batches = self.epoch_batches(self.state.epoch)
             for index in range(self.state.batch_in_epoch, len(batches)):
                 tick = time.monotonic()
-                self.state.step += 1
-                lr = inverse_sqrt_lr(self.state.step, self.cfg.lr, self.cfg.warmup_steps)
+                lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 result = self.train_step(batches[index])
                 self.state.batch_in_epoch = index + 1
                 if result is None:
-                    self.state.step -= 1
-                    self.state.skipped_steps += 1
-                    bad_in_row += 1
-                    if bad_in_row >= MAX_BAD_STEPS:
-                        self.save_resume()
-                        raise TrainingError(
-                            f"loss was NaN/inf for {bad_in_row} updates in a row at step "
-                            f"{self.state.step}; last good state saved in {self.out_dir}; "
-                            "lower lr or raise warmup_steps"
-                        )
+                    bad_in_row = self.skipped_update(bad_in_row)
                     continue
                 bad_in_row = 0
+                self.state.step += 1
                 self.state.elapsed_s += time.monotonic() - tick
-                window_tokens += result[3]
-                self.after_step(
-                    result, lr, window_tokens / max(time.monotonic() - window_start, 1e-9)
-                )
+                reason, tokens = self.check_stop(result[3])
+                window_tokens += tokens
+                tok_s = window_tokens / max(time.monotonic() - window_start, 1e-9)
+                self.after_step(result, lr, tok_s)
                 if self.state.step % self.cfg.log_every == 0:
                     window_tokens, window_start = 0, time.monotonic()
-                if (reason := self.out_of_budget()) is not None:
+                if reason is not None:
                     break
             else:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
         self.finish()
         return reason
+
+    def check_stop(self, tokens: int = 0) -> tuple[str | None, int]:
+        """Whether to stop (agreed by all ranks: any rank's reason stops all) and this step's
+        target tokens summed over ranks."""
+        reason = self.out_of_budget()
+        if not self.dist.enabled:
+            return reason, tokens
+        total, stops = sum_across(
+            [float(tokens), float(reason is not None)], self.dist, self.device
+        )
+        if stops and reason is None:
+            reason = "stopped together with another process"
+        return reason, int(total)
+
+    def skipped_update(self, bad_in_row: int) -> int:
+        """Count a skipped (non-finite) update; give up after ``MAX_BAD_STEPS`` in a row."""
+        self.state.skipped_steps += 1
+        bad_in_row += 1
+        if bad_in_row >= MAX_BAD_STEPS:
+            self.save_resume()
+            raise TrainingError(
+                f"loss was NaN/inf for {bad_in_row} updates in a row after step "
+                f"{self.state.step}; last good state saved in {self.out_dir}; "
+                "lower lr or raise warmup_steps"
+            )
+        return bad_in_row
 
     def after_step(self, result: tuple[float, float, float, int], lr: float, tok_s: float) -> None:
         """Log, validate and checkpoint on their schedules (validation time counts too)."""
@@ -372,7 +427,7 @@ class Trainer:
         if s.step % c.log_every == 0:
             self.log({"type": "train", **vars(stats)})
         tick = time.monotonic()
-        if s.step % c.eval_every == 0:
+        if s.step % c.eval_every == 0 and self.dist.is_main:
             self.validate()
         if s.step % c.save_every == 0:
             self.save_step_checkpoint()
@@ -383,7 +438,8 @@ class Trainer:
         """Final validation (unless the last step just had one) and checkpoints."""
         if self.state.step == 0:
             return
-        if self.state.step % self.cfg.eval_every != 0 and self.stop_signal is None:
+        last_validated = self.state.step % self.cfg.eval_every == 0
+        if not last_validated and self.stop_signal is None and self.dist.is_main:
             self.validate()
         if self.state.step % self.cfg.save_every != 0:
             self.save_step_checkpoint()
@@ -413,8 +469,8 @@ def prepare_run(
     train_cfg: TrainConfig,
     spm_path: str | Path | None,
     observer: TrainObserver,
-) -> tuple[ModelConfig, TrainConfig, Tokenizer, bool]:
-    """Create or reopen the run folder; returns the configs, tokenizer and whether to resume.
+) -> None:
+    """Create or reopen the run folder: ``spm.model`` and ``config.json``.
 
     A folder with ``resume.pt`` keeps its model shape (from its ``config.json``); the
     training recipe given now applies to the rest of the run.
@@ -432,8 +488,7 @@ def prepare_run(
     else:
         observer.on_message(f"training a {model_cfg.vocab_size}-piece SentencePiece model")
         train_tokenizer(train_text[0] + train_text[1], spm_file, model_cfg.vocab_size)
-    tokenizer = Tokenizer(spm_file)
-    model_cfg = replace(model_cfg, vocab_size=tokenizer.vocab_size)
+    model_cfg = replace(model_cfg, vocab_size=Tokenizer(spm_file).vocab_size)
     ckpt.write_json(
         out_dir / ckpt.CONFIG_FILE,
         {
@@ -445,7 +500,6 @@ def prepare_run(
             "data": {"train": prefixes[0], "valid": prefixes[1]},
         },
     )
-    return model_cfg, train_cfg, tokenizer, resume
 
 
 def train(
@@ -464,6 +518,9 @@ def train(
         out_dir: the run folder; it becomes a model folder ``nmt translate -m`` accepts.
         spm_path: an existing SentencePiece model to use instead of training one.
 
+    Started by ``torchrun``, each process trains on its share of every epoch's batches
+    (DDP); only rank 0 writes files, logs and validates.
+
     Returns:
         The trainer (its ``state`` holds the final counters) and why training stopped.
 
@@ -476,15 +533,43 @@ def train(
     # Read (and so check) all input before anything is written into the run folder.
     src, tgt = read_parallel(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
     valid_src, valid_tgt = read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
-    model_cfg, train_cfg, tokenizer, resume = prepare_run(
-        out_dir,
-        (src, tgt),
-        (str(train_prefix), str(valid_prefix)),
-        model_cfg,
-        train_cfg,
-        spm_path,
-        observer,
-    )
+    env = init_distributed(resolve_device(train_cfg.device))
+    try:
+        return _train(
+            out_dir,
+            (src, tgt),
+            (valid_src, valid_tgt),
+            (str(train_prefix), str(valid_prefix)),
+            model_cfg,
+            train_cfg,
+            spm_path,
+            observer,
+            env,
+        )
+    finally:
+        shutdown(env)
+
+
+def _train(
+    out_dir: Path,
+    train_text: tuple[list[str], list[str]],
+    valid_text: tuple[list[str], list[str]],
+    prefixes: tuple[str, str],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    spm_path: str | Path | None,
+    observer: TrainObserver,
+    env: DistEnv,
+) -> tuple[Trainer, str]:
+    """:func:`train` once the input is read and the process group (if any) is joined."""
+    resume = (out_dir / ckpt.RESUME_FILE).is_file()  # checked before rank 0 writes anything
+    if env.is_main:
+        prepare_run(out_dir, train_text, prefixes, model_cfg, train_cfg, spm_path, observer)
+    barrier(env)
+    folder_cfg = ckpt.read_config(out_dir)
+    model_cfg = from_dict(ModelConfig, folder_cfg["model"], str(out_dir / ckpt.CONFIG_FILE))
+    tokenizer = Tokenizer(out_dir / ckpt.SPM_FILE)
+    (src, tgt), (valid_src, valid_tgt) = train_text, valid_text
     train_data = encode_parallel(tokenizer, src, tgt, train_cfg.max_len)
     valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
     observer.on_message(
@@ -500,6 +585,7 @@ def train(
         valid_data,
         (valid_src, valid_tgt),
         observer,
+        env,
     )
     if resume:
         trainer.load_resume(out_dir / ckpt.RESUME_FILE)
