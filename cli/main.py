@@ -34,12 +34,13 @@ def main(
 
 def _register() -> None:
     # Imported here so that each command module stays independent of the others.
-    from cli import average, data, score, train, translate
+    from cli import average, data, export, score, train, translate
 
     app.command("train")(train.train)
     app.command("translate")(translate.translate)
     app.command("score")(score.score)
     app.command("average")(average.average)
+    app.command("export")(export.export)  # CTranslate2 export (nmt.export)
     app.add_typer(data.app, name="data")
 
 

@@ -12,10 +12,11 @@ import typer
 from cli.console import err_console, handle_errors, make_progress
 from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
+from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
 from nmt.errors import InputError
 from nmt.score import corpus_scores, read_text
-from nmt.translate import Translation, Translator
+from nmt.translate import Translation
 
 
 def read_input(path: str) -> tuple[Iterator[str], int | None]:
@@ -87,6 +88,12 @@ def translate(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    engine: Annotated[
+        str,
+        typer.Option(
+            help=f"{', '.join(ENGINES)}; auto = ctranslate2 for a folder written by nmt export."
+        ),
+    ] = "auto",
     ref: Annotated[
         list[Path] | None,
         typer.Option("--ref", "-r", help="Reference file(s): print BLEU and chrF when done."),
@@ -104,9 +111,8 @@ def translate(
     )
     lines, total = read_input(input)
     interactive = input == "-" and sys.stdin.isatty()
-    translator = Translator.load(
-        model, decode, device=device, weights=weights, chunk_lines=1 if interactive else 2000
-    )
+    chunk_lines = 1 if interactive else 2000
+    translator = load_translator(model, decode, engine, device, weights, chunk_lines)
     results = translator.translate(lines)
     hyps: list[str] = []
     truncated: list[int] = []

@@ -1,0 +1,42 @@
+"""``nmt export``: convert a model folder for another inference engine (CTranslate2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import err_console, fail, handle_errors, status
+from nmt.export import EXPORT_FORMATS, QUANTIZATIONS, export_ctranslate2
+
+
+@handle_errors
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Model folder written by nmt train.")
+    ] = Path("."),
+    format: Annotated[
+        str, typer.Option("--format", help=f"Target engine: {', '.join(EXPORT_FORMATS)}.")
+    ] = "ctranslate2",
+    quantization: Annotated[
+        str | None,
+        typer.Option(help=f"Weight type: {', '.join(QUANTIZATIONS)} (default float32)."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights file to export instead of model.safetensors (e.g. last.safetensors)."
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Export a model folder to CTranslate2; translate with nmt translate -m OUT."""
+    if format not in EXPORT_FORMATS:
+        fail(f"--format {format}: choose one of {', '.join(EXPORT_FORMATS)}")
+    with status(f"exporting {model} to {format}"):
+        path = export_ctranslate2(model, out, quantization, weights=weights, force=force)
+    err_console.print(
+        f"exported {model} to {path} ({format}, {quantization or 'float32'})", highlight=False
+    )

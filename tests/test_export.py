@@ -1,0 +1,299 @@
+"""CTranslate2 export (``nmt.export``) and translation through it (``nmt.ct2``).
+
+A tiny model is trained once for this module on the first Multi30k pairs; its float32 export
+must give the same greedy translations as our PyTorch search on every validation sentence,
+and nearly the same beam-5 translations (the share is printed and asserted). Tests that need
+``ctranslate2`` are skipped when it is not installed; the missing-dependency error is tested
+without it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, save_weights, write_json
+from nmt.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, preset, to_dict
+from nmt.ct2 import (
+    INSTALL_HINT,
+    CT2Translator,
+    MissingDependencyError,
+    import_ctranslate2,
+    is_ctranslate2_dir,
+    load_translator,
+)
+from nmt.errors import CheckpointError, ConfigError
+from nmt.export import export_ctranslate2
+from nmt.model import Transformer
+from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from nmt.train import train
+from nmt.translate import Translator
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+TRAIN_LINES, VALID_LINES, TEST_LINES = 2000, 20, 200
+BEAM_AGREEMENT = 0.95  # beam 5: share of identical translations (and 5-best lists)
+
+
+def read_multi30k(split: str, lang: str, n: int) -> list[str]:
+    """The first ``n`` lines of ``SPLIT.LANG.gz`` (skips the test when the data is absent)."""
+    path = DATA / f"{split}.{lang}.gz"
+    if not path.is_file():
+        pytest.skip(f"Multi30k data not found at {DATA} (needs {path.name})")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for _, line in zip(range(n), f)]
+
+
+def write_pairs(prefix: Path, de: list[str], en: list[str]) -> Path:
+    for lang, lines in (("de", de), ("en", en)):
+        Path(f"{prefix}.{lang}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    return prefix
+
+
+@pytest.fixture(scope="module")
+def ct2() -> Any:
+    return pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (nmt[ctranslate2])")
+
+
+@pytest.fixture(scope="module")
+def run_dir(ct2: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset trained for 300 steps on 2000 Multi30k de→en pairs (1000 pieces);
+    only CTranslate2 tests use it, so it is not trained when they are skipped."""
+    folder = tmp_path_factory.mktemp("export-run")
+    train_prefix = write_pairs(
+        folder / "train",
+        read_multi30k("train", "de", TRAIN_LINES),
+        read_multi30k("train", "en", TRAIN_LINES),
+    )
+    valid_prefix = write_pairs(
+        folder / "valid", read_multi30k("val", "de", VALID_LINES), read_multi30k("val", "en", 20)
+    )
+    model_cfg = from_dict(ModelConfig, {**preset("tiny"), "vocab_size": 1000})
+    train_cfg = TrainConfig(
+        max_steps=300, eval_every=1000, save_every=1000, batch_tokens=2048, lr=3e-3,
+        warmup_steps=50, dtype="fp32", device="cpu", seed=1,
+    )  # fmt: skip
+    out = folder / "run"
+    train(train_prefix, valid_prefix, out, model_cfg, train_cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(ct2: Any, run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_ctranslate2(run_dir, tmp_path_factory.mktemp("ct2") / "float32")
+
+
+@pytest.fixture(scope="module")
+def test_lines() -> list[str]:
+    return read_multi30k("val", "de", TEST_LINES)
+
+
+def translate_both(
+    run_dir: Path, exported: Path, lines: list[str], **decode: Any
+) -> tuple[list[Any], list[Any]]:
+    """Translations of ``lines`` by our PyTorch search and by the CTranslate2 export."""
+    config = DecodeConfig(**decode)
+    ours = list(Translator.load(run_dir, config, device="cpu").translate(lines))
+    theirs = list(CT2Translator.load(exported, config, device="cpu").translate(lines))
+    return ours, theirs
+
+
+def test_export_writes_a_self_describing_ctranslate2_folder(run_dir: Path, exported: Path) -> None:
+    names = {p.name for p in exported.iterdir()}
+    assert {"model.bin", "config.json", "shared_vocabulary.json", SPM_FILE, "nmt.json"} <= names
+    config = json.loads((exported / "config.json").read_text())
+    assert (config["add_source_eos"], config["add_source_bos"]) == (True, False)
+    assert (config["decoder_start_token"], config["eos_token"]) == ("<s>", "</s>")
+    vocab = json.loads((exported / "shared_vocabulary.json").read_text())
+    assert vocab[:4] == ["<pad>", "<unk>", "<s>", "</s>"] and len(vocab) == 1000
+    info = json.loads((exported / "nmt.json").read_text())
+    assert info["format_version"] == FORMAT_VERSION and info["quantization"] == "float32"
+    assert is_ctranslate2_dir(exported) and not is_ctranslate2_dir(run_dir)
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_token_log_probs_equal_ours(
+    ct2: Any, run_dir: Path, tmp_path: Path, pre_norm: bool, test_lines: list[str]
+) -> None:
+    """Forced decoding in both engines: same per-token log-probabilities (float32), for a
+    random model of either norm placement with non-trivial LayerNorms."""
+    tokenizer = Tokenizer(run_dir / SPM_FILE)
+    cfg = ModelConfig(vocab_size=1000, d_model=32, n_heads=4, ffn_dim=64, dropout=0.0,
+                      n_encoder_layers=2, n_decoder_layers=3, pre_norm=pre_norm)  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / SPM_FILE).write_bytes((run_dir / SPM_FILE).read_bytes())
+    save_weights(folder / "model.safetensors", model)
+    write_json(folder / "config.json", {"format_version": FORMAT_VERSION, "model": to_dict(cfg)})
+    translator = ct2.Translator(str(export_ctranslate2(folder, tmp_path / "ct2")))
+    src = tokenizer.encode(test_lines[:16])
+    tgt = tokenizer.encode(read_multi30k("val", "en", 16))
+    pieces = [[tokenizer.sp.IdToPiece(i) for i in ids] for ids in src + tgt]
+    results = translator.score_batch(pieces[:16], pieces[16:])
+    with torch.no_grad():
+        for s, t, result in zip(src, tgt, results):
+            states = model(torch.tensor([s + [EOS_ID]]), torch.tensor([[BOS_ID] + t]))
+            logp = torch.log_softmax(model.logits(states[0]), -1)
+            ours = logp.gather(1, torch.tensor(t + [EOS_ID])[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
+
+
+def test_greedy_translations_identical(
+    run_dir: Path, exported: Path, test_lines: list[str]
+) -> None:
+    ours, theirs = translate_both(run_dir, exported, test_lines, beam_size=1)
+    assert [t.text for t in theirs] == [t.text for t in ours]
+    torch.testing.assert_close(
+        torch.tensor([t.score for t in theirs]), torch.tensor([t.score for t in ours]),
+        atol=1e-3, rtol=1e-4,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.0])
+def test_beam5_translations_agree(
+    run_dir: Path, exported: Path, test_lines: list[str], alpha: float
+) -> None:
+    """Best translations and whole 5-best lists. With alpha 0 the GNMT ranking favours short
+    hypotheses, which CTranslate2 drops when collecting with a positive length penalty."""
+    ours, theirs = translate_both(
+        run_dir, exported, test_lines, beam_size=5, nbest=5, length_penalty=alpha
+    )
+    best = sum(a.text == b.text for a, b in zip(ours, theirs)) / len(ours)
+    lists = sum(a.nbest == b.nbest or _close(a.nbest, b.nbest) for a, b in zip(ours, theirs))
+    print(f"beam 5, alpha {alpha}: {best:.1%} best, {lists / len(ours):.1%} 5-best lists identical")
+    assert best >= BEAM_AGREEMENT and lists / len(ours) >= BEAM_AGREEMENT
+    for b in theirs:
+        assert len(b.nbest) == 5 and b.nbest[0] == (b.text, b.score)
+
+
+def _close(a: list[tuple[str, float]], b: list[tuple[str, float]]) -> bool:
+    """Same texts in the same order, scores within 1e-3."""
+    return [t for t, _ in a] == [t for t, _ in b] and all(
+        abs(x - y) < 1e-3 for (_, x), (_, y) in zip(a, b)
+    )
+
+
+def test_batching_order_and_empty_lines(exported: Path, test_lines: list[str]) -> None:
+    lines = ["", test_lines[0], "   ", test_lines[1], test_lines[2], ""]
+    translator = CT2Translator.load(exported, DecodeConfig(beam_size=5, batch_size=2))
+    together = [t.text for t in translator.translate(lines)]
+    alone = [next(translator.translate([line])).text for line in lines]
+    assert together == alone
+    assert together[0] == together[2] == together[5] == "" and all(together[i] for i in (1, 3, 4))
+
+
+def test_length_limit_agrees(run_dir: Path, exported: Path, test_lines: list[str]) -> None:
+    """A short limit (a=0.5, b=1) cuts most outputs: both engines stop at the same token."""
+    lines = test_lines[:50]
+    ours, theirs = translate_both(run_dir, exported, lines, beam_size=1, max_len_a=0.5, max_len_b=1)
+    assert [t.text for t in theirs] == [t.text for t in ours]
+    translator = CT2Translator.load(exported, DecodeConfig(beam_size=5, max_len_a=0, max_len_b=3))
+    for limit, rows in translator.batches(translator.tokenizer.encode(lines)):
+        assert limit == 3
+        ids = translator.tokenizer.encode([lines[r] for r in rows])
+        assert all(len(h[0].tokens) <= 3 for h in translator.search(ids, limit))
+
+
+def test_int8_export_translates(
+    run_dir: Path, exported: Path, tmp_path: Path, test_lines: list[str]
+) -> None:
+    int8 = export_ctranslate2(run_dir, tmp_path / "int8", quantization="int8")
+    assert (int8 / "model.bin").stat().st_size < (exported / "model.bin").stat().st_size
+    decode = DecodeConfig(beam_size=1)
+    float32 = [t.text for t in CT2Translator.load(exported, decode).translate(test_lines[:50])]
+    quantized = [t.text for t in CT2Translator.load(int8, decode).translate(test_lines[:50])]
+    assert len(quantized) == 50
+    same = sum(a == b for a, b in zip(float32, quantized))
+    print(f"int8 vs float32 greedy: {same}/50 identical")
+    assert same >= 30  # 8-bit weights move some argmaxes of a tiny model, not most
+
+
+def test_export_refuses_to_overwrite_unless_forced(ct2: Any, run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old").write_text("x")
+    with pytest.raises(CheckpointError, match="already exists"):
+        export_ctranslate2(run_dir, out)
+    export_ctranslate2(run_dir, out, force=True)
+    assert is_ctranslate2_dir(out) and not (out / "old").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(ConfigError, match="int8_float16"):
+        export_ctranslate2(run_dir, tmp_path / "bad", quantization="int4")
+
+
+def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None:
+    assert isinstance(load_translator(run_dir, device="cpu"), Translator)
+    assert isinstance(load_translator(exported, device="cpu"), CT2Translator)
+    assert isinstance(load_translator(exported, engine="ctranslate2"), CT2Translator)
+    with pytest.raises(ConfigError, match="auto, torch, ctranslate2"):
+        load_translator(exported, engine="onnx")
+    with pytest.raises(CheckpointError, match="nmt export"):
+        load_translator(run_dir, engine="ctranslate2")
+
+
+def test_cli_export_then_translate(
+    run_dir: Path, exported: Path, tmp_path: Path, test_lines: list[str]
+) -> None:
+    from cli.main import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli-ct2"
+    result = runner.invoke(app, ["export", "-m", str(run_dir), "-o", str(out), "--format",
+                                 "ctranslate2", "--quantization", "int8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "nmt.json").read_text())["quantization"] == "int8"
+    lines = test_lines[:7] + [""] + test_lines[7:10]
+    src = tmp_path / "in.de"
+    src.write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    for engine in ("ctranslate2", "auto"):
+        hyp = tmp_path / f"out.{engine}.en"
+        args = ["translate", str(src), "-m", str(out), "-o", str(hyp), "--engine", engine]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outputs = hyp.read_text(encoding="utf-8").split("\n")[:-1]
+        assert len(outputs) == len(lines) and outputs[7] == ""
+    result = runner.invoke(app, ["translate", str(src), "-m", str(out), "--engine", "tf"])
+    assert result.exit_code == 1 and "auto, torch, ctranslate2" in result.output
+
+
+def test_missing_ctranslate2_gives_install_hint(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_import = builtins.__import__
+
+    def no_ctranslate2(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "ctranslate2" or name.startswith("ctranslate2."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "ctranslate2", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_ctranslate2)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'nmt\[ctranslate2\]'"):
+        import_ctranslate2()
+    with pytest.raises(MissingDependencyError):
+        export_ctranslate2(tmp_path / "model", tmp_path / "out")
+    (tmp_path / "ct2").mkdir()
+    (tmp_path / "ct2" / "model.bin").write_bytes(b"")
+    with pytest.raises(MissingDependencyError):
+        load_translator(tmp_path / "ct2")
+
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["export", "-m", str(tmp_path), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1 and INSTALL_HINT in result.output
+    assert not (tmp_path / "o").exists()
