@@ -47,7 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -59,11 +59,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_dir(path.parent)
 
 
-def _umask() -> int:
-    """The process umask (read by setting it and putting it back)."""
+def _read_umask() -> int:
+    """The process umask (read once at import, by setting it and putting it back)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

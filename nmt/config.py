@@ -105,9 +105,9 @@ class TrainConfig:
 
     src_lang: str = "de"
     tgt_lang: str = "en"
-    batch_tokens: int = 4096
-    lr: float = 2e-3
-    warmup_steps: int = 400
+    batch_tokens: int = 2048
+    lr: float = 1e-3
+    warmup_steps: int = 500
     label_smoothing: float = 0.1
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.98)
@@ -120,7 +120,7 @@ class TrainConfig:
     valid_beam_size: int = 1
     max_len: int = 200
     keep_checkpoints: int = 5
-    save_every: int = 500
+    save_every: int = 200
     seed: int = 1
     device: str = "auto"
     dtype: str = "auto"

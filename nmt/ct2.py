@@ -231,7 +231,7 @@ class CT2Translator:
         truncated = [len(x) > self.max_src_tokens for x in ids]
         ids = [x[: self.max_src_tokens] for x in ids]
         results: list[Translation | None] = [
-            Translation("", 0.0, [("", 0.0)]) if not x else None for x in ids
+            Translation("", 0.0, [("", 0.0)] * self.decode.nbest) if not x else None for x in ids
         ]
         for limit, rows in self.batches(ids):
             for row, hyps in zip(rows, self.search([ids[r] for r in rows], limit)):

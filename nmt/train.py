@@ -483,7 +483,6 @@ def prepare_run(
         model_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
         observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
     elif spm_path is not None:
-        Tokenizer(spm_path)  # checks the file and its special ids before copying it
         ckpt.atomic_write(spm_file, lambda f: f.write(Path(spm_path).read_bytes()))
     else:
         observer.on_message(f"training a {model_cfg.vocab_size}-piece SentencePiece model")
@@ -533,6 +532,8 @@ def train(
     # Read (and so check) all input before anything is written into the run folder.
     src, tgt = read_parallel(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
     valid_src, valid_tgt = read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
+    if spm_path is not None:
+        Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
     env = init_distributed(resolve_device(train_cfg.device))
     try:
         return _train(

@@ -116,7 +116,7 @@ class Translator:
         truncated = [len(x) > self.max_src_tokens for x in ids]
         ids = [x[: self.max_src_tokens] for x in ids]
         results: list[Translation | None] = [
-            Translation("", 0.0, [("", 0.0)]) if not x else None for x in ids
+            Translation("", 0.0, [("", 0.0)] * self.decode.nbest) if not x else None for x in ids
         ]
         todo = [i for i, x in enumerate(ids) if x]
         batches = length_batches(

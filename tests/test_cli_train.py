@@ -1,0 +1,183 @@
+"""``nmt train`` through Typer's CliRunner: bad input or config exits 1 with a one-line error
+before anything is written; the options reach the library; a tiny run gives a model folder
+that ``nmt translate -m`` accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+import cli.train
+from cli.main import app
+from nmt.config import ModelConfig, TrainConfig, preset
+
+runner = CliRunner()  # result.stdout and result.stderr are kept apart
+
+
+def invoke(*args: str | Path):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["train", *map(str, args)])
+
+
+def assert_one_line_error(result, *parts: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # handled: no traceback
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for part in parts:
+        assert part in errors[0], errors[0]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, corpus_writer, multi30k) -> tuple[Path, Path]:
+    """``(train_prefix, valid_prefix)`` of 60 and 10 Multi30k pairs."""
+    train = corpus_writer(
+        tmp_path / "data" / "train", multi30k("train", "de", 60), multi30k("train", "en", 60)
+    )
+    valid = corpus_writer(
+        tmp_path / "data" / "valid", multi30k("val", "de", 10), multi30k("val", "en", 10)
+    )
+    return train, valid
+
+
+def train_args(train: Path, valid: Path, out: Path, *more: str | Path) -> list[str | Path]:
+    return ["--train", train, "--valid", valid, "-o", out, "--device", "cpu", *more]
+
+
+def test_missing_corpus_file(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    out = tmp_path / "run"
+    result = invoke(*train_args(tmp_path / "nope", corpus[1], out))
+    assert_one_line_error(result, str(tmp_path / "nope.de"), "not found")
+    assert not out.exists()
+    result = invoke(*train_args(corpus[0], corpus[1], out, "--tgt-lang", "fr"))
+    assert_one_line_error(result, str(corpus[0]) + ".fr", "not found")
+    assert not out.exists()
+
+
+def test_mismatched_line_counts(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    train = corpus[0]
+    lines = Path(f"{train}.en").read_text(encoding="utf-8").splitlines()
+    Path(f"{train}.en").write_text("\n".join(lines[:-2]) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    out.mkdir()  # an existing, empty run folder stays empty
+    result = invoke(*train_args(train, corpus[1], out))
+    assert_one_line_error(result, f"{train}.de has 60 lines but {train}.en has 58")
+    assert list(out.iterdir()) == []
+
+
+def test_non_utf8_corpus_line(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    valid = corpus[1]
+    path = Path(f"{valid}.de")
+    data = path.read_bytes().split(b"\n")
+    data[6] = b"Ein Hund \xe4 bellt."  # Latin-1, not UTF-8
+    path.write_bytes(b"\n".join(data))
+    out = tmp_path / "run"
+    result = invoke(*train_args(corpus[0], valid, out))
+    assert_one_line_error(result, f"{path}:7:", "UTF-8")
+    assert not out.exists()
+
+
+def test_empty_corpus(tmp_path: Path, corpus: tuple[Path, Path], corpus_writer) -> None:
+    empty = corpus_writer(tmp_path / "empty", [], [])
+    out = tmp_path / "run"
+    result = invoke(*train_args(empty, corpus[1], out))
+    assert_one_line_error(result, "corpus is empty", str(empty) + ".de")
+    assert not out.exists()
+
+
+def test_unknown_preset(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    out = tmp_path / "run"
+    result = invoke(*train_args(*corpus, out, "--preset", "huge"))
+    assert_one_line_error(result, "'huge'", "tiny, small, base, big")
+    assert not out.exists()
+
+
+def test_unknown_config_key(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('preset = "tiny"\n[train]\nlearning_rate = 0.001\n', encoding="utf-8")
+    out = tmp_path / "run"
+    result = invoke(*train_args(*corpus, out, "--config", config))
+    assert_one_line_error(result, str(config), "learning_rate", "valid keys:", "lr", "warmup_steps")
+    assert not out.exists()
+
+
+def test_invalid_value(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
+    out = tmp_path / "run"
+    result = invoke(*train_args(*corpus, out, "--dropout", "1.5"))
+    assert_one_line_error(result, "dropout=1.5")
+    result = invoke(*train_args(*corpus, out, "--dtype", "fp16"))
+    assert_one_line_error(result, "dtype='fp16'", "auto, fp32, bf16")
+    assert not out.exists()
+
+
+def test_options_reach_the_library(tmp_path: Path, corpus: tuple[Path, Path], monkeypatch) -> None:
+    calls = []
+
+    def fake_train(*args):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return SimpleNamespace(dist=SimpleNamespace(is_main=False)), "done"
+
+    monkeypatch.setattr(cli.train, "run_training", fake_train)
+    config = tmp_path / "run.toml"
+    config.write_text("[model]\nffn_dim = 128\n[train]\nlr = 0.001\nseed = 3\n", encoding="utf-8")
+    out = tmp_path / "run"
+    result = invoke(
+        "--train",
+        corpus[0],
+        "--valid",
+        corpus[1],
+        "-o",
+        out,
+        "--preset",
+        "tiny",
+        "--config",
+        config,
+        "--lr",
+        "0.004",
+        "--vocab-size",
+        "500",
+        "--max-steps",
+        "7",
+        "--src-lang",
+        "en",
+        "--tgt-lang",
+        "de",
+        "--dtype",
+        "fp32",
+        "--spm",
+        tmp_path / "x.model",
+    )
+    assert result.exit_code == 0, result.output
+    [(train, valid, folder, model_cfg, train_cfg, spm, observer)] = calls
+    assert (train, valid, folder) == (str(corpus[0]), str(corpus[1]), out)
+    assert spm == tmp_path / "x.model"
+    assert model_cfg == ModelConfig(**{**preset("tiny"), "ffn_dim": 128, "vocab_size": 500})
+    assert train_cfg == TrainConfig(
+        lr=0.004, seed=3, max_steps=7, src_lang="en", tgt_lang="de", dtype="fp32"
+    )
+    assert isinstance(observer, cli.train.RichObserver)
+
+
+def test_tiny_training_gives_a_model_folder_translate_accepts(
+    tmp_path: Path, corpus: tuple[Path, Path], spm_model: Path, multi30k
+) -> None:
+    out = tmp_path / "run"
+    result = invoke(*train_args(
+        *corpus, out, "--preset", "tiny", "--spm", spm_model, "--max-steps", "6",
+        "--eval-every", "3", "--save-every", "3", "--batch-tokens", "600", "--dtype", "fp32",
+    ))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""  # progress and the summary go to stderr
+    assert "training finished: reached max_steps=6" in result.stderr
+    for name in ("config.json", "spm.model", "model.safetensors", "last.safetensors", "resume.pt"):
+        assert (out / name).is_file(), name
+
+    src = tmp_path / "in.de"
+    lines = multi30k("test_2016_flickr", "de", 4)
+    src.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["translate", str(src), "-m", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 5 and result.stdout.splitlines()[1] == ""

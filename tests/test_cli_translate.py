@@ -1,0 +1,203 @@
+"""``nmt translate`` through Typer's CliRunner: one output line per input line, stdout holds only
+translations, errors are one line with file:line, and -o never leaves a half-written file."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import cli.translate
+from cli.main import app
+from nmt.config import DecodeConfig
+from nmt.errors import InputError
+from nmt.translate import Translation, Translator
+
+runner = CliRunner()  # result.stdout and result.stderr are kept apart
+
+
+def invoke(*args: str | Path, input: str | bytes | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, ["translate", *map(str, args)], input=input)
+
+
+def assert_one_line_error(result, *parts: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # handled: no traceback
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for part in parts:
+        assert part in errors[0]
+
+
+@pytest.fixture(scope="module")
+def inputs(multi30k) -> list[str]:
+    lines = multi30k("test_2016_flickr", "de", 12)
+    return ["", *lines[:5], "", "", *lines[5:], "   ", ""]  # blank lines anywhere
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_run: Path, inputs: list[str]) -> list[str]:
+    """What the library gives for the same lines with beam 2."""
+    translator = Translator.load(tiny_run, DecodeConfig(beam_size=2), device="cpu")
+    return [t.text for t in translator.translate(inputs)]
+
+
+def write_input(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def test_n_lines_in_n_lines_out_in_order(
+    tiny_run: Path, tmp_path: Path, inputs: list[str], expected: list[str]
+) -> None:
+    src = write_input(tmp_path / "in.de", inputs)
+    result = invoke(src, "-m", tiny_run, "--beam-size", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "".join(line + "\n" for line in expected)  # translations only
+    assert len(result.stdout.splitlines()) == len(inputs)
+    assert [bool(line.strip()) for line in result.stdout.splitlines()] == [
+        bool(line.strip()) for line in inputs
+    ]
+
+
+def test_stdin_to_stdout(tiny_run: Path, inputs: list[str], expected: list[str]) -> None:
+    text = "".join(line + "\n" for line in inputs)
+    result = invoke("-", "-m", tiny_run, "--beam-size", "2", "--device", "cpu", input=text)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == expected
+
+
+def test_output_file(tiny_run: Path, tmp_path: Path, inputs: list[str], expected: list[str]):
+    src, out = write_input(tmp_path / "in.de", inputs), tmp_path / "out" / "hyp.en"
+    result = invoke(src, "-m", tiny_run, "-o", out, "--beam-size", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert out.read_text(encoding="utf-8").splitlines() == expected
+    assert [p.name for p in out.parent.iterdir()] == ["hyp.en"]  # no temporary file left
+
+
+def test_scores_and_nbest_formats(tiny_run: Path, tmp_path: Path, inputs: list[str]) -> None:
+    src = write_input(tmp_path / "in.de", inputs[1:4])
+    result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--scores", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(r) == 2 and float(r[0]) < 0 for r in rows)
+    result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--nbest", "2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [r[0] for r in rows] == ["0", "1"] * 3
+    for first, second in zip(rows[::2], rows[1::2]):
+        assert first[2] != second[2]
+
+
+class FakeTranslator:
+    """Yields one result per line; optionally fails after ``fail_after`` lines."""
+
+    def __init__(self, out: Path | None = None, fail_after: int | None = None):
+        self.out, self.fail_after = out, fail_after
+
+    def translate(self, lines) -> Iterator[Translation]:  # type: ignore[no-untyped-def]
+        for number, line in enumerate(lines, start=1):
+            if number == self.fail_after:
+                raise InputError("something went wrong", "in.de", number)
+            if self.out is not None:
+                assert not self.out.exists()  # nothing is written before the end
+            yield Translation(line.upper(), -1.0, [(line.upper(), -1.0)])
+
+
+def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def fake_load(*args):  # type: ignore[no-untyped-def]
+        calls.append(args)
+        return FakeTranslator()
+
+    monkeypatch.setattr(cli.translate, "load_translator", fake_load)
+    src = write_input(tmp_path / "in.de", ["a", "", "b"])
+    result = invoke(
+        src,
+        "-m",
+        tmp_path / "model",
+        "--beam-size",
+        "7",
+        "--length-penalty",
+        "0.6",
+        "--max-len-a",
+        "2",
+        "--max-len-b",
+        "5",
+        "--batch-tokens",
+        "900",
+        "--batch-size",
+        "9",
+        "--nbest",
+        "1",
+        "--weights",
+        "last.safetensors",
+        "--device",
+        "cpu",
+    )
+    assert result.exit_code == 0, result.output
+    decode = DecodeConfig(
+        beam_size=7,
+        length_penalty=0.6,
+        max_len_a=2.0,
+        max_len_b=5,
+        nbest=1,
+        batch_tokens=900,
+        batch_size=9,
+    )
+    assert calls == [(tmp_path / "model", decode, "auto", "cpu", "last.safetensors", 2000)]
+    assert result.stdout == "A\n\nB\n"
+
+
+def test_failure_midway_leaves_no_partial_output(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "hyp.en"
+    fake = FakeTranslator(out, fail_after=3)
+    monkeypatch.setattr(cli.translate, "load_translator", lambda *args: fake)
+    src = write_input(tmp_path / "in.de", ["a", "b", "c", "d"])
+    result = invoke(src, "-m", tmp_path, "-o", out)
+    assert_one_line_error(result, "in.de:3: something went wrong")
+    assert not out.exists()
+    out.write_text("previous\n", encoding="utf-8")  # an older output stays as it was
+    result = invoke(src, "-m", tmp_path, "-o", out)
+    assert result.exit_code == 1
+    assert out.read_text(encoding="utf-8") == "previous\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hyp.en", "in.de"]
+
+
+def test_non_utf8_input_line(tiny_run: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.de"
+    src.write_bytes(b"Ein Hund.\nEine Katze.\nein \xff Vogel\nZwei Hunde.\n")
+    out = tmp_path / "hyp.en"
+    result = invoke(src, "-m", tiny_run, "-o", out, "--device", "cpu")
+    assert_one_line_error(result, f"{src}:3:", "UTF-8")
+    assert result.stdout == ""
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in.de"]
+
+
+def test_non_utf8_stdin_line(tiny_run: Path) -> None:
+    result = invoke("-", "-m", tiny_run, "--device", "cpu", input=b"Ein Hund.\n\xfe\xff\n")
+    assert_one_line_error(result, "<stdin>:2:", "UTF-8")
+
+
+@pytest.mark.parametrize("name", ["spm.model", "model.safetensors", "config.json"])
+def test_model_folder_lacking_a_file(tiny_run: Path, tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in ("config.json", "spm.model", "model.safetensors"):
+        if file != name:
+            shutil.copy(tiny_run / file, folder / file)
+    src = write_input(tmp_path / "in.de", ["Ein Hund."])
+    result = invoke(src, "-m", folder, "--device", "cpu")
+    assert_one_line_error(result, str(folder / name))
+    assert result.stdout == ""
+
+
+def test_missing_input_file(tiny_run: Path, tmp_path: Path) -> None:
+    result = invoke(tmp_path / "absent.de", "-m", tiny_run, "--device", "cpu")
+    assert_one_line_error(result, str(tmp_path / "absent.de"), "not found")

@@ -1,0 +1,138 @@
+"""nmt.data: corpus files, file:line errors, token-based batching and collation."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.data import (
+    ParallelData,
+    collate,
+    corpus_path,
+    encode_parallel,
+    make_batches,
+    read_lines,
+    read_parallel,
+)
+from nmt.errors import InputError
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+
+def test_corpus_path_finds_plain_and_gz(tmp_path: Path) -> None:
+    (tmp_path / "a.de").write_text("x\n", encoding="utf-8")
+    (tmp_path / "a.en.gz").write_bytes(gzip.compress(b"y\n"))
+    assert corpus_path(tmp_path / "a", "de") == tmp_path / "a.de"
+    assert corpus_path(tmp_path / "a", "en") == tmp_path / "a.en.gz"
+    assert read_parallel(tmp_path / "a", "de", "en") == (["x"], ["y"])
+
+
+def test_missing_corpus_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        corpus_path(tmp_path / "a", "fr")
+    assert str(info.value).startswith(f"{tmp_path / 'a.fr'}: corpus file not found")
+    assert "a.fr.gz" in str(info.value)
+    with pytest.raises(InputError, match="file not found"):
+        read_lines(tmp_path / "absent.txt")
+
+
+def test_gz_and_plain_read_the_same(tmp_path: Path, multi30k) -> None:
+    lines = multi30k("val", "de", 50)
+    text = "".join(line + "\r\n" for line in lines).encode("utf-8")  # Windows newlines too
+    (tmp_path / "v.txt").write_bytes(text)
+    (tmp_path / "v.txt.gz").write_bytes(gzip.compress(text))
+    assert read_lines(tmp_path / "v.txt") == read_lines(tmp_path / "v.txt.gz") == lines
+
+
+def test_line_count_mismatch_names_both_files_and_counts(tmp_path: Path, corpus_writer) -> None:
+    corpus_writer(tmp_path / "c", ["a", "b", "c"], ["x", "y"])
+    with pytest.raises(InputError) as info:
+        read_parallel(tmp_path / "c", "de", "en")
+    assert f"{tmp_path / 'c.de'} has 3 lines but {tmp_path / 'c.en'} has 2" in str(info.value)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_non_utf8_line_names_file_and_line(tmp_path: Path, gz: bool) -> None:
+    data = b"ein Hund\nzwei Katzen\ndrei \xff V\xf6gel\nvier\n"
+    path = tmp_path / ("bad.de.gz" if gz else "bad.de")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    (tmp_path / "bad.en").write_text("a\nb\nc\nd\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        read_parallel(tmp_path / "bad", "de", "en")
+    assert f"{path}:3: not valid UTF-8" in str(info.value)
+    assert (info.value.path, info.value.line) == (str(path), 3)
+
+
+def test_broken_gz_is_an_input_error(tmp_path: Path) -> None:
+    (tmp_path / "fake.gz").write_bytes(b"not gzip at all\n")
+    with pytest.raises(InputError, match="cannot read file"):
+        read_lines(tmp_path / "fake.gz")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"], ids=["empty", "blank-lines"])
+def test_empty_corpus_is_an_error(tmp_path: Path, text: str) -> None:
+    for lang in ("de", "en"):
+        (tmp_path / f"e.{lang}").write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match="corpus is empty"):
+        read_parallel(tmp_path / "e", "de", "en")
+
+
+def random_lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    return [rng.randint(1, 60) for _ in range(n)], [rng.randint(1, 60) for _ in range(n)]
+
+
+@pytest.mark.parametrize("batch_tokens", [16, 100, 1000])
+def test_make_batches_covers_every_example_once_within_budget(batch_tokens: int) -> None:
+    src, tgt = random_lengths(500)
+    src[7], tgt[7] = 2000, 3  # longer than any budget: a batch of its own
+    batches = make_batches(src, tgt, batch_tokens, seed=3)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for batch in batches:
+        width = max(max(src[i], tgt[i]) + 1 for i in batch)
+        assert len(batch) == 1 or len(batch) * width <= batch_tokens
+    assert [7] in batches
+
+
+def test_make_batches_is_deterministic_per_seed() -> None:
+    src, tgt = random_lengths(300)
+    assert make_batches(src, tgt, 200, seed=1) == make_batches(src, tgt, 200, seed=1)
+    assert make_batches(src, tgt, 200, seed=1) != make_batches(src, tgt, 200, seed=2)
+
+
+def test_make_batches_groups_similar_lengths(tokenizer: Tokenizer, multi30k) -> None:
+    src = [len(x) for x in tokenizer.encode(multi30k("train", "de", 2000))]
+    tgt = [len(x) for x in tokenizer.encode(multi30k("train", "en", 2000))]
+    real = sum(max(s, t) + 1 for s, t in zip(src, tgt))
+    batches = make_batches(src, tgt, 1000, seed=0)
+    padded = sum(len(b) * max(max(src[i], tgt[i]) + 1 for i in b) for b in batches)
+    rng = random.Random(0)
+    order = rng.sample(range(len(src)), len(src))
+    unsorted = [order[i : i + 40] for i in range(0, len(order), 40)]
+    padded_unsorted = sum(len(b) * max(max(src[i], tgt[i]) + 1 for i in b) for b in unsorted)
+    assert padded < 1.3 * real  # sorted batches pad little (about 1.25x here) ...
+    assert padded_unsorted > 1.8 * real  # ... where random batches pad about 2x
+
+
+def test_collate_adds_bos_eos_and_pads_with_zero() -> None:
+    data = ParallelData(src=[[10, 11, 12], [20]], tgt=[[30], [40, 41, 42, 43]])
+    batch = collate(data, [1, 0])
+    assert batch.src.dtype == torch.long
+    assert batch.src.tolist() == [[20, EOS_ID, PAD_ID, PAD_ID], [10, 11, 12, EOS_ID]]
+    assert batch.tgt_in.tolist() == [[BOS_ID, 40, 41, 42, 43], [BOS_ID, 30, 0, 0, 0]]
+    assert batch.tgt_out.tolist() == [[40, 41, 42, 43, EOS_ID], [30, EOS_ID, 0, 0, 0]]
+    assert batch.n_tgt_tokens == 5 + 2
+    assert PAD_ID == 0
+
+
+def test_encode_parallel_drops_empty_and_long_pairs(tokenizer: Tokenizer) -> None:
+    src = ["Ein Hund.", "", "Eine Katze sitzt auf dem Dach.", "Hallo"]
+    tgt = ["A dog.", "Nothing", "A cat sits on the roof.", ""]
+    data = encode_parallel(tokenizer, src, tgt, max_len=100)
+    assert len(data) == 2 and data.dropped == 2
+    assert tokenizer.decode(data.tgt) == ["A dog.", "A cat sits on the roof."]
+    short = encode_parallel(tokenizer, src, tgt, max_len=len(tokenizer.encode(["A dog."])[0]))
+    assert tokenizer.decode(short.tgt) == ["A dog."]

@@ -1,0 +1,292 @@
+"""nmt.search: greedy and beam search.
+
+A hand-scripted decoder whose results are worked out by hand, beam 1 = greedy, batch
+invariance, reported score = forced-decoding score, length limits and n-best order.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nmt.checkpoint import SPM_FILE, load_model
+from nmt.data import pad
+from nmt.model import Transformer
+from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty, max_lengths
+from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+# --- a hand-scripted decoder ------------------------------------------------------------------
+
+A, B, C = 4, 5, 6
+SCRIPTED_VOCAB = 7
+
+# Next-token probabilities by prefix (the tokens after BOS); any token not listed has
+# probability 0. Sentence 0 follows TABLE; sentence 1 never ends (NEVER_ENDS).
+TABLE = {
+    (): {A: 0.5, B: 0.45, EOS_ID: 0.05},
+    (A,): {EOS_ID: 0.4, A: 0.35, C: 0.25},
+    (B,): {EOS_ID: 0.52, C: 0.48},
+    (A, A): {EOS_ID: 1.0},
+    (B, C): {EOS_ID: 1.0},
+}
+NEVER_ENDS = {A: 0.6, B: 0.4}
+#
+# Greedy: A (0.5), then EOS (0.4): [A], P = 0.5 * 0.4 = 0.2.
+#
+# Beam 2 (2 x beam = 4 candidates per step; only EOS among the top `beam` finishes):
+#   step 1, only beam 0 is live: A .5, B .45, EOS .05 -> no EOS in the top 2; beams A, B.
+#   step 2: B+EOS .234, B+C .216, A+EOS .200, A+A .175, A+C .125.
+#           top 2 = B+EOS, B+C: [B] finishes (P .234, 2 tokens with EOS). A+EOS is only 3rd,
+#           so it does not finish. The beams go on with B+C (.216) and A+A (.175).
+#   step 3: B+C+EOS .216, A+A+EOS .175, both EOS in the top 2: [B, C] finishes second, and
+#           the sentence is done with 2 = beam finished hypotheses (A+A+EOS is not kept).
+# Finished: [B] log .234 = -1.4524 (length 2), [B, C] log .216 = -1.5325 (length 3).
+#   alpha 0 ranks by log P: [B] wins, and beats greedy's [A] (P .234 > .2).
+#   alpha 1, lp = (5 + len) / 6: [B] -1.4524 / (7/6) = -1.2449, [B, C] -1.5325 / (8/6) =
+#   -1.1494: the length penalty flips the winner to [B, C].
+# Beam 1 keeps A after step 1 (top 1) and finishes A+EOS at step 2: the same as greedy.
+
+
+class ScriptedCache:
+    """Stand-in for DecoderCache: each row's sentence and the tokens it has been fed."""
+
+    def __init__(self, sentence: list[int]):
+        self.sentence = sentence
+        self.prefixes: list[tuple[int, ...]] = [() for _ in sentence]
+        self.step = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        rows = index.tolist()
+        self.sentence = [self.sentence[i] for i in rows]
+        self.prefixes = [self.prefixes[i] for i in rows]
+
+
+class ScriptedModel:
+    """What search.py uses of a Transformer, with next-token tables instead of a network.
+
+    The first source token picks the sentence's table: 0 → ``TABLE``, 1 → ``NEVER_ENDS``.
+    """
+
+    def __init__(self, max_positions: int = 64):
+        self.cfg = SimpleNamespace(max_positions=max_positions)
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return src[:, :1, None].float(), (src != PAD_ID)[:, None, None, :]
+
+    def init_cache(
+        self, memory: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 1
+    ) -> ScriptedCache:
+        """``beam_size`` adjacent rows per sentence, as Transformer.init_cache."""
+        return ScriptedCache(memory[:, 0, 0].long().repeat_interleave(beam_size).tolist())
+
+    def decode_step(self, tokens: torch.Tensor, cache: ScriptedCache) -> torch.Tensor:
+        out = torch.full((tokens.numel(), SCRIPTED_VOCAB), float("-inf"))
+        for row, token in enumerate(tokens.tolist()):
+            if cache.step == 0:
+                assert token == BOS_ID
+            else:
+                cache.prefixes[row] += (token,)
+            if cache.sentence[row] == 0:
+                probs = TABLE.get(cache.prefixes[row], {EOS_ID: 1.0})
+            else:
+                probs = NEVER_ENDS
+            for t, p in probs.items():
+                out[row, t] = math.log(p)
+        cache.step += 1
+        return out
+
+
+def scripted_src(*sentences: tuple[int, int]) -> torch.Tensor:
+    """Sources ``(table, n_tokens)``: the table id, then filler, then EOS; padded."""
+    rows = [[table] + [A] * (n - 1) for table, n in sentences]
+    return pad(rows, suffix=EOS_ID)
+
+
+def test_scripted_greedy() -> None:
+    [hyp] = greedy_search(ScriptedModel(), scripted_src((0, 3)))
+    assert hyp.tokens == [A]
+    assert hyp.score == pytest.approx(math.log(0.2), abs=1e-6)
+    assert hyp.normalized == hyp.score
+
+
+def test_scripted_beam_2_beats_greedy_and_length_penalty_flips_the_winner() -> None:
+    model, src = ScriptedModel(), scripted_src((0, 3))
+    [[raw, raw_second]] = beam_search(model, src, beam_size=2, length_penalty_alpha=0.0, nbest=2)
+    assert raw.tokens == [B] and raw_second.tokens == [B, C]
+    assert raw.score == pytest.approx(math.log(0.234), abs=1e-6)
+    assert raw_second.score == pytest.approx(math.log(0.216), abs=1e-6)
+    assert raw.score > math.log(0.2)  # greedy's [A]
+    [[best, second]] = beam_search(model, src, beam_size=2, length_penalty_alpha=1.0, nbest=2)
+    assert best.tokens == [B, C] and second.tokens == [B]
+    assert best.score == pytest.approx(math.log(0.216), abs=1e-6)
+    assert best.normalized == pytest.approx(math.log(0.216) / (8 / 6), abs=1e-6)
+    assert second.normalized == pytest.approx(math.log(0.234) / (7 / 6), abs=1e-6)
+
+
+def test_scripted_beam_1_is_greedy() -> None:
+    [[hyp]] = beam_search(ScriptedModel(), scripted_src((0, 3)), beam_size=1)
+    assert hyp.tokens == [A] and hyp.score == pytest.approx(math.log(0.2), abs=1e-6)
+
+
+@pytest.mark.parametrize("beam_size", [1, 2, 3])
+def test_model_that_never_ends_stops_at_a_times_src_len_plus_b(beam_size: int) -> None:
+    # Source lengths 4 and 1 (EOS not counted): limits int(1.5 * 4) + 3 = 9 and
+    # int(1.5 * 1) + 3 = 4 tokens, then EOS is forced (log 1 = 0 added).
+    src = scripted_src((1, 4), (1, 1))
+    assert max_lengths(src, 1.5, 3, cap=100).tolist() == [9, 4]
+    if beam_size == 1:
+        hyps = greedy_search(ScriptedModel(), src, max_len_a=1.5, max_len_b=3)
+    else:
+        hyps = [h[0] for h in beam_search(ScriptedModel(), src, beam_size, 0.0, 1.5, 3)]
+    assert [h.tokens for h in hyps] == [[A] * 9, [A] * 4]
+    assert hyps[0].score == pytest.approx(9 * math.log(0.6), abs=1e-5)
+    assert hyps[1].score == pytest.approx(4 * math.log(0.6), abs=1e-5)
+
+
+def test_length_limit_is_capped_by_the_position_table() -> None:
+    model = ScriptedModel(max_positions=6)  # BOS + 5 tokens at most
+    [hyp] = greedy_search(model, scripted_src((1, 8)), max_len_a=2.0, max_len_b=10)
+    assert hyp.tokens == [A] * 5
+    [[hyp]] = beam_search(model, scripted_src((1, 8)), 3, 1.0, 2.0, 10)
+    assert hyp.tokens == [A] * 5
+
+
+def test_scripted_nbest_order_and_scores() -> None:
+    # Never-ending sentence, beam 3, limit 4: the best is AAAA; the next ones have one B
+    # (0.6^3 * 0.4 each, several ties) and rank below it.
+    [hyps] = beam_search(ScriptedModel(), scripted_src((1, 1)), 3, 1.0, 1.0, 3, nbest=3)
+    assert len(hyps) == 3 and hyps[0].tokens == [A] * 4
+    assert [h.score for h in hyps] == pytest.approx(
+        [4 * math.log(0.6)] + 2 * [3 * math.log(0.6) + math.log(0.4)], abs=1e-5
+    )
+    assert all(h.tokens.count(B) == 1 for h in hyps[1:]) and hyps[1].tokens != hyps[2].tokens
+
+
+def test_scripted_batch_equals_each_alone() -> None:
+    # Sentence 0 finishes after 3 steps and leaves the batch; sentence 1 runs to its limit.
+    src = scripted_src((0, 3), (1, 6), (0, 2))
+    together = beam_search(ScriptedModel(), src, 2, 1.0, 1.5, 3, nbest=2)
+    for row in range(3):
+        alone = beam_search(ScriptedModel(), src[row : row + 1], 2, 1.0, 1.5, 3, nbest=2)
+        assert together[row] == alone[0]
+    assert [h.tokens for h in together[0]] == [[B, C], [B]]
+
+
+def test_length_penalty_formula() -> None:
+    assert length_penalty(1, 1.0) == 1.0
+    assert length_penalty(7, 1.0) == 2.0
+    assert length_penalty(7, 0.0) == 1.0
+    assert length_penalty(7, 0.5) == pytest.approx(math.sqrt(2))
+
+
+# --- a random model ---------------------------------------------------------------------------
+
+
+def random_src(lengths: list[int], vocab: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return pad(
+        [torch.randint(4, vocab, (n,), generator=gen).tolist() for n in lengths], suffix=EOS_ID
+    )
+
+
+def test_beam_1_equals_greedy_on_a_random_model(random_model) -> None:
+    model = random_model()
+    with torch.no_grad():  # wider weights: some sentences end early, some hit the limit
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    src = random_src([3, 7, 5, 10, 1, 4, 8, 2], model.cfg.vocab_size)
+    greedy = greedy_search(model, src)
+    beam = beam_search(model, src, beam_size=1)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
+    assert [h.score for h in greedy] == pytest.approx([b[0].score for b in beam], abs=1e-5)
+
+
+# --- the trained tiny model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run: Path) -> tuple[Transformer, Tokenizer]:
+    model, _ = load_model(tiny_run)
+    return model, Tokenizer(tiny_run / SPM_FILE)
+
+
+@pytest.fixture(scope="module")
+def sources(trained: tuple[Transformer, Tokenizer], multi30k) -> list[list[int]]:
+    """Token ids of 12 Multi30k test sentences of various lengths."""
+    return trained[1].encode(multi30k("test_2016_flickr", "de", 12))
+
+
+def batch(ids: list[list[int]]) -> torch.Tensor:
+    return pad(ids, suffix=EOS_ID)
+
+
+def test_beam_1_equals_greedy_on_the_trained_model(trained, sources) -> None:
+    model, _ = trained
+    greedy = greedy_search(model, batch(sources))
+    beam = beam_search(model, batch(sources), beam_size=1)
+    assert [h.tokens for h in greedy] == [b[0].tokens for b in beam]
+    assert [h.score for h in greedy] == pytest.approx([b[0].score for b in beam], abs=1e-5)
+    assert len({len(h.tokens) for h in greedy}) > 3  # real, varied outputs
+
+
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_batch_equals_each_sentence_alone(trained, sources, beam_size: int) -> None:
+    model, _ = trained
+
+    def search(src: torch.Tensor) -> list[Hypothesis]:
+        if beam_size == 1:
+            return greedy_search(model, src)
+        return [h[0] for h in beam_search(model, src, beam_size)]
+
+    together = search(batch(sources))
+    alone = [search(batch([ids]))[0] for ids in sources]
+    assert [h.tokens for h in together] == [h.tokens for h in alone]
+    assert [h.score for h in together] == pytest.approx([h.score for h in alone], abs=1e-4)
+
+
+def forced_log_prob(model: Transformer, src_ids: list[int], tokens: list[int]) -> float:
+    """log P(tokens + EOS | src) by teacher-forced decoding of the whole output at once."""
+    with torch.no_grad():
+        memory, src_mask = model.encode(batch([src_ids]))
+        tgt_in = torch.tensor([[BOS_ID, *tokens]])
+        labels = torch.tensor([*tokens, EOS_ID])
+        logp = F.log_softmax(model.logits(model.decode(tgt_in, memory, src_mask))[0].float(), -1)
+        return float(logp.gather(1, labels[:, None]).sum())
+
+
+def test_reported_score_is_the_forced_decoding_log_probability(trained, sources) -> None:
+    model, _ = trained
+    src = batch(sources)
+    limits = max_lengths(src, 2.0, 20, model.cfg.max_positions - 1).tolist()
+    nbest = beam_search(model, src, 5, 1.0, 2.0, 20, nbest=5)
+    checked = 0
+    for ids, hyps, limit in zip(sources, nbest, limits):
+        for h in hyps:
+            if len(h.tokens) == limit:  # EOS was forced there, at log 1 = 0: not a model score
+                continue
+            assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+            assert h.normalized == pytest.approx(h.score / length_penalty(len(h.tokens) + 1, 1))
+            checked += 1
+    assert checked >= 0.8 * 5 * len(sources)
+    greedy = greedy_search(model, src, 2.0, 20)
+    for ids, h, limit in zip(sources, greedy, limits):
+        if len(h.tokens) < limit:
+            assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+
+
+def test_nbest_is_ordered_distinct_and_starts_with_the_1best(trained, sources) -> None:
+    model, _ = trained
+    src = batch(sources)
+    nbest = beam_search(model, src, 5, 1.0, nbest=5)
+    best = beam_search(model, src, 5, 1.0, nbest=1)
+    for hyps, [top] in zip(nbest, best):
+        assert len(hyps) == 5
+        assert hyps[0] == top
+        scores = [h.normalized for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in hyps}) == 5

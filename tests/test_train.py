@@ -1,0 +1,195 @@
+"""nmt.train: the LR schedule, overfitting one batch, resume = uninterrupted, the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.checkpoint import load_weights
+from nmt.config import DecodeConfig
+from nmt.score import corpus_scores
+from nmt.train import StepStats, TrainObserver, inverse_sqrt_lr, train
+from nmt.translate import Translator
+
+
+def test_inverse_sqrt_schedule() -> None:
+    peak, warmup = 1e-3, 100
+    lrs = [inverse_sqrt_lr(step, peak, warmup) for step in range(1, 1001)]
+    assert lrs[0] == pytest.approx(peak / warmup)  # step 1
+    assert lrs[49] == pytest.approx(peak / 2)  # linear warm-up: half-way, half the peak
+    assert lrs[99] == pytest.approx(peak) and max(lrs) == lrs[99]  # peak at the end of warm-up
+    assert all(a < b for a, b in zip(lrs[:99], lrs[1:100]))
+    assert all(a > b for a, b in zip(lrs[99:], lrs[100:]))
+    assert lrs[399] == pytest.approx(peak / 2)  # 1/sqrt: 4x the warm-up steps, half the peak
+    for step in (150, 500, 1000):
+        assert inverse_sqrt_lr(step, peak, warmup) == pytest.approx(peak * math.sqrt(warmup / step))
+    assert inverse_sqrt_lr(0, peak, warmup) == lrs[0]
+    assert inverse_sqrt_lr(16, peak, 0) == pytest.approx(peak / 4)  # no warm-up
+
+
+class Recorder(TrainObserver):
+    def __init__(self) -> None:
+        self.steps: list[StepStats] = []
+        self.messages: list[str] = []
+
+    def on_step(self, stats: StepStats) -> None:
+        self.steps.append(stats)
+
+    def on_message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def test_overfit_one_batch(
+    tmp_path: Path,
+    spm_text,
+    corpus_writer,
+    spm_model: Path,
+    tiny_model_config,
+    tiny_train_config,
+) -> None:
+    """A tiny model learns 16 short Multi30k pairs by heart in 200 updates of one batch."""
+    pairs = [  # among the lines the shared SentencePiece model is trained on
+        (s, t)
+        for s, t in zip(spm_text["de"], spm_text["en"])
+        if len(s.split()) <= 7 and len(t.split()) <= 7
+    ][:16]
+    src, tgt = [s for s, _ in pairs], [t for _, t in pairs]
+    prefix = corpus_writer(tmp_path / "pairs", src, tgt)
+    out = tmp_path / "run"
+    trainer, reason = train(
+        prefix,
+        prefix,
+        out,
+        tiny_model_config(dropout=0.0),
+        tiny_train_config(
+            max_steps=200, batch_tokens=4096, label_smoothing=0.0, eval_every=200, save_every=200
+        ),
+        spm_path=spm_model,
+    )
+    assert reason == "reached max_steps=200" and trainer.batches_per_epoch == 1
+    translator = Translator.load(out, DecodeConfig(beam_size=1), device="cpu")
+    assert [t.text for t in translator.translate(src)] == tgt
+    valid = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert valid[-1]["type"] == "valid" and valid[-1]["bleu"] == pytest.approx(100.0)
+
+
+def run(out: Path, tiny_corpus, spm_model, model_cfg, train_cfg) -> Recorder:
+    recorder = Recorder()
+    train(*tiny_corpus, out, model_cfg, train_cfg, spm_path=spm_model, observer=recorder)
+    return recorder
+
+
+def test_resume_equals_uninterrupted_training(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """20 updates straight = 9 updates, stop, resume to 20 (bit for bit, CPU, float32).
+
+    Dropout is on (so the RNG state must be restored), the stop falls in the middle of an epoch
+    (so must the position in the epoch's batch order) and an epoch ends after it (14 batches
+    per epoch, so the next epoch's order must follow).
+    """
+    model_cfg = tiny_model_config(dropout=0.1, attention_dropout=0.1)
+
+    def recipe(max_steps: int):  # type: ignore[no-untyped-def]
+        return tiny_train_config(max_steps=max_steps, eval_every=1000, save_every=1000)
+
+    straight = tmp_path / "straight"
+    run(straight, tiny_corpus, spm_model, model_cfg, recipe(20))
+    split = tmp_path / "split"
+    first = run(split, tiny_corpus, spm_model, model_cfg, recipe(9))
+    second = run(split, tiny_corpus, spm_model, model_cfg, recipe(20))
+    assert [s.step for s in first.steps] == list(range(1, 10))
+    assert [s.step for s in second.steps] == list(range(10, 21))
+    assert any("resuming" in m for m in second.messages)
+    assert {s.epoch for s in second.steps} == {1, 2}  # the split is mid-epoch 1
+
+    expected, resumed = (
+        load_weights(straight / "last.safetensors"),
+        load_weights(split / "last.safetensors"),
+    )
+    assert expected.keys() == resumed.keys()
+    different = [k for k in expected if not torch.equal(expected[k], resumed[k])]
+    assert different == []
+    state = torch.load(split / "resume.pt", weights_only=True)
+    assert state["state"]["step"] == 20
+
+
+def test_run_folder_contents(tiny_run: Path) -> None:
+    """The tiny run (conftest: 200 steps, validation and checkpoints every 100, logs every 20)."""
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {
+        "config.json",
+        "spm.model",
+        "model.safetensors",
+        "last.safetensors",
+        "resume.pt",
+        "metrics.jsonl",
+        "checkpoints",
+    } <= names
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == [
+        "step-00000100.safetensors",
+        "step-00000200.safetensors",
+    ]
+    config = json.loads((tiny_run / "config.json").read_text(encoding="utf-8"))
+    assert config["format_version"] == 1
+    assert (config["src_lang"], config["tgt_lang"]) == ("de", "en")
+    assert config["model"]["d_model"] == 64 and config["model"]["vocab_size"] == 1000
+    assert config["train"]["max_steps"] == 200
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["type"] == "train"]
+    valid = [r for r in records if r["type"] == "valid"]
+    assert train_steps == list(range(20, 201, 20))
+    assert [r["step"] for r in valid] == [100, 200]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in records)
+    assert {"bleu", "chrf", "ppl", "bleu_signature", "best"} <= set(valid[0])
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert losses[-1] < losses[0]
+
+
+def test_best_model_is_the_best_validation(tiny_run: Path, multi30k) -> None:
+    """model.safetensors holds the weights of the best validation BLEU, and that BLEU is what
+    translating the validation set with it gives."""
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    best = max((r for r in records if r["type"] == "valid"), key=lambda r: r["bleu"])
+    translator = Translator.load(tiny_run, DecodeConfig(beam_size=1), device="cpu")
+    src, ref = multi30k("val", "de", 20), multi30k("val", "en", 20)
+    hyps = [t.text for t in translator.translate(src)]
+    assert corpus_scores(hyps, [ref], ["bleu"])["bleu"].score == pytest.approx(best["bleu"])
+
+
+@pytest.mark.slow
+def test_multi30k_learning(
+    tmp_path: Path, multi30k_dir: Path, multi30k, tiny_model_config, tiny_train_config
+) -> None:
+    """The tiny preset learns de→en Multi30k: greedy BLEU on test 2016 above a threshold after
+    1500 updates (about 10 minutes on one CPU core; run with ``pytest -m slow``)."""
+    out = tmp_path / "run"
+    valid = tmp_path / "valid"
+    for lang in ("de", "en"):
+        (tmp_path / f"valid.{lang}").write_text(
+            "".join(line + "\n" for line in multi30k("val", lang, 200)), encoding="utf-8"
+        )
+    train(
+        multi30k_dir / "train",
+        valid,
+        out,
+        tiny_model_config(vocab_size=4000),
+        tiny_train_config(
+            batch_tokens=4096,
+            lr=3e-3,
+            warmup_steps=400,
+            max_steps=1500,
+            eval_every=500,
+            save_every=500,
+            log_every=100,
+        ),
+    )
+    translator = Translator.load(out, DecodeConfig(beam_size=1), device="cpu")
+    hyps = [t.text for t in translator.translate(multi30k("test_2016_flickr", "de"))]
+    bleu = corpus_scores(hyps, [multi30k("test_2016_flickr", "en")], ["bleu"])["bleu"].score
+    assert bleu > 25.0  # 29.8 seen (seed 1); valid BLEU 18 at 500 updates, 30 at 1500
