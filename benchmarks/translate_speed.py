@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length-penalty", type=float, default=DecodeConfig.length_penalty)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, int8")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
     if args.threads:

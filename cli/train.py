@@ -30,7 +30,7 @@ class RichObserver(TrainObserver):
         if c.max_steps:
             total = c.max_steps
         elif c.max_epochs:
-            total = c.max_epochs * trainer.batches_per_epoch
+            total = c.max_epochs * trainer.steps_per_epoch
         elif c.max_minutes:
             total, self.by_time = round(c.max_minutes * 60), True
         done = trainer.state.elapsed_s if self.by_time else trainer.state.step
@@ -128,6 +128,13 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    accum: Annotated[
+        int | None, typer.Option(help="Accumulate gradients of N batches per update.")
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option("--tensorboard", help="Also write TensorBoard logs (needs tensorboard)."),
+    ] = None,
 ) -> None:
     """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
     model_cfg, train_cfg = resolve(
@@ -149,6 +156,8 @@ def train(
             "device": device,
             "dtype": dtype,
             "seed": seed,
+            "accum": accum,
+            "tensorboard": tensorboard,
         },
     )
     observer = RichObserver()

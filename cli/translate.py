@@ -94,6 +94,21 @@ def translate(
             help=f"{', '.join(ENGINES)}; auto = ctranslate2 for a folder written by nmt export."
         ),
     ] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="fp32 (exact), bf16 (about 2x faster on GPUs and AVX512-BF16 CPUs) or fp16 (GPU)."
+        ),
+    ] = "fp32",
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: dynamically quantized linear layers (CPU).")
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict", help="Fail on an input longer than the model allows instead of cutting it."
+        ),
+    ] = False,
     ref: Annotated[
         list[Path] | None,
         typer.Option("--ref", "-r", help="Reference file(s): print BLEU and chrF when done."),
@@ -110,9 +125,12 @@ def translate(
         batch_size=batch_size,
     )
     lines, total = read_input(input)
-    interactive = input == "-" and sys.stdin.isatty()
-    chunk_lines = 1 if interactive else 2000
-    translator = load_translator(model, decode, engine, device, weights, chunk_lines)
+    # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
+    # that a line typed (or sent by another program) comes back at once.
+    streaming = input == "-"
+    translator = load_translator(
+        model, decode, engine, device, weights, strict=strict, dtype=dtype, quantize=quantize
+    )
     results = translator.translate(lines)
     hyps: list[str] = []
     truncated: list[int] = []
@@ -128,7 +146,7 @@ def translate(
                 progress.advance(task)
 
     if output is None:
-        emit(lambda text: (sys.stdout.write(text), interactive and sys.stdout.flush()))
+        emit(lambda text: (sys.stdout.write(text), streaming and sys.stdout.flush()))
     else:
         atomic_write(output, lambda f: emit(lambda text: f.write(text.encode("utf-8"))))
     if truncated:

@@ -101,6 +101,10 @@ class TrainConfig:
         dtype: ``fp32`` or ``bf16`` autocast; ``auto`` = bf16 on CUDA and on CPUs with native
             bf16 matrix units (AVX512-BF16/AMX), fp32 elsewhere.
         log_every: write a training record to ``metrics.jsonl`` every this many updates.
+        accum: batches whose gradients are accumulated into one update (a larger effective
+            batch without the memory).
+        tensorboard: also write TensorBoard event files to ``DIR/tensorboard`` (needs the
+            ``tensorboard`` package).
     """
 
     src_lang: str = "de"
@@ -125,6 +129,8 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     log_every: int = 50
+    accum: int = 1
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_tokens < 16:
@@ -133,6 +139,8 @@ class TrainConfig:
             raise ConfigError(f"lr={self.lr} must be positive")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.accum < 1 or self.log_every < 1 or self.save_every < 1:
+            raise ConfigError("accum, log_every and save_every must be at least 1")
         for name in ("warmup_steps", "max_steps", "max_epochs", "patience", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")

@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,7 +47,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import CheckpointError, ConfigError, NMTError
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.translate import Translation, Translator, length_batches
+from nmt.translate import BaseTranslator, Translator, length_batches
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
 EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json
@@ -130,6 +129,9 @@ def load_translator(
     device: str = "auto",
     weights: str | Path | None = None,
     chunk_lines: int = 2000,
+    strict: bool = False,
+    dtype: str = "fp32",
+    quantize: str | None = None,
 ) -> Translator | CT2Translator:
     """Load a model folder with the engine asked for.
 
@@ -138,6 +140,9 @@ def load_translator(
             (:class:`CT2Translator`, a folder written by ``nmt export``), or ``auto``:
             ctranslate2 when :func:`is_ctranslate2_dir`, else torch.
         weights: a weights file instead of ``model.safetensors`` (torch only).
+        strict: raise for an over-long source instead of cutting it with a warning.
+        dtype / quantize: torch engine only (:func:`nmt.translate.for_inference`); a
+            CTranslate2 model keeps the quantization it was exported with.
 
     Raises:
         ConfigError: unknown engine, or ``weights`` with the ctranslate2 engine.
@@ -147,15 +152,22 @@ def load_translator(
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
     if engine == "torch" or (engine == "auto" and not is_ctranslate2_dir(folder)):
-        return Translator.load(folder, decode, device, weights=weights, chunk_lines=chunk_lines)
+        return Translator.load(
+            folder, decode, device, weights, chunk_lines, strict, dtype, quantize
+        )
+    if dtype != "fp32" or quantize is not None:
+        raise ConfigError(
+            "--dtype/--quantize apply to the torch engine; a CTranslate2 model keeps the "
+            "quantization given to nmt export"
+        )
     if weights is not None:
         raise ConfigError(
             "weights apply to the torch engine; export those weights with nmt export --weights"
         )
-    return CT2Translator.load(folder, decode, device, chunk_lines=chunk_lines)
+    return CT2Translator.load(folder, decode, device, chunk_lines=chunk_lines, strict=strict)
 
 
-class CT2Translator:
+class CT2Translator(BaseTranslator):
     """A CTranslate2 translator with nmt's tokenizer, batching and output handling.
 
     Args:
@@ -165,6 +177,7 @@ class CT2Translator:
         chunk_lines: input lines read and translated together (bounds memory).
         max_positions: the model's position table size (sources are cut to one less, as in
             :class:`nmt.translate.Translator`).
+        strict: raise for an over-long source instead of cutting it.
     """
 
     def __init__(
@@ -174,12 +187,10 @@ class CT2Translator:
         decode: DecodeConfig | None = None,
         chunk_lines: int = 2000,
         max_positions: int = 1024,
+        strict: bool = False,
     ):
+        super().__init__(tokenizer, decode, chunk_lines, max_positions, strict)
         self.translator = translator
-        self.tokenizer = tokenizer
-        self.decode = decode or DecodeConfig()
-        self.chunk_lines = chunk_lines
-        self.max_src_tokens = max_positions - 1  # room for EOS
         self.max_tgt_tokens = max_positions - 1  # as nmt.search.max_lengths' cap
         self.pieces = [tokenizer.sp.IdToPiece(i) for i in range(tokenizer.vocab_size)]
         self.piece_ids = {piece: i for i, piece in enumerate(self.pieces)}
@@ -193,6 +204,7 @@ class CT2Translator:
         chunk_lines: int = 2000,
         intra_threads: int = 0,
         compute_type: str = "default",
+        strict: bool = False,
     ) -> CT2Translator:
         """Load a folder written by ``nmt export --format ctranslate2``.
 
@@ -217,28 +229,15 @@ class CT2Translator:
             intra_threads=intra_threads,
         )
         max_positions = int(info["model"]["max_positions"])
-        return cls(translator, Tokenizer(folder / SPM_FILE), decode, chunk_lines, max_positions)
+        tokenizer = Tokenizer(folder / SPM_FILE)
+        return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
 
-    def translate(self, lines: Iterable[str]) -> Iterator[Translation]:
-        """Translate ``lines`` (without newlines), yielding one result per line, in order."""
-        iterator = iter(lines)
-        while chunk := list(islice(iterator, self.chunk_lines)):
-            yield from self.translate_chunk(chunk)
-
-    def translate_chunk(self, lines: list[str]) -> list[Translation]:
-        """Translate a list of lines held in memory."""
-        ids = self.tokenizer.encode(lines)
-        truncated = [len(x) > self.max_src_tokens for x in ids]
-        ids = [x[: self.max_src_tokens] for x in ids]
-        results: list[Translation | None] = [
-            Translation("", 0.0, [("", 0.0)] * self.decode.nbest) if not x else None for x in ids
-        ]
+    def search_rows(
+        self, ids: list[list[int]]
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        """Batches sharing one length limit, searched by CTranslate2."""
         for limit, rows in self.batches(ids):
-            for row, hyps in zip(rows, self.search([ids[r] for r in rows], limit)):
-                texts = self.tokenizer.decode([h.tokens for h in hyps])
-                nbest = [(t, h.score) for t, h in zip(texts, hyps)]
-                results[row] = Translation(texts[0], hyps[0].score, nbest, truncated[row])
-        return [r if r is not None else Translation("", 0.0) for r in results]
+            yield rows, self.search([ids[r] for r in rows], limit)
 
     def batches(self, ids: list[list[int]]) -> Iterator[tuple[int, list[int]]]:
         """``(limit, rows)`` batches of the non-empty sources: rows sharing one length limit,

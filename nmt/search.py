@@ -71,7 +71,7 @@ def greedy_search(
     scores = torch.zeros(batch, device=src.device)
     results: list[Hypothesis | None] = [None] * batch
     for step in range(int(limits.max()) + 1):
-        logp = model.decode_step(tokens, cache)  # (rows, vocab)
+        logp = mask_specials(model.decode_step(tokens, cache))  # (rows, vocab)
         forced = limits[alive] <= step
         if forced.any():
             logp[forced] = _only_eos(logp[forced])
@@ -89,6 +89,15 @@ def greedy_search(
             alive, tokens, history, scores = alive[keep], tokens[keep], history[keep], scores[keep]
             cache.reorder(keep)
     return [r for r in results if r is not None]
+
+
+def mask_specials(logp: torch.Tensor) -> torch.Tensor:
+    """Forbid PAD and BOS as outputs (in place; ``(rows, vocab)`` log-probabilities): they
+    never occur as targets, and an untrained model would otherwise emit them (fairseq does
+    the same)."""
+    logp[:, PAD_ID] = float("-inf")
+    logp[:, BOS_ID] = float("-inf")
+    return logp
 
 
 def _only_eos(logp: torch.Tensor) -> torch.Tensor:
@@ -155,7 +164,7 @@ def beam_step(
         if step
         else torch.full((n * beam_size,), BOS_ID, dtype=torch.long, device=state.scores.device)
     )
-    logp = model.decode_step(last, state.cache).view(n, beam_size, -1)  # (n, beam, vocab)
+    logp = mask_specials(model.decode_step(last, state.cache)).view(n, beam_size, -1)
     vocab = logp.size(-1)
     forced = state.limits <= step
     if forced.any():

@@ -1,15 +1,17 @@
 """Lines in, translations out: tokenize, batch by length, search, detokenize, keep order.
 
 ``Translator.load(DIR).translate(lines)`` is what ``nmt translate`` calls and what a Python
-user calls. Input is consumed in chunks, so a file of any size translates in bounded memory,
-and each chunk's translations are yielded in input order as soon as the chunk is done.
+user calls. Input is read ahead by a background thread and translated in chunks of what has
+arrived (at most ``chunk_lines``), so a file of any size translates in bounded memory and a
+line typed interactively comes back without waiting for the end of the input.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ import torch
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
+from nmt.errors import ConfigError, InputError
 from nmt.model import Transformer
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.tokenizer import EOS_ID, Tokenizer
@@ -46,6 +49,37 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def for_inference(
+    model: Transformer, dtype: str = "fp32", quantize: str | None = None
+) -> Transformer:
+    """The model in eval mode, cast to ``dtype`` or with int8 linear layers.
+
+    ``bf16`` halves the cost of the matrix products on GPUs and on CPUs with AVX512-BF16 or
+    AMX (measured in docs/benchmarks.md); ``fp16`` is for GPUs only; ``quantize="int8"``
+    replaces the linear layers by dynamically quantized ones (CPU; Jacob et al. 2018). Scores
+    stay float32 either way (``decode_step`` returns float32 log-probabilities).
+
+    Raises:
+        ConfigError: an unknown dtype or quantization, fp16 on CPU, or int8 on a GPU.
+    """
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
+    device = next(model.parameters()).device
+    if dtype == "fp16" and device.type == "cpu":
+        raise ConfigError("dtype=fp16 is for GPUs; on CPU use bf16 or --quantize int8")
+    model = model.eval().to(DTYPES[dtype])
+    if quantize is None:
+        return model
+    if quantize != "int8":
+        raise ConfigError(f"quantize={quantize!r}: the only choice is int8")
+    if device.type != "cpu" or dtype != "fp32":
+        raise ConfigError("--quantize int8 is for CPU and float32 weights; drop --dtype")
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> list[list[int]]:
     """Indices sorted by length and cut into batches of at most ``batch_size`` sentences and
     ``batch_tokens`` padded tokens (longest first, so memory peaks early)."""
@@ -63,7 +97,113 @@ def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> li
     return batches
 
 
-class Translator:
+_END = object()
+
+
+def available_chunks(lines: Iterable[str], max_lines: int) -> Iterator[list[str]]:
+    """Group ``lines`` into chunks of at most ``max_lines`` without waiting for input that
+    has not arrived: a background thread reads ahead (at most ``2 * max_lines`` lines), and a
+    chunk ends when it is full or when nothing more is available right now.
+
+    An exception raised while reading (e.g. a non-UTF-8 line) is raised here after the lines
+    before it have been yielded.
+    """
+    pending: queue.Queue[object] = queue.Queue(maxsize=2 * max_lines)
+
+    def read() -> None:
+        try:
+            for line in lines:
+                pending.put(line)
+        except BaseException as exc:  # handed to the consumer
+            pending.put(exc)
+        pending.put(_END)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        chunk: list[str] = []
+        item = pending.get()
+        while isinstance(item, str):
+            chunk.append(item)
+            if len(chunk) >= max_lines:
+                break
+            try:
+                item = pending.get_nowait()
+            except queue.Empty:
+                break
+        if chunk:
+            yield chunk
+        if isinstance(item, BaseException):
+            raise item
+        if item is _END:
+            return
+
+
+class BaseTranslator:
+    """What every engine shares: streaming, tokenization, truncation, empty lines, order.
+
+    Subclasses implement :meth:`search_rows`.
+
+    Args:
+        tokenizer: the model's SentencePiece model; decode: search settings.
+        chunk_lines: input lines translated together at most (bounds memory).
+        max_positions: the model's position limit; sources are cut to one less (EOS).
+        strict: raise :class:`InputError` for a source longer than that instead of cutting.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        decode: DecodeConfig | None,
+        chunk_lines: int,
+        max_positions: int,
+        strict: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.decode = decode or DecodeConfig()
+        self.chunk_lines = chunk_lines
+        self.max_src_tokens = max_positions - 1  # room for EOS
+        self.strict = strict
+
+    def translate(self, lines: Iterable[str]) -> Iterator[Translation]:
+        """Translate ``lines`` (without newlines), yielding one result per line, in order.
+
+        Raises:
+            InputError: with ``strict``, a line longer than the model allows (line number
+                counted from 1 over all of ``lines``).
+        """
+        first = 1
+        for chunk in available_chunks(lines, self.chunk_lines):
+            yield from self.translate_chunk(chunk, first)
+            first += len(chunk)
+
+    def translate_chunk(self, lines: list[str], first_line: int = 1) -> list[Translation]:
+        """Translate a list of lines held in memory (``first_line``: number of ``lines[0]``)."""
+        ids = self.tokenizer.encode(lines)
+        truncated = [len(x) > self.max_src_tokens for x in ids]
+        if self.strict and any(truncated):
+            i = truncated.index(True)
+            raise InputError(
+                f"input line {first_line + i} has {len(ids[i])} tokens, the model takes at most "
+                f"{self.max_src_tokens}; shorten it, or drop --strict to cut it with a warning"
+            )
+        ids = [x[: self.max_src_tokens] for x in ids]
+        empty = Translation("", 0.0, [("", 0.0)] * self.decode.nbest)
+        results: list[Translation] = [empty] * len(lines)
+        for rows, hyps_of_rows in self.search_rows(ids):
+            for row, hyps in zip(rows, hyps_of_rows):
+                texts = self.tokenizer.decode([h.tokens for h in hyps])
+                nbest = [(t, h.score) for t, h in zip(texts, hyps)]
+                results[row] = Translation(texts[0], hyps[0].score, nbest, truncated[row])
+        return results
+
+    def search_rows(
+        self, ids: list[list[int]]
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        """Search the non-empty sources of ``ids`` in batches; yields ``(rows, nbest lists)``."""
+        raise NotImplementedError
+
+
+class Translator(BaseTranslator):
     """A loaded model, its tokenizer and search settings.
 
     Args:
@@ -79,13 +219,11 @@ class Translator:
         tokenizer: Tokenizer,
         decode: DecodeConfig | None = None,
         chunk_lines: int = 2000,
+        strict: bool = False,
     ):
+        super().__init__(tokenizer, decode, chunk_lines, model.cfg.max_positions, strict)
         self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.decode = decode or DecodeConfig()
-        self.chunk_lines = chunk_lines
         self.device = next(model.parameters()).device
-        self.max_src_tokens = model.cfg.max_positions - 1  # room for EOS
 
     @classmethod
     def load(
@@ -95,41 +233,33 @@ class Translator:
         device: str | torch.device = "auto",
         weights: str | Path | None = None,
         chunk_lines: int = 2000,
+        strict: bool = False,
+        dtype: str = "fp32",
+        quantize: str | None = None,
     ) -> Translator:
         """Load a model folder (config.json, spm.model, model.safetensors).
 
+        Args:
+            dtype / quantize: see :func:`for_inference` (default: exact float32).
+
         Raises:
             CheckpointError: a file is missing or of another format version.
+            ConfigError: an invalid dtype/quantize combination.
         """
         model, _ = load_model(folder, weights=weights, device=resolve_device(device))
-        return cls(model, Tokenizer(Path(folder) / SPM_FILE), decode, chunk_lines)
+        model = for_inference(model, dtype, quantize)
+        return cls(model, Tokenizer(Path(folder) / SPM_FILE), decode, chunk_lines, strict)
 
-    def translate(self, lines: Iterable[str]) -> Iterator[Translation]:
-        """Translate ``lines`` (without newlines), yielding one result per line, in order."""
-        iterator = iter(lines)
-        while chunk := list(islice(iterator, self.chunk_lines)):
-            yield from self.translate_chunk(chunk)
-
-    def translate_chunk(self, lines: list[str]) -> list[Translation]:
-        """Translate a list of lines held in memory."""
-        ids = self.tokenizer.encode(lines)
-        truncated = [len(x) > self.max_src_tokens for x in ids]
-        ids = [x[: self.max_src_tokens] for x in ids]
-        results: list[Translation | None] = [
-            Translation("", 0.0, [("", 0.0)] * self.decode.nbest) if not x else None for x in ids
-        ]
+    def search_rows(
+        self, ids: list[list[int]]
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        """Batches of similar length (EOS counted), longest first, searched on the device."""
         todo = [i for i, x in enumerate(ids) if x]
-        batches = length_batches(
-            [len(ids[i]) + 1 for i in todo], self.decode.batch_tokens, self.decode.batch_size
-        )
-        for batch in batches:
+        lengths = [len(ids[i]) + 1 for i in todo]
+        for batch in length_batches(lengths, self.decode.batch_tokens, self.decode.batch_size):
             rows = [todo[b] for b in batch]
             src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
-            for row, hyps in zip(rows, self.search(src)):
-                texts = self.tokenizer.decode([h.tokens for h in hyps])
-                nbest = [(t, h.score) for t, h in zip(texts, hyps)]
-                results[row] = Translation(texts[0], hyps[0].score, nbest, truncated[row])
-        return [r if r is not None else Translation("", 0.0) for r in results]
+            yield rows, self.search(src)
 
     def search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
         """Run the configured search on ``(batch, src_len)`` ids; nbest lists per sentence."""

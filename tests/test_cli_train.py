@@ -4,6 +4,11 @@ that ``nmt translate -m`` accepts."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +17,7 @@ from typer.testing import CliRunner
 
 import cli.train
 from cli.main import app
+from nmt.checkpoint import load_resume
 from nmt.config import ModelConfig, TrainConfig, preset
 
 runner = CliRunner()  # result.stdout and result.stderr are kept apart
@@ -181,3 +187,52 @@ def test_tiny_training_gives_a_model_folder_translate_accepts(
     result = runner.invoke(app, ["translate", str(src), "-m", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert len(result.stdout.splitlines()) == 5 and result.stdout.splitlines()[1] == ""
+
+
+def test_sigterm_saves_a_resume_checkpoint_and_the_run_continues(
+    tiny_corpus: tuple[Path, Path], spm_model: Path, tmp_path: Path
+) -> None:
+    """SIGTERM finishes the step, writes resume.pt, exits 130; the same command continues."""
+    out = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "cli",
+        "train",
+        "--train",
+        str(tiny_corpus[0]),
+        "--valid",
+        str(tiny_corpus[1]),
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--spm",
+        str(spm_model),
+        "--eval-every",
+        "100000",
+        "--save-every",
+        "100000",
+        "--dtype",
+        "fp32",
+        "--device",
+        "cpu",
+        "--max-steps",
+        "100000",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first train record is logged at step 50
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert "resume" in stderr.decode()
+    step = load_resume(out / "resume.pt")["state"]["step"]
+    assert step >= 50
+    args[args.index("--max-steps") + 1] = str(step + 5)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in done.stderr
+    assert load_resume(out / "resume.pt")["state"]["step"] == step + 5

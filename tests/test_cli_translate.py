@@ -112,8 +112,8 @@ class FakeTranslator:
 def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
     calls = []
 
-    def fake_load(*args):  # type: ignore[no-untyped-def]
-        calls.append(args)
+    def fake_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((args, kwargs))
         return FakeTranslator()
 
     monkeypatch.setattr(cli.translate, "load_translator", fake_load)
@@ -140,6 +140,7 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         "last.safetensors",
         "--device",
         "cpu",
+        "--strict",
     )
     assert result.exit_code == 0, result.output
     decode = DecodeConfig(
@@ -151,14 +152,15 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         batch_tokens=900,
         batch_size=9,
     )
-    assert calls == [(tmp_path / "model", decode, "auto", "cpu", "last.safetensors", 2000)]
+    args = (tmp_path / "model", decode, "auto", "cpu", "last.safetensors")
+    assert calls == [(args, {"strict": True, "dtype": "fp32", "quantize": None})]
     assert result.stdout == "A\n\nB\n"
 
 
 def test_failure_midway_leaves_no_partial_output(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "hyp.en"
     fake = FakeTranslator(out, fail_after=3)
-    monkeypatch.setattr(cli.translate, "load_translator", lambda *args: fake)
+    monkeypatch.setattr(cli.translate, "load_translator", lambda *args, **kwargs: fake)
     src = write_input(tmp_path / "in.de", ["a", "b", "c", "d"])
     result = invoke(src, "-m", tmp_path, "-o", out)
     assert_one_line_error(result, "in.de:3: something went wrong")

@@ -70,7 +70,7 @@ def test_overfit_one_batch(
         ),
         spm_path=spm_model,
     )
-    assert reason == "reached max_steps=200" and trainer.batches_per_epoch == 1
+    assert reason == "reached max_steps=200" and trainer.steps_per_epoch == 1
     translator = Translator.load(out, DecodeConfig(beam_size=1), device="cpu")
     assert [t.text for t in translator.translate(src)] == tgt
     valid = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -193,3 +193,42 @@ def test_multi30k_learning(
     hyps = [t.text for t in translator.translate(multi30k("test_2016_flickr", "de"))]
     bleu = corpus_scores(hyps, [multi30k("test_2016_flickr", "en")], ["bleu"])["bleu"].score
     assert bleu > 25.0  # 29.8 seen (seed 1); valid BLEU 18 at 500 updates, 30 at 1500
+
+
+def test_accumulated_update_equals_one_update_on_the_joined_batch(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """accum=2 over batches A and B gives the update of one batch A+B (no dropout, fp32):
+    the loss is averaged over all their target tokens either way."""
+    from nmt.data import encode_parallel, read_parallel
+    from nmt.tokenizer import Tokenizer
+    from nmt.trainer import Trainer
+
+    tokenizer = Tokenizer(spm_model)
+    data = encode_parallel(tokenizer, *read_parallel(tiny_corpus[0], "de", "en"), 200)
+    model_cfg = tiny_model_config(dropout=0.0)
+
+    def trainer(accum: int) -> Trainer:
+        cfg = tiny_train_config(accum=accum, clip_norm=1e9)
+        return Trainer(tmp_path, model_cfg, cfg, tokenizer, data, data, ([], []))
+
+    two, one = trainer(2), trainer(1)
+    a, b = two.epoch_steps(1)[0]
+    assert len(two.epoch_steps(1)) == len(one.epoch_steps(1)) // 2
+    res_two, res_one = two.train_step([a, b]), one.train_step([a + b])
+    assert res_two is not None and res_one is not None
+    assert res_two[3] == res_one[3]  # same target tokens
+    assert res_two[0] == pytest.approx(res_one[0], rel=1e-5)
+    for p2, p1 in zip(two.model.parameters(), one.model.parameters()):
+        # The gradients, not the weights: Adam's first step is about lr * sign(grad), which
+        # turns rounding noise in near-zero gradients into visible weight differences.
+        torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_tensorboard_logs_when_asked(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    pytest.importorskip("tensorboard")
+    cfg = tiny_train_config(max_steps=4, log_every=2, eval_every=4, tensorboard=True)
+    train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
+from nmt.errors import ConfigError, InputError
 from nmt.model import Transformer
 from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator, length_batches
@@ -71,8 +74,54 @@ def test_translate_is_lazy(tiny_run: Path, lines: list[str]) -> None:
     translator = Translator.load(tiny_run, DecodeConfig(beam_size=1), device="cpu", chunk_lines=4)
     results = translator.translate(source())
     first = next(results)
-    assert len(read) == 4 and first.text
+    # The reader runs ahead by at most two chunks (plus the chunk being translated).
+    assert first.text and 1 <= len(read) <= 3 * 4 + 1 < len(lines)
     assert len(list(results)) == len(lines) - 1
+
+
+def test_a_line_comes_back_before_the_input_ends(tiny_run: Path, lines: list[str]) -> None:
+    """Interactive use: the next input line is sent only after the previous translation came
+    back; translate() must not wait for a full chunk (or it would deadlock, caught by the
+    timeout)."""
+    answered = threading.Event()
+    got: list[str] = []
+
+    def conversation() -> Iterator[str]:
+        for line in lines[:3]:
+            yield line
+            if not answered.wait(timeout=60):
+                raise TimeoutError("no translation came back for a line already sent")
+            answered.clear()
+
+    translator = Translator.load(tiny_run, DecodeConfig(beam_size=2), device="cpu")
+    for result in translator.translate(conversation()):
+        got.append(result.text)
+        answered.set()
+    assert len(got) == 3 and all(got)
+
+
+def test_reading_error_comes_after_the_lines_before_it(tiny_run: Path, lines: list[str]) -> None:
+    def source() -> Iterator[str]:
+        yield from lines[:2]
+        raise InputError("not valid UTF-8", "in.txt", 3)
+
+    results = Translator.load(tiny_run, DecodeConfig(beam_size=1), device="cpu").translate(source())
+    assert next(results).text and next(results).text
+    with pytest.raises(InputError, match="in.txt:3:"):
+        next(results)
+
+
+def test_strict_refuses_an_over_long_line_naming_it(tiny_run: Path, lines: list[str]) -> None:
+    model, _ = load_model(tiny_run)
+    short = Transformer(replace(model.cfg, max_positions=24))
+    short.load_state_dict(model.state_dict())
+    translator = Translator(short, Tokenizer(tiny_run / SPM_FILE), strict=True, chunk_lines=2)
+    first, second = sorted(lines, key=len)[:2]  # both within the 23-token limit
+    long_line = " ".join(lines[:4])
+    with pytest.raises(
+        InputError, match=r"input line 4 has \d+ tokens, the model takes at most 23"
+    ):
+        list(translator.translate([first, "", second, long_line]))
 
 
 def test_nbest(tiny_run: Path, lines: list[str]) -> None:
@@ -106,3 +155,27 @@ def test_length_batches() -> None:
     for b in batches:
         assert len(b) <= 3
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 60
+
+
+@pytest.mark.parametrize("dtype, quantize", [("bf16", None), ("fp32", "int8")])
+def test_bf16_and_int8_translate_close_to_float32(
+    tiny_run: Path, lines: list[str], dtype: str, quantize: str | None
+) -> None:
+    exact = [t.text for t in load(tiny_run, beam_size=1).translate(lines)]
+    fast = Translator.load(
+        tiny_run, DecodeConfig(beam_size=1), device="cpu", dtype=dtype, quantize=quantize
+    )
+    assert fast.model.embed.weight.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
+    approx = [t.text for t in fast.translate(lines)]
+    assert len(approx) == len(lines)
+    same = sum(a == b for a, b in zip(exact, approx)) / len(lines)
+    assert same >= 0.5  # a tiny, barely trained model: ties are frequent, most still agree
+
+
+def test_invalid_inference_settings_are_refused(tiny_run: Path) -> None:
+    with pytest.raises(ConfigError, match="fp16 is for GPUs"):
+        Translator.load(tiny_run, device="cpu", dtype="fp16")
+    with pytest.raises(ConfigError, match="choose one of fp32, bf16, fp16"):
+        Translator.load(tiny_run, device="cpu", dtype="float8")
+    with pytest.raises(ConfigError, match="only choice is int8"):
+        Translator.load(tiny_run, device="cpu", quantize="int4")

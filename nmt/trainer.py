@@ -1,0 +1,483 @@
+"""The training loop of one run: :class:`Trainer` owns the model, optimizer and data and
+runs one flat, ordered loop (set LR → step → log → validate → checkpoint).
+
+Its state (model, optimizer, step, epoch, position in the epoch's batch order, every rank's
+RNG state, early-stopping counters) goes into ``resume.pt``, so an interrupted run continues
+exactly where an uninterrupted one would be. Progress is reported through a
+:class:`TrainObserver`; the library prints nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt import checkpoint as ckpt
+from nmt.config import DecodeConfig, ModelConfig, TrainConfig
+from nmt.data import ParallelData, collate, make_batches
+from nmt.distributed import DistEnv, gather_objects, sum_across
+from nmt.errors import ConfigError, TrainingError
+from nmt.loss import LossModule, label_smoothed_loss
+from nmt.model import Transformer
+from nmt.score import corpus_scores
+from nmt.tokenizer import Tokenizer
+from nmt.translate import Translator, resolve_device
+
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then decay with 1/sqrt(step).
+
+    This is Vaswani et al. (2017) eq. 3 with the constant ``d_model^-0.5`` replaced by the
+    peak rate: ``lr = peak * min(step / warmup, sqrt(warmup / step))`` for 1-based ``step``.
+    """
+    step = max(step, 1)
+    if warmup_steps == 0:
+        return peak / math.sqrt(step)
+    return peak * min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+
+@dataclass
+class StepStats:
+    """What one logged update reports (losses per target token, natural log)."""
+
+    step: int
+    epoch: int
+    loss: float
+    nll: float
+    lr: float
+    grad_norm: float
+    tgt_tokens_per_s: float
+    elapsed_s: float
+    skipped: int
+
+
+@dataclass
+class ValidResult:
+    """A validation: teacher-forced loss/perplexity and sacreBLEU scores of the search output."""
+
+    step: int
+    loss: float
+    ppl: float
+    bleu: float
+    chrf: float
+    bleu_signature: str
+    best: bool
+    elapsed_s: float
+
+
+class TrainObserver:
+    """Receives progress; subclass it to render (the CLI draws a rich progress bar)."""
+
+    def on_start(self, trainer: Trainer) -> None:  # noqa: D102 - hooks are self-explanatory
+        pass
+
+    def on_step(self, stats: StepStats) -> None:  # noqa: D102
+        pass
+
+    def on_validate(self, result: ValidResult) -> None:  # noqa: D102
+        pass
+
+    def on_message(self, text: str) -> None:  # noqa: D102
+        pass
+
+
+@dataclass
+class TrainState:
+    """Counters saved in the resume checkpoint."""
+
+    step: int = 0
+    epoch: int = 1
+    batch_in_epoch: int = 0
+    best_bleu: float = -1.0
+    bad_validations: int = 0
+    elapsed_s: float = 0.0
+    skipped_steps: int = 0
+
+
+def open_tensorboard(out_dir: Path):  # type: ignore[no-untyped-def]
+    """A TensorBoard writer for ``out_dir/tensorboard``.
+
+    Raises:
+        ConfigError: the ``tensorboard`` package is not installed.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError(
+            "tensorboard = true needs the tensorboard package: pip install tensorboard"
+        ) from None
+    return SummaryWriter(str(out_dir / "tensorboard"))
+
+
+def pick_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``cfg.dtype`` on ``device``; ``None`` means plain float32."""
+    if cfg.dtype == "fp32":
+        return None
+    if cfg.dtype == "bf16" or device.type == "cuda":
+        return torch.bfloat16
+    native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return torch.bfloat16 if native else None
+
+
+class Trainer:
+    """Owns the model, optimizer and data of one run and runs the loop.
+
+    Args:
+        out_dir: the run folder (already holding ``config.json`` and ``spm.model``).
+        model_cfg / train_cfg: the resolved configuration.
+        tokenizer: the run's SentencePiece model.
+        train_data / valid_data: encoded pairs; valid_text: valid source and reference lines.
+        observer: progress receiver.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        tokenizer: Tokenizer,
+        train_data: ParallelData,
+        valid_data: ParallelData,
+        valid_text: tuple[list[str], list[str]],
+        observer: TrainObserver | None = None,
+        dist_env: DistEnv | None = None,
+    ):
+        self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
+        self.train_data, self.valid_data, self.valid_text = train_data, valid_data, valid_text
+        self.dist = dist_env or DistEnv()
+        self.observer = observer if observer and self.dist.is_main else TrainObserver()
+        self.device = resolve_device(train_cfg.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.amp_dtype = pick_dtype(train_cfg, self.device)
+        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
+        random.seed(train_cfg.seed)
+        self.model = Transformer(model_cfg).to(self.device)
+        torch.manual_seed(train_cfg.seed + self.dist.rank)  # different dropout per rank
+        loss_module = LossModule(self.model, train_cfg.label_smoothing)
+        self.forward: torch.nn.Module = loss_module
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=train_cfg.lr,
+            betas=train_cfg.adam_betas,
+            weight_decay=train_cfg.weight_decay,
+        )
+        self.state = TrainState()
+        self.stop_signal: int | None = None
+        self.tensorboard = (
+            open_tensorboard(out_dir) if train_cfg.tensorboard and self.dist.is_main else None
+        )
+        self.steps_per_epoch = len(self.epoch_steps(1))
+
+    def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+        """This rank's updates of ``epoch``, in order: each a list of ``accum`` batches.
+
+        The order depends only on the seed, the epoch and the rank: every rank takes every
+        world_size-th batch, and all ranks get the same number of updates so that they stay
+        in lockstep (the few batches left over at the end of an epoch are skipped).
+        """
+        d = self.train_data
+        batches = make_batches(
+            [len(s) for s in d.src],
+            [len(t) for t in d.tgt],
+            self.cfg.batch_tokens,
+            self.cfg.seed * 100_003 + epoch,
+        )
+        group = self.dist.world_size * self.cfg.accum
+        usable = len(batches) // group * group
+        mine = batches[self.dist.rank : usable : self.dist.world_size]
+        return [mine[i : i + self.cfg.accum] for i in range(0, len(mine), self.cfg.accum)]
+
+    # --- resume -------------------------------------------------------------------------
+    def save_resume(self) -> None:
+        """Write ``last.safetensors`` and ``resume.pt`` (atomically, weights first)."""
+        # Every rank's RNG state is kept (all ranks must call this), so that dropout after a
+        # resume continues exactly as it would have.
+        rng = gather_objects(
+            {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            self.dist,
+        )
+        if not self.dist.is_main:
+            return
+        ckpt.save_weights(self.out_dir / "last.safetensors", self.model, self.state.step)
+        ckpt.save_resume(
+            self.out_dir / ckpt.RESUME_FILE,
+            {
+                "format_version": ckpt.FORMAT_VERSION,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "state": dict(vars(self.state)),
+                "rng": rng,
+                "python_rng": list(random.getstate()[1]),
+                "world_size": self.dist.world_size,
+            },
+        )
+
+    def load_resume(self, path: Path) -> None:
+        """Restore everything :meth:`save_resume` wrote."""
+        data = ckpt.load_resume(path)
+        self.model.load_state_dict(data["model"])
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.state = TrainState(**data["state"])
+        rngs = data["rng"]
+        rng = rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate((3, tuple(data["python_rng"]), None))
+
+    # --- one update ---------------------------------------------------------------------
+    def train_step(self, step_batches: list[list[int]]) -> tuple[float, float, float, int] | None:
+        """One update from ``accum`` batches of example indices: forward and backward each
+        (gradients accumulated, averaged over all their target tokens), clip, step.
+
+        Returns:
+            (loss, nll, grad_norm, target tokens), losses per token; ``None`` when the
+            gradient was not finite and the update was skipped.
+        """
+        batches = [collate(self.train_data, b).to(self.device) for b in step_batches]
+        n = sum(b.n_tgt_tokens for b in batches)
+        total_loss = total_nll = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(batches):
+            # DDP averages gradients across ranks on the last micro-batch's backward only.
+            last = i == len(batches) - 1
+            no_sync = self.forward.no_sync if self.dist.enabled and not last else nullcontext
+            with no_sync():
+                with self.autocast():
+                    loss, nll = self.forward(batch.src, batch.tgt_in, batch.tgt_out)
+                (loss / n).backward()
+            total_loss, total_nll = total_loss + float(loss.detach()), total_nll + float(nll)
+        grad_norm = float(
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
+        )
+        # A NaN/inf loss on any rank makes the averaged gradient non-finite on every rank,
+        # so all ranks skip the same update.
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.optimizer.step()
+        return total_loss / n, total_nll / n, grad_norm, n
+
+    def autocast(self):  # type: ignore[no-untyped-def]
+        """bf16 autocast when enabled (see :func:`pick_dtype`), else a no-op context."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # --- validation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def valid_loss(self) -> tuple[float, float]:
+        """Teacher-forced (label-smoothed loss, NLL) per target token on the valid set."""
+        self.model.eval()
+        total = nll_total = 0.0
+        tokens = 0
+        for batch_indices in make_batches(
+            [len(s) for s in self.valid_data.src],
+            [len(t) for t in self.valid_data.tgt],
+            self.cfg.batch_tokens,
+            0,
+        ):
+            batch = collate(self.valid_data, batch_indices).to(self.device)
+            states = self.model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_loss(
+                self.model, states, batch.tgt_out, self.cfg.label_smoothing
+            )
+            total, nll_total, tokens = (
+                total + float(loss),
+                nll_total + float(nll),
+                tokens + batch.n_tgt_tokens,
+            )
+        return total / max(tokens, 1), nll_total / max(tokens, 1)
+
+    def validate(self) -> ValidResult:
+        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
+        the best by BLEU and updates the early-stopping counters."""
+        start = time.monotonic()
+        loss, nll = self.valid_loss()
+        src_lines, ref_lines = self.valid_text
+        translator = Translator(
+            self.model,
+            self.tokenizer,
+            DecodeConfig(
+                beam_size=self.cfg.valid_beam_size,
+                batch_tokens=self.cfg.batch_tokens,
+            ),
+        )
+        hyps = [t.text for t in translator.translate(src_lines)]
+        self.model.train()
+        scores = corpus_scores(hyps, [ref_lines], metrics=("bleu", "chrf"))
+        bleu = scores["bleu"].score
+        best = bleu > self.state.best_bleu
+        if best:
+            self.state.best_bleu, self.state.bad_validations = bleu, 0
+            ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
+        else:
+            self.state.bad_validations += 1
+        result = ValidResult(
+            self.state.step,
+            loss,
+            math.exp(min(nll, 50.0)),
+            bleu,
+            scores["chrf"].score,
+            scores["bleu"].signature,
+            best,
+            time.monotonic() - start,
+        )
+        self.log({"type": "valid", **vars(result)})
+        self.observer.on_validate(result)
+        return result
+
+    # --- checkpoints and logs -----------------------------------------------------------
+    def save_step_checkpoint(self) -> None:
+        """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
+        if not self.dist.is_main:
+            return
+        folder = self.out_dir / "checkpoints"
+        ckpt.save_weights(
+            folder / f"step-{self.state.step:08d}.safetensors", self.model, self.state.step
+        )
+        for old in sorted(folder.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one JSON line to ``metrics.jsonl`` (main process only), and the numbers to
+        TensorBoard when it is on."""
+        if not self.dist.is_main:
+            return
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "best"):
+                    self.tensorboard.add_scalar(f"{record['type']}/{key}", value, record["step"])
+            self.tensorboard.flush()
+        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def out_of_budget(self) -> str | None:
+        """Why training should stop now, or ``None``."""
+        c, s = self.cfg, self.state
+        if c.max_steps and s.step >= c.max_steps:
+            return f"reached max_steps={c.max_steps}"
+        if c.max_epochs and s.epoch > c.max_epochs:
+            return f"reached max_epochs={c.max_epochs}"
+        if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
+            return f"reached max_minutes={c.max_minutes:g}"
+        if c.patience and s.bad_validations >= c.patience:
+            return f"no BLEU improvement in {c.patience} validations (patience)"
+        if self.stop_signal is not None:
+            return f"interrupted by signal {signal.Signals(self.stop_signal).name}"
+        return None
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> str:
+        """Train until a budget runs out; returns the reason training stopped.
+
+        Raises:
+            TrainingError: the loss stayed non-finite for ``MAX_BAD_STEPS`` updates in a row
+                (the last good state is saved first).
+        """
+        self.model.train()
+        self.observer.on_start(self)
+        bad_in_row, window_tokens, window_start = 0, 0, time.monotonic()
+        while (reason := self.check_stop()[0]) is None:
+            steps = self.epoch_steps(self.state.epoch)
+            for index in range(self.state.batch_in_epoch, len(steps)):
+                tick = time.monotonic()
+                lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                result = self.train_step(steps[index])
+                self.state.batch_in_epoch = index + 1
+                if result is None:
+                    bad_in_row = self.skipped_update(bad_in_row)
+                    continue
+                bad_in_row = 0
+                self.state.step += 1
+                self.state.elapsed_s += time.monotonic() - tick
+                reason, tokens = self.check_stop(result[3])
+                window_tokens += tokens
+                tok_s = window_tokens / max(time.monotonic() - window_start, 1e-9)
+                self.after_step(result, lr, tok_s)
+                if self.state.step % self.cfg.log_every == 0:
+                    window_tokens, window_start = 0, time.monotonic()
+                if reason is not None:
+                    break
+            else:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+        self.finish()
+        return reason
+
+    def check_stop(self, tokens: int = 0) -> tuple[str | None, int]:
+        """Whether to stop (agreed by all ranks: any rank's reason stops all) and this step's
+        target tokens summed over ranks."""
+        reason = self.out_of_budget()
+        if not self.dist.enabled:
+            return reason, tokens
+        total, stops = sum_across(
+            [float(tokens), float(reason is not None)], self.dist, self.device
+        )
+        if stops and reason is None:
+            reason = "stopped together with another process"
+        return reason, int(total)
+
+    def skipped_update(self, bad_in_row: int) -> int:
+        """Count a skipped (non-finite) update; give up after ``MAX_BAD_STEPS`` in a row."""
+        self.state.skipped_steps += 1
+        bad_in_row += 1
+        if bad_in_row >= MAX_BAD_STEPS:
+            self.save_resume()
+            raise TrainingError(
+                f"loss was NaN/inf for {bad_in_row} updates in a row after step "
+                f"{self.state.step}; last good state saved in {self.out_dir}; "
+                "lower lr or raise warmup_steps"
+            )
+        return bad_in_row
+
+    def after_step(self, result: tuple[float, float, float, int], lr: float, tok_s: float) -> None:
+        """Log, validate and checkpoint on their schedules (validation time counts too)."""
+        s, c = self.state, self.cfg
+        loss, nll, grad_norm, _ = result
+        stats = StepStats(
+            s.step, s.epoch, loss, nll, lr, grad_norm, tok_s, s.elapsed_s, s.skipped_steps
+        )
+        self.observer.on_step(stats)
+        if s.step % c.log_every == 0:
+            self.log({"type": "train", **vars(stats)})
+        tick = time.monotonic()
+        if s.step % c.eval_every == 0 and self.dist.is_main:
+            self.validate()
+        if s.step % c.save_every == 0:
+            self.save_step_checkpoint()
+            self.save_resume()
+        s.elapsed_s += time.monotonic() - tick
+
+    def finish(self) -> None:
+        """Final validation (unless the last step just had one) and checkpoints."""
+        if self.state.step == 0:
+            return
+        last_validated = self.state.step % self.cfg.eval_every == 0
+        if not last_validated and self.stop_signal is None and self.dist.is_main:
+            self.validate()
+        if self.state.step % self.cfg.save_every != 0:
+            self.save_step_checkpoint()
+        self.save_resume()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

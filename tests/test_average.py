@@ -1,0 +1,55 @@
+"""Checkpoint averaging: the mean of the last N step checkpoints, as a translatable folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from nmt.average import average_run, step_checkpoints
+from nmt.checkpoint import load_weights, read_config
+from nmt.errors import CheckpointError
+from nmt.translate import Translator
+
+
+def test_average_is_the_elementwise_mean_and_translates(tiny_run: Path, tmp_path: Path) -> None:
+    paths = step_checkpoints(tiny_run)
+    assert [p.name for p in paths] == ["step-00000100.safetensors", "step-00000200.safetensors"]
+    out = tmp_path / "averaged"
+    assert average_run(tiny_run, 2, out) == paths
+    averaged, a, b = (load_weights(p) for p in (out / "model.safetensors", *paths))
+    assert averaged.keys() == a.keys()
+    for name in a:
+        torch.testing.assert_close(averaged[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-7)
+    assert not torch.equal(a["embed.weight"], b["embed.weight"])  # a real average of two
+    assert read_config(out)["averaged_from"] == [p.name for p in paths]
+    lines = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee."]
+    assert len(list(Translator.load(out, device="cpu").translate(lines))) == 3
+
+
+def test_average_of_one_checkpoint_is_that_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    average_run(tiny_run, 1, tmp_path / "one")
+    last = load_weights(step_checkpoints(tiny_run)[-1])
+    averaged = load_weights(tmp_path / "one" / "model.safetensors")
+    assert all(torch.equal(averaged[k], last[k]) for k in last)
+
+
+def test_average_refuses_more_checkpoints_than_kept(tiny_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"2 step checkpoint\(s\), cannot average the last 3"):
+        average_run(tiny_run, 3, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(CheckpointError, match="must differ"):
+        average_run(tiny_run, 1, tiny_run)
+
+
+def test_cli_average(tiny_run: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    done = runner.invoke(app, ["average", str(tiny_run), "--last", "2", "-o", str(tmp_path / "a")])
+    assert done.exit_code == 0, done.stderr
+    assert "averaged 2 checkpoints" in done.stderr and done.stdout == ""
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+    bad = runner.invoke(app, ["average", str(tmp_path / "nope"), "-o", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
