@@ -36,11 +36,13 @@ def run(
     batch: int,
     device: str,
     length_penalty: float,
+    dtype: str = "fp32",
+    quantize: str | None = None,
 ) -> dict[str, float]:
     decode = DecodeConfig(
         beam_size=beam, batch_size=batch, batch_tokens=10**9, length_penalty=length_penalty
     )
-    translator = Translator.load(model, decode, device=device)
+    translator = Translator.load(model, decode, device=device, dtype=dtype, quantize=quantize)
     translator.translate_chunk(src[:64])  # warm-up (allocator, kernels)
     start = time.perf_counter()
     results = translator.translate_chunk(src)
@@ -81,15 +83,27 @@ def main() -> None:
         f"torch {torch.__version__}, device {args.device}, batch {args.batch_size}, "
         f"{len(src)} sentences"
     )
-    print("| beam | sentences/s | target tokens/s | seconds | BLEU | peak RSS (MiB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for beam in (int(b) for b in args.beams.split(",")):
-        r = run(args.model, src, ref, beam, args.batch_size, args.device, args.length_penalty)
-        print(
-            f"| {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | {r['seconds']:.2f} | "
-            f"{r['bleu']:.2f} | {r['rss']:.0f} |",
-            flush=True,
-        )
+    print("| weights | beam | sentences/s | target tokens/s | seconds | BLEU | peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for kind in args.dtypes.split(","):
+        dtype, quantize = ("fp32", "int8") if kind == "int8" else (kind, None)
+        for beam in (int(b) for b in args.beams.split(",")):
+            r = run(
+                args.model,
+                src,
+                ref,
+                beam,
+                args.batch_size,
+                args.device,
+                args.length_penalty,
+                dtype,
+                quantize,
+            )
+            print(
+                f"| {kind} | {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | "
+                f"{r['seconds']:.2f} | {r['bleu']:.2f} | {r['rss']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
