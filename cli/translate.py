@@ -15,7 +15,7 @@ from nmt.config import DecodeConfig
 from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
 from nmt.errors import InputError
-from nmt.score import corpus_scores, read_text
+from nmt.score import corpus_scores, read_references
 from nmt.translate import Translation
 
 
@@ -156,8 +156,11 @@ def translate(
             f"model's limit were cut: line {shown}"
         )
     if ref:
-        refs = [read_text(r) for r in ref]
+        refs = read_references(ref, hyps, "the input" if input == "-" else input)
         for name, result in corpus_scores(hyps, refs, metrics=("bleu", "chrf")).items():
             err_console.print(
-                f"{result.detail}\n  {name} signature: {result.signature}", highlight=False
+                f"{result.detail}\n  {name} signature: {result.signature}",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
             )

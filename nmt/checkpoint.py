@@ -111,15 +111,18 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
-def read_config(folder: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a model or run folder, its format version checked.
+def read_versioned_json(path: Path, missing_hint: str, version_hint: str) -> dict[str, Any]:
+    """A JSON file that nmt wrote, its ``format_version`` checked.
+
+    Args:
+        missing_hint / version_hint: what to tell the user when the file is missing / of
+            another format version.
 
     Raises:
-        CheckpointError: the file is missing, not JSON, or written by another format version.
+        CheckpointError: the file is missing, not JSON, or of another format version.
     """
-    path = Path(folder) / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing; is {folder} a model folder written by nmt?")
+        raise CheckpointError(f"{path}: missing; {missing_hint}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -128,9 +131,22 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: written with model format version {version}, this nmt reads version "
-            f"{FORMAT_VERSION}; use the nmt release that wrote it, or retrain"
+            f"{FORMAT_VERSION}; {version_hint}"
         )
     return data
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a model or run folder, its format version checked.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, or written by another format version.
+    """
+    return read_versioned_json(
+        Path(folder) / CONFIG_FILE,
+        f"is {folder} a model folder written by nmt?",
+        "use the nmt release that wrote it, or retrain",
+    )
 
 
 def load_model(

@@ -28,12 +28,13 @@ How our search maps onto ``Translator.translate_batch``:
 - What still differs: floating-point rounding of the two engines (an argmax can flip where two
   tokens are within ~1e-6), and, at the length limit, CTranslate2 ends the top ``beam_size``
   candidates of the last step, while we end the ``beam_size`` best non-EOS ones (with EOS forced
-  one step later).
+  one step later); and our search never outputs PAD or BOS (:func:`nmt.search.mask_specials`)
+  while CTranslate2 may (``suppress_sequences`` would renormalize the scores and break the
+  agreement above; a trained model gives those tokens no mass anyway).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,9 +43,9 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import FORMAT_VERSION, SPM_FILE
+from nmt.checkpoint import SPM_FILE, read_versioned_json
 from nmt.config import DecodeConfig
-from nmt.errors import CheckpointError, ConfigError, NMTError
+from nmt.errors import ConfigError, NMTError
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
 from nmt.translate import BaseTranslator, Translator, length_batches
@@ -87,21 +88,11 @@ def read_export_info(folder: str | Path) -> dict[str, Any]:
         CheckpointError: missing (not written by ``nmt export``), unreadable, or another
             format version.
     """
-    path = Path(folder) / EXPORT_INFO
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: missing; translate only CTranslate2 folders written by nmt export"
-        )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: written with format version {info.get('format_version')}, this nmt reads "
-            f"version {FORMAT_VERSION}; export the model again with this nmt"
-        )
-    return info
+    return read_versioned_json(
+        Path(folder) / EXPORT_INFO,
+        "translate only CTranslate2 folders written by nmt export",
+        "export the model again with this nmt",
+    )
 
 
 def collect_penalty(limit: int) -> float:

@@ -237,6 +237,28 @@ def read_inputs(
     return systems, refs
 
 
+def read_references(
+    ref_paths: Sequence[str | Path], hyps: Sequence[str], source: str
+) -> list[list[str]]:
+    """Read reference files for hypotheses held in memory (``nmt translate --ref``).
+
+    Raises:
+        InputError: a reference file is unreadable, or its line count differs from the
+            number of hypotheses (names the file, ``source`` and both counts).
+    """
+    refs = []
+    for path in ref_paths:
+        lines = read_text(path)
+        if len(lines) != len(hyps):
+            raise InputError(
+                f"has {len(lines)} lines but {source} has {len(hyps)}; references must have "
+                "one line per input line",
+                path,
+            )
+        refs.append(lines)
+    return refs
+
+
 def _check_count(path: str | Path, count: int, ref_path: str | Path, expected: int) -> None:
     if count != expected:
         raise InputError(

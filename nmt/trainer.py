@@ -417,6 +417,8 @@ class Trainer:
                 self.after_step(result, lr, tok_s)
                 if self.state.step % self.cfg.log_every == 0:
                     window_tokens, window_start = 0, time.monotonic()
+                if reason is None and self.state.step % self.cfg.eval_every == 0:
+                    reason = self.check_stop()[0]  # patience may have run out just now
                 if reason is not None:
                     break
             else:

@@ -14,6 +14,7 @@ import cli.translate
 from cli.main import app
 from nmt.config import DecodeConfig
 from nmt.errors import InputError
+from nmt.score import corpus_scores
 from nmt.translate import Translation, Translator
 
 runner = CliRunner()  # result.stdout and result.stderr are kept apart
@@ -203,3 +204,28 @@ def test_model_folder_lacking_a_file(tiny_run: Path, tmp_path: Path, name: str) 
 def test_missing_input_file(tiny_run: Path, tmp_path: Path) -> None:
     result = invoke(tmp_path / "absent.de", "-m", tiny_run, "--device", "cpu")
     assert_one_line_error(result, str(tmp_path / "absent.de"), "not found")
+
+
+def test_ref_scores_the_output_on_stderr(tiny_run: Path, tmp_path: Path, inputs: list[str]):
+    out, ref = tmp_path / "hyp.en", write_input(tmp_path / "ref.en", inputs)
+    result = invoke(
+        write_input(tmp_path / "in.de", inputs),
+        "-m",
+        tiny_run,
+        "--beam-size",
+        "1",
+        "-o",
+        out,
+        "--ref",
+        ref,
+    )
+    assert result.exit_code == 0, result.stderr
+    hyps = out.read_text(encoding="utf-8").splitlines()
+    expected = corpus_scores(hyps, [inputs], metrics=("bleu", "chrf"))
+    assert expected["bleu"].detail in result.stderr and expected["chrf"].detail in result.stderr
+    assert expected["bleu"].signature in result.stderr
+    short = write_input(tmp_path / "short.en", inputs[:-1])
+    bad = invoke(
+        write_input(tmp_path / "in2.de", inputs), "-m", tiny_run, "--beam-size", "1", "--ref", short
+    )
+    assert bad.exit_code == 1 and "short.en" in bad.stderr and "Traceback" not in bad.stderr

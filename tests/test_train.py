@@ -232,3 +232,18 @@ def test_tensorboard_logs_when_asked(
     cfg = tiny_train_config(max_steps=4, log_every=2, eval_every=4, tensorboard=True)
     train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_patience_stops_after_validations_without_a_better_bleu(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """With a learning rate too small to change anything, BLEU never improves on the first
+    validation: patience=2 stops training at the third validation."""
+    cfg = tiny_train_config(lr=1e-12, eval_every=3, patience=2, max_steps=1000)
+    trainer, reason = train(
+        *tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model
+    )
+    assert reason == "no BLEU improvement in 2 validations (patience)"
+    assert trainer.state.step == 9
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["best"] for r in records if r["type"] == "valid"] == [True, False, False]
