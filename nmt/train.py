@@ -130,7 +130,7 @@ def train(
         Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
     env = init_distributed(resolve_device(train_cfg.device))
     try:
-        return _train(
+        result = _train(
             out_dir,
             (src, tgt),
             (valid_src, valid_tgt),
@@ -141,6 +141,11 @@ def train(
             observer,
             env,
         )
+        # Leave the process group together: a rank that tore it down while rank 0 was still
+        # writing its files was seen to abort (gloo, "terminate called without an active
+        # exception"). Only on success: after an error the other ranks may be gone.
+        barrier(env)
+        return result
     finally:
         shutdown(env)
 
