@@ -41,9 +41,15 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (v / len(paths)).to(first[k].dtype) for k, v in total.items()}
 
 
-def average_run(run_dir: str | Path, last: int, out_dir: str | Path) -> list[Path]:
+def average_run(
+    run_dir: str | Path, last: int, out_dir: str | Path, allow_fewer: bool = False
+) -> list[Path]:
     """Average the last ``last`` step checkpoints of ``run_dir`` into the model folder
     ``out_dir`` (config.json, spm.model, model.safetensors), which ``nmt translate`` accepts.
+
+    Args:
+        allow_fewer: average all the step checkpoints there are when fewer than ``last``
+            (a short run) instead of refusing.
 
     Returns:
         The checkpoints that were averaged.
@@ -57,7 +63,7 @@ def average_run(run_dir: str | Path, last: int, out_dir: str | Path) -> list[Pat
     if last < 1:
         raise CheckpointError(f"--last {last}: average at least one checkpoint")
     paths = step_checkpoints(run_dir)
-    if len(paths) < last:
+    if len(paths) < last and not (allow_fewer and paths):
         raise CheckpointError(
             f"{run_dir / 'checkpoints'}: {len(paths)} step checkpoint(s), cannot average the "
             f"last {last}; lower --last or keep more (keep_checkpoints)"

@@ -43,6 +43,7 @@ def test_average_refuses_more_checkpoints_than_kept(tiny_run: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
     with pytest.raises(CheckpointError, match="must differ"):
         average_run(tiny_run, 1, tiny_run)
+    assert len(average_run(tiny_run, 3, tmp_path / "fewer", allow_fewer=True)) == 2
 
 
 def test_cli_average(tiny_run: Path, tmp_path: Path) -> None:
