@@ -50,7 +50,7 @@ def iter_lines(path: str | Path) -> Iterator[str]:
         with opener(path, "rb") as f:
             for number, raw in enumerate(f, start=1):
                 try:
-                    yield raw.decode("utf-8").rstrip("\r\n")
+                    yield _strip_line_end(raw.decode("utf-8"))
                 except UnicodeDecodeError as exc:
                     raise InputError(
                         f"not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8",
@@ -59,8 +59,17 @@ def iter_lines(path: str | Path) -> Iterator[str]:
                     ) from None
     except FileNotFoundError:
         raise InputError("file not found", path) from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not a text file", path) from None
     except (OSError, EOFError) as exc:  # e.g. a truncated or fake .gz
         raise InputError(f"cannot read file: {exc}", path) from None
+
+
+def _strip_line_end(line: str) -> str:
+    """Remove one line end (``\\n`` or ``\\r\\n``) and nothing else."""
+    if line.endswith("\n"):
+        line = line[:-1]
+    return line[:-1] if line.endswith("\r") else line
 
 
 def read_lines(path: str | Path) -> list[str]:

@@ -12,7 +12,6 @@ Methods: BLEU (Papineni et al. 2002), chrF (Popović 2015) and chrF++ (Popović 
 
 from __future__ import annotations
 
-import gzip
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -24,6 +23,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
 from sacrebleu.significance import PairedTest, Result
 
+from nmt.data import read_lines
 from nmt.errors import ConfigError, InputError
 
 METRICS = ("bleu", "chrf", "ter")
@@ -173,41 +173,7 @@ def read_text(path: str | Path) -> list[str]:
     Raises:
         InputError: the file is missing or unreadable, or is not valid UTF-8 (with the line).
     """
-    path = Path(path)
-    data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise InputError(
-            f"not valid UTF-8 (byte 0x{data[exc.start]:02x}); re-encode the file as UTF-8, "
-            "e.g. with iconv",
-            path,
-            line,
-        ) from None
-    if not text:
-        return []
-    # split("\n"), not splitlines(): U+2028 and friends are text, not line ends.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise InputError("file not found", path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a text file", path) from None
-    except (gzip.BadGzipFile, EOFError):
-        raise InputError("not a valid gzip file (or truncated)", path) from None
-    except OSError as exc:
-        raise InputError(f"cannot read the file: {exc.strerror or exc}", path) from None
+    return read_lines(path)  # the same reader as training and translation
 
 
 def read_inputs(
