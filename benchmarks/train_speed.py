@@ -31,14 +31,14 @@ def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str) ->
         trainer = Trainer(Path(tmp), model_cfg, train_cfg, tokenizer, data, data, ([], []))
         steps = trainer.epoch_steps(1)  # each: [batch] (accum = 1)
         for step in steps[: args.warmup]:
-            trainer.train_step(step)
+            trainer.train_step(trainer.collate_step(step))
         tokens, collate_s = 0, 0.0
         start = time.perf_counter()
         for step in steps[args.warmup : args.warmup + args.steps]:
             t0 = time.perf_counter()
             collate(data, step[0])  # timed apart: the step below collates the same batch again
             collate_s += time.perf_counter() - t0
-            tokens += trainer.train_step(step)[3]  # type: ignore[index]
+            tokens += trainer.train_step(trainer.collate_step(step))[3]  # type: ignore[index]
         seconds = time.perf_counter() - start - collate_s
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     amp = trainer.amp_dtype or torch.float32

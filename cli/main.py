@@ -34,8 +34,9 @@ def main(
 
 def _register() -> None:
     # Imported here so that each command module stays independent of the others.
-    from cli import average, data, export, score, train, translate
+    from cli import average, data, export, prepare, score, train, translate
 
+    app.command("prepare")(prepare.prepare)
     app.command("train")(train.train)
     app.command("translate")(translate.translate)
     app.command("score")(score.score)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
 from nmt.config import resolve
+from nmt.store import read_meta
 from nmt.train import StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train import train as run_training
 
@@ -85,16 +86,25 @@ def summary_table(trainer: Trainer, reason: str, history: list[ValidResult]) -> 
 
 @handle_errors
 def train(
-    train: Annotated[
-        str,
-        typer.Option(
-            "--train", help="Training corpus prefix: reads PREFIX.SRC[.gz] and PREFIX.TGT[.gz]."
-        ),
-    ],
-    valid: Annotated[str, typer.Option("--valid", help="Validation corpus prefix.")],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run folder (continued if it holds resume.pt).")
     ],
+    train: Annotated[
+        str | None,
+        typer.Option(
+            "--train",
+            help="Training corpus prefix: reads PREFIX.SRC[.gz] and PREFIX.TGT[.gz] and "
+            "prepares it into OUT/data.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Data folder written by `nmt prepare` (instead of --train)."),
+    ] = None,
+    valid: Annotated[
+        str | None,
+        typer.Option("--valid", help="Validation corpus prefix (default: the --data copy)."),
+    ] = None,
     src_lang: Annotated[
         str | None, typer.Option("--src-lang", help="Source language suffix (default de).")
     ] = None,
@@ -126,7 +136,9 @@ def train(
         int | None, typer.Option(help="Stop after N validations without a better BLEU.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="auto, fp32 or bf16 (autocast).")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto, fp32, bf16 or fp16 (autocast; fp16 loss-scaled).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     accum: Annotated[
         int | None, typer.Option(help="Accumulate gradients of N batches per update.")
@@ -135,8 +147,15 @@ def train(
         bool | None,
         typer.Option("--tensorboard", help="Also write TensorBoard logs (needs tensorboard)."),
     ] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option("--compile", help="torch.compile the training step (helps on GPUs)."),
+    ] = None,
 ) -> None:
     """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
+    if data is not None and src_lang is None and tgt_lang is None:
+        meta = read_meta(data)  # a data folder knows its languages
+        src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
     model_cfg, train_cfg = resolve(
         preset,
         config,
@@ -158,11 +177,14 @@ def train(
             "seed": seed,
             "accum": accum,
             "tensorboard": tensorboard,
+            "compile": compile_step,
         },
     )
     observer = RichObserver()
     try:
-        trainer, reason = run_training(train, valid, out, model_cfg, train_cfg, spm, observer)
+        trainer, reason = run_training(
+            train, valid, out, model_cfg, train_cfg, spm, observer, data_dir=data
+        )
     finally:
         observer.stop()
     if not trainer.dist.is_main:

@@ -98,13 +98,16 @@ class TrainConfig:
         max_len: training pairs longer than this (tokens, either side) are skipped.
         keep_checkpoints: how many step checkpoints to keep for averaging.
         save_every: write a resume checkpoint every this many updates.
-        dtype: ``fp32`` or ``bf16`` autocast; ``auto`` = bf16 on CUDA and on CPUs with native
-            bf16 matrix units (AVX512-BF16/AMX), fp32 elsewhere.
+        dtype: ``fp32``, ``bf16`` autocast, or ``fp16`` autocast with a gradient scaler;
+            ``auto`` = bf16 on CUDA and on CPUs with native bf16 matrix units
+            (AVX512-BF16/AMX), fp32 elsewhere.
         log_every: write a training record to ``metrics.jsonl`` every this many updates.
         accum: batches whose gradients are accumulated into one update (a larger effective
             batch without the memory).
         tensorboard: also write TensorBoard event files to ``DIR/tensorboard`` (needs the
             ``tensorboard`` package).
+        compile: run the training forward/backward through ``torch.compile`` (dynamic
+            shapes); pays off on GPUs, measured slower on CPU (docs/benchmarks.md).
     """
 
     src_lang: str = "de"
@@ -131,6 +134,7 @@ class TrainConfig:
     log_every: int = 50
     accum: int = 1
     tensorboard: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_tokens < 16:
@@ -148,8 +152,8 @@ class TrainConfig:
             raise ConfigError("eval_every=0: validate at least every N steps (N > 0)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}: choose one of auto, cpu, cuda, cuda:N")
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"dtype={self.dtype!r}: choose one of auto, fp32, bf16")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"dtype={self.dtype!r}: choose one of auto, fp32, bf16, fp16")
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}")
 

@@ -7,87 +7,22 @@ then shuffled (as in fairseq and OpenNMT-py), so that little compute is spent on
 
 from __future__ import annotations
 
-import gzip
+import queue
 import random
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
+import numpy as np
 import torch
 
 from nmt.errors import InputError
+from nmt.store import keep_reason
+from nmt.textio import corpus_path, count_lines, iter_lines, read_lines  # noqa: F401 - re-exported
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-
-
-def corpus_path(prefix: str | Path, lang: str) -> Path:
-    """The file of ``lang`` for a corpus prefix: ``PREFIX.LANG`` or ``PREFIX.LANG.gz``.
-
-    Raises:
-        InputError: neither file exists.
-    """
-    plain = Path(f"{prefix}.{lang}")
-    for candidate in (plain, Path(f"{plain}.gz")):
-        if candidate.is_file():
-            return candidate
-    raise InputError(
-        f"corpus file not found (also tried {plain.name}.gz); check the prefix and --src-lang/"
-        "--tgt-lang",
-        plain,
-    )
-
-
-def iter_lines(path: str | Path) -> Iterator[str]:
-    """Stream the lines of a UTF-8 text file (gzipped if it ends in ``.gz``), newlines
-    stripped, without holding the file in memory.
-
-    Raises:
-        InputError: the file is missing or unreadable, or a line is not valid UTF-8 (names
-            file and line).
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            for number, raw in enumerate(f, start=1):
-                try:
-                    yield _strip_line_end(raw.decode("utf-8"))
-                except UnicodeDecodeError as exc:
-                    raise InputError(
-                        f"not valid UTF-8 (byte {exc.start}); re-encode the file as UTF-8",
-                        path,
-                        number,
-                    ) from None
-    except FileNotFoundError:
-        raise InputError("file not found", path) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not a text file", path) from None
-    except (OSError, EOFError) as exc:  # e.g. a truncated or fake .gz
-        raise InputError(f"cannot read file: {exc}", path) from None
-
-
-def _strip_line_end(line: str) -> str:
-    """Remove one line end (``\\n`` or ``\\r\\n``) and nothing else."""
-    if line.endswith("\n"):
-        line = line[:-1]
-    return line[:-1] if line.endswith("\r") else line
-
-
-def read_lines(path: str | Path) -> list[str]:
-    """All lines of a text file; see :func:`iter_lines`."""
-    return list(iter_lines(path))
-
-
-def count_lines(path: str | Path) -> int:
-    """Number of lines of a (possibly gzipped) file, without decoding them."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        raise InputError("file not found", path) from None
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read file: {exc}", path) from None
 
 
 def read_parallel(prefix: str | Path, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
@@ -109,9 +44,21 @@ def read_parallel(prefix: str | Path, src_lang: str, tgt_lang: str) -> tuple[lis
     return src, tgt
 
 
+class Corpus(Protocol):
+    """What batching and :func:`collate` need of a corpus: in memory (:class:`ParallelData`)
+    or memory-mapped (:class:`nmt.store.ParallelStore`)."""
+
+    src_lens: Sequence[int]  # (n,) source lengths, tokens without EOS
+    tgt_lens: Sequence[int]  # (n,) target lengths, tokens without BOS/EOS
+
+    def __len__(self) -> int: ...
+
+    def pair(self, i: int) -> tuple[Sequence[int], Sequence[int]]: ...
+
+
 @dataclass
 class ParallelData:
-    """Token ids of sentence pairs kept after filtering (no BOS/EOS added yet)."""
+    """Token ids of sentence pairs kept after filtering (no BOS/EOS added yet), in memory."""
 
     src: list[list[int]]
     tgt: list[list[int]]
@@ -120,15 +67,28 @@ class ParallelData:
     def __len__(self) -> int:
         return len(self.src)
 
+    @property
+    def src_lens(self) -> list[int]:
+        return [len(s) for s in self.src]
+
+    @property
+    def tgt_lens(self) -> list[int]:
+        return [len(t) for t in self.tgt]
+
+    def pair(self, i: int) -> tuple[list[int], list[int]]:
+        return self.src[i], self.tgt[i]
+
 
 def encode_parallel(
     tokenizer: Tokenizer, src: Sequence[str], tgt: Sequence[str], max_len: int
 ) -> ParallelData:
-    """Encode pairs and drop those with an empty side or more than ``max_len`` tokens."""
+    """Encode pairs in memory and drop those with an empty side or more than ``max_len``
+    tokens (the filter of :func:`nmt.store.keep_reason`; large corpora go through
+    :func:`nmt.store.prepare` instead)."""
     src_ids, tgt_ids = tokenizer.encode(src), tokenizer.encode(tgt)
     kept = ParallelData([], [])
     for s, t in zip(src_ids, tgt_ids):
-        if 0 < len(s) <= max_len and 0 < len(t) <= max_len:
+        if keep_reason(len(s), len(t), max_len) is None:
             kept.src.append(s)
             kept.tgt.append(t)
         else:
@@ -149,6 +109,8 @@ def make_batches(
         Lists of example indices, one per batch.
     """
     rng = random.Random(seed)
+    if isinstance(src_lens, np.ndarray):  # plain ints sort several times faster
+        src_lens, tgt_lens = src_lens.tolist(), tgt_lens.tolist()  # type: ignore[union-attr]
     order = list(range(len(src_lens)))
     rng.shuffle(order)
     order.sort(key=lambda i: (tgt_lens[i], src_lens[i]))
@@ -194,22 +156,90 @@ class Batch:
 
 
 def pad(seqs: Sequence[Sequence[int]], prefix: int | None = None, suffix: int | None = None):
-    """Right-pad id lists into a ``(batch, max_len)`` int64 tensor, adding BOS/EOS if given."""
-    extra = (prefix is not None) + (suffix is not None)
-    width = max(len(s) for s in seqs) + extra
-    out = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    """Right-pad id sequences into a ``(batch, max_len)`` int64 tensor, adding BOS/EOS if given.
+
+    ``seqs`` may hold lists or numpy arrays (rows of a memory-mapped store).
+    """
+    start = int(prefix is not None)
+    width = max(len(s) for s in seqs) + start + int(suffix is not None)
+    out = np.full((len(seqs), width), PAD_ID, dtype=np.int64)
     for row, seq in enumerate(seqs):
-        ids = ([prefix] if prefix is not None else []) + list(seq)
+        out[row, start : start + len(seq)] = seq
+        if prefix is not None:
+            out[row, 0] = prefix
         if suffix is not None:
-            ids.append(suffix)
-        out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    return out
+            out[row, start + len(seq)] = suffix
+    return torch.from_numpy(out)
 
 
-def collate(data: ParallelData, indices: Sequence[int]) -> Batch:
+def collate(data: Corpus, indices: Sequence[int]) -> Batch:
     """The padded :class:`Batch` of the examples at ``indices``."""
-    src = pad([data.src[i] for i in indices], suffix=EOS_ID)
-    tgt = [data.tgt[i] for i in indices]
+    pairs = [data.pair(i) for i in indices]
+    tgt = [t for _, t in pairs]
+    src = pad([s for s, _ in pairs], suffix=EOS_ID)
     tgt_in = pad(tgt, prefix=BOS_ID)
     tgt_out = pad(tgt, suffix=EOS_ID)
     return Batch(src, tgt_in, tgt_out, int(sum(len(t) + 1 for t in tgt)))
+
+
+T = TypeVar("T")
+_DONE = object()
+
+
+class Prefetcher(Generic[T]):
+    """Iterate ``items`` in a background thread, up to ``depth`` items ahead.
+
+    Building the next batches (reading the memory-mapped store, padding) then overlaps the
+    model's step; torch releases the GIL in its kernels. An error in the thread is raised
+    in the consumer. :attr:`wait_s` counts the seconds the consumer spent blocked waiting
+    for an item (the data pipeline's share of the step time). Use it as a context manager
+    so the thread stops when the consumer stops early.
+    """
+
+    def __init__(self, items: Iterable[T], depth: int = 4):
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.wait_s = 0.0
+        self.thread = threading.Thread(target=self._fill, args=(iter(items),), daemon=True)
+        self.thread.start()
+
+    def _fill(self, items: Iterator[T]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+            return
+        self._put(_DONE)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            tick = time.perf_counter()
+            item = self.queue.get()
+            self.wait_s += time.perf_counter() - tick
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        """Stop the thread (it exits at its next item) and wait for it."""
+        self.stop.set()
+        self.thread.join()
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

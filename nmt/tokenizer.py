@@ -72,25 +72,37 @@ def train_tokenizer(
     """Train a SentencePiece model on ``sentences`` and write it atomically to ``out_path``.
 
     Args:
-        sentences: training text (source and target lines for a joint vocabulary).
+        sentences: training text (source and target lines for a joint vocabulary), read
+            once as a stream; SentencePiece keeps a random sample of ``max_sentences``.
         out_path: destination ``.model`` file; a ``.vocab`` file is written beside it.
         vocab_size: number of pieces (tokens), special ones included.
         model_type: ``unigram`` (Kudo 2018) or ``bpe``.
         max_sentences: sample at most this many sentences.
 
     Raises:
-        InputError: no training text, or too little text for ``vocab_size``.
+        InputError: no training text, or too little text for ``vocab_size``; an error raised
+            while reading ``sentences`` is raised as it is.
     """
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [s for s in sentences if s.strip()]
-    if not lines:
-        raise InputError("no text to train the SentencePiece model on")
+    seen, errors = 0, []
+
+    def text() -> Iterable[str]:  # streamed: SentencePiece keeps only its sample
+        nonlocal seen
+        try:
+            for line in sentences:
+                if line.strip():
+                    seen += 1
+                    yield line
+        except Exception as exc:  # SentencePiece would turn it into a RuntimeError
+            errors.append(exc)
+            raise
+
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".spm-") as tmp:
         prefix = os.path.join(tmp, "spm")
         try:
             spm.SentencePieceTrainer.Train(
-                sentence_iterator=iter(lines),
+                sentence_iterator=iter(text()),
                 model_prefix=prefix,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -105,6 +117,10 @@ def train_tokenizer(
                 minloglevel=2,
             )
         except RuntimeError as exc:
+            if errors:
+                raise errors[0] from None
+            if seen == 0:
+                raise InputError("no text to train the SentencePiece model on") from None
             raise InputError(
                 f"SentencePiece training failed: {exc}; lower --vocab-size or give more text"
             ) from None

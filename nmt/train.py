@@ -1,12 +1,16 @@
 """``train()``: check the input, prepare the run folder, join the process group, run the
 :class:`~nmt.trainer.Trainer`.
 
-A folder that already holds ``resume.pt`` is continued from it (see :mod:`nmt.trainer`).
+Training always reads a prepared corpus (:mod:`nmt.store`), memory-mapped: either a data
+folder written by ``nmt prepare`` or, given a corpus prefix, one prepared on the fly into
+``DIR/data``. A folder that already holds ``resume.pt`` is continued from it (see
+:mod:`nmt.trainer`).
 Started by ``torchrun``, every process trains on its share of the batches (DDP).
 """
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from nmt import checkpoint as ckpt
+from nmt import store
 from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.data import encode_parallel, read_parallel
-from nmt.distributed import DistEnv, barrier, init_distributed, shutdown
-from nmt.tokenizer import Tokenizer, train_tokenizer
+from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
+from nmt.errors import ConfigError, NMTError, TrainingError
+from nmt.tokenizer import Tokenizer
 from nmt.trainer import (  # re-exported: the training API lives under nmt.train
     StepStats,
     Trainer,
@@ -57,18 +63,41 @@ def stop_on_signals(trainer: Trainer) -> Iterator[None]:
 
 def prepare_run(
     out_dir: Path,
-    train_text: tuple[list[str], list[str]],
-    prefixes: tuple[str, str],
+    source: tuple[str, str],
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     spm_path: str | Path | None,
     observer: TrainObserver,
-) -> None:
-    """Create or reopen the run folder: ``spm.model`` and ``config.json``.
+) -> Path:
+    """Create or reopen the run folder: ``spm.model``, ``config.json`` and, when training
+    from a corpus prefix, the prepared corpus in ``DIR/data`` (:func:`nmt.store.prepare`).
 
-    A folder with ``resume.pt`` keeps its model shape (from its ``config.json``); the
-    training recipe given now applies to the rest of the run.
+    Args:
+        source: ``(kind, path)``: ``("train", PREFIX)`` or ``("data", DATA_DIR)``.
+
+    A folder with ``resume.pt`` keeps its model shape (from its ``config.json``) and its
+    SentencePiece model; the training recipe given now applies to the rest of the run.
+
+    Returns:
+        The data folder to train from.
     """
+    created = not out_dir.exists()
+    try:
+        return _prepare_run(out_dir, source, model_cfg, train_cfg, spm_path, observer)
+    except BaseException:
+        if created:  # a run that could not start leaves no folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _prepare_run(
+    out_dir: Path,
+    source: tuple[str, str],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    spm_path: str | Path | None,
+    observer: TrainObserver,
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     resume = (out_dir / ckpt.RESUME_FILE).is_file()
     spm_file = out_dir / ckpt.SPM_FILE
@@ -76,11 +105,29 @@ def prepare_run(
         saved = ckpt.read_config(out_dir)
         model_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
         observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
-    elif spm_path is not None:
-        ckpt.atomic_write(spm_file, lambda f: f.write(Path(spm_path).read_bytes()))
-    else:
-        observer.on_message(f"training a {model_cfg.vocab_size}-piece SentencePiece model")
-        train_tokenizer(train_text[0] + train_text[1], spm_file, model_cfg.vocab_size)
+        spm_path = spm_file
+    kind, path = source
+    data_dir = Path(path) if kind == "data" else out_dir / "data"
+    if kind == "train" and not (data_dir / store.META_FILE).is_file():
+        summary = store.prepare(
+            path,
+            data_dir,
+            train_cfg.src_lang,
+            train_cfg.tgt_lang,
+            spm_path=spm_path,
+            vocab_size=model_cfg.vocab_size,
+            max_len=train_cfg.max_len,
+            overwrite=True,  # an incomplete one, from an interrupted start
+            on_message=observer.on_message,
+        )
+        observer.on_message(describe(summary))
+    if not resume:
+        ckpt.atomic_write(spm_file, lambda f: f.write((data_dir / store.SPM_FILE).read_bytes()))
+    elif (data_dir / store.SPM_FILE).read_bytes() != spm_file.read_bytes():
+        raise ConfigError(
+            f"{data_dir / store.SPM_FILE} differs from the run's {spm_file}: the prepared ids "
+            "would not match the model; resume with the data the run started with"
+        )
     model_cfg = replace(model_cfg, vocab_size=Tokenizer(spm_file).vocab_size)
     ckpt.write_json(
         out_dir / ckpt.CONFIG_FILE,
@@ -90,26 +137,67 @@ def prepare_run(
             "tgt_lang": train_cfg.tgt_lang,
             "model": to_dict(model_cfg),
             "train": to_dict(train_cfg),
-            "data": {"train": prefixes[0], "valid": prefixes[1]},
+            "data": {kind: str(path), "prepared": str(data_dir)},
         },
+    )
+    return data_dir
+
+
+def describe(summary: store.PrepareSummary) -> str:
+    """One line about a prepared corpus: pairs kept and dropped, by reason."""
+    dropped = ", ".join(f"{n:,} {why}" for why, n in summary.dropped.items() if n) or "none"
+    return (
+        f"prepared {summary.kept:,} of {summary.lines:,} pairs in {summary.out_dir} "
+        f"(dropped: {dropped}) in {summary.seconds:.1f}s"
+    )
+
+
+def read_valid(
+    valid_prefix: str | Path | None, data_dir: str | Path | None, train_cfg: TrainConfig
+) -> tuple[list[str], list[str]]:
+    """The validation source and reference lines: from ``valid_prefix``, else the copy in
+    the data folder.
+
+    Raises:
+        InputError: missing or mismatched files; ConfigError: no validation set at all.
+    """
+    if valid_prefix is None and data_dir is not None:
+        if corpus_exists(Path(data_dir) / "valid", (train_cfg.src_lang, train_cfg.tgt_lang)):
+            valid_prefix = Path(data_dir) / "valid"
+    if valid_prefix is None:
+        raise ConfigError(
+            "no validation set: give --valid PREFIX (or prepare the data with --valid)"
+        )
+    return read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
+
+
+def corpus_exists(prefix: Path, langs: tuple[str, str]) -> bool:
+    """Whether ``PREFIX.LANG[.gz]`` exists for both languages."""
+    return all(
+        Path(f"{prefix}.{lang}").is_file() or Path(f"{prefix}.{lang}.gz").is_file()
+        for lang in langs
     )
 
 
 def train(
-    train_prefix: str | Path,
-    valid_prefix: str | Path,
+    train_prefix: str | Path | None,
+    valid_prefix: str | Path | None,
     out_dir: str | Path,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     spm_path: str | Path | None = None,
     observer: TrainObserver | None = None,
+    data_dir: str | Path | None = None,
 ) -> tuple[Trainer, str]:
     """Train a model into ``out_dir`` (continuing it if it holds a resume checkpoint).
 
     Args:
-        train_prefix / valid_prefix: corpus prefixes (``PREFIX.LANG[.gz]``).
+        train_prefix: corpus prefix (``PREFIX.LANG[.gz]``), prepared on the fly into
+            ``out_dir/data`` (encoded once, memory-mapped; see :mod:`nmt.store`).
+        valid_prefix: validation corpus prefix; ``None`` takes the data folder's copy.
         out_dir: the run folder; it becomes a model folder ``nmt translate -m`` accepts.
         spm_path: an existing SentencePiece model to use instead of training one.
+        data_dir: a data folder written by ``nmt prepare``, instead of ``train_prefix``.
 
     Started by ``torchrun``, each process trains on its share of every epoch's batches
     (DDP); only rank 0 writes files, logs and validates.
@@ -118,29 +206,39 @@ def train(
         The trainer (its ``state`` holds the final counters) and why training stopped.
 
     Raises:
-        InputError: missing, non-UTF-8 or mismatched corpus files, or an empty corpus.
-        CheckpointError: an unreadable resume checkpoint. TrainingError: diverged training.
+        InputError: missing, non-UTF-8 or mismatched corpus files, an empty corpus, or an
+            incomplete data folder. ConfigError: both or neither of ``train_prefix`` and
+            ``data_dir``, or a data folder of other languages. CheckpointError: an
+            unreadable resume checkpoint. TrainingError: diverged training.
     """
     observer = observer or TrainObserver()
     out_dir = Path(out_dir)
-    # Read (and so check) all input before anything is written into the run folder.
-    src, tgt = read_parallel(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
-    valid_src, valid_tgt = read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
+    if (train_prefix is None) == (data_dir is None):
+        raise ConfigError("give either a corpus prefix (--train) or a data folder (--data)")
+    if data_dir is not None:
+        meta = store.read_meta(data_dir)
+        langs = (meta["src_lang"], meta["tgt_lang"])
+        if langs != (train_cfg.src_lang, train_cfg.tgt_lang):
+            raise ConfigError(
+                f"{data_dir} holds {langs[0]}→{langs[1]} but training asks for "
+                f"{train_cfg.src_lang}→{train_cfg.tgt_lang}; fix --src-lang/--tgt-lang"
+            )
+        if spm_path is not None:
+            raise ConfigError(
+                f"--spm cannot be combined with --data: {data_dir} was encoded with its own "
+                "spm.model"
+            )
+        source = ("data", str(data_dir))
+    else:
+        store.check_corpus(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)  # type: ignore[arg-type]
+        source = ("train", str(train_prefix))
+    # Check the input that is read whole before anything is written into the run folder.
+    valid_text = read_valid(valid_prefix, data_dir, train_cfg)
     if spm_path is not None:
         Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
     env = init_distributed(resolve_device(train_cfg.device))
     try:
-        result = _train(
-            out_dir,
-            (src, tgt),
-            (valid_src, valid_tgt),
-            (str(train_prefix), str(valid_prefix)),
-            model_cfg,
-            train_cfg,
-            spm_path,
-            observer,
-            env,
-        )
+        result = _train(out_dir, source, valid_text, model_cfg, train_cfg, spm_path, observer, env)
         # Leave the process group together: a rank that tore it down while rank 0 was still
         # writing its files was seen to abort (gloo, "terminate called without an active
         # exception"). Only on success: after an error the other ranks may be gone.
@@ -152,29 +250,38 @@ def train(
 
 def _train(
     out_dir: Path,
-    train_text: tuple[list[str], list[str]],
+    source: tuple[str, str],
     valid_text: tuple[list[str], list[str]],
-    prefixes: tuple[str, str],
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     spm_path: str | Path | None,
     observer: TrainObserver,
     env: DistEnv,
 ) -> tuple[Trainer, str]:
-    """:func:`train` once the input is read and the process group (if any) is joined."""
+    """:func:`train` once the input is checked and the process group (if any) is joined."""
     resume = (out_dir / ckpt.RESUME_FILE).is_file()  # checked before rank 0 writes anything
+    error: NMTError | None = None
     if env.is_main:
-        prepare_run(out_dir, train_text, prefixes, model_cfg, train_cfg, spm_path, observer)
-    barrier(env)
+        try:
+            prepare_run(out_dir, source, model_cfg, train_cfg, spm_path, observer)
+        except NMTError as exc:  # e.g. a bad line found while encoding: tell the other ranks
+            error = exc
+    reports = gather_objects(None if error is None else str(error), env)  # also a barrier
+    if error is not None:
+        raise error
+    if reports[0] is not None:
+        raise TrainingError(f"rank 0 could not prepare the run: {reports[0]}")
     folder_cfg = ckpt.read_config(out_dir)
     model_cfg = from_dict(ModelConfig, folder_cfg["model"], str(out_dir / ckpt.CONFIG_FILE))
     tokenizer = Tokenizer(out_dir / ckpt.SPM_FILE)
-    (src, tgt), (valid_src, valid_tgt) = train_text, valid_text
-    train_data = encode_parallel(tokenizer, src, tgt, train_cfg.max_len)
+    data_dir = Path(folder_cfg["data"]["prepared"])
+    train_data = store.open_store(data_dir, train_cfg.max_len)
+    valid_src, valid_tgt = valid_text
     valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
+    left_out = f", {train_data.dropped:,} longer than {train_cfg.max_len} left out"
     observer.on_message(
-        f"{len(train_data)} training pairs ({train_data.dropped} dropped: empty or longer "
-        f"than {train_cfg.max_len} tokens), {len(valid_src)} validation pairs"
+        f"{len(train_data):,} training pairs from {data_dir}"
+        f"{left_out if train_data.dropped else ''}, {len(valid_src):,} validation pairs"
     )
     trainer = Trainer(
         out_dir,
@@ -183,7 +290,7 @@ def _train(
         tokenizer,
         train_data,
         valid_data,
-        (valid_src, valid_tgt),
+        valid_text,
         observer,
         env,
     )

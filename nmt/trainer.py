@@ -23,7 +23,7 @@ import torch
 
 from nmt import checkpoint as ckpt
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
-from nmt.data import ParallelData, collate, make_batches
+from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate, make_batches
 from nmt.distributed import DistEnv, gather_objects, sum_across
 from nmt.errors import ConfigError, TrainingError
 from nmt.loss import LossModule, label_smoothed_loss
@@ -33,6 +33,8 @@ from nmt.tokenizer import Tokenizer
 from nmt.translate import Translator, resolve_device
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
+MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
+PREFETCH_STEPS = 4  # updates whose batches are built ahead in a background thread
 
 
 def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
@@ -60,6 +62,7 @@ class StepStats:
     tgt_tokens_per_s: float
     elapsed_s: float
     skipped: int
+    data_wait_share: float = 0.0  # share of the step time spent waiting for batches
 
 
 @dataclass
@@ -121,9 +124,15 @@ def open_tensorboard(out_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def pick_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``cfg.dtype`` on ``device``; ``None`` means plain float32."""
+    """The autocast dtype for ``cfg.dtype`` on ``device``; ``None`` means plain float32.
+
+    ``fp16`` comes with a gradient scaler (Micikevicius et al. 2018); ``auto`` picks bf16,
+    which has float32's range and needs none, where the hardware has it.
+    """
     if cfg.dtype == "fp32":
         return None
+    if cfg.dtype == "fp16":
+        return torch.float16
     if cfg.dtype == "bf16" or device.type == "cuda":
         return torch.bfloat16
     native = device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
@@ -137,7 +146,8 @@ class Trainer:
         out_dir: the run folder (already holding ``config.json`` and ``spm.model``).
         model_cfg / train_cfg: the resolved configuration.
         tokenizer: the run's SentencePiece model.
-        train_data / valid_data: encoded pairs; valid_text: valid source and reference lines.
+        train_data: the training pairs, in memory or memory-mapped (:mod:`nmt.store`).
+        valid_data: encoded valid pairs; valid_text: valid source and reference lines.
         observer: progress receiver.
     """
 
@@ -147,7 +157,7 @@ class Trainer:
         model_cfg: ModelConfig,
         train_cfg: TrainConfig,
         tokenizer: Tokenizer,
-        train_data: ParallelData,
+        train_data: Corpus,
         valid_data: ParallelData,
         valid_text: tuple[list[str], list[str]],
         observer: TrainObserver | None = None,
@@ -170,6 +180,14 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids)
+        self.no_sync = getattr(self.forward, "no_sync", nullcontext)
+        if train_cfg.compile:
+            # dynamic: batch shapes vary with sentence lengths; DDP's buckets are handled by
+            # dynamo's DDP optimizer. Validation and search use the uncompiled model.
+            self.forward = torch.compile(self.forward, dynamic=True)  # type: ignore[assignment]
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=train_cfg.lr,
@@ -192,8 +210,8 @@ class Trainer:
         """
         d = self.train_data
         batches = make_batches(
-            [len(s) for s in d.src],
-            [len(t) for t in d.tgt],
+            d.src_lens,
+            d.tgt_lens,
             self.cfg.batch_tokens,
             self.cfg.seed * 100_003 + epoch,
         )
@@ -223,6 +241,7 @@ class Trainer:
                 "format_version": ckpt.FORMAT_VERSION,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
                 "state": dict(vars(self.state)),
                 "rng": rng,
                 "python_rng": list(random.getstate()[1]),
@@ -235,6 +254,8 @@ class Trainer:
         data = ckpt.load_resume(path)
         self.model.load_state_dict(data["model"])
         self.optimizer.load_state_dict(data["optimizer"])
+        if data.get("scaler"):  # absent in checkpoints of runs without fp16
+            self.scaler.load_state_dict(data["scaler"])
         self.state = TrainState(**data["state"])
         rngs = data["rng"]
         rng = rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0]
@@ -244,27 +265,47 @@ class Trainer:
         random.setstate((3, tuple(data["python_rng"]), None))
 
     # --- one update ---------------------------------------------------------------------
-    def train_step(self, step_batches: list[list[int]]) -> tuple[float, float, float, int] | None:
-        """One update from ``accum`` batches of example indices: forward and backward each
-        (gradients accumulated, averaged over all their target tokens), clip, step.
+    def collate_step(self, step_batches: list[list[int]]) -> list[Batch]:
+        """The padded batches of one update (``accum`` lists of example indices), on the CPU
+        (pinned when training on CUDA, so the copy to the GPU can overlap)."""
+        batches = [collate(self.train_data, b) for b in step_batches]
+        if self.device.type == "cuda":
+            batches = [
+                Batch(
+                    b.src.pin_memory(),
+                    b.tgt_in.pin_memory(),
+                    b.tgt_out.pin_memory(),
+                    b.n_tgt_tokens,
+                )
+                for b in batches
+            ]
+        return batches
+
+    def train_step(self, step_batches: list[Batch]) -> tuple[float, float, float, int] | None:
+        """One update from ``accum`` batches: forward and backward each (gradients
+        accumulated, averaged over all their target tokens), clip, step.
+
+        With fp16 the loss is scaled before backward and the gradients unscaled before
+        clipping (:class:`torch.amp.GradScaler`); an overflow skips the update and halves the
+        scale.
 
         Returns:
             (loss, nll, grad_norm, target tokens), losses per token; ``None`` when the
             gradient was not finite and the update was skipped.
         """
-        batches = [collate(self.train_data, b).to(self.device) for b in step_batches]
+        batches = [b.to(self.device) for b in step_batches]
         n = sum(b.n_tgt_tokens for b in batches)
         total_loss = total_nll = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
             # DDP averages gradients across ranks on the last micro-batch's backward only.
             last = i == len(batches) - 1
-            no_sync = self.forward.no_sync if self.dist.enabled and not last else nullcontext
-            with no_sync():
+            with self.no_sync() if not last else nullcontext():
                 with self.autocast():
                     loss, nll = self.forward(batch.src, batch.tgt_in, batch.tgt_out)
-                (loss / n).backward()
+                self.scaler.scale(loss / n).backward()
             total_loss, total_nll = total_loss + float(loss.detach()), total_nll + float(nll)
+        self.scaler.unscale_(self.optimizer)
         grad_norm = float(
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
         )
@@ -272,12 +313,14 @@ class Trainer:
         # so all ranks skip the same update.
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # fp16: halve the loss scale
             return None
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return total_loss / n, total_nll / n, grad_norm, n
 
     def autocast(self):  # type: ignore[no-untyped-def]
-        """bf16 autocast when enabled (see :func:`pick_dtype`), else a no-op context."""
+        """bf16/fp16 autocast when enabled (see :func:`pick_dtype`), else a no-op context."""
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
@@ -290,8 +333,8 @@ class Trainer:
         total = nll_total = 0.0
         tokens = 0
         for batch_indices in make_batches(
-            [len(s) for s in self.valid_data.src],
-            [len(t) for t in self.valid_data.tgt],
+            self.valid_data.src_lens,
+            self.valid_data.tgt_lens,
             self.cfg.batch_tokens,
             0,
         ):
@@ -398,32 +441,38 @@ class Trainer:
         bad_in_row, window_tokens, window_start = 0, 0, time.monotonic()
         while (reason := self.check_stop()[0]) is None:
             steps = self.epoch_steps(self.state.epoch)
-            for index in range(self.state.batch_in_epoch, len(steps)):
-                tick = time.monotonic()
-                lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                result = self.train_step(steps[index])
-                self.state.batch_in_epoch = index + 1
-                if result is None:
-                    bad_in_row = self.skipped_update(bad_in_row)
-                    continue
-                bad_in_row = 0
-                self.state.step += 1
-                self.state.elapsed_s += time.monotonic() - tick
-                reason, tokens = self.check_stop(result[3])
-                window_tokens += tokens
-                tok_s = window_tokens / max(time.monotonic() - window_start, 1e-9)
-                self.after_step(result, lr, tok_s)
-                if self.state.step % self.cfg.log_every == 0:
-                    window_tokens, window_start = 0, time.monotonic()
-                if reason is None and self.state.step % self.cfg.eval_every == 0:
-                    reason = self.check_stop()[0]  # patience may have run out just now
-                if reason is not None:
-                    break
-            else:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
+            first = self.state.batch_in_epoch
+            ahead = ((i, self.collate_step(steps[i])) for i in range(first, len(steps)))
+            with Prefetcher(ahead, PREFETCH_STEPS) as prefetched:
+                window_wait = prefetched.wait_s
+                for index, batches in prefetched:
+                    tick = time.monotonic()
+                    lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    result = self.train_step(batches)
+                    self.state.batch_in_epoch = index + 1
+                    if result is None:
+                        bad_in_row = self.skipped_update(bad_in_row)
+                        continue
+                    bad_in_row = 0
+                    self.state.step += 1
+                    self.state.elapsed_s += time.monotonic() - tick
+                    reason, tokens = self.check_stop(result[3])
+                    window_tokens += tokens
+                    window_s = max(time.monotonic() - window_start, 1e-9)
+                    wait_share = (prefetched.wait_s - window_wait) / window_s
+                    self.after_step(result, lr, window_tokens / window_s, wait_share)
+                    if self.state.step % self.cfg.log_every == 0:
+                        window_tokens, window_start = 0, time.monotonic()
+                        window_wait = prefetched.wait_s
+                    if reason is None and self.state.step % self.cfg.eval_every == 0:
+                        reason = self.check_stop()[0]  # patience may have run out just now
+                    if reason is not None:
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
         self.finish()
         return reason
 
@@ -441,24 +490,48 @@ class Trainer:
         return reason, int(total)
 
     def skipped_update(self, bad_in_row: int) -> int:
-        """Count a skipped (non-finite) update; give up after ``MAX_BAD_STEPS`` in a row."""
+        """Count a skipped (non-finite) update; give up after ``MAX_BAD_STEPS`` in a row, or
+        with fp16 once the loss scale has fallen below ``MIN_LOSS_SCALE`` (overflows that
+        only lower the scale are part of fp16 training)."""
         self.state.skipped_steps += 1
         bad_in_row += 1
-        if bad_in_row >= MAX_BAD_STEPS:
-            self.save_resume()
-            raise TrainingError(
-                f"loss was NaN/inf for {bad_in_row} updates in a row after step "
-                f"{self.state.step}; last good state saved in {self.out_dir}; "
-                "lower lr or raise warmup_steps"
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            if scale >= MIN_LOSS_SCALE:
+                return bad_in_row
+            problem = (
+                f"fp16 loss scale collapsed to {scale:.2g} (below {MIN_LOSS_SCALE:g}) after "
+                f"{bad_in_row} overflowing updates in a row at step {self.state.step}: the "
+                "loss is exploding"
             )
-        return bad_in_row
+            hint = "use --dtype bf16 (or fp32), lower --lr or raise --warmup-steps"
+        elif bad_in_row >= MAX_BAD_STEPS:
+            problem = (
+                f"loss was NaN/inf for {bad_in_row} updates in a row after step {self.state.step}"
+            )
+            hint = "lower lr or raise warmup_steps"
+        else:
+            return bad_in_row
+        self.save_resume()
+        raise TrainingError(f"{problem}; last good state saved in {self.out_dir}; {hint}")
 
-    def after_step(self, result: tuple[float, float, float, int], lr: float, tok_s: float) -> None:
+    def after_step(
+        self, result: tuple[float, float, float, int], lr: float, tok_s: float, wait_share: float
+    ) -> None:
         """Log, validate and checkpoint on their schedules (validation time counts too)."""
         s, c = self.state, self.cfg
         loss, nll, grad_norm, _ = result
         stats = StepStats(
-            s.step, s.epoch, loss, nll, lr, grad_norm, tok_s, s.elapsed_s, s.skipped_steps
+            s.step,
+            s.epoch,
+            loss,
+            nll,
+            lr,
+            grad_norm,
+            tok_s,
+            s.elapsed_s,
+            s.skipped_steps,
+            wait_share,
         )
         self.observer.on_step(stats)
         if s.step % c.log_every == 0:

@@ -114,16 +114,16 @@ def test_invalid_value(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
     out = tmp_path / "run"
     result = invoke(*train_args(*corpus, out, "--dropout", "1.5"))
     assert_one_line_error(result, "dropout=1.5")
-    result = invoke(*train_args(*corpus, out, "--dtype", "fp16"))
-    assert_one_line_error(result, "dtype='fp16'", "auto, fp32, bf16")
+    result = invoke(*train_args(*corpus, out, "--dtype", "fp8"))
+    assert_one_line_error(result, "dtype='fp8'", "auto, fp32, bf16, fp16")
     assert not out.exists()
 
 
 def test_options_reach_the_library(tmp_path: Path, corpus: tuple[Path, Path], monkeypatch) -> None:
     calls = []
 
-    def fake_train(*args):  # type: ignore[no-untyped-def]
-        calls.append(args)
+    def fake_train(*args, data_dir):  # type: ignore[no-untyped-def]
+        calls.append((*args, data_dir))
         return SimpleNamespace(dist=SimpleNamespace(is_main=False)), "done"
 
     monkeypatch.setattr(cli.train, "run_training", fake_train)
@@ -155,14 +155,15 @@ def test_options_reach_the_library(tmp_path: Path, corpus: tuple[Path, Path], mo
         "fp32",
         "--spm",
         tmp_path / "x.model",
+        "--compile",
     )
     assert result.exit_code == 0, result.output
-    [(train, valid, folder, model_cfg, train_cfg, spm, observer)] = calls
-    assert (train, valid, folder) == (str(corpus[0]), str(corpus[1]), out)
+    [(train, valid, folder, model_cfg, train_cfg, spm, observer, data_dir)] = calls
+    assert (train, valid, folder, data_dir) == (str(corpus[0]), str(corpus[1]), out, None)
     assert spm == tmp_path / "x.model"
     assert model_cfg == ModelConfig(**{**preset("tiny"), "ffn_dim": 128, "vocab_size": 500})
     assert train_cfg == TrainConfig(
-        lr=0.004, seed=3, max_steps=7, src_lang="en", tgt_lang="de", dtype="fp32"
+        lr=0.004, seed=3, max_steps=7, src_lang="en", tgt_lang="de", dtype="fp32", compile=True
     )
     assert isinstance(observer, cli.train.RichObserver)
 
@@ -236,3 +237,38 @@ def test_sigterm_saves_a_resume_checkpoint_and_the_run_continues(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr
     assert load_resume(out / "resume.pt")["state"]["step"] == step + 5
+
+
+def test_bad_line_in_the_training_corpus_leaves_no_run_folder(
+    tmp_path: Path, corpus: tuple[Path, Path], spm_model: Path
+) -> None:
+    """The training corpus is streamed while it is prepared; a bad line found there is
+    reported by file and line, and the half-made run folder is removed."""
+    path = Path(f"{corpus[0]}.en")
+    data = path.read_bytes().split(b"\n")
+    data[41] = b"A dog \xe4 barks."
+    path.write_bytes(b"\n".join(data))
+    out = tmp_path / "run"
+    result = invoke(*train_args(*corpus, out, "--spm", spm_model, "--preset", "tiny"))
+    assert_one_line_error(result, f"{path}:42:", "UTF-8")
+    assert not out.exists()
+
+
+def test_train_from_a_prepared_folder(
+    tmp_path: Path, corpus: tuple[Path, Path], spm_model: Path
+) -> None:
+    """`nmt prepare` then `nmt train --data`: languages and validation set come from the
+    folder, the run records where its data came from."""
+    data = tmp_path / "prepared"
+    result = runner.invoke(app, ["prepare", "--train", str(corpus[0]), "--valid", str(corpus[1]),
+                                 "--src-lang", "de", "--tgt-lang", "en", "-o", str(data),
+                                 "--spm", str(spm_model)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "run"
+    result = invoke("--data", data, "-o", out, "--preset", "tiny", "--max-steps", "3",
+                    "--eval-every", "3", "--device", "cpu", "--dtype", "fp32")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stderr = " ".join(result.stderr.split())  # rich wraps long lines
+    assert f"60 training pairs from {data}, 10 validation pairs" in stderr
+    assert (out / "spm.model").read_bytes() == spm_model.read_bytes()
+    assert not (out / "data").exists()  # trained from the given folder, not a copy

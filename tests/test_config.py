@@ -114,8 +114,8 @@ def test_validation_names_the_fields_and_values() -> None:
         ModelConfig(d_model=500, n_heads=8)
     with pytest.raises(ConfigError, match=r"dropout=1\.5 must be in \[0, 1\)"):
         ModelConfig(dropout=1.5)
-    with pytest.raises(ConfigError, match="dtype='fp16': choose one of auto, fp32, bf16"):
-        TrainConfig(dtype="fp16")
+    with pytest.raises(ConfigError, match="dtype='fp8': choose one of auto, fp32, bf16, fp16"):
+        TrainConfig(dtype="fp8")
     with pytest.raises(ConfigError, match="device='tpu'"):
         TrainConfig(device="tpu")
     with pytest.raises(ConfigError, match="src_lang and tgt_lang are both 'de'"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import random
 from pathlib import Path
 
@@ -11,10 +12,12 @@ import torch
 
 from nmt.data import (
     ParallelData,
+    Prefetcher,
     collate,
     corpus_path,
     encode_parallel,
     make_batches,
+    pad,
     read_lines,
     read_parallel,
 )
@@ -136,3 +139,42 @@ def test_encode_parallel_drops_empty_and_long_pairs(tokenizer: Tokenizer) -> Non
     assert tokenizer.decode(data.tgt) == ["A dog.", "A cat sits on the roof."]
     short = encode_parallel(tokenizer, src, tgt, max_len=len(tokenizer.encode(["A dog."])[0]))
     assert tokenizer.decode(short.tgt) == ["A dog."]
+
+
+def test_pad_accepts_lists_and_arrays() -> None:
+    import numpy as np
+
+    lists = [[5, 6, 7], [8]]
+    arrays = [np.array(s, dtype="<u2") for s in lists]
+    expected = torch.tensor([[BOS_ID, 5, 6, 7, EOS_ID], [BOS_ID, 8, EOS_ID, PAD_ID, PAD_ID]])
+    assert torch.equal(pad(lists, prefix=BOS_ID, suffix=EOS_ID), expected)
+    assert torch.equal(pad(arrays, prefix=BOS_ID, suffix=EOS_ID), expected)
+    assert pad(arrays).dtype == torch.long
+
+
+def test_prefetcher_keeps_order_and_raises_the_producers_error() -> None:
+    with Prefetcher(iter(range(50)), depth=3) as items:
+        assert list(items) == list(range(50))
+
+    def broken():  # type: ignore[no-untyped-def]
+        yield 1
+        raise InputError("bad line", "corpus.de", 7)
+
+    with Prefetcher(broken(), depth=3) as items, pytest.raises(InputError, match="corpus.de:7"):
+        list(items)
+
+
+def test_prefetcher_stops_its_thread_when_the_consumer_stops_early() -> None:
+    produced = []
+
+    def endless():  # type: ignore[no-untyped-def]
+        for i in itertools.count():
+            produced.append(i)
+            yield i
+
+    with Prefetcher(endless(), depth=2) as items:
+        for item in items:
+            if item == 5:
+                break
+    assert not items.thread.is_alive()
+    assert len(produced) <= 5 + 1 + 2 + 1  # at most depth items (and one in hand) ahead

@@ -215,7 +215,8 @@ def test_accumulated_update_equals_one_update_on_the_joined_batch(
     two, one = trainer(2), trainer(1)
     a, b = two.epoch_steps(1)[0]
     assert len(two.epoch_steps(1)) == len(one.epoch_steps(1)) // 2
-    res_two, res_one = two.train_step([a, b]), one.train_step([a + b])
+    res_two = two.train_step(two.collate_step([a, b]))
+    res_one = one.train_step(one.collate_step([a + b]))
     assert res_two is not None and res_one is not None
     assert res_two[3] == res_one[3]  # same target tokens
     assert res_two[0] == pytest.approx(res_one[0], rel=1e-5)
@@ -247,3 +248,109 @@ def test_patience_stops_after_validations_without_a_better_bleu(
     assert trainer.state.step == 9
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [r["best"] for r in records if r["type"] == "valid"] == [True, False, False]
+
+
+def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """`nmt prepare` + `train --data` is the same run as `train --train` (which prepares into
+    DIR/data): the same batches, so bit-identical weights in float32."""
+    from nmt.store import prepare
+
+    cfg = tiny_train_config(max_steps=12, eval_every=12, save_every=12)
+    train(*tiny_corpus, tmp_path / "a", tiny_model_config(), cfg, spm_path=spm_model)
+    prepare(tiny_corpus[0], tmp_path / "data", "de", "en", valid_prefix=tiny_corpus[1],
+            spm_path=spm_model)  # fmt: skip
+    train(None, None, tmp_path / "b", tiny_model_config(), cfg, data_dir=tmp_path / "data")
+    a, b = (
+        load_weights(tmp_path / "a" / "last.safetensors"),
+        load_weights(tmp_path / "b" / "last.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "data" / "meta.json").is_file()  # prepared on the fly
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["data"] == {"data": str(tmp_path / "data"), "prepared": str(tmp_path / "data")}
+
+
+def test_data_folder_checks(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    from nmt.errors import ConfigError
+    from nmt.store import prepare
+
+    prepare(tiny_corpus[0], tmp_path / "data", "de", "en", spm_path=spm_model)  # no --valid
+    cfg, model_cfg = tiny_train_config(max_steps=2), tiny_model_config()
+    with pytest.raises(ConfigError, match="no validation set: give --valid"):
+        train(None, None, tmp_path / "run", model_cfg, cfg, data_dir=tmp_path / "data")
+    with pytest.raises(ConfigError, match="holds de→en but training asks for en→de"):
+        reverse = tiny_train_config(src_lang="en", tgt_lang="de")
+        train(
+            None, tiny_corpus[1], tmp_path / "run", model_cfg, reverse, data_dir=tmp_path / "data"
+        )
+    with pytest.raises(ConfigError, match="--spm cannot be combined with --data"):
+        train(None, tiny_corpus[1], tmp_path / "run", model_cfg, cfg, spm_model,
+              data_dir=tmp_path / "data")  # fmt: skip
+    with pytest.raises(ConfigError, match="either a corpus prefix"):
+        train(tiny_corpus[0], tiny_corpus[1], tmp_path / "run", model_cfg, cfg,
+              data_dir=tmp_path / "data")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def poison_loss(monkeypatch, from_call: int) -> None:  # type: ignore[no-untyped-def]
+    """Make the training loss infinite from the ``from_call``-th forward on."""
+    from nmt.loss import LossModule
+
+    real, calls = LossModule.forward, [0]
+
+    def forward(self, *args):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        loss, nll = real(self, *args)
+        return (loss * float("inf"), nll) if calls[0] >= from_call else (loss, nll)
+
+    monkeypatch.setattr(LossModule, "forward", forward)
+
+
+def test_non_finite_updates_are_skipped_then_training_stops(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config, monkeypatch
+) -> None:
+    from nmt.checkpoint import load_resume
+    from nmt.errors import TrainingError
+
+    poison_loss(monkeypatch, from_call=4)
+    cfg = tiny_train_config(max_steps=100)
+    with pytest.raises(TrainingError, match="NaN/inf for 20 updates in a row after step 3"):
+        train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
+    state = load_resume(tmp_path / "run" / "resume.pt")["state"]
+    assert state["step"] == 3 and state["skipped_steps"] == 20  # the last good state
+
+
+def test_fp16_trains_with_a_loss_scaler(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    from nmt.checkpoint import load_resume
+
+    cfg = tiny_train_config(dtype="fp16", max_steps=30, log_every=10, eval_every=30)
+    trainer, _ = train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg,
+                       spm_path=spm_model)  # fmt: skip
+    assert trainer.amp_dtype == torch.float16 and trainer.scaler.is_enabled()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    saved = load_resume(tmp_path / "run" / "resume.pt")
+    assert saved["scaler"]["scale"] == trainer.scaler.get_scale() > 0
+
+
+def test_fp16_loss_scale_collapse_is_a_clear_error(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config, monkeypatch
+) -> None:
+    """Overflows halve the scale (65536 → …); skipped updates are not counted as divergence
+    until the scale falls below 1e-4, 30 overflows in a row later."""
+    from nmt.checkpoint import load_resume
+    from nmt.errors import TrainingError
+
+    poison_loss(monkeypatch, from_call=3)
+    cfg = tiny_train_config(dtype="fp16", max_steps=100)
+    with pytest.raises(TrainingError, match=r"fp16 loss scale collapsed to 6\.1e-05 .* after 30 "
+                       r"overflowing updates in a row at step 2.*--dtype bf16"):  # fmt: skip
+        train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
+    assert load_resume(tmp_path / "run" / "resume.pt")["state"]["step"] == 2

@@ -1,0 +1,84 @@
+"""``nmt prepare``: encode a parallel corpus once into a memory-mapped data folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cli.console import err_console, handle_errors, make_progress
+from nmt.store import PrepareSummary
+from nmt.store import prepare as prepare_corpus
+
+
+def summary_table(summary: PrepareSummary) -> Table:
+    """Lines kept and dropped (by reason), tokens per language, time."""
+    table = Table(title=f"prepared {summary.out_dir}", show_header=False)
+    table.add_row("sentence pairs read", f"{summary.lines:,}")
+    table.add_row("kept", f"{summary.kept:,}")
+    reasons = {
+        "empty": "dropped: a side is empty",
+        "too_long": "dropped: a side longer than --max-len",
+        "ratio": "dropped: length ratio above --max-ratio",
+    }
+    for reason, label in reasons.items():
+        table.add_row(label, f"{summary.dropped[reason]:,}")
+    for lang, tokens in summary.tokens.items():
+        table.add_row(f"{lang} tokens", f"{tokens:,}")
+    if summary.valid_lines:
+        table.add_row("validation pairs copied", f"{summary.valid_lines:,}")
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    return table
+
+
+@handle_errors
+def prepare(
+    train: Annotated[
+        str, typer.Option("--train", help="Corpus prefix: reads PREFIX.SRC[.gz], PREFIX.TGT[.gz].")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Data folder to write.")],
+    src_lang: Annotated[str, typer.Option("--src-lang", help="Source language suffix.")] = "de",
+    tgt_lang: Annotated[str, typer.Option("--tgt-lang", help="Target language suffix.")] = "en",
+    valid: Annotated[
+        str | None,
+        typer.Option("--valid", help="Validation prefix, copied so `nmt train --data` finds it."),
+    ] = None,
+    spm: Annotated[
+        Path | None, typer.Option(help="Use this SentencePiece model instead of training one.")
+    ] = None,
+    vocab_size: Annotated[int, typer.Option(help="SentencePiece vocabulary size.")] = 8000,
+    max_len: Annotated[
+        int, typer.Option(help="Drop pairs with a side longer than this (tokens).")
+    ] = 200,
+    max_ratio: Annotated[
+        float, typer.Option(help="Drop pairs whose token-length ratio exceeds this (0 = off).")
+    ] = 0.0,
+    workers: Annotated[
+        int, typer.Option(help="Encoding processes (0 = one per core, at most 8).")
+    ] = 0,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a data folder that already exists.")
+    ] = False,
+) -> None:
+    """Encode a parallel corpus with SentencePiece into a memory-mapped data folder."""
+    progress = make_progress()
+    task = progress.add_task("encode", total=None)
+    with progress:
+        summary = prepare_corpus(
+            train,
+            out,
+            src_lang,
+            tgt_lang,
+            valid_prefix=valid,
+            spm_path=spm,
+            vocab_size=vocab_size,
+            max_len=max_len,
+            max_ratio=max_ratio,
+            workers=workers,
+            overwrite=overwrite,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            on_message=lambda text: progress.console.print(text, highlight=False),
+        )
+    err_console.print(summary_table(summary))

@@ -1,0 +1,466 @@
+"""The prepared-corpus store: a parallel corpus encoded once into memory-mapped token ids.
+
+``nmt prepare`` (:func:`prepare`) writes a data folder; training maps it read-only
+(:func:`open_store`), so that training memory does not grow with the corpus: only the
+offsets (8 bytes per sentence and language) are loaded, and the operating system pages the
+token ids in and out as batches need them. The layout follows fairseq's ``mmap`` indexed
+dataset, simplified:
+
+    meta.json            languages, id dtype, counts, filter settings; written last, so a
+                         folder without it is incomplete
+    spm.model/.vocab     the joint SentencePiece model the ids come from
+    train.LANG.bin       the token ids of every kept sentence, concatenated (no BOS/EOS),
+                         little-endian uint16 (int32 when the vocabulary exceeds 65,535)
+    train.LANG.idx.npy   int64 offsets, n + 1 of them: sentence i is bin[idx[i]:idx[i + 1]]
+    valid.LANG           the validation text as given (UTF-8), when ``--valid`` was given
+
+Encoding runs in worker processes, chunk by chunk, with at most ``2 * workers`` chunks in
+flight, so preparing does not hold the corpus in memory either (SentencePiece training
+samples at most 2M sentences).
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nmt.errors import InputError
+from nmt.textio import corpus_path, count_lines, iter_lines, iter_parallel
+from nmt.tokenizer import Tokenizer, train_tokenizer
+
+STORE_VERSION = 1  # equal to nmt.checkpoint.FORMAT_VERSION, checked by the same reader
+META_FILE = "meta.json"
+SPM_FILE = "spm.model"
+CHUNK_LINES = 20_000  # sentence pairs per worker task
+POOL_MIN_LINES = 100_000  # below this, worker processes cost more than they save
+
+DROP_REASONS = ("empty", "too_long", "ratio")
+
+
+@dataclass
+class PrepareSummary:
+    """What :func:`prepare` did.
+
+    Attributes:
+        out_dir: the data folder.
+        lines: sentence pairs read.
+        kept: pairs written.
+        dropped: pairs dropped, by reason: ``empty`` (a side has no token), ``too_long``
+            (a side has more than ``max_len`` tokens), ``ratio`` (token-length ratio above
+            ``max_ratio``).
+        tokens: tokens written per language (no BOS/EOS).
+        valid_lines: validation pairs copied (0 when none were given).
+        seconds: wall time.
+    """
+
+    out_dir: Path
+    lines: int = 0
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    tokens: dict[str, int] = field(default_factory=dict)
+    valid_lines: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class EncodedChunk:
+    """Token ids of the kept pairs of one chunk: flat ids and per-sentence lengths."""
+
+    src_ids: np.ndarray
+    src_lens: np.ndarray
+    tgt_ids: np.ndarray
+    tgt_lens: np.ndarray
+    lines: int
+    dropped: dict[str, int]
+
+
+# --- encoding (also run in worker processes: keep this part free of torch) ------------------
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(spm_path: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = Tokenizer(spm_path)
+
+
+def keep_reason(src_len: int, tgt_len: int, max_len: int, max_ratio: float = 0.0) -> str | None:
+    """Why a pair of ``src_len`` / ``tgt_len`` tokens is dropped, or ``None`` to keep it."""
+    if src_len == 0 or tgt_len == 0:
+        return "empty"
+    if src_len > max_len or tgt_len > max_len:
+        return "too_long"
+    if max_ratio and max(src_len, tgt_len) > max_ratio * min(src_len, tgt_len):
+        return "ratio"
+    return None
+
+
+def _encode_chunk(
+    src: list[str], tgt: list[str], max_len: int, max_ratio: float, dtype: str
+) -> EncodedChunk:
+    """Encode one chunk of pairs with the worker's tokenizer and filter them."""
+    assert _worker_tokenizer is not None, "_init_worker was not called"
+    src_ids, tgt_ids = _worker_tokenizer.encode(src), _worker_tokenizer.encode(tgt)
+    dropped = dict.fromkeys(DROP_REASONS, 0)
+    kept_src, kept_tgt = [], []
+    for s, t in zip(src_ids, tgt_ids):
+        reason = keep_reason(len(s), len(t), max_len, max_ratio)
+        if reason is None:
+            kept_src.append(s)
+            kept_tgt.append(t)
+        else:
+            dropped[reason] += 1
+    return EncodedChunk(
+        np.fromiter(itertools.chain.from_iterable(kept_src), dtype=dtype),
+        np.fromiter(map(len, kept_src), dtype=np.int64, count=len(kept_src)),
+        np.fromiter(itertools.chain.from_iterable(kept_tgt), dtype=dtype),
+        np.fromiter(map(len, kept_tgt), dtype=np.int64, count=len(kept_tgt)),
+        len(src),
+        dropped,
+    )
+
+
+def _chunks(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], list[str]]]:
+    iterator = iter(pairs)
+    while chunk := list(itertools.islice(iterator, CHUNK_LINES)):
+        src, tgt = zip(*chunk)
+        yield list(src), list(tgt)
+
+
+def _start_method() -> str:
+    # fork is fast and re-imports nothing, but is unsafe once other threads run (e.g. a
+    # process group's); then the workers start fresh (they import only this module's needs).
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def encode_chunks(
+    pairs: Iterable[tuple[str, str]],
+    spm_path: Path,
+    settings: tuple[int, float, str],
+    workers: int,
+) -> Iterator[EncodedChunk]:
+    """Encode ``pairs`` chunk by chunk, in order, in ``workers`` processes (1 = in this one).
+
+    Args:
+        settings: ``(max_len, max_ratio, id dtype name)``.
+    """
+    if workers <= 1:
+        _init_worker(str(spm_path))
+        for src, tgt in _chunks(pairs):
+            yield _encode_chunk(src, tgt, *settings)
+        return
+    context = multiprocessing.get_context(_start_method())
+    with context.Pool(workers, _init_worker, (str(spm_path),)) as pool:
+        pending: deque[Any] = deque()
+        for src, tgt in _chunks(pairs):
+            pending.append(pool.apply_async(_encode_chunk, (src, tgt, *settings)))
+            if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# --- writing a data folder -----------------------------------------------------------------
+def _spm_sentences(prefix: str | Path, langs: tuple[str, str]) -> Iterator[str]:
+    """Source lines, then target lines, streamed (SentencePiece samples from them)."""
+    for lang in langs:
+        yield from iter_lines(corpus_path(prefix, lang))
+
+
+def prepare(
+    train_prefix: str | Path,
+    out_dir: str | Path,
+    src_lang: str,
+    tgt_lang: str,
+    *,
+    valid_prefix: str | Path | None = None,
+    spm_path: str | Path | None = None,
+    vocab_size: int = 8000,
+    max_len: int = 200,
+    max_ratio: float = 0.0,
+    workers: int = 0,
+    overwrite: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> PrepareSummary:
+    """Encode ``train_prefix`` into a data folder (see the module docstring for its layout).
+
+    Args:
+        train_prefix: corpus prefix, ``PREFIX.SRC[.gz]`` and ``PREFIX.TGT[.gz]``.
+        out_dir: the data folder (created).
+        valid_prefix: validation corpus, copied as text (training translates it for BLEU).
+        spm_path: an existing SentencePiece model; otherwise one of ``vocab_size`` pieces is
+            trained on the corpus (source and target lines, at most 2M sampled).
+        max_len: pairs with a side longer than this (tokens) are dropped.
+        max_ratio: pairs whose longer side has more than ``max_ratio`` times the tokens of
+            the shorter are dropped (0 = no ratio filter), as Moses' clean-corpus-n.
+        workers: encoding processes; 0 = one per CPU core (at most 8), or 1 below
+            100,000 lines.
+        overwrite: replace a data folder that is already complete.
+        on_progress: called with (pairs done, pairs in all) after each chunk.
+        on_message: called with a line of progress text.
+
+    Raises:
+        InputError: missing, non-UTF-8 or mismatched files (file and line named), a folder
+            that already holds a store (without ``overwrite``), or no pair left after
+            filtering.
+    """
+    from nmt.checkpoint import _fsync_dir, write_json  # torch: not for the worker processes
+
+    start = time.monotonic()
+    out_dir = Path(out_dir)
+    if (out_dir / META_FILE).exists() and not overwrite:
+        raise InputError(
+            "already holds a prepared corpus; choose another folder or pass --overwrite",
+            out_dir,
+        )
+    n_src = check_corpus(train_prefix, src_lang, tgt_lang)
+    src_path = corpus_path(train_prefix, src_lang)
+    valid = list(iter_parallel(valid_prefix, src_lang, tgt_lang)) if valid_prefix else []
+    if workers <= 0:
+        workers = 1 if n_src < POOL_MIN_LINES else min(os.cpu_count() or 1, 8)
+    say = on_message or (lambda text: None)
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
+    try:
+        spm_file = tmp / SPM_FILE
+        if spm_path is not None:
+            shutil.copyfile(spm_path, spm_file)
+            tokenizer = Tokenizer(spm_file)
+        else:
+            say(f"training a {vocab_size}-piece SentencePiece model on {src_path.parent}")
+            tokenizer = train_tokenizer(
+                _spm_sentences(train_prefix, (src_lang, tgt_lang)), spm_file, vocab_size
+            )
+        dtype = "<u2" if tokenizer.vocab_size <= 65_535 else "<i4"
+        summary = PrepareSummary(out_dir, tokens={src_lang: 0, tgt_lang: 0})
+        say(f"encoding {n_src:,} sentence pairs with {workers} worker(s)")
+        lengths = _write_ids(
+            iter_parallel(train_prefix, src_lang, tgt_lang),
+            tmp,
+            (src_lang, tgt_lang),
+            (spm_file, (max_len, max_ratio, dtype), workers),
+            summary,
+            lambda done: on_progress(done, n_src) if on_progress else None,
+        )
+        if summary.kept == 0:
+            raise InputError(
+                f"no sentence pair kept (dropped: {summary.dropped}); check the files and "
+                f"--max-len={max_len}",
+                src_path,
+            )
+        for lang, lens in zip((src_lang, tgt_lang), lengths):
+            np.save(tmp / f"train.{lang}.idx.npy", np.concatenate([[0], np.cumsum(lens)]))
+        for side, lang in enumerate((src_lang, tgt_lang)):
+            if valid:
+                text = "".join(pair[side] + "\n" for pair in valid)
+                (tmp / f"valid.{lang}").write_text(text, encoding="utf-8")
+        summary.valid_lines = len(valid)
+        summary.seconds = time.monotonic() - start
+        # Replace the old store's meta.json first: while files move, the folder is incomplete.
+        (out_dir / META_FILE).unlink(missing_ok=True)
+        for path in tmp.iterdir():
+            os.replace(path, out_dir / path.name)
+        write_json(out_dir / META_FILE, _meta(summary, src_lang, tgt_lang, dtype, locals()))
+        _fsync_dir(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # leave no empty folder behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def check_corpus(prefix: str | Path, src_lang: str, tgt_lang: str) -> int:
+    """Check that a parallel corpus exists and its two files have as many lines (counted
+    without decoding, so it is quick on large files); returns that number.
+
+    Raises:
+        InputError: a missing file, different line counts (both files named), or no line.
+    """
+    src_path, tgt_path = corpus_path(prefix, src_lang), corpus_path(prefix, tgt_lang)
+    n_src, n_tgt = count_lines(src_path), count_lines(tgt_path)
+    if n_src != n_tgt:
+        raise InputError(
+            f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; parallel files must have "
+            "one line per sentence pair"
+        )
+    if n_src == 0:
+        raise InputError("corpus is empty (no line)", src_path)
+    return n_src
+
+
+def _write_ids(
+    pairs: Iterable[tuple[str, str]],
+    tmp: Path,
+    langs: tuple[str, str],
+    encoding: tuple[Path, tuple[int, float, str], int],
+    summary: PrepareSummary,
+    progress: Callable[[int], None],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Append every chunk's ids to ``train.LANG.bin``; returns the sentence lengths."""
+    spm_file, settings, workers = encoding
+    src_lens: list[np.ndarray] = []
+    tgt_lens: list[np.ndarray] = []
+    with (
+        open(tmp / f"train.{langs[0]}.bin", "wb") as f_src,
+        open(tmp / f"train.{langs[1]}.bin", "wb") as f_tgt,
+    ):
+        for chunk in encode_chunks(pairs, spm_file, settings, workers):
+            chunk.src_ids.tofile(f_src)
+            chunk.tgt_ids.tofile(f_tgt)
+            src_lens.append(chunk.src_lens)
+            tgt_lens.append(chunk.tgt_lens)
+            summary.lines += chunk.lines
+            summary.kept += len(chunk.src_lens)
+            summary.tokens[langs[0]] += len(chunk.src_ids)
+            summary.tokens[langs[1]] += len(chunk.tgt_ids)
+            for reason, count in chunk.dropped.items():
+                summary.dropped[reason] += count
+            progress(summary.lines)
+        for f in (f_src, f_tgt):
+            f.flush()
+            os.fsync(f.fileno())
+    empty = np.zeros(0, dtype=np.int64)
+    return np.concatenate(src_lens or [empty]), np.concatenate(tgt_lens or [empty])
+
+
+def _meta(
+    summary: PrepareSummary, src_lang: str, tgt_lang: str, dtype: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "format_version": STORE_VERSION,
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "dtype": dtype,
+        "vocab_size": args["tokenizer"].vocab_size,
+        "pairs": summary.kept,
+        "lines": summary.lines,
+        "dropped": summary.dropped,
+        "tokens": summary.tokens,
+        "valid_pairs": summary.valid_lines,
+        "filter": {"max_len": args["max_len"], "max_ratio": args["max_ratio"]},
+        "source": {
+            "train": str(args["train_prefix"]),
+            "valid": str(args["valid_prefix"]) if args["valid_prefix"] else None,
+        },
+    }
+
+
+# --- reading a data folder -----------------------------------------------------------------
+class TokenStore:
+    """The memory-mapped token ids of one language.
+
+    Args:
+        bin_path: the ``train.LANG.bin`` file; idx_path: its ``train.LANG.idx.npy`` offsets.
+        dtype: the id dtype recorded in ``meta.json``.
+    """
+
+    def __init__(self, bin_path: Path, idx_path: Path, dtype: str):
+        self.offsets = np.load(idx_path)
+        self.ids = np.memmap(bin_path, dtype=np.dtype(dtype), mode="r")
+        if len(self.ids) != self.offsets[-1]:
+            raise InputError(
+                f"holds {len(self.ids)} ids but its index says {self.offsets[-1]}; the data "
+                "folder is damaged: run nmt prepare again",
+                bin_path,
+            )
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """``(n,)`` int64 sentence lengths (tokens, no BOS/EOS)."""
+        return np.diff(self.offsets)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i] : self.offsets[i + 1]]
+
+
+class ParallelStore:
+    """Sentence pairs of a data folder, restricted to those with both sides ≤ ``max_len``.
+
+    Implements the corpus interface of :func:`nmt.data.collate`: ``len()``, ``src_lens``,
+    ``tgt_lens`` (``(n,)`` int64 arrays) and ``pair(i)``.
+
+    Attributes:
+        dropped: pairs of the store left out by ``max_len``.
+    """
+
+    def __init__(self, src: TokenStore, tgt: TokenStore, max_len: int):
+        if len(src) != len(tgt):
+            raise InputError(f"the two languages hold {len(src)} and {len(tgt)} sentences")
+        self.src, self.tgt = src, tgt
+        src_lens, tgt_lens = src.lengths, tgt.lengths
+        keep = (src_lens <= max_len) & (tgt_lens <= max_len)
+        self.index = np.flatnonzero(keep)
+        self.src_lens, self.tgt_lens = src_lens[self.index], tgt_lens[self.index]
+        self.dropped = int(len(keep) - len(self.index))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The source and target ids of pair ``i``."""
+        row = self.index[i]
+        return self.src[row], self.tgt[row]
+
+
+def read_meta(data_dir: str | Path) -> dict[str, Any]:
+    """The ``meta.json`` of a data folder.
+
+    Raises:
+        InputError: the folder has no ``meta.json`` (missing, or preparing did not finish)
+            or one of another format version.
+    """
+    from nmt.checkpoint import read_versioned_json  # torch: keep it out of the workers
+
+    path = Path(data_dir) / META_FILE
+    if not Path(data_dir).is_dir():
+        raise InputError("data folder not found; make one with nmt prepare", data_dir)
+    try:
+        meta = read_versioned_json(
+            path,
+            "not a complete data folder (no meta.json); run nmt prepare again",
+            "run nmt prepare again with this nmt",
+        )
+    except Exception as exc:  # CheckpointError: report it as the input problem it is
+        raise InputError(str(exc)) from None
+    return meta
+
+
+def open_store(data_dir: str | Path, max_len: int) -> ParallelStore:
+    """Map the training pairs of a data folder (read-only).
+
+    Raises:
+        InputError: an incomplete, damaged or foreign folder.
+    """
+    data_dir = Path(data_dir)
+    meta = read_meta(data_dir)
+    stores = [
+        TokenStore(
+            data_dir / f"train.{meta[key]}.bin",
+            data_dir / f"train.{meta[key]}.idx.npy",
+            meta["dtype"],
+        )
+        for key in ("src_lang", "tgt_lang")
+    ]
+    return ParallelStore(*stores, max_len=max_len)
