@@ -354,3 +354,25 @@ def test_fp16_loss_scale_collapse_is_a_clear_error(
                        r"overflowing updates in a row at step 2.*--dtype bf16"):  # fmt: skip
         train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
     assert load_resume(tmp_path / "run" / "resume.pt")["state"]["step"] == 2
+
+
+def test_compiled_training_step_matches_eager(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """--compile runs the same arithmetic through torch.compile (inductor; about a minute of
+    compiling on 2 CPU cores): the logged losses match the eager run's."""
+    import shutil
+
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("torch.compile on CPU needs a C compiler (cc/gcc), none found")
+    losses = {}
+    for compiled in (False, True):
+        cfg = tiny_train_config(compile=compiled, max_steps=4, log_every=2, eval_every=4)
+        out = tmp_path / f"run-{compiled}"
+        trainer, _ = train(*tiny_corpus, out, tiny_model_config(dropout=0.0), cfg,
+                           spm_path=spm_model)  # fmt: skip
+        assert isinstance(trainer.forward, torch._dynamo.eval_frame.OptimizedModule) == compiled
+        records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+        losses[compiled] = [r["loss"] for r in records if r["type"] == "train"]
+    assert len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
