@@ -18,8 +18,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +59,20 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+@contextmanager
+def removed_on_error(folder: str | Path) -> Iterator[None]:
+    """Remove ``folder`` if the block fails and the folder did not exist before it, so
+    that a failed start leaves nothing behind (an existing folder is never touched)."""
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _read_umask() -> int:

@@ -219,7 +219,11 @@ def prepare(
             that already holds a store (without ``overwrite``), or no pair left after
             filtering.
     """
-    from nmt.checkpoint import _fsync_dir, write_json  # torch: not for the worker processes
+    from nmt.checkpoint import (  # they import torch: not for the worker processes
+        _fsync_dir,
+        removed_on_error,
+        write_json,
+    )
 
     start = time.monotonic()
     out_dir = Path(out_dir)
@@ -235,56 +239,55 @@ def prepare(
         workers = 1 if n_src < POOL_MIN_LINES else min(os.cpu_count() or 1, 8)
     say = on_message or (lambda text: None)
 
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
-    try:
-        spm_file = tmp / SPM_FILE
-        if spm_path is not None:
-            shutil.copyfile(spm_path, spm_file)
-            tokenizer = Tokenizer(spm_file)
-        else:
-            say(f"training a {vocab_size}-piece SentencePiece model on {src_path.parent}")
-            tokenizer = train_tokenizer(
-                _spm_sentences(train_prefix, (src_lang, tgt_lang)), spm_file, vocab_size
+    with removed_on_error(out_dir):  # a failed first prepare leaves no folder behind
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".prepare-") as tmp_name:
+            tmp = Path(tmp_name)
+            spm_file = tmp / SPM_FILE
+            if spm_path is not None:
+                shutil.copyfile(spm_path, spm_file)
+                tokenizer = Tokenizer(spm_file)
+            else:
+                say(f"training a {vocab_size}-piece SentencePiece model on {src_path.parent}")
+                tokenizer = train_tokenizer(
+                    _spm_sentences(train_prefix, (src_lang, tgt_lang)), spm_file, vocab_size
+                )
+            dtype = "<u2" if tokenizer.vocab_size <= 65_535 else "<i4"
+            summary = PrepareSummary(out_dir, tokens={src_lang: 0, tgt_lang: 0})
+            say(f"encoding {n_src:,} sentence pairs with {workers} worker(s)")
+            lengths = _write_ids(
+                iter_parallel(train_prefix, src_lang, tgt_lang),
+                tmp,
+                (src_lang, tgt_lang),
+                (spm_file, (max_len, max_ratio, dtype), workers),
+                summary,
+                lambda done: on_progress(done, n_src) if on_progress else None,
             )
-        dtype = "<u2" if tokenizer.vocab_size <= 65_535 else "<i4"
-        summary = PrepareSummary(out_dir, tokens={src_lang: 0, tgt_lang: 0})
-        say(f"encoding {n_src:,} sentence pairs with {workers} worker(s)")
-        lengths = _write_ids(
-            iter_parallel(train_prefix, src_lang, tgt_lang),
-            tmp,
-            (src_lang, tgt_lang),
-            (spm_file, (max_len, max_ratio, dtype), workers),
-            summary,
-            lambda done: on_progress(done, n_src) if on_progress else None,
-        )
-        if summary.kept == 0:
-            raise InputError(
-                f"no sentence pair kept (dropped: {summary.dropped}); check the files and "
-                f"--max-len={max_len}",
-                src_path,
-            )
-        for lang, lens in zip((src_lang, tgt_lang), lengths):
-            np.save(tmp / f"train.{lang}.idx.npy", np.concatenate([[0], np.cumsum(lens)]))
-        for side, lang in enumerate((src_lang, tgt_lang)):
-            if valid:
-                text = "".join(pair[side] + "\n" for pair in valid)
-                (tmp / f"valid.{lang}").write_text(text, encoding="utf-8")
-        summary.valid_lines = len(valid)
-        summary.seconds = time.monotonic() - start
-        # Replace the old store's meta.json first: while files move, the folder is incomplete.
-        (out_dir / META_FILE).unlink(missing_ok=True)
-        for path in tmp.iterdir():
-            os.replace(path, out_dir / path.name)
-        write_json(out_dir / META_FILE, _meta(summary, src_lang, tgt_lang, dtype, locals()))
-        _fsync_dir(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:  # leave no empty folder behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
+            if summary.kept == 0:
+                raise InputError(
+                    f"no sentence pair kept (dropped: {summary.dropped}); check the files and "
+                    f"--max-len={max_len}",
+                    src_path,
+                )
+            for lang, lens in zip((src_lang, tgt_lang), lengths):
+                np.save(tmp / f"train.{lang}.idx.npy", np.concatenate([[0], np.cumsum(lens)]))
+            for side, lang in enumerate((src_lang, tgt_lang)):
+                if valid:
+                    text = "".join(pair[side] + "\n" for pair in valid)
+                    (tmp / f"valid.{lang}").write_text(text, encoding="utf-8")
+            summary.valid_lines = len(valid)
+            summary.seconds = time.monotonic() - start
+            # Replace the old store's meta.json first: while files move, the folder is incomplete.
+            (out_dir / META_FILE).unlink(missing_ok=True)
+            for path in tmp.iterdir():
+                os.replace(path, out_dir / path.name)
+            settings = {
+                "filter": {"max_len": max_len, "max_ratio": max_ratio},
+                "source": {"train": str(train_prefix), "valid": valid_prefix and str(valid_prefix)},
+            }
+            meta = _meta(summary, (src_lang, tgt_lang), dtype, tokenizer.vocab_size, settings)
+            write_json(out_dir / META_FILE, meta)
+            _fsync_dir(out_dir)
     return summary
 
 
@@ -342,25 +345,21 @@ def _write_ids(
     return np.concatenate(src_lens or [empty]), np.concatenate(tgt_lens or [empty])
 
 
-def _meta(
-    summary: PrepareSummary, src_lang: str, tgt_lang: str, dtype: str, args: dict[str, Any]
-) -> dict[str, Any]:
+def _meta(summary: PrepareSummary, langs: tuple[str, str], dtype: str, vocab_size: int,
+          settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The ``meta.json`` record of a data folder."""
     return {
         "format_version": STORE_VERSION,
-        "src_lang": src_lang,
-        "tgt_lang": tgt_lang,
+        "src_lang": langs[0],
+        "tgt_lang": langs[1],
         "dtype": dtype,
-        "vocab_size": args["tokenizer"].vocab_size,
+        "vocab_size": vocab_size,
         "pairs": summary.kept,
         "lines": summary.lines,
         "dropped": summary.dropped,
         "tokens": summary.tokens,
         "valid_pairs": summary.valid_lines,
-        "filter": {"max_len": args["max_len"], "max_ratio": args["max_ratio"]},
-        "source": {
-            "train": str(args["train_prefix"]),
-            "valid": str(args["valid_prefix"]) if args["valid_prefix"] else None,
-        },
+        **settings,
     }
 
 

@@ -10,7 +10,6 @@ Started by ``torchrun``, every process trains on its share of the batches (DDP).
 
 from __future__ import annotations
 
-import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,66 +80,50 @@ def prepare_run(
     Returns:
         The data folder to train from.
     """
-    created = not out_dir.exists()
-    try:
-        return _prepare_run(out_dir, source, model_cfg, train_cfg, spm_path, observer)
-    except BaseException:
-        if created:  # a run that could not start leaves no folder behind
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-
-
-def _prepare_run(
-    out_dir: Path,
-    source: tuple[str, str],
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    spm_path: str | Path | None,
-    observer: TrainObserver,
-) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resume = (out_dir / ckpt.RESUME_FILE).is_file()
-    spm_file = out_dir / ckpt.SPM_FILE
-    if resume:
-        saved = ckpt.read_config(out_dir)
-        model_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
-        observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
-        spm_path = spm_file
-    kind, path = source
-    data_dir = Path(path) if kind == "data" else out_dir / "data"
-    if kind == "train" and not (data_dir / store.META_FILE).is_file():
-        summary = store.prepare(
-            path,
-            data_dir,
-            train_cfg.src_lang,
-            train_cfg.tgt_lang,
-            spm_path=spm_path,
-            vocab_size=model_cfg.vocab_size,
-            max_len=train_cfg.max_len,
-            overwrite=True,  # an incomplete one, from an interrupted start
-            on_message=observer.on_message,
+    with ckpt.removed_on_error(out_dir):  # a run that could not start leaves no folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resume = (out_dir / ckpt.RESUME_FILE).is_file()
+        spm_file = out_dir / ckpt.SPM_FILE
+        if resume:
+            saved = ckpt.read_config(out_dir)
+            model_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
+            observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
+            spm_path = spm_file
+        kind, path = source
+        data_dir = Path(path) if kind == "data" else out_dir / "data"
+        if kind == "train" and not (data_dir / store.META_FILE).is_file():
+            summary = store.prepare(
+                path,
+                data_dir,
+                train_cfg.src_lang,
+                train_cfg.tgt_lang,
+                spm_path=spm_path,
+                vocab_size=model_cfg.vocab_size,
+                max_len=train_cfg.max_len,
+                overwrite=True,  # an incomplete one, from an interrupted start
+                on_message=observer.on_message,
+            )
+            observer.on_message(describe(summary))
+        if not resume:
+            ckpt.atomic_write(spm_file, lambda f: f.write((data_dir / store.SPM_FILE).read_bytes()))
+        elif (data_dir / store.SPM_FILE).read_bytes() != spm_file.read_bytes():
+            raise ConfigError(
+                f"{data_dir / store.SPM_FILE} differs from the run's {spm_file}: the prepared ids "
+                "would not match the model; resume with the data the run started with"
+            )
+        model_cfg = replace(model_cfg, vocab_size=Tokenizer(spm_file).vocab_size)
+        ckpt.write_json(
+            out_dir / ckpt.CONFIG_FILE,
+            {
+                "format_version": ckpt.FORMAT_VERSION,
+                "src_lang": train_cfg.src_lang,
+                "tgt_lang": train_cfg.tgt_lang,
+                "model": to_dict(model_cfg),
+                "train": to_dict(train_cfg),
+                "data": {kind: str(path), "prepared": str(data_dir)},
+            },
         )
-        observer.on_message(describe(summary))
-    if not resume:
-        ckpt.atomic_write(spm_file, lambda f: f.write((data_dir / store.SPM_FILE).read_bytes()))
-    elif (data_dir / store.SPM_FILE).read_bytes() != spm_file.read_bytes():
-        raise ConfigError(
-            f"{data_dir / store.SPM_FILE} differs from the run's {spm_file}: the prepared ids "
-            "would not match the model; resume with the data the run started with"
-        )
-    model_cfg = replace(model_cfg, vocab_size=Tokenizer(spm_file).vocab_size)
-    ckpt.write_json(
-        out_dir / ckpt.CONFIG_FILE,
-        {
-            "format_version": ckpt.FORMAT_VERSION,
-            "src_lang": train_cfg.src_lang,
-            "tgt_lang": train_cfg.tgt_lang,
-            "model": to_dict(model_cfg),
-            "train": to_dict(train_cfg),
-            "data": {kind: str(path), "prepared": str(data_dir)},
-        },
-    )
-    return data_dir
+        return data_dir
 
 
 def describe(summary: store.PrepareSummary) -> str:
