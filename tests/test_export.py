@@ -14,6 +14,7 @@ import gzip
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from nmt.ct2 import (
     INSTALL_HINT,
     CT2Translator,
     MissingDependencyError,
+    ct2_threads,
     import_ctranslate2,
     is_ctranslate2_dir,
     load_translator,
@@ -35,7 +37,7 @@ from nmt.export import export_ctranslate2
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from nmt.train import train
-from nmt.translate import Translator
+from nmt.translate import Translator, length_batches
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 TRAIN_LINES, VALID_LINES, TEST_LINES = 2000, 20, 200
@@ -197,16 +199,91 @@ def test_batching_order_and_empty_lines(exported: Path, test_lines: list[str]) -
     assert together[0] == together[2] == together[5] == "" and all(together[i] for i in (1, 3, 4))
 
 
+def search_all(translator: Translator | CT2Translator, ids: list[list[int]]) -> list[Any]:
+    """The hypothesis lists that ``translator.search_rows`` finds for ``ids``, in order."""
+    found: list[Any] = [None] * len(ids)
+    for rows, hyps in translator.search_rows(ids):
+        for row, h in zip(rows, hyps):
+            found[row] = h
+    return found
+
+
 def test_length_limit_agrees(run_dir: Path, exported: Path, test_lines: list[str]) -> None:
-    """A short limit (a=0.5, b=1) cuts most outputs: both engines stop at the same token."""
+    """A short limit (a=0.5, b=1) cuts most outputs, and the sentences of a batch have
+    different limits: both engines stop at the same token, greedy and beam 5."""
     lines = test_lines[:50]
-    ours, theirs = translate_both(run_dir, exported, lines, beam_size=1, max_len_a=0.5, max_len_b=1)
+    limits = {"max_len_a": 0.5, "max_len_b": 1, "batch_size": 16}
+    ours, theirs = translate_both(run_dir, exported, lines, beam_size=1, **limits)
     assert [t.text for t in theirs] == [t.text for t in ours]
+    ours, theirs = translate_both(run_dir, exported, lines, beam_size=5, **limits)
+    same = sum(a.text == b.text for a, b in zip(ours, theirs)) / len(lines)
+    print(f"beam 5, a=0.5, b=1: {same:.1%} identical")
+    assert same >= BEAM_AGREEMENT
     translator = CT2Translator.load(exported, DecodeConfig(beam_size=5, max_len_a=0, max_len_b=3))
-    for limit, rows in translator.batches(translator.tokenizer.encode(lines)):
-        assert limit == 3
-        ids = translator.tokenizer.encode([lines[r] for r in rows])
-        assert all(len(h[0].tokens) <= 3 for h in translator.search(ids, limit))
+    ids = translator.tokenizer.encode(lines)
+    assert all(len(h[0].tokens) <= 3 for h in translator.search(ids, 3))
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_search_past_own_limit_is_exact_when_within_limit(
+    run_dir: Path, exported: Path, test_lines: list[str], beam: int
+) -> None:
+    """What CT2Translator.search_rows relies on to search a batch with its longest limit: a
+    CTranslate2 search run with a limit of 40 passes ``within_limit(hyps, 14)`` exactly when
+    our search with a limit of 14 ends before it, and then finds the same hypotheses."""
+    decode = DecodeConfig(beam_size=beam, nbest=beam, max_len_a=0, max_len_b=14)
+    translator = CT2Translator.load(exported, decode)
+    ids = translator.tokenizer.encode(test_lines[:60])
+    ours = search_all(Translator.load(run_dir, decode, device="cpu"), ids)
+    theirs = translator.search(ids, 40)
+    within = [translator.within_limit(h, 14) for h in theirs]
+    assert within == [all(len(h.tokens) < 14 for h in o) for o in ours]
+    assert 0 < sum(within) < len(ids)  # both cases occur
+    for o, t in zip(ours, theirs):
+        if translator.within_limit(t, 14):
+            assert [h.tokens for h in t] == [h.tokens for h in o]
+            assert [h.score for h in t] == pytest.approx([h.score for h in o], abs=1e-3)
+
+
+def test_one_ctranslate2_call_per_batch(
+    exported: Path, test_lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call per batch of the torch engine (not per length limit) with the batch's longest
+    limit, then calls for the sentences that ran past their own limit, with that limit."""
+    decode = DecodeConfig(beam_size=5, batch_size=16, max_len_a=0.5, max_len_b=1)
+    translator = CT2Translator.load(exported, decode)
+    calls: list[tuple[int, int]] = []
+    translate_batch = translator.translator.translate_batch
+
+    def spy(source: list[list[str]], **options: Any) -> Any:
+        calls.append((len(source), options["max_decoding_length"]))
+        return translate_batch(source, **options)
+
+    monkeypatch.setattr(translator, "translator", SimpleNamespace(translate_batch=spy))
+    ids = translator.tokenizer.encode(test_lines[:64])
+    found = search_all(translator, ids)
+    limits = translator.limits([len(x) for x in ids])
+    batches = length_batches([len(x) + 1 for x in ids], decode.batch_tokens, decode.batch_size)
+    assert calls[:4] == [(16, max(limits[i] for i in b)) for b in batches]
+    again = calls[4:]
+    assert again and sum(n for n, _ in again) < 64  # sentences cut by their own limit only
+    assert all(limit in limits for _, limit in again)
+    assert all(len(h[0].tokens) <= limit for h, limit in zip(found, limits))
+
+
+def test_threads_default_to_parallel_batches(exported: Path, test_lines: list[str]) -> None:
+    """On CPU, one single-threaded CTranslate2 worker per torch thread unless told otherwise;
+    batches run by parallel workers come back in order."""
+    threads = torch.get_num_threads()
+    assert ct2_threads("cpu") == (threads, 1)
+    assert ct2_threads("cpu", 0, 2) == (max(1, threads // 2), 2)
+    assert ct2_threads("cpu", 3, 2) == (3, 2) and ct2_threads("cuda") == (1, 0)
+    decode = DecodeConfig(beam_size=5, batch_size=8)
+    parallel = CT2Translator.load(exported, decode, device="cpu", inter_threads=2)
+    assert parallel.translator.num_translators == 2
+    serial = CT2Translator.load(exported, decode, device="cpu", inter_threads=1)
+    lines = test_lines[:40]
+    assert [t.text for t in parallel.translate(lines)] == [t.text for t in serial.translate(lines)]
 
 
 def test_int8_export_translates(
