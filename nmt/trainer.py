@@ -177,14 +177,17 @@ class Trainer:
         torch.manual_seed(train_cfg.seed + self.dist.rank)  # different dropout per rank
         loss_module = LossModule(self.model, train_cfg.label_smoothing)
         self.forward: torch.nn.Module = loss_module
+        if train_cfg.compile:
+            # dynamic: batch shapes vary with sentence lengths. Validation and search use the
+            # uncompiled model. Under DDP, dynamo's graph split at DDP's gradient buckets
+            # failed to compile (torch 2.13, dynamic shapes: "'float' object has no attribute
+            # 'meta'"); one graph inside DDP works, its gradients all-reduced after backward.
+            torch._dynamo.config.optimize_ddp = False
+            self.forward = torch.compile(loss_module, dynamic=True)  # type: ignore[assignment]
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = torch.nn.parallel.DistributedDataParallel(loss_module, device_ids)
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids)
         self.no_sync = getattr(self.forward, "no_sync", nullcontext)
-        if train_cfg.compile:
-            # dynamic: batch shapes vary with sentence lengths; DDP's buckets are handled by
-            # dynamo's DDP optimizer. Validation and search use the uncompiled model.
-            self.forward = torch.compile(self.forward, dynamic=True)  # type: ignore[assignment]
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
