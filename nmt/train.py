@@ -23,6 +23,7 @@ from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.data import encode_parallel, read_parallel
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
 from nmt.errors import ConfigError, NMTError, TrainingError
+from nmt.textio import corpus_path
 from nmt.tokenizer import Tokenizer
 from nmt.trainer import (  # re-exported: the training API lives under nmt.train
     StepStats,
@@ -136,30 +137,18 @@ def describe(summary: store.PrepareSummary) -> str:
 
 
 def read_valid(
-    valid_prefix: str | Path | None, data_dir: str | Path | None, train_cfg: TrainConfig
+    valid_prefix: str | Path | None, train_cfg: TrainConfig
 ) -> tuple[list[str], list[str]]:
-    """The validation source and reference lines: from ``valid_prefix``, else the copy in
-    the data folder.
+    """The validation source and reference lines.
 
     Raises:
         InputError: missing or mismatched files; ConfigError: no validation set at all.
     """
-    if valid_prefix is None and data_dir is not None:
-        if corpus_exists(Path(data_dir) / "valid", (train_cfg.src_lang, train_cfg.tgt_lang)):
-            valid_prefix = Path(data_dir) / "valid"
     if valid_prefix is None:
         raise ConfigError(
             "no validation set: give --valid PREFIX (or prepare the data with --valid)"
         )
     return read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
-
-
-def corpus_exists(prefix: Path, langs: tuple[str, str]) -> bool:
-    """Whether ``PREFIX.LANG[.gz]`` exists for both languages."""
-    return all(
-        Path(f"{prefix}.{lang}").is_file() or Path(f"{prefix}.{lang}.gz").is_file()
-        for lang in langs
-    )
 
 
 def train(
@@ -212,11 +201,15 @@ def train(
                 "spm.model"
             )
         source = ("data", str(data_dir))
+        if valid_prefix is None and meta["valid_pairs"]:
+            valid_prefix = Path(data_dir) / "valid"  # the copy nmt prepare --valid made
     else:
-        store.check_corpus(train_prefix, train_cfg.src_lang, train_cfg.tgt_lang)  # type: ignore[arg-type]
+        # Only that the files exist: rank 0 checks the lines (once) while it prepares them.
+        for lang in (train_cfg.src_lang, train_cfg.tgt_lang):
+            corpus_path(train_prefix, lang)  # type: ignore[arg-type]
         source = ("train", str(train_prefix))
     # Check the input that is read whole before anything is written into the run folder.
-    valid_text = read_valid(valid_prefix, data_dir, train_cfg)
+    valid_text = read_valid(valid_prefix, train_cfg)
     if spm_path is not None:
         Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
     env = init_distributed(resolve_device(train_cfg.device))
