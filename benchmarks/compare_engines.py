@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import platform
-import resource
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from translate_speed import peak_rss_mib  # benchmarks/ is on sys.path when run as a script
 
 from nmt.checkpoint import SPM_FILE, read_config
 from nmt.config import DecodeConfig
@@ -68,11 +68,6 @@ class Job:
     batch: int
     threads: int
     ref_lengths: tuple[int, ...] = ()
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_job(job: Job, src: list[str]) -> dict[str, Any]:

@@ -20,7 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_scaling import run_measured  # benchmarks/ is on sys.path when run as a script
+from train_scaling import (  # benchmarks/ is on sys.path when run as a script
+    run_measured,
+    window_means,
+)
 
 from nmt.data import corpus_path, iter_lines
 
@@ -88,10 +91,7 @@ def main() -> None:
                 env,
             )
             assert status == 0, f"nmt train failed ({status})"
-            records = [json.loads(x) for x in (out / "metrics.jsonl").open()]
-            windows = [r for r in records if r["type"] == "train"][1:]
-            tok_s = sum(r["tgt_tokens_per_s"] for r in windows) / len(windows)
-            wait = sum(r["data_wait_share"] for r in windows) / len(windows)
+            tok_s, wait = window_means(out / "metrics.jsonl")
             rows.append((name, pairs, prep_s, prep_rss, train_rss, tok_s, wait))
     print(f"# {os.cpu_count()} cores, small preset, {args.steps} updates, default dtype")
     print("| corpus | pairs | prepare (s) | prepare peak RSS (MiB) | train peak RSS (MiB) "

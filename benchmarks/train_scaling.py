@@ -40,6 +40,18 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024
 
 
+def window_means(metrics: Path) -> tuple[float, float]:
+    """Mean target tokens/s and data-wait share of a run's logged training windows, the
+    first (start-up, compiling) left out."""
+    records = [json.loads(line) for line in metrics.open()]
+    windows = [r for r in records if r["type"] == "train"][1:]
+    n = len(windows)
+    return (
+        sum(r["tgt_tokens_per_s"] for r in windows) / n,
+        sum(r["data_wait_share"] for r in windows) / n,
+    )
+
+
 def train_command(procs: int, data: Path, valid: Path, out: Path, preset: str, args) -> list[str]:  # type: ignore[no-untyped-def]
     """The ``nmt train`` command line (under torchrun for more than one process)."""
     launcher = [sys.executable, "-m", "cli"]
@@ -69,10 +81,7 @@ def measure(preset: str, procs: int, compiled: bool, data: Path, valid: Path, ar
         wall = time.monotonic() - start
         if status != 0:
             return f"| {preset} | {procs} | {'on' if compiled else 'off'} | failed ({status}) |"
-        records = [json.loads(line) for line in (out / "metrics.jsonl").open()]
-    windows = [r for r in records if r["type"] == "train"][1:]
-    tok_s = sum(r["tgt_tokens_per_s"] for r in windows) / len(windows)
-    wait = sum(r["data_wait_share"] for r in windows) / len(windows)
+        tok_s, wait = window_means(out / "metrics.jsonl")
     return (
         f"| {preset} | {procs} | {'on' if compiled else 'off'} | {tok_s:,.0f} | "
         f"{100 * wait:.2f}% | {rss:,.0f} | {wall:.0f} |"
