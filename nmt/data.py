@@ -21,7 +21,13 @@ import torch
 
 from nmt.errors import InputError
 from nmt.store import keep_reason
-from nmt.textio import corpus_path, count_lines, iter_lines, read_lines  # noqa: F401 - re-exported
+from nmt.textio import (  # noqa: F401 - corpus_path, count_lines, iter_lines re-exported
+    check_line_counts,
+    corpus_path,
+    count_lines,
+    iter_lines,
+    read_lines,
+)
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
@@ -34,11 +40,7 @@ def read_parallel(prefix: str | Path, src_lang: str, tgt_lang: str) -> tuple[lis
     """
     src_path, tgt_path = corpus_path(prefix, src_lang), corpus_path(prefix, tgt_lang)
     src, tgt = read_lines(src_path), read_lines(tgt_path)
-    if len(src) != len(tgt):
-        raise InputError(
-            f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}; "
-            "parallel files must have one line per sentence pair"
-        )
+    check_line_counts(src_path, len(src), tgt_path, len(tgt))
     if not any(s.strip() for s in src):
         raise InputError("corpus is empty (no non-blank line)", src_path)
     return src, tgt

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from nmt.errors import InputError
-from nmt.textio import corpus_path, count_lines, iter_lines, iter_parallel
+from nmt.textio import check_line_counts, corpus_path, count_lines, iter_lines, iter_parallel
 from nmt.tokenizer import Tokenizer, train_tokenizer
 
 STORE_VERSION = 1  # equal to nmt.checkpoint.FORMAT_VERSION, checked by the same reader
@@ -300,11 +300,7 @@ def check_corpus(prefix: str | Path, src_lang: str, tgt_lang: str) -> int:
     """
     src_path, tgt_path = corpus_path(prefix, src_lang), corpus_path(prefix, tgt_lang)
     n_src, n_tgt = count_lines(src_path), count_lines(tgt_path)
-    if n_src != n_tgt:
-        raise InputError(
-            f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; parallel files must have "
-            "one line per sentence pair"
-        )
+    check_line_counts(src_path, n_src, tgt_path, n_tgt)
     if n_src == 0:
         raise InputError("corpus is empty (no line)", src_path)
     return n_src

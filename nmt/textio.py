@@ -84,6 +84,19 @@ def count_lines(path: str | Path) -> int:
         raise InputError(f"cannot read file: {exc}", path) from None
 
 
+def check_line_counts(src_path: Path, n_src: int, tgt_path: Path, n_tgt: int) -> None:
+    """The two sides of a parallel corpus must have as many lines.
+
+    Raises:
+        InputError: they differ (both files and counts named).
+    """
+    if n_src != n_tgt:
+        raise InputError(
+            f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}; parallel files must have "
+            "one line per sentence pair"
+        )
+
+
 def iter_parallel(prefix: str | Path, src_lang: str, tgt_lang: str) -> Iterator[tuple[str, str]]:
     """Stream the (source, target) line pairs of ``PREFIX.SRC`` / ``PREFIX.TGT``.
 

@@ -68,7 +68,7 @@ def prepare_run(
     train_cfg: TrainConfig,
     spm_path: str | Path | None,
     observer: TrainObserver,
-) -> Path:
+) -> None:
     """Create or reopen the run folder: ``spm.model``, ``config.json`` and, when training
     from a corpus prefix, the prepared corpus in ``DIR/data`` (:func:`nmt.store.prepare`).
 
@@ -77,9 +77,7 @@ def prepare_run(
 
     A folder with ``resume.pt`` keeps its model shape (from its ``config.json``) and its
     SentencePiece model; the training recipe given now applies to the rest of the run.
-
-    Returns:
-        The data folder to train from.
+    ``config.json`` records the data folder to train from (``data.prepared``).
     """
     with ckpt.removed_on_error(out_dir):  # a run that could not start leaves no folder
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +122,6 @@ def prepare_run(
                 "data": {kind: str(path), "prepared": str(data_dir)},
             },
         )
-        return data_dir
 
 
 def describe(summary: store.PrepareSummary) -> str:
