@@ -95,33 +95,43 @@ class DecoderCache:
     Attributes:
         layers: one :class:`LayerCache` per decoder layer.
         src_mask: ``(sentences, 1, 1, src_len)`` bool, True where the source is a real token.
-        beam_size: decoder rows per sentence; a sentence's rows are adjacent.
-        rows: current number of decoder rows (``sentences * beam_size``).
+        rows_per_sentence: decoder rows of each sentence (1 for greedy search and for the
+            first step of beam search, then ``beam_size``); a sentence's rows are adjacent.
+        rows: current number of decoder rows (``sentences * rows_per_sentence``).
         step: target positions decoded so far.
     """
 
     layers: list[LayerCache]
     src_mask: torch.Tensor
-    beam_size: int = 1
+    rows_per_sentence: int = 1
     rows: int = 0
     step: int = 0
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None:
         """Keep decoder rows ``index`` (``(new_rows,)`` int64), in that order.
 
-        With ``beam_size`` > 1 the rows of one sentence must stay together, in sentence order
-        (as beam search keeps them): an index of the same length only moves hypotheses
-        between the beams of each sentence, so the per-sentence cross-attention state is left
-        alone; a shorter index drops whole sentences (finished ones) and their state.
+        Args:
+            index: the old row of each new row.
+            rows_per_sentence: rows of each sentence after the reorder (default: unchanged);
+                beam search goes from 1 to ``beam_size`` after its first step.
+
+        With more than one row per sentence (before or after), the rows of one sentence must
+        stay together, in sentence order, as beam search keeps them: then an index that keeps
+        the number of sentences only moves hypotheses between the beams of each sentence, so
+        the per-sentence cross-attention state is left alone, and a shorter one drops whole
+        sentences (finished ones) and their state. With one row per sentence before and
+        after, ``index`` may select rows in any order.
         """
+        width = rows_per_sentence or self.rows_per_sentence
         for layer in self.layers:
             layer.reorder_rows(index)
-        if self.beam_size == 1 or index.numel() != self.rows:
-            sentences = index[:: self.beam_size] // self.beam_size
+        sentences = index[::width] // self.rows_per_sentence
+        n_sentences = self.rows // self.rows_per_sentence
+        if (self.rows_per_sentence == 1 and width == 1) or sentences.numel() != n_sentences:
             for layer in self.layers:
                 layer.select_sentences(sentences)
             self.src_mask = self.src_mask.index_select(0, sentences)
-        self.rows = index.numel()
+        self.rows, self.rows_per_sentence = index.numel(), width
 
 
 class MultiHeadAttention(nn.Module):
@@ -376,17 +386,18 @@ class Transformer(nn.Module):
         return self.decode(tgt_in, memory, src_mask)
 
     def init_cache(
-        self, memory: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 1
+        self, memory: torch.Tensor, src_mask: torch.Tensor, rows_per_sentence: int = 1
     ) -> DecoderCache:
         """Project cross-attention keys/values once per sentence for incremental decoding.
 
         Args:
             memory: ``(sentences, src_len, d_model)``; src_mask: ``(sentences, 1, 1, src_len)``.
-            beam_size: decoder rows per sentence; :meth:`decode_step` then takes
-                ``sentences * beam_size`` rows, each sentence's rows adjacent.
+            rows_per_sentence: decoder rows per sentence; :meth:`decode_step` then takes
+                ``sentences * rows_per_sentence`` rows, each sentence's rows adjacent.
         """
         layers = [LayerCache(*layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers]
-        return DecoderCache(layers, src_mask, beam_size, rows=memory.size(0) * beam_size)
+        rows = memory.size(0) * rows_per_sentence
+        return DecoderCache(layers, src_mask, rows_per_sentence, rows=rows)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """One incremental decoding step.

@@ -113,11 +113,13 @@ class BeamState:
 
     Attributes:
         sentence: ``(n,)`` original index of each live sentence.
-        scores: ``(n, beam)`` cumulative log-probabilities of the live hypotheses.
-        history: ``(n * beam, step)`` tokens decoded so far.
+        scores: ``(n, width)`` cumulative log-probabilities of the live hypotheses; ``width``
+            is 1 before the first step (every beam would start from the same BOS) and
+            ``beam_size`` after it.
+        history: ``(n * width, step)`` tokens decoded so far.
         limits: ``(n,)`` maximum target length of each live sentence.
         n_finished: ``(n,)`` finished hypotheses of each live sentence.
-        cache: decoder cache with ``n * beam`` rows.
+        cache: decoder cache with ``n * width`` rows.
     """
 
     sentence: torch.Tensor
@@ -128,22 +130,18 @@ class BeamState:
     cache: DecoderCache
 
 
-def beam_init(
-    model: Transformer, src: torch.Tensor, beam_size: int, max_len_a: float, max_len_b: int
-) -> BeamState:
-    """Encode once, repeat the memory ``beam_size`` times; only beam 0 is live at first."""
+def beam_init(model: Transformer, src: torch.Tensor, max_len_a: float, max_len_b: int) -> BeamState:
+    """Encode once; the first step runs one decoder row per sentence (as CTranslate2 does),
+    since all beams would start from the same BOS; :func:`beam_step` then widens to the beam."""
     batch = src.size(0)
     memory, src_mask = model.encode(src)
-    cache = model.init_cache(memory, src_mask, beam_size)  # (batch * beam) rows
-    scores = torch.full((batch, beam_size), float("-inf"), device=src.device)
-    scores[:, 0] = 0.0
     return BeamState(
         sentence=torch.arange(batch, device=src.device),
-        scores=scores,
-        history=torch.empty(batch * beam_size, 0, dtype=torch.long, device=src.device),
+        scores=torch.zeros(batch, 1, device=src.device),
+        history=torch.empty(batch, 0, dtype=torch.long, device=src.device),
         limits=max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1),
         n_finished=torch.zeros(batch, dtype=torch.long, device=src.device),
-        cache=cache,
+        cache=model.init_cache(memory, src_mask),
     )
 
 
@@ -158,41 +156,44 @@ def beam_step(
 
     Appends the hypotheses that end here to ``finished[sentence]``.
     """
-    n, step = state.sentence.numel(), state.history.size(1)
+    (n, width), step = state.scores.shape, state.history.size(1)
     last = (
         state.history[:, -1]
         if step
-        else torch.full((n * beam_size,), BOS_ID, dtype=torch.long, device=state.scores.device)
+        else torch.full((n,), BOS_ID, dtype=torch.long, device=state.scores.device)
     )
-    logp = mask_specials(model.decode_step(last, state.cache)).view(n, beam_size, -1)
+    logp = mask_specials(model.decode_step(last, state.cache)).view(n, width, -1)
     vocab = logp.size(-1)
     forced = state.limits <= step
     if forced.any():
-        logp[forced] = _only_eos(logp[forced].view(-1, vocab)).view(-1, beam_size, vocab)
-    candidates = (state.scores[:, :, None] + logp).view(n, -1)  # (n, beam * vocab)
-    cand_scores, cand_index = candidates.topk(2 * beam_size, dim=1)  # (n, 2 * beam)
+        logp[forced] = _only_eos(logp[forced].view(-1, vocab)).view(-1, width, vocab)
+    candidates = logp.add_(state.scores[:, :, None]).view(n, -1)  # (n, width * vocab)
+    n_cand = min(2 * beam_size, width * vocab)
+    cand_scores, cand_index = candidates.topk(n_cand, dim=1)  # (n, 2 * beam)
     cand_beam, cand_token = cand_index // vocab, cand_index % vocab
     is_eos = cand_token == EOS_ID
     _finalize(state, finished, cand_scores, cand_beam, is_eos, beam_size, alpha)
     # The best `beam` candidates that do not end: candidates are sorted, so topk over the
     # EOS-masked scores keeps them in order.
-    next_scores, pick = cand_scores.masked_fill(is_eos, float("-inf")).topk(beam_size, dim=1)
+    next_scores, pick = cand_scores.masked_fill(is_eos, float("-inf")).topk(
+        min(beam_size, n_cand), dim=1
+    )
+    next_width = next_scores.size(1)
     next_beam, next_token = cand_beam.gather(1, pick), cand_token.gather(1, pick)
-    base = torch.arange(n, device=pick.device)[:, None] * beam_size
-    rows = (base + next_beam).view(-1)  # (n * beam) source row of each new hypothesis
+    base = torch.arange(n, device=pick.device)[:, None] * width
+    rows = (base + next_beam).view(-1)  # (n * next_width) source row of each new hypothesis
     done = (state.n_finished >= beam_size) | forced
     history = torch.cat([state.history[rows], next_token.view(-1, 1)], 1)
     if bool(done.all()):
         return None
     if bool(done.any()):
         keep = (~done).nonzero()[:, 0]
-        keep_rows = (keep[:, None] * beam_size + torch.arange(beam_size, device=keep.device)).view(
-            -1
-        )
+        offsets = torch.arange(next_width, device=keep.device)
+        keep_rows = (keep[:, None] * next_width + offsets).view(-1)
         rows, history = rows[keep_rows], history[keep_rows]
         next_scores, state.sentence = next_scores[keep], state.sentence[keep]
         state.limits, state.n_finished = state.limits[keep], state.n_finished[keep]
-    state.cache.reorder(rows)
+    state.cache.reorder(rows, next_width)
     state.scores, state.history = next_scores, history
     return state
 
@@ -210,13 +211,14 @@ def _finalize(
     ending = is_eos[:, :beam_size] & torch.isfinite(cand_scores[:, :beam_size])
     if not bool(ending.any()):
         return
+    width = state.scores.size(1)
     length = state.history.size(1) + 1  # tokens including EOS
     penalty = length_penalty(length, alpha)
     for i, j in ending.nonzero().tolist():
         sentence = int(state.sentence[i])
         if len(finished[sentence]) >= beam_size:
             continue
-        row = i * beam_size + int(cand_beam[i, j])
+        row = i * width + int(cand_beam[i, j])
         score = float(cand_scores[i, j])
         finished[sentence].append(Hypothesis(state.history[row].tolist(), score, score / penalty))
         state.n_finished[i] += 1
@@ -244,7 +246,7 @@ def beam_search(
         For each sentence (batch order), its ``nbest`` best hypotheses, best first.
     """
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
-    state: BeamState | None = beam_init(model, src, beam_size, max_len_a, max_len_b)
+    state: BeamState | None = beam_init(model, src, max_len_a, max_len_b)
     while state is not None:
         state = beam_step(model, state, finished, beam_size, length_penalty_alpha)
     return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]

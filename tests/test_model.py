@@ -158,17 +158,26 @@ def test_positions_and_length_limit(random_model) -> None:
 
 @torch.no_grad()
 def test_beam_cache_equals_repeated_rows(random_model) -> None:
-    """A cache of 3 beams per sentence (cross-attention state shared by a sentence's beams)
-    equals a plain cache over each sentence repeated 3 times, through beam reordering and the
-    removal of a finished sentence."""
+    """A cache that starts with one row per sentence (beam search's first step), widens to 3
+    beams per sentence (cross-attention state shared by a sentence's beams) equals a plain
+    cache over each sentence repeated 3 times, through beam reordering and the removal of a
+    finished sentence."""
     model, beam = random_model(), 3
     src = padded_src([4, 7, 2])
-    tgt_in = random_tgt(9, 6)
+    tokens = random_tgt(9, 6)
+    tokens[:, 0] = tokens[::beam, 0].repeat_interleave(beam)  # all beams start alike
     memory, src_mask = model.encode(src)
-    shared = model.init_cache(memory, src_mask, beam)
+    shared = model.init_cache(memory, src_mask)
     plain = model.init_cache(memory.repeat_interleave(beam, 0), src_mask.repeat_interleave(beam, 0))
-    tokens = tgt_in
-    for t in range(6):
+    torch.testing.assert_close(
+        model.decode_step(tokens[::beam, 0], shared).repeat_interleave(beam, 0),
+        model.decode_step(tokens[:, 0], plain),
+        atol=1e-5,
+        rtol=0,
+    )
+    shared.reorder(torch.arange(3).repeat_interleave(beam), rows_per_sentence=beam)
+    assert shared.rows == 9 and shared.layers[0].cross_k.size(0) == 3
+    for t in range(1, 6):
         if t == 2:  # move hypotheses between the beams of each sentence
             index = torch.tensor([2, 2, 0, 3, 5, 4, 8, 6, 6])
         elif t == 4:  # sentence 1 finished: drop its rows

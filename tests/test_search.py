@@ -60,7 +60,7 @@ class ScriptedCache:
         self.prefixes: list[tuple[int, ...]] = [() for _ in sentence]
         self.step = 0
 
-    def reorder(self, index: torch.Tensor) -> None:
+    def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None:
         rows = index.tolist()
         self.sentence = [self.sentence[i] for i in rows]
         self.prefixes = [self.prefixes[i] for i in rows]
@@ -79,10 +79,11 @@ class ScriptedModel:
         return src[:, :1, None].float(), (src != PAD_ID)[:, None, None, :]
 
     def init_cache(
-        self, memory: torch.Tensor, src_mask: torch.Tensor, beam_size: int = 1
+        self, memory: torch.Tensor, src_mask: torch.Tensor, rows_per_sentence: int = 1
     ) -> ScriptedCache:
-        """``beam_size`` adjacent rows per sentence, as Transformer.init_cache."""
-        return ScriptedCache(memory[:, 0, 0].long().repeat_interleave(beam_size).tolist())
+        """``rows_per_sentence`` adjacent rows per sentence, as Transformer.init_cache."""
+        rows = memory[:, 0, 0].long().repeat_interleave(rows_per_sentence)
+        return ScriptedCache(rows.tolist())
 
     def decode_step(self, tokens: torch.Tensor, cache: ScriptedCache) -> torch.Tensor:
         out = torch.full((tokens.numel(), SCRIPTED_VOCAB), float("-inf"))
