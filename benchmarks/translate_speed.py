@@ -2,7 +2,9 @@
 
 Loads the model once, then times translating the whole test set at each beam size (batch of
 ``--batch-size`` sentences, as in the numbers we compare with) and prints a table: sentences/s,
-target tokens/s, peak RSS and cased sacreBLEU.
+target tokens/s, peak RSS and cased sacreBLEU. ``--workers`` lists the CPU layouts to time:
+1 = one batch at a time on all threads, 0 = one single-threaded worker per thread (the
+default of ``nmt translate``).
 
     python benchmarks/translate_speed.py --model runs/demo/averaged --data data/multi30k
 """
@@ -38,11 +40,14 @@ def run(
     length_penalty: float,
     dtype: str = "fp32",
     quantize: str | None = None,
+    workers: int = 1,
 ) -> dict[str, float]:
     decode = DecodeConfig(
         beam_size=beam, batch_size=batch, batch_tokens=10**9, length_penalty=length_penalty
     )
-    translator = Translator.load(model, decode, device=device, dtype=dtype, quantize=quantize)
+    translator = Translator.load(
+        model, decode, device=device, dtype=dtype, quantize=quantize, workers=workers
+    )
     translator.translate_chunk(src[:64])  # warm-up (allocator, kernels)
     start = time.perf_counter()
     results = translator.translate_chunk(src)
@@ -57,6 +62,7 @@ def run(
         "seconds": seconds,
         "bleu": bleu,
         "rss": peak_rss_mib(),
+        "layout": f"{translator.workers}×{translator.worker_threads or 1}",
     }
 
 
@@ -73,6 +79,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, int8")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    parser.add_argument(
+        "--workers", default="1,0", help="comma-separated worker counts (0 = one per thread)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,27 +92,32 @@ def main() -> None:
         f"torch {torch.__version__}, device {args.device}, batch {args.batch_size}, "
         f"{len(src)} sentences"
     )
-    print("| weights | beam | sentences/s | target tokens/s | seconds | BLEU | peak RSS (MiB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| weights | workers × threads | beam | sentences/s | target tokens/s | seconds | BLEU "
+        "| peak RSS (MiB) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for kind in args.dtypes.split(","):
         dtype, quantize = ("fp32", "int8") if kind == "int8" else (kind, None)
-        for beam in (int(b) for b in args.beams.split(",")):
-            r = run(
-                args.model,
-                src,
-                ref,
-                beam,
-                args.batch_size,
-                args.device,
-                args.length_penalty,
-                dtype,
-                quantize,
-            )
-            print(
-                f"| {kind} | {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | "
-                f"{r['seconds']:.2f} | {r['bleu']:.2f} | {r['rss']:.0f} |",
-                flush=True,
-            )
+        for workers in (int(w) for w in args.workers.split(",")):
+            for beam in (int(b) for b in args.beams.split(",")):
+                r = run(
+                    args.model,
+                    src,
+                    ref,
+                    beam,
+                    args.batch_size,
+                    args.device,
+                    args.length_penalty,
+                    dtype,
+                    quantize,
+                    workers,
+                )
+                print(
+                    f"| {kind} | {r['layout']} | {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | "
+                    f"{r['seconds']:.2f} | {r['bleu']:.2f} | {r['rss']:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -109,6 +109,14 @@ def translate(
             "--strict", help="Fail on an input longer than the model allows instead of cutting it."
         ),
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="CPU: batches translated at once, sharing the CPU threads; 0 = one "
+            "single-threaded worker per thread (fastest for files), 1 = one batch at a time "
+            "on all threads."
+        ),
+    ] = 0,
     ref: Annotated[
         list[Path] | None,
         typer.Option("--ref", "-r", help="Reference file(s): print BLEU and chrF when done."),
@@ -129,7 +137,15 @@ def translate(
     # that a line typed (or sent by another program) comes back at once.
     streaming = input == "-"
     translator = load_translator(
-        model, decode, engine, device, weights, strict=strict, dtype=dtype, quantize=quantize
+        model,
+        decode,
+        engine,
+        device,
+        weights,
+        strict=strict,
+        dtype=dtype,
+        quantize=quantize,
+        workers=workers,
     )
     results = translator.translate(lines)
     hyps: list[str] = []

@@ -57,7 +57,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import ConfigError, NMTError
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.translate import BaseTranslator, Translator, length_batches
+from nmt.translate import BaseTranslator, Translator, cpu_workers, length_batches
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
 EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json
@@ -132,6 +132,7 @@ def load_translator(
     strict: bool = False,
     dtype: str = "fp32",
     quantize: str | None = None,
+    workers: int = 0,
 ) -> Translator | CT2Translator:
     """Load a model folder with the engine asked for.
 
@@ -143,6 +144,8 @@ def load_translator(
         strict: raise for an over-long source instead of cutting it with a warning.
         dtype / quantize: torch engine only (:func:`nmt.translate.for_inference`); a
             CTranslate2 model keeps the quantization it was exported with.
+        workers: on CPU, batches translated at once (:func:`nmt.translate.cpu_workers`;
+            CTranslate2's ``inter_threads``); 0 = one single-threaded worker per CPU thread.
 
     Raises:
         ConfigError: unknown engine, or ``weights`` with the ctranslate2 engine.
@@ -153,7 +156,7 @@ def load_translator(
         raise ConfigError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
     if engine == "torch" or (engine == "auto" and not is_ctranslate2_dir(folder)):
         return Translator.load(
-            folder, decode, device, weights, chunk_lines, strict, dtype, quantize
+            folder, decode, device, weights, chunk_lines, strict, dtype, quantize, workers
         )
     if dtype != "fp32" or quantize is not None:
         raise ConfigError(
@@ -164,14 +167,16 @@ def load_translator(
         raise ConfigError(
             "weights apply to the torch engine; export those weights with nmt export --weights"
         )
-    return CT2Translator.load(folder, decode, device, chunk_lines=chunk_lines, strict=strict)
+    return CT2Translator.load(
+        folder, decode, device, chunk_lines=chunk_lines, strict=strict, inter_threads=workers
+    )
 
 
 def ct2_threads(device: str, inter_threads: int = 0, intra_threads: int = 0) -> tuple[int, int]:
     """CTranslate2's ``(inter_threads, intra_threads)``: batches run in parallel, and threads
-    per batch. 0 picks them: on CPU, one single-threaded worker per thread that torch would
-    use (``torch.get_num_threads()``, so ``OMP_NUM_THREADS`` applies); on a GPU, one worker
-    and CTranslate2's default.
+    per batch. 0 picks them: on CPU as the torch engine's workers
+    (:func:`nmt.translate.cpu_workers`: one single-threaded worker per thread torch would use,
+    so ``OMP_NUM_THREADS`` applies); on a GPU, one worker and CTranslate2's default.
 
     On CPU, parallel batches beat parallel matrix products for models of this size: on 2
     cores, 2 workers × 1 thread translated 1.2–1.6× faster than 1 worker × 2 threads in
@@ -180,8 +185,10 @@ def ct2_threads(device: str, inter_threads: int = 0, intra_threads: int = 0) -> 
     """
     if device != "cpu":
         return inter_threads or 1, intra_threads
-    intra = intra_threads or 1
-    return inter_threads or max(1, torch.get_num_threads() // intra), intra
+    if intra_threads and not inter_threads:
+        return max(1, torch.get_num_threads() // intra_threads), intra_threads
+    workers, threads = cpu_workers(inter_threads)
+    return workers, intra_threads or threads
 
 
 class CT2Translator(BaseTranslator):

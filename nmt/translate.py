@@ -4,6 +4,10 @@
 user calls. Input is read ahead by a background thread and translated in chunks of what has
 arrived (at most ``chunk_lines``), so a file of any size translates in bounded memory and a
 line typed interactively comes back without waiting for the end of the input.
+
+On CPU, the batches of a chunk are searched by several worker threads at once, each running
+torch single-threaded (:func:`cpu_workers`): for models of this size, parallel batches beat
+parallel matrix products (measured in docs/benchmarks.md), as CTranslate2's ``inter_threads``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +83,47 @@ def for_inference(
     if device.type != "cpu" or dtype != "fp32":
         raise ConfigError("--quantize int8 is for CPU and float32 weights; drop --dtype")
     return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def cpu_workers(workers: int = 0) -> tuple[int, int]:
+    """``(workers, threads)`` for searching on CPU: ``workers`` batches at once, each running
+    torch ops on ``threads`` threads, sharing the ``torch.get_num_threads()`` threads this
+    process may use (``OMP_NUM_THREADS`` applies).
+
+    ``workers=0`` picks one single-threaded worker per thread, the fastest for throughput;
+    ``workers=1`` searches one batch at a time on all threads, the lowest latency for a single
+    line.
+
+    Raises:
+        ConfigError: negative ``workers``.
+    """
+    if workers < 0:
+        raise ConfigError(f"workers={workers} must be 0 (one per CPU thread) or more")
+    total = torch.get_num_threads()
+    workers = workers or total
+    return workers, max(1, total // workers)
+
+
+def worker_pool(workers: int, threads: int) -> ThreadPoolExecutor:
+    """``workers`` threads whose torch ops each run on ``threads`` intra-op threads.
+
+    torch keeps a thread count per thread once that thread has used it, but
+    ``torch.set_num_threads`` also sets the count that threads started later begin with: each
+    worker fixes its own count first, and the caller's setting is put back once all have.
+    """
+    before = torch.get_num_threads()
+    started = threading.Barrier(workers + 1)
+
+    def init() -> None:
+        torch.get_num_threads()  # this thread's own count exists from here on
+        torch.set_num_threads(threads)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="nmt-search", initializer=init)
+    for _ in range(workers):  # each task holds its thread, so every thread gets started
+        pool.submit(started.wait)
+    started.wait()
+    torch.set_num_threads(before)
+    return pool
 
 
 def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> list[list[int]]:
@@ -211,6 +257,9 @@ class Translator(BaseTranslator):
         tokenizer: the joint SentencePiece model it was trained with.
         decode: search settings.
         chunk_lines: input lines read and translated together (bounds memory).
+        workers: on CPU, batches searched at once by worker threads (:func:`cpu_workers`;
+            0 = one single-threaded worker per CPU thread); 1 searches in the calling
+            thread. GPUs always search one batch at a time.
     """
 
     def __init__(
@@ -220,10 +269,15 @@ class Translator(BaseTranslator):
         decode: DecodeConfig | None = None,
         chunk_lines: int = 2000,
         strict: bool = False,
+        workers: int = 1,
     ):
         super().__init__(tokenizer, decode, chunk_lines, model.cfg.max_positions, strict)
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self.workers, self.worker_threads = (
+            cpu_workers(workers) if self.device.type == "cpu" else (1, 0)
+        )
+        self.pool: ThreadPoolExecutor | None = None
 
     @classmethod
     def load(
@@ -236,30 +290,43 @@ class Translator(BaseTranslator):
         strict: bool = False,
         dtype: str = "fp32",
         quantize: str | None = None,
+        workers: int = 0,
     ) -> Translator:
         """Load a model folder (config.json, spm.model, model.safetensors).
 
         Args:
             dtype / quantize: see :func:`for_inference` (default: exact float32).
+            workers: see :class:`Translator` (default: one per CPU thread).
 
         Raises:
             CheckpointError: a file is missing or of another format version.
-            ConfigError: an invalid dtype/quantize combination.
+            ConfigError: an invalid dtype/quantize combination, or negative ``workers``.
         """
         model, _ = load_model(folder, weights=weights, device=resolve_device(device))
         model = for_inference(model, dtype, quantize)
-        return cls(model, Tokenizer(Path(folder) / SPM_FILE), decode, chunk_lines, strict)
+        tokenizer = Tokenizer(Path(folder) / SPM_FILE)
+        return cls(model, tokenizer, decode, chunk_lines, strict, workers)
 
     def search_rows(
         self, ids: list[list[int]]
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
-        """Batches of similar length (EOS counted), longest first, searched on the device."""
+        """Batches of similar length (EOS counted), longest first, searched on the device (by
+        the worker threads when there are several), yielded in that order."""
         todo = [i for i, x in enumerate(ids) if x]
         lengths = [len(ids[i]) + 1 for i in todo]
-        for batch in length_batches(lengths, self.decode.batch_tokens, self.decode.batch_size):
+        batches = length_batches(lengths, self.decode.batch_tokens, self.decode.batch_size)
+
+        def run(batch: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
             rows = [todo[b] for b in batch]
             src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
-            yield rows, self.search(src)
+            return rows, self.search(src)
+
+        if self.workers == 1 or len(batches) == 1:
+            yield from map(run, batches)
+            return
+        if self.pool is None:
+            self.pool = worker_pool(self.workers, self.worker_threads)
+        yield from self.pool.map(run, batches)
 
     def search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
         """Run the configured search on ``(batch, src_len)`` ids; nbest lists per sentence."""

@@ -142,6 +142,8 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         "--device",
         "cpu",
         "--strict",
+        "--workers",
+        "3",
     )
     assert result.exit_code == 0, result.output
     decode = DecodeConfig(
@@ -154,7 +156,7 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         batch_size=9,
     )
     args = (tmp_path / "model", decode, "auto", "cpu", "last.safetensors")
-    assert calls == [(args, {"strict": True, "dtype": "fp32", "quantize": None})]
+    assert calls == [(args, {"strict": True, "dtype": "fp32", "quantize": None, "workers": 3})]
     assert result.stdout == "A\n\nB\n"
 
 

@@ -15,7 +15,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import ConfigError, InputError
 from nmt.model import Transformer
 from nmt.tokenizer import Tokenizer
-from nmt.translate import Translator, length_batches
+from nmt.translate import Translator, cpu_workers, length_batches, worker_pool
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +61,46 @@ def test_batched_equals_one_by_one(tiny_run: Path, lines: list[str], beam_size: 
     assert [t.text for t in batched] == [t.text for t in single] == [t.text for t in chunked]
     assert [t.score for t in batched] == pytest.approx([t.score for t in single], abs=1e-4)
     assert [t.score for t in batched] == pytest.approx([t.score for t in chunked], abs=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_worker_threads_equal_one_thread(tiny_run: Path, lines: list[str], beam_size: int) -> None:
+    """Batches searched by 3 worker threads at once give the same translations, in input
+    order, as one batch at a time in the calling thread."""
+    decode = DecodeConfig(beam_size=beam_size, batch_size=4)
+    serial = Translator.load(tiny_run, decode, device="cpu", workers=1)
+    parallel = Translator.load(tiny_run, decode, device="cpu", workers=3)
+    one = list(serial.translate(lines))
+    three = list(parallel.translate(lines))
+    assert serial.pool is None and parallel.pool is not None  # 5 batches: the pool ran
+    assert [t.text for t in three] == [t.text for t in one]
+    assert [t.score for t in three] == pytest.approx([t.score for t in one], abs=1e-4)
+
+
+def test_worker_pool_threads_leave_the_callers_setting() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = worker_pool(2, 1)
+        assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
+        assert torch.get_num_threads() == 2
+        fresh: list[int] = []
+        thread = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert fresh == [2]  # threads started later begin with the caller's count again
+        pool.shutdown()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cpu_workers_share_the_threads() -> None:
+    threads = torch.get_num_threads()
+    assert cpu_workers() == (threads, 1)
+    assert cpu_workers(1) == (1, threads)
+    assert cpu_workers(threads * 2) == (threads * 2, 1)
+    with pytest.raises(ConfigError, match="workers=-1"):
+        cpu_workers(-1)
 
 
 def test_translate_is_lazy(tiny_run: Path, lines: list[str]) -> None:
