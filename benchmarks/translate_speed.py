@@ -4,7 +4,8 @@ Loads the model once, then times translating the whole test set at each beam siz
 ``--batch-size`` sentences, as in the numbers we compare with) and prints a table: sentences/s,
 target tokens/s, peak RSS and cased sacreBLEU. ``--workers`` lists the CPU layouts to time:
 1 = one batch at a time on all threads, 0 = one single-threaded worker per thread (the
-default of ``nmt translate``).
+default of ``nmt translate``). ``--dtypes`` takes fp32 (linear layers through oneDNN on CPU,
+the default), fp32-mkl (torch's own float32 linear, MKL on CPU), bf16 and int8.
 
     python benchmarks/translate_speed.py --model runs/demo/averaged --data data/multi30k
 """
@@ -41,12 +42,19 @@ def run(
     dtype: str = "fp32",
     quantize: str | None = None,
     workers: int = 1,
+    onednn: bool = True,
 ) -> dict[str, float]:
     decode = DecodeConfig(
         beam_size=beam, batch_size=batch, batch_tokens=10**9, length_penalty=length_penalty
     )
     translator = Translator.load(
-        model, decode, device=device, dtype=dtype, quantize=quantize, workers=workers
+        model,
+        decode,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        workers=workers,
+        onednn=onednn,
     )
     translator.translate_chunk(src[:64])  # warm-up (allocator, kernels)
     start = time.perf_counter()
@@ -77,7 +85,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length-penalty", type=float, default=DecodeConfig.length_penalty)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtypes", default="fp32", help="comma-separated: fp32, bf16, int8")
+    parser.add_argument(
+        "--dtypes", default="fp32", help="comma-separated: fp32, fp32-mkl, bf16, int8"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument(
         "--workers", default="1,0", help="comma-separated worker counts (0 = one per thread)"
@@ -98,7 +108,7 @@ def main() -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for kind in args.dtypes.split(","):
-        dtype, quantize = ("fp32", "int8") if kind == "int8" else (kind, None)
+        dtype, quantize = ("fp32", "int8") if kind == "int8" else (kind.split("-")[0], None)
         for workers in (int(w) for w in args.workers.split(",")):
             for beam in (int(b) for b in args.beams.split(",")):
                 r = run(
@@ -112,6 +122,7 @@ def main() -> None:
                     dtype,
                     quantize,
                     workers,
+                    onednn=kind != "fp32-mkl",
                 )
                 print(
                     f"| {kind} | {r['layout']} | {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | "

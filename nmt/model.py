@@ -320,6 +320,8 @@ class Transformer(nn.Module):
         # Pre-norm stacks end with a LayerNorm; post-norm layers are already normalized.
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if cfg.pre_norm else nn.Identity()
+        # Computes logits() instead of F.linear when set (nmt.onednn, for CPU inference).
+        self.output_linear: nn.Module | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -360,6 +362,8 @@ class Transformer(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Output projection tied to the embedding: ``(..., d_model)`` → ``(..., vocab)``."""
+        if self.output_linear is not None:
+            return self.output_linear(h)
         return F.linear(h, self.embed.weight)
 
     def decode(

@@ -26,6 +26,7 @@ from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.errors import ConfigError, InputError
 from nmt.model import Transformer
+from nmt.onednn import use_onednn
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.tokenizer import EOS_ID, Tokenizer
 
@@ -58,14 +59,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def for_inference(
-    model: Transformer, dtype: str = "fp32", quantize: str | None = None
+    model: Transformer, dtype: str = "fp32", quantize: str | None = None, onednn: bool = True
 ) -> Transformer:
     """The model in eval mode, cast to ``dtype`` or with int8 linear layers.
 
     ``bf16`` halves the cost of the matrix products on GPUs and on CPUs with AVX512-BF16 or
     AMX (measured in docs/benchmarks.md); ``fp16`` is for GPUs only; ``quantize="int8"``
     replaces the linear layers by dynamically quantized ones (CPU; Jacob et al. 2018). Scores
-    stay float32 either way (``decode_step`` returns float32 log-probabilities).
+    stay float32 either way (``decode_step`` returns float32 log-probabilities). A float32
+    model on CPU computes its linear layers with oneDNN (:mod:`nmt.onednn`) unless
+    ``onednn=False``.
 
     Raises:
         ConfigError: an unknown dtype or quantization, fp16 on CPU, or int8 on a GPU.
@@ -77,6 +80,8 @@ def for_inference(
         raise ConfigError("dtype=fp16 is for GPUs; on CPU use bf16 or --quantize int8")
     model = model.eval().to(DTYPES[dtype])
     if quantize is None:
+        if onednn and device.type == "cpu" and dtype == "fp32":
+            use_onednn(model)
         return model
     if quantize != "int8":
         raise ConfigError(f"quantize={quantize!r}: the only choice is int8")
@@ -291,11 +296,13 @@ class Translator(BaseTranslator):
         dtype: str = "fp32",
         quantize: str | None = None,
         workers: int = 0,
+        onednn: bool = True,
     ) -> Translator:
         """Load a model folder (config.json, spm.model, model.safetensors).
 
         Args:
-            dtype / quantize: see :func:`for_inference` (default: exact float32).
+            dtype / quantize / onednn: see :func:`for_inference` (default: float32, through
+                oneDNN on CPU).
             workers: see :class:`Translator` (default: one per CPU thread).
 
         Raises:
@@ -303,7 +310,7 @@ class Translator(BaseTranslator):
             ConfigError: an invalid dtype/quantize combination, or negative ``workers``.
         """
         model, _ = load_model(folder, weights=weights, device=resolve_device(device))
-        model = for_inference(model, dtype, quantize)
+        model = for_inference(model, dtype, quantize, onednn)
         tokenizer = Tokenizer(Path(folder) / SPM_FILE)
         return cls(model, tokenizer, decode, chunk_lines, strict, workers)
 
