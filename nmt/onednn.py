@@ -1,14 +1,15 @@
 """Float32 linear layers through oneDNN, for CPU inference.
 
-torch computes a float32 ``nn.Linear`` on CPU with MKL's sgemm. On the AMD EPYC (Zen 4) CPU
-of our benchmarks that ran the decoder's matrix products 1.1–2.4× slower, single-threaded,
-than oneDNN's float32 matmul, which torch also ships: it is what torch uses for bf16 and what
-``torch.compile`` calls for CPU linear layers (``torch.ops.mkldnn._linear_pointwise``), and
-CTranslate2 uses oneDNN on CPUs other than Intel's. :func:`use_onednn` swaps a model's linear
-layers, and its output projection tied to the embedding, for :class:`OneDNNLinear`, which keeps
-its weight packed in oneDNN's blocked layout. The results equal ``F.linear``'s up to float32
-rounding (another summation order): on Multi30k test_2016_flickr the translations were
-identical (docs/benchmarks.md).
+torch computes a float32 ``nn.Linear`` on CPU with MKL's sgemm. On the AMD EPYC CPU of our
+benchmarks, MKL reached 34–95 GFLOP/s single-threaded on a ``small`` decoder step's products,
+and oneDNN's float32 matmul 51–208 GFLOP/s: 1.5–4.0× faster for all but the smallest
+(``benchmarks/linear_kernels.py``, docs/benchmarks.md). torch ships oneDNN too: it is what
+torch uses for bf16 and what ``torch.compile`` calls for CPU linear layers
+(``torch.ops.mkldnn._linear_pointwise``), and CTranslate2 uses it on CPUs other than Intel's.
+:func:`use_onednn` swaps a model's linear layers, and its output projection tied to the
+embedding, for :class:`OneDNNLinear`, which keeps its weight packed in oneDNN's blocked
+layout. The results equal ``F.linear``'s up to float32 rounding (another summation order): on
+Multi30k test_2016_flickr the translations were identical (docs/benchmarks.md).
 
 The swapped model is for inference only: the packed weights have no gradients, are not
 parameters, and stay on the CPU. :func:`available` checks the op once and says no where this
@@ -67,16 +68,18 @@ class OneDNNLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
 
 
-def use_onednn(model: Transformer) -> Transformer:
-    """Swap ``model``'s ``nn.Linear`` layers and tied output projection for
-    :class:`OneDNNLinear` (in place; returns ``model``). For a float32 model on CPU, in eval
-    mode; a no-op where :func:`available` is False.
+def use_onednn(model: Transformer, layers: bool = True) -> Transformer:
+    """Swap ``model``'s tied output projection and, with ``layers``, its ``nn.Linear`` layers
+    for :class:`OneDNNLinear` (in place; returns ``model``). For a model with float32 weights
+    on CPU, in eval mode (``layers=False`` for one whose linear layers are quantized); a no-op
+    where :func:`available` is False.
     """
     if not available():
         return model
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                setattr(module, name, OneDNNLinear(child.weight, child.bias))
+    if layers:
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(module, name, OneDNNLinear(child.weight, child.bias))
     model.output_linear = OneDNNLinear(model.embed.weight, None)
     return model

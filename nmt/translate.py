@@ -66,8 +66,9 @@ def for_inference(
     ``bf16`` halves the cost of the matrix products on GPUs and on CPUs with AVX512-BF16 or
     AMX (measured in docs/benchmarks.md); ``fp16`` is for GPUs only; ``quantize="int8"``
     replaces the linear layers by dynamically quantized ones (CPU; Jacob et al. 2018). Scores
-    stay float32 either way (``decode_step`` returns float32 log-probabilities). A float32
-    model on CPU computes its linear layers with oneDNN (:mod:`nmt.onednn`) unless
+    stay float32 either way (``decode_step`` returns float32 log-probabilities). On CPU, a
+    float32 model computes its linear layers and output projection with oneDNN
+    (:mod:`nmt.onednn`), an int8 model its (float32) output projection, unless
     ``onednn=False``.
 
     Raises:
@@ -87,7 +88,8 @@ def for_inference(
         raise ConfigError(f"quantize={quantize!r}: the only choice is int8")
     if device.type != "cpu" or dtype != "fp32":
         raise ConfigError("--quantize int8 is for CPU and float32 weights; drop --dtype")
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return use_onednn(model, layers=False) if onednn else model
 
 
 def cpu_workers(workers: int = 0) -> tuple[int, int]:

@@ -50,8 +50,10 @@ def test_for_inference_uses_onednn_only_for_cpu_float32(random_model) -> None:
     assert isinstance(for_inference(random_model()).output_linear, OneDNNLinear)
     assert for_inference(random_model(), onednn=False).output_linear is None
     assert for_inference(random_model(), dtype="bf16").output_linear is None
-    quantized = for_inference(random_model(), quantize="int8")
-    assert quantized.output_linear is None
+    quantized = for_inference(random_model(), quantize="int8")  # float32 output projection
+    assert isinstance(quantized.output_linear, OneDNNLinear)
+    assert not any(isinstance(m, OneDNNLinear) for m in quantized.decoder_layers.modules())
+    assert for_inference(random_model(), quantize="int8", onednn=False).output_linear is None
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
