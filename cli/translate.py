@@ -96,9 +96,7 @@ def translate(
     ] = "auto",
     dtype: Annotated[
         str,
-        typer.Option(
-            help="fp32 (exact), bf16 (about 2x faster on GPUs and AVX512-BF16 CPUs) or fp16 (GPU)."
-        ),
+        typer.Option(help="fp32 (exact), bf16 (GPUs; on CPU no faster than fp32) or fp16 (GPU)."),
     ] = "fp32",
     quantize: Annotated[
         str | None, typer.Option(help="int8: dynamically quantized linear layers (CPU).")

@@ -63,13 +63,13 @@ def for_inference(
 ) -> Transformer:
     """The model in eval mode, cast to ``dtype`` or with int8 linear layers.
 
-    ``bf16`` halves the cost of the matrix products on GPUs and on CPUs with AVX512-BF16 or
-    AMX (measured in docs/benchmarks.md); ``fp16`` is for GPUs only; ``quantize="int8"``
-    replaces the linear layers by dynamically quantized ones (CPU; Jacob et al. 2018). Scores
-    stay float32 either way (``decode_step`` returns float32 log-probabilities). On CPU, a
-    float32 model computes its linear layers and output projection with oneDNN
-    (:mod:`nmt.onednn`), an int8 model its (float32) output projection, unless
-    ``onednn=False``.
+    ``bf16`` halves the cost of the matrix products on GPUs (on our AVX512-BF16 CPU it was no
+    faster than float32 through oneDNN, docs/benchmarks.md); ``fp16`` is for GPUs only;
+    ``quantize="int8"`` replaces the linear layers by dynamically quantized ones (CPU; Jacob
+    et al. 2018). Scores stay float32 either way (``decode_step`` returns float32
+    log-probabilities). On CPU, a float32 model computes its linear layers and output
+    projection with oneDNN (:mod:`nmt.onednn`), an int8 model its (float32) output
+    projection, unless ``onednn=False``.
 
     Raises:
         ConfigError: an unknown dtype or quantization, fp16 on CPU, or int8 on a GPU.
