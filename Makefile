@@ -41,6 +41,8 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check nmt cli tests benchmarks
+	$(BIN)/ruff format --check nmt cli tests benchmarks
+	$(BIN)/mypy
 
 bench: install $(DATA)/train.de.gz
 	$(BIN)/python benchmarks/translate_speed.py --model $(DEMO_RUN)/averaged --data $(DATA)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import TextColumn
+from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
@@ -21,20 +21,20 @@ class RichObserver(TrainObserver):
 
     def __init__(self) -> None:
         self.progress = make_progress(TextColumn("{task.fields[info]}"))
-        self.task = None
+        self.task: TaskID | None = None  # set in on_start
         self.history: list[ValidResult] = []
         self.by_time = False
 
     def on_start(self, trainer: Trainer) -> None:
         c = trainer.cfg
-        total: float | None = None
+        total: int | None = None
         if c.max_steps:
             total = c.max_steps
         elif c.max_epochs:
             total = c.max_epochs * trainer.steps_per_epoch
         elif c.max_minutes:
             total, self.by_time = round(c.max_minutes * 60), True
-        done = trainer.state.elapsed_s if self.by_time else trainer.state.step
+        done = round(trainer.state.elapsed_s) if self.by_time else trainer.state.step
         self.progress.start()
         self.task = self.progress.add_task(
             "train (s)" if self.by_time else "train", total=total, completed=done, info=""
@@ -50,7 +50,8 @@ class RichObserver(TrainObserver):
                 f" BLEU {self.history[-1].bleu:.2f} (best {max(h.bleu for h in self.history):.2f})"
             )
         completed = round(s.elapsed_s) if self.by_time else s.step
-        self.progress.update(self.task, completed=completed, info=info)
+        if self.task is not None:
+            self.progress.update(self.task, completed=completed, info=info)
 
     def on_validate(self, r: ValidResult) -> None:
         self.history.append(r)

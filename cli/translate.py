@@ -149,7 +149,7 @@ def translate(
     hyps: list[str] = []
     truncated: list[int] = []
 
-    def emit(write: Callable[[str], None]) -> None:
+    def emit(write: Callable[[str], object]) -> None:
         with make_progress() as progress:
             task = progress.add_task("translate", total=total)
             for number, t in enumerate(results, start=1):

@@ -38,7 +38,7 @@ CONFIG_FILE, SPM_FILE, WEIGHTS_FILE = "config.json", "spm.model", "model.safeten
 RESUME_FILE = "resume.pt"
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` through ``write(file)`` so that it is either complete or untouched.
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, and is

@@ -50,12 +50,18 @@ class Corpus(Protocol):
     """What batching and :func:`collate` need of a corpus: in memory (:class:`ParallelData`)
     or memory-mapped (:class:`nmt.store.ParallelStore`)."""
 
-    src_lens: Sequence[int]  # (n,) source lengths, tokens without EOS
-    tgt_lens: Sequence[int]  # (n,) target lengths, tokens without BOS/EOS
+    @property
+    def src_lens(self) -> Sequence[int] | np.ndarray:
+        """``(n,)`` source lengths, tokens without EOS."""
+
+    @property
+    def tgt_lens(self) -> Sequence[int] | np.ndarray:
+        """``(n,)`` target lengths, tokens without BOS/EOS."""
 
     def __len__(self) -> int: ...
 
-    def pair(self, i: int) -> tuple[Sequence[int], Sequence[int]]: ...
+    def pair(self, i: int) -> tuple[Sequence[int] | np.ndarray, Sequence[int] | np.ndarray]:
+        """Source and target ids of example ``i``."""
 
 
 @dataclass
@@ -99,7 +105,10 @@ def encode_parallel(
 
 
 def make_batches(
-    src_lens: Sequence[int], tgt_lens: Sequence[int], batch_tokens: int, seed: int
+    src_lens: Sequence[int] | np.ndarray,
+    tgt_lens: Sequence[int] | np.ndarray,
+    batch_tokens: int,
+    seed: int,
 ) -> list[list[int]]:
     """Group example indices into batches of at most ``batch_tokens`` padded tokens.
 
@@ -111,8 +120,9 @@ def make_batches(
         Lists of example indices, one per batch.
     """
     rng = random.Random(seed)
-    if isinstance(src_lens, np.ndarray):  # plain ints sort several times faster
-        src_lens, tgt_lens = src_lens.tolist(), tgt_lens.tolist()  # type: ignore[union-attr]
+    # Plain ints sort several times faster than numpy scalars.
+    src_lens = src_lens.tolist() if isinstance(src_lens, np.ndarray) else src_lens
+    tgt_lens = tgt_lens.tolist() if isinstance(tgt_lens, np.ndarray) else tgt_lens
     order = list(range(len(src_lens)))
     rng.shuffle(order)
     order.sort(key=lambda i: (tgt_lens[i], src_lens[i]))
@@ -157,7 +167,9 @@ class Batch:
         )
 
 
-def pad(seqs: Sequence[Sequence[int]], prefix: int | None = None, suffix: int | None = None):
+def pad(
+    seqs: Sequence[Sequence[int] | np.ndarray], prefix: int | None = None, suffix: int | None = None
+) -> torch.Tensor:
     """Right-pad id sequences into a ``(batch, max_len)`` int64 tensor, adding BOS/EOS if given.
 
     ``seqs`` may hold lists or numpy arrays (rows of a memory-mapped store).
@@ -177,7 +189,7 @@ def pad(seqs: Sequence[Sequence[int]], prefix: int | None = None, suffix: int | 
 def collate(data: Corpus, indices: Sequence[int]) -> Batch:
     """The padded :class:`Batch` of the examples at ``indices``."""
     pairs = [data.pair(i) for i in indices]
-    tgt = [t for _, t in pairs]
+    tgt: list[Sequence[int] | np.ndarray] = [t for _, t in pairs]
     src = pad([s for s, _ in pairs], suffix=EOS_ID)
     tgt_in = pad(tgt, prefix=BOS_ID)
     tgt_out = pad(tgt, suffix=EOS_ID)

@@ -29,14 +29,14 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, write_json
 from nmt.ct2 import EXPORT_INFO, import_ctranslate2
 from nmt.errors import CheckpointError, ConfigError
-from nmt.model import Transformer
+from nmt.model import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention, Transformer
 from nmt.tokenizer import Tokenizer
 
 EXPORT_FORMATS = ("ctranslate2",)
@@ -158,13 +158,15 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
     set_stack(spec.decoder, model, model.decoder_layers, model.decoder_norm)
     spec.decoder.embeddings.weight = _array(model.embed.weight)
     spec.decoder.projection.weight = _array(model.embed.weight)  # tied, no bias
-    for layer_spec, layer in zip(spec.encoder.layer, model.encoder_layers):
-        set_attention(layer_spec.self_attention, layer.self_attn, layer.attn_block.norm)
-        set_ffn(layer_spec.ffn, layer.ffn, layer.ffn_block.norm)
-    for layer_spec, layer in zip(spec.decoder.layer, model.decoder_layers):
-        set_attention(layer_spec.self_attention, layer.self_attn, layer.self_block.norm)
-        set_attention(layer_spec.attention, layer.cross_attn, layer.cross_block.norm)
-        set_ffn(layer_spec.ffn, layer.ffn, layer.ffn_block.norm)
+    for layer_spec, module in zip(spec.encoder.layer, model.encoder_layers):
+        enc = cast(EncoderLayer, module)
+        set_attention(layer_spec.self_attention, enc.self_attn, enc.attn_block.norm)
+        set_ffn(layer_spec.ffn, enc.ffn, enc.ffn_block.norm)
+    for layer_spec, module in zip(spec.decoder.layer, model.decoder_layers):
+        dec = cast(DecoderLayer, module)
+        set_attention(layer_spec.self_attention, dec.self_attn, dec.self_block.norm)
+        set_attention(layer_spec.attention, dec.cross_attn, dec.cross_block.norm)
+        set_ffn(layer_spec.ffn, dec.ffn, dec.ffn_block.norm)
     sp = tokenizer.sp
     vocabulary = [sp.IdToPiece(i) for i in range(tokenizer.vocab_size)]
     spec.register_source_vocabulary(vocabulary)
@@ -174,7 +176,7 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
     config.bos_token = config.decoder_start_token = sp.IdToPiece(sp.bos_id())
     config.eos_token = sp.IdToPiece(sp.eos_id())
     config.add_source_bos, config.add_source_eos = False, True
-    config.layer_norm_epsilon = model.encoder_layers[0].attn_block.norm.eps
+    config.layer_norm_epsilon = cast(EncoderLayer, model.encoder_layers[0]).attn_block.norm.eps
     return spec
 
 
@@ -188,7 +190,7 @@ def set_stack(spec: Any, model: Transformer, layers: nn.ModuleList, final_norm: 
         set_layer_norm(spec.layer_norm, final_norm)
 
 
-def set_attention(spec: Any, attn: nn.Module, norm: nn.LayerNorm) -> None:
+def set_attention(spec: Any, attn: MultiHeadAttention, norm: nn.LayerNorm) -> None:
     """One attention sub-layer: fused projections as they are, then ``out_proj``."""
     set_layer_norm(spec.layer_norm, norm)
     projections = [attn.q_proj, attn.kv_proj] if attn.cross else [attn.qkv_proj]
@@ -196,7 +198,7 @@ def set_attention(spec: Any, attn: nn.Module, norm: nn.LayerNorm) -> None:
         set_linear(linear_spec, linear)
 
 
-def set_ffn(spec: Any, ffn: nn.Module, norm: nn.LayerNorm) -> None:
+def set_ffn(spec: Any, ffn: FeedForward, norm: nn.LayerNorm) -> None:
     """The feed-forward sub-layer ``fc2(relu(fc1(x)))``."""
     set_layer_norm(spec.layer_norm, norm)
     set_linear(spec.linear_0, ffn.fc1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +155,7 @@ class MultiHeadAttention(nn.Module):
             self.qkv_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(batch, len, n * d_model)`` → n tensors ``(batch, n_heads, len, head_dim)``."""
         b, t, _ = x.shape
         return x.view(b, t, -1, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -306,6 +307,8 @@ class Transformer(nn.Module):
         cfg: the model shape; ``cfg.vocab_size`` is the joint vocabulary.
     """
 
+    positions: torch.Tensor  # (max_positions, d_model) buffer, not saved
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -399,7 +402,10 @@ class Transformer(nn.Module):
             rows_per_sentence: decoder rows per sentence; :meth:`decode_step` then takes
                 ``sentences * rows_per_sentence`` rows, each sentence's rows adjacent.
         """
-        layers = [LayerCache(*layer.cross_attn.project_kv(memory)) for layer in self.decoder_layers]
+        layers = [
+            LayerCache(*cast(DecoderLayer, layer).cross_attn.project_kv(memory))
+            for layer in self.decoder_layers
+        ]
         rows = memory.size(0) * rows_per_sentence
         return DecoderCache(layers, src_mask, rows_per_sentence, rows=rows)
 

@@ -450,12 +450,12 @@ def open_store(data_dir: str | Path, max_len: int) -> ParallelStore:
     """
     data_dir = Path(data_dir)
     meta = read_meta(data_dir)
-    stores = [
+    src, tgt = (
         TokenStore(
             data_dir / f"train.{meta[key]}.bin",
             data_dir / f"train.{meta[key]}.idx.npy",
             meta["dtype"],
         )
         for key in ("src_lang", "tgt_lang")
-    ]
-    return ParallelStore(*stores, max_len=max_len)
+    )
+    return ParallelStore(src, tgt, max_len=max_len)
