@@ -19,19 +19,21 @@ from rich.text import Text
 from cli.console import err_console, fail, handle_errors
 from nmt.score import (
     DEFAULT_METRICS,
-    DEFAULT_PAIRED_SAMPLES,
-    DEFAULT_SEED,
-    SIGNIFICANCE_LEVEL,
     TOKENIZERS,
     MetricResult,
-    PairedResult,
     ScoreOptions,
     SentenceScores,
     check_hypotheses,
     corpus_scores,
-    paired_test,
     read_inputs,
     sentence_scores,
+)
+from nmt.significance import (
+    DEFAULT_PAIRED_SAMPLES,
+    DEFAULT_SEED,
+    SIGNIFICANCE_LEVEL,
+    PairedResult,
+    paired_test,
 )
 
 _DEFAULTS = ScoreOptions()

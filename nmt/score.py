@@ -1,4 +1,4 @@
-"""sacreBLEU metrics (BLEU, chrF/chrF++, TER), their signatures, and paired significance tests.
+"""sacreBLEU metrics (BLEU, chrF/chrF++, TER) and their signatures.
 
 Every number comes from sacreBLEU's Python API (Post 2018), built with the same arguments the
 ``sacrebleu`` command builds, so a score here equals ``sacrebleu HYP -r REF -m bleu chrf ter``
@@ -6,22 +6,18 @@ and each one carries sacreBLEU's signature (the settings needed to reproduce it)
 a 0-100 scale; TER is an edit rate in percent (lower is better, can exceed 100).
 
 Methods: BLEU (Papineni et al. 2002), chrF (Popović 2015) and chrF++ (Popović 2017), TER
-(Snover et al. 2006), paired bootstrap resampling (Koehn 2004) and approximate randomization
-(Riezler & Maxwell 2005) as implemented in ``sacrebleu.significance.PairedTest``.
+(Snover et al. 2006). Paired significance tests between systems are in :mod:`nmt.significance`.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
-from sacrebleu.significance import PairedTest, Result
 
 from nmt.data import read_lines
 from nmt.errors import ConfigError, InputError
@@ -29,13 +25,6 @@ from nmt.errors import ConfigError, InputError
 METRICS = ("bleu", "chrf", "ter")
 DEFAULT_METRICS = ("bleu", "chrf")
 TOKENIZERS: tuple[str, ...] = tuple(BLEU.TOKENIZERS)
-PAIRED_METHODS = ("bs", "ar")
-# sacreBLEU's defaults: 1000 bootstrap resamples, 10000 AR trials, seed 12345 (SACREBLEU_SEED).
-DEFAULT_PAIRED_SAMPLES: dict[str, int] = dict(PairedTest._DEFAULT_SAMPLES)
-DEFAULT_SEED = 12345
-# Bootstrap resamples behind the confidence intervals of an AR test (sacreBLEU's API default).
-AR_CI_RESAMPLES = DEFAULT_PAIRED_SAMPLES["bs"]
-SIGNIFICANCE_LEVEL = 0.05
 
 SPM_MARKER = "\u2581"
 # Space before a comma or full stop, split clitics and Moses escapes: signs of tokenized text.
@@ -117,51 +106,6 @@ class SentenceScores:
     name: str
     signature: str
     scores: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class PairedScore:
-    """One system's result for one metric in a paired test.
-
-    Attributes:
-        score: the corpus score, 0-100.
-        mean: mean score over the bootstrap resamples.
-        ci: half-width of the 95% confidence interval around ``mean`` (score units).
-        p_value: probability of a difference at least as large by chance; ``None`` for the
-            baseline.
-    """
-
-    score: float
-    mean: float | None
-    ci: float | None
-    p_value: float | None
-
-    def significant(self, alpha: float = SIGNIFICANCE_LEVEL) -> bool:
-        """Whether the difference to the baseline is significant at level ``alpha``."""
-        return self.p_value is not None and self.p_value < alpha
-
-
-@dataclass(frozen=True)
-class PairedResult:
-    """A paired test of several systems against the first (the baseline).
-
-    Attributes:
-        method: ``bs`` (paired bootstrap resampling) or ``ar`` (approximate randomization).
-        n_samples: bootstrap resamples (bs) or randomization trials (ar).
-        seed: the RNG seed (``None``: unseeded).
-        names: system names, baseline first.
-        metric_names: metric id (``bleu``) to sacreBLEU's name (``BLEU``).
-        signatures: metric id to sacreBLEU's signature, which records the test and seed.
-        scores: metric id to one :class:`PairedScore` per system, baseline first.
-    """
-
-    method: str
-    n_samples: int
-    seed: int | None
-    names: tuple[str, ...]
-    metric_names: dict[str, str]
-    signatures: dict[str, str]
-    scores: dict[str, tuple[PairedScore, ...]]
 
 
 def read_text(path: str | Path) -> list[str]:
@@ -336,112 +280,6 @@ def sentence_scores(
             tuple(float(s.score) for s in scores),
         )
     return results
-
-
-def paired_test(
-    systems: Sequence[Sequence[str]],
-    refs: Sequence[Sequence[str]],
-    metrics: Sequence[str] = DEFAULT_METRICS,
-    options: ScoreOptions | None = None,
-    method: str = "bs",
-    n_samples: int | None = None,
-    seed: int | None = DEFAULT_SEED,
-    names: Sequence[str] | None = None,
-) -> PairedResult:
-    """Compare each system with the first (the baseline) by a paired significance test.
-
-    Runs ``sacrebleu.significance.PairedTest``, so numbers equal ``sacrebleu --paired-bs``
-    (paired bootstrap resampling, Koehn 2004) or ``--paired-ar`` (approximate randomization,
-    Riezler & Maxwell 2005) with the same trials and ``SACREBLEU_SEED``. AR tests add 95%
-    confidence intervals from :data:`AR_CI_RESAMPLES` bootstrap resamples (its p-values are
-    unchanged by that; its signature then also shows ``bs``).
-
-    Args:
-        systems: hypothesis lines per system, baseline first.
-        refs: reference streams aligned with every system.
-        metrics: metric ids among :data:`METRICS`.
-        options: metric settings.
-        method: ``bs`` or ``ar``.
-        n_samples: resamples (bs) or trials (ar); ``None``: :data:`DEFAULT_PAIRED_SAMPLES`.
-        seed: RNG seed, used instead of ``$SACREBLEU_SEED``; ``None`` draws entropy from the OS
-            (not reproducible).
-        names: system names (default ``system 1``, ``system 2``, ...).
-
-    Raises:
-        ConfigError: an unknown method or metric, ``n_samples < 1``, or ``seed=0`` (sacreBLEU
-            treats 0 as "no seed").
-        InputError: fewer than two systems, or misaligned lines.
-    """
-    options = options or ScoreOptions()
-    n_samples = _check_paired_args(systems, method, n_samples, seed)
-    names = (
-        tuple(names) if names is not None else tuple(f"system {i + 1}" for i in range(len(systems)))
-    )
-    if len(names) != len(systems):
-        raise ConfigError(f"got {len(names)} names for {len(systems)} systems")
-    for hyps in systems:
-        _check_lengths(hyps, refs)
-    ref_lists = [list(r) for r in refs]
-    # Built with the references, as the sacrebleu command does, so they are processed once.
-    metric_objs = {m: _make_metric(m, options, ref_lists) for m in _check_metrics(metrics)}
-    with _sacrebleu_seed(seed):
-        test = PairedTest(
-            [(name, list(hyps)) for name, hyps in zip(names, systems, strict=True)],
-            metric_objs,
-            references=None,
-            test_type=method,
-            n_samples=n_samples,
-            n_ar_confidence=AR_CI_RESAMPLES if method == "ar" else -1,
-        )
-        signatures, table = test()
-    # PairedTest keys its results by score name (BLEU, chrF2, ...), in the order of metric_objs.
-    sacre_names = dict(zip(metric_objs, signatures, strict=True))
-    return PairedResult(
-        method=method,
-        n_samples=n_samples,
-        seed=seed,
-        names=names,
-        metric_names=sacre_names,
-        signatures={m: signatures[s].format() for m, s in sacre_names.items()},
-        scores={m: tuple(_paired_score(r) for r in table[s]) for m, s in sacre_names.items()},
-    )
-
-
-def _check_paired_args(
-    systems: Sequence[Sequence[str]], method: str, n_samples: int | None, seed: int | None
-) -> int:
-    if method not in PAIRED_METHODS:
-        raise ConfigError(f"paired method {method!r} is unknown; choose one of: bs, ar")
-    if len(systems) < 2:
-        raise InputError(
-            f"a paired test needs a baseline and at least one other system; got {len(systems)}"
-        )
-    if n_samples is not None and n_samples < 1:
-        raise ConfigError(f"n_samples={n_samples} must be >= 1")
-    if seed == 0:
-        raise ConfigError("seed=0 means 'no seed' to sacreBLEU's paired tests; pick another seed")
-    return n_samples if n_samples is not None else DEFAULT_PAIRED_SAMPLES[method]
-
-
-@contextmanager
-def _sacrebleu_seed(seed: int | None) -> Iterator[None]:
-    # PairedTest reads its seed from this variable only (as the sacrebleu command does).
-    old = os.environ.get("SACREBLEU_SEED")
-    os.environ["SACREBLEU_SEED"] = "none" if seed is None else str(seed)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["SACREBLEU_SEED"]
-        else:
-            os.environ["SACREBLEU_SEED"] = old
-
-
-def _paired_score(result: Result) -> PairedScore:
-    def opt(value: float | None) -> float | None:
-        return None if value is None else float(value)
-
-    return PairedScore(float(result.score), opt(result.mean), opt(result.ci), opt(result.p_value))
 
 
 def _check_metrics(metrics: Sequence[str]) -> tuple[str, ...]:

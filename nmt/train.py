@@ -25,13 +25,13 @@ from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, 
 from nmt.errors import ConfigError, NMTError, TrainingError
 from nmt.textio import corpus_path
 from nmt.tokenizer import Tokenizer
-from nmt.trainer import (  # re-exported: the training API lives under nmt.train
+from nmt.train_parts import (  # re-exported: the training API lives under nmt.train
     StepStats,
-    Trainer,
     TrainObserver,
     ValidResult,
     inverse_sqrt_lr,
 )
+from nmt.trainer import Trainer  # re-exported too
 from nmt.translate import resolve_device
 
 __all__ = [

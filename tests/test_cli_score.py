@@ -16,10 +16,10 @@ from nmt.score import (
     METRICS,
     ScoreOptions,
     corpus_scores,
-    paired_test,
     read_text,
     sentence_scores,
 )
+from nmt.significance import paired_test
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 

@@ -20,11 +20,11 @@ from nmt.score import (
     ScoreOptions,
     check_hypotheses,
     corpus_scores,
-    paired_test,
     read_inputs,
     read_text,
     sentence_scores,
 )
+from nmt.significance import paired_test
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
