@@ -126,10 +126,12 @@ def worker_pool(workers: int, threads: int) -> ThreadPoolExecutor:
         torch.set_num_threads(threads)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="nmt-search", initializer=init)
-    for _ in range(workers):  # each task holds its thread, so every thread gets started
-        pool.submit(started.wait)
-    started.wait()
-    torch.set_num_threads(before)
+    try:
+        for _ in range(workers):  # each task holds its thread, so every thread gets started
+            pool.submit(started.wait, 60)
+        started.wait(60)  # raises BrokenBarrierError rather than hang if a thread fails
+    finally:
+        torch.set_num_threads(before)
     return pool
 
 
