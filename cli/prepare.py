@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
+from nmt.config import ModelConfig, TrainConfig
 from nmt.store import PrepareSummary
 from nmt.store import prepare as prepare_corpus
 
@@ -39,8 +40,12 @@ def prepare(
         str, typer.Option("--train", help="Corpus prefix: reads PREFIX.SRC[.gz], PREFIX.TGT[.gz].")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Data folder to write.")],
-    src_lang: Annotated[str, typer.Option("--src-lang", help="Source language suffix.")] = "de",
-    tgt_lang: Annotated[str, typer.Option("--tgt-lang", help="Target language suffix.")] = "en",
+    src_lang: Annotated[
+        str, typer.Option("--src-lang", help="Source language suffix.")
+    ] = TrainConfig.src_lang,
+    tgt_lang: Annotated[
+        str, typer.Option("--tgt-lang", help="Target language suffix.")
+    ] = TrainConfig.tgt_lang,
     valid: Annotated[
         str | None,
         typer.Option("--valid", help="Validation prefix, copied so `nmt train --data` finds it."),
@@ -48,10 +53,12 @@ def prepare(
     spm: Annotated[
         Path | None, typer.Option(help="Use this SentencePiece model instead of training one.")
     ] = None,
-    vocab_size: Annotated[int, typer.Option(help="SentencePiece vocabulary size.")] = 8000,
+    vocab_size: Annotated[
+        int, typer.Option(help="SentencePiece vocabulary size.")
+    ] = ModelConfig.vocab_size,
     max_len: Annotated[
         int, typer.Option(help="Drop pairs with a side longer than this (tokens).")
-    ] = 200,
+    ] = TrainConfig.max_len,
     max_ratio: Annotated[
         float, typer.Option(help="Drop pairs whose token-length ratio exceeds this (0 = off).")
     ] = 0.0,

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from nmt.config import ModelConfig, TrainConfig
 from nmt.errors import InputError
 from nmt.textio import check_line_counts, corpus_path, count_lines, iter_lines, iter_parallel
 from nmt.tokenizer import Tokenizer, train_tokenizer
@@ -189,8 +190,8 @@ def prepare(
     *,
     valid_prefix: str | Path | None = None,
     spm_path: str | Path | None = None,
-    vocab_size: int = 8000,
-    max_len: int = 200,
+    vocab_size: int = ModelConfig.vocab_size,
+    max_len: int = TrainConfig.max_len,
     max_ratio: float = 0.0,
     workers: int = 0,
     overwrite: bool = False,
