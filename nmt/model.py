@@ -98,15 +98,18 @@ class DecoderCache:
         src_mask: ``(sentences, 1, 1, src_len)`` bool, True where the source is a real token.
         rows_per_sentence: decoder rows of each sentence (1 for greedy search and for the
             first step of beam search, then ``beam_size``); a sentence's rows are adjacent.
-        rows: current number of decoder rows (``sentences * rows_per_sentence``).
         step: target positions decoded so far.
     """
 
     layers: list[LayerCache]
     src_mask: torch.Tensor
     rows_per_sentence: int = 1
-    rows: int = 0
     step: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Current number of decoder rows (``sentences * rows_per_sentence``)."""
+        return self.src_mask.size(0) * self.rows_per_sentence
 
     def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None:
         """Keep decoder rows ``index`` (``(new_rows,)`` int64), in that order.
@@ -126,13 +129,13 @@ class DecoderCache:
         width = rows_per_sentence or self.rows_per_sentence
         for layer in self.layers:
             layer.reorder_rows(index)
-        sentences = index[::width] // self.rows_per_sentence
-        n_sentences = self.rows // self.rows_per_sentence
-        if (self.rows_per_sentence == 1 and width == 1) or sentences.numel() != n_sentences:
+        one_row_each = self.rows_per_sentence == 1 and width == 1
+        if one_row_each or index.numel() // width != self.src_mask.size(0):
+            sentences = index[::width] // self.rows_per_sentence
             for layer in self.layers:
                 layer.select_sentences(sentences)
             self.src_mask = self.src_mask.index_select(0, sentences)
-        self.rows, self.rows_per_sentence = index.numel(), width
+        self.rows_per_sentence = width
 
 
 class MultiHeadAttention(nn.Module):
@@ -406,8 +409,7 @@ class Transformer(nn.Module):
             LayerCache(*cast(DecoderLayer, layer).cross_attn.project_kv(memory))
             for layer in self.decoder_layers
         ]
-        rows = memory.size(0) * rows_per_sentence
-        return DecoderCache(layers, src_mask, rows_per_sentence, rows=rows)
+        return DecoderCache(layers, src_mask, rows_per_sentence)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """One incremental decoding step.
