@@ -57,7 +57,7 @@ from nmt.config import DecodeConfig
 from nmt.errors import ConfigError, NMTError
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.translate import BaseTranslator, Translator, cpu_workers, length_batches
+from nmt.translate import BaseTranslator, Translator, cpu_workers
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
 EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json
@@ -271,11 +271,7 @@ class CT2Translator(BaseTranslator):
         d = self.decode
         todo = [i for i, x in enumerate(ids) if x]
         limits = dict(zip(todo, self.limits([len(ids[i]) for i in todo])))
-        lengths = [len(ids[i]) + 1 for i in todo]
-        jobs = []
-        for batch in length_batches(lengths, d.batch_tokens, d.batch_size):
-            rows = [todo[b] for b in batch]
-            jobs.append((max(limits[r] for r in rows), rows))
+        jobs = [(max(limits[r] for r in rows), rows) for rows in self.row_batches(ids, todo)]
         cut: list[int] = []
         for limit, rows, found in self.search_batches(ids, jobs):
             done = [
@@ -307,14 +303,11 @@ class CT2Translator(BaseTranslator):
         groups: dict[int, list[int]] = {}
         for r in rows:
             groups.setdefault(limits[r], []).append(r)
-        d = self.decode
-        jobs = []
-        for limit in sorted(groups, reverse=True):
-            group = groups[limit]
-            lengths = [len(ids[r]) + 1 for r in group]
-            for batch in length_batches(lengths, d.batch_tokens, d.batch_size):
-                jobs.append((limit, [group[b] for b in batch]))
-        return jobs
+        return [
+            (limit, batch)
+            for limit in sorted(groups, reverse=True)
+            for batch in self.row_batches(ids, groups[limit])
+        ]
 
     @staticmethod
     def within_limit(hyps: list[Hypothesis], limit: int) -> bool:

@@ -257,6 +257,17 @@ class BaseTranslator:
         """Search the non-empty sources of ``ids`` in batches; yields ``(rows, nbest lists)``."""
         raise NotImplementedError
 
+    def row_batches(self, ids: list[list[int]], rows: list[int]) -> list[list[int]]:
+        """``rows`` of ``ids`` (source ids without EOS) cut into :func:`length_batches` by the
+        decode settings' ``batch_tokens`` and ``batch_size`` (EOS counted); each batch is a
+        list of rows."""
+        lengths = [len(ids[r]) + 1 for r in rows]
+        d = self.decode
+        return [
+            [rows[b] for b in batch]
+            for batch in length_batches(lengths, d.batch_tokens, d.batch_size)
+        ]
+
 
 class Translator(BaseTranslator):
     """A loaded model, its tokenizer and search settings.
@@ -323,12 +334,9 @@ class Translator(BaseTranslator):
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
         """Batches of similar length (EOS counted), longest first, searched on the device (by
         the worker threads when there are several), yielded in that order."""
-        todo = [i for i, x in enumerate(ids) if x]
-        lengths = [len(ids[i]) + 1 for i in todo]
-        batches = length_batches(lengths, self.decode.batch_tokens, self.decode.batch_size)
+        batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x])
 
-        def run(batch: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
-            rows = [todo[b] for b in batch]
+        def run(rows: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
             src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
             return rows, self.search(src)
 
