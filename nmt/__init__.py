@@ -12,4 +12,10 @@ import os
 # imported; a value in the environment wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
+# Keep freed large buffers in the process instead of faulting them in again at every training
+# step (nmt.malloc; NMT_MALLOC_TUNING=0 turns it off).
+from nmt import malloc as _malloc  # noqa: E402
+
+_malloc.tune()
+
 __version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""nmt.malloc: importing nmt sets glibc's malloc thresholds, and NMT_MALLOC_TUNING=0 or glibc's
+own variables leave them alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# In a fresh process: import nmt (which tunes malloc), then allocate 4 MiB with malloc and ask
+# mallinfo2 how many blocks are mmapped. glibc's default mmap threshold starts at 128 KiB, so a
+# 4 MiB block is mmapped unless the threshold was raised (nmt.malloc sets 32 MiB).
+PROBE = r"""
+import ctypes, json, sys
+import nmt.malloc
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+before = libc.mallinfo2().hblks
+block = libc.malloc(4 << 20)
+mmapped = libc.mallinfo2().hblks - before
+libc.free(block)
+print(json.dumps({"applied": nmt.malloc.tune(), "mmapped": mmapped}))
+"""
+
+
+def probe(**env: str) -> dict:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environ.pop("NMT_MALLOC_TUNING", None)
+    environ.pop("GLIBC_TUNABLES", None)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env={**environ, **env}, capture_output=True, text=True
+    )
+    if out.returncode != 0 and "mallinfo2" in out.stderr:
+        pytest.skip("this C library has no mallinfo2 (glibc < 2.33 or not glibc)")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_import_raises_the_mmap_threshold() -> None:
+    tuned = probe()
+    assert tuned["applied"] == {
+        "mmap_threshold": 32 << 20,
+        "trim_threshold": 2**31 - 1,
+        "top_pad": 1 << 30,
+    }
+    assert tuned["mmapped"] == 0  # the 4 MiB block came from the heap
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@pytest.mark.parametrize("env", [{"NMT_MALLOC_TUNING": "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"}])
+def test_off_switch_and_glibc_variables_leave_malloc_alone(env: dict[str, str]) -> None:
+    untouched = probe(**env)
+    assert untouched["applied"] == {}
+    assert untouched["mmapped"] == 1  # glibc's default: a 4 MiB block is mmapped
