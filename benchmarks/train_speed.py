@@ -20,13 +20,16 @@ import torch
 
 from nmt.config import ModelConfig, TrainConfig, from_dict, preset
 from nmt.data import collate, encode_parallel, read_parallel
+from nmt.onednn import TrainableOneDNNLinear
 from nmt.tokenizer import train_tokenizer
 from nmt.train import Trainer
 
 
-def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str) -> str:  # type: ignore[no-untyped-def]
+def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str, onednn: bool) -> str:  # type: ignore[no-untyped-def]
     model_cfg = replace(from_dict(ModelConfig, preset(name)), vocab_size=tokenizer.vocab_size)
-    train_cfg = TrainConfig(batch_tokens=args.batch_tokens, dtype=dtype, device=args.device)
+    train_cfg = TrainConfig(
+        batch_tokens=args.batch_tokens, dtype=dtype, device=args.device, onednn=onednn
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(Path(tmp), model_cfg, train_cfg, tokenizer, data, data, ([], []))
         steps = trainer.epoch_steps(1)  # each: [batch] (accum = 1)
@@ -43,10 +46,17 @@ def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str) ->
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     amp = trainer.amp_dtype or torch.float32
     return (
-        f"| {name} | {str(amp).replace('torch.', '')} | {args.batch_tokens} | "
+        f"| {name} | {str(amp).replace('torch.', '')} | {kernels(trainer)} | {args.batch_tokens} | "
         f"{tokens / seconds:,.0f} | {args.steps / seconds:.2f} | "
         f"{100 * collate_s / (seconds + collate_s):.1f}% | {rss:,.0f} |"
     )
+
+
+def kernels(trainer: Trainer) -> str:
+    """Which code computes the linear layers: oneDNN's float32 products or torch's default."""
+    if any(isinstance(m, TrainableOneDNNLinear) for m in trainer.model.modules()):
+        return "oneDNN"
+    return "torch (bf16: oneDNN)" if trainer.amp_dtype else "torch (MKL)"
 
 
 def main() -> None:
@@ -59,6 +69,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--onednn", default="true", help="comma-separated: true (oneDNN products), false (MKL)"
+    )
     args = parser.parse_args()
     src, tgt = read_parallel(args.data / "train", "de", "en")
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,13 +82,15 @@ def main() -> None:
         f"{args.device}, {args.steps} timed steps"
     )
     print(
-        "| preset | dtype | batch tokens | target tokens/s | steps/s | batching share "
-        "| peak RSS (MiB) |"
+        "| preset | dtype | linear kernels | batch tokens | target tokens/s | steps/s "
+        "| batching share | peak RSS (MiB) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for name in args.presets.split(","):
         for dtype in args.dtypes.split(","):
-            print(measure(name, args, tokenizer, data, dtype), flush=True)
+            for onednn in args.onednn.split(","):
+                row = measure(name, args, tokenizer, data, dtype, onednn == "true")
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

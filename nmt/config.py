@@ -108,6 +108,11 @@ class TrainConfig:
             ``tensorboard`` package).
         compile: run the training forward/backward through ``torch.compile`` (dynamic
             shapes); pays off on GPUs, measured slower on CPU (docs/benchmarks.md).
+        onednn: in float32 on CPU, compute the linear layers' forward and input-gradient
+            products with oneDNN instead of torch's default (MKL sgemm; :mod:`nmt.onednn`).
+            Off by default: with a new row count in almost every batch, oneDNN builds a
+            kernel per shape, and on the AMD EPYC we measured it gained nothing end to end
+            (docs/benchmarks.md, "oneDNN in float32 training").
     """
 
     src_lang: str = "de"
@@ -135,6 +140,7 @@ class TrainConfig:
     accum: int = 1
     tensorboard: bool = False
     compile: bool = False
+    onednn: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_tokens < 16:

@@ -28,6 +28,7 @@ from nmt.distributed import DistEnv, gather_objects, sum_across
 from nmt.errors import TrainingError
 from nmt.loss import LossModule, label_smoothed_loss
 from nmt.model import Transformer
+from nmt.onednn import use_onednn_training
 from nmt.score import corpus_scores
 from nmt.tokenizer import Tokenizer
 from nmt.train_parts import (
@@ -81,6 +82,8 @@ class Trainer:
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
         random.seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
+        if self.device.type == "cpu" and self.amp_dtype is None and train_cfg.onednn:
+            use_onednn_training(self.model)  # float32 products in oneDNN, not MKL
         torch.manual_seed(train_cfg.seed + self.dist.rank)  # different dropout per rank
         loss_module = LossModule(self.model, train_cfg.label_smoothing)
         self.forward: torch.nn.Module = loss_module
