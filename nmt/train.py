@@ -23,13 +23,13 @@ from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.data import encode_parallel, read_parallel
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
 from nmt.errors import ConfigError, NMTError, TrainingError
+from nmt.schedule import inverse_sqrt_lr  # re-exported
 from nmt.textio import corpus_path
 from nmt.tokenizer import Tokenizer
 from nmt.train_parts import (  # re-exported: the training API lives under nmt.train
     StepStats,
     TrainObserver,
     ValidResult,
-    inverse_sqrt_lr,
 )
 from nmt.trainer import Trainer  # re-exported too
 from nmt.translate import resolve_device

@@ -1,15 +1,14 @@
 """The parts of a training run that stand apart from the :class:`~nmt.trainer.Trainer` loop.
 
-The learning-rate schedule (:func:`inverse_sqrt_lr`), the autocast dtype (:func:`pick_dtype`),
-the counters saved in the resume checkpoint (:class:`TrainState`), the records of a logged
-update and of a validation (:class:`StepStats`, :class:`ValidResult`), the observer that
-receives them (:class:`TrainObserver`), and the TensorBoard writer. :mod:`nmt.train` re-exports
-the public ones.
+The autocast dtype (:func:`pick_dtype`), the counters saved in the resume checkpoint
+(:class:`TrainState`), the records of a logged update and of a validation
+(:class:`StepStats`, :class:`ValidResult`), the observer that receives them
+(:class:`TrainObserver`), and the TensorBoard writer. :mod:`nmt.train` re-exports the public
+ones.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,18 +20,6 @@ from nmt.errors import ConfigError
 
 if TYPE_CHECKING:
     from nmt.trainer import Trainer
-
-
-def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then decay with 1/sqrt(step).
-
-    This is Vaswani et al. (2017) eq. 3 with the constant ``d_model^-0.5`` replaced by the
-    peak rate: ``lr = peak * min(step / warmup, sqrt(warmup / step))`` for 1-based ``step``.
-    """
-    step = max(step, 1)
-    if warmup_steps == 0:
-        return peak / math.sqrt(step)
-    return peak * min(step / warmup_steps, math.sqrt(warmup_steps / step))
 
 
 @dataclass

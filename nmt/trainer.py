@@ -4,8 +4,9 @@ runs one flat, ordered loop (set LR → step → log → validate → checkpoint
 Its state (model, optimizer, step, epoch, position in the epoch's batch order, every rank's
 RNG state, early-stopping counters) goes into ``resume.pt``, so an interrupted run continues
 exactly where an uninterrupted one would be. Progress is reported through a
-:class:`~nmt.train_parts.TrainObserver`; the library prints nothing itself. The schedule,
-dtype choice, counters and progress records it uses are in :mod:`nmt.train_parts`.
+:class:`~nmt.train_parts.TrainObserver`; the library prints nothing itself. The learning-rate
+schedules are in :mod:`nmt.schedule`; the dtype choice, counters and progress records in
+:mod:`nmt.train_parts`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from nmt.errors import TrainingError
 from nmt.loss import LossModule, label_smoothed_loss
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
+from nmt.schedule import inverse_sqrt_lr
 from nmt.score import corpus_scores
 from nmt.tokenizer import Tokenizer
 from nmt.train_parts import (
@@ -36,7 +38,6 @@ from nmt.train_parts import (
     TrainObserver,
     TrainState,
     ValidResult,
-    inverse_sqrt_lr,
     open_tensorboard,
     pick_dtype,
 )
