@@ -127,6 +127,13 @@ def train(
     batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps.")] = None,
+    lr_schedule: Annotated[
+        str | None,
+        typer.Option(
+            help="After warm-up: inverse_sqrt (default) or linear (decays to 0 at the end of "
+            "--max-steps/--max-epochs/--max-minutes)."
+        ),
+    ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
@@ -167,6 +174,7 @@ def train(
             "batch_tokens": batch_tokens,
             "lr": lr,
             "warmup_steps": warmup_steps,
+            "lr_schedule": lr_schedule,
             "max_steps": max_steps,
             "max_epochs": max_epochs,
             "max_minutes": max_minutes,

@@ -88,8 +88,14 @@ class TrainConfig:
         src_lang / tgt_lang: language codes, the suffixes of the corpus files.
         batch_tokens: padded tokens per batch, counted as sentences × max(src_len, tgt_len).
         lr: peak learning rate, reached at the end of the warm-up.
-        warmup_steps: linear warm-up length, then inverse-square-root decay
-            (Vaswani et al. 2017, eq. 3).
+        warmup_steps: linear warm-up length (updates).
+        lr_schedule: after the warm-up, ``inverse_sqrt`` decays with 1/sqrt(step) (Vaswani
+            et al. 2017, eq. 3); ``linear`` decays linearly to 0 at the end of the budget
+            (Li et al. 2020): ``max_steps``, else ``max_epochs`` × updates per epoch, else the
+            updates that ``max_minutes`` allows, extrapolated once from the time per update
+            (validation included) at the first validation after the warm-up and kept in
+            ``resume.pt``. With a planned end, the kept step checkpoints are spread over its
+            last 20% (:data:`nmt.trainer.AVERAGE_SHARE`), ready for ``nmt average``.
         label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
         max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
         eval_every: validate every this many updates (and at the end).
@@ -120,6 +126,7 @@ class TrainConfig:
     batch_tokens: int = 2048
     lr: float = 1e-3
     warmup_steps: int = 500
+    lr_schedule: str = "inverse_sqrt"
     label_smoothing: float = 0.1
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.98)
@@ -160,6 +167,16 @@ class TrainConfig:
             raise ConfigError(f"device={self.device!r}: choose one of auto, cpu, cuda, cuda:N")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype={self.dtype!r}: choose one of auto, fp32, bf16, fp16")
+        if self.lr_schedule not in ("inverse_sqrt", "linear"):
+            raise ConfigError(
+                f"lr_schedule={self.lr_schedule!r}: choose one of inverse_sqrt, linear"
+            )
+        budget = self.max_steps or self.max_epochs or self.max_minutes
+        if self.lr_schedule == "linear" and not budget:
+            raise ConfigError(
+                "lr_schedule='linear' decays to 0 at the end of the budget: set max_steps, "
+                "max_epochs or max_minutes"
+            )
         if self.src_lang == self.tgt_lang:
             raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}")
 

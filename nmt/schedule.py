@@ -15,3 +15,39 @@ def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
     if warmup_steps == 0:
         return peak / math.sqrt(step)
     return peak * min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+
+def linear_decay_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then linear decay to 0 at
+    ``total_steps`` (the budget-aware schedule of Li et al. 2020, "Budgeted Training:
+    Rethinking Deep Neural Network Training Under Resource Constraints", which found a linear
+    decay to zero by the end of the budget best among the schedules they compared).
+
+    ``total_steps = 0`` means the budget is not known yet: the rate then stays at ``peak``
+    after warm-up. For 1-based ``step``; never negative.
+    """
+    step = max(step, 1)
+    if step <= warmup_steps:
+        return peak * step / warmup_steps
+    if total_steps <= 0:
+        return peak
+    if total_steps <= warmup_steps:
+        return 0.0
+    return peak * max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+
+def planned_steps(step: int, elapsed_s: float, budget_s: float) -> int:
+    """The number of updates a time budget allows, extrapolated from the rate so far.
+
+    Args:
+        step: updates done; elapsed_s: seconds they took, validation and checkpoints
+            included (so their share of the time carries over); budget_s: the whole budget.
+
+    Returns:
+        ``step`` plus the updates that fit into the remaining seconds at the same rate
+        (at least ``step``).
+    """
+    if step <= 0 or elapsed_s <= 0:
+        return step
+    remaining = max(budget_s - elapsed_s, 0.0)
+    return step + int(remaining / (elapsed_s / step))

@@ -79,6 +79,7 @@ class TrainState:
     bad_validations: int = 0
     elapsed_s: float = 0.0
     skipped_steps: int = 0
+    planned_steps: int = 0  # the end of a linear schedule's budget (0 = not known yet)
 
 
 def open_tensorboard(out_dir: Path):  # type: ignore[no-untyped-def]

@@ -30,7 +30,7 @@ from nmt.errors import TrainingError
 from nmt.loss import LossModule, label_smoothed_loss
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
-from nmt.schedule import inverse_sqrt_lr
+from nmt.schedule import inverse_sqrt_lr, linear_decay_lr, planned_steps
 from nmt.score import corpus_scores
 from nmt.tokenizer import Tokenizer
 from nmt.train_parts import (
@@ -46,6 +46,9 @@ from nmt.translate import Translator, resolve_device
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
 MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
 PREFETCH_STEPS = 4  # updates whose batches are built ahead in a background thread
+# With a linear schedule's planned end, the kept step checkpoints are spread over this share
+# of the updates before it (for `nmt average`: the weights of the low-lr tail, not the peak).
+AVERAGE_SHARE = 0.2
 
 
 class Trainer:
@@ -304,14 +307,16 @@ class Trainer:
         return result
 
     # --- checkpoints and logs -----------------------------------------------------------
+    def step_checkpoint(self) -> Path:
+        """``checkpoints/step-N.safetensors`` of the current step."""
+        return self.out_dir / "checkpoints" / f"step-{self.state.step:08d}.safetensors"
+
     def save_step_checkpoint(self) -> None:
         """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
         if not self.dist.is_main:
             return
-        folder = self.out_dir / "checkpoints"
-        ckpt.save_weights(
-            folder / f"step-{self.state.step:08d}.safetensors", self.model, self.state.step
-        )
+        ckpt.save_weights(self.step_checkpoint(), self.model, self.state.step)
+        folder = self.step_checkpoint().parent
         for old in sorted(folder.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
             old.unlink()
 
@@ -337,6 +342,11 @@ class Trainer:
             return f"reached max_epochs={c.max_epochs}"
         if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
             return f"reached max_minutes={c.max_minutes:g}"
+        if s.planned_steps and s.step >= s.planned_steps:
+            return (
+                f"reached the {s.planned_steps} updates planned for max_minutes="
+                f"{c.max_minutes:g} (the learning rate has decayed to 0)"
+            )
         if c.patience and s.bad_validations >= c.patience:
             return f"no BLEU improvement in {c.patience} validations (patience)"
         if self.stop_signal is not None:
@@ -362,7 +372,7 @@ class Trainer:
                 window_wait = prefetched.wait_s
                 for index, batches in prefetched:
                     tick = time.monotonic()
-                    lr = inverse_sqrt_lr(self.state.step + 1, self.cfg.lr, self.cfg.warmup_steps)
+                    lr = self.learning_rate(self.state.step + 1)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
                     result = self.train_step(batches)
@@ -430,6 +440,47 @@ class Trainer:
         self.save_resume()
         raise TrainingError(f"{problem}; last good state saved in {self.out_dir}; {hint}")
 
+    # --- the schedule and its budget ----------------------------------------------------
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of 1-based update ``step`` (:mod:`nmt.schedule`)."""
+        c = self.cfg
+        if c.lr_schedule == "linear":
+            return linear_decay_lr(step, c.lr, c.warmup_steps, self.budget_steps())
+        return inverse_sqrt_lr(step, c.lr, c.warmup_steps)
+
+    def budget_steps(self) -> int:
+        """The last update of a linear schedule: the smallest of ``max_steps``, ``max_epochs``
+        × updates per epoch and the plan for ``max_minutes`` (0 = not known yet)."""
+        c, s = self.cfg, self.state
+        ends = [n for n in (c.max_steps, c.max_epochs * self.steps_per_epoch, s.planned_steps) if n]
+        return min(ends, default=0)
+
+    def plan_time_budget(self) -> None:
+        """Turn ``max_minutes`` into a number of updates, once, from rank 0's time per update
+        so far (validation and checkpoints included), shared with every rank; kept in
+        ``resume.pt`` so that a resumed run follows the same schedule."""
+        s = self.state
+        plan = planned_steps(s.step, s.elapsed_s, self.cfg.max_minutes * 60)
+        shared = sum_across([float(plan if self.dist.is_main else 0)], self.dist, self.device)
+        s.planned_steps = int(shared[0])
+        self.log({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
+        self.observer.on_message(
+            f"time budget: {s.planned_steps} updates fit into max_minutes="
+            f"{self.cfg.max_minutes:g} at {s.elapsed_s / s.step:.2f} s per update so far; "
+            "the learning rate decays linearly to 0 by then"
+        )
+
+    def checkpoint_due(self) -> bool:
+        """Whether this update writes a step checkpoint: every ``save_every`` updates, or,
+        once a linear schedule's end is known, at ``keep_checkpoints`` evenly spaced updates
+        over its last :data:`AVERAGE_SHARE`."""
+        c, step = self.cfg, self.state.step
+        end = self.budget_steps() if c.lr_schedule == "linear" else 0
+        if not end:
+            return step % c.save_every == 0
+        every = max(1, round(end * AVERAGE_SHARE / max(c.keep_checkpoints - 1, 1)))
+        return 0 <= end - step <= every * (c.keep_checkpoints - 1) and (end - step) % every == 0
+
     def after_step(
         self, result: tuple[float, float, float, int], lr: float, tok_s: float, wait_share: float
     ) -> None:
@@ -452,12 +503,17 @@ class Trainer:
         if s.step % c.log_every == 0:
             self.log({"type": "train", **vars(stats)})
         tick = time.monotonic()
-        if s.step % c.eval_every == 0 and self.dist.is_main:
+        validated = s.step % c.eval_every == 0
+        if validated and self.dist.is_main:
             self.validate()
-        if s.step % c.save_every == 0:
+        if self.checkpoint_due():
             self.save_step_checkpoint()
+        if s.step % c.save_every == 0:
             self.save_resume()
         s.elapsed_s += time.monotonic() - tick
+        timed = c.lr_schedule == "linear" and c.max_minutes and not s.planned_steps
+        if timed and validated and s.step >= c.warmup_steps:
+            self.plan_time_budget()
 
     def finish(self) -> None:
         """Final validation (unless the last step just had one) and checkpoints."""
@@ -466,7 +522,7 @@ class Trainer:
         last_validated = self.state.step % self.cfg.eval_every == 0
         if not last_validated and self.stop_signal is None and self.dist.is_main:
             self.validate()
-        if self.state.step % self.cfg.save_every != 0:
+        if not self.step_checkpoint().exists():  # not yet written at this step
             self.save_step_checkpoint()
         self.save_resume()
         if self.tensorboard is not None:
