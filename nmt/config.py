@@ -105,8 +105,11 @@ class TrainConfig:
         keep_checkpoints: how many step checkpoints to keep for averaging.
         save_every: write a resume checkpoint every this many updates.
         dtype: ``fp32``, ``bf16`` autocast, or ``fp16`` autocast with a gradient scaler;
-            ``auto`` = bf16 on CUDA and on CPUs with native bf16 matrix units
-            (AVX512-BF16/AMX), fp32 elsewhere.
+            ``auto`` = bf16 where it is native: on CPUs whose flags include AVX512-BF16 or AMX
+            (and oneDNN is not capped below them by ``ONEDNN_MAX_CPU_ISA``), and on GPUs where
+            ``torch.cuda.is_bf16_supported(including_emulation=False)``; fp16 with the scaler
+            on other GPUs; fp32 on other CPUs
+            (:func:`nmt.train_parts.cpu_has_native_bf16`).
         log_every: write a training record to ``metrics.jsonl`` every this many updates.
         accum: batches whose gradients are accumulated into one update (a larger effective
             batch without the memory).
