@@ -1,4 +1,4 @@
-"""Float32 linear layers through oneDNN, for CPU inference.
+"""Float32 linear layers through oneDNN on CPU: for inference, and optionally for training.
 
 torch computes a float32 ``nn.Linear`` on CPU with MKL's sgemm. On the AMD EPYC CPU of our
 benchmarks, MKL reached 34–95 GFLOP/s single-threaded on a ``small`` decoder step's products,
