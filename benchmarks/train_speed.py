@@ -10,6 +10,8 @@ share of time spent building batches and the peak RSS.
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import resource
 import tempfile
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import nmt.malloc
 from nmt.config import ModelConfig, TrainConfig, from_dict, preset
 from nmt.data import collate, encode_parallel, read_parallel
 from nmt.onednn import TrainableOneDNNLinear
@@ -36,6 +39,7 @@ def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str, on
         for step in steps[: args.warmup]:
             trainer.train_step(trainer.collate_step(step))
         tokens, collate_s = 0, 0.0
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         for step in steps[args.warmup : args.warmup + args.steps]:
             t0 = time.perf_counter()
@@ -43,12 +47,36 @@ def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str, on
             collate_s += time.perf_counter() - t0
             tokens += trainer.train_step(trainer.collate_step(step))[3]  # type: ignore[index]
         seconds = time.perf_counter() - start - collate_s
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    system_s, faults = after.ru_stime - usage.ru_stime, after.ru_minflt - usage.ru_minflt
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     amp = trainer.amp_dtype or torch.float32
     return (
         f"| {name} | {str(amp).replace('torch.', '')} | {kernels(trainer)} | {args.batch_tokens} | "
         f"{tokens / seconds:,.0f} | {args.steps / seconds:.2f} | "
-        f"{100 * collate_s / (seconds + collate_s):.1f}% | {rss:,.0f} |"
+        f"{100 * collate_s / (seconds + collate_s):.1f}% | {system_s:.1f} | {faults:,} | "
+        f"{rss:,.0f} |"
+    )
+
+
+def cpu_model() -> str:
+    """The CPU as ``lscpu`` names it: model name, family and model (25/1 = Zen 3, 25/17 =
+    Zen 4 on AMD), and whether its flags include AVX-512 and AVX512-BF16."""
+    try:
+        info = dict(
+            (k.strip(), v.strip())
+            for k, _, v in (
+                line.partition(":") for line in Path("/proc/cpuinfo").read_text().splitlines()
+            )
+            if k.strip() in ("model name", "cpu family", "model", "flags")
+        )
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = info.get("flags", "").split()
+    return (
+        f"{info.get('model name', '?')} (family {info.get('cpu family', '?')} model "
+        f"{info.get('model', '?')}; avx512f {'yes' if 'avx512f' in flags else 'no'}, "
+        f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'})"
     )
 
 
@@ -78,14 +106,16 @@ def main() -> None:
         tokenizer = train_tokenizer(src + tgt, Path(tmp) / "spm.model", args.vocab_size)
     data = encode_parallel(tokenizer, src, tgt, 200)
     print(
-        f"# {torch.get_num_threads()} threads, torch {torch.__version__}, device "
-        f"{args.device}, {args.steps} timed steps"
+        f"# {cpu_model()}; ISA: torch {torch.backends.cpu.get_cpu_capability()}, oneDNN cap "
+        f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, device {args.device}, {args.steps} timed steps; malloc "
+        f"tuning {'on' if nmt.malloc.tune() else 'off'}"
     )
     print(
         "| preset | dtype | linear kernels | batch tokens | target tokens/s | steps/s "
-        "| batching share | peak RSS (MiB) |"
+        "| batching share | system CPU (s) | minor faults | peak RSS (MiB) |"
     )
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.presets.split(","):
         for dtype in args.dtypes.split(","):
             for onednn in args.onednn.split(","):
