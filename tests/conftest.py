@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cpu_profile import probe
 
 from nmt.config import ModelConfig, TrainConfig, preset
 from nmt.model import Transformer
@@ -169,6 +170,13 @@ def tiny_run(
     out = tmp_path_factory.mktemp("tiny-run")
     train(*tiny_corpus, out, make_tiny_model_config(), make_tiny_train_config(), spm_path=spm_model)
     return out
+
+
+@pytest.fixture(scope="session")
+def cpu_isas() -> dict[str, str]:
+    """The instruction sets the numeric libraries report in this environment
+    (:func:`cpu_profile.probe`; a subprocess, a few seconds)."""
+    return probe()
 
 
 @pytest.fixture
