@@ -1,0 +1,160 @@
+"""Comparing two numeric paths so that the comparison holds on every CPU (STYLE, "Tests that
+can fail" 12).
+
+Two correct implementations of one model (CTranslate2 and torch, oneDNN and MKL, a batch of 1
+and a batch of 20, AVX-512 and AVX2 kernels) differ by rounding: their log-probabilities
+differ by some small ``delta`` (about 1e-6 between batchings, 1e-5 between engines in
+float32). Where the two best tokens of a step are closer than ``2 * delta``, an argmax may
+flip, and the greedy outputs diverge from there on, on one CPU and not on another. So greedy
+outputs are compared token by token: identical outputs must have close scores, and where two
+outputs diverge, the two tokens chosen at the first position where they differ must be a
+near-tie in a reference model's teacher-forced distribution, given the prefix they share. Both
+searches took the argmax there, so a correct pair can only diverge where the gap is at most
+``2 * delta``; a wrong one (a transposed weight, a scale off by 2) diverges on most sentences,
+with gaps of a tenth of a nat and more.
+
+Beam search is compared per sentence on the normalized score of the best hypothesis (a
+different but equally good hypothesis is allowed), or over a whole test set by chrF between
+the two outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import sacrebleu
+import torch
+import torch.nn.functional as F
+
+from nmt.model import Transformer
+from nmt.search import Hypothesis
+from nmt.tokenizer import BOS_ID, EOS_ID
+
+Found = dict[tuple[int, ...], list[Hypothesis]]
+
+# Two float32 computations of one model differ by at most ~5e-6 per token in log-probability
+# (measured between CTranslate2 and torch and between oneDNN and MKL, with AVX-512 and with
+# AVX2 kernels). Greedy outputs may therefore differ only where the two tokens are within
+# FLOAT32_TIE; a transposed or doubled weight made them diverge at gaps of 0.1-5 nats, most
+# above 1e-3. Identical outputs must score within SCORE_TOL per token (EOS counted). Beam
+# search may keep another hypothesis where candidates were near-tied; its normalized score
+# must then be within BEAM_NORMALIZED_TOL of the other's.
+FLOAT32_TIE, SCORE_TOL, BEAM_NORMALIZED_TOL = 1e-3, 1e-4, 0.05
+
+
+def record_hypotheses(translator: Any) -> Found:
+    """Make ``translator`` (a ``Translator`` or ``CT2Translator``) record what its search
+    finds: returns a dict, filled as it translates, from each source's token ids (without
+    EOS, as searched) to its hypotheses, best first."""
+    found: Found = {}
+    search_rows = translator.search_rows
+
+    def recording(ids: list[list[int]]) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        for rows, hyps in search_rows(ids):
+            for row, h in zip(rows, hyps):
+                found[tuple(ids[row])] = h
+            yield rows, hyps
+
+    translator.search_rows = recording
+    return found
+
+
+def assert_in_order(translator: Any, lines: list[str], results: list[Any], found: Found) -> None:
+    """``results`` (of ``translator.translate(lines)``) hold, line by line, the best hypothesis
+    that ``found`` (:func:`record_hypotheses`) recorded for that line's source; empty lines
+    give empty results. So the order is kept whatever the batches were."""
+    assert len(results) == len(lines)
+    tokenizer = translator.tokenizer
+    for line, ids, result in zip(lines, tokenizer.encode(lines), results):
+        if not ids:
+            assert result.text == "" and result.score == 0.0, line
+            continue
+        best = found[tuple(ids[: translator.max_src_tokens])][0]
+        assert (result.text, result.score) == (tokenizer.decode([best.tokens])[0], best.score)
+
+
+def translate_recorded(translator: Any, lines: list[str]) -> tuple[list[Any], Found]:
+    """``translator.translate(lines)``, checked by :func:`assert_in_order`, and the hypotheses
+    its search found, by source ids."""
+    found = record_hypotheses(translator)
+    results = list(translator.translate(lines))
+    assert_in_order(translator, lines, results, found)
+    return results, found
+
+
+def assert_float32_agree(model: Transformer, beam_size: int, a: Found, b: Found) -> int:
+    """Two float32 searches (greedy when ``beam_size`` is 1) of the same sources by ``model``
+    computed two ways agree within the tolerances above; returns how many are identical."""
+    if beam_size == 1:
+        return assert_greedy_agree(model, a, b, FLOAT32_TIE, SCORE_TOL)
+    return assert_beam_agree(a, b, BEAM_NORMALIZED_TOL, SCORE_TOL)
+
+
+@torch.inference_mode()
+def forced_log_probs(model: Transformer, src_ids: list[int], tokens: list[int]) -> torch.Tensor:
+    """``(len(tokens) + 1, vocab)`` float32 log-probabilities of the next token after BOS and
+    after each prefix of ``tokens``, by teacher-forced decoding (``src_ids`` without EOS)."""
+    memory, src_mask = model.encode(torch.tensor([[*src_ids, EOS_ID]]))
+    hidden = model.decode(torch.tensor([[BOS_ID, *tokens]]), memory, src_mask)
+    return F.log_softmax(model.logits(hidden)[0].float(), -1)
+
+
+def tie_gap(model: Transformer, src_ids: list[int], a: list[int], b: list[int]) -> float:
+    """How far apart, in ``model``'s log-probabilities, are the two tokens that greedy outputs
+    ``a`` and ``b`` (without EOS) chose at the first position where they differ; 0 if equal."""
+    a, b = [*a, EOS_ID], [*b, EOS_ID]
+    t = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if t is None:
+        return 0.0
+    logp = forced_log_probs(model, src_ids, a[:t])[t]
+    return abs(float(logp[a[t]] - logp[b[t]]))
+
+
+def assert_greedy_agree(
+    model: Transformer, a: Found, b: Found, tie: float, score_tol: float
+) -> int:
+    """Greedy outputs ``a`` and ``b`` of the same sources agree: identical tokens with scores
+    within ``score_tol`` per token (EOS counted), or a first difference that is a near-tie
+    (:func:`tie_gap` below ``tie``) in ``model`` (the float32 reference). Returns how many
+    outputs are identical."""
+    assert a.keys() == b.keys() and a
+    bad, same = [], 0
+    for src in a:
+        ha, hb = a[src][0], b[src][0]
+        if ha.tokens == hb.tokens:
+            same += 1
+            if abs(ha.score - hb.score) > score_tol * (len(ha.tokens) + 1):
+                bad.append(f"{list(src)}: same tokens, scores {ha.score:.6f} vs {hb.score:.6f}")
+        elif (gap := tie_gap(model, list(src), ha.tokens, hb.tokens)) > tie:
+            bad.append(f"{list(src)}: {ha.tokens} vs {hb.tokens} diverge at a gap of {gap:.4g}")
+    assert not bad, f"{len(bad)} of {len(a)} outputs disagree beyond rounding:\n" + "\n".join(
+        bad[:10]
+    )
+    return same
+
+
+def assert_beam_agree(a: Found, b: Found, normalized_tol: float, score_tol: float) -> int:
+    """The best hypotheses of two beam searches of the same sources agree: identical tokens
+    with scores within ``score_tol`` per token (EOS counted), or other tokens whose
+    normalized scores are within ``normalized_tol`` (an equally good hypothesis, kept by one
+    search and pruned by the other where two candidates were near-tied). Returns how many are
+    identical."""
+    assert a.keys() == b.keys() and a
+    bad, same = [], 0
+    for src in a:
+        ha, hb = a[src][0], b[src][0]
+        if ha.tokens == hb.tokens:
+            same += 1
+            ok = abs(ha.score - hb.score) <= score_tol * (len(ha.tokens) + 1)
+        else:
+            ok = abs(ha.normalized - hb.normalized) <= normalized_tol
+        if not ok:
+            bad.append(f"{list(src)}: {ha} vs {hb}")
+    assert not bad, f"{len(bad)} of {len(a)} best hypotheses disagree:\n" + "\n".join(bad[:10])
+    return same
+
+
+def chrf(hyps: list[str], refs: list[str]) -> float:
+    """Corpus chrF (sacreBLEU's defaults) of ``hyps`` against one reference each."""
+    return float(sacrebleu.corpus_chrf(hyps, [refs]).score)
