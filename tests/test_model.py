@@ -11,6 +11,8 @@ from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 50
 
+pytestmark = pytest.mark.kernels  # float32 equalities within tolerances, on every CPU
+
 
 def padded_src(lengths: list[int], seed: int = 0) -> torch.Tensor:
     """``(batch, max_len + 1)`` random source ids ending in EOS, right-padded with PAD."""
