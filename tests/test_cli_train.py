@@ -4,6 +4,7 @@ that ``nmt translate -m`` accepts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -222,21 +223,43 @@ def test_sigterm_saves_a_resume_checkpoint_and_the_run_continues(
         "100000",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)  # the first train record is logged at step 50
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr.decode()[-2000:]
-    assert "resume" in stderr.decode()
+    # stderr to a file: a pipe that nobody reads while waiting could fill up and stall the run.
+    with (tmp_path / "stderr.txt").open("w+b") as log:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 600  # a bound for a hung run, not a speed requirement
+        while (logged := train_steps(out)) == [] and proc.poll() is None:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("no step-50 record after 600 s")
+            time.sleep(0.2)
+        assert logged[:1] == [50], tail(log)  # the first record (log_every=50): 50 updates done
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=600)
+        assert proc.returncode == 130, tail(log)
+        assert "resume" in tail(log)
     step = load_resume(out / "resume.pt")["state"]["step"]
-    assert step >= 50
+    assert step >= 50  # SIGTERM came after step 50 was logged
     args[args.index("--max-steps") + 1] = str(step + 5)
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stderr
     assert load_resume(out / "resume.pt")["state"]["step"] == step + 5
+
+
+def train_steps(run: Path) -> list[int]:
+    """The steps of the training records ``run/metrics.jsonl`` holds so far (complete lines)."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]  # the last one may be partial
+    return [r["step"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+
+def tail(log) -> str:  # type: ignore[no-untyped-def]
+    """The last 2000 characters written to the open file ``log``."""
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-2000:]
 
 
 def test_bad_line_in_the_training_corpus_leaves_no_run_folder(
