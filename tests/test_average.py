@@ -9,10 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.average import average_run, step_checkpoints
-from nmt.checkpoint import load_weights, read_config
+from nmt.average import average_run, average_weights, step_checkpoints
+from nmt.checkpoint import SPM_FILE, load_model, load_weights, read_config
 from nmt.errors import CheckpointError
-from nmt.translate import Translator
 
 
 def test_average_is_the_elementwise_mean_and_translates(tiny_run: Path, tmp_path: Path) -> None:
@@ -26,8 +25,12 @@ def test_average_is_the_elementwise_mean_and_translates(tiny_run: Path, tmp_path
         torch.testing.assert_close(averaged[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-7)
     assert not torch.equal(a["embed.weight"], b["embed.weight"])  # a real average of two
     assert read_config(out)["averaged_from"] == [p.name for p in paths]
-    lines = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee."]
-    assert len(list(Translator.load(out, device="cpu").translate(lines))) == 3
+    # A model folder of its own: the run's model and tokenizer, with the averaged weights.
+    model, config = load_model(out)
+    assert config["model"] == read_config(tiny_run)["model"]
+    assert (out / SPM_FILE).read_bytes() == (tiny_run / SPM_FILE).read_bytes()
+    state = model.state_dict()
+    assert all(torch.equal(state[name], averaged[name]) for name in averaged)
 
 
 def test_average_of_one_checkpoint_is_that_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
@@ -51,6 +54,9 @@ def test_cli_average(tiny_run: Path, tmp_path: Path) -> None:
     done = runner.invoke(app, ["average", str(tiny_run), "--last", "2", "-o", str(tmp_path / "a")])
     assert done.exit_code == 0, done.stderr
     assert "averaged 2 checkpoints" in done.stderr and done.stdout == ""
-    assert (tmp_path / "a" / "model.safetensors").is_file()
+    cli_weights = load_weights(tmp_path / "a" / "model.safetensors")
+    expected = average_weights(step_checkpoints(tiny_run)[-2:])
+    assert cli_weights.keys() == expected.keys()
+    assert all(torch.equal(cli_weights[k], expected[k]) for k in expected)
     bad = runner.invoke(app, ["average", str(tmp_path / "nope"), "-o", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr
