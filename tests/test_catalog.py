@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -269,13 +267,6 @@ def test_interrupted_download_leaves_nothing(
     with pytest.raises(DownloadError, match=r"a\.txt.*connection reset.*--mirror"):
         get_dataset("tiny", out)
     assert list(out.iterdir()) == []
-
-
-def test_library_does_not_import_typer_or_rich() -> None:
-    code = "import sys, nmt.catalog; print(sorted({'typer', 'rich'} & set(sys.modules)))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
 
 
 # The `nmt data` commands ----------------------------------------------------------------------

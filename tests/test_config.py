@@ -42,11 +42,21 @@ def test_unknown_preset_lists_the_valid_ones() -> None:
         resolve("huge", None, {}, {})
 
 
-def test_presets_are_valid_model_configs() -> None:
-    for name in PRESETS:
-        cfg = ModelConfig(**preset(name))
-        assert cfg.d_model % cfg.n_heads == 0
-    assert preset("tiny") is not PRESETS["tiny"]  # a copy: callers may update it
+def test_presets_have_the_documented_shapes() -> None:
+    """The shapes the README lists, each a valid ModelConfig (construction validates)."""
+    documented = {  # (n_encoder_layers, n_decoder_layers, d_model, n_heads, ffn_dim)
+        "tiny": (2, 2, 64, 4, 256),
+        "small": (3, 3, 256, 4, 1024),
+        "base": (6, 6, 512, 8, 2048),
+        "big": (6, 6, 1024, 16, 4096),
+    }
+    assert list(PRESETS) == list(documented)
+    for name, shape in documented.items():
+        c = ModelConfig(**preset(name))
+        assert (c.n_encoder_layers, c.n_decoder_layers, c.d_model, c.n_heads, c.ffn_dim) == shape
+    copy = preset("tiny")
+    copy["d_model"] = 8  # a copy: callers may update it
+    assert PRESETS["tiny"]["d_model"] == 64
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,29 @@
+"""The nmt package as a whole: the library never imports the command-line layer."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import nmt
+
+# Import every nmt module in a fresh process, then list which of these got imported too.
+_IMPORT_ALL = """
+import importlib, json, sys
+names = sys.argv[1:]
+for name in names:
+    importlib.import_module(name)
+print(json.dumps(sorted({"typer", "rich", "cli"} & set(sys.modules))))
+"""
+
+
+def test_no_nmt_module_imports_typer_rich_or_cli() -> None:
+    """STYLE: the library reports progress through callbacks; typer and rich belong to cli."""
+    names = sorted(f"nmt.{m.name}" for m in pkgutil.iter_modules(nmt.__path__))
+    assert {"nmt.translate", "nmt.trainer", "nmt.catalog", "nmt.export"} <= set(names)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL, *names], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", f"imported along with {names}"
