@@ -14,7 +14,10 @@ from torch import nn
 from nmt.checkpoint import load_weights
 from nmt.onednn import TrainableOneDNNLinear, available, linear, use_onednn_training
 
-pytestmark = pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear")
+pytestmark = [
+    pytest.mark.kernels,
+    pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear"),
+]
 
 
 @pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (2, 1, 48)])
