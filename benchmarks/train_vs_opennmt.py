@@ -60,6 +60,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -100,7 +102,9 @@ def cpu_info() -> tuple[str, set[str]]:
 def child_env(args: argparse.Namespace) -> dict[str, str]:
     """The environment of both tools' runs: thread count, ISA caps."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"  # OpenNMT-py 3.5 loads its vocab with torch
+    # OpenNMT-py 3.5 torch.load()s pickled checkpoints without weights_only, which torch 2.6
+    # made True by default; nmt passes weights_only=True itself, so this leaves it alone.
+    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     for name in AVX2_ENV:
         env.pop(name, None)
     if args.isa == "avx2":
@@ -269,6 +273,18 @@ def launch(
     return proc, start
 
 
+@contextmanager
+def stopped_on_exit(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Stop ``proc``'s process group should this script stop (an error, Ctrl-C, SIGTERM)
+    before ``proc`` has been waited for; a reaped leader's group id may belong to others."""
+    try:
+        yield
+    finally:
+        if proc.returncode is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+
 def run_nmt(args: argparse.Namespace, prepared: Path, run: Path) -> Result:
     """One ``nmt train`` run of ``--minutes`` of training (its own ``--max-minutes``)."""
     (run.parent / "nmt.toml").write_text(f"[train]\nlog_every = {args.window}\n")
@@ -282,8 +298,9 @@ def run_nmt(args: argparse.Namespace, prepared: Path, run: Path) -> Result:
     log = run.with_suffix(".log")
     with open(log, "w") as f:
         proc, start = launch(cmd, args, REPO, f)
-        _, status, usage = os.wait4(proc.pid, 0)  # usage: its threads' CPU time
-        proc.returncode = status = os.waitstatus_to_exitcode(status)
+        with stopped_on_exit(proc):
+            _, status, usage = os.wait4(proc.pid, 0)  # usage: its threads' CPU time
+            proc.returncode = status = os.waitstatus_to_exitcode(status)
     others = others_share(start, usage.ru_utime + usage.ru_stime)
     if status != 0:
         sys.exit(f"nmt train failed ({status}); see {log}")
@@ -297,6 +314,22 @@ def run_onmt(args: argparse.Namespace, config: Path, run: Path) -> Result:
     its first report ``--minutes`` after its first one."""
     cmd = [sys.executable, "-c", PROBE, "onmt.bin.train", "-config", str(config)]
     proc, start = launch(cmd, args, run, subprocess.PIPE)
+    with stopped_on_exit(proc):
+        rates, tgt_sizes, lines, others = watch_onmt(args, proc, start)
+    text = "".join(lines) + (proc.stdout.read() if proc.stdout else "")
+    run.with_suffix(".log").write_text(text)
+    if not rates:
+        sys.exit(f"OpenNMT-py reported no training step; see {run.with_suffix('.log')}")
+    steady = tgt_sizes[args.skip_windows :] or tgt_sizes
+    return Result(rates, capability(text), statistics.mean(steady), others)
+
+
+def watch_onmt(
+    args: argparse.Namespace, proc: subprocess.Popen[str], start: tuple[float, float]
+) -> tuple[list[float], list[int], list[str], float]:
+    """Read OpenNMT-py's output until ``--minutes`` after its first report, then stop it.
+    Returns the window throughputs, target tokens per update and output lines so far, and
+    :func:`others_share` at the stop."""
     assert proc.stdout is not None
     others = math.nan
 
@@ -304,30 +337,28 @@ def run_onmt(args: argparse.Namespace, config: Path, run: Path) -> Result:
         os.killpg(proc.pid, signal.SIGTERM)
 
     guard = threading.Timer(args.minutes * 60 + 600, stop)  # a hung run
+    guard.daemon = True
     guard.start()
     rates, tgt_sizes, lines, first = [], [], [], None
-    for line in proc.stdout:
-        lines.append(line)
-        if match := ONMT_STEP.search(line):
-            first = first or time.monotonic()
-            tgt_sizes.append(int(match[1]))
-            rates.append(float(match[2]))
-            if time.monotonic() - first >= args.minutes * 60:
-                others = others_share(start, cpu_seconds(proc.pid))  # pgid = its pid
-                stop()
-                break
-    guard.cancel()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if match := ONMT_STEP.search(line):
+                first = first or time.monotonic()
+                tgt_sizes.append(int(match[1]))
+                rates.append(float(match[2]))
+                if time.monotonic() - first >= args.minutes * 60:
+                    others = others_share(start, cpu_seconds(proc.pid))  # pgid = its pid
+                    stop()
+                    break
+    finally:
+        guard.cancel()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    text = "".join(lines) + proc.stdout.read()
-    run.with_suffix(".log").write_text(text)
-    if not rates:
-        sys.exit(f"OpenNMT-py reported no training step; see {run.with_suffix('.log')}")
-    steady = tgt_sizes[args.skip_windows :] or tgt_sizes
-    return Result(rates, capability(text), statistics.mean(steady), others)
+    return rates, tgt_sizes, lines, others
 
 
 def capability(log: str) -> str:
@@ -360,6 +391,7 @@ def main() -> None:
         help="OpenNMT-py data loader processes (nmt uses one thread)",
     )
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that runs are stopped too
     with tempfile.TemporaryDirectory() as tmp:
         work = (args.work or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
