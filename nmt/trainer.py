@@ -342,7 +342,7 @@ class Trainer:
             return f"reached max_epochs={c.max_epochs}"
         if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
             return f"reached max_minutes={c.max_minutes:g}"
-        if s.planned_steps and s.step >= s.planned_steps:
+        if c.lr_schedule == "linear" and s.planned_steps and s.step >= s.planned_steps:
             return (
                 f"reached the {s.planned_steps} updates planned for max_minutes="
                 f"{c.max_minutes:g} (the learning rate has decayed to 0)"
