@@ -37,7 +37,8 @@ OpenNMT-py is optional and needed by nothing else; it installs beside torch 2.13
         fasttext-wheel spacy
 
 (``onmt_train`` imports every transform module, hence spacy, fasttext, rapidfuzz and
-pyahocorasick; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set for it here). Then
+pyahocorasick; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set for its runs only, which load
+only the files OpenNMT-py itself writes in the scratch folder). Then
 
     python benchmarks/train_vs_opennmt.py --minutes 4 --rounds 2 --isa avx2
 
@@ -99,12 +100,15 @@ def cpu_info() -> tuple[str, set[str]]:
     return fields.get("Model name", "?").strip(), set(fields.get("Flags", "").split())
 
 
-def child_env(args: argparse.Namespace) -> dict[str, str]:
-    """The environment of both tools' runs: thread count, ISA caps."""
+def child_env(args: argparse.Namespace, onmt: bool = False) -> dict[str, str]:
+    """The environment of a tool's run: thread count, ISA caps."""
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    # OpenNMT-py 3.5 torch.load()s pickled checkpoints without weights_only, which torch 2.6
-    # made True by default; nmt passes weights_only=True itself, so this leaves it alone.
-    env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    if onmt:
+        # OpenNMT-py 3.5 torch.load()s the pickles it writes itself in this run's scratch
+        # folder without weights_only, which torch 2.6 made True by default. Only its run gets
+        # this: nmt never loads a pickle without weights_only=True.
+        env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     for name in AVX2_ENV:
         env.pop(name, None)
     if args.isa == "avx2":
@@ -260,14 +264,14 @@ def wait_idle(max_wait_s: float) -> None:
 
 
 def launch(
-    cmd: list[str], args: argparse.Namespace, cwd: Path, out: Any
+    cmd: list[str], args: argparse.Namespace, cwd: Path, out: Any, onmt: bool = False
 ) -> tuple[subprocess.Popen[str], tuple[float, float]]:
     """Start a tool's run, once the CPU is idle, in its own process group (so that it can be
     stopped, and its CPU time counted, as a whole), its stdout and stderr going to ``out``.
     Returns the process and the start for :func:`others_share`."""
     wait_idle(args.wait_idle)
     start = time.monotonic(), cpu_seconds()
-    env = child_env(args)
+    env = child_env(args, onmt)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
     return proc, start
@@ -313,7 +317,7 @@ def run_onmt(args: argparse.Namespace, config: Path, run: Path) -> Result:
     """One OpenNMT-py run, stopped (SIGTERM to its process group, data loader included) at
     its first report ``--minutes`` after its first one."""
     cmd = [sys.executable, "-c", PROBE, "onmt.bin.train", "-config", str(config)]
-    proc, start = launch(cmd, args, run, subprocess.PIPE)
+    proc, start = launch(cmd, args, run, subprocess.PIPE, onmt=True)
     with stopped_on_exit(proc):
         rates, tgt_sizes, lines, others = watch_onmt(args, proc, start)
     text = "".join(lines) + (proc.stdout.read() if proc.stdout else "")
