@@ -315,9 +315,9 @@ class Trainer:
         """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
         if not self.dist.is_main:
             return
-        ckpt.save_weights(self.step_checkpoint(), self.model, self.state.step)
-        folder = self.step_checkpoint().parent
-        for old in sorted(folder.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
+        path = self.step_checkpoint()
+        ckpt.save_weights(path, self.model, self.state.step)
+        for old in sorted(path.parent.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
             old.unlink()
 
     def log(self, record: dict[str, Any]) -> None:
