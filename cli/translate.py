@@ -10,11 +10,11 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, make_progress
-from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
 from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
 from nmt.errors import InputError
+from nmt.fileio import atomic_write
 from nmt.score import corpus_scores, read_references
 from nmt.translate import Translation
 

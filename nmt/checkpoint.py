@@ -9,21 +9,15 @@ A model folder (what ``nmt translate -m DIR`` needs, nothing else):
   ``resume.pt`` (optimizer, schedule, step, RNG and early-stopping state).
 
 Weights are safetensors and never go through pickle; ``resume.pt`` is loaded with
-``torch.load(weights_only=True)``. Every write goes to a temporary file in the same folder,
-is flushed and fsynced, then renamed over the target, so a crash leaves the old file intact.
+``torch.load(weights_only=True)``. Every write is atomic (:mod:`nmt.fileio`), so a crash
+leaves the old file intact.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from safetensors.torch import load as st_load
@@ -31,76 +25,17 @@ from safetensors.torch import save as st_save
 
 from nmt.config import ModelConfig, from_dict
 from nmt.errors import CheckpointError
+from nmt.fileio import (  # noqa: F401 - re-exported: the checkpoint API names them
+    FORMAT_VERSION,
+    atomic_write,
+    read_versioned_json,
+    removed_on_error,
+    write_json,
+)
 from nmt.model import Transformer
 
-FORMAT_VERSION = 1
 CONFIG_FILE, SPM_FILE, WEIGHTS_FILE = "config.json", "spm.model", "model.safetensors"
 RESUME_FILE = "resume.pt"
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Write ``path`` through ``write(file)`` so that it is either complete or untouched.
-
-    The data goes to a temporary file in the same folder, is flushed and fsynced, and is
-    renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows). On any error the
-    temporary file is removed and the previous ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-@contextmanager
-def removed_on_error(folder: str | Path) -> Iterator[None]:
-    """Remove ``folder`` if the block fails and the folder did not exist before it, so
-    that a failed start leaves nothing behind (an existing folder is never touched)."""
-    folder = Path(folder)
-    created = not folder.exists()
-    try:
-        yield
-    except BaseException:
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def _read_umask() -> int:
-    """The process umask (read once at import, by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _read_umask()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    """Atomically write ``data`` as indented UTF-8 JSON."""
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_weights(path: str | Path, model: Transformer, step: int = 0) -> None:
@@ -125,31 +60,6 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return st_load(path.read_bytes())
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-
-
-def read_versioned_json(path: Path, missing_hint: str, version_hint: str) -> dict[str, Any]:
-    """A JSON file that nmt wrote, its ``format_version`` checked.
-
-    Args:
-        missing_hint / version_hint: what to tell the user when the file is missing / of
-            another format version.
-
-    Raises:
-        CheckpointError: the file is missing, not JSON, or of another format version.
-    """
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; {missing_hint}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: written with model format version {version}, this nmt reads version "
-            f"{FORMAT_VERSION}; {version_hint}"
-        )
-    return data
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

@@ -52,9 +52,10 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import SPM_FILE, read_versioned_json
+from nmt.checkpoint import SPM_FILE
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError, NMTError
+from nmt.fileio import read_versioned_json
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
 from nmt.translate import BaseTranslator, Translator, cpu_workers

@@ -19,8 +19,8 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
 
-from nmt.data import read_lines
 from nmt.errors import ConfigError, InputError
+from nmt.textio import read_lines
 
 METRICS = ("bleu", "chrf", "ter")
 DEFAULT_METRICS = ("bleu", "chrf")

@@ -39,10 +39,11 @@ import numpy as np
 
 from nmt.config import ModelConfig, TrainConfig
 from nmt.errors import InputError
+from nmt.fileio import FORMAT_VERSION, fsync_dir, read_versioned_json, removed_on_error, write_json
 from nmt.textio import check_line_counts, corpus_path, count_lines, iter_lines, iter_parallel
 from nmt.tokenizer import Tokenizer, train_tokenizer
 
-STORE_VERSION = 1  # equal to nmt.checkpoint.FORMAT_VERSION, checked by the same reader
+STORE_VERSION = FORMAT_VERSION  # checked by nmt.fileio.read_versioned_json
 META_FILE = "meta.json"
 SPM_FILE = "spm.model"
 CHUNK_LINES = 20_000  # sentence pairs per worker task
@@ -220,12 +221,6 @@ def prepare(
             that already holds a store (without ``overwrite``), or no pair left after
             filtering.
     """
-    from nmt.checkpoint import (  # they import torch: not for the worker processes
-        _fsync_dir,
-        removed_on_error,
-        write_json,
-    )
-
     start = time.monotonic()
     out_dir = Path(out_dir)
     if (out_dir / META_FILE).exists() and not overwrite:
@@ -288,7 +283,7 @@ def prepare(
             }
             meta = _meta(summary, (src_lang, tgt_lang), dtype, tokenizer.vocab_size, settings)
             write_json(out_dir / META_FILE, meta)
-            _fsync_dir(out_dir)
+            fsync_dir(out_dir)
     return summary
 
 
@@ -427,8 +422,6 @@ def read_meta(data_dir: str | Path) -> dict[str, Any]:
         InputError: the folder has no ``meta.json`` (missing, or preparing did not finish)
             or one of another format version.
     """
-    from nmt.checkpoint import read_versioned_json  # torch: keep it out of the workers
-
     path = Path(data_dir) / META_FILE
     if not Path(data_dir).is_dir():
         raise InputError("data folder not found; make one with nmt prepare", data_dir)

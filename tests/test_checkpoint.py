@@ -146,7 +146,7 @@ def test_interrupted_save_keeps_the_last_checkpoint(
     def interrupted(*args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("nmt.checkpoint.os.fsync", interrupted)
+    monkeypatch.setattr("nmt.fileio.os.fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_weights(path, model)
     assert path.read_bytes() == before

@@ -27,3 +27,21 @@ def test_no_nmt_module_imports_typer_rich_or_cli() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", f"imported along with {names}"
+
+
+_TORCH_FREE = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print("torch" in sys.modules)
+"""
+
+
+def test_file_utilities_scoring_and_data_preparation_do_not_import_torch() -> None:
+    """``nmt score`` and the corpus-encoding worker processes start without loading torch."""
+    names = ["nmt.fileio", "nmt.score", "nmt.store", "nmt.textio", "nmt.tokenizer"]
+    done = subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE, *names], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "False"
