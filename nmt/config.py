@@ -109,7 +109,7 @@ class TrainConfig:
             (and oneDNN is not capped below them by ``ONEDNN_MAX_CPU_ISA``), and on GPUs where
             ``torch.cuda.is_bf16_supported(including_emulation=False)``; fp16 with the scaler
             on other GPUs; fp32 on other CPUs
-            (:func:`nmt.train_parts.cpu_has_native_bf16`).
+            (:func:`nmt.device.cpu_has_native_bf16`).
         log_every: write a training record to ``metrics.jsonl`` every this many updates.
         accum: batches whose gradients are accumulated into one update (a larger effective
             batch without the memory).

@@ -21,6 +21,7 @@ from nmt import checkpoint as ckpt
 from nmt import store
 from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.data import encode_parallel, read_parallel
+from nmt.device import resolve_device
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
 from nmt.errors import ConfigError, NMTError, TrainingError
 from nmt.schedule import inverse_sqrt_lr  # re-exported
@@ -32,7 +33,6 @@ from nmt.train_parts import (  # re-exported: the training API lives under nmt.t
     ValidResult,
 )
 from nmt.trainer import Trainer  # re-exported too
-from nmt.translate import resolve_device
 
 __all__ = [
     "StepStats",

@@ -25,6 +25,7 @@ import torch
 from nmt import checkpoint as ckpt
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
 from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate, make_batches
+from nmt.device import pick_dtype, resolve_device
 from nmt.distributed import DistEnv, gather_objects, sum_across
 from nmt.errors import TrainingError
 from nmt.loss import LossModule, label_smoothed_loss
@@ -39,9 +40,8 @@ from nmt.train_parts import (
     TrainState,
     ValidResult,
     open_tensorboard,
-    pick_dtype,
 )
-from nmt.translate import Translator, resolve_device
+from nmt.translate import Translator
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
 MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
@@ -237,7 +237,7 @@ class Trainer:
         return total_loss / n, total_nll / n, grad_norm, n
 
     def autocast(self):  # type: ignore[no-untyped-def]
-        """bf16/fp16 autocast when enabled (see :func:`~nmt.train_parts.pick_dtype`), else a
+        """bf16/fp16 autocast when enabled (see :func:`~nmt.device.pick_dtype`), else a
         no-op context."""
         if self.amp_dtype is None:
             return nullcontext()

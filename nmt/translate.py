@@ -24,6 +24,7 @@ import torch
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
+from nmt.device import resolve_device
 from nmt.errors import ConfigError, InputError
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
@@ -46,13 +47,6 @@ class Translation:
     score: float
     nbest: list[tuple[str, float]] = field(default_factory=list)
     truncated: bool = False
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,4 +1,4 @@
-"""nmt.train_parts.pick_dtype: --dtype auto picks bf16 only where it is native."""
+"""nmt.device.pick_dtype: --dtype auto picks bf16 only where it is native."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nmt.config import TrainConfig
-from nmt.train_parts import cpu_has_native_bf16, pick_dtype
+from nmt.device import cpu_has_native_bf16, pick_dtype
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 AUTO = TrainConfig(dtype="auto")
