@@ -12,7 +12,7 @@ from rich.table import Table
 from cli.console import err_console, handle_errors, make_progress
 from nmt.config import resolve
 from nmt.store import read_meta
-from nmt.train import StepStats, Trainer, TrainObserver, ValidResult
+from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train import train as run_training
 
 
@@ -25,16 +25,15 @@ class RichObserver(TrainObserver):
         self.history: list[ValidResult] = []
         self.by_time = False
 
-    def on_start(self, trainer: Trainer) -> None:
-        c = trainer.cfg
+    def on_start(self, start: RunStart) -> None:
         total: int | None = None
-        if c.max_steps:
-            total = c.max_steps
-        elif c.max_epochs:
-            total = c.max_epochs * trainer.steps_per_epoch
-        elif c.max_minutes:
-            total, self.by_time = round(c.max_minutes * 60), True
-        done = round(trainer.state.elapsed_s) if self.by_time else trainer.state.step
+        if start.max_steps:
+            total = start.max_steps
+        elif start.max_epochs:
+            total = start.max_epochs * start.steps_per_epoch
+        elif start.max_minutes:
+            total, self.by_time = round(start.max_minutes * 60), True
+        done = round(start.elapsed_s) if self.by_time else start.step
         self.progress.start()
         self.task = self.progress.add_task(
             "train (s)" if self.by_time else "train", total=total, completed=done, info=""

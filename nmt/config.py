@@ -95,7 +95,7 @@ class TrainConfig:
             updates that ``max_minutes`` allows, extrapolated once from the time per update
             (validation included) at the first validation after the warm-up and kept in
             ``resume.pt``. With a planned end, the kept step checkpoints are spread over its
-            last 20% (:data:`nmt.trainer.AVERAGE_SHARE`), ready for ``nmt average``.
+            last 20% (:data:`nmt.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
         label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
         max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
         eval_every: validate every this many updates (and at the end).

@@ -1,8 +1,16 @@
-"""Learning-rate schedules, each a pure function of the 1-based update number."""
+"""Learning-rate schedules, each a pure function of the 1-based update number, and the
+budget arithmetic that goes with them (updates that fit a time budget, when to keep a step
+checkpoint for averaging)."""
 
 from __future__ import annotations
 
 import math
+
+from nmt.config import TrainConfig
+
+# With a linear schedule's planned end, the kept step checkpoints are spread over this share
+# of the updates before it.
+AVERAGE_SHARE = 0.2
 
 
 def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
@@ -51,3 +59,24 @@ def planned_steps(step: int, elapsed_s: float, budget_s: float) -> int:
         return step
     remaining = max(budget_s - elapsed_s, 0.0)
     return step + int(remaining / (elapsed_s / step))
+
+
+def learning_rate(cfg: TrainConfig, step: int, end: int) -> float:
+    """The learning rate of 1-based update ``step`` under ``cfg.lr_schedule``; ``end`` is the
+    last update of a linear schedule's budget (0 = not known yet)."""
+    if cfg.lr_schedule == "linear":
+        return linear_decay_lr(step, cfg.lr, cfg.warmup_steps, end)
+    return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+
+
+def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
+    """Whether update ``step`` writes a step checkpoint: every ``save_every`` updates, or,
+    once a linear schedule's ``end`` is known, at ``keep_checkpoints`` evenly spaced updates
+    over its last :data:`AVERAGE_SHARE` (for ``nmt average``: the weights of the low-lr
+    tail, not the peak)."""
+    end = end if cfg.lr_schedule == "linear" else 0
+    if not end:
+        return step % cfg.save_every == 0
+    keep = cfg.keep_checkpoints
+    every = max(1, round(end * AVERAGE_SHARE / max(keep - 1, 1)))
+    return 0 <= end - step <= every * (keep - 1) and (end - step) % every == 0

@@ -27,7 +27,8 @@ from nmt.errors import ConfigError, NMTError, TrainingError
 from nmt.schedule import inverse_sqrt_lr  # re-exported
 from nmt.textio import corpus_path
 from nmt.tokenizer import Tokenizer
-from nmt.train_parts import (  # re-exported: the training API lives under nmt.train
+from nmt.train_log import (  # re-exported: the training API lives under nmt.train
+    RunStart,
     StepStats,
     TrainObserver,
     ValidResult,
@@ -35,6 +36,7 @@ from nmt.train_parts import (  # re-exported: the training API lives under nmt.t
 from nmt.trainer import Trainer  # re-exported too
 
 __all__ = [
+    "RunStart",
     "StepStats",
     "Trainer",
     "TrainObserver",

@@ -1,54 +1,42 @@
 """The training loop of one run: :class:`Trainer` owns the model, optimizer and data and
-runs one flat, ordered loop (set LR → step → log → validate → checkpoint).
+runs one flat, ordered loop (:meth:`Trainer.run`: stop? → set LR → micro-steps under
+autocast → unscale, clip, step → log → validate → checkpoint).
 
-Its state (model, optimizer, step, epoch, position in the epoch's batch order, every rank's
-RNG state, early-stopping counters) goes into ``resume.pt``, so an interrupted run continues
-exactly where an uninterrupted one would be. Progress is reported through a
-:class:`~nmt.train_parts.TrainObserver`; the library prints nothing itself. The learning-rate
-schedules are in :mod:`nmt.schedule`; the dtype choice, counters and progress records in
-:mod:`nmt.train_parts`.
+The schedule is in :mod:`nmt.schedule`, the resume checkpoint and its counters in
+:mod:`nmt.resume`, validation in :mod:`nmt.validation`, the records and the observer that
+receives them in :mod:`nmt.train_log`; the run folder is prepared by :mod:`nmt.train`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import signal
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from nmt import checkpoint as ckpt
-from nmt.config import DecodeConfig, ModelConfig, TrainConfig
+from nmt.config import ModelConfig, TrainConfig
 from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate, make_batches
 from nmt.device import pick_dtype, resolve_device
-from nmt.distributed import DistEnv, gather_objects, sum_across
+from nmt.distributed import DistEnv, sum_across
 from nmt.errors import TrainingError
-from nmt.loss import LossModule, label_smoothed_loss
+from nmt.loss import LossModule
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
-from nmt.schedule import inverse_sqrt_lr, linear_decay_lr, planned_steps
-from nmt.score import corpus_scores
+from nmt.resume import TrainState, load_resume, save_resume
+from nmt.schedule import checkpoint_due, learning_rate, planned_steps
 from nmt.tokenizer import Tokenizer
-from nmt.train_parts import (
-    StepStats,
-    TrainObserver,
-    TrainState,
-    ValidResult,
-    open_tensorboard,
-)
-from nmt.translate import Translator
+from nmt.train_log import RunLog, RunStart, StepStats, TrainObserver, ValidResult
+from nmt.validation import bleu_chrf, search_output, valid_loss
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
 MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
 PREFETCH_STEPS = 4  # updates whose batches are built ahead in a background thread
-# With a linear schedule's planned end, the kept step checkpoints are spread over this share
-# of the updates before it (for `nmt average`: the weights of the low-lr tail, not the peak).
-AVERAGE_SHARE = 0.2
 
 
 class Trainer:
@@ -60,7 +48,8 @@ class Trainer:
         tokenizer: the run's SentencePiece model.
         train_data: the training pairs, in memory or memory-mapped (:mod:`nmt.store`).
         valid_data: encoded valid pairs; valid_text: valid source and reference lines.
-        observer: progress receiver.
+        observer: progress receiver (on the main process; the others get a silent one).
+        dist_env: this process's place in a torchrun job.
     """
 
     def __init__(
@@ -113,11 +102,10 @@ class Trainer:
         )
         self.state = TrainState()
         self.stop_signal: int | None = None
-        self.tensorboard = (
-            open_tensorboard(out_dir) if train_cfg.tensorboard and self.dist.is_main else None
-        )
+        self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
         self.steps_per_epoch = len(self.epoch_steps(1))
 
+    # --- data ---------------------------------------------------------------------------
     def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
         """This rank's updates of ``epoch``, in order: each a list of ``accum`` batches.
 
@@ -137,51 +125,6 @@ class Trainer:
         mine = batches[self.dist.rank : usable : self.dist.world_size]
         return [mine[i : i + self.cfg.accum] for i in range(0, len(mine), self.cfg.accum)]
 
-    # --- resume -------------------------------------------------------------------------
-    def save_resume(self) -> None:
-        """Write ``last.safetensors`` and ``resume.pt`` (atomically, weights first)."""
-        # Every rank's RNG state is kept (all ranks must call this), so that dropout after a
-        # resume continues exactly as it would have.
-        rng = gather_objects(
-            {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-            self.dist,
-        )
-        if not self.dist.is_main:
-            return
-        ckpt.save_weights(self.out_dir / "last.safetensors", self.model, self.state.step)
-        ckpt.save_resume(
-            self.out_dir / ckpt.RESUME_FILE,
-            {
-                "format_version": ckpt.FORMAT_VERSION,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "state": dict(vars(self.state)),
-                "rng": rng,
-                "python_rng": list(random.getstate()[1]),
-                "world_size": self.dist.world_size,
-            },
-        )
-
-    def load_resume(self, path: Path) -> None:
-        """Restore everything :meth:`save_resume` wrote."""
-        data = ckpt.load_resume(path)
-        self.model.load_state_dict(data["model"])
-        self.optimizer.load_state_dict(data["optimizer"])
-        if data.get("scaler"):  # absent in checkpoints of runs without fp16
-            self.scaler.load_state_dict(data["scaler"])
-        self.state = TrainState(**data["state"])
-        rngs = data["rng"]
-        rng = rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        random.setstate((3, tuple(data["python_rng"]), None))
-
-    # --- one update ---------------------------------------------------------------------
     def collate_step(self, step_batches: list[list[int]]) -> list[Batch]:
         """The padded batches of one update (``accum`` lists of example indices), on the CPU
         (pinned when training on CUDA, so the copy to the GPU can overlap)."""
@@ -197,6 +140,83 @@ class Trainer:
                 for b in batches
             ]
         return batches
+
+    def updates(self) -> Iterator[list[Batch]]:
+        """This rank's updates from the saved position on, epoch after epoch, built
+        :data:`PREFETCH_STEPS` ahead in a background thread. ``state.batch_in_epoch`` and
+        ``state.epoch`` follow the updates handed out."""
+        while True:
+            steps = self.epoch_steps(self.state.epoch)
+            first = self.state.batch_in_epoch
+            ahead = (self.collate_step(steps[i]) for i in range(first, len(steps)))
+            with Prefetcher(ahead, PREFETCH_STEPS) as self.prefetched:
+                for batches in self.prefetched:
+                    yield batches
+                    self.state.batch_in_epoch += 1
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> str:
+        """Train until a budget runs out; returns the reason training stopped.
+
+        Raises:
+            TrainingError: the loss stayed non-finite for ``MAX_BAD_STEPS`` updates in a row
+                (the last good state is saved first).
+        """
+        s, c = self.state, self.cfg
+        self.model.train()
+        self.observer.on_start(
+            RunStart(
+                s.step, s.elapsed_s, c.max_steps, c.max_epochs, c.max_minutes, self.steps_per_epoch
+            )
+        )
+        bad_in_row = window_tokens = 0
+        window_start, window_wait = time.monotonic(), 0.0
+        reason: str | None = None
+        for batches in self.updates():
+            reason, tokens = self.check_stop(sum(b.n_tgt_tokens for b in batches))
+            if reason is not None:
+                break
+            tick = time.monotonic()
+            lr = learning_rate(c, s.step + 1, self.budget_steps())
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            result = self.train_step(batches)
+            if result is None:
+                bad_in_row = self.skipped_update(bad_in_row)
+                continue
+            bad_in_row, s.step = 0, s.step + 1
+            s.elapsed_s += time.monotonic() - tick
+            # log
+            window_tokens += tokens
+            window_s = max(time.monotonic() - window_start, 1e-9)
+            loss, nll, grad_norm, _ = result
+            stats = StepStats(
+                s.step, s.epoch, loss, nll, lr, grad_norm, window_tokens / window_s,
+                s.elapsed_s, s.skipped_steps, (self.prefetched.wait_s - window_wait) / window_s,
+            )  # fmt: skip
+            self.observer.on_step(stats)
+            if s.step % c.log_every == 0:
+                self.run_log.write({"type": "train", **vars(stats)})
+                window_tokens, window_start = 0, time.monotonic()
+                window_wait = self.prefetched.wait_s
+            # validate and checkpoint (their time counts towards the budget too)
+            tick = time.monotonic()
+            validated = s.step % c.eval_every == 0
+            if validated and self.dist.is_main:
+                self.validate()
+            if checkpoint_due(c, s.step, self.budget_steps()):
+                self.save_step_checkpoint()
+            if s.step % c.save_every == 0:
+                self.save_resume()
+            s.elapsed_s += time.monotonic() - tick
+            timed = c.lr_schedule == "linear" and c.max_minutes and not s.planned_steps
+            if timed and validated and s.step >= c.warmup_steps:
+                self.plan_time_budget()
+        self.finish()
+        assert reason is not None  # updates() never ends: only a stop reason leaves the loop
+        return reason
 
     def train_step(self, step_batches: list[Batch]) -> tuple[float, float, float, int] | None:
         """One update from ``accum`` batches: forward and backward each (gradients
@@ -243,96 +263,7 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    # --- validation ---------------------------------------------------------------------
-    @torch.no_grad()
-    def valid_loss(self) -> tuple[float, float]:
-        """Teacher-forced (label-smoothed loss, NLL) per target token on the valid set."""
-        self.model.eval()
-        total = nll_total = 0.0
-        tokens = 0
-        for batch_indices in make_batches(
-            self.valid_data.src_lens,
-            self.valid_data.tgt_lens,
-            self.cfg.batch_tokens,
-            0,
-        ):
-            batch = collate(self.valid_data, batch_indices).to(self.device)
-            states = self.model(batch.src, batch.tgt_in)
-            loss, nll = label_smoothed_loss(
-                self.model, states, batch.tgt_out, self.cfg.label_smoothing
-            )
-            total, nll_total, tokens = (
-                total + float(loss),
-                nll_total + float(nll),
-                tokens + batch.n_tgt_tokens,
-            )
-        return total / max(tokens, 1), nll_total / max(tokens, 1)
-
-    def validate(self) -> ValidResult:
-        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
-        the best by BLEU and updates the early-stopping counters."""
-        start = time.monotonic()
-        loss, nll = self.valid_loss()
-        src_lines, ref_lines = self.valid_text
-        translator = Translator(
-            self.model,
-            self.tokenizer,
-            DecodeConfig(
-                beam_size=self.cfg.valid_beam_size,
-                batch_tokens=self.cfg.batch_tokens,
-            ),
-        )
-        hyps = [t.text for t in translator.translate(src_lines)]
-        self.model.train()
-        scores = corpus_scores(hyps, [ref_lines], metrics=("bleu", "chrf"))
-        bleu = scores["bleu"].score
-        best = bleu > self.state.best_bleu
-        if best:
-            self.state.best_bleu, self.state.bad_validations = bleu, 0
-            ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
-        else:
-            self.state.bad_validations += 1
-        result = ValidResult(
-            self.state.step,
-            loss,
-            math.exp(min(nll, 50.0)),
-            bleu,
-            scores["chrf"].score,
-            scores["bleu"].signature,
-            best,
-            time.monotonic() - start,
-        )
-        self.log({"type": "valid", **vars(result)})
-        self.observer.on_validate(result)
-        return result
-
-    # --- checkpoints and logs -----------------------------------------------------------
-    def step_checkpoint(self) -> Path:
-        """``checkpoints/step-N.safetensors`` of the current step."""
-        return self.out_dir / "checkpoints" / f"step-{self.state.step:08d}.safetensors"
-
-    def save_step_checkpoint(self) -> None:
-        """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
-        if not self.dist.is_main:
-            return
-        path = self.step_checkpoint()
-        ckpt.save_weights(path, self.model, self.state.step)
-        for old in sorted(path.parent.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
-            old.unlink()
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON line to ``metrics.jsonl`` (main process only), and the numbers to
-        TensorBoard when it is on."""
-        if not self.dist.is_main:
-            return
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "best"):
-                    self.tensorboard.add_scalar(f"{record['type']}/{key}", value, record["step"])
-            self.tensorboard.flush()
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
+    # --- stopping -----------------------------------------------------------------------
     def out_of_budget(self) -> str | None:
         """Why training should stop now, or ``None``."""
         c, s = self.cfg, self.state
@@ -353,57 +284,9 @@ class Trainer:
             return f"interrupted by signal {signal.Signals(self.stop_signal).name}"
         return None
 
-    # --- the loop -----------------------------------------------------------------------
-    def run(self) -> str:
-        """Train until a budget runs out; returns the reason training stopped.
-
-        Raises:
-            TrainingError: the loss stayed non-finite for ``MAX_BAD_STEPS`` updates in a row
-                (the last good state is saved first).
-        """
-        self.model.train()
-        self.observer.on_start(self)
-        bad_in_row, window_tokens, window_start = 0, 0, time.monotonic()
-        while (reason := self.check_stop()[0]) is None:
-            steps = self.epoch_steps(self.state.epoch)
-            first = self.state.batch_in_epoch
-            ahead = ((i, self.collate_step(steps[i])) for i in range(first, len(steps)))
-            with Prefetcher(ahead, PREFETCH_STEPS) as prefetched:
-                window_wait = prefetched.wait_s
-                for index, batches in prefetched:
-                    tick = time.monotonic()
-                    lr = self.learning_rate(self.state.step + 1)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    result = self.train_step(batches)
-                    self.state.batch_in_epoch = index + 1
-                    if result is None:
-                        bad_in_row = self.skipped_update(bad_in_row)
-                        continue
-                    bad_in_row = 0
-                    self.state.step += 1
-                    self.state.elapsed_s += time.monotonic() - tick
-                    reason, tokens = self.check_stop(result[3])
-                    window_tokens += tokens
-                    window_s = max(time.monotonic() - window_start, 1e-9)
-                    wait_share = (prefetched.wait_s - window_wait) / window_s
-                    self.after_step(result, lr, window_tokens / window_s, wait_share)
-                    if self.state.step % self.cfg.log_every == 0:
-                        window_tokens, window_start = 0, time.monotonic()
-                        window_wait = prefetched.wait_s
-                    if reason is None and self.state.step % self.cfg.eval_every == 0:
-                        reason = self.check_stop()[0]  # patience may have run out just now
-                    if reason is not None:
-                        break
-                else:
-                    self.state.epoch += 1
-                    self.state.batch_in_epoch = 0
-        self.finish()
-        return reason
-
     def check_stop(self, tokens: int = 0) -> tuple[str | None, int]:
-        """Whether to stop (agreed by all ranks: any rank's reason stops all) and this step's
-        target tokens summed over ranks."""
+        """Whether to stop before the next update (agreed by all ranks: any rank's reason
+        stops all) and that update's target tokens summed over ranks."""
         reason = self.out_of_budget()
         if not self.dist.enabled:
             return reason, tokens
@@ -440,14 +323,7 @@ class Trainer:
         self.save_resume()
         raise TrainingError(f"{problem}; last good state saved in {self.out_dir}; {hint}")
 
-    # --- the schedule and its budget ----------------------------------------------------
-    def learning_rate(self, step: int) -> float:
-        """The learning rate of 1-based update ``step`` (:mod:`nmt.schedule`)."""
-        c = self.cfg
-        if c.lr_schedule == "linear":
-            return linear_decay_lr(step, c.lr, c.warmup_steps, self.budget_steps())
-        return inverse_sqrt_lr(step, c.lr, c.warmup_steps)
-
+    # --- the schedule's budget ----------------------------------------------------------
     def budget_steps(self) -> int:
         """The last update of a linear schedule: the smallest of ``max_steps``, ``max_epochs``
         × updates per epoch and the plan for ``max_minutes`` (0 = not known yet)."""
@@ -463,57 +339,72 @@ class Trainer:
         plan = planned_steps(s.step, s.elapsed_s, self.cfg.max_minutes * 60)
         shared = sum_across([float(plan if self.dist.is_main else 0)], self.dist, self.device)
         s.planned_steps = int(shared[0])
-        self.log({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
+        self.run_log.write({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
         self.observer.on_message(
             f"time budget: {s.planned_steps} updates fit into max_minutes="
             f"{self.cfg.max_minutes:g} at {s.elapsed_s / s.step:.2f} s per update so far; "
             "the learning rate decays linearly to 0 by then"
         )
 
-    def checkpoint_due(self) -> bool:
-        """Whether this update writes a step checkpoint: every ``save_every`` updates, or,
-        once a linear schedule's end is known, at ``keep_checkpoints`` evenly spaced updates
-        over its last :data:`AVERAGE_SHARE`."""
-        c, step = self.cfg, self.state.step
-        end = self.budget_steps() if c.lr_schedule == "linear" else 0
-        if not end:
-            return step % c.save_every == 0
-        every = max(1, round(end * AVERAGE_SHARE / max(c.keep_checkpoints - 1, 1)))
-        return 0 <= end - step <= every * (c.keep_checkpoints - 1) and (end - step) % every == 0
-
-    def after_step(
-        self, result: tuple[float, float, float, int], lr: float, tok_s: float, wait_share: float
-    ) -> None:
-        """Log, validate and checkpoint on their schedules (validation time counts too)."""
-        s, c = self.state, self.cfg
-        loss, nll, grad_norm, _ = result
-        stats = StepStats(
-            s.step,
-            s.epoch,
-            loss,
-            nll,
-            lr,
-            grad_norm,
-            tok_s,
-            s.elapsed_s,
-            s.skipped_steps,
-            wait_share,
+    # --- validation ---------------------------------------------------------------------
+    def validate(self) -> ValidResult:
+        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
+        the best by BLEU and updates the early-stopping counters."""
+        start = time.monotonic()
+        c = self.cfg
+        loss, nll, tokens = valid_loss(
+            self.model, self.valid_data, c.batch_tokens, c.label_smoothing, self.device
         )
-        self.observer.on_step(stats)
-        if s.step % c.log_every == 0:
-            self.log({"type": "train", **vars(stats)})
-        tick = time.monotonic()
-        validated = s.step % c.eval_every == 0
-        if validated and self.dist.is_main:
-            self.validate()
-        if self.checkpoint_due():
-            self.save_step_checkpoint()
-        if s.step % c.save_every == 0:
-            self.save_resume()
-        s.elapsed_s += time.monotonic() - tick
-        timed = c.lr_schedule == "linear" and c.max_minutes and not s.planned_steps
-        if timed and validated and s.step >= c.warmup_steps:
-            self.plan_time_budget()
+        loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
+        src_lines, ref_lines = self.valid_text
+        hyps = search_output(
+            self.model, self.tokenizer, src_lines, c.valid_beam_size, c.batch_tokens
+        )
+        self.model.train()
+        scores = bleu_chrf(hyps, ref_lines)
+        bleu = scores["bleu"].score
+        best = bleu > self.state.best_bleu
+        if best:
+            self.state.best_bleu, self.state.bad_validations = bleu, 0
+            ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
+        else:
+            self.state.bad_validations += 1
+        result = ValidResult(
+            self.state.step,
+            loss,
+            math.exp(min(nll, 50.0)),
+            bleu,
+            scores["chrf"].score,
+            scores["bleu"].signature,
+            best,
+            time.monotonic() - start,
+        )
+        self.run_log.write({"type": "valid", **vars(result)})
+        self.observer.on_validate(result)
+        return result
+
+    # --- checkpoints --------------------------------------------------------------------
+    def save_resume(self) -> None:
+        """Write ``last.safetensors`` and ``resume.pt`` (:func:`nmt.resume.save_resume`; all
+        ranks must call it)."""
+        save_resume(self.out_dir, self.model, self.optimizer, self.scaler, self.state, self.dist)
+
+    def load_resume(self, path: Path) -> None:
+        """Restore everything :meth:`save_resume` wrote."""
+        self.state, _ = load_resume(path, self.model, self.optimizer, self.scaler, self.dist)
+
+    def step_checkpoint(self) -> Path:
+        """``checkpoints/step-N.safetensors`` of the current step."""
+        return self.out_dir / "checkpoints" / f"step-{self.state.step:08d}.safetensors"
+
+    def save_step_checkpoint(self) -> None:
+        """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
+        if not self.dist.is_main:
+            return
+        path = self.step_checkpoint()
+        ckpt.save_weights(path, self.model, self.state.step)
+        for old in sorted(path.parent.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
+            old.unlink()
 
     def finish(self) -> None:
         """Final validation (unless the last step just had one) and checkpoints."""
@@ -525,5 +416,4 @@ class Trainer:
         if not self.step_checkpoint().exists():  # not yet written at this step
             self.save_step_checkpoint()
         self.save_resume()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self.run_log.close()
