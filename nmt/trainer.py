@@ -182,7 +182,7 @@ class Trainer:
             lr = learning_rate(c, s.step + 1, self.budget_steps())
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            result = self.train_step(batches)
+            result = self.train_step(batches, tokens)
             if result is None:
                 bad_in_row = self.skipped_update(bad_in_row)
                 continue
@@ -218,20 +218,30 @@ class Trainer:
         assert reason is not None  # updates() never ends: only a stop reason leaves the loop
         return reason
 
-    def train_step(self, step_batches: list[Batch]) -> tuple[float, float, float, int] | None:
+    def train_step(
+        self, step_batches: list[Batch], global_tokens: int = 0
+    ) -> tuple[float, float, float, int] | None:
         """One update from ``accum`` batches: forward and backward each (gradients
-        accumulated, averaged over all their target tokens), clip, step.
+        accumulated), clip, step.
+
+        The gradient is the per-token mean over the global batch: every process's summed
+        loss is divided by ``global_tokens``, the target tokens of this update summed over
+        all processes (0 = this process's own; the two are equal without DDP), and multiplied
+        by the number of processes, which DDP's averaging divides out again (as fairseq
+        all-reduces the sample size). A mean of per-process means would weigh a token of a
+        short batch more than one of a long batch.
 
         With fp16 the loss is scaled before backward and the gradients unscaled before
         clipping (:class:`torch.amp.GradScaler`); an overflow skips the update and halves the
         scale.
 
         Returns:
-            (loss, nll, grad_norm, target tokens), losses per token; ``None`` when the
-            gradient was not finite and the update was skipped.
+            (loss, nll, grad_norm, target tokens) of this process's batches, losses per
+            token; ``None`` when the gradient was not finite and the update was skipped.
         """
         batches = [b.to(self.device) for b in step_batches]
         n = sum(b.n_tgt_tokens for b in batches)
+        scale = self.dist.world_size / (global_tokens or n)
         total_loss = total_nll = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
@@ -240,7 +250,7 @@ class Trainer:
             with self.no_sync() if not last else nullcontext():
                 with self.autocast():
                     loss, nll = self.forward(batch.src, batch.tgt_in, batch.tgt_out)
-                self.scaler.scale(loss / n).backward()
+                self.scaler.scale(loss * scale).backward()
             total_loss, total_nll = total_loss + float(loss.detach()), total_nll + float(nll)
         self.scaler.unscale_(self.optimizer)
         grad_norm = float(
@@ -417,3 +427,4 @@ class Trainer:
             self.save_step_checkpoint()
         self.save_resume()
         self.run_log.close()
+

@@ -21,8 +21,11 @@ from nmt.checkpoint import RESUME_FILE, load_resume, load_weights
 STEPS = 24
 
 
-def nmt_train(out: Path, train: Path, valid: Path, steps: int, procs: int, batch_tokens: int):
-    """Run ``nmt train`` (under torchrun when ``procs`` > 1); returns the completed process."""
+def nmt_train(
+    out: Path, train: Path, valid: Path, steps: int, procs: int, batch_tokens: int, *extra: str
+):
+    """Run ``nmt train`` (under torchrun when ``procs`` > 1) with the test recipe and
+    ``extra`` options; returns the completed process."""
     launcher = [sys.executable, "-m", "cli"]
     if procs > 1:
         launcher = [
@@ -63,6 +66,7 @@ def nmt_train(out: Path, train: Path, valid: Path, steps: int, procs: int, batch
         "fp32",
         "--device",
         "cpu",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run(launcher + args, capture_output=True, text=True, env=env, timeout=300)
@@ -109,3 +113,19 @@ def test_two_gloo_processes_train_resume_and_follow_the_single_process_curve(cor
     for a, b in zip(ddp, one):
         assert a["loss"] < uniform - 0.5 and b["loss"] < uniform - 0.5  # both learned
         assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+
+
+def test_two_processes_take_the_per_token_mean_over_the_global_batch(corpus, tmp_path):
+    """2 processes × accum 1 make the same updates as 1 process × accum 2 over the same
+    batches (dropout 0, float32): the gradient is the mean over all target tokens of the
+    global batch, not the mean of each process's mean (which was 1e-4 away after 12
+    updates)."""
+    train, valid = corpus
+    no_dropout = ("--dropout", "0", "--eval-every", "100")
+    nmt_train(tmp_path / "two", train, valid, 12, 2, 1024, *no_dropout)
+    nmt_train(tmp_path / "one", train, valid, 12, 1, 1024, *no_dropout, "--accum", "2")
+    two, one = (load_weights(tmp_path / r / "last.safetensors") for r in ("two", "one"))
+    assert load_resume(tmp_path / "two" / RESUME_FILE)["state"]["step"] == 12
+    assert two.keys() == one.keys()
+    worst = max(float((two[k] - one[k]).abs().max()) for k in one)
+    assert worst < 1e-5, f"largest weight difference {worst:.2e}"
