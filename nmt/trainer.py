@@ -24,7 +24,7 @@ from nmt.config import ModelConfig, TrainConfig
 from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate, make_batches
 from nmt.device import pick_dtype, resolve_device
 from nmt.distributed import DistEnv, sum_across
-from nmt.errors import TrainingError
+from nmt.errors import ConfigError, TrainingError
 from nmt.loss import LossModule
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
@@ -104,6 +104,8 @@ class Trainer:
         self.stop_signal: int | None = None
         self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
         self.steps_per_epoch = len(self.epoch_steps(1))
+        if self.steps_per_epoch == 0:
+            raise ConfigError(too_few_batches(len(train_data), train_cfg, self.dist.world_size))
 
     # --- data ---------------------------------------------------------------------------
     def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
@@ -428,3 +430,14 @@ class Trainer:
         self.save_resume()
         self.run_log.close()
 
+
+def too_few_batches(pairs: int, cfg: TrainConfig, world_size: int) -> str:
+    """Why an epoch has no update: one update takes ``world_size × accum`` batches, and
+    ``pairs`` pairs of ``batch_tokens`` do not fill that many."""
+    need = world_size * cfg.accum
+    return (
+        f"an epoch of {pairs:,} training pairs at batch_tokens={cfg.batch_tokens} makes fewer "
+        f"than the {need} batches one update needs ({world_size} process(es) × accum="
+        f"{cfg.accum}), so training could never take a step: lower --accum or "
+        "--batch-tokens, use fewer processes, or train on more data"
+    )

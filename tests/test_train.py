@@ -11,6 +11,7 @@ import torch
 
 from nmt.checkpoint import SPM_FILE, load_model, load_weights
 from nmt.config import DecodeConfig
+from nmt.errors import ConfigError
 from nmt.score import corpus_scores
 from nmt.tokenizer import Tokenizer
 from nmt.train import StepStats, TrainObserver, inverse_sqrt_lr, train
@@ -399,3 +400,13 @@ def test_compiled_training_step_matches_eager(
         losses[compiled] = [r["loss"] for r in records if r["type"] == "train"]
     assert len(losses[True]) == 2
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+
+
+def test_an_epoch_too_small_for_one_update_is_an_error_not_an_endless_loop(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """400 pairs make about a dozen batches of 1,000 tokens; an update of accum=64 batches
+    never comes, which used to spin through empty epochs forever."""
+    cfg = tiny_train_config(accum=64, max_steps=10)
+    with pytest.raises(ConfigError, match=r"400 training pairs .* lower --accum"):
+        train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
