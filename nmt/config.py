@@ -97,6 +97,8 @@ class TrainConfig:
             ``resume.pt``. With a planned end, the kept step checkpoints are spread over its
             last 20% (:data:`nmt.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
         label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
+        clip_norm: the gradient's L2 norm is clipped to this (Pascanu et al. 2013); 0 = no
+            clipping (as in fairseq and Marian).
         max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
         eval_every: validate every this many updates (and at the end).
         patience: stop after this many validations without a better BLEU (0 = never).
@@ -166,6 +168,17 @@ class TrainConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
         if self.eval_every == 0:
             raise ConfigError("eval_every=0: validate at least every N steps (N > 0)")
+        if self.clip_norm < 0:
+            raise ConfigError(
+                f"clip_norm={self.clip_norm} must not be negative (0 = no gradient clipping)"
+            )
+        if self.keep_checkpoints < 1:
+            raise ConfigError(
+                f"keep_checkpoints={self.keep_checkpoints}: keep at least 1 step checkpoint "
+                "(the newest ones are kept for nmt average)"
+            )
+        if self.max_len < 1:
+            raise ConfigError(f"max_len={self.max_len} must be at least 1 token")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"device={self.device!r}: choose one of auto, cpu, cuda, cuda:N")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
@@ -219,19 +232,48 @@ class DecodeConfig:
             raise ConfigError("batch_tokens and batch_size must be positive")
 
 
+# The field types of the config dataclasses (annotations are strings under
+# ``from __future__ import annotations``) and the JSON/TOML values each accepts.
+_ACCEPTS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "tuple[float, float]": (list, tuple),
+}
+
+
+def _check_type(name: str, annotation: str, value: Any, where: str) -> None:
+    """Raise a ConfigError naming the field if ``value`` is not of the field's type."""
+    accepted = _ACCEPTS.get(annotation)
+    if accepted is None:
+        return
+    wrong = not isinstance(value, accepted) or (annotation != "bool" and isinstance(value, bool))
+    if annotation == "tuple[float, float]" and not wrong:
+        wrong = len(value) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
+        )
+    if wrong:
+        expected = "a pair of numbers" if annotation.startswith("tuple") else f"a {annotation}"
+        raise ConfigError(f"{where}: {name} = {value!r} must be {expected}")
+
+
 def from_dict(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
-    """Build the dataclass ``cls`` from ``values``, rejecting unknown keys.
+    """Build the dataclass ``cls`` from ``values``, rejecting unknown keys and values of the
+    wrong type (``"8"`` for an int, ``true`` for a number; an int is a valid float).
 
     Raises:
-        ConfigError: a key is not a field of ``cls`` (the message lists the valid names), or a
-            value fails validation.
+        ConfigError: a key is not a field of ``cls`` (the message lists the valid names), a
+            value of the wrong type (the field named), or a value that fails validation.
     """
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+    types = {f.name: str(f.type) for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(types))
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(types))}"
         )
+    for name, value in values.items():
+        _check_type(name, types[name], value, where)
     clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**clean)
@@ -297,7 +339,23 @@ def resolve(
     train_values = dict(file_data.get("train", {}))
     train_values.update({k: v for k, v in train_overrides.items() if v is not None})
     where = str(config_file) if config_file else "config"
-    return (
-        from_dict(ModelConfig, model_values, f"{where} [model]"),
-        from_dict(TrainConfig, train_values, f"{where} [train]"),
-    )
+    model_cfg = from_dict(ModelConfig, model_values, f"{where} [model]")
+    train_cfg = from_dict(TrainConfig, train_values, f"{where} [train]")
+    check_fits(model_cfg, train_cfg)
+    return model_cfg, train_cfg
+
+
+def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Check the settings that involve both configs.
+
+    Raises:
+        ConfigError: ``max_len`` above ``max_positions - 1``: a sentence of ``max_len``
+            tokens plus its BOS or EOS would not fit the position table (it used to crash
+            in the middle of training).
+    """
+    if train_cfg.max_len > model_cfg.max_positions - 1:
+        raise ConfigError(
+            f"max_len={train_cfg.max_len} does not fit max_positions={model_cfg.max_positions}"
+            f" (BOS/EOS take a position, so at most {model_cfg.max_positions - 1}): lower "
+            "--max-len or raise max_positions"
+        )

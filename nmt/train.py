@@ -19,7 +19,7 @@ from typing import Any
 
 from nmt import checkpoint as ckpt
 from nmt import store
-from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
+from nmt.config import ModelConfig, TrainConfig, check_fits, from_dict, to_dict
 from nmt.data import encode_parallel, read_parallel
 from nmt.device import resolve_device
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
@@ -184,6 +184,7 @@ def train(
     """
     observer = observer or TrainObserver()
     out_dir = Path(out_dir)
+    check_fits(model_cfg, train_cfg)
     if (train_prefix is None) == (data_dir is None):
         raise ConfigError("give either a corpus prefix (--train) or a data folder (--data)")
     if data_dir is not None:

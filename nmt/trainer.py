@@ -255,9 +255,8 @@ class Trainer:
                 self.scaler.scale(loss * scale).backward()
             total_loss, total_nll = total_loss + float(loss.detach()), total_nll + float(nll)
         self.scaler.unscale_(self.optimizer)
-        grad_norm = float(
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
-        )
+        max_norm = self.cfg.clip_norm or math.inf  # 0: no clipping, but the norm is logged
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         # A NaN/inf loss on any rank makes the averaged gradient non-finite on every rank,
         # so all ranks skip the same update.
         if not math.isfinite(grad_norm):

@@ -6,6 +6,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import torch
 
 from nmt.config import (
     PRESETS,
@@ -147,3 +148,62 @@ def test_from_dict_round_trip_and_types() -> None:
     assert from_dict(TrainConfig, values) == train
     with pytest.raises(ConfigError, match="where"):
         from_dict(ModelConfig, {"d_model": "64"}, "where")  # a string where a number belongs
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[model]\nd_model = "512"\n', r"run\.toml \[model\]: d_model = '512' must be a int"),
+        ("[train]\nlr = true\n", r"run\.toml \[train\]: lr = True must be a float"),
+        ("[train]\naccum = 2.5\n", r"accum = 2\.5 must be a int"),
+        ("[model]\npre_norm = 1\n", r"pre_norm = 1 must be a bool"),
+        ("[train]\nadam_betas = [0.9]\n", r"adam_betas = \[0\.9\] must be a pair of numbers"),
+        ('[train]\nsrc_lang = 7\ntgt_lang = "en"\n', r"src_lang = 7 must be a str"),
+    ],
+)
+def test_toml_values_are_type_checked_and_the_field_named(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve("tiny", write_toml(tmp_path, text), {}, {})
+
+
+def test_an_int_is_a_valid_float() -> None:
+    assert from_dict(TrainConfig, {"max_minutes": 30, "lr": 1}).max_minutes == 30.0
+
+
+def test_settings_that_used_to_break_training_silently_are_errors() -> None:
+    with pytest.raises(ConfigError, match=r"clip_norm=-1.0 must not be negative \(0 = no"):
+        TrainConfig(clip_norm=-1.0)
+    with pytest.raises(ConfigError, match="keep_checkpoints=0: keep at least 1"):
+        TrainConfig(keep_checkpoints=0)
+    with pytest.raises(ConfigError, match=r"max_len=1024 does not fit max_positions=1024 .* 1023"):
+        resolve("tiny", None, {}, {"max_len": 1024})
+    assert resolve("tiny", None, {}, {"max_len": 1023})[1].max_len == 1023
+
+
+def test_clip_norm_0_means_no_clipping(tiny_corpus, spm_model, tiny_model_config, tmp_path):
+    """clip_norm = 0 used to scale every gradient to 0; now it is fairseq's "no clipping":
+    one update equals an update with a bound no gradient reaches."""
+    from nmt.data import encode_parallel, read_parallel
+    from nmt.tokenizer import Tokenizer
+    from nmt.trainer import Trainer
+
+    tokenizer = Tokenizer(spm_model)
+    data = encode_parallel(tokenizer, *read_parallel(tiny_corpus[0], "de", "en"), 200)
+    model_cfg = tiny_model_config(dropout=0.0)
+    results = []
+    for clip in (0.0, 1e9):
+        cfg = TrainConfig(clip_norm=clip, dtype="fp32", device="cpu", batch_tokens=1000, lr=1e-3)
+        trainer = Trainer(tmp_path, model_cfg, cfg, tokenizer, data, data, ([], []))
+        before = [p.detach().clone() for p in trainer.model.parameters()]
+        trainer.train_step(trainer.collate_step(trainer.epoch_steps(1)[0]))
+        after = [p.detach() for p in trainer.model.parameters()]
+        results.append(max(float((a - b).abs().max()) for a, b in zip(after, before)))
+        if clip == 0.0:
+            weights0 = [p.detach().clone() for p in after]
+        elif clip == 1e9:
+            for a, b in zip(after, weights0):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert results[0] > 1e-4  # the weights moved: the gradient was not zeroed (Adam's
+    # step is 0 for a zero gradient)
