@@ -154,6 +154,22 @@ def train(
         bool | None,
         typer.Option("--tensorboard", help="Also write TensorBoard logs (needs tensorboard)."),
     ] = None,
+    reset_data_position: Annotated[
+        bool,
+        typer.Option(
+            "--reset-data-position",
+            help="On resume with another batch size, seed, accum, process count or corpus: "
+            "continue the weights from the start of a new epoch instead of refusing.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Start afresh in a folder that holds a run (its checkpoints and logs are "
+            "removed) instead of resuming it.",
+        ),
+    ] = False,
     compile_step: Annotated[
         bool | None,
         typer.Option("--compile", help="torch.compile the training step (helps on GPUs)."),
@@ -191,7 +207,16 @@ def train(
     observer = RichObserver()
     try:
         trainer, reason = run_training(
-            train, valid, out, model_cfg, train_cfg, spm, observer, data_dir=data
+            train,
+            valid,
+            out,
+            model_cfg,
+            train_cfg,
+            spm,
+            observer,
+            data_dir=data,
+            reset_data_position=reset_data_position,
+            overwrite=overwrite,
         )
     finally:
         observer.stop()

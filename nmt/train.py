@@ -10,10 +10,11 @@ Started by ``torchrun``, every process trains on its share of the batches (DDP).
 
 from __future__ import annotations
 
+import shutil
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,9 @@ def prepare_run(
         spm_file = out_dir / ckpt.SPM_FILE
         if resume:
             saved = ckpt.read_config(out_dir)
-            model_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
+            saved_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
+            check_same_model(saved_cfg, model_cfg, out_dir)
+            model_cfg = saved_cfg
             observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
             spm_path = spm_file
         kind, path = source
@@ -126,6 +129,46 @@ def prepare_run(
         )
 
 
+def check_same_model(saved: ModelConfig, given: ModelConfig, out_dir: Path) -> None:
+    """Refuse to resume with a model config other than the run's (its vocabulary size is
+    the SentencePiece model's, checked apart).
+
+    Raises:
+        ConfigError: the first differing field, both values and the ways out.
+    """
+    for name in (f.name for f in fields(ModelConfig)):
+        if name != "vocab_size" and getattr(saved, name) != getattr(given, name):
+            raise ConfigError(
+                f"{out_dir / ckpt.CONFIG_FILE}: the run was trained with {name}="
+                f"{getattr(saved, name)!r}, this command gives {getattr(given, name)!r}; "
+                "resume with the run's model options (its --preset and flags), or start a new "
+                "run folder (--overwrite replaces this one)"
+            )
+
+
+# What a run writes into its folder; --overwrite removes these (and DIR/data when training
+# from a corpus prefix) and nothing else.
+RUN_FILES = (
+    ckpt.RESUME_FILE,
+    "last.safetensors",
+    ckpt.WEIGHTS_FILE,
+    "metrics.jsonl",
+    ckpt.CONFIG_FILE,
+    ckpt.SPM_FILE,
+)
+RUN_FOLDERS = ("checkpoints", "tensorboard")
+
+
+def clear_run(out_dir: Path, with_data: bool) -> None:
+    """Remove a run's files from ``out_dir`` (``--overwrite``): the files and folders nmt
+    wrote (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, and ``data/`` when ``with_data``); other
+    files in the folder are left alone."""
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS + (("data",) if with_data else ()):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
 def describe(summary: store.PrepareSummary) -> str:
     """One line about a prepared corpus: pairs kept and dropped, by reason."""
     dropped = ", ".join(f"{n:,} {why}" for why, n in summary.dropped.items() if n) or "none"
@@ -159,6 +202,8 @@ def train(
     spm_path: str | Path | None = None,
     observer: TrainObserver | None = None,
     data_dir: str | Path | None = None,
+    reset_data_position: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Trainer, str]:
     """Train a model into ``out_dir`` (continuing it if it holds a resume checkpoint).
 
@@ -169,6 +214,11 @@ def train(
         out_dir: the run folder; it becomes a model folder ``nmt translate -m`` accepts.
         spm_path: an existing SentencePiece model to use instead of training one.
         data_dir: a data folder written by ``nmt prepare``, instead of ``train_prefix``.
+        reset_data_position: on resume with another batch size, seed, accumulation,
+            process count or corpus, continue from the start of a new epoch instead of
+            refusing (see :meth:`Trainer.load_resume`).
+        overwrite: start afresh in a folder that holds a run: its files are removed first
+            (:func:`clear_run`) instead of being resumed.
 
     Started by ``torchrun``, each process trains on its share of every epoch's batches
     (DDP); only rank 0 writes files, logs and validates.
@@ -179,7 +229,8 @@ def train(
     Raises:
         InputError: missing, non-UTF-8 or mismatched corpus files, an empty corpus, or an
             incomplete data folder. ConfigError: both or neither of ``train_prefix`` and
-            ``data_dir``, or a data folder of other languages. CheckpointError: an
+            ``data_dir``, a data folder of other languages, or a resume with another model
+            config or batch order. CheckpointError: an
             unreadable resume checkpoint. TrainingError: diverged training.
     """
     observer = observer or TrainObserver()
@@ -214,7 +265,10 @@ def train(
         Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
     env = init_distributed(resolve_device(train_cfg.device))
     try:
-        result = _train(out_dir, source, valid_text, model_cfg, train_cfg, spm_path, observer, env)
+        result = _train(
+            out_dir, source, valid_text, model_cfg, train_cfg, spm_path, observer, env,
+            reset_data_position, overwrite,
+        )  # fmt: skip
         # Leave the process group together: a rank that tore it down while rank 0 was still
         # writing its files was seen to abort (gloo, "terminate called without an active
         # exception"). Only on success: after an error the other ranks may be gone.
@@ -233,12 +287,18 @@ def _train(
     spm_path: str | Path | None,
     observer: TrainObserver,
     env: DistEnv,
+    reset_data_position: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Trainer, str]:
     """:func:`train` once the input is checked and the process group (if any) is joined."""
-    resume = (out_dir / ckpt.RESUME_FILE).is_file()  # checked before rank 0 writes anything
+    # checked before rank 0 writes anything
+    resume = not overwrite and (out_dir / ckpt.RESUME_FILE).is_file()
     error: NMTError | None = None
     if env.is_main:
         try:
+            if overwrite and (out_dir / ckpt.CONFIG_FILE).is_file():
+                clear_run(out_dir, with_data=source[0] == "train")
+                observer.on_message(f"--overwrite: removed the run in {out_dir}")
             prepare_run(out_dir, source, model_cfg, train_cfg, spm_path, observer)
         except NMTError as exc:  # e.g. a bad line found while encoding: tell the other ranks
             error = exc
@@ -271,7 +331,7 @@ def _train(
         env,
     )
     if resume:
-        trainer.load_resume(out_dir / ckpt.RESUME_FILE)
+        trainer.load_resume(out_dir / ckpt.RESUME_FILE, reset_data_position)
     with stop_on_signals(trainer):
         reason = trainer.run()
     return trainer, reason

@@ -395,14 +395,66 @@ class Trainer:
         return result
 
     # --- checkpoints --------------------------------------------------------------------
+    def data_order(self) -> dict[str, int | str]:
+        """What decides the order of the batches, and so what the saved position in an
+        epoch means: batch size, seed, accumulation, process count and the corpus."""
+        c, d = self.cfg, self.train_data
+        corpus = f"{len(d)} pairs, {int(sum(d.src_lens))}+{int(sum(d.tgt_lens))} tokens"
+        return {
+            "batch_tokens": c.batch_tokens,
+            "seed": c.seed,
+            "accum": c.accum,
+            "world_size": self.dist.world_size,
+            "corpus": corpus,
+        }
+
     def save_resume(self) -> None:
         """Write ``last.safetensors`` and ``resume.pt`` (:func:`nmt.resume.save_resume`; all
-        ranks must call it)."""
-        save_resume(self.out_dir, self.model, self.optimizer, self.scaler, self.state, self.dist)
+        ranks must call it), with :meth:`data_order`."""
+        save_resume(
+            self.out_dir,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.state,
+            self.dist,
+            {"data_order": self.data_order()},
+        )
 
-    def load_resume(self, path: Path) -> None:
-        """Restore everything :meth:`save_resume` wrote."""
-        self.state, _ = load_resume(path, self.model, self.optimizer, self.scaler, self.dist)
+    def load_resume(self, path: Path, reset_data_position: bool = False) -> None:
+        """Restore everything :meth:`save_resume` wrote.
+
+        Args:
+            reset_data_position: when the batch order differs from the saved run's (see
+                :meth:`data_order`), continue the weights and optimizer from the start of a
+                new epoch instead of refusing.
+
+        Raises:
+            ConfigError: the batch order differs (the field, both values and the ways out
+                named) and ``reset_data_position`` is not set.
+            CheckpointError: an unreadable checkpoint.
+        """
+        self.state, saved = load_resume(path, self.model, self.optimizer, self.scaler, self.dist)
+        before, now = saved.get("data_order") or {}, self.data_order()
+        changed = [k for k in before if k in now and before[k] != now[k]]
+        if not changed:
+            return
+        if not reset_data_position:
+            field = changed[0]
+            raise ConfigError(
+                f"{path}: the run was trained with {field}={before[field]!r}, this run gives "
+                f"{now[field]!r}; the saved position in epoch {self.state.epoch} would then "
+                "point into another batch order (batches skipped or repeated). Resume with "
+                f"{field}={before[field]!r}, or pass --reset-data-position to continue the "
+                "weights from the start of a new epoch, or start a new run folder (--overwrite "
+                "replaces this one)"
+            )
+        if self.state.batch_in_epoch:
+            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+        self.observer.on_message(
+            f"data order changed ({', '.join(changed)}): continuing from the start of "
+            f"epoch {self.state.epoch}"
+        )
 
     def step_checkpoint(self) -> Path:
         """``checkpoints/step-N.safetensors`` of the current step."""

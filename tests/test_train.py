@@ -410,3 +410,49 @@ def test_an_epoch_too_small_for_one_update_is_an_error_not_an_endless_loop(
     cfg = tiny_train_config(accum=64, max_steps=10)
     with pytest.raises(ConfigError, match=r"400 training pairs .* lower --accum"):
         train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
+
+
+def test_resume_refuses_another_batch_order_unless_told(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """The position saved in an epoch only means something in the same batch order: a
+    resume with another batch size is refused (field and both values named) and, with
+    reset_data_position, continues from the start of the next epoch."""
+    out, model_cfg = tmp_path / "run", tiny_model_config()
+    run(out, tiny_corpus, spm_model, model_cfg, tiny_train_config(max_steps=5))
+    assert torch.load(out / "resume.pt", weights_only=True)["data_order"]["batch_tokens"] == 1000
+    changed = tiny_train_config(max_steps=10, batch_tokens=999)
+    with pytest.raises(ConfigError, match=r"batch_tokens=1000, this run gives 999.*--reset-data"):
+        run(out, tiny_corpus, spm_model, model_cfg, changed)
+    for field, value in (("seed", 2), ("accum", 2)):
+        with pytest.raises(ConfigError, match=rf"{field}=1, this run gives {value}"):
+            run(out, tiny_corpus, spm_model, model_cfg, tiny_train_config(**{field: value}))
+    assert torch.load(out / "resume.pt", weights_only=True)["state"]["step"] == 5  # untouched
+    recorder = Recorder()
+    train(
+        *tiny_corpus, out, model_cfg, changed, spm_path=spm_model, observer=recorder,
+        reset_data_position=True,
+    )  # fmt: skip
+    assert [s.step for s in recorder.steps] == list(range(6, 11))
+    assert {s.epoch for s in recorder.steps} == {2}  # a new epoch in the new order
+    assert any("continuing from the start of epoch 2" in m for m in recorder.messages)
+
+
+def test_resume_refuses_another_model_shape_and_overwrite_starts_afresh(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    out = tmp_path / "run"
+    run(out, tiny_corpus, spm_model, tiny_model_config(), tiny_train_config(max_steps=3))
+    wider = tiny_model_config(d_model=128)
+    with pytest.raises(ConfigError, match=r"trained with d_model=64, this command gives 128"):
+        run(out, tiny_corpus, spm_model, wider, tiny_train_config(max_steps=6))
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    recorder = Recorder()
+    train(
+        *tiny_corpus, out, wider, tiny_train_config(max_steps=2), spm_path=spm_model,
+        observer=recorder, overwrite=True,
+    )  # fmt: skip
+    assert [s.step for s in recorder.steps] == [1, 2]
+    assert load_model(out)[0].cfg.d_model == 128
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.safetensors"]
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"  # not nmt's: kept
