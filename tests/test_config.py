@@ -207,3 +207,18 @@ def test_clip_norm_0_means_no_clipping(tiny_corpus, spm_model, tiny_model_config
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert results[0] > 1e-4  # the weights moved: the gradient was not zeroed (Adam's
     # step is 0 for a zero gradient)
+
+
+def test_presets_carry_their_training_recipes_under_the_file_and_the_flags(
+    tmp_path: Path,
+) -> None:
+    _, small = resolve("small", None, {}, {})
+    assert small == TrainConfig()  # the Multi30k CPU recipe is the defaults
+    _, base = resolve("base", None, {}, {})
+    assert (base.lr, base.warmup_steps, base.batch_tokens, base.accum) == (7e-4, 4000, 4096, 6)
+    assert base.clip_norm == 0.0 and base.lr_schedule == "inverse_sqrt"
+    big_model, big = resolve("big", None, {}, {})
+    assert (big.lr, big_model.dropout) == (5e-4, 0.3)
+    path = write_toml(tmp_path, 'preset = "base"\n[train]\nwarmup_steps = 8000\n')
+    _, mixed = resolve(None, path, {}, {"lr": 1e-3})
+    assert (mixed.lr, mixed.warmup_steps, mixed.accum) == (1e-3, 8000, 6)
