@@ -154,6 +154,13 @@ def train(
         bool | None,
         typer.Option("--tensorboard", help="Also write TensorBoard logs (needs tensorboard)."),
     ] = None,
+    dist_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Minutes a torchrun process waits for the others in a collective before "
+            "failing (default 60)."
+        ),
+    ] = None,
     reset_data_position: Annotated[
         bool,
         typer.Option(
@@ -202,6 +209,7 @@ def train(
             "accum": accum,
             "tensorboard": tensorboard,
             "compile": compile_step,
+            "dist_timeout": dist_timeout,
         },
     )
     observer = RichObserver()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -32,8 +33,13 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: torch.device) -> DistEnv:
+def init_distributed(device: torch.device, timeout_minutes: float = 60.0) -> DistEnv:
     """Join the process group described by torchrun's environment variables, if any.
+
+    Args:
+        timeout_minutes: how long a collective waits for the other processes before it
+            fails (torch's defaults, 30 minutes for gloo and 10 for NCCL, are too short for
+            rank 0 preparing a large corpus while the others wait).
 
     Returns a single-process :class:`DistEnv` when WORLD_SIZE is unset or 1.
     """
@@ -45,7 +51,7 @@ def init_distributed(device: torch.device) -> DistEnv:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(env.local_rank)
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     return env
 
 

@@ -111,3 +111,28 @@ def load_resume(
         torch.cuda.set_rng_state_all(rng["cuda"])
     random.setstate((3, tuple(data["python_rng"]), None))
     return TrainState(**data["state"]), data
+
+
+def changed_data_order(
+    saved: dict[str, Any], now: dict[str, int | str], path: Path, epoch: int
+) -> str | None:
+    """Compare the batch order a checkpoint was saved with (its ``data_order``: batch
+    tokens, seed, accumulation, process count, corpus) with this run's.
+
+    Returns:
+        ``None`` when nothing changed (or the checkpoint predates the record), else the
+        message of the error to raise: the first changed field, both values and the ways
+        out (``--reset-data-position``, a new folder, ``--overwrite``).
+    """
+    before = saved.get("data_order") or {}
+    changed = [k for k in before if k in now and before[k] != now[k]]
+    if not changed:
+        return None
+    field = changed[0]
+    return (
+        f"{path}: the run was trained with {field}={before[field]!r}, this run gives "
+        f"{now[field]!r}; the saved position in epoch {epoch} would then point into another "
+        f"batch order (batches skipped or repeated). Resume with {field}={before[field]!r}, "
+        "or pass --reset-data-position to continue the weights from the start of a new "
+        "epoch, or start a new run folder (--overwrite replaces this one)"
+    )

@@ -10,13 +10,17 @@ Started by ``torchrun``, every process trains on its share of the batches (DDP).
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import signal
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import torch
 
 from nmt import checkpoint as ckpt
 from nmt import store
@@ -169,6 +173,53 @@ def clear_run(out_dir: Path, with_data: bool) -> None:
         shutil.rmtree(out_dir / name, ignore_errors=True)
 
 
+def lost_contact(exc: RuntimeError, env: DistEnv) -> bool:
+    """Whether ``exc`` says that another process of the job is gone: a torch.distributed
+    network error, or gloo's/NCCL's RuntimeError from a collective (also the gradient
+    all-reduce inside DDP's backward) whose peer closed or reset the connection."""
+    if not env.enabled:
+        return False
+    if isinstance(exc, torch.distributed.DistError):
+        return True
+    text = str(exc)
+    return any(mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed"))
+
+
+SHARED_CHECK = ".shared-folder-check"
+
+
+def check_shared_folder(out_dir: Path, env: DistEnv) -> None:
+    """Check that every process sees the run folder rank 0 prepared: rank 0 writes a random
+    token into it and every process reads it back (all must call this; no-op without DDP).
+
+    Raises:
+        TrainingError: on every process, when one of them (its rank and host named) does
+            not see the token: the folder is not on a filesystem all nodes share.
+    """
+    if not env.enabled:
+        return
+    token = secrets.token_hex(8) if env.is_main else None
+    if env.is_main:
+        (out_dir / SHARED_CHECK).write_text(str(token), encoding="utf-8")
+    token = str(gather_objects(token, env)[0])
+    try:
+        seen = (out_dir / SHARED_CHECK).read_text(encoding="utf-8") == token
+    except OSError:
+        seen = False
+    views = cast(
+        "list[tuple[bool, str]]", gather_objects((seen, socket.gethostname()), env)
+    )  # also a barrier: every process has read the token before it is removed
+    if env.is_main:
+        (out_dir / SHARED_CHECK).unlink(missing_ok=True)
+    blind = [f"rank {rank} on {host}" for rank, (ok, host) in enumerate(views) if not ok]
+    if blind:
+        raise TrainingError(
+            f"{', '.join(blind)} cannot see the run folder {out_dir} that rank 0 on "
+            f"{views[0][1]} prepared: put the run folder on a filesystem every node mounts at "
+            "the same path (NFS, Lustre, ...), given as an absolute path"
+        )
+
+
 def describe(summary: store.PrepareSummary) -> str:
     """One line about a prepared corpus: pairs kept and dropped, by reason."""
     dropped = ", ".join(f"{n:,} {why}" for why, n in summary.dropped.items() if n) or "none"
@@ -263,7 +314,7 @@ def train(
     valid_text = read_valid(valid_prefix, train_cfg)
     if spm_path is not None:
         Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
-    env = init_distributed(resolve_device(train_cfg.device))
+    env = init_distributed(resolve_device(train_cfg.device), train_cfg.dist_timeout)
     try:
         result = _train(
             out_dir, source, valid_text, model_cfg, train_cfg, spm_path, observer, env,
@@ -274,6 +325,15 @@ def train(
         # exception"). Only on success: after an error the other ranks may be gone.
         barrier(env)
         return result
+    except RuntimeError as exc:
+        if not lost_contact(exc, env):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(
+            f"process {env.rank} of {env.world_size} lost contact with the others ({first}); "
+            f"the last resume checkpoint is in {out_dir}: relaunch every node with the same "
+            "command to continue from it"
+        ) from None
     finally:
         shutdown(env)
 
@@ -307,6 +367,7 @@ def _train(
         raise error
     if reports[0] is not None:
         raise TrainingError(f"rank 0 could not prepare the run: {reports[0]}")
+    check_shared_folder(out_dir, env)
     folder_cfg = ckpt.read_config(out_dir)
     model_cfg = from_dict(ModelConfig, folder_cfg["model"], str(out_dir / ckpt.CONFIG_FILE))
     tokenizer = Tokenizer(out_dir / ckpt.SPM_FILE)

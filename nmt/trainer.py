@@ -28,7 +28,7 @@ from nmt.errors import ConfigError, TrainingError
 from nmt.loss import LossModule
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
-from nmt.resume import TrainState, load_resume, save_resume
+from nmt.resume import TrainState, changed_data_order, load_resume, save_resume
 from nmt.schedule import checkpoint_due, learning_rate, planned_steps
 from nmt.tokenizer import Tokenizer
 from nmt.train_log import RunLog, RunStart, StepStats, TrainObserver, ValidResult
@@ -206,7 +206,7 @@ class Trainer:
             # validate and checkpoint (their time counts towards the budget too)
             tick = time.monotonic()
             validated = s.step % c.eval_every == 0
-            if validated and self.dist.is_main:
+            if validated:
                 self.validate()
             if checkpoint_due(c, s.step, self.budget_steps()):
                 self.save_step_checkpoint()
@@ -360,16 +360,18 @@ class Trainer:
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> ValidResult:
         """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
-        the best by BLEU and updates the early-stopping counters."""
+        the best by BLEU and updates the early-stopping counters. Every process takes a
+        share (:mod:`nmt.validation`) and all reach the same scores and counters; all must
+        call this."""
         start = time.monotonic()
         c = self.cfg
         loss, nll, tokens = valid_loss(
-            self.model, self.valid_data, c.batch_tokens, c.label_smoothing, self.device
+            self.model, self.valid_data, c.batch_tokens, c.label_smoothing, self.device, self.dist
         )
         loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
         src_lines, ref_lines = self.valid_text
         hyps = search_output(
-            self.model, self.tokenizer, src_lines, c.valid_beam_size, c.batch_tokens
+            self.model, self.tokenizer, src_lines, c.valid_beam_size, c.batch_tokens, self.dist
         )
         self.model.train()
         scores = bleu_chrf(hyps, ref_lines)
@@ -377,7 +379,8 @@ class Trainer:
         best = bleu > self.state.best_bleu
         if best:
             self.state.best_bleu, self.state.bad_validations = bleu, 0
-            ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
+            if self.dist.is_main:
+                ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
         else:
             self.state.bad_validations += 1
         result = ValidResult(
@@ -435,26 +438,15 @@ class Trainer:
             CheckpointError: an unreadable checkpoint.
         """
         self.state, saved = load_resume(path, self.model, self.optimizer, self.scaler, self.dist)
-        before, now = saved.get("data_order") or {}, self.data_order()
-        changed = [k for k in before if k in now and before[k] != now[k]]
-        if not changed:
-            return
-        if not reset_data_position:
-            field = changed[0]
-            raise ConfigError(
-                f"{path}: the run was trained with {field}={before[field]!r}, this run gives "
-                f"{now[field]!r}; the saved position in epoch {self.state.epoch} would then "
-                "point into another batch order (batches skipped or repeated). Resume with "
-                f"{field}={before[field]!r}, or pass --reset-data-position to continue the "
-                "weights from the start of a new epoch, or start a new run folder (--overwrite "
-                "replaces this one)"
+        changed = changed_data_order(saved, self.data_order(), path, self.state.epoch)
+        if changed and not reset_data_position:
+            raise ConfigError(changed)
+        if changed:
+            if self.state.batch_in_epoch:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            self.observer.on_message(
+                f"{changed.split(';')[0]}: continuing from the start of epoch {self.state.epoch}"
             )
-        if self.state.batch_in_epoch:
-            self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-        self.observer.on_message(
-            f"data order changed ({', '.join(changed)}): continuing from the start of "
-            f"epoch {self.state.epoch}"
-        )
 
     def step_checkpoint(self) -> Path:
         """``checkpoints/step-N.safetensors`` of the current step."""
@@ -474,7 +466,9 @@ class Trainer:
         if self.state.step == 0:
             return
         last_validated = self.state.step % self.cfg.eval_every == 0
-        if not last_validated and self.stop_signal is None and self.dist.is_main:
+        # A signal may have reached only some processes: they agree before validating.
+        signalled = sum_across([float(self.stop_signal is not None)], self.dist, self.device)
+        if not last_validated and not signalled[0]:
             self.validate()
         if not self.step_checkpoint().exists():  # not yet written at this step
             self.save_step_checkpoint()
