@@ -93,11 +93,13 @@ def assert_float32_agree(model: Transformer, beam_size: int, a: Found, b: Found)
 
 @torch.inference_mode()
 def forced_log_probs(model: Transformer, src_ids: list[int], tokens: list[int]) -> torch.Tensor:
-    """``(len(tokens) + 1, vocab)`` float32 log-probabilities of the next token after BOS and
-    after each prefix of ``tokens``, by teacher-forced decoding (``src_ids`` without EOS)."""
-    memory, src_mask = model.encode(torch.tensor([[*src_ids, EOS_ID]]))
-    hidden = model.decode(torch.tensor([[BOS_ID, *tokens]]), memory, src_mask)
-    return F.log_softmax(model.logits(hidden)[0].float(), -1)
+    """``(len(tokens) + 1, vocab)`` float32 log-probabilities (on the CPU) of the next token
+    after BOS and after each prefix of ``tokens``, by teacher-forced decoding on the model's
+    device (``src_ids`` without EOS)."""
+    device = next(model.parameters()).device
+    memory, src_mask = model.encode(torch.tensor([[*src_ids, EOS_ID]], device=device))
+    hidden = model.decode(torch.tensor([[BOS_ID, *tokens]], device=device), memory, src_mask)
+    return F.log_softmax(model.logits(hidden)[0].float(), -1).cpu()
 
 
 def tie_gap(model: Transformer, src_ids: list[int], a: list[int], b: list[int]) -> float:

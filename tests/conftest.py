@@ -1,13 +1,15 @@
 """Shared fixtures: Multi30k slices, a small SentencePiece model, random and trained tiny models.
 
-The Multi30k files live outside the repository, in ``shared/data/multi30k`` beside it; tests
-that need them are skipped when they are absent. Slices are written to temporary folders, never
-into the repository.
+The Multi30k files live outside the repository, in ``shared/data/multi30k`` beside it (or in
+the folder named by ``NMT_MULTI30K``, as on a machine lent for ``benchmarks/gpu_check.sh``);
+tests that need them are skipped when they are absent. Slices are written to temporary
+folders, never into the repository.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from nmt.model import Transformer
 from nmt.tokenizer import Tokenizer, train_tokenizer
 from nmt.train import train
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+DATA = Path(
+    os.environ.get("NMT_MULTI30K") or Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+)
 SPM_VOCAB = 1000
 SPM_LINES = 3000  # first lines of train.de and train.en the SentencePiece model is trained on
 TINY_TRAIN_LINES = 400

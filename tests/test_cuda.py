@@ -1,0 +1,313 @@
+"""The CUDA paths, on a GPU: bf16 and fp16 training steps, resume, DDP over NCCL, translation
+in fp32/bf16/fp16 and CTranslate2 on CUDA.
+
+Every test here is marked ``cuda`` and skipped, with the reason, where
+``torch.cuda.is_available()`` is false; ``benchmarks/gpu_check.sh`` runs them
+(``pytest -m cuda``) when a GPU is lent. No GPU has run them yet, so no tolerance below was
+measured on one: each comes from the CPU measurements of the same comparison
+(tests/test_translate.py, tests/test_train.py), widened where a GPU's kernels may round
+differently, and stays well below what the injected bugs measured there gave.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from agreement import (
+    BEAM_NORMALIZED_TOL,
+    assert_beam_agree,
+    assert_greedy_agree,
+    forced_log_probs,
+    translate_recorded,
+)
+
+from nmt.checkpoint import RESUME_FILE, load_model, load_resume
+from nmt.config import DecodeConfig, ModelConfig, TrainConfig
+from nmt.ct2 import CT2Translator
+from nmt.data import encode_parallel, read_parallel
+from nmt.distributed import DistEnv, gather_objects
+from nmt.export import export_ctranslate2
+from nmt.tokenizer import EOS_ID, Tokenizer
+from nmt.train import StepStats, Trainer, TrainObserver, train
+from nmt.translate import DTYPES, Translator
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason=f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__})",
+    ),
+]
+
+# Translation on the GPU against the CPU float32 model: (mean absolute difference of the
+# per-token log-probabilities, teacher-forced on 200 validation pairs; the largest gap
+# between the two tokens where greedy outputs may diverge). bf16 as on CPU
+# (tests/test_translate.py: 0.008 seen; one doubled attention weight gave 0.34, greedy
+# divergences at gaps of 0.15 and more). fp16 keeps 3 more mantissa bits than bf16 and this
+# model's activations are far inside its range, so bf16's bounds hold with room. float32 on a
+# GPU differs from the CPU by summation order (~1e-5); bounded at 1e-3 in case a kernel
+# multiplies in TF32 (10-bit mantissa).
+GPU_TOLERANCES = {"fp32": (1e-3, 1e-2), "bf16": (0.05, 0.15), "fp16": (0.05, 0.15)}
+# CTranslate2's float32 model on CUDA against torch's on CPU: float32 tolerances widened for
+# TF32 products, which CTranslate2 may use on GPUs; still below the 0.15 of injected bugs.
+CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL = 0.05, 0.01
+
+
+class Recorder(TrainObserver):
+    """Keeps every update's :class:`StepStats` and every message."""
+
+    def __init__(self) -> None:
+        self.steps: list[StepStats] = []
+        self.messages: list[str] = []
+
+    def on_step(self, stats: StepStats) -> None:
+        self.steps.append(stats)
+
+    def on_message(self, text: str) -> None:
+        self.messages.append(text)
+
+
+def make_trainer(
+    out: Path,
+    spm_model: Path,
+    tiny_corpus: tuple[Path, Path],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    dist_env: DistEnv | None = None,
+) -> Trainer:
+    """A :class:`Trainer` on the tiny corpus's 400 training pairs (no validation text)."""
+    tokenizer = Tokenizer(spm_model)
+    data = encode_parallel(tokenizer, *read_parallel(tiny_corpus[0], "de", "en"), 200)
+    return Trainer(out, model_cfg, train_cfg, tokenizer, data, data, ([], []), dist_env=dist_env)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_steps_learn_a_repeated_batch(
+    dtype: str, tmp_path: Path, spm_model: Path, tiny_corpus, tiny_model_config, tiny_train_config
+) -> None:
+    """30 updates on one batch in bf16 or fp16 autocast on the GPU, from float32's initial
+    weights: the first update's loss and gradient norm are float32's (so fp16's gradients
+    were unscaled before clipping, not 65536 times larger), every loss is finite and the
+    loss falls; fp16 keeps a working loss scaler, bf16 has none; the weights stay float32."""
+    model_cfg = tiny_model_config(dropout=0.0)
+
+    def trainer(d: str) -> Trainer:
+        return make_trainer(
+            tmp_path, spm_model, tiny_corpus, model_cfg, tiny_train_config(device="cuda", dtype=d)
+        )
+
+    reference, mixed = trainer("fp32"), trainer(dtype)
+    assert mixed.device.type == "cuda" and mixed.amp_dtype == DTYPES[dtype]
+    assert mixed.scaler.is_enabled() == (dtype == "fp16") and not reference.scaler.is_enabled()
+    batches = mixed.collate_step(mixed.epoch_steps(1)[0])
+    assert all(b.src.is_pinned() and b.tgt_out.is_pinned() for b in batches)  # async copies
+    with mixed.autocast():
+        probe = mixed.model.encoder_layers[0].ffn.fc1(torch.ones(1, 64, device="cuda"))
+    assert probe.dtype == DTYPES[dtype]
+
+    expected, first = reference.train_step(batches), mixed.train_step(batches)
+    assert expected is not None
+    assert first is not None, f"{dtype}: the first update was skipped (non-finite gradient)"
+    assert first[3] == expected[3]  # the same target tokens
+    assert first[0] == pytest.approx(expected[0], rel=2e-2)
+    assert first[2] == pytest.approx(expected[2], rel=5e-2)
+    results = [first] + [mixed.train_step(batches) for _ in range(29)]
+    losses = [r[0] for r in results if r is not None]
+    assert len(losses) >= 27, f"{30 - len(losses)} of 30 updates skipped"
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.8 * losses[0], losses
+    if dtype == "fp16":
+        assert 1.0 <= mixed.scaler.get_scale() < math.inf
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in mixed.model.parameters())
+
+
+@pytest.mark.parametrize("dtype, rel", [("fp32", 1e-4), ("fp16", 1e-3)])
+def test_resume_on_cuda_continues_the_uninterrupted_run(
+    dtype: str,
+    rel: float,
+    tmp_path: Path,
+    spm_model: Path,
+    tiny_corpus,
+    tiny_model_config,
+    tiny_train_config,
+) -> None:
+    """12 updates straight against 7, stop, resume to 12, on the GPU with dropout on: the
+    resumed updates log the uninterrupted run's losses, so the CUDA generator's state (the
+    dropout masks), the optimizer and, in fp16, the loss scale came back.
+
+    Not bit for bit as on CPU (tests/test_train.py): some CUDA kernels (attention backward)
+    add with atomics in a varying order, a noise of ~1e-7; a dropout mask not restored moves
+    the loss of a 1000-token batch by about 1e-2.
+    """
+    model_cfg = tiny_model_config(dropout=0.1, attention_dropout=0.1)
+
+    def run(out: Path, steps: int) -> tuple[Trainer, Recorder]:
+        recorder = Recorder()
+        cfg = tiny_train_config(
+            device="cuda", dtype=dtype, max_steps=steps, eval_every=1000, save_every=1000
+        )
+        trainer, _ = train(*tiny_corpus, out, model_cfg, cfg, spm_path=spm_model, observer=recorder)
+        return trainer, recorder
+
+    straight, straight_log = run(tmp_path / "straight", 12)
+    run(tmp_path / "split", 7)
+    resumed, resumed_log = run(tmp_path / "split", 12)
+    assert any("resuming" in m for m in resumed_log.messages)
+    assert [s.step for s in resumed_log.steps] == list(range(8, 13))
+    assert load_resume(tmp_path / "split" / RESUME_FILE)["rng"][0]["cuda"]  # kept
+    expected = [s.loss for s in straight_log.steps[7:]]
+    assert [s.loss for s in resumed_log.steps] == pytest.approx(expected, rel=rel)
+    assert resumed.scaler.is_enabled() == (dtype == "fp16")
+    if dtype == "fp16":
+        assert resumed.scaler.get_scale() == straight.scaler.get_scale()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_one_rank_nccl_group_runs_a_ddp_update(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    spm_model: Path,
+    tiny_corpus,
+    tiny_model_config,
+    tiny_train_config,
+) -> None:
+    """A one-process NCCL group, joined through MASTER_ADDR/MASTER_PORT as torchrun sets them,
+    runs the trainer's DDP path: the model wrapped in DistributedDataParallel on ``cuda:0``,
+    one update whose loss and gradients are the plain trainer's (averaging over one rank
+    changes nothing), the stop check's all-reduce and save_resume's object gather over NCCL.
+
+    nmt treats world size 1 as not distributed, so ``DistEnv.enabled`` is forced on here: the
+    code that runs is the code of a multi-GPU run, without needing a second GPU.
+    """
+    if not dist.is_nccl_available():
+        pytest.skip(f"this torch build ({torch.__version__}) has no NCCL")
+    model_cfg, cfg = tiny_model_config(dropout=0.0), tiny_train_config(device="cuda")
+    plain = make_trainer(tmp_path, spm_model, tiny_corpus, model_cfg, cfg)
+    batches = plain.collate_step(plain.epoch_steps(1)[0])
+    expected = plain.train_step(batches)
+    assert expected is not None
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    for name, value in {**environment, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    torch.cuda.set_device(0)
+    dist.init_process_group(
+        "nccl", init_method="env://", rank=0, world_size=1, device_id=torch.device("cuda", 0)
+    )
+    try:
+        assert dist.get_backend() == "nccl" and dist.get_world_size() == 1
+        monkeypatch.setattr(DistEnv, "enabled", property(lambda self: True))
+        env = DistEnv(rank=0, world_size=1, local_rank=0)
+        ddp = make_trainer(tmp_path, spm_model, tiny_corpus, model_cfg, cfg, dist_env=env)
+        assert isinstance(ddp.forward, torch.nn.parallel.DistributedDataParallel)
+        assert ddp.device == torch.device("cuda", 0)
+        result = ddp.train_step(batches)
+        assert result is not None
+        assert result[3] == expected[3] and result[0] == pytest.approx(expected[0], rel=1e-5)
+        for got, want in zip(ddp.model.parameters(), plain.model.parameters()):
+            torch.testing.assert_close(got.grad, want.grad, rtol=1e-4, atol=1e-6)
+        assert ddp.check_stop(result[3]) == (None, result[3])  # an all-reduce on the GPU
+        assert gather_objects({"rank": 0}, env) == [{"rank": 0}]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def cuda_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_corpus,
+    spm_model: Path,
+    tiny_model_config,
+    tiny_train_config,
+) -> Path:
+    """conftest's ``tiny_run`` trained on the GPU instead (float32, 200 updates, validated on
+    the GPU at 100 and 200)."""
+    out = tmp_path_factory.mktemp("cuda-run")
+    cfg = tiny_train_config(device="cuda")
+    train(*tiny_corpus, out, tiny_model_config(), cfg, spm_path=spm_model)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lines(multi30k) -> list[str]:
+    return multi30k("test_2016_flickr", "de", 20)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_translation_on_cuda_agrees_with_float32(
+    dtype: str, cuda_run: Path, multi30k, lines: list[str]
+) -> None:
+    """The model on the GPU in ``dtype``: teacher-forced log-probabilities within
+    :data:`GPU_TOLERANCES` of the CPU float32 model's, and greedy translations that equal the
+    CPU's or diverge from them only at a near-tie."""
+    mean_error, tie = GPU_TOLERANCES[dtype]
+    reference, _ = load_model(cuda_run)
+    gpu = Translator.load(cuda_run, DecodeConfig(beam_size=1), device="cuda", dtype=dtype)
+    assert gpu.device.type == "cuda" and gpu.model.embed.weight.dtype == DTYPES[dtype]
+    src, tgt = (gpu.tokenizer.encode(multi30k("val", lang, 200)) for lang in ("de", "en"))
+    errors = []
+    for s, t in zip(src, tgt):
+        labels = torch.tensor([*t, EOS_ID])[:, None]
+        exact, approx = (
+            forced_log_probs(m, s, t).gather(1, labels) for m in (reference, gpu.model)
+        )
+        errors.append((exact - approx).abs().flatten().numpy())
+    error = float(np.concatenate(errors).mean())
+    print(f"cuda {dtype}: mean per-token log-probability difference {error:.2g}")
+    assert error <= mean_error
+
+    cpu = Translator.load(cuda_run, DecodeConfig(beam_size=1), device="cpu")
+    _, found_cpu = translate_recorded(cpu, lines)
+    _, found_gpu = translate_recorded(gpu, lines)
+    same = assert_greedy_agree(reference, found_cpu, found_gpu, tie, score_tol=mean_error)
+    print(f"cuda {dtype}: {same}/{len(lines)} greedy outputs identical to the CPU's")
+
+
+def test_beam_search_on_cuda_agrees_with_the_cpu(cuda_run: Path, lines: list[str]) -> None:
+    """Beam 5 in float32 on the GPU (the batched beam with its cache reorders) finds the
+    CPU's best hypotheses, or equally good ones where candidates were near-tied."""
+    found = {}
+    for device in ("cpu", "cuda"):
+        translator = Translator.load(cuda_run, DecodeConfig(beam_size=5), device=device)
+        _, found[device] = translate_recorded(translator, lines)
+    tol = GPU_TOLERANCES["fp32"][0]
+    assert_beam_agree(found["cpu"], found["cuda"], BEAM_NORMALIZED_TOL, score_tol=tol)
+
+
+def test_ctranslate2_on_cuda_agrees_with_torch(
+    cuda_run: Path, tmp_path: Path, lines: list[str]
+) -> None:
+    """The float32 CTranslate2 export translating on CUDA: greedy outputs equal torch's on
+    CPU or diverge only at a near-tie. Skipped, with the reason, where the installed
+    CTranslate2 wheel cannot use the GPU."""
+    ct2 = pytest.importorskip(
+        "ctranslate2", reason="ctranslate2 is not installed (bring its wheel to test it on CUDA)"
+    )
+    try:
+        gpus = ct2.get_cuda_device_count()
+    except Exception as exc:  # a wheel built for another CUDA may raise rather than say 0
+        pytest.skip(f"ctranslate2 {ct2.__version__} cannot query CUDA: {exc}")
+    if gpus == 0:
+        pytest.skip(
+            f"ctranslate2 {ct2.__version__} sees no CUDA device (a CPU-only wheel, or one "
+            "built for another CUDA version than this machine's driver)"
+        )
+    engine = CT2Translator.load(
+        export_ctranslate2(cuda_run, tmp_path / "ct2"), DecodeConfig(beam_size=1), device="cuda"
+    )
+    cpu = Translator.load(cuda_run, DecodeConfig(beam_size=1), device="cpu")
+    _, found_torch = translate_recorded(cpu, lines)
+    _, found_ct2 = translate_recorded(engine, lines)
+    reference, _ = load_model(cuda_run)
+    assert_greedy_agree(reference, found_torch, found_ct2, CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL)
