@@ -94,7 +94,7 @@ if [ -f "$data/train.de.gz" ] && [ -f "$data/val.de.gz" ]; then
     done
     run train-base 95 "$py" -m cli train --train "$data/train" --valid "$out/valid" \
         --src-lang de --tgt-lang en --out "$out/run-base" --preset base --dtype bf16 \
-        --device cuda --batch-tokens "$BATCH_TOKENS" --lr 7e-4 --warmup-steps 100 \
+        --device cuda --batch-tokens "$BATCH_TOKENS" --accum 1 --lr 7e-4 --warmup-steps 100 \
         --max-steps "$STEPS" --eval-every "$STEPS" --save-every "$STEPS" --seed 1
 else
     not_run train-base 95 "no Multi30k at $data (train.de.gz, val.de.gz): give its folder"
