@@ -123,7 +123,7 @@ def test_invalid_value(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
 def test_options_reach_the_library(tmp_path: Path, corpus: tuple[Path, Path], monkeypatch) -> None:
     calls = []
 
-    def fake_train(*args, data_dir):  # type: ignore[no-untyped-def]
+    def fake_train(*args, data_dir, **flags):  # type: ignore[no-untyped-def]
         calls.append((*args, data_dir))
         return SimpleNamespace(dist=SimpleNamespace(is_main=False)), "done"
 
