@@ -10,6 +10,7 @@ from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
+from nmt.checkpoint import read_config
 from nmt.config import resolve
 from nmt.store import read_meta
 from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult
@@ -117,6 +118,14 @@ def train(
     config: Annotated[
         Path | None, typer.Option(help="TOML file with preset, [model] and [train] tables.")
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start from the weights of this model folder (fine-tuning): its shape and "
+            "SentencePiece model come along; fresh optimizer and schedule.",
+        ),
+    ] = None,
     spm: Annotated[
         Path | None, typer.Option(help="Use this SentencePiece model instead of training one.")
     ] = None,
@@ -186,6 +195,9 @@ def train(
     if data is not None and src_lang is None and tgt_lang is None:
         meta = read_meta(data)  # a data folder knows its languages
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
+    # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
+    # disagrees with it is an error in nmt.train).
+    model_base = read_config(init_from)["model"] if init_from is not None else None
     model_cfg, train_cfg = resolve(
         preset,
         config,
@@ -211,6 +223,7 @@ def train(
             "compile": compile_step,
             "dist_timeout": dist_timeout,
         },
+        model_base,
     )
     observer = RichObserver()
     try:
@@ -225,6 +238,7 @@ def train(
             data_dir=data,
             reset_data_position=reset_data_position,
             overwrite=overwrite,
+            init_from=init_from,
         )
     finally:
         observer.stop()

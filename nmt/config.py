@@ -348,17 +348,21 @@ def resolve(
     config_file: str | Path | None,
     model_overrides: dict[str, Any],
     train_overrides: dict[str, Any],
+    model_base: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
     """Merge preset, config file and flags (flags win) into validated configs.
 
-    ``None`` values in the override dicts mean "not given" and are ignored.
+    ``None`` values in the override dicts mean "not given" and are ignored. ``model_base``
+    (fine-tuning: the initial model's config) replaces the preset's model values when no
+    preset is named, by flag or by the file.
 
     Raises:
         ConfigError: unknown preset or key, or an invalid value.
     """
     file_data = read_toml(config_file) if config_file else {}
     name = preset_name or file_data.get("preset") or "small"
-    model_values = preset(name)
+    named = bool(preset_name or file_data.get("preset"))
+    model_values = dict(model_base) if model_base is not None and not named else preset(name)
     model_values.update(file_data.get("model", {}))
     model_values.update({k: v for k, v in model_overrides.items() if v is not None})
     train_values = dict(PRESET_RECIPES[name])

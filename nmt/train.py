@@ -75,6 +75,7 @@ def prepare_run(
     train_cfg: TrainConfig,
     spm_path: str | Path | None,
     observer: TrainObserver,
+    init_from: Path | None = None,
 ) -> None:
     """Create or reopen the run folder: ``spm.model``, ``config.json`` and, when training
     from a corpus prefix, the prepared corpus in ``DIR/data`` (:func:`nmt.store.prepare`).
@@ -129,6 +130,7 @@ def prepare_run(
                 "model": to_dict(model_cfg),
                 "train": to_dict(train_cfg),
                 "data": {kind: str(path), "prepared": str(data_dir)},
+                **({"init_from": str(init_from)} if init_from else {}),
             },
         )
 
@@ -148,6 +150,43 @@ def check_same_model(saved: ModelConfig, given: ModelConfig, out_dir: Path) -> N
                 "resume with the run's model options (its --preset and flags), or start a new "
                 "run folder (--overwrite replaces this one)"
             )
+
+
+# What fine-tuning may change about the initial model: its regularisation, not its shape.
+TUNABLE = ("dropout", "attention_dropout", "activation_dropout")
+
+
+def init_model_config(
+    init_from: Path, given: ModelConfig, spm_path: str | Path | None
+) -> ModelConfig:
+    """The model config of a run that starts from the weights of the model folder
+    ``init_from``: its shape and vocabulary (that of its SentencePiece model), with the
+    dropout rates of ``given``.
+
+    Raises:
+        ConfigError: a shape field of ``given`` or the SentencePiece model ``spm_path``
+            differs from the folder's (both named).
+        CheckpointError: not a model folder.
+    """
+    saved_cfg = from_dict(
+        ModelConfig, ckpt.read_config(init_from)["model"], str(init_from / ckpt.CONFIG_FILE)
+    )
+    for name in (f.name for f in fields(ModelConfig)):
+        if name in TUNABLE or name == "vocab_size":  # the vocabulary: the spm, checked below
+            continue
+        if getattr(saved_cfg, name) != getattr(given, name):
+            raise ConfigError(
+                f"--init-from {init_from} has {name}={getattr(saved_cfg, name)!r} but this "
+                f"command gives {name}={getattr(given, name)!r}: a model's shape cannot change "
+                "when training continues from its weights; drop the model option or --preset"
+            )
+    init_spm = init_from / ckpt.SPM_FILE
+    if spm_path is not None and Path(spm_path).read_bytes() != init_spm.read_bytes():
+        raise ConfigError(
+            f"--spm {spm_path} differs from {init_spm}, the SentencePiece model the weights "
+            "of --init-from were trained with; drop --spm"
+        )
+    return replace(saved_cfg, **{name: getattr(given, name) for name in TUNABLE})
 
 
 # What a run writes into its folder; --overwrite removes these (and DIR/data when training
@@ -255,6 +294,7 @@ def train(
     data_dir: str | Path | None = None,
     reset_data_position: bool = False,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
 ) -> tuple[Trainer, str]:
     """Train a model into ``out_dir`` (continuing it if it holds a resume checkpoint).
 
@@ -270,6 +310,9 @@ def train(
             refusing (see :meth:`Trainer.load_resume`).
         overwrite: start afresh in a folder that holds a run: its files are removed first
             (:func:`clear_run`) instead of being resumed.
+        init_from: a model folder whose weights, shape and SentencePiece model a new run
+            starts from (fine-tuning), with a fresh optimizer and schedule; ignored when
+            ``out_dir`` already holds a run to resume (see :func:`init_model_config`).
 
     Started by ``torchrun``, each process trains on its share of every epoch's batches
     (DDP); only rank 0 writes files, logs and validates.
@@ -286,6 +329,12 @@ def train(
     """
     observer = observer or TrainObserver()
     out_dir = Path(out_dir)
+    init_weights: Path | None = None
+    if init_from is not None:
+        init_from = Path(init_from)
+        model_cfg = init_model_config(init_from, model_cfg, spm_path)
+        spm_path, init_weights = init_from / ckpt.SPM_FILE, init_from / ckpt.WEIGHTS_FILE
+        ckpt.load_weights(init_weights)  # readable, before anything is written
     check_fits(model_cfg, train_cfg)
     if (train_prefix is None) == (data_dir is None):
         raise ConfigError("give either a corpus prefix (--train) or a data folder (--data)")
@@ -297,7 +346,14 @@ def train(
                 f"{data_dir} holds {langs[0]}→{langs[1]} but training asks for "
                 f"{train_cfg.src_lang}→{train_cfg.tgt_lang}; fix --src-lang/--tgt-lang"
             )
-        if spm_path is not None:
+        if init_from is not None:
+            data_spm = Path(data_dir) / store.SPM_FILE
+            if data_spm.read_bytes() != Path(spm_path).read_bytes():  # type: ignore[arg-type]
+                raise ConfigError(
+                    f"{data_dir} was encoded with another SentencePiece model than --init-from "
+                    f"{init_from}; prepare the data with --spm {spm_path}"
+                )
+        elif spm_path is not None:
             raise ConfigError(
                 f"--spm cannot be combined with --data: {data_dir} was encoded with its own "
                 "spm.model"
@@ -318,7 +374,7 @@ def train(
     try:
         result = _train(
             out_dir, source, valid_text, model_cfg, train_cfg, spm_path, observer, env,
-            reset_data_position, overwrite,
+            reset_data_position, overwrite, init_weights,
         )  # fmt: skip
         # Leave the process group together: a rank that tore it down while rank 0 was still
         # writing its files was seen to abort (gloo, "terminate called without an active
@@ -349,6 +405,7 @@ def _train(
     env: DistEnv,
     reset_data_position: bool = False,
     overwrite: bool = False,
+    init_weights: Path | None = None,
 ) -> tuple[Trainer, str]:
     """:func:`train` once the input is checked and the process group (if any) is joined."""
     # checked before rank 0 writes anything
@@ -359,7 +416,8 @@ def _train(
             if overwrite and (out_dir / ckpt.CONFIG_FILE).is_file():
                 clear_run(out_dir, with_data=source[0] == "train")
                 observer.on_message(f"--overwrite: removed the run in {out_dir}")
-            prepare_run(out_dir, source, model_cfg, train_cfg, spm_path, observer)
+            init_from = init_weights.parent if init_weights else None
+            prepare_run(out_dir, source, model_cfg, train_cfg, spm_path, observer, init_from)
         except NMTError as exc:  # e.g. a bad line found while encoding: tell the other ranks
             error = exc
     reports = gather_objects(None if error is None else str(error), env)  # also a barrier
@@ -393,6 +451,9 @@ def _train(
     )
     if resume:
         trainer.load_resume(out_dir / ckpt.RESUME_FILE, reset_data_position)
+    elif init_weights is not None:  # every rank loads the same weights
+        trainer.model.load_state_dict(ckpt.load_weights(init_weights))
+        observer.on_message(f"starting from the weights of {init_weights}")
     with stop_on_signals(trainer):
         reason = trainer.run()
     return trainer, reason
