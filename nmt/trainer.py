@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from nmt import checkpoint as ckpt
+from nmt.batching import make_batches
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
-from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate, make_batches
+from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate
 from nmt.distributed import DistEnv, gather_objects, sum_across
 from nmt.errors import TrainingError
 from nmt.loss import LossModule, label_smoothed_loss

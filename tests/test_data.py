@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from nmt.batching import make_batches
 from nmt.data import (
     ParallelData,
     Prefetcher,
     collate,
     corpus_path,
     encode_parallel,
-    make_batches,
     pad,
     read_lines,
     read_parallel,
