@@ -1,15 +1,269 @@
 """Token-based batching: which examples form each batch of an epoch.
 
-Batches hold about ``batch_tokens`` padded tokens and are built from length-sorted buckets,
-then shuffled (as in fairseq and OpenNMT-py), so that little compute is spent on padding.
+Batches hold at most ``batch_tokens`` padded tokens and are cut from examples sorted by
+length, then shuffled, so that little compute is spent on padding (fairseq's
+``batch_by_size``, OpenNMT-py's buckets). Everything here is numpy over ``(n,)`` length
+arrays, so that a 10M-pair corpus is planned in seconds and little memory:
+
+- :class:`BatchLayout` is the part that does not depend on the seed: the examples sorted by
+  (target length, source length), the runs of equal lengths, and where the batches are cut.
+  Ties have equal lengths, so the cuts, and hence the number of batches, are the same for
+  every seed: they are computed once per run.
+- :class:`BatchPlan` is one epoch: the layout's order with each run of equal lengths shuffled
+  (what a shuffle before a stable sort gives), and a shuffled batch order. It holds three
+  arrays, no per-example Python objects.
+- :class:`RankSteps` is one rank's share of an epoch, grouped into updates; every rank
+  computes the same plan and materialises only its own batches, one update at a time.
+- :class:`EpochPlanner` hands out epochs and builds the next one in a background thread.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 
 import numpy as np
+
+
+def batch_widths(src_lens: np.ndarray, tgt_lens: np.ndarray) -> np.ndarray:
+    """``(n,)`` padded width of each example in a batch: ``max(src_len, tgt_len) + 1`` (EOS on
+    the source, BOS/EOS on the target), as int32."""
+    return (np.maximum(src_lens, tgt_lens) + 1).astype(np.int32)
+
+
+def cut_batches(widths: np.ndarray, batch_tokens: int) -> np.ndarray:
+    """Greedy cuts of a sequence of examples into batches of at most ``batch_tokens`` padded
+    tokens: a batch takes examples while ``count * max(width) <= batch_tokens`` (an example
+    wider than that forms a batch of its own).
+
+    One loop step per batch, not per example: the product ``count * running max`` grows with
+    the count, so the examples a batch takes are a prefix of a window of at most
+    ``batch_tokens // widths[start]`` examples, found with one cumulative maximum.
+
+    Args:
+        widths: ``(n,)`` positive int padded widths, in batching order.
+
+    Returns:
+        ``(n_batches + 1,)`` int64 offsets: batch ``k`` is ``widths[bounds[k]:bounds[k + 1]]``.
+    """
+    n = len(widths)
+    bounds = [0]
+    start = 0
+    while start < n:
+        window = widths[start : start + max(1, batch_tokens // int(widths[start]))]
+        running = np.maximum.accumulate(window).astype(np.int64)
+        fits = np.arange(1, len(window) + 1) * running <= batch_tokens
+        start += max(1, int(np.count_nonzero(fits)))
+        bounds.append(start)
+    return np.asarray(bounds, dtype=np.int64)
+
+
+def _index_dtype(n: int) -> type[np.signedinteger]:
+    return np.int32 if n < 2**31 else np.int64
+
+
+class BatchLayout:
+    """The seed-independent part of batching a corpus (see the module docstring).
+
+    Args:
+        src_lens / tgt_lens: ``(n,)`` lengths in tokens (no BOS/EOS), any integer type.
+        batch_tokens: padded tokens per batch, counted as ``count * max(src_len, tgt_len)+1``.
+
+    Attributes:
+        order: ``(n,)`` int32 (int64 above 2**31 examples) example indices sorted by
+            (target length, source length), ties by index.
+        runs: ``(n_runs + 1,)`` int64 offsets into ``order`` of the runs of equal
+            (target, source) lengths.
+        bounds: ``(n_batches + 1,)`` int64 offsets into ``order`` of the batches.
+
+    Raises:
+        ValueError: the two length arrays differ in size.
+    """
+
+    def __init__(
+        self,
+        src_lens: Sequence[int] | np.ndarray,
+        tgt_lens: Sequence[int] | np.ndarray,
+        batch_tokens: int,
+    ):
+        src, tgt = np.asarray(src_lens), np.asarray(tgt_lens)
+        if src.shape != tgt.shape:
+            raise ValueError(f"{len(src)} source lengths but {len(tgt)} target lengths")
+        n = len(src)
+        key = self._sort_key(src, tgt)
+        widths = batch_widths(src, tgt)
+        del src, tgt  # the lengths may be a large temporary the caller no longer holds
+        # Stable, so the order is the same on every rank; numpy radix-sorts 16-bit keys.
+        self.order = np.argsort(key, kind="stable").astype(_index_dtype(n))
+        key = key[self.order]
+        self.runs = np.concatenate([[0], np.flatnonzero(key[1:] != key[:-1]) + 1, [n]])
+        self.runs = self.runs.astype(np.int64)
+        del key
+        self.bounds = cut_batches(widths[self.order], batch_tokens)
+        self.batch_tokens = batch_tokens
+
+    @staticmethod
+    def _sort_key(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+        """``(n,)`` integers ordered as (tgt_len, src_len), in as few bytes as they fit."""
+        if len(src) == 0:
+            return np.zeros(0, dtype=np.uint16)
+        base = int(src.max()) + 1
+        top = (int(tgt.max()) + 1) * base
+        dtype = np.uint16 if top <= 2**16 else np.uint32 if top <= 2**32 else np.uint64
+        return tgt.astype(dtype) * dtype(base) + src.astype(dtype)
+
+    def __len__(self) -> int:
+        """The number of batches (the same for every seed)."""
+        return len(self.bounds) - 1
+
+    def plan(self, seed: int) -> BatchPlan:
+        """One epoch's :class:`BatchPlan`: each run of equal lengths shuffled in place of a
+        shuffle before the sort (the same distribution), and the batch order shuffled.
+        Deterministic for a given ``seed``."""
+        rng = np.random.default_rng(seed % 2**63)
+        order = self.order.copy()
+        starts, ends = self.runs[:-1].tolist(), self.runs[1:].tolist()
+        for start, end in zip(starts, ends):  # one step per distinct length pair
+            if end - start > 1:
+                rng.shuffle(order[start:end])
+        return BatchPlan(order, self.bounds, rng.permutation(len(self)))
+
+
+class BatchPlan:
+    """One epoch's batches: a sequence of ``(count,)`` index arrays, one per batch, in the
+    order they are trained on.
+
+    Args:
+        order: ``(n,)`` example indices, sorted by length; bounds: ``(n_batches + 1,)``
+            offsets of the batches into it; perm: ``(n_batches,)`` the batch order.
+    """
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, perm: np.ndarray):
+        self.order, self.bounds, self.perm = order, bounds, perm
+
+    def __len__(self) -> int:
+        return len(self.perm)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        """``(count,)`` example indices of the ``k``-th batch trained on (a view).
+
+        Raises:
+            IndexError: ``k`` outside ``[-len, len)``.
+        """
+        b = int(self.perm[k])
+        return self.order[self.bounds[b] : self.bounds[b + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[k] for k in range(len(self)))
+
+    def share(self, rank: int, world_size: int, accum: int) -> RankSteps:
+        """The updates of rank ``rank`` of ``world_size`` (see :class:`RankSteps`)."""
+        return RankSteps(self, rank, world_size, accum)
+
+
+def usable_steps(n_batches: int, world_size: int, accum: int) -> int:
+    """Updates per epoch on each rank: every rank takes every ``world_size``-th batch and
+    ``accum`` of them per update; all ranks get the same count so that they stay in
+    lockstep, and the last ``n_batches % (world_size * accum)`` batches are left out."""
+    return n_batches // (world_size * accum)
+
+
+class RankSteps(Sequence[list[list[int]]]):
+    """One rank's updates of an epoch: update ``i`` holds the batches
+    ``rank + (i * accum + j) * world_size`` of the plan, ``j < accum``.
+
+    Items are lists of ``accum`` lists of example indices, built when asked for (a few
+    hundred ints each), so the share costs nothing until it is trained on.
+    """
+
+    def __init__(self, plan: BatchPlan, rank: int, world_size: int, accum: int):
+        if not 0 <= rank < world_size or accum < 1:
+            raise ValueError(f"rank={rank} of world_size={world_size}, accum={accum}")
+        self.plan, self.rank, self.world_size, self.accum = plan, rank, world_size, accum
+        self.steps = usable_steps(len(plan), world_size, accum)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def batch_numbers(self, i: int) -> list[int]:
+        """The plan positions of update ``i``'s batches."""
+        first = i * self.accum
+        return [self.rank + (first + j) * self.world_size for j in range(self.accum)]
+
+    def __getitem__(self, i: int) -> list[list[int]]:  # type: ignore[override]
+        """The ``accum`` batches of update ``i`` (lists of example indices).
+
+        Raises:
+            IndexError: ``i`` outside ``[-len, len)``.
+        """
+        if not -self.steps <= i < self.steps:
+            raise IndexError(f"update {i} of {self.steps}")
+        return [self.plan[k].tolist() for k in self.batch_numbers(i % self.steps)]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The batching seed of ``epoch`` in a run of ``seed``."""
+    return seed * 100_003 + epoch
+
+
+class EpochPlanner:
+    """Hands out one rank's updates epoch by epoch, the next epoch's plan built ahead in a
+    background thread (numpy releases the GIL in its copies and most of the shuffling).
+
+    The layout (one sort and one pass over the batches) is built when the planner is made;
+    :attr:`steps_per_epoch` is known from it without planning any epoch.
+
+    Args:
+        src_lens / tgt_lens: ``(n,)`` example lengths (tokens, no BOS/EOS).
+        batch_tokens: padded tokens per batch; seed: the run's seed.
+        rank / world_size / accum: this process's place among the ranks, batches per update.
+    """
+
+    def __init__(
+        self,
+        src_lens: Sequence[int] | np.ndarray,
+        tgt_lens: Sequence[int] | np.ndarray,
+        batch_tokens: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        accum: int = 1,
+    ):
+        self.layout = BatchLayout(src_lens, tgt_lens, batch_tokens)
+        self.seed, self.rank, self.world_size, self.accum = seed, rank, world_size, accum
+        self.steps_per_epoch = usable_steps(len(self.layout), world_size, accum)
+        self._ahead: tuple[int, Future[BatchPlan]] | None = None
+        self._lock = threading.Lock()
+
+    def plan(self, epoch: int) -> BatchPlan:
+        """Epoch ``epoch``'s plan, built now (the same on every rank)."""
+        return self.layout.plan(epoch_seed(self.seed, epoch))
+
+    def steps(self, epoch: int) -> RankSteps:
+        """This rank's updates of ``epoch`` (taken from the background thread when it built
+        them ahead); then starts building ``epoch + 1``.
+
+        Raises:
+            Whatever building the plan raised (in the background thread too).
+        """
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
+            plan = ahead[1].result() if ahead and ahead[0] == epoch else self.plan(epoch)
+            self._ahead = (epoch + 1, self._build_in_background(epoch + 1))
+        return plan.share(self.rank, self.world_size, self.accum)
+
+    def _build_in_background(self, epoch: int) -> Future[BatchPlan]:
+        future: Future[BatchPlan] = Future()
+
+        def build() -> None:
+            try:
+                future.set_result(self.plan(epoch))
+            except BaseException as exc:  # handed to the caller of steps()
+                future.set_exception(exc)
+
+        threading.Thread(target=build, name=f"plan-epoch-{epoch}", daemon=True).start()
+        return future
 
 
 def make_batches(
@@ -17,34 +271,12 @@ def make_batches(
     tgt_lens: Sequence[int] | np.ndarray,
     batch_tokens: int,
     seed: int,
-) -> list[list[int]]:
-    """Group example indices into batches of at most ``batch_tokens`` padded tokens.
-
-    Examples are shuffled, sorted by (target, source) length so that neighbours have similar
-    lengths, cut into batches whose ``n * max(src_len + 1, tgt_len + 1)`` stays within
-    ``batch_tokens``, and the batch order is shuffled. Deterministic for a given ``seed``.
+) -> BatchPlan:
+    """All batches of one epoch (one rank), deterministic for ``seed``: examples sorted by
+    (target, source) length with ties shuffled, cut so that ``count * max(src_len + 1,
+    tgt_len + 1)`` stays within ``batch_tokens``, in shuffled batch order.
 
     Returns:
-        Lists of example indices, one per batch.
+        A :class:`BatchPlan`: ``len()`` batches, each a ``(count,)`` index array.
     """
-    rng = random.Random(seed)
-    # Plain ints sort several times faster than numpy scalars.
-    src_lens = src_lens.tolist() if isinstance(src_lens, np.ndarray) else src_lens
-    tgt_lens = tgt_lens.tolist() if isinstance(tgt_lens, np.ndarray) else tgt_lens
-    order = list(range(len(src_lens)))
-    rng.shuffle(order)
-    order.sort(key=lambda i: (tgt_lens[i], src_lens[i]))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for i in order:
-        length = max(src_lens[i], tgt_lens[i]) + 1  # + EOS / BOS
-        if current and (len(current) + 1) * max(longest, length) > batch_tokens:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+    return BatchLayout(src_lens, tgt_lens, batch_tokens).plan(seed)

@@ -146,8 +146,9 @@ def pad(
     return torch.from_numpy(out)
 
 
-def collate(data: Corpus, indices: Sequence[int]) -> Batch:
-    """The padded :class:`Batch` of the examples at ``indices``."""
+def collate(data: Corpus, indices: Sequence[int] | np.ndarray) -> Batch:
+    """The padded :class:`Batch` of the examples at ``indices`` (ints or a ``(count,)``
+    integer array)."""
     pairs = [data.pair(i) for i in indices]
     tgt: list[Sequence[int] | np.ndarray] = [t for _, t in pairs]
     src = pad([s for s, _ in pairs], suffix=EOS_ID)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from nmt import checkpoint as ckpt
-from nmt.batching import make_batches
+from nmt.batching import EpochPlanner, RankSteps, make_batches
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
 from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate
 from nmt.distributed import DistEnv, gather_objects, sum_across
@@ -117,26 +117,26 @@ class Trainer:
         self.tensorboard = (
             open_tensorboard(out_dir) if train_cfg.tensorboard and self.dist.is_main else None
         )
-        self.steps_per_epoch = len(self.epoch_steps(1))
+        self.batches = EpochPlanner(  # the batch cuts are computed once, for every epoch
+            train_data.src_lens,
+            train_data.tgt_lens,
+            train_cfg.batch_tokens,
+            train_cfg.seed,
+            self.dist.rank,
+            self.dist.world_size,
+            train_cfg.accum,
+        )
+        self.steps_per_epoch = self.batches.steps_per_epoch
 
-    def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+    def epoch_steps(self, epoch: int) -> RankSteps:
         """This rank's updates of ``epoch``, in order: each a list of ``accum`` batches.
 
         The order depends only on the seed, the epoch and the rank: every rank takes every
         world_size-th batch, and all ranks get the same number of updates so that they stay
-        in lockstep (the few batches left over at the end of an epoch are skipped).
+        in lockstep (the few batches left over at the end of an epoch are skipped). The next
+        epoch's plan is built in the background meanwhile (:class:`nmt.batching.EpochPlanner`).
         """
-        d = self.train_data
-        batches = make_batches(
-            d.src_lens,
-            d.tgt_lens,
-            self.cfg.batch_tokens,
-            self.cfg.seed * 100_003 + epoch,
-        )
-        group = self.dist.world_size * self.cfg.accum
-        usable = len(batches) // group * group
-        mine = batches[self.dist.rank : usable : self.dist.world_size]
-        return [mine[i : i + self.cfg.accum] for i in range(0, len(mine), self.cfg.accum)]
+        return self.batches.steps(epoch)
 
     # --- resume -------------------------------------------------------------------------
     def save_resume(self) -> None:
