@@ -9,7 +9,15 @@ import random
 import numpy as np
 import pytest
 
-from nmt.batching import BatchLayout, EpochPlanner, cut_batches, epoch_seed, make_batches
+from nmt import batching
+from nmt.batching import (
+    BatchLayout,
+    EpochPlanner,
+    cut_batches,
+    epoch_seed,
+    make_batches,
+    stable_order,
+)
 from nmt.tokenizer import Tokenizer
 
 
@@ -106,9 +114,7 @@ def test_groups_similar_lengths(tokenizer: Tokenizer, multi30k) -> None:
 
 
 @pytest.mark.parametrize(("world_size", "accum"), [(1, 1), (1, 3), (2, 1), (3, 2)])
-def test_rank_shares_are_disjoint_and_cover_the_usable_batches(
-    world_size: int, accum: int
-) -> None:
+def test_rank_shares_are_disjoint_and_cover_the_usable_batches(world_size: int, accum: int) -> None:
     src, tgt = random_lengths(2000, seed=4)
     planners = [
         EpochPlanner(src, tgt, 150, seed=9, rank=r, world_size=world_size, accum=accum)
@@ -152,11 +158,12 @@ def test_an_error_in_the_background_reaches_the_caller(monkeypatch) -> None:
     def broken(seed: int):  # type: ignore[no-untyped-def]
         raise RuntimeError("no memory left")
 
-    planner.steps(1)
+    assert planner._ahead is None
+    planner.steps(1)[0]  # the first update asked for starts planning the next epoch
     assert planner._ahead is not None
     planner._ahead[1].result(timeout=30)
     monkeypatch.setattr(planner.layout, "plan", broken)
-    planner.steps(2)  # built ahead before the break: fine
+    planner.steps(2)[0]  # built ahead before the break: fine; epoch 3 breaks ahead
     with pytest.raises(RuntimeError, match="no memory left"):
         planner.steps(3)
 
@@ -182,3 +189,15 @@ def test_two_million_examples_batch_like_the_greedy_in_bulk() -> None:
     keys = tgt[plan.order].astype(np.int64) * 1000 + src[plan.order]
     assert (np.diff(keys) >= 0).all()  # sorted by (target, source) length
     assert planner.steps_per_epoch == len(plan) // 4 == len(planner.steps(1))
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 18])
+def test_stable_order_equals_a_stable_argsort(monkeypatch, chunk: int) -> None:
+    monkeypatch.setattr(batching, "SORT_CHUNK", chunk)
+    key = np.random.default_rng(chunk).integers(0, 50, 1000).astype(np.uint16)
+    expected = np.argsort(key, kind="stable")
+    assert np.array_equal(stable_order(key), expected)
+    assert stable_order(key).dtype == np.int32
+    monkeypatch.setattr(batching, "MAX_BINS", 10)  # keys too large to count: argsort
+    assert np.array_equal(stable_order(key), expected)
+    assert len(stable_order(key[:0])) == 0
