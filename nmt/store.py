@@ -256,7 +256,7 @@ def prepare(
             dtype = "<u2" if tokenizer.vocab_size <= 65_535 else "<i4"
             summary = PrepareSummary(out_dir, tokens={src_lang: 0, tgt_lang: 0})
             say(f"encoding {n_src:,} sentence pairs with {workers} worker(s)")
-            lengths = _write_ids(
+            _write_ids(
                 iter_parallel(train_prefix, src_lang, tgt_lang),
                 tmp,
                 (src_lang, tgt_lang),
@@ -270,8 +270,8 @@ def prepare(
                     f"--max-len={max_len}",
                     src_path,
                 )
-            for lang, lens in zip((src_lang, tgt_lang), lengths):
-                np.save(tmp / f"train.{lang}.idx.npy", np.concatenate([[0], np.cumsum(lens)]))
+            for lang in (src_lang, tgt_lang):
+                _write_index(tmp, lang, summary.kept)
             for side, lang in enumerate((src_lang, tgt_lang)):
                 if valid:
                     text = "".join(pair[side] + "\n" for pair in valid)
@@ -314,20 +314,22 @@ def _write_ids(
     encoding: tuple[Path, tuple[int, float, str], int],
     summary: PrepareSummary,
     progress: Callable[[int], None],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Append every chunk's ids to ``train.LANG.bin``; returns the sentence lengths."""
+) -> None:
+    """Append every chunk's ids to ``train.LANG.bin`` and the offsets where its sentences
+    end to ``train.LANG.ends`` (raw int64; :func:`_write_index` makes the index of them),
+    so that nothing of the corpus's size is held in memory."""
     spm_file, settings, workers = encoding
-    src_lens: list[np.ndarray] = []
-    tgt_lens: list[np.ndarray] = []
     with (
         open(tmp / f"train.{langs[0]}.bin", "wb") as f_src,
         open(tmp / f"train.{langs[1]}.bin", "wb") as f_tgt,
+        open(tmp / f"train.{langs[0]}.ends", "wb") as e_src,
+        open(tmp / f"train.{langs[1]}.ends", "wb") as e_tgt,
     ):
         for chunk in encode_chunks(pairs, spm_file, settings, workers):
             chunk.src_ids.tofile(f_src)
             chunk.tgt_ids.tofile(f_tgt)
-            src_lens.append(chunk.src_lens)
-            tgt_lens.append(chunk.tgt_lens)
+            (np.cumsum(chunk.src_lens) + summary.tokens[langs[0]]).tofile(e_src)
+            (np.cumsum(chunk.tgt_lens) + summary.tokens[langs[1]]).tofile(e_tgt)
             summary.lines += chunk.lines
             summary.kept += len(chunk.src_lens)
             summary.tokens[langs[0]] += len(chunk.src_ids)
@@ -338,8 +340,23 @@ def _write_ids(
         for f in (f_src, f_tgt):
             f.flush()
             os.fsync(f.fileno())
-    empty = np.zeros(0, dtype=np.int64)
-    return np.concatenate(src_lens or [empty]), np.concatenate(tgt_lens or [empty])
+
+
+def _write_index(tmp: Path, lang: str, n: int) -> None:
+    """``train.LANG.idx.npy`` (``(n + 1,)`` int64 offsets, 0 first) from the ``n`` sentence
+    ends in ``train.LANG.ends``, which is then removed; copied between memory maps (page
+    cache, not process memory)."""
+    ends_path = tmp / f"train.{lang}.ends"
+    idx_path = tmp / f"train.{lang}.idx.npy"
+    idx = np.lib.format.open_memmap(idx_path, mode="w+", dtype=np.int64, shape=(n + 1,))
+    idx[0] = 0
+    if n:
+        idx[1:] = np.memmap(ends_path, dtype=np.int64, mode="r")
+    idx.flush()
+    del idx
+    with open(idx_path, "rb+") as f:
+        os.fsync(f.fileno())
+    ends_path.unlink()
 
 
 def _meta(summary: PrepareSummary, langs: tuple[str, str], dtype: str, vocab_size: int,
