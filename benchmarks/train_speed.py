@@ -35,7 +35,7 @@ def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str, on
     )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(Path(tmp), model_cfg, train_cfg, tokenizer, data, data, ([], []))
-        steps = trainer.epoch_steps(1)  # each: [batch] (accum = 1)
+        steps = list(trainer.epoch_steps(1))  # each: [batch] (accum = 1)
         for step in steps[: args.warmup]:
             trainer.train_step(trainer.collate_step(step))
         tokens, collate_s = 0, 0.0

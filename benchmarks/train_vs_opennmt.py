@@ -71,8 +71,9 @@ from typing import Any
 import sentencepiece as spm
 import torch
 
+from nmt.batching import make_batches
 from nmt.config import ModelConfig, TrainConfig, from_dict, preset
-from nmt.data import corpus_path, make_batches, read_lines
+from nmt.data import corpus_path, read_lines
 from nmt.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent

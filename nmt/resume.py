@@ -120,11 +120,12 @@ def changed_data_order(
     tokens, seed, accumulation, process count, corpus) with this run's.
 
     Returns:
-        ``None`` when nothing changed (or the checkpoint predates the record), else the
-        message of the error to raise: the first changed field, both values and the ways
-        out (``--reset-data-position``, a new folder, ``--overwrite``).
+        ``None`` when nothing changed, else the message of the error to raise: the first
+        changed field, both values and the ways out (``--reset-data-position``, a new
+        folder, ``--overwrite``).
     """
-    before = saved.get("data_order") or {}
+    # A checkpoint from before the record used the first batch order (version 1).
+    before = saved.get("data_order") or {"batching": 1}
     changed = [k for k in before if k in now and before[k] != now[k]]
     if not changed:
         return None

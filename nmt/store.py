@@ -1,10 +1,9 @@
 """The prepared-corpus store: a parallel corpus encoded once into memory-mapped token ids.
 
 ``nmt prepare`` (:func:`prepare`) writes a data folder; training maps it read-only
-(:func:`open_store`), so that training memory does not grow with the corpus: only the
-offsets (8 bytes per sentence and language) are loaded, and the operating system pages the
-token ids in and out as batches need them. The layout follows fairseq's ``mmap`` indexed
-dataset, simplified:
+(:func:`open_store`), so that training memory does not grow with the corpus: the offsets
+and the token ids are mapped, and the operating system pages them in and out as needed.
+The layout follows fairseq's ``mmap`` indexed dataset, simplified:
 
     meta.json            languages, id dtype, counts, filter settings; written last, so a
                          folder without it is incomplete
@@ -48,6 +47,7 @@ META_FILE = "meta.json"
 SPM_FILE = "spm.model"
 CHUNK_LINES = 20_000  # sentence pairs per worker task
 POOL_MIN_LINES = 100_000  # below this, worker processes cost more than they save
+LENGTH_CHUNK = 1 << 20  # sentences whose lengths are computed at a time (8 MB of int64)
 
 DROP_REASONS = ("empty", "too_long", "ratio")
 
@@ -251,7 +251,7 @@ def prepare(
             dtype = "<u2" if tokenizer.vocab_size <= 65_535 else "<i4"
             summary = PrepareSummary(out_dir, tokens={src_lang: 0, tgt_lang: 0})
             say(f"encoding {n_src:,} sentence pairs with {workers} worker(s)")
-            lengths = _write_ids(
+            _write_ids(
                 iter_parallel(train_prefix, src_lang, tgt_lang),
                 tmp,
                 (src_lang, tgt_lang),
@@ -265,8 +265,8 @@ def prepare(
                     f"--max-len={max_len}",
                     src_path,
                 )
-            for lang, lens in zip((src_lang, tgt_lang), lengths):
-                np.save(tmp / f"train.{lang}.idx.npy", np.concatenate([[0], np.cumsum(lens)]))
+            for lang in (src_lang, tgt_lang):
+                _write_index(tmp, lang, summary.kept)
             for side, lang in enumerate((src_lang, tgt_lang)):
                 if valid:
                     text = "".join(pair[side] + "\n" for pair in valid)
@@ -309,20 +309,22 @@ def _write_ids(
     encoding: tuple[Path, tuple[int, float, str], int],
     summary: PrepareSummary,
     progress: Callable[[int], None],
-) -> tuple[np.ndarray, np.ndarray]:
-    """Append every chunk's ids to ``train.LANG.bin``; returns the sentence lengths."""
+) -> None:
+    """Append every chunk's ids to ``train.LANG.bin`` and the offsets where its sentences
+    end to ``train.LANG.ends`` (raw int64; :func:`_write_index` makes the index of them),
+    so that nothing of the corpus's size is held in memory."""
     spm_file, settings, workers = encoding
-    src_lens: list[np.ndarray] = []
-    tgt_lens: list[np.ndarray] = []
     with (
         open(tmp / f"train.{langs[0]}.bin", "wb") as f_src,
         open(tmp / f"train.{langs[1]}.bin", "wb") as f_tgt,
+        open(tmp / f"train.{langs[0]}.ends", "wb") as e_src,
+        open(tmp / f"train.{langs[1]}.ends", "wb") as e_tgt,
     ):
         for chunk in encode_chunks(pairs, spm_file, settings, workers):
             chunk.src_ids.tofile(f_src)
             chunk.tgt_ids.tofile(f_tgt)
-            src_lens.append(chunk.src_lens)
-            tgt_lens.append(chunk.tgt_lens)
+            (np.cumsum(chunk.src_lens) + summary.tokens[langs[0]]).tofile(e_src)
+            (np.cumsum(chunk.tgt_lens) + summary.tokens[langs[1]]).tofile(e_tgt)
             summary.lines += chunk.lines
             summary.kept += len(chunk.src_lens)
             summary.tokens[langs[0]] += len(chunk.src_ids)
@@ -333,8 +335,23 @@ def _write_ids(
         for f in (f_src, f_tgt):
             f.flush()
             os.fsync(f.fileno())
-    empty = np.zeros(0, dtype=np.int64)
-    return np.concatenate(src_lens or [empty]), np.concatenate(tgt_lens or [empty])
+
+
+def _write_index(tmp: Path, lang: str, n: int) -> None:
+    """``train.LANG.idx.npy`` (``(n + 1,)`` int64 offsets, 0 first) from the ``n`` sentence
+    ends in ``train.LANG.ends``, which is then removed; copied between memory maps (page
+    cache, not process memory)."""
+    ends_path = tmp / f"train.{lang}.ends"
+    idx_path = tmp / f"train.{lang}.idx.npy"
+    idx = np.lib.format.open_memmap(idx_path, mode="w+", dtype=np.int64, shape=(n + 1,))
+    idx[0] = 0
+    if n:
+        idx[1:] = np.memmap(ends_path, dtype=np.int64, mode="r")
+    idx.flush()
+    del idx
+    with open(idx_path, "rb+") as f:
+        os.fsync(f.fileno())
+    ends_path.unlink()
 
 
 def _meta(summary: PrepareSummary, langs: tuple[str, str], dtype: str, vocab_size: int,
@@ -359,14 +376,21 @@ def _meta(summary: PrepareSummary, langs: tuple[str, str], dtype: str, vocab_siz
 class TokenStore:
     """The memory-mapped token ids of one language.
 
+    Both files are mapped, not read: at 10M sentences the offsets alone are 80 MB per
+    language, which then stay page cache (shared, reclaimable) instead of process memory.
+
     Args:
         bin_path: the ``train.LANG.bin`` file; idx_path: its ``train.LANG.idx.npy`` offsets.
         dtype: the id dtype recorded in ``meta.json``.
+
+    Raises:
+        InputError: the two files disagree (a damaged folder).
     """
 
     def __init__(self, bin_path: Path, idx_path: Path, dtype: str):
-        self.offsets = np.load(idx_path)
-        self.ids = np.memmap(bin_path, dtype=np.dtype(dtype), mode="r")
+        # Plain ndarray views of the mappings: indexing a np.memmap is several times slower.
+        self.offsets = np.asarray(np.load(idx_path, mmap_mode="r"))
+        self.ids = np.asarray(np.memmap(bin_path, dtype=np.dtype(dtype), mode="r"))
         if len(self.ids) != self.offsets[-1]:
             raise InputError(
                 f"holds {len(self.ids)} ids but its index says {self.offsets[-1]}; the data "
@@ -379,8 +403,17 @@ class TokenStore:
 
     @property
     def lengths(self) -> np.ndarray:
-        """``(n,)`` int64 sentence lengths (tokens, no BOS/EOS)."""
-        return np.diff(self.offsets)
+        """``(n,)`` sentence lengths (tokens, no BOS/EOS), computed from the offsets at each
+        access: uint16 (2 bytes a sentence) when the longest fits, else int32. The
+        subtraction casts in small buffers, so no int64 copy of the corpus is made."""
+        longest = max(
+            (int(np.diff(self.offsets[i : i + LENGTH_CHUNK + 1]).max(initial=0))
+             for i in range(0, len(self), LENGTH_CHUNK)),
+            default=0,
+        )  # fmt: skip
+        out = np.empty(len(self), dtype=np.uint16 if longest < 2**16 else np.int32)
+        np.subtract(self.offsets[1:], self.offsets[:-1], out=out, casting="unsafe")
+        return out
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
@@ -390,28 +423,52 @@ class ParallelStore:
     """Sentence pairs of a data folder, restricted to those with both sides ≤ ``max_len``.
 
     Implements the corpus interface of :func:`nmt.data.collate`: ``len()``, ``src_lens``,
-    ``tgt_lens`` (``(n,)`` int64 arrays) and ``pair(i)``.
+    ``tgt_lens`` and ``pair(i)``. Nothing of the corpus's size is held in memory when no
+    pair is left out (the usual case: ``filtered_at``, the ``max_len`` the folder was
+    prepared with, is at most ``max_len``); otherwise the kept pairs' row numbers.
 
     Attributes:
         dropped: pairs of the store left out by ``max_len``.
+        index: ``(kept,)`` row numbers of the kept pairs, or ``None`` for all of them.
+
+    Raises:
+        InputError: the two languages hold different numbers of sentences.
     """
 
-    def __init__(self, src: TokenStore, tgt: TokenStore, max_len: int):
+    def __init__(
+        self, src: TokenStore, tgt: TokenStore, max_len: int, filtered_at: int | None = None
+    ):
         if len(src) != len(tgt):
             raise InputError(f"the two languages hold {len(src)} and {len(tgt)} sentences")
         self.src, self.tgt = src, tgt
-        src_lens, tgt_lens = src.lengths, tgt.lengths
-        keep = (src_lens <= max_len) & (tgt_lens <= max_len)
-        self.index = np.flatnonzero(keep)
-        self.src_lens, self.tgt_lens = src_lens[self.index], tgt_lens[self.index]
-        self.dropped = int(len(keep) - len(self.index))
+        self.index: np.ndarray | None = None
+        if filtered_at is None or max_len < filtered_at:
+            keep = src.lengths <= max_len
+            keep &= tgt.lengths <= max_len
+            if not keep.all():
+                index_dtype = np.int32 if len(keep) < 2**31 else np.int64
+                self.index = np.flatnonzero(keep).astype(index_dtype)
+        self.dropped = len(src) - len(self)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.src) if self.index is None else len(self.index)
+
+    @property
+    def src_lens(self) -> np.ndarray:
+        """``(n,)`` source lengths of the kept pairs (see :attr:`TokenStore.lengths`)."""
+        return self._kept(self.src.lengths)
+
+    @property
+    def tgt_lens(self) -> np.ndarray:
+        """``(n,)`` target lengths of the kept pairs (see :attr:`TokenStore.lengths`)."""
+        return self._kept(self.tgt.lengths)
+
+    def _kept(self, lengths: np.ndarray) -> np.ndarray:
+        return lengths if self.index is None else lengths[self.index]
 
     def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The source and target ids of pair ``i``."""
-        row = self.index[i]
+        row = i if self.index is None else self.index[i]
         return self.src[row], self.tgt[row]
 
 
@@ -452,4 +509,5 @@ def open_store(data_dir: str | Path, max_len: int) -> ParallelStore:
         )
         for key in ("src_lang", "tgt_lang")
     )
-    return ParallelStore(src, tgt, max_len=max_len)
+    filtered_at = meta.get("filter", {}).get("max_len")
+    return ParallelStore(src, tgt, max_len=max_len, filtered_at=filtered_at)

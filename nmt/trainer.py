@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from nmt import checkpoint as ckpt
+from nmt.batching import BATCHING_VERSION, EpochPlanner, RankSteps
 from nmt.config import ModelConfig, TrainConfig
-from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate, make_batches
+from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate
 from nmt.device import pick_dtype, resolve_device
 from nmt.distributed import DistEnv, sum_across
 from nmt.errors import ConfigError, TrainingError
@@ -103,29 +104,29 @@ class Trainer:
         self.state = TrainState()
         self.stop_signal: int | None = None
         self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
-        self.steps_per_epoch = len(self.epoch_steps(1))
+        self.batches = EpochPlanner(  # the batch cuts are computed once, for every epoch
+            train_data.src_lens,
+            train_data.tgt_lens,
+            train_cfg.batch_tokens,
+            train_cfg.seed,
+            self.dist.rank,
+            self.dist.world_size,
+            train_cfg.accum,
+        )
+        self.steps_per_epoch = self.batches.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise ConfigError(too_few_batches(len(train_data), train_cfg, self.dist.world_size))
 
     # --- data ---------------------------------------------------------------------------
-    def epoch_steps(self, epoch: int) -> list[list[list[int]]]:
+    def epoch_steps(self, epoch: int) -> RankSteps:
         """This rank's updates of ``epoch``, in order: each a list of ``accum`` batches.
 
         The order depends only on the seed, the epoch and the rank: every rank takes every
         world_size-th batch, and all ranks get the same number of updates so that they stay
-        in lockstep (the few batches left over at the end of an epoch are skipped).
+        in lockstep (the few batches left over at the end of an epoch are skipped). The next
+        epoch's plan is built in the background meanwhile (:class:`nmt.batching.EpochPlanner`).
         """
-        d = self.train_data
-        batches = make_batches(
-            d.src_lens,
-            d.tgt_lens,
-            self.cfg.batch_tokens,
-            self.cfg.seed * 100_003 + epoch,
-        )
-        group = self.dist.world_size * self.cfg.accum
-        usable = len(batches) // group * group
-        mine = batches[self.dist.rank : usable : self.dist.world_size]
-        return [mine[i : i + self.cfg.accum] for i in range(0, len(mine), self.cfg.accum)]
+        return self.batches.steps(epoch)
 
     def collate_step(self, step_batches: list[list[int]]) -> list[Batch]:
         """The padded batches of one update (``accum`` lists of example indices), on the CPU
@@ -404,6 +405,7 @@ class Trainer:
         c, d = self.cfg, self.train_data
         corpus = f"{len(d)} pairs, {int(sum(d.src_lens))}+{int(sum(d.tgt_lens))} tokens"
         return {
+            "batching": BATCHING_VERSION,
             "batch_tokens": c.batch_tokens,
             "seed": c.seed,
             "accum": c.accum,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from nmt.batching import make_batches
 from nmt.config import DecodeConfig
-from nmt.data import ParallelData, collate, make_batches
+from nmt.data import ParallelData, collate
 from nmt.distributed import DistEnv, gather_objects, sum_across
 from nmt.loss import label_smoothed_loss
 from nmt.model import Transformer
@@ -38,7 +39,8 @@ def valid_loss(
     total = nll_total = 0.0
     tokens = 0
     batches = make_batches(data.src_lens, data.tgt_lens, batch_tokens, 0)
-    for batch_indices in batches[dist.rank :: dist.world_size]:
+    for i in range(dist.rank, len(batches), dist.world_size):
+        batch_indices = batches[i]
         batch = collate(data, batch_indices).to(device)
         states = model(batch.src, batch.tgt_in)
         loss, nll = label_smoothed_loss(model, states, batch.tgt_out, label_smoothing)

@@ -1,10 +1,9 @@
-"""nmt.data: corpus files, file:line errors, token-based batching and collation."""
+"""nmt.data: corpus files, file:line errors, padding and collation."""
 
 from __future__ import annotations
 
 import gzip
 import itertools
-import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from nmt.data import (
     collate,
     corpus_path,
     encode_parallel,
-    make_batches,
     pad,
     read_lines,
     read_parallel,
@@ -81,43 +79,6 @@ def test_empty_corpus_is_an_error(tmp_path: Path, text: str) -> None:
         (tmp_path / f"e.{lang}").write_text(text, encoding="utf-8")
     with pytest.raises(InputError, match="corpus is empty"):
         read_parallel(tmp_path / "e", "de", "en")
-
-
-def random_lengths(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
-    rng = random.Random(seed)
-    return [rng.randint(1, 60) for _ in range(n)], [rng.randint(1, 60) for _ in range(n)]
-
-
-@pytest.mark.parametrize("batch_tokens", [16, 100, 1000])
-def test_make_batches_covers_every_example_once_within_budget(batch_tokens: int) -> None:
-    src, tgt = random_lengths(500)
-    src[7], tgt[7] = 2000, 3  # longer than any budget: a batch of its own
-    batches = make_batches(src, tgt, batch_tokens, seed=3)
-    assert sorted(i for b in batches for i in b) == list(range(500))
-    for batch in batches:
-        width = max(max(src[i], tgt[i]) + 1 for i in batch)
-        assert len(batch) == 1 or len(batch) * width <= batch_tokens
-    assert [7] in batches
-
-
-def test_make_batches_is_deterministic_per_seed() -> None:
-    src, tgt = random_lengths(300)
-    assert make_batches(src, tgt, 200, seed=1) == make_batches(src, tgt, 200, seed=1)
-    assert make_batches(src, tgt, 200, seed=1) != make_batches(src, tgt, 200, seed=2)
-
-
-def test_make_batches_groups_similar_lengths(tokenizer: Tokenizer, multi30k) -> None:
-    src = [len(x) for x in tokenizer.encode(multi30k("train", "de", 2000))]
-    tgt = [len(x) for x in tokenizer.encode(multi30k("train", "en", 2000))]
-    real = sum(max(s, t) + 1 for s, t in zip(src, tgt))
-    batches = make_batches(src, tgt, 1000, seed=0)
-    padded = sum(len(b) * max(max(src[i], tgt[i]) + 1 for i in b) for b in batches)
-    rng = random.Random(0)
-    order = rng.sample(range(len(src)), len(src))
-    unsorted = [order[i : i + 40] for i in range(0, len(order), 40)]
-    padded_unsorted = sum(len(b) * max(max(src[i], tgt[i]) + 1 for i in b) for b in unsorted)
-    assert padded < 1.3 * real  # sorted batches pad little (about 1.25x here) ...
-    assert padded_unsorted > 1.8 * real  # ... where random batches pad about 2x
 
 
 def test_collate_adds_bos_eos_and_pads_with_zero() -> None:

@@ -76,9 +76,16 @@ def test_length_filters_are_counted_by_reason(
     assert [data.pair(i)[1].tolist() for i in range(2)] == tokenizer.encode(
         ["A dog runs.", "A woman sings."]
     )
+    # Nothing can be longer than the folder's own filter: no row numbers are held.
+    assert data.index is None and data.dropped == 0
     # Training's own max_len leaves out more, without preparing again.
     shorter = open_store(tmp_path / "d", max_len=4)
     assert len(shorter) + shorter.dropped == 2 and shorter.dropped >= 1
+    kept = [i for i in range(2) if max(map(len, data.pair(i))) <= 4]
+    assert [shorter.pair(j)[0].tolist() for j in range(len(shorter))] == [
+        data.pair(i)[0].tolist() for i in kept
+    ]
+    assert shorter.src_lens.tolist() == [len(data.pair(i)[0]) for i in kept]
 
 
 def test_mismatched_and_bad_files_are_named(tmp_path: Path, corpus_writer, spm_model: Path) -> None:
