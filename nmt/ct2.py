@@ -1,7 +1,7 @@
 """Translation through a CTranslate2 model folder written by ``nmt export``.
 
 :class:`CT2Translator` has the interface of :class:`nmt.translate.Translator` (lines in,
-:class:`~nmt.translate.Translation` out, one per line, in order) and the same tokenization,
+:class:`~nmt.engine.Translation` out, one per line, in order) and the same tokenization,
 truncation, length limit and hypothesis ranking; only the search runs in CTranslate2 (Klein et
 al. 2020). ``ctranslate2`` is an optional dependency, imported only when it is used.
 
@@ -54,10 +54,11 @@ import torch
 
 from nmt.checkpoint import SPM_FILE, read_versioned_json
 from nmt.config import DecodeConfig
+from nmt.engine import BaseTranslator
 from nmt.errors import ConfigError, NMTError
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.translate import BaseTranslator, Translator, cpu_workers
+from nmt.translate import Translator, cpu_workers
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
 EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json
