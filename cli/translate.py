@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, make_progress
+from nmt.alignment import pharaoh
 from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
 from nmt.ct2 import ENGINES, load_translator
@@ -41,12 +42,14 @@ def stdin_lines() -> Iterator[str]:
 
 
 def format_result(t: Translation, nbest: int, scores: bool) -> str:
-    """One output line; with ``nbest`` > 1: ``rank<TAB>score<TAB>text`` lines per input."""
+    """One output line; with ``nbest`` > 1: ``rank<TAB>score<TAB>text`` lines per input; with
+    an alignment, `` ||| `` and its Pharaoh pairs after the text."""
     if nbest > 1:
         return "\n".join(
             f"{rank}\t{score:.4f}\t{text}" for rank, (text, score) in enumerate(t.nbest)
         )
-    return f"{t.score:.4f}\t{t.text}" if scores else t.text
+    text = t.text if t.alignment is None else f"{t.text} ||| {pharaoh(t.alignment)}"
+    return f"{t.score:.4f}\t{text}" if scores else text
 
 
 @handle_errors
@@ -62,8 +65,9 @@ def translate(
         ),
     ] = None,
     beam_size: Annotated[
-        int, typer.Option(help="Beam size; 1 = greedy search.")
-    ] = DecodeConfig.beam_size,
+        int | None,
+        typer.Option(help=f"Beam size; 1 = greedy search [default: {DecodeConfig.beam_size}]."),
+    ] = None,
     length_penalty: Annotated[
         float, typer.Option(help="GNMT length penalty alpha.")
     ] = DecodeConfig.length_penalty,
@@ -119,18 +123,70 @@ def translate(
         list[Path] | None,
         typer.Option("--ref", "-r", help="Reference file(s): print BLEU and chrF when done."),
     ] = None,
+    alignment: Annotated[
+        bool,
+        typer.Option(
+            "--alignment",
+            help="Append ' ||| ' and the word alignment (Pharaoh i-j pairs, source word i, "
+            "target word j, 0-based) to each translation.",
+        ),
+    ] = False,
+    alignment_layer: Annotated[
+        int | None,
+        typer.Option(help="Decoder layer (0-based) whose attention aligns; default penultimate."),
+    ] = None,
+    sampling_topk: Annotated[
+        int | None,
+        typer.Option(
+            help="Sample instead of searching: 0 = from all tokens, K > 1 = from the K most "
+            "probable (implies --beam-size 1); 1 = search (default)."
+        ),
+    ] = None,
+    sampling_topp: Annotated[
+        float | None,
+        typer.Option(help="Sample from the smallest set of tokens whose probability reaches P."),
+    ] = None,
+    sampling_temperature: Annotated[
+        float | None, typer.Option(help="Divide the logits by T before sampling.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Sampling seed (each line draws from its own stream, seeded from it and the "
+            "line number); default: a fresh one."
+        ),
+    ] = None,
+    target_prefix: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with one target prefix per input line (empty line = none): each "
+            "translation starts with it and the search continues from there."
+        ),
+    ] = None,
 ) -> None:
-    """Translate a file or stdin with batched beam search."""
+    """Translate a file or stdin with batched beam search (or sample, with --sampling-topk)."""
+    if sampling_topk not in (None, 1) and beam_size is None:
+        beam_size = 1  # a sample is one output: no beam unless asked for (then an error)
+    default = DecodeConfig()
     decode = DecodeConfig(
-        beam_size=beam_size,
+        beam_size=default.beam_size if beam_size is None else beam_size,
         length_penalty=length_penalty,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         nbest=nbest,
         batch_tokens=batch_tokens,
         batch_size=batch_size,
+        alignment=alignment,
+        alignment_layer=alignment_layer,
+        sampling_topk=default.sampling_topk if sampling_topk is None else sampling_topk,
+        sampling_topp=default.sampling_topp if sampling_topp is None else sampling_topp,
+        sampling_temperature=(
+            default.sampling_temperature if sampling_temperature is None else sampling_temperature
+        ),
+        seed=seed,
     )
     lines, total = read_input(input)
+    prefixes = None if target_prefix is None else iter_lines(target_prefix)
     # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
     # that a line typed (or sent by another program) comes back at once.
     streaming = input == "-"
@@ -145,18 +201,24 @@ def translate(
         quantize=quantize,
         workers=workers,
     )
-    results = translator.translate(lines)
+    results = (
+        translator.translate(lines)
+        if prefixes is None
+        else translator.translate(lines, None, prefixes, str(target_prefix))
+    )
+    rendered = ((format_result(t, nbest, scores), t) for t in results)
     hyps: list[str] = []
     truncated: list[int] = []
 
     def emit(write: Callable[[str], object]) -> None:
         with make_progress() as progress:
             task = progress.add_task("translate", total=total)
-            for number, t in enumerate(results, start=1):
-                write(format_result(t, nbest, scores) + "\n")
-                hyps.append(t.text)
-                if t.truncated:
-                    truncated.append(number)
+            for number, (text, t) in enumerate(rendered, start=1):
+                write(text + "\n")
+                if t is not None:
+                    hyps.append(t.text)
+                    if t.truncated:
+                        truncated.append(number)
                 progress.advance(task)
 
     if output is None:

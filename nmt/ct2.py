@@ -54,7 +54,7 @@ import torch
 
 from nmt.checkpoint import SPM_FILE, read_versioned_json
 from nmt.config import DecodeConfig
-from nmt.engine import BaseTranslator
+from nmt.engine import BaseTranslator, Request
 from nmt.errors import ConfigError, NMTError
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
@@ -263,18 +263,37 @@ class CT2Translator(BaseTranslator):
         tokenizer = Tokenizer(folder / SPM_FILE)
         return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
 
+    def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
+        """Raises :class:`ConfigError` for what only the torch engine does: alignment (from a
+        decoder layer chosen per call), target prefixes and sampling (one seeded generator
+        per sentence)."""
+        asked = [
+            name
+            for name, on in (
+                ("alignment", d.alignment),
+                ("target prefixes", prefixes),
+                ("sampling", d.sampling),
+            )
+            if on
+        ]
+        if asked:
+            raise ConfigError(
+                f"{', '.join(asked)}: supported by the torch engine (--engine torch on the model "
+                "folder that nmt export read), not by the ctranslate2 engine"
+            )
+
     def search_rows(
-        self, ids: list[list[int]]
+        self, ids: list[list[int]], request: Request | None = None
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
         """The torch engine's batches (:func:`nmt.translate.length_batches`), each searched with
         its largest length limit; then, grouped by their own limit, the sentences whose search
         that limit would have cut (:meth:`within_limit`)."""
-        d = self.decode
+        d = request.decode if request is not None else self.decode
         todo = [i for i, x in enumerate(ids) if x]
-        limits = dict(zip(todo, self.limits([len(ids[i]) for i in todo])))
-        jobs = [(max(limits[r] for r in rows), rows) for rows in self.row_batches(ids, todo)]
+        limits = dict(zip(todo, self.limits([len(ids[i]) for i in todo], d)))
+        jobs = [(max(limits[r] for r in rows), rows) for rows in self.row_batches(ids, todo, d)]
         cut: list[int] = []
-        for limit, rows, found in self.search_batches(ids, jobs):
+        for limit, rows, found in self.search_batches(ids, jobs, d):
             done = [
                 limits[r] == limit or self.within_limit(h, limits[r]) for r, h in zip(rows, found)
             ]
@@ -284,20 +303,25 @@ class CT2Translator(BaseTranslator):
                     [r for r, ok in zip(rows, done) if ok],
                     [h[: d.nbest] for h, ok in zip(found, done) if ok],
                 )
-        for _, rows, found in self.search_batches(ids, self.limit_batches(cut, limits, ids)):
+        jobs = self.limit_batches(cut, limits, ids, d)
+        for _, rows, found in self.search_batches(ids, jobs, d):
             yield rows, [h[: d.nbest] for h in found]
 
-    def limits(self, src_lengths: list[int]) -> list[int]:
+    def limits(self, src_lengths: list[int], decode: DecodeConfig | None = None) -> list[int]:
         """Each sentence's target limit ``min(a * src_len + b, max_positions - 1)`` (tokens
         before EOS; ``src_len`` without EOS), computed in float32 as
         :func:`nmt.search.max_lengths` does, so that both engines agree at the boundaries."""
-        d = self.decode
+        d = decode or self.decode
         src_len = torch.tensor(src_lengths, dtype=torch.float32)
         limits = ((src_len * d.max_len_a).long() + d.max_len_b).clamp(max=self.max_tgt_tokens)
         return limits.tolist()
 
     def limit_batches(
-        self, rows: list[int], limits: dict[int, int], ids: list[list[int]]
+        self,
+        rows: list[int],
+        limits: dict[int, int],
+        ids: list[list[int]],
+        decode: DecodeConfig | None = None,
     ) -> list[tuple[int, list[int]]]:
         """``(limit, rows)``: ``rows`` grouped by their length limit, longest limit first, each
         group cut by ``batch_size`` sentences and ``batch_tokens`` padded tokens (EOS counted)."""
@@ -307,7 +331,7 @@ class CT2Translator(BaseTranslator):
         return [
             (limit, batch)
             for limit in sorted(groups, reverse=True)
-            for batch in self.row_batches(ids, groups[limit])
+            for batch in self.row_batches(ids, groups[limit], decode)
         ]
 
     @staticmethod
@@ -325,18 +349,24 @@ class CT2Translator(BaseTranslator):
         return all(len(h.tokens) < limit for h in hyps)
 
     def search_batches(
-        self, ids: list[list[int]], jobs: list[tuple[int, list[int]]]
+        self,
+        ids: list[list[int]],
+        jobs: list[tuple[int, list[int]]],
+        decode: DecodeConfig | None = None,
     ) -> Iterator[tuple[int, list[int], list[list[Hypothesis]]]]:
         """Search the ``(limit, rows)`` jobs, all submitted first so that CTranslate2's
         ``inter_threads`` workers run them in parallel; yields ``(limit, rows, hypotheses)``
         in job order, ``hypotheses`` as :meth:`search` returns them."""
+        d = decode or self.decode
         pending = [
-            (limit, rows, self.submit([ids[r] for r in rows], limit)) for limit, rows in jobs
+            (limit, rows, self.submit([ids[r] for r in rows], limit, d)) for limit, rows in jobs
         ]
         for limit, rows, results in pending:
-            yield limit, rows, self._collect(results, limit)
+            yield limit, rows, self._collect(results, limit, d)
 
-    def search(self, src: list[list[int]], limit: int) -> list[list[Hypothesis]]:
+    def search(
+        self, src: list[list[int]], limit: int, decode: DecodeConfig | None = None
+    ) -> list[list[Hypothesis]]:
         """Search a batch of sources with at most ``limit`` target tokens before EOS.
 
         Args:
@@ -348,16 +378,16 @@ class CT2Translator(BaseTranslator):
             For each sentence, all the hypotheses CTranslate2 kept (``beam_size`` of them),
             best first by the GNMT-normalized score.
         """
-        return self._collect(self.submit(src, limit), limit)
+        d = decode or self.decode
+        return self._collect(self.submit(src, limit, d), limit, d)
 
-    def submit(self, src: list[list[int]], limit: int) -> list[Any]:
+    def submit(self, src: list[list[int]], limit: int, d: DecodeConfig) -> list[Any]:
         """Queue a batch for CTranslate2's workers; one ``AsyncTranslationResult`` per source."""
-        d = self.decode
         return self.translator.translate_batch(
             [[self.pieces[i] for i in x] for x in src],
             beam_size=d.beam_size,
             num_hypotheses=d.beam_size,
-            length_penalty=self.ct2_penalty(limit),
+            length_penalty=self.ct2_penalty(limit, d),
             max_decoding_length=limit,
             min_decoding_length=0,
             max_input_length=0,
@@ -366,19 +396,18 @@ class CT2Translator(BaseTranslator):
             asynchronous=True,
         )
 
-    def ct2_penalty(self, limit: int) -> float:
+    def ct2_penalty(self, limit: int, d: DecodeConfig) -> float:
         """The ``length_penalty`` given to CTranslate2 for a call with this ``limit``: 0 (plain
         log-probabilities) for greedy search, else :func:`collect_penalty`."""
-        return 0.0 if self.decode.beam_size == 1 else collect_penalty(limit)
+        return 0.0 if d.beam_size == 1 else collect_penalty(limit)
 
-    def _collect(self, results: list[Any], limit: int) -> list[list[Hypothesis]]:
+    def _collect(self, results: list[Any], limit: int, d: DecodeConfig) -> list[list[Hypothesis]]:
         """Wait for :meth:`submit`'s results; ours, ranked by the GNMT length penalty."""
-        penalty = self.ct2_penalty(limit)
-        return [self._hypotheses(r.result(), penalty) for r in results]
+        penalty = self.ct2_penalty(limit, d)
+        return [self._hypotheses(r.result(), penalty, d) for r in results]
 
-    def _hypotheses(self, result: Any, penalty: float) -> list[Hypothesis]:
+    def _hypotheses(self, result: Any, penalty: float, d: DecodeConfig) -> list[Hypothesis]:
         """One ``TranslationResult`` → our hypotheses, best first by the GNMT length penalty."""
-        d = self.decode
         hyps = []
         for pieces, score in zip(result.hypotheses, result.scores):
             ids = [self.piece_ids[p] for p in pieces]

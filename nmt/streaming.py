@@ -9,6 +9,11 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from nmt.errors import InputError
+
+T = TypeVar("T")
 
 
 def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> list[list[int]]:
@@ -31,7 +36,7 @@ def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> li
 _END = object()
 
 
-def available_chunks(lines: Iterable[str], max_lines: int) -> Iterator[list[str]]:
+def available_chunks(lines: Iterable[T], max_lines: int) -> Iterator[list[T]]:
     """Group ``lines`` into chunks of at most ``max_lines`` without waiting for input that
     has not arrived: a background thread reads ahead (at most ``2 * max_lines`` lines), and a
     chunk ends when it is full or when nothing more is available right now.
@@ -51,10 +56,10 @@ def available_chunks(lines: Iterable[str], max_lines: int) -> Iterator[list[str]
 
     threading.Thread(target=read, daemon=True).start()
     while True:
-        chunk: list[str] = []
+        chunk: list[T] = []
         item = pending.get()
-        while isinstance(item, str):
-            chunk.append(item)
+        while item is not _END and not isinstance(item, BaseException):
+            chunk.append(item)  # type: ignore[arg-type]
             if len(chunk) >= max_lines:
                 break
             try:
@@ -67,3 +72,36 @@ def available_chunks(lines: Iterable[str], max_lines: int) -> Iterator[list[str]
             raise item
         if item is _END:
             return
+
+
+def paired(
+    lines: Iterable[str],
+    others: Iterable[str],
+    source: str = "target prefixes",
+    what: str = "target prefix",
+) -> Iterator[tuple[str, str]]:
+    """``(line, other)`` pairs, streamed (``others``: one ``what`` per line, read from
+    ``source``).
+
+    Raises:
+        InputError: one runs out before the other (names ``source`` and the line).
+    """
+    missing = object()
+    number = 0
+    other_iter = iter(others)
+    for number, line in enumerate(lines, start=1):
+        other = next(other_iter, missing)
+        if other is missing:
+            raise InputError(
+                f"no {what} for input line {number}: give one per input line (an empty "
+                "line for none)",
+                source,
+                number,
+            )
+        yield line, other  # type: ignore[misc]
+    if next(other_iter, missing) is not missing:
+        raise InputError(
+            f"more lines than the {number} input lines: give one {what} per input line",
+            source,
+            number + 1,
+        )

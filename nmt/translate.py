@@ -15,18 +15,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from nmt.alignment import check_layer, cross_attention
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
-from nmt.engine import BaseTranslator, Translation
+from nmt.engine import BaseTranslator, Request, Translation
 from nmt.errors import ConfigError
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
-from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.sampling import sample
+from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
 from nmt.streaming import length_batches
 from nmt.tokenizer import EOS_ID, Tokenizer
 
@@ -180,16 +183,25 @@ class Translator(BaseTranslator):
         tokenizer = Tokenizer(Path(folder) / SPM_FILE)
         return cls(model, tokenizer, decode, chunk_lines, strict, workers)
 
+    def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
+        """Raises :class:`ConfigError` for an alignment layer the model does not have."""
+        if d.alignment:
+            check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
+
     def search_rows(
-        self, ids: list[list[int]]
+        self, ids: list[list[int]], request: Request | None = None
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
         """Batches of similar length (EOS counted), longest first, searched on the device (by
         the worker threads when there are several), yielded in that order."""
-        batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x])
+        request = request or Request(self.decode)
+        batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x], request.decode)
 
         def run(rows: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
             src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
-            return rows, self.search(src)
+            prefixes, seeds = request.prefixes, request.seeds
+            prefix = None if prefixes is None else [prefixes[r] for r in rows]
+            seed = None if seeds is None else [seeds[r] for r in rows]
+            return rows, self.search(src, request.decode, prefix, seed)
 
         if self.workers == 1 or len(batches) == 1:
             yield from map(run, batches)
@@ -198,11 +210,66 @@ class Translator(BaseTranslator):
             self.pool = worker_pool(self.workers, self.worker_threads)
         yield from self.pool.map(run, batches)
 
-    def search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
-        """Run the configured search on ``(batch, src_len)`` ids; nbest lists per sentence."""
-        d = self.decode
-        if d.beam_size == 1:
-            return [[h] for h in greedy_search(self.model, src, d.max_len_a, d.max_len_b)]
-        return beam_search(
-            self.model, src, d.beam_size, d.length_penalty, d.max_len_a, d.max_len_b, d.nbest
-        )
+    def search(
+        self,
+        src: torch.Tensor,
+        decode: DecodeConfig | None = None,
+        prefixes: list[list[int]] | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Search ``(batch, src_len)`` ids with ``decode`` (default: the loaded settings), or
+        sample when it says so (:mod:`nmt.sampling`).
+
+        Args:
+            prefixes: each sentence's target prefix ids (``[]`` = none).
+            seeds: each sentence's sampling seed (:func:`nmt.sampling.sentence_seed`);
+                required when sampling.
+
+        Returns:
+            The nbest lists of each sentence; with ``decode.alignment``, the best hypothesis
+            carries its cross-attention (:func:`nmt.alignment.cross_attention`).
+        """
+        d = decode or self.decode
+        prefix = None if prefixes is None else prefix_tensor(prefixes, src.device)
+        if d.sampling:
+            if seeds is None:
+                raise ValueError("sampling needs one seed per sentence")
+            found = sample(
+                self.model,
+                src,
+                seeds,
+                d.sampling_topk,
+                d.sampling_topp,
+                d.sampling_temperature,
+                d.max_len_a,
+                d.max_len_b,
+                prefix,
+            )
+            nbest = [[h] for h in found]
+        elif d.beam_size == 1:
+            found = greedy_search(self.model, src, d.max_len_a, d.max_len_b, prefix)
+            nbest = [[h] for h in found]
+        else:
+            nbest = beam_search(
+                self.model,
+                src,
+                d.beam_size,
+                d.length_penalty,
+                d.max_len_a,
+                d.max_len_b,
+                d.nbest,
+                prefix,
+            )
+        return self.with_attention(src, nbest, d) if d.alignment else nbest
+
+    def with_attention(
+        self, src: torch.Tensor, nbest: list[list[Hypothesis]], d: DecodeConfig
+    ) -> list[list[Hypothesis]]:
+        """``nbest`` with each best hypothesis' cross-attention attached (one teacher-forced
+        decoder pass over the batch's best outputs)."""
+        layer = check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
+        attention = cross_attention(self.model, src, [h[0].tokens for h in nbest], layer)
+        return [
+            [replace(h[0], attention=a[: len(h[0].tokens) + 1].cpu()), *h[1:]]
+            for h, a in zip(nbest, attention)
+        ]

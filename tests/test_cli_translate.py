@@ -231,3 +231,27 @@ def test_ref_scores_the_output_on_stderr(tiny_run: Path, tmp_path: Path, inputs:
         write_input(tmp_path / "in2.de", inputs), "-m", tiny_run, "--beam-size", "1", "--ref", short
     )
     assert bad.exit_code == 1 and "short.en" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: list[str]) -> None:
+    """``--alignment`` appends `` ||| `` and one ``i-j`` pair per target word (an empty line
+    gives an empty alignment); ``--target-prefix`` starts each output with its line's prefix
+    (an empty prefix line leaves that output free)."""
+    src = write_input(tmp_path / "in.de", [*inputs[1:4], ""])
+    prefixes = write_input(tmp_path / "prefix.en", ["A man", "", "Two people", ""])
+    args = ["-m", tiny_run, "--beam-size", "2", "--device", "cpu"]
+    result = invoke(src, *args, "--alignment", "--target-prefix", prefixes)
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" ||| ") for line in result.stdout.split("\n")[:-1]]
+    assert len(rows) == 4 and all(len(r) == 2 for r in rows)
+    for line, (text, links) in zip([*inputs[1:4], ""], rows):
+        pairs = [tuple(map(int, p.split("-"))) for p in links.split()]
+        assert [j for _, j in pairs] == list(range(len(text.split())))
+        assert all(0 <= i < len(line.split()) for i, _ in pairs)
+    assert rows[0][0].startswith("A man") and rows[2][0].startswith("Two people")
+    assert rows[3] == ["", ""]
+    short = write_input(tmp_path / "short.en", ["A man", ""])
+    result = invoke(src, *args, "--target-prefix", short)
+    assert_one_line_error(result, f"{short}:3", "no target prefix for input line 3")
+    result = invoke(src, *args, "--alignment", "--alignment-layer", "5")
+    assert_one_line_error(result, "alignment_layer=5", "choose 0 to 1")

@@ -409,6 +409,25 @@ def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None
         load_translator(run_dir, engine="ctranslate2")
 
 
+def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
+    exported: Path, test_lines: list[str]
+) -> None:
+    """Alignment, target prefixes and sampling are the torch engine's; asked of CTranslate2
+    they fail before translating, saying which engine can."""
+    translator = CT2Translator.load(exported, DecodeConfig(beam_size=2), device="cpu")
+    lines = test_lines[:2]
+    for decode, prefixes in [
+        (DecodeConfig(alignment=True), None),
+        (DecodeConfig(beam_size=1, sampling_topk=5, seed=1), None),
+        (None, ["A", ""]),
+    ]:
+        with pytest.raises(ConfigError, match="supported by the torch engine"):
+            list(translator.translate(lines, decode, prefixes))
+    assert [t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))] == [
+        t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))
+    ]
+
+
 def test_cli_export_then_translate(
     run_dir: Path, exported: Path, tmp_path: Path, test_lines: list[str]
 ) -> None:
