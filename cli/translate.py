@@ -15,7 +15,7 @@ from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
 from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
-from nmt.errors import InputError
+from nmt.errors import ConfigError, InputError
 from nmt.score import corpus_scores, read_references
 from nmt.translate import Translation
 
@@ -156,6 +156,13 @@ def translate(
             "line number); default: a fresh one."
         ),
     ] = None,
+    score_target: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score the given translations (one per input line) instead of translating: "
+            "prints log-probability<TAB>length-normalised score per line."
+        ),
+    ] = None,
     target_prefix: Annotated[
         Path | None,
         typer.Option(
@@ -201,12 +208,22 @@ def translate(
         quantize=quantize,
         workers=workers,
     )
-    results = (
-        translator.translate(lines)
-        if prefixes is None
-        else translator.translate(lines, None, prefixes, str(target_prefix))
-    )
-    rendered = ((format_result(t, nbest, scores), t) for t in results)
+    rendered: Iterator[tuple[str, Translation | None]]
+    if score_target is not None:
+        if ref or prefixes is not None:
+            raise ConfigError(
+                "--score-target scores given translations: drop --ref and --target-prefix"
+            )
+        targets = iter_lines(score_target)
+        scored = translator.score_targets(lines, targets, None, str(score_target))
+        rendered = ((f"{s:.4f}\t{n:.4f}", None) for s, n in scored)
+    else:
+        results = (
+            translator.translate(lines)
+            if prefixes is None
+            else translator.translate(lines, None, prefixes, str(target_prefix))
+        )
+        rendered = ((format_result(t, nbest, scores), t) for t in results)
     hyps: list[str] = []
     truncated: list[int] = []
 

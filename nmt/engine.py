@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from nmt.alignment import piece_words, word_alignment
 from nmt.config import DecodeConfig
-from nmt.errors import InputError
+from nmt.errors import ConfigError, InputError
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
 from nmt.streaming import available_chunks, length_batches, paired
@@ -209,6 +209,23 @@ class BaseTranslator:
                 tgt_words = piece_words([piece(i) for i in best.tokens], len(texts[0].split()))
                 links = word_alignment(best.attention, src_words, tgt_words)
         return Translation(texts[0], best.score, nbest, truncated, links)
+
+    def score_targets(
+        self,
+        lines: Iterable[str],
+        targets: Iterable[str],
+        decode: DecodeConfig | None = None,
+        target_source: str = "targets",
+    ) -> Iterator[tuple[float, float]]:
+        """Score given translations (:meth:`nmt.translate.Translator.score_targets`).
+
+        Raises:
+            ConfigError: this engine cannot (only the torch engine does).
+        """
+        raise ConfigError(
+            "scoring given translations: supported by the torch engine (--engine torch on the "
+            "model folder that nmt export read), not by this one"
+        )
 
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None

@@ -255,3 +255,17 @@ def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: lis
     assert_one_line_error(result, f"{short}:3", "no target prefix for input line 3")
     result = invoke(src, *args, "--alignment", "--alignment-layer", "5")
     assert_one_line_error(result, "alignment_layer=5", "choose 0 to 1")
+
+
+def test_score_target_prints_one_score_pair_per_line(
+    tiny_run: Path, tmp_path: Path, inputs: list[str]
+) -> None:
+    src = write_input(tmp_path / "in.de", inputs[1:5])
+    targets = write_input(tmp_path / "hyp.en", ["A man.", "", "Two dogs play.", "A woman"])
+    result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", targets)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 4 and all(len(r) == 2 and float(r[0]) < 0 for r in rows)
+    short = write_input(tmp_path / "short.en", ["A man."])
+    result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", short)
+    assert_one_line_error(result, f"{short}:2", "no target for input line 2")

@@ -412,8 +412,8 @@ def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None
 def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
     exported: Path, test_lines: list[str]
 ) -> None:
-    """Alignment, target prefixes and sampling are the torch engine's; asked of CTranslate2
-    they fail before translating, saying which engine can."""
+    """Alignment, target prefixes, sampling and scoring given translations are the torch
+    engine's; asked of CTranslate2 they fail before translating, saying which engine can."""
     translator = CT2Translator.load(exported, DecodeConfig(beam_size=2), device="cpu")
     lines = test_lines[:2]
     for decode, prefixes in [
@@ -423,6 +423,8 @@ def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
     ]:
         with pytest.raises(ConfigError, match="supported by the torch engine"):
             list(translator.translate(lines, decode, prefixes))
+    with pytest.raises(ConfigError, match="supported by the torch engine"):
+        list(translator.score_targets(lines, lines))
     assert [t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))] == [
         t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))
     ]
