@@ -41,12 +41,30 @@ def stdin_lines() -> Iterator[str]:
             raise InputError("not valid UTF-8; send UTF-8 text", "<stdin>", number) from None
 
 
-def format_result(t: Translation, nbest: int, scores: bool) -> str:
-    """One output line; with ``nbest`` > 1: ``rank<TAB>score<TAB>text`` lines per input; with
-    an alignment, `` ||| `` and its Pharaoh pairs after the text."""
+NBEST_FORMATS = ("tsv", "moses")
+
+
+def format_result(
+    t: Translation, nbest: int, scores: bool, number: int = 1, nbest_format: str = "tsv"
+) -> str:
+    """The output lines of input line ``number`` (1-based).
+
+    One line: the text (``--scores``: ``log-probability<TAB>text``), with an alignment
+    `` ||| `` and its Pharaoh pairs after it. With ``nbest`` > 1, one line per hypothesis:
+    ``line<TAB>rank<TAB>score<TAB>log-probability<TAB>text`` (``score`` is the length-normalised
+    score that ranked it), or, in Moses' format, ``id ||| text ||| LogProb= lp ||| score`` with
+    ``id`` = ``number - 1`` (Moses counts sentences from 0).
+    """
     if nbest > 1:
+        normalized = t.nbest_normalized or [s for _, s in t.nbest]
+        rows = zip(range(len(t.nbest)), t.nbest, normalized)
+        if nbest_format == "moses":
+            return "\n".join(
+                f"{number - 1} ||| {text} ||| LogProb= {lp:.4f} ||| {norm:.4f}"
+                for _, (text, lp), norm in rows
+            )
         return "\n".join(
-            f"{rank}\t{score:.4f}\t{text}" for rank, (text, score) in enumerate(t.nbest)
+            f"{number}\t{rank}\t{norm:.4f}\t{lp:.4f}\t{text}" for rank, (text, lp), norm in rows
         )
     text = t.text if t.alignment is None else f"{t.text} ||| {pharaoh(t.alignment)}"
     return f"{t.score:.4f}\t{text}" if scores else text
@@ -80,8 +98,15 @@ def translate(
     ] = DecodeConfig.batch_tokens,
     batch_size: Annotated[int, typer.Option(help="Sentences per batch.")] = DecodeConfig.batch_size,
     nbest: Annotated[
-        int, typer.Option(help="Hypotheses per input: prints rank<TAB>score<TAB>text lines.")
+        int,
+        typer.Option(
+            help="Hypotheses per input: prints line<TAB>rank<TAB>score<TAB>log-probability<TAB>"
+            "text lines (score: length-normalised, what ranks them)."
+        ),
     ] = 1,
+    nbest_format: Annotated[
+        str, typer.Option(help="tsv (see --nbest) or moses: id ||| text ||| features ||| score.")
+    ] = "tsv",
     scores: Annotated[
         bool, typer.Option("--scores", help="Prefix each line with its log-probability and a tab.")
     ] = False,
@@ -208,6 +233,10 @@ def translate(
         quantize=quantize,
         workers=workers,
     )
+    if nbest_format not in NBEST_FORMATS:
+        raise ConfigError(
+            f"--nbest-format {nbest_format}: choose one of {', '.join(NBEST_FORMATS)}"
+        )
     rendered: Iterator[tuple[str, Translation | None]]
     if score_target is not None:
         if ref or prefixes is not None:
@@ -223,7 +252,10 @@ def translate(
             if prefixes is None
             else translator.translate(lines, None, prefixes, str(target_prefix))
         )
-        rendered = ((format_result(t, nbest, scores), t) for t in results)
+        rendered = (
+            (format_result(t, nbest, scores, number, nbest_format), t)
+            for number, t in enumerate(results, start=1)
+        )
     hyps: list[str] = []
     truncated: list[int] = []
 

@@ -25,6 +25,8 @@ class Translation:
         text: the best translation (empty for an empty input line).
         score: its log-probability (natural log, EOS included); 0 for an empty line.
         nbest: ``(text, score)`` of the best hypotheses, best first (``DecodeConfig.nbest``).
+        nbest_normalized: the length-normalised score of each, what ranked them (GNMT
+            penalty, Wu et al. 2016; the log-probability itself for greedy search).
         truncated: the source was longer than the model allows and was cut.
         alignment: with ``DecodeConfig.alignment``, ``(source word, target word)`` pairs
             (0-based whitespace words of the input line and of ``text``), one per target
@@ -36,6 +38,7 @@ class Translation:
     nbest: list[tuple[str, float]] = field(default_factory=list)
     truncated: bool = False
     alignment: list[tuple[int, int]] | None = None
+    nbest_normalized: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,9 @@ class BaseTranslator:
         if d.sampling and d.seed is not None:
             seeds = [sentence_seed(d.seed, first_line + i) for i in range(len(lines))]
         request = Request(d, prefixes, seeds)
-        empty = Translation("", 0.0, [("", 0.0)] * d.nbest, False, [] if d.alignment else None)
+        empty = Translation(
+            "", 0.0, [("", 0.0)] * d.nbest, False, [] if d.alignment else None, [0.0] * d.nbest
+        )
         results: list[Translation] = [empty] * len(lines)
         for rows, hyps_of_rows in self.search_rows(ids, request):
             for row, hyps in zip(rows, hyps_of_rows):
@@ -208,7 +213,8 @@ class BaseTranslator:
                 src_words = piece_words([piece(i) for i in src_ids], len(line.split()))
                 tgt_words = piece_words([piece(i) for i in best.tokens], len(texts[0].split()))
                 links = word_alignment(best.attention, src_words, tgt_words)
-        return Translation(texts[0], best.score, nbest, truncated, links)
+        normalized = [h.normalized for h in hyps]
+        return Translation(texts[0], best.score, nbest, truncated, links, normalized)
 
     def score_targets(
         self,

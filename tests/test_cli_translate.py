@@ -90,9 +90,22 @@ def test_scores_and_nbest_formats(tiny_run: Path, tmp_path: Path, inputs: list[s
     result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--nbest", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [r[0] for r in rows] == ["0", "1"] * 3
+    assert [(r[0], r[1]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")] + [
+        ("3", "0"),
+        ("3", "1"),
+    ]
     for first, second in zip(rows[::2], rows[1::2]):
-        assert first[2] != second[2]
+        assert first[4] != second[4]
+        assert float(first[2]) >= float(second[2])  # ranked by the normalised score
+        assert float(first[2]) >= float(first[3])  # log-probability / penalty >= 1
+    args = ["--beam-size", "3", "--nbest", "2", "--nbest-format", "moses", "--device", "cpu"]
+    result = invoke(src, "-m", tiny_run, *args)
+    assert result.exit_code == 0, result.output
+    moses = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [m[0] for m in moses] == ["0", "0", "1", "1", "2", "2"]
+    assert [m[1] for m in moses] == [r[4] for r in rows]
+    assert [m[2] for m in moses] == [f"LogProb= {r[3]}" for r in rows]
+    assert [m[3] for m in moses] == [r[2] for r in rows]
 
 
 class FakeTranslator:
