@@ -7,6 +7,7 @@ on a model trained on Multi30k a sentence whose word order changes aligns as a p
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,11 +117,15 @@ def test_translations_carry_one_link_per_target_word(
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, multi30k_dir: Path, multi30k) -> Path:
     """The tiny preset with 3 decoder layers trained on all of Multi30k for 1500 updates (the
-    recipe of test_train's learning test, about 10 minutes on one core)."""
+    recipe of test_train's learning test, about 10 minutes on one idle core), or the de→en
+    model folder named by ``NMT_TRAINED_DE_EN`` (e.g. ``runs/demo/averaged`` of ``make
+    demo``), to check a model trained elsewhere or to skip the training."""
     from conftest import make_tiny_model_config, make_tiny_train_config
 
     from nmt.train import train
 
+    if given := os.environ.get("NMT_TRAINED_DE_EN"):
+        return Path(given)
     tmp = tmp_path_factory.mktemp("aligned")
     for lang in ("de", "en"):
         (tmp / f"valid.{lang}").write_text(
