@@ -15,6 +15,7 @@ from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
 from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
+from nmt.ensemble import parse_weights
 from nmt.errors import ConfigError, InputError
 from nmt.score import corpus_scores, read_references
 from nmt.translate import Translation
@@ -74,8 +75,19 @@ def format_result(
 def translate(
     input: Annotated[str, typer.Argument(help="Input file, or - for stdin.")] = "-",
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Model folder written by nmt train.")
-    ] = Path("."),
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder written by nmt train; repeat for an ensemble (one vocabulary).",
+        ),
+    ] = None,
+    ensemble_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights of the -m models' log-probabilities, e.g. 0.5,0.5 (default equal)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -222,8 +234,9 @@ def translate(
     # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
     # that a line typed (or sent by another program) comes back at once.
     streaming = input == "-"
+    models = model or [Path(".")]
     translator = load_translator(
-        model,
+        models[0] if len(models) == 1 and ensemble_weights is None else models,
         decode,
         engine,
         device,
@@ -232,6 +245,9 @@ def translate(
         dtype=dtype,
         quantize=quantize,
         workers=workers,
+        ensemble_weights=None
+        if ensemble_weights is None
+        else parse_weights(ensemble_weights, len(models)),
     )
     if nbest_format not in NBEST_FORMATS:
         raise ConfigError(

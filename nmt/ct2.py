@@ -45,7 +45,7 @@ How our search maps onto ``Translator.translate_batch``:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -124,7 +124,7 @@ def ct2_device(device: str) -> tuple[str, int]:
 
 
 def load_translator(
-    folder: str | Path,
+    folder: str | Path | Sequence[str | Path],
     decode: DecodeConfig | None = None,
     engine: str = "auto",
     device: str = "auto",
@@ -134,6 +134,7 @@ def load_translator(
     dtype: str = "fp32",
     quantize: str | None = None,
     workers: int = 0,
+    ensemble_weights: Sequence[float] | None = None,
 ) -> Translator | CT2Translator:
     """Load a model folder with the engine asked for.
 
@@ -147,6 +148,8 @@ def load_translator(
             CTranslate2 model keeps the quantization it was exported with.
         workers: on CPU, batches translated at once (:func:`nmt.translate.cpu_workers`;
             CTranslate2's ``inter_threads``); 0 = one single-threaded worker per CPU thread.
+        folder / ensemble_weights: several folders are an ensemble (torch engine only,
+            :mod:`nmt.ensemble`), with these weights (default: equal).
 
     Raises:
         ConfigError: unknown engine, or ``weights`` with the ctranslate2 engine.
@@ -155,6 +158,26 @@ def load_translator(
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
+    if not isinstance(folder, (str, Path)):
+        if len(folder) > 1 and (engine == "ctranslate2" or any(map(is_ctranslate2_dir, folder))):
+            raise ConfigError(
+                "ensembles are supported by the torch engine: give nmt model folders, not "
+                "CTranslate2 exports"
+            )
+        if len(folder) > 1 or ensemble_weights is not None:
+            return Translator.load(
+                folder,
+                decode,
+                device,
+                weights,
+                chunk_lines,
+                strict,
+                dtype,
+                quantize,
+                workers,
+                ensemble_weights=ensemble_weights,
+            )
+        folder = folder[0]
     if engine == "torch" or (engine == "auto" and not is_ctranslate2_dir(folder)):
         return Translator.load(
             folder, decode, device, weights, chunk_lines, strict, dtype, quantize, workers

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.data import pad
+from nmt.ensemble import Ensemble
 from nmt.model import Transformer
 from nmt.search import length_penalty
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
@@ -23,7 +24,7 @@ from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 @torch.inference_mode()
 def forced_scores(
-    model: Transformer, src: torch.Tensor, targets: Sequence[Sequence[int]]
+    model: Transformer | Ensemble, src: torch.Tensor, targets: Sequence[Sequence[int]]
 ) -> list[float]:
     """Log-probability of each target (and EOS) given its source.
 
@@ -32,8 +33,12 @@ def forced_scores(
         targets: each sentence's target ids without BOS and EOS.
 
     Returns:
-        ``batch`` log-probabilities (natural log).
+        ``batch`` log-probabilities (natural log); for an ensemble, the weighted sum of its
+        models' (what its search scores).
     """
+    if isinstance(model, Ensemble):
+        each = [forced_scores(m, src, targets) for m in model.models]
+        return [sum(w * s[i] for w, s in zip(model.weights, each)) for i in range(len(targets))]
     memory, src_mask = model.encode(src)
     tgt_in = pad([[BOS_ID, *t] for t in targets]).to(src.device)  # (batch, tgt_len + 1)
     labels = pad([[*t, EOS_ID] for t in targets]).to(src.device)  # (batch, tgt_len + 1)

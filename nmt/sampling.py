@@ -24,8 +24,7 @@ import secrets
 import numpy as np
 import torch
 
-from nmt.model import Transformer
-from nmt.search import Chooser, Hypothesis, greedy_search
+from nmt.search import Chooser, Decoder, Hypothesis, greedy_search
 
 
 def sentence_seed(seed: int, line: int) -> int:
@@ -113,7 +112,7 @@ def sample_chooser(
 
 @torch.inference_mode()
 def sample(
-    model: Transformer,
+    model: Decoder,
     src: torch.Tensor,
     seeds: list[int],
     topk: int = 0,

@@ -13,11 +13,31 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-from nmt.model import DecoderCache, Transformer
+from nmt.config import ModelConfig
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+class Cache(Protocol):
+    """The incremental-decoding state search keeps (:class:`nmt.model.DecoderCache`)."""
+
+    def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None: ...
+
+
+class Decoder(Protocol):
+    """What search uses of a model: :class:`nmt.model.Transformer`, or an
+    :class:`nmt.ensemble.Ensemble` of them."""
+
+    cfg: ModelConfig
+
+    def encode(self, src: torch.Tensor) -> tuple[Any, torch.Tensor]: ...
+
+    def init_cache(self, memory: Any, src_mask: torch.Tensor) -> Any: ...
+
+    def decode_step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +111,7 @@ Chooser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 @torch.inference_mode()
 def greedy_search(
-    model: Transformer,
+    model: Decoder,
     src: torch.Tensor,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
@@ -182,12 +202,12 @@ class BeamState:
     history: torch.Tensor
     limits: torch.Tensor
     n_finished: torch.Tensor
-    cache: DecoderCache
+    cache: Cache
     prefix: torch.Tensor | None = None
 
 
 def beam_init(
-    model: Transformer,
+    model: Decoder,
     src: torch.Tensor,
     max_len_a: float,
     max_len_b: int,
@@ -210,7 +230,7 @@ def beam_init(
 
 
 def beam_step(
-    model: Transformer,
+    model: Decoder,
     state: BeamState,
     finished: list[list[Hypothesis]],
     beam_size: int,
@@ -295,7 +315,7 @@ def _finalize(
 
 @torch.inference_mode()
 def beam_search(
-    model: Transformer,
+    model: Decoder,
     src: torch.Tensor,
     beam_size: int = 5,
     length_penalty_alpha: float = 1.0,

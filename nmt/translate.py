@@ -13,7 +13,7 @@ parallel matrix products (measured in docs/benchmarks.md), as CTranslate2's ``in
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +25,7 @@ from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.engine import BaseTranslator, Request, Translation
+from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import ConfigError
 from nmt.forced import forced_scores, normalized
 from nmt.model import Transformer
@@ -139,7 +140,7 @@ class Translator(BaseTranslator):
 
     def __init__(
         self,
-        model: Transformer,
+        model: Transformer | Ensemble,
         tokenizer: Tokenizer,
         decode: DecodeConfig | None = None,
         chunk_lines: int = 2000,
@@ -147,8 +148,9 @@ class Translator(BaseTranslator):
         workers: int = 1,
     ):
         super().__init__(tokenizer, decode, chunk_lines, model.cfg.max_positions, strict)
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
+        self.model = model if isinstance(model, Ensemble) else model.eval()
+        first = model.models[0] if isinstance(model, Ensemble) else model
+        self.device = next(first.parameters()).device
         self.workers, self.worker_threads = (
             cpu_workers(workers) if self.device.type == "cpu" else (1, 0)
         )
@@ -157,7 +159,7 @@ class Translator(BaseTranslator):
     @classmethod
     def load(
         cls,
-        folder: str | Path,
+        folder: str | Path | Sequence[str | Path],
         decode: DecodeConfig | None = None,
         device: str | torch.device = "auto",
         weights: str | Path | None = None,
@@ -167,26 +169,53 @@ class Translator(BaseTranslator):
         quantize: str | None = None,
         workers: int = 0,
         onednn: bool = True,
+        ensemble_weights: Sequence[float] | None = None,
     ) -> Translator:
-        """Load a model folder (config.json, spm.model, model.safetensors).
+        """Load a model folder (config.json, spm.model, model.safetensors), or several as an
+        ensemble (:mod:`nmt.ensemble`).
 
         Args:
+            folder: one model folder, or a list of them (one SentencePiece model).
+            weights: a weights file instead of ``model.safetensors`` (one model only).
             dtype / quantize / onednn: see :func:`for_inference` (default: float32, through
                 oneDNN on CPU).
             workers: see :class:`Translator` (default: one per CPU thread).
+            ensemble_weights: one per folder (default: equal, summing to 1).
 
         Raises:
             CheckpointError: a file is missing or of another format version.
-            ConfigError: an invalid dtype/quantize combination, or negative ``workers``.
+            ConfigError: an invalid dtype/quantize combination, negative ``workers``,
+                ensemble models with different SentencePiece models (both files named), or
+                ``weights`` / ``ensemble_weights`` that do not fit the folders.
         """
-        model, _ = load_model(folder, weights=weights, device=resolve_device(device))
-        model = for_inference(model, dtype, quantize, onednn)
-        tokenizer = Tokenizer(Path(folder) / SPM_FILE)
-        return cls(model, tokenizer, decode, chunk_lines, strict, workers)
+        folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+        if len(folders) > 1 and weights is not None:
+            raise ConfigError(
+                "a weights file is for one model; for an ensemble, give model folders only"
+            )
+        models = [
+            for_inference(
+                load_model(f, weights=weights, device=resolve_device(device))[0],
+                dtype,
+                quantize,
+                onednn,
+            )
+            for f in folders
+        ]
+        spm_files = [Path(f) / SPM_FILE for f in folders]
+        tokenizer = Tokenizer(spm_files[0])
+        check_same_vocabulary(spm_files)
+        if len(models) == 1 and ensemble_weights is None:
+            return cls(models[0], tokenizer, decode, chunk_lines, strict, workers)
+        n = len(models)
+        ensemble = Ensemble(models, list(ensemble_weights or [1.0 / n] * n))
+        return cls(ensemble, tokenizer, decode, chunk_lines, strict, workers)
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raises :class:`ConfigError` for an alignment layer the model does not have."""
         if d.alignment:
+            if isinstance(self.model, Ensemble):
+                raise ConfigError("alignment reads one model's attention: not with an ensemble")
             check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
 
     def search_rows(
@@ -311,8 +340,11 @@ class Translator(BaseTranslator):
     ) -> list[list[Hypothesis]]:
         """``nbest`` with each best hypothesis' cross-attention attached (one teacher-forced
         decoder pass over the batch's best outputs)."""
-        layer = check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
-        attention = cross_attention(self.model, src, [h[0].tokens for h in nbest], layer)
+        model = self.model
+        if isinstance(model, Ensemble):
+            raise ConfigError("alignment reads one model's attention: not with an ensemble")
+        layer = check_layer(d.alignment_layer, model.cfg.n_decoder_layers)
+        attention = cross_attention(model, src, [h[0].tokens for h in nbest], layer)
         return [
             [replace(h[0], attention=a[: len(h[0].tokens) + 1].cpu()), *h[1:]]
             for h, a in zip(nbest, attention)

@@ -169,7 +169,8 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         batch_size=9,
     )
     args = (tmp_path / "model", decode, "auto", "cpu", "last.safetensors")
-    assert calls == [(args, {"strict": True, "dtype": "fp32", "quantize": None, "workers": 3})]
+    options = {"strict": True, "dtype": "fp32", "quantize": None, "workers": 3}
+    assert calls == [(args, {**options, "ensemble_weights": None})]
     assert result.stdout == "A\n\nB\n"
 
 
