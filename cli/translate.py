@@ -13,10 +13,10 @@ from cli.console import err_console, handle_errors, make_progress
 from nmt.alignment import pharaoh
 from nmt.checkpoint import atomic_write
 from nmt.config import DecodeConfig
-from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
 from nmt.ensemble import parse_weights
 from nmt.errors import ConfigError, InputError
+from nmt.loading import ENGINES, load_translator
 from nmt.score import corpus_scores, read_references
 from nmt.translate import Translation
 

@@ -45,10 +45,10 @@ from nmt.ct2 import (
     ct2_threads,
     import_ctranslate2,
     is_ctranslate2_dir,
-    load_translator,
 )
 from nmt.errors import CheckpointError, ConfigError
 from nmt.export import export_ctranslate2
+from nmt.loading import load_translator
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from nmt.train import train
