@@ -23,14 +23,17 @@ from nmt.translate import Translation
 
 def read_input(path: str) -> tuple[Iterator[str], int | None]:
     """Lines of ``path`` (``-`` = stdin; ``.gz`` files are decompressed) without newlines,
-    streamed, and their count when known.
+    streamed, and their count when it is cheap to know: a plain file's lines are counted
+    (a scan of its bytes, in constant memory), a ``.gz`` file's are not (that would
+    decompress it a second time just to size the progress bar).
 
     Raises:
         InputError: missing file (a non-UTF-8 line raises while iterating, naming file and line).
     """
     if path == "-":
         return stdin_lines(), None
-    return iter_lines(path), count_lines(path)
+    lines = iter_lines(path)
+    return lines, None if path.endswith(".gz") else count_lines(path)
 
 
 def stdin_lines() -> Iterator[str]:
@@ -281,7 +284,8 @@ def translate(
             for number, (text, t) in enumerate(rendered, start=1):
                 write(text + "\n")
                 if t is not None:
-                    hyps.append(t.text)
+                    if ref:  # kept only to score them: without --ref, memory stays bounded
+                        hyps.append(t.text)
                     if t.truncated:
                         truncated.append(number)
                 progress.advance(task)
