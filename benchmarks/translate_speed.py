@@ -5,7 +5,9 @@ Loads the model once, then times translating the whole test set at each beam siz
 target tokens/s, peak RSS and cased sacreBLEU. ``--workers`` lists the CPU layouts to time:
 1 = one batch at a time on all threads, 0 = one single-threaded worker per thread (the
 default of ``nmt translate``). ``--dtypes`` takes fp32 (linear layers through oneDNN on CPU,
-the default), fp32-mkl (torch's own float32 linear, MKL on CPU), bf16 and int8.
+the default), fp32-mkl (torch's own float32 linear, MKL on CPU), bf16 and int8. ``--features``
+adds rows for decoding features (issue 12): ``alignment`` (beam 5 with word alignment) and
+``sampling`` (top-k 10, seed 1), each with its own sentences/s.
 
     python benchmarks/translate_speed.py --model runs/demo/averaged --data data/multi30k
 """
@@ -43,9 +45,16 @@ def run(
     quantize: str | None = None,
     workers: int = 1,
     onednn: bool = True,
-) -> dict[str, float]:
+    feature: str = "",
+) -> dict[str, float | str]:
     decode = DecodeConfig(
-        beam_size=beam, batch_size=batch, batch_tokens=10**9, length_penalty=length_penalty
+        beam_size=beam,
+        batch_size=batch,
+        batch_tokens=10**9,
+        length_penalty=length_penalty,
+        alignment=feature == "alignment",
+        sampling_topk=10 if feature == "sampling" else 1,
+        seed=1 if feature == "sampling" else None,
     )
     translator = Translator.load(
         model,
@@ -92,6 +101,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", default="1,0", help="comma-separated worker counts (0 = one per thread)"
     )
+    parser.add_argument(
+        "--features", default="", help="comma-separated extra rows: alignment, sampling"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,11 +136,32 @@ def main() -> None:
                     workers,
                     onednn=kind != "fp32-mkl",
                 )
-                print(
-                    f"| {kind} | {r['layout']} | {beam} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | "
-                    f"{r['seconds']:.2f} | {r['bleu']:.2f} | {r['rss']:.0f} |",
-                    flush=True,
+                print_row(kind, r)
+            for feature in filter(None, args.features.split(",")):
+                beam = 1 if feature == "sampling" else 5
+                r = run(
+                    args.model,
+                    src,
+                    ref,
+                    beam,
+                    args.batch_size,
+                    args.device,
+                    args.length_penalty,
+                    dtype,
+                    quantize,
+                    workers,
+                    onednn=kind != "fp32-mkl",
+                    feature=feature,
                 )
+                print_row(f"{kind} {feature}", r)
+
+
+def print_row(kind: str, r: dict[str, float | str]) -> None:
+    print(
+        f"| {kind} | {r['layout']} | {r['beam']} | {r['sent_s']:.1f} | {r['tok_s']:.0f} | "
+        f"{r['seconds']:.2f} | {r['bleu']:.2f} | {r['rss']:.0f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

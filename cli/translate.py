@@ -10,25 +10,30 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, make_progress
+from nmt.alignment import pharaoh
 from nmt.config import DecodeConfig
-from nmt.ct2 import ENGINES, load_translator
 from nmt.data import count_lines, iter_lines
-from nmt.errors import InputError
+from nmt.ensemble import parse_weights
+from nmt.errors import ConfigError, InputError
 from nmt.fileio import atomic_write
+from nmt.loading import ENGINES, load_translator
 from nmt.score import corpus_scores, read_references
 from nmt.translate import Translation
 
 
 def read_input(path: str) -> tuple[Iterator[str], int | None]:
     """Lines of ``path`` (``-`` = stdin; ``.gz`` files are decompressed) without newlines,
-    streamed, and their count when known.
+    streamed, and their count when it is cheap to know: a plain file's lines are counted
+    (a scan of its bytes, in constant memory), a ``.gz`` file's are not (that would
+    decompress it a second time just to size the progress bar).
 
     Raises:
         InputError: missing file (a non-UTF-8 line raises while iterating, naming file and line).
     """
     if path == "-":
         return stdin_lines(), None
-    return iter_lines(path), count_lines(path)
+    lines = iter_lines(path)
+    return lines, None if path.endswith(".gz") else count_lines(path)
 
 
 def stdin_lines() -> Iterator[str]:
@@ -40,21 +45,52 @@ def stdin_lines() -> Iterator[str]:
             raise InputError("not valid UTF-8; send UTF-8 text", "<stdin>", number) from None
 
 
-def format_result(t: Translation, nbest: int, scores: bool) -> str:
-    """One output line; with ``nbest`` > 1: ``rank<TAB>score<TAB>text`` lines per input."""
+NBEST_FORMATS = ("tsv", "moses")
+
+
+def format_result(
+    t: Translation, nbest: int, scores: bool, number: int = 1, nbest_format: str = "tsv"
+) -> str:
+    """The output lines of input line ``number`` (1-based).
+
+    One line: the text (``--scores``: ``log-probability<TAB>text``), with an alignment
+    `` ||| `` and its Pharaoh pairs after it. With ``nbest`` > 1, one line per hypothesis:
+    ``line<TAB>rank<TAB>score<TAB>log-probability<TAB>text`` (``score`` is the length-normalised
+    score that ranked it), or, in Moses' format, ``id ||| text ||| LogProb= lp ||| score`` with
+    ``id`` = ``number - 1`` (Moses counts sentences from 0).
+    """
     if nbest > 1:
+        normalized = t.nbest_normalized or [s for _, s in t.nbest]
+        rows = zip(range(len(t.nbest)), t.nbest, normalized)
+        if nbest_format == "moses":
+            return "\n".join(
+                f"{number - 1} ||| {text} ||| LogProb= {lp:.4f} ||| {norm:.4f}"
+                for _, (text, lp), norm in rows
+            )
         return "\n".join(
-            f"{rank}\t{score:.4f}\t{text}" for rank, (text, score) in enumerate(t.nbest)
+            f"{number}\t{rank}\t{norm:.4f}\t{lp:.4f}\t{text}" for rank, (text, lp), norm in rows
         )
-    return f"{t.score:.4f}\t{t.text}" if scores else t.text
+    text = t.text if t.alignment is None else f"{t.text} ||| {pharaoh(t.alignment)}"
+    return f"{t.score:.4f}\t{text}" if scores else text
 
 
 @handle_errors
 def translate(
     input: Annotated[str, typer.Argument(help="Input file, or - for stdin.")] = "-",
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Model folder written by nmt train.")
-    ] = Path("."),
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder written by nmt train; repeat for an ensemble (one vocabulary).",
+        ),
+    ] = None,
+    ensemble_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Weights of the -m models' log-probabilities, e.g. 0.5,0.5 (default equal)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -62,8 +98,9 @@ def translate(
         ),
     ] = None,
     beam_size: Annotated[
-        int, typer.Option(help="Beam size; 1 = greedy search.")
-    ] = DecodeConfig.beam_size,
+        int | None,
+        typer.Option(help=f"Beam size; 1 = greedy search [default: {DecodeConfig.beam_size}]."),
+    ] = None,
     length_penalty: Annotated[
         float, typer.Option(help="GNMT length penalty alpha.")
     ] = DecodeConfig.length_penalty,
@@ -76,8 +113,15 @@ def translate(
     ] = DecodeConfig.batch_tokens,
     batch_size: Annotated[int, typer.Option(help="Sentences per batch.")] = DecodeConfig.batch_size,
     nbest: Annotated[
-        int, typer.Option(help="Hypotheses per input: prints rank<TAB>score<TAB>text lines.")
+        int,
+        typer.Option(
+            help="Hypotheses per input: prints line<TAB>rank<TAB>score<TAB>log-probability<TAB>"
+            "text lines (score: length-normalised, what ranks them)."
+        ),
     ] = 1,
+    nbest_format: Annotated[
+        str, typer.Option(help="tsv (see --nbest) or moses: id ||| text ||| features ||| score.")
+    ] = "tsv",
     scores: Annotated[
         bool, typer.Option("--scores", help="Prefix each line with its log-probability and a tab.")
     ] = False,
@@ -119,23 +163,83 @@ def translate(
         list[Path] | None,
         typer.Option("--ref", "-r", help="Reference file(s): print BLEU and chrF when done."),
     ] = None,
+    alignment: Annotated[
+        bool,
+        typer.Option(
+            "--alignment",
+            help="Append ' ||| ' and the word alignment (Pharaoh i-j pairs, source word i, "
+            "target word j, 0-based) to each translation.",
+        ),
+    ] = False,
+    alignment_layer: Annotated[
+        int | None,
+        typer.Option(help="Decoder layer (0-based) whose attention aligns; default penultimate."),
+    ] = None,
+    sampling_topk: Annotated[
+        int | None,
+        typer.Option(
+            help="Sample instead of searching: 0 = from all tokens, K > 1 = from the K most "
+            "probable (implies --beam-size 1); 1 = search (default)."
+        ),
+    ] = None,
+    sampling_topp: Annotated[
+        float | None,
+        typer.Option(help="Sample from the smallest set of tokens whose probability reaches P."),
+    ] = None,
+    sampling_temperature: Annotated[
+        float | None, typer.Option(help="Divide the logits by T before sampling.")
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Sampling seed (each line draws from its own stream, seeded from it and the "
+            "line number); default: a fresh one."
+        ),
+    ] = None,
+    score_target: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score the given translations (one per input line) instead of translating: "
+            "prints log-probability<TAB>length-normalised score per line."
+        ),
+    ] = None,
+    target_prefix: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with one target prefix per input line (empty line = none): each "
+            "translation starts with it and the search continues from there."
+        ),
+    ] = None,
 ) -> None:
-    """Translate a file or stdin with batched beam search."""
+    """Translate a file or stdin with batched beam search (or sample, with --sampling-topk)."""
+    if sampling_topk not in (None, 1) and beam_size is None:
+        beam_size = 1  # a sample is one output: no beam unless asked for (then an error)
+    default = DecodeConfig()
     decode = DecodeConfig(
-        beam_size=beam_size,
+        beam_size=default.beam_size if beam_size is None else beam_size,
         length_penalty=length_penalty,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         nbest=nbest,
         batch_tokens=batch_tokens,
         batch_size=batch_size,
+        alignment=alignment,
+        alignment_layer=alignment_layer,
+        sampling_topk=default.sampling_topk if sampling_topk is None else sampling_topk,
+        sampling_topp=default.sampling_topp if sampling_topp is None else sampling_topp,
+        sampling_temperature=(
+            default.sampling_temperature if sampling_temperature is None else sampling_temperature
+        ),
+        seed=seed,
     )
     lines, total = read_input(input)
+    prefixes = None if target_prefix is None else iter_lines(target_prefix)
     # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
     # that a line typed (or sent by another program) comes back at once.
     streaming = input == "-"
+    models = model or [Path(".")]
     translator = load_translator(
-        model,
+        models[0] if len(models) == 1 and ensemble_weights is None else models,
         decode,
         engine,
         device,
@@ -144,19 +248,46 @@ def translate(
         dtype=dtype,
         quantize=quantize,
         workers=workers,
+        ensemble_weights=None
+        if ensemble_weights is None
+        else parse_weights(ensemble_weights, len(models)),
     )
-    results = translator.translate(lines)
+    if nbest_format not in NBEST_FORMATS:
+        raise ConfigError(
+            f"--nbest-format {nbest_format}: choose one of {', '.join(NBEST_FORMATS)}"
+        )
+    rendered: Iterator[tuple[str, Translation | None]]
+    if score_target is not None:
+        if ref or prefixes is not None:
+            raise ConfigError(
+                "--score-target scores given translations: drop --ref and --target-prefix"
+            )
+        targets = iter_lines(score_target)
+        scored = translator.score_targets(lines, targets, None, str(score_target))
+        rendered = ((f"{s:.4f}\t{n:.4f}", None) for s, n in scored)
+    else:
+        results = (
+            translator.translate(lines)
+            if prefixes is None
+            else translator.translate(lines, None, prefixes, str(target_prefix))
+        )
+        rendered = (
+            (format_result(t, nbest, scores, number, nbest_format), t)
+            for number, t in enumerate(results, start=1)
+        )
     hyps: list[str] = []
     truncated: list[int] = []
 
     def emit(write: Callable[[str], object]) -> None:
         with make_progress() as progress:
             task = progress.add_task("translate", total=total)
-            for number, t in enumerate(results, start=1):
-                write(format_result(t, nbest, scores) + "\n")
-                hyps.append(t.text)
-                if t.truncated:
-                    truncated.append(number)
+            for number, (text, t) in enumerate(rendered, start=1):
+                write(text + "\n")
+                if t is not None:
+                    if ref:  # kept only to score them: without --ref, memory stays bounded
+                        hyps.append(t.text)
+                    if t.truncated:
+                        truncated.append(number)
                 progress.advance(task)
 
     if output is None:

@@ -234,6 +234,16 @@ class DecodeConfig:
         nbest: hypotheses returned per sentence (at most beam_size).
         batch_tokens: padded source tokens per translation batch.
         batch_size: sentences per translation batch (at most).
+        alignment: also return each translation's word alignment (:mod:`nmt.alignment`).
+        alignment_layer: decoder layer (0-based) whose cross-attention gives the alignment;
+            ``None`` = the penultimate (Garg et al. 2019).
+        sampling_topk: 1 = search (greedy or beam); 0 = sample from the whole vocabulary;
+            K > 1 = sample from the K most probable tokens (Fan et al. 2018).
+        sampling_topp: sample from the smallest set of tokens whose probability reaches p
+            (nucleus sampling, Holtzman et al. 2020); 1 = no cut.
+        sampling_temperature: logits are divided by it before sampling.
+        seed: sampling seed; each sentence draws from its own generator seeded from it and
+            the sentence's line number (``None`` = a fresh seed for each call).
     """
 
     beam_size: int = 5
@@ -243,8 +253,26 @@ class DecodeConfig:
     nbest: int = 1
     batch_tokens: int = 4096
     batch_size: int = 64
+    alignment: bool = False
+    alignment_layer: int | None = None
+    sampling_topk: int = 1
+    sampling_topp: float = 1.0
+    sampling_temperature: float = 1.0
+    seed: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        """Whether this draws one output per sentence at random instead of searching."""
+        return self.sampling_topk != 1
 
     def __post_init__(self) -> None:
+        self._check_sampling()
+        if self.alignment_layer is not None and self.alignment_layer < 0:
+            raise ConfigError(f"alignment_layer={self.alignment_layer} must be 0 or more")
+        if self.alignment and self.nbest > 1:
+            raise ConfigError(
+                f"alignment is given for the best translation: set nbest=1 (not {self.nbest})"
+            )
         if self.beam_size < 1:
             raise ConfigError(f"beam_size={self.beam_size} must be at least 1")
         if not 1 <= self.nbest <= self.beam_size:
@@ -255,6 +283,24 @@ class DecodeConfig:
             raise ConfigError("max_len_a must be >= 0 and max_len_b >= 1")
         if self.batch_tokens < 1 or self.batch_size < 1:
             raise ConfigError("batch_tokens and batch_size must be positive")
+
+    def _check_sampling(self) -> None:
+        if self.sampling_topk < 0:
+            raise ConfigError(f"sampling_topk={self.sampling_topk} must be 0 (all tokens) or more")
+        if not 0.0 < self.sampling_topp <= 1.0:
+            raise ConfigError(f"sampling_topp={self.sampling_topp} must be in (0, 1]")
+        if self.sampling_temperature <= 0.0:
+            raise ConfigError(f"sampling_temperature={self.sampling_temperature} must be positive")
+        if self.sampling and self.beam_size != 1:
+            raise ConfigError(
+                f"sampling_topk={self.sampling_topk} draws one output per sentence: set "
+                f"beam_size=1 (it is {self.beam_size})"
+            )
+        if not self.sampling and (self.sampling_topp != 1.0 or self.sampling_temperature != 1.0):
+            raise ConfigError(
+                "sampling_topp and sampling_temperature apply only when sampling: set "
+                "sampling_topk to 0 (all tokens) or to K > 1"
+            )
 
 
 # The field types of the config dataclasses (annotations are strings under

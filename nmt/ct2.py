@@ -1,7 +1,7 @@
 """Translation through a CTranslate2 model folder written by ``nmt export``.
 
 :class:`CT2Translator` has the interface of :class:`nmt.translate.Translator` (lines in,
-:class:`~nmt.translate.Translation` out, one per line, in order) and the same tokenization,
+:class:`~nmt.engine.Translation` out, one per line, in order) and the same tokenization,
 truncation, length limit and hypothesis ranking; only the search runs in CTranslate2 (Klein et
 al. 2020). ``ctranslate2`` is an optional dependency, imported only when it is used.
 
@@ -54,16 +54,16 @@ import torch
 
 from nmt.checkpoint import SPM_FILE
 from nmt.config import DecodeConfig
+from nmt.engine import BaseTranslator, Request
 from nmt.errors import ConfigError, NMTError
 from nmt.fileio import read_versioned_json
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.translate import BaseTranslator, Translator, cpu_workers
+from nmt.translate import cpu_workers
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
 EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json
 INSTALL_HINT = "pip install 'nmt[ctranslate2]'"
-ENGINES = ("auto", "torch", "ctranslate2")
 PENALTY_EXPONENT_BITS = 100  # len ** -p stays below 2 ** 100: no float32 overflow of score / ...
 
 
@@ -121,56 +121,6 @@ def ct2_device(device: str) -> tuple[str, int]:
     """nmt's ``auto``/``cpu``/``cuda``/``cuda:N`` → CTranslate2's ``(device, device_index)``."""
     name, _, index = str(device).partition(":")
     return name, int(index) if index else 0
-
-
-def load_translator(
-    folder: str | Path,
-    decode: DecodeConfig | None = None,
-    engine: str = "auto",
-    device: str = "auto",
-    weights: str | Path | None = None,
-    chunk_lines: int = 2000,
-    strict: bool = False,
-    dtype: str = "fp32",
-    quantize: str | None = None,
-    workers: int = 0,
-) -> Translator | CT2Translator:
-    """Load a model folder with the engine asked for.
-
-    Args:
-        engine: ``torch`` (:class:`nmt.translate.Translator`), ``ctranslate2``
-            (:class:`CT2Translator`, a folder written by ``nmt export``), or ``auto``:
-            ctranslate2 when :func:`is_ctranslate2_dir`, else torch.
-        weights: a weights file instead of ``model.safetensors`` (torch only).
-        strict: raise for an over-long source instead of cutting it with a warning.
-        dtype / quantize: torch engine only (:func:`nmt.translate.for_inference`); a
-            CTranslate2 model keeps the quantization it was exported with.
-        workers: on CPU, batches translated at once (:func:`nmt.translate.cpu_workers`;
-            CTranslate2's ``inter_threads``); 0 = one single-threaded worker per CPU thread.
-
-    Raises:
-        ConfigError: unknown engine, or ``weights`` with the ctranslate2 engine.
-        MissingDependencyError: ctranslate2 asked for (or detected) but not installed.
-        CheckpointError: a file is missing or of another format version.
-    """
-    if engine not in ENGINES:
-        raise ConfigError(f"engine={engine!r}: choose one of {', '.join(ENGINES)}")
-    if engine == "torch" or (engine == "auto" and not is_ctranslate2_dir(folder)):
-        return Translator.load(
-            folder, decode, device, weights, chunk_lines, strict, dtype, quantize, workers
-        )
-    if dtype != "fp32" or quantize is not None:
-        raise ConfigError(
-            "--dtype/--quantize apply to the torch engine; a CTranslate2 model keeps the "
-            "quantization given to nmt export"
-        )
-    if weights is not None:
-        raise ConfigError(
-            "weights apply to the torch engine; export those weights with nmt export --weights"
-        )
-    return CT2Translator.load(
-        folder, decode, device, chunk_lines=chunk_lines, strict=strict, inter_threads=workers
-    )
 
 
 def ct2_threads(device: str, inter_threads: int = 0, intra_threads: int = 0) -> tuple[int, int]:
@@ -263,18 +213,37 @@ class CT2Translator(BaseTranslator):
         tokenizer = Tokenizer(folder / SPM_FILE)
         return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
 
+    def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
+        """Raises :class:`ConfigError` for what only the torch engine does: alignment (from a
+        decoder layer chosen per call), target prefixes and sampling (one seeded generator
+        per sentence)."""
+        asked = [
+            name
+            for name, on in (
+                ("alignment", d.alignment),
+                ("target prefixes", prefixes),
+                ("sampling", d.sampling),
+            )
+            if on
+        ]
+        if asked:
+            raise ConfigError(
+                f"{', '.join(asked)}: supported by the torch engine (--engine torch on the model "
+                "folder that nmt export read), not by the ctranslate2 engine"
+            )
+
     def search_rows(
-        self, ids: list[list[int]]
+        self, ids: list[list[int]], request: Request | None = None
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
         """The torch engine's batches (:func:`nmt.translate.length_batches`), each searched with
         its largest length limit; then, grouped by their own limit, the sentences whose search
         that limit would have cut (:meth:`within_limit`)."""
-        d = self.decode
+        d = request.decode if request is not None else self.decode
         todo = [i for i, x in enumerate(ids) if x]
-        limits = dict(zip(todo, self.limits([len(ids[i]) for i in todo])))
-        jobs = [(max(limits[r] for r in rows), rows) for rows in self.row_batches(ids, todo)]
+        limits = dict(zip(todo, self.limits([len(ids[i]) for i in todo], d)))
+        jobs = [(max(limits[r] for r in rows), rows) for rows in self.row_batches(ids, todo, d)]
         cut: list[int] = []
-        for limit, rows, found in self.search_batches(ids, jobs):
+        for limit, rows, found in self.search_batches(ids, jobs, d):
             done = [
                 limits[r] == limit or self.within_limit(h, limits[r]) for r, h in zip(rows, found)
             ]
@@ -284,20 +253,25 @@ class CT2Translator(BaseTranslator):
                     [r for r, ok in zip(rows, done) if ok],
                     [h[: d.nbest] for h, ok in zip(found, done) if ok],
                 )
-        for _, rows, found in self.search_batches(ids, self.limit_batches(cut, limits, ids)):
+        jobs = self.limit_batches(cut, limits, ids, d)
+        for _, rows, found in self.search_batches(ids, jobs, d):
             yield rows, [h[: d.nbest] for h in found]
 
-    def limits(self, src_lengths: list[int]) -> list[int]:
+    def limits(self, src_lengths: list[int], decode: DecodeConfig | None = None) -> list[int]:
         """Each sentence's target limit ``min(a * src_len + b, max_positions - 1)`` (tokens
         before EOS; ``src_len`` without EOS), computed in float32 as
         :func:`nmt.search.max_lengths` does, so that both engines agree at the boundaries."""
-        d = self.decode
+        d = decode or self.decode
         src_len = torch.tensor(src_lengths, dtype=torch.float32)
         limits = ((src_len * d.max_len_a).long() + d.max_len_b).clamp(max=self.max_tgt_tokens)
         return limits.tolist()
 
     def limit_batches(
-        self, rows: list[int], limits: dict[int, int], ids: list[list[int]]
+        self,
+        rows: list[int],
+        limits: dict[int, int],
+        ids: list[list[int]],
+        decode: DecodeConfig | None = None,
     ) -> list[tuple[int, list[int]]]:
         """``(limit, rows)``: ``rows`` grouped by their length limit, longest limit first, each
         group cut by ``batch_size`` sentences and ``batch_tokens`` padded tokens (EOS counted)."""
@@ -307,7 +281,7 @@ class CT2Translator(BaseTranslator):
         return [
             (limit, batch)
             for limit in sorted(groups, reverse=True)
-            for batch in self.row_batches(ids, groups[limit])
+            for batch in self.row_batches(ids, groups[limit], decode)
         ]
 
     @staticmethod
@@ -325,18 +299,24 @@ class CT2Translator(BaseTranslator):
         return all(len(h.tokens) < limit for h in hyps)
 
     def search_batches(
-        self, ids: list[list[int]], jobs: list[tuple[int, list[int]]]
+        self,
+        ids: list[list[int]],
+        jobs: list[tuple[int, list[int]]],
+        decode: DecodeConfig | None = None,
     ) -> Iterator[tuple[int, list[int], list[list[Hypothesis]]]]:
         """Search the ``(limit, rows)`` jobs, all submitted first so that CTranslate2's
         ``inter_threads`` workers run them in parallel; yields ``(limit, rows, hypotheses)``
         in job order, ``hypotheses`` as :meth:`search` returns them."""
+        d = decode or self.decode
         pending = [
-            (limit, rows, self.submit([ids[r] for r in rows], limit)) for limit, rows in jobs
+            (limit, rows, self.submit([ids[r] for r in rows], limit, d)) for limit, rows in jobs
         ]
         for limit, rows, results in pending:
-            yield limit, rows, self._collect(results, limit)
+            yield limit, rows, self._collect(results, limit, d)
 
-    def search(self, src: list[list[int]], limit: int) -> list[list[Hypothesis]]:
+    def search(
+        self, src: list[list[int]], limit: int, decode: DecodeConfig | None = None
+    ) -> list[list[Hypothesis]]:
         """Search a batch of sources with at most ``limit`` target tokens before EOS.
 
         Args:
@@ -348,16 +328,16 @@ class CT2Translator(BaseTranslator):
             For each sentence, all the hypotheses CTranslate2 kept (``beam_size`` of them),
             best first by the GNMT-normalized score.
         """
-        return self._collect(self.submit(src, limit), limit)
+        d = decode or self.decode
+        return self._collect(self.submit(src, limit, d), limit, d)
 
-    def submit(self, src: list[list[int]], limit: int) -> list[Any]:
+    def submit(self, src: list[list[int]], limit: int, d: DecodeConfig) -> list[Any]:
         """Queue a batch for CTranslate2's workers; one ``AsyncTranslationResult`` per source."""
-        d = self.decode
         return self.translator.translate_batch(
             [[self.pieces[i] for i in x] for x in src],
             beam_size=d.beam_size,
             num_hypotheses=d.beam_size,
-            length_penalty=self.ct2_penalty(limit),
+            length_penalty=self.ct2_penalty(limit, d),
             max_decoding_length=limit,
             min_decoding_length=0,
             max_input_length=0,
@@ -366,19 +346,18 @@ class CT2Translator(BaseTranslator):
             asynchronous=True,
         )
 
-    def ct2_penalty(self, limit: int) -> float:
+    def ct2_penalty(self, limit: int, d: DecodeConfig) -> float:
         """The ``length_penalty`` given to CTranslate2 for a call with this ``limit``: 0 (plain
         log-probabilities) for greedy search, else :func:`collect_penalty`."""
-        return 0.0 if self.decode.beam_size == 1 else collect_penalty(limit)
+        return 0.0 if d.beam_size == 1 else collect_penalty(limit)
 
-    def _collect(self, results: list[Any], limit: int) -> list[list[Hypothesis]]:
+    def _collect(self, results: list[Any], limit: int, d: DecodeConfig) -> list[list[Hypothesis]]:
         """Wait for :meth:`submit`'s results; ours, ranked by the GNMT length penalty."""
-        penalty = self.ct2_penalty(limit)
-        return [self._hypotheses(r.result(), penalty) for r in results]
+        penalty = self.ct2_penalty(limit, d)
+        return [self._hypotheses(r.result(), penalty, d) for r in results]
 
-    def _hypotheses(self, result: Any, penalty: float) -> list[Hypothesis]:
+    def _hypotheses(self, result: Any, penalty: float, d: DecodeConfig) -> list[Hypothesis]:
         """One ``TranslationResult`` → our hypotheses, best first by the GNMT length penalty."""
-        d = self.decode
         hyps = []
         for pieces, score in zip(result.hypotheses, result.scores):
             ids = [self.piece_ids[p] for p in pieces]

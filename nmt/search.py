@@ -11,12 +11,33 @@ the batch, and their cache rows are dropped). Finished hypotheses are ranked by
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-from nmt.model import DecoderCache, Transformer
+from nmt.config import ModelConfig
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+
+class Cache(Protocol):
+    """The incremental-decoding state search keeps (:class:`nmt.model.DecoderCache`)."""
+
+    def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None: ...
+
+
+class Decoder(Protocol):
+    """What search uses of a model: :class:`nmt.model.Transformer`, or an
+    :class:`nmt.ensemble.Ensemble` of them."""
+
+    cfg: ModelConfig
+
+    def encode(self, src: torch.Tensor) -> tuple[Any, torch.Tensor]: ...
+
+    def init_cache(self, memory: Any, src_mask: torch.Tensor) -> Any: ...
+
+    def decode_step(self, tokens: torch.Tensor, cache: Any) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -27,11 +48,14 @@ class Hypothesis:
         tokens: target ids, without BOS and EOS.
         score: log-probability of ``tokens`` followed by EOS (natural log).
         normalized: ``score`` divided by the length penalty (what beam search ranks by).
+        attention: ``(len(tokens) + 1, src_len)`` cross-attention that aligns it, when asked
+            for (:func:`nmt.alignment.cross_attention`); else ``None``.
     """
 
     tokens: list[int]
     score: float
     normalized: float
+    attention: torch.Tensor | None = None
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -39,31 +63,75 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def max_lengths(src: torch.Tensor, a: float, b: int, cap: int) -> torch.Tensor:
-    """Per-sentence target limit ``min(a * src_len + b, cap)`` (tokens before EOS).
+def max_lengths(
+    src: torch.Tensor, a: float, b: int, cap: int, prefix: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-sentence target limit ``min(a * src_len + b, cap)`` (tokens before EOS), and at
+    least the length of the sentence's target prefix.
 
     ``src_len`` counts the real source tokens without EOS; ``cap`` is the longest target the
-    model's position table allows. Returns ``(batch,)`` int64.
+    model's position table allows; ``prefix``: ``(batch, prefix_len)`` (:func:`prefix_tensor`).
+    Returns ``(batch,)`` int64.
     """
     src_len = (src != PAD_ID).sum(1) - 1
-    return ((src_len.float() * a).long() + b).clamp(max=cap)
+    limits = ((src_len.float() * a).long() + b).clamp(max=cap)
+    if prefix is not None:
+        limits = torch.maximum(limits, (prefix >= 0).sum(1))
+    return limits
+
+
+def prefix_tensor(prefixes: Sequence[Sequence[int]], device: torch.device) -> torch.Tensor | None:
+    """Target prefixes as ``(batch, longest)`` int64, right-padded with -1 (no forcing);
+    ``None`` when all are empty (nothing to force)."""
+    width = max((len(p) for p in prefixes), default=0)
+    if width == 0:
+        return None
+    out = torch.full((len(prefixes), width), -1, dtype=torch.long)
+    for row, p in enumerate(prefixes):
+        out[row, : len(p)] = torch.tensor(p, dtype=torch.long)
+    return out.to(device)
+
+
+def force_tokens(logp: torch.Tensor, tokens: torch.Tensor) -> None:
+    """Teacher-force ``tokens`` ``(rows,)`` (-1 = leave the row free) in ``logp``
+    ``(rows, vocab)``, in place: a forced row keeps only its token's own log-probability, so
+    the hypothesis' score stays its log-probability under the model."""
+    rows = (tokens >= 0).nonzero()[:, 0]
+    if rows.numel() == 0:
+        return
+    keep = logp[rows, tokens[rows]]
+    logp[rows] = float("-inf")
+    logp[rows, tokens[rows]] = keep
+
+
+# Picks the next token of each row from its log-probabilities: (logp (rows, vocab), sentence
+# index of each row (rows,), step) -> (rows,) int64. Greedy search takes the argmax.
+Chooser = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
 @torch.inference_mode()
 def greedy_search(
-    model: Transformer, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10
+    model: Decoder,
+    src: torch.Tensor,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    prefix: torch.Tensor | None = None,
+    choose: Chooser | None = None,
 ) -> list[Hypothesis]:
-    """Pick the most probable token at each step.
+    """Pick the most probable token at each step (or the one ``choose`` picks).
 
     Args:
         src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded.
+        prefix: ``(batch, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`).
+        choose: picks each row's token instead of the argmax (:mod:`nmt.sampling`).
 
     Returns:
-        One :class:`Hypothesis` per sentence, in batch order (``normalized`` = ``score``).
+        One :class:`Hypothesis` per sentence, in batch order (``normalized`` = ``score``, the
+        model's log-probability of the output and EOS).
     """
     memory, src_mask = model.encode(src)
     cache = model.init_cache(memory, src_mask)
-    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
+    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1, prefix)
     batch = src.size(0)
     alive = torch.arange(batch, device=src.device)  # original sentence index of each row
     tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
@@ -72,10 +140,16 @@ def greedy_search(
     results: list[Hypothesis | None] = [None] * batch
     for step in range(int(limits.max()) + 1):
         logp = mask_specials(model.decode_step(tokens, cache))  # (rows, vocab)
+        if prefix is not None and step < prefix.size(1):
+            force_tokens(logp, prefix[alive, step])
         forced = limits[alive] <= step
         if forced.any():
             logp[forced] = _only_eos(logp[forced])
-        best_logp, tokens = logp.max(-1)
+        if choose is None:
+            best_logp, tokens = logp.max(-1)
+        else:
+            tokens = choose(logp, alive, step)
+            best_logp = logp.gather(1, tokens[:, None])[:, 0]
         scores = scores + best_logp
         history = torch.cat([history, tokens[:, None]], 1)
         done = tokens == EOS_ID
@@ -120,6 +194,7 @@ class BeamState:
         limits: ``(n,)`` maximum target length of each live sentence.
         n_finished: ``(n,)`` finished hypotheses of each live sentence.
         cache: decoder cache with ``n * width`` rows.
+        prefix: ``(n, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`).
     """
 
     sentence: torch.Tensor
@@ -127,26 +202,35 @@ class BeamState:
     history: torch.Tensor
     limits: torch.Tensor
     n_finished: torch.Tensor
-    cache: DecoderCache
+    cache: Cache
+    prefix: torch.Tensor | None = None
 
 
-def beam_init(model: Transformer, src: torch.Tensor, max_len_a: float, max_len_b: int) -> BeamState:
+def beam_init(
+    model: Decoder,
+    src: torch.Tensor,
+    max_len_a: float,
+    max_len_b: int,
+    prefix: torch.Tensor | None = None,
+) -> BeamState:
     """Encode once; the first step runs one decoder row per sentence (as CTranslate2 does),
-    since all beams would start from the same BOS; :func:`beam_step` then widens to the beam."""
+    since all beams would start from the same BOS; :func:`beam_step` then widens to the beam.
+    While a sentence's ``prefix`` lasts, its beams are teacher-forced (one live hypothesis)."""
     batch = src.size(0)
     memory, src_mask = model.encode(src)
     return BeamState(
         sentence=torch.arange(batch, device=src.device),
         scores=torch.zeros(batch, 1, device=src.device),
         history=torch.empty(batch, 0, dtype=torch.long, device=src.device),
-        limits=max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1),
+        limits=max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1, prefix),
         n_finished=torch.zeros(batch, dtype=torch.long, device=src.device),
         cache=model.init_cache(memory, src_mask),
+        prefix=prefix,
     )
 
 
 def beam_step(
-    model: Transformer,
+    model: Decoder,
     state: BeamState,
     finished: list[list[Hypothesis]],
     beam_size: int,
@@ -162,7 +246,10 @@ def beam_step(
         if step
         else torch.full((n,), BOS_ID, dtype=torch.long, device=state.scores.device)
     )
-    logp = mask_specials(model.decode_step(last, state.cache)).view(n, width, -1)
+    logp = mask_specials(model.decode_step(last, state.cache))
+    if state.prefix is not None and step < state.prefix.size(1):
+        force_tokens(logp, state.prefix[:, step].repeat_interleave(width))
+    logp = logp.view(n, width, -1)
     vocab = logp.size(-1)
     forced = state.limits <= step
     if forced.any():
@@ -193,6 +280,8 @@ def beam_step(
         rows, history = rows[keep_rows], history[keep_rows]
         next_scores, state.sentence = next_scores[keep], state.sentence[keep]
         state.limits, state.n_finished = state.limits[keep], state.n_finished[keep]
+        if state.prefix is not None:
+            state.prefix = state.prefix[keep]
     state.cache.reorder(rows, next_width)
     state.scores, state.history = next_scores, history
     return state
@@ -226,13 +315,14 @@ def _finalize(
 
 @torch.inference_mode()
 def beam_search(
-    model: Transformer,
+    model: Decoder,
     src: torch.Tensor,
     beam_size: int = 5,
     length_penalty_alpha: float = 1.0,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     nbest: int = 1,
+    prefix: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search (Sutskever et al. 2014; fairseq's 2×beam candidate scheme).
 
@@ -241,12 +331,14 @@ def beam_search(
         beam_size: hypotheses kept per sentence; 1 gives the same result as greedy search.
         length_penalty_alpha: GNMT alpha; 0 ranks finished hypotheses by log-probability.
         nbest: hypotheses returned per sentence (at most ``beam_size``).
+        prefix: ``(batch, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`);
+            the search continues from each, and scores include the prefix's log-probability.
 
     Returns:
         For each sentence (batch order), its ``nbest`` best hypotheses, best first.
     """
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
-    state: BeamState | None = beam_init(model, src, max_len_a, max_len_b)
+    state: BeamState | None = beam_init(model, src, max_len_a, max_len_b, prefix)
     while state is not None:
         state = beam_step(model, state, finished, beam_size, length_penalty_alpha)
     return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]

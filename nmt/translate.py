@@ -12,41 +12,31 @@ parallel matrix products (measured in docs/benchmarks.md), as CTranslate2's ``in
 
 from __future__ import annotations
 
-import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from nmt.alignment import check_layer, cross_attention
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.device import resolve_device
-from nmt.errors import ConfigError, InputError
+from nmt.engine import BaseTranslator, Request, Translation
+from nmt.ensemble import Ensemble, check_same_vocabulary
+from nmt.errors import ConfigError
+from nmt.forced import forced_scores, normalized
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
-from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.sampling import sample
+from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
+from nmt.streaming import available_chunks, length_batches, paired
 from nmt.tokenizer import EOS_ID, Tokenizer
 
-
-@dataclass(frozen=True)
-class Translation:
-    """The result for one input line.
-
-    Attributes:
-        text: the best translation (empty for an empty input line).
-        score: its log-probability (natural log, EOS included); 0 for an empty line.
-        nbest: ``(text, score)`` of the best hypotheses, best first (``DecodeConfig.nbest``).
-        truncated: the source was longer than the model allows and was cut.
-    """
-
-    text: str
-    score: float
-    nbest: list[tuple[str, float]] = field(default_factory=list)
-    truncated: bool = False
+__all__ = ["BaseTranslator", "Translation", "Translator", "cpu_workers", "length_batches"]
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -129,140 +119,6 @@ def worker_pool(workers: int, threads: int) -> ThreadPoolExecutor:
     return pool
 
 
-def length_batches(lengths: list[int], batch_tokens: int, batch_size: int) -> list[list[int]]:
-    """Indices sorted by length and cut into batches of at most ``batch_size`` sentences and
-    ``batch_tokens`` padded tokens (longest first, so memory peaks early)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) >= batch_size or (len(current) + 1) * width > batch_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
-
-
-_END = object()
-
-
-def available_chunks(lines: Iterable[str], max_lines: int) -> Iterator[list[str]]:
-    """Group ``lines`` into chunks of at most ``max_lines`` without waiting for input that
-    has not arrived: a background thread reads ahead (at most ``2 * max_lines`` lines), and a
-    chunk ends when it is full or when nothing more is available right now.
-
-    An exception raised while reading (e.g. a non-UTF-8 line) is raised here after the lines
-    before it have been yielded.
-    """
-    pending: queue.Queue[object] = queue.Queue(maxsize=2 * max_lines)
-
-    def read() -> None:
-        try:
-            for line in lines:
-                pending.put(line)
-        except BaseException as exc:  # handed to the consumer
-            pending.put(exc)
-        pending.put(_END)
-
-    threading.Thread(target=read, daemon=True).start()
-    while True:
-        chunk: list[str] = []
-        item = pending.get()
-        while isinstance(item, str):
-            chunk.append(item)
-            if len(chunk) >= max_lines:
-                break
-            try:
-                item = pending.get_nowait()
-            except queue.Empty:
-                break
-        if chunk:
-            yield chunk
-        if isinstance(item, BaseException):
-            raise item
-        if item is _END:
-            return
-
-
-class BaseTranslator:
-    """What every engine shares: streaming, tokenization, truncation, empty lines, order.
-
-    Subclasses implement :meth:`search_rows`.
-
-    Args:
-        tokenizer: the model's SentencePiece model; decode: search settings.
-        chunk_lines: input lines translated together at most (bounds memory).
-        max_positions: the model's position limit; sources are cut to one less (EOS).
-        strict: raise :class:`InputError` for a source longer than that instead of cutting.
-    """
-
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        decode: DecodeConfig | None,
-        chunk_lines: int,
-        max_positions: int,
-        strict: bool = False,
-    ):
-        self.tokenizer = tokenizer
-        self.decode = decode or DecodeConfig()
-        self.chunk_lines = chunk_lines
-        self.max_src_tokens = max_positions - 1  # room for EOS
-        self.strict = strict
-
-    def translate(self, lines: Iterable[str]) -> Iterator[Translation]:
-        """Translate ``lines`` (without newlines), yielding one result per line, in order.
-
-        Raises:
-            InputError: with ``strict``, a line longer than the model allows (line number
-                counted from 1 over all of ``lines``).
-        """
-        first = 1
-        for chunk in available_chunks(lines, self.chunk_lines):
-            yield from self.translate_chunk(chunk, first)
-            first += len(chunk)
-
-    def translate_chunk(self, lines: list[str], first_line: int = 1) -> list[Translation]:
-        """Translate a list of lines held in memory (``first_line``: number of ``lines[0]``)."""
-        ids = self.tokenizer.encode(lines)
-        truncated = [len(x) > self.max_src_tokens for x in ids]
-        if self.strict and any(truncated):
-            i = truncated.index(True)
-            raise InputError(
-                f"input line {first_line + i} has {len(ids[i])} tokens, the model takes at most "
-                f"{self.max_src_tokens}; shorten it, or drop --strict to cut it with a warning"
-            )
-        ids = [x[: self.max_src_tokens] for x in ids]
-        empty = Translation("", 0.0, [("", 0.0)] * self.decode.nbest)
-        results: list[Translation] = [empty] * len(lines)
-        for rows, hyps_of_rows in self.search_rows(ids):
-            for row, hyps in zip(rows, hyps_of_rows):
-                texts = self.tokenizer.decode([h.tokens for h in hyps])
-                nbest = [(t, h.score) for t, h in zip(texts, hyps)]
-                results[row] = Translation(texts[0], hyps[0].score, nbest, truncated[row])
-        return results
-
-    def search_rows(
-        self, ids: list[list[int]]
-    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
-        """Search the non-empty sources of ``ids`` in batches; yields ``(rows, nbest lists)``."""
-        raise NotImplementedError
-
-    def row_batches(self, ids: list[list[int]], rows: list[int]) -> list[list[int]]:
-        """``rows`` of ``ids`` (source ids without EOS) cut into :func:`length_batches` by the
-        decode settings' ``batch_tokens`` and ``batch_size`` (EOS counted); each batch is a
-        list of rows."""
-        lengths = [len(ids[r]) + 1 for r in rows]
-        d = self.decode
-        return [
-            [rows[b] for b in batch]
-            for batch in length_batches(lengths, d.batch_tokens, d.batch_size)
-        ]
-
-
 class Translator(BaseTranslator):
     """A loaded model, its tokenizer and search settings.
 
@@ -278,7 +134,7 @@ class Translator(BaseTranslator):
 
     def __init__(
         self,
-        model: Transformer,
+        model: Transformer | Ensemble,
         tokenizer: Tokenizer,
         decode: DecodeConfig | None = None,
         chunk_lines: int = 2000,
@@ -286,8 +142,9 @@ class Translator(BaseTranslator):
         workers: int = 1,
     ):
         super().__init__(tokenizer, decode, chunk_lines, model.cfg.max_positions, strict)
-        self.model = model.eval()
-        self.device = next(model.parameters()).device
+        self.model = model if isinstance(model, Ensemble) else model.eval()
+        first = model.models[0] if isinstance(model, Ensemble) else model
+        self.device = next(first.parameters()).device
         self.workers, self.worker_threads = (
             cpu_workers(workers) if self.device.type == "cpu" else (1, 0)
         )
@@ -296,7 +153,7 @@ class Translator(BaseTranslator):
     @classmethod
     def load(
         cls,
-        folder: str | Path,
+        folder: str | Path | Sequence[str | Path],
         decode: DecodeConfig | None = None,
         device: str | torch.device = "auto",
         weights: str | Path | None = None,
@@ -306,33 +163,69 @@ class Translator(BaseTranslator):
         quantize: str | None = None,
         workers: int = 0,
         onednn: bool = True,
+        ensemble_weights: Sequence[float] | None = None,
     ) -> Translator:
-        """Load a model folder (config.json, spm.model, model.safetensors).
+        """Load a model folder (config.json, spm.model, model.safetensors), or several as an
+        ensemble (:mod:`nmt.ensemble`).
 
         Args:
+            folder: one model folder, or a list of them (one SentencePiece model).
+            weights: a weights file instead of ``model.safetensors`` (one model only).
             dtype / quantize / onednn: see :func:`for_inference` (default: float32, through
                 oneDNN on CPU).
             workers: see :class:`Translator` (default: one per CPU thread).
+            ensemble_weights: one per folder (default: equal, summing to 1).
 
         Raises:
             CheckpointError: a file is missing or of another format version.
-            ConfigError: an invalid dtype/quantize combination, or negative ``workers``.
+            ConfigError: an invalid dtype/quantize combination, negative ``workers``,
+                ensemble models with different SentencePiece models (both files named), or
+                ``weights`` / ``ensemble_weights`` that do not fit the folders.
         """
-        model, _ = load_model(folder, weights=weights, device=resolve_device(device))
-        model = for_inference(model, dtype, quantize, onednn)
-        tokenizer = Tokenizer(Path(folder) / SPM_FILE)
-        return cls(model, tokenizer, decode, chunk_lines, strict, workers)
+        folders = [folder] if isinstance(folder, (str, Path)) else list(folder)
+        if len(folders) > 1 and weights is not None:
+            raise ConfigError(
+                "a weights file is for one model; for an ensemble, give model folders only"
+            )
+        models = [
+            for_inference(
+                load_model(f, weights=weights, device=resolve_device(device))[0],
+                dtype,
+                quantize,
+                onednn,
+            )
+            for f in folders
+        ]
+        spm_files = [Path(f) / SPM_FILE for f in folders]
+        tokenizer = Tokenizer(spm_files[0])
+        check_same_vocabulary(spm_files)
+        if len(models) == 1 and ensemble_weights is None:
+            return cls(models[0], tokenizer, decode, chunk_lines, strict, workers)
+        n = len(models)
+        ensemble = Ensemble(models, list(ensemble_weights or [1.0 / n] * n))
+        return cls(ensemble, tokenizer, decode, chunk_lines, strict, workers)
+
+    def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
+        """Raises :class:`ConfigError` for an alignment layer the model does not have."""
+        if d.alignment:
+            if isinstance(self.model, Ensemble):
+                raise ConfigError("alignment reads one model's attention: not with an ensemble")
+            check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
 
     def search_rows(
-        self, ids: list[list[int]]
+        self, ids: list[list[int]], request: Request | None = None
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
         """Batches of similar length (EOS counted), longest first, searched on the device (by
         the worker threads when there are several), yielded in that order."""
-        batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x])
+        request = request or Request(self.decode)
+        batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x], request.decode)
 
         def run(rows: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
             src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
-            return rows, self.search(src)
+            prefixes, seeds = request.prefixes, request.seeds
+            prefix = None if prefixes is None else [prefixes[r] for r in rows]
+            seed = None if seeds is None else [seeds[r] for r in rows]
+            return rows, self.search(src, request.decode, prefix, seed)
 
         if self.workers == 1 or len(batches) == 1:
             yield from map(run, batches)
@@ -341,11 +234,112 @@ class Translator(BaseTranslator):
             self.pool = worker_pool(self.workers, self.worker_threads)
         yield from self.pool.map(run, batches)
 
-    def search(self, src: torch.Tensor) -> list[list[Hypothesis]]:
-        """Run the configured search on ``(batch, src_len)`` ids; nbest lists per sentence."""
-        d = self.decode
-        if d.beam_size == 1:
-            return [[h] for h in greedy_search(self.model, src, d.max_len_a, d.max_len_b)]
-        return beam_search(
-            self.model, src, d.beam_size, d.length_penalty, d.max_len_a, d.max_len_b, d.nbest
-        )
+    def search(
+        self,
+        src: torch.Tensor,
+        decode: DecodeConfig | None = None,
+        prefixes: list[list[int]] | None = None,
+        seeds: list[int] | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Search ``(batch, src_len)`` ids with ``decode`` (default: the loaded settings), or
+        sample when it says so (:mod:`nmt.sampling`).
+
+        Args:
+            prefixes: each sentence's target prefix ids (``[]`` = none).
+            seeds: each sentence's sampling seed (:func:`nmt.sampling.sentence_seed`);
+                required when sampling.
+
+        Returns:
+            The nbest lists of each sentence; with ``decode.alignment``, the best hypothesis
+            carries its cross-attention (:func:`nmt.alignment.cross_attention`).
+        """
+        d = decode or self.decode
+        prefix = None if prefixes is None else prefix_tensor(prefixes, src.device)
+        if d.sampling:
+            if seeds is None:
+                raise ValueError("sampling needs one seed per sentence")
+            found = sample(
+                self.model,
+                src,
+                seeds,
+                d.sampling_topk,
+                d.sampling_topp,
+                d.sampling_temperature,
+                d.max_len_a,
+                d.max_len_b,
+                prefix,
+            )
+            nbest = [[h] for h in found]
+        elif d.beam_size == 1:
+            found = greedy_search(self.model, src, d.max_len_a, d.max_len_b, prefix)
+            nbest = [[h] for h in found]
+        else:
+            nbest = beam_search(
+                self.model,
+                src,
+                d.beam_size,
+                d.length_penalty,
+                d.max_len_a,
+                d.max_len_b,
+                d.nbest,
+                prefix,
+            )
+        return self.with_attention(src, nbest, d) if d.alignment else nbest
+
+    def score_targets(
+        self,
+        lines: Iterable[str],
+        targets: Iterable[str],
+        decode: DecodeConfig | None = None,
+        target_source: str = "targets",
+    ) -> Iterator[tuple[float, float]]:
+        """Score given translations instead of translating (:mod:`nmt.forced`).
+
+        Each target line is encoded with the model's SentencePiece model, so a translation's
+        text is scored in SentencePiece's own segmentation of it, which can differ from the
+        one search happened to produce (then its score differs from the one search
+        reported; on the same ids, :func:`nmt.forced.forced_scores` equals it).
+
+        Args:
+            targets: one per line of ``lines`` (read from ``target_source``, named in errors).
+            decode: its ``length_penalty`` and batch sizes apply.
+
+        Yields:
+            ``(log-probability, length-normalised score)`` per line, in order (natural log,
+            EOS included; an empty target scores EOS alone).
+
+        Raises:
+            InputError: not one target per line, or a line too long (``strict``) or a target
+                longer than the model can output.
+        """
+        d = decode or self.decode
+        first = 1
+        for pairs in available_chunks(
+            paired(lines, targets, target_source, "target"), self.chunk_lines
+        ):
+            src_ids, _ = self.source_ids([p[0] for p in pairs], first)
+            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
+            scores = [0.0] * len(pairs)
+            for rows in self.row_batches(src_ids, list(range(len(pairs))), d):
+                src = pad([src_ids[r] for r in rows], suffix=EOS_ID).to(self.device)
+                found = forced_scores(self.model, src, [tgt_ids[r] for r in rows])
+                for r, score in zip(rows, found):
+                    scores[r] = score
+            for score, tgt in zip(scores, tgt_ids):
+                yield score, normalized(score, len(tgt), d.length_penalty)
+            first += len(pairs)
+
+    def with_attention(
+        self, src: torch.Tensor, nbest: list[list[Hypothesis]], d: DecodeConfig
+    ) -> list[list[Hypothesis]]:
+        """``nbest`` with each best hypothesis' cross-attention attached (one teacher-forced
+        decoder pass over the batch's best outputs)."""
+        model = self.model
+        if isinstance(model, Ensemble):
+            raise ConfigError("alignment reads one model's attention: not with an ensemble")
+        layer = check_layer(d.alignment_layer, model.cfg.n_decoder_layers)
+        attention = cross_attention(model, src, [h[0].tokens for h in nbest], layer)
+        return [
+            [replace(h[0], attention=a[: len(h[0].tokens) + 1].cpu()), *h[1:]]
+            for h, a in zip(nbest, attention)
+        ]

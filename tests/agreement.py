@@ -50,8 +50,10 @@ def record_hypotheses(translator: Any) -> Found:
     found: Found = {}
     search_rows = translator.search_rows
 
-    def recording(ids: list[list[int]]) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
-        for rows, hyps in search_rows(ids):
+    def recording(
+        ids: list[list[int]], request: Any = None
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        for rows, hyps in search_rows(ids, request):
             for row, h in zip(rows, hyps):
                 found[tuple(ids[row])] = h
             yield rows, hyps

@@ -90,9 +90,22 @@ def test_scores_and_nbest_formats(tiny_run: Path, tmp_path: Path, inputs: list[s
     result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--nbest", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert [r[0] for r in rows] == ["0", "1"] * 3
+    assert [(r[0], r[1]) for r in rows] == [("1", "0"), ("1", "1"), ("2", "0"), ("2", "1")] + [
+        ("3", "0"),
+        ("3", "1"),
+    ]
     for first, second in zip(rows[::2], rows[1::2]):
-        assert first[2] != second[2]
+        assert first[4] != second[4]
+        assert float(first[2]) >= float(second[2])  # ranked by the normalised score
+        assert float(first[2]) >= float(first[3])  # log-probability / penalty >= 1
+    args = ["--beam-size", "3", "--nbest", "2", "--nbest-format", "moses", "--device", "cpu"]
+    result = invoke(src, "-m", tiny_run, *args)
+    assert result.exit_code == 0, result.output
+    moses = [line.split(" ||| ") for line in result.stdout.splitlines()]
+    assert [m[0] for m in moses] == ["0", "0", "1", "1", "2", "2"]
+    assert [m[1] for m in moses] == [r[4] for r in rows]
+    assert [m[2] for m in moses] == [f"LogProb= {r[3]}" for r in rows]
+    assert [m[3] for m in moses] == [r[2] for r in rows]
 
 
 class FakeTranslator:
@@ -156,7 +169,8 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         batch_size=9,
     )
     args = (tmp_path / "model", decode, "auto", "cpu", "last.safetensors")
-    assert calls == [(args, {"strict": True, "dtype": "fp32", "quantize": None, "workers": 3})]
+    options = {"strict": True, "dtype": "fp32", "quantize": None, "workers": 3}
+    assert calls == [(args, {**options, "ensemble_weights": None})]
     assert result.stdout == "A\n\nB\n"
 
 
@@ -231,3 +245,41 @@ def test_ref_scores_the_output_on_stderr(tiny_run: Path, tmp_path: Path, inputs:
         write_input(tmp_path / "in2.de", inputs), "-m", tiny_run, "--beam-size", "1", "--ref", short
     )
     assert bad.exit_code == 1 and "short.en" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: list[str]) -> None:
+    """``--alignment`` appends `` ||| `` and one ``i-j`` pair per target word (an empty line
+    gives an empty alignment); ``--target-prefix`` starts each output with its line's prefix
+    (an empty prefix line leaves that output free)."""
+    src = write_input(tmp_path / "in.de", [*inputs[1:4], ""])
+    prefixes = write_input(tmp_path / "prefix.en", ["A man", "", "Two people", ""])
+    args = ["-m", tiny_run, "--beam-size", "2", "--device", "cpu"]
+    result = invoke(src, *args, "--alignment", "--target-prefix", prefixes)
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" ||| ") for line in result.stdout.split("\n")[:-1]]
+    assert len(rows) == 4 and all(len(r) == 2 for r in rows)
+    for line, (text, links) in zip([*inputs[1:4], ""], rows):
+        pairs = [tuple(map(int, p.split("-"))) for p in links.split()]
+        assert [j for _, j in pairs] == list(range(len(text.split())))
+        assert all(0 <= i < len(line.split()) for i, _ in pairs)
+    assert rows[0][0].startswith("A man") and rows[2][0].startswith("Two people")
+    assert rows[3] == ["", ""]
+    short = write_input(tmp_path / "short.en", ["A man", ""])
+    result = invoke(src, *args, "--target-prefix", short)
+    assert_one_line_error(result, f"{short}:3", "no target prefix for input line 3")
+    result = invoke(src, *args, "--alignment", "--alignment-layer", "5")
+    assert_one_line_error(result, "alignment_layer=5", "choose 0 to 1")
+
+
+def test_score_target_prints_one_score_pair_per_line(
+    tiny_run: Path, tmp_path: Path, inputs: list[str]
+) -> None:
+    src = write_input(tmp_path / "in.de", inputs[1:5])
+    targets = write_input(tmp_path / "hyp.en", ["A man.", "", "Two dogs play.", "A woman"])
+    result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", targets)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == 4 and all(len(r) == 2 and float(r[0]) < 0 for r in rows)
+    short = write_input(tmp_path / "short.en", ["A man."])
+    result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", short)
+    assert_one_line_error(result, f"{short}:2", "no target for input line 2")

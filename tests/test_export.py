@@ -45,10 +45,10 @@ from nmt.ct2 import (
     ct2_threads,
     import_ctranslate2,
     is_ctranslate2_dir,
-    load_translator,
 )
 from nmt.errors import CheckpointError, ConfigError
 from nmt.export import export_ctranslate2
+from nmt.loading import load_translator
 from nmt.model import Transformer
 from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
 from nmt.train import train
@@ -407,6 +407,27 @@ def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None
         load_translator(exported, engine="onnx")
     with pytest.raises(CheckpointError, match="nmt export"):
         load_translator(run_dir, engine="ctranslate2")
+
+
+def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
+    exported: Path, test_lines: list[str]
+) -> None:
+    """Alignment, target prefixes, sampling and scoring given translations are the torch
+    engine's; asked of CTranslate2 they fail before translating, saying which engine can."""
+    translator = CT2Translator.load(exported, DecodeConfig(beam_size=2), device="cpu")
+    lines = test_lines[:2]
+    for decode, prefixes in [
+        (DecodeConfig(alignment=True), None),
+        (DecodeConfig(beam_size=1, sampling_topk=5, seed=1), None),
+        (None, ["A", ""]),
+    ]:
+        with pytest.raises(ConfigError, match="supported by the torch engine"):
+            list(translator.translate(lines, decode, prefixes))
+    with pytest.raises(ConfigError, match="supported by the torch engine"):
+        list(translator.score_targets(lines, lines))
+    assert [t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))] == [
+        t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))
+    ]
 
 
 def test_cli_export_then_translate(

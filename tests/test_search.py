@@ -18,7 +18,14 @@ from agreement import assert_float32_agree
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.data import pad
 from nmt.model import Transformer
-from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty, max_lengths
+from nmt.search import (
+    Hypothesis,
+    beam_search,
+    greedy_search,
+    length_penalty,
+    max_lengths,
+    prefix_tensor,
+)
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 # --- a hand-scripted decoder ------------------------------------------------------------------
@@ -300,3 +307,52 @@ def test_nbest_is_ordered_distinct_and_starts_with_the_1best(trained, sources) -
         scores = [h.normalized for h in hyps]
         assert scores == sorted(scores, reverse=True)
         assert len({tuple(h.tokens) for h in hyps}) == 5
+
+
+# --- target prefixes --------------------------------------------------------------------------
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_prefix_is_forced_and_the_score_is_the_forced_decoding_score(
+    trained, sources, multi30k, beam_size: int
+) -> None:
+    """Each output starts with its sentence's prefix (the first words of the reference, which
+    the model would not produce by itself), the search continues after it, and the reported
+    score is the forced-decoding log-probability of prefix + continuation + EOS: the prefix's
+    own tokens are scored, not given for free. Sentences without a prefix (every third) are
+    searched as they would be without any prefixes in the batch."""
+    model, tokenizer = trained
+    refs = multi30k("test_2016_flickr", "en", len(sources))
+    prefixes = [
+        [] if i % 3 == 0 else tokenizer.encode([" ".join(ref.split()[: 1 + i % 4])])[0]
+        for i, ref in enumerate(refs)
+    ]
+    src = batch(sources)
+    prefix = prefix_tensor(prefixes, src.device)
+    limits = max_lengths(src, 2.0, 20, model.cfg.max_positions - 1, prefix).tolist()
+    if beam_size == 1:
+        found = [[h] for h in greedy_search(model, src, 2.0, 20, prefix)]
+        plain = [[h] for h in greedy_search(model, src, 2.0, 20)]
+    else:
+        found = beam_search(model, src, beam_size, 1.0, 2.0, 20, prefix=prefix)
+        plain = beam_search(model, src, beam_size, 1.0, 2.0, 20)
+    continued = 0
+    for ids, p, hyps, limit in zip(sources, prefixes, found, limits):
+        h = hyps[0]
+        assert h.tokens[: len(p)] == p
+        continued += len(h.tokens) > len(p)
+        if len(h.tokens) < limit:
+            assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+    assert continued >= 0.8 * len(sources)
+    assert sum(bool(p) for p in prefixes) >= 7
+    free = [i for i, p in enumerate(prefixes) if not p]
+    as_plain = {tuple(sources[i]): plain[i] for i in free}
+    as_prefixed = {tuple(sources[i]): found[i] for i in free}
+    assert_float32_agree(model, beam_size, as_plain, as_prefixed)
+
+
+def test_prefix_tensor() -> None:
+    assert prefix_tensor([[], []], torch.device("cpu")) is None
+    t = prefix_tensor([[4, 5], [], [6]], torch.device("cpu"))
+    assert t is not None and t.tolist() == [[4, 5], [-1, -1], [6, -1]]

@@ -1,0 +1,168 @@
+"""nmt.alignment: word alignment from cross-attention (Garg et al. 2019).
+
+The attention read is the one the model computes (checked against the layer's own output),
+pieces are summed into whitespace words, every target word gets exactly one link in range, and
+on a model trained on Multi30k a sentence whose word order changes aligns as a person would.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.alignment import (
+    check_layer,
+    cross_attention,
+    default_layer,
+    pharaoh,
+    piece_words,
+    word_alignment,
+)
+from nmt.config import DecodeConfig
+from nmt.data import pad
+from nmt.errors import ConfigError
+from nmt.tokenizer import BOS_ID, EOS_ID
+from nmt.translate import Translator
+
+
+def test_pieces_map_to_whitespace_words() -> None:
+    pieces = ["▁Der", "▁Mann", "▁ge", "se", "hen", "▁", "„", "ja", "“"]
+    assert piece_words(pieces, 4) == [0, 1, 2, 2, 2, 3, 3, 3, 3]
+    assert piece_words(["x", "▁y"], 2) == [0, 1]  # a first piece without "▁" is word 0
+    assert piece_words(["▁a", "▁b", "▁c"], 2) == [0, 1, 1]  # clamped when counts differ
+
+
+def test_word_alignment_sums_pieces_and_links_each_target_word_once() -> None:
+    # 3 target pieces (words 0, 0, 1) + the EOS row; 4 source pieces (words 0, 1, 1, 2) + EOS.
+    attention = torch.tensor(
+        [
+            [0.6, 0.1, 0.0, 0.2, 0.1],  # target word 0: source words 0.6, 0.3, 0.9 -> 2,
+            [0.0, 0.1, 0.1, 0.7, 0.1],  # although this piece's own best is word 0
+            [0.1, 0.25, 0.25, 0.3, 0.1],  # target word 1: 0.1, 0.5, 0.3 -> 1 (best piece: 2)
+            [0.0, 0.0, 0.0, 0.0, 1.0],  # EOS row: ignored
+        ]
+    )
+    links = word_alignment(attention, [0, 1, 1, 2], [0, 0, 1])
+    assert links == [(2, 0), (1, 1)]
+    assert pharaoh(links) == "2-0 1-1"
+
+
+def test_layer_choice() -> None:
+    assert [default_layer(n) for n in (1, 2, 3, 6)] == [0, 0, 1, 4]
+    assert check_layer(None, 6) == 4 and check_layer(5, 6) == 5
+    with pytest.raises(ConfigError, match="choose 0 to 2"):
+        check_layer(3, 3)
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_attention_is_what_the_layer_computes(random_model, pre_norm: bool) -> None:
+    """With one head, the returned weights times the values, through ``out_proj``, give the
+    cross-attention output the decoder computes (captured by a hook), for every target row of
+    a padded batch: the weights are the model's, not a look-alike."""
+    model = random_model(n_heads=1, n_decoder_layers=3, pre_norm=pre_norm)
+    src = pad([[5, 6, 7, 8], [9, 10]], suffix=EOS_ID)
+    targets = [[11, 12, 13], [14]]
+    seen: list[torch.Tensor] = []
+    cross = model.decoder_layers[1].cross_attn
+    hook = cross.register_forward_hook(lambda m, i, out: seen.append(out))
+    memory, src_mask = model.encode(src)
+    with torch.no_grad():
+        model.decode(pad([[BOS_ID, *t] for t in targets]), memory, src_mask)
+    hook.remove()
+    attention = cross_attention(model, src, targets, 1)  # (2, 4, 5)
+    assert attention.shape == (2, 4, 5)
+    _, v = cross.project_kv(memory)  # (2, 1, 5, d_model)
+    with torch.no_grad():
+        rebuilt = cross.out_proj(attention @ v[:, 0])
+    for row, t in enumerate(targets):
+        n = len(t) + 1
+        torch.testing.assert_close(rebuilt[row, :n], seen[0][row, :n], atol=1e-5, rtol=1e-4)
+        assert torch.allclose(attention[row, :n].sum(-1), torch.ones(n))
+    assert attention[1, :, 3:].abs().max() == 0  # source padding gets nothing
+    assert attention[1, 2:].abs().max() == 0  # nor do rows past the target
+
+
+@pytest.fixture(scope="module")
+def lines(multi30k) -> list[str]:
+    return multi30k("test_2016_flickr", "de", 16)
+
+
+def assert_one_link_per_target_word(lines: list[str], results) -> None:  # type: ignore[no-untyped-def]
+    for line, r in zip(lines, results):
+        assert r.alignment is not None
+        n_src, n_tgt = len(line.split()), len(r.text.split())
+        assert [j for _, j in r.alignment] == list(range(n_tgt)), (line, r)
+        assert all(0 <= i < n_src for i, _ in r.alignment), (line, r)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_translations_carry_one_link_per_target_word(
+    tiny_run: Path, lines: list[str], beam_size: int
+) -> None:
+    translator = Translator.load(tiny_run, DecodeConfig(beam_size=beam_size), device="cpu")
+    inputs = ["", *lines, "  "]
+    plain = list(translator.translate(inputs))
+    aligned = list(translator.translate(inputs, DecodeConfig(beam_size=beam_size, alignment=True)))
+    assert [r.alignment for r in plain] == [None] * len(inputs)  # only when asked, per call
+    assert [(r.text, r.score) for r in aligned] == [(r.text, r.score) for r in plain]
+    assert aligned[0].alignment == [] and aligned[-1].alignment == []
+    assert_one_link_per_target_word(lines, aligned[1:-1])
+    with pytest.raises(ConfigError, match="alignment_layer=2"):
+        list(translator.translate(lines[:1], DecodeConfig(alignment=True, alignment_layer=2)))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, multi30k_dir: Path, multi30k) -> Path:
+    """The tiny preset with 3 decoder layers trained on all of Multi30k for 1500 updates (the
+    recipe of test_train's learning test, about 10 minutes on one idle core), or the de→en
+    model folder named by ``NMT_TRAINED_DE_EN`` (e.g. ``runs/demo/averaged`` of ``make
+    demo``), to check a model trained elsewhere or to skip the training."""
+    from conftest import make_tiny_model_config, make_tiny_train_config
+
+    from nmt.train import train
+
+    if given := os.environ.get("NMT_TRAINED_DE_EN"):
+        return Path(given)
+    tmp = tmp_path_factory.mktemp("aligned")
+    for lang in ("de", "en"):
+        (tmp / f"valid.{lang}").write_text(
+            "".join(line + "\n" for line in multi30k("val", lang, 100)), encoding="utf-8"
+        )
+    train(
+        multi30k_dir / "train",
+        tmp / "valid",
+        tmp / "run",
+        make_tiny_model_config(vocab_size=4000, n_decoder_layers=3),
+        make_tiny_train_config(
+            batch_tokens=4096,
+            lr=3e-3,
+            warmup_steps=400,
+            max_steps=1500,
+            eval_every=1500,
+            save_every=1500,
+            log_every=100,
+        ),
+    )
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_reordered_sentence_aligns_as_a_person_would(trained_run: Path, multi30k) -> None:
+    """German puts the participle last: "Der Mann hat einen Hund gesehen ." → "The man has
+    seen a dog ." A monotone (diagonal) alignment would link seen↔einen and dog↔gesehen; the
+    penultimate layer's attention must link seen↔gesehen and dog↔Hund. The English is forced
+    as a target prefix, so the test does not depend on the model's own wording."""
+    translator = Translator.load(trained_run, DecodeConfig(beam_size=1), device="cpu")
+    line, english = "Der Mann hat einen Hund gesehen .", "The man has seen a dog ."
+    decode = DecodeConfig(beam_size=1, alignment=True)
+    (result,) = translator.translate([line], decode, [english])
+    assert result.text.startswith(english)
+    links = dict((j, i) for i, j in result.alignment or [])
+    src = line.split()
+    assert src[links[3]] == "gesehen" and src[links[5]] == "Hund", result
+    assert src[links[0]] == "Der" and src[links[1]] == "Mann", result
+    lines = multi30k("test_2016_flickr", "de", 50)
+    assert_one_link_per_target_word(lines, list(translator.translate(lines, decode)))

@@ -1,0 +1,156 @@
+"""nmt.sampling: top-k (Fan et al. 2018), nucleus (Holtzman et al. 2020) and temperature
+sampling with one seeded stream per sentence.
+
+Top-k 1 is greedy search; the empirical distribution of many draws at one step matches the
+softmax it should draw from; top-p keeps the smallest set reaching p; a seed gives the same
+samples whatever the batches and worker threads, and different seeds give different samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from agreement import Found, forced_log_probs, record_hypotheses
+
+from nmt.config import DecodeConfig
+from nmt.data import pad
+from nmt.errors import ConfigError
+from nmt.sampling import draw, sample, sampling_probs, sentence_seed, uniforms
+from nmt.search import greedy_search, mask_specials
+from nmt.tokenizer import EOS_ID
+from nmt.translate import Translator
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p() -> None:
+    probs = torch.tensor([0.05, 0.5, 0.15, 0.3])  # by probability: 1, 3, 2, 0
+    logp = probs.log()[None]
+    for p, kept in [(0.4, {1}), (0.75, {1, 3}), (0.85, {1, 3, 2}), (0.99, {0, 1, 2, 3})]:
+        out = sampling_probs(logp, 0, p, 1.0)[0]
+        assert {i for i in range(4) if out[i] > 0} == kept, p
+        expected = torch.zeros(4, dtype=torch.float64)
+        for i in kept:
+            expected[i] = probs[i].double() / sum(probs[j].double() for j in kept)
+        torch.testing.assert_close(out, expected)
+
+
+def test_top_k_and_temperature() -> None:
+    logp = torch.tensor([[0.1, 0.4, 0.2, 0.3]]).log()
+    out = sampling_probs(logp, 2, 1.0, 1.0)[0]
+    torch.testing.assert_close(out, torch.tensor([0, 4 / 7, 0, 3 / 7], dtype=torch.float64))
+    hot = sampling_probs(logp, 0, 1.0, 2.0)[0]  # T = 2: p ** 0.5, renormalized
+    root = torch.tensor([0.1, 0.4, 0.2, 0.3], dtype=torch.float64).sqrt()
+    torch.testing.assert_close(hot, root / root.sum())
+
+
+def test_draw_inverts_the_cumulative_distribution() -> None:
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75]] * 5, dtype=torch.float64)
+    u = torch.tensor([0.0, 0.2499, 0.25, 0.9999, 1.0 - 1e-17], dtype=torch.float64)
+    assert draw(probs, u).tolist() == [1, 1, 3, 3, 3]  # never a token of probability 0
+
+
+@pytest.mark.parametrize(("topk", "temperature"), [(0, 1.0), (0, 0.7), (5, 1.3)])
+def test_empirical_distribution_matches_the_softmax(
+    random_model, topk: int, temperature: float
+) -> None:
+    """40,000 draws at the first step of one sentence, through the sampler's own path (the
+    model's log-probabilities, :func:`sampling_probs`, :func:`draw` on each stream's first
+    uniform), against the softmax of the tempered, cut logits. With 50 tokens, the expected
+    total-variation distance of 40,000 draws is about 0.01 (sum of sqrt(p(1 - p) / n) / 2 *
+    sqrt(2 / pi)); 0.03 leaves room, while drawing from the untempered distribution, or
+    without the top-k cut, is off by more than 0.05 (checked below)."""
+    model = random_model()
+    with torch.no_grad():  # a peaked, not uniform, next-token distribution
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    src = pad([[7, 8, 9]], suffix=EOS_ID)
+    cache = model.init_cache(*model.encode(src))
+    with torch.no_grad():
+        logp = mask_specials(model.decode_step(torch.tensor([2]), cache))
+    n = 40_000
+    u = uniforms([sentence_seed(11, line) for line in range(1, n + 1)], 1)[:, 0]
+    probs = sampling_probs(logp, topk, 1.0, temperature)
+    tokens = draw(probs.expand(n, -1), u)
+    counts = torch.bincount(tokens, minlength=probs.size(-1)).double() / n
+    target = torch.softmax(logp[0].double() / temperature, -1)
+    if topk:
+        keep = target >= target.topk(topk).values[-1]
+        target = torch.where(keep, target, 0.0) / target[keep].sum()
+    assert float((counts - target).abs().sum() / 2) < 0.03
+    wrong = torch.softmax(logp[0].double(), -1)
+    if temperature != 1.0 or topk:
+        assert float((counts - wrong).abs().sum() / 2) > 0.05
+
+
+@pytest.fixture(scope="module")
+def lines(multi30k) -> list[str]:
+    return multi30k("test_2016_flickr", "de", 20)
+
+
+def test_top_k_1_is_greedy(tiny_run: Path, lines: list[str]) -> None:
+    translator = Translator.load(tiny_run, DecodeConfig(beam_size=1), device="cpu", workers=1)
+    src = pad(translator.tokenizer.encode(lines), suffix=EOS_ID)
+    greedy = greedy_search(translator.model, src)
+    sampled = sample(translator.model, src, list(range(len(lines))), topk=1)
+    assert [(h.tokens, h.score) for h in sampled] == [(h.tokens, h.score) for h in greedy]
+
+
+def sampled(tiny_run: Path, lines: list[str], seed: int, **load) -> tuple[list[str], Found]:  # type: ignore[no-untyped-def]
+    decode = DecodeConfig(beam_size=1, sampling_topk=0, seed=seed, batch_size=4)
+    translator = Translator.load(tiny_run, decode, device="cpu", **load)
+    found = record_hypotheses(translator)
+    return [t.text for t in translator.translate(lines)], found
+
+
+def boundary_gap(translator: Translator, line: int, seed: int, src: list[int], a, b) -> float:  # type: ignore[no-untyped-def]
+    """How close the uniform that drew the first differing token of two samples ``a`` and
+    ``b`` came to the cumulative-probability boundary between their two tokens, in the
+    float32 reference model's teacher-forced distribution (0 if the samples are equal)."""
+    a, b = [*a, EOS_ID], [*b, EOS_ID]
+    t = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if t is None:
+        return 0.0
+    logp = mask_specials(forced_log_probs(translator.model, src, a[:t])[t : t + 1])
+    cdf = sampling_probs(logp, 0, 1.0, 1.0)[0].cumsum(0)
+    u = float(uniforms([sentence_seed(seed, line)], t + 1)[0, t])
+    lo, hi = sorted((a[t], b[t]))
+    return float((cdf[lo:hi] - u).abs().min())
+
+
+@pytest.mark.kernels
+def test_same_seed_same_samples_whatever_the_batches_and_workers(
+    tiny_run: Path, lines: list[str]
+) -> None:
+    """A file of 5 batches sampled by 3 worker threads, twice, gives the same samples; one
+    sentence at a time in one thread gives the same ones too, except where a draw fell
+    within float32 rounding of a boundary of the cumulative distribution (the batch's shape
+    changes the rounding of the log-probabilities, as in agreement.py)."""
+    first, found = sampled(tiny_run, lines, 5, workers=3)
+    again, _ = sampled(tiny_run, lines, 5, workers=3)
+    assert first == again
+    decode = DecodeConfig(beam_size=1, sampling_topk=0, seed=5, batch_size=1)
+    alone = Translator.load(tiny_run, decode, device="cpu", workers=1)
+    found_alone = record_hypotheses(alone)
+    assert len([t.text for t in alone.translate(lines)]) == len(lines)
+    ids = alone.tokenizer.encode(lines)
+    for line, src in enumerate(ids, start=1):
+        a, b = found[tuple(src)][0].tokens, found_alone[tuple(src)][0].tokens
+        assert boundary_gap(alone, line, 5, src, a, b) < 1e-4, (line, a, b)
+
+
+def test_different_seeds_give_different_samples(tiny_run: Path, lines: list[str]) -> None:
+    one, _ = sampled(tiny_run, lines, 1, workers=1)
+    two, _ = sampled(tiny_run, lines, 2, workers=1)
+    assert sum(a != b for a, b in zip(one, two)) >= len(lines) // 2
+
+
+def test_sampling_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="set beam_size=1"):
+        DecodeConfig(sampling_topk=10)
+    with pytest.raises(ConfigError, match="only when sampling"):
+        DecodeConfig(beam_size=1, sampling_topp=0.9)
+    with pytest.raises(ConfigError, match="sampling_topp=0"):
+        DecodeConfig(beam_size=1, sampling_topk=0, sampling_topp=0.0)
+    with pytest.raises(ConfigError, match="sampling_temperature=0"):
+        DecodeConfig(beam_size=1, sampling_topk=0, sampling_temperature=0.0)
