@@ -5,6 +5,7 @@ checkpoint for averaging)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from nmt.config import TrainConfig
 
@@ -80,3 +81,24 @@ def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
     keep = cfg.keep_checkpoints
     every = max(1, round(end * AVERAGE_SHARE / max(keep - 1, 1)))
     return 0 <= end - step <= every * (keep - 1) and (end - step) % every == 0
+
+
+def budget_reason(cfg: TrainConfig, state: Any) -> str | None:
+    """Why training should stop after ``state.step`` updates (``state``: a
+    :class:`nmt.resume.TrainState`): ``max_steps``, ``max_epochs``, ``max_minutes``, the
+    end planned for a linear schedule, or ``patience``; ``None`` while none is reached."""
+    c, s = cfg, state
+    if c.max_steps and s.step >= c.max_steps:
+        return f"reached max_steps={c.max_steps}"
+    if c.max_epochs and s.epoch > c.max_epochs:
+        return f"reached max_epochs={c.max_epochs}"
+    if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
+        return f"reached max_minutes={c.max_minutes:g}"
+    if c.lr_schedule == "linear" and s.planned_steps and s.step >= s.planned_steps:
+        return (
+            f"reached the {s.planned_steps} updates planned for max_minutes="
+            f"{c.max_minutes:g} (the learning rate has decayed to 0)"
+        )
+    if c.patience and s.bad_validations >= c.patience:
+        return f"no BLEU improvement in {c.patience} validations (patience)"
+    return None

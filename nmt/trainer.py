@@ -13,31 +13,30 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from nmt import checkpoint as ckpt
-from nmt.batching import BATCHING_VERSION, EpochPlanner, RankSteps
+from nmt.batching import BATCHING_VERSION, RankSteps
 from nmt.config import ModelConfig, TrainConfig
-from nmt.data import Batch, Corpus, ParallelData, Prefetcher, collate
+from nmt.data import Batch, Corpus, ParallelData
 from nmt.device import pick_dtype, resolve_device
 from nmt.distributed import DistEnv, sum_across
 from nmt.errors import ConfigError, TrainingError
+from nmt.feed import UpdateFeed
 from nmt.loss import LossModule
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
 from nmt.resume import TrainState, changed_data_order, load_resume, save_resume
-from nmt.schedule import checkpoint_due, learning_rate, planned_steps
+from nmt.schedule import budget_reason, checkpoint_due, learning_rate, planned_steps
 from nmt.tokenizer import Tokenizer
 from nmt.train_log import RunLog, RunStart, StepStats, TrainObserver, ValidResult
 from nmt.validation import bleu_chrf, search_output, valid_loss
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
 MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
-PREFETCH_STEPS = 4  # updates whose batches are built ahead in a background thread
 
 
 class Trainer:
@@ -104,60 +103,16 @@ class Trainer:
         self.state = TrainState()
         self.stop_signal: int | None = None
         self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
-        self.batches = EpochPlanner(  # the batch cuts are computed once, for every epoch
-            train_data.src_lens,
-            train_data.tgt_lens,
-            train_cfg.batch_tokens,
-            train_cfg.seed,
-            self.dist.rank,
-            self.dist.world_size,
-            train_cfg.accum,
-        )
-        self.steps_per_epoch = self.batches.steps_per_epoch
-        if self.steps_per_epoch == 0:
-            raise ConfigError(too_few_batches(len(train_data), train_cfg, self.dist.world_size))
+        self.feed = UpdateFeed(train_data, train_cfg, self.dist, self.device)
+        self.steps_per_epoch = self.feed.steps_per_epoch
 
-    # --- data ---------------------------------------------------------------------------
     def epoch_steps(self, epoch: int) -> RankSteps:
-        """This rank's updates of ``epoch``, in order: each a list of ``accum`` batches.
-
-        The order depends only on the seed, the epoch and the rank: every rank takes every
-        world_size-th batch, and all ranks get the same number of updates so that they stay
-        in lockstep (the few batches left over at the end of an epoch are skipped). The next
-        epoch's plan is built in the background meanwhile (:class:`nmt.batching.EpochPlanner`).
-        """
-        return self.batches.steps(epoch)
+        """This rank's updates of ``epoch`` (:meth:`nmt.feed.UpdateFeed.steps`)."""
+        return self.feed.steps(epoch)
 
     def collate_step(self, step_batches: list[list[int]]) -> list[Batch]:
-        """The padded batches of one update (``accum`` lists of example indices), on the CPU
-        (pinned when training on CUDA, so the copy to the GPU can overlap)."""
-        batches = [collate(self.train_data, b) for b in step_batches]
-        if self.device.type == "cuda":
-            batches = [
-                Batch(
-                    b.src.pin_memory(),
-                    b.tgt_in.pin_memory(),
-                    b.tgt_out.pin_memory(),
-                    b.n_tgt_tokens,
-                )
-                for b in batches
-            ]
-        return batches
-
-    def updates(self) -> Iterator[list[Batch]]:
-        """This rank's updates from the saved position on, epoch after epoch, built
-        :data:`PREFETCH_STEPS` ahead in a background thread. ``state.batch_in_epoch`` and
-        ``state.epoch`` follow the updates handed out."""
-        while True:
-            steps = self.epoch_steps(self.state.epoch)
-            first = self.state.batch_in_epoch
-            ahead = (self.collate_step(steps[i]) for i in range(first, len(steps)))
-            with Prefetcher(ahead, PREFETCH_STEPS) as self.prefetched:
-                for batches in self.prefetched:
-                    yield batches
-                    self.state.batch_in_epoch += 1
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
+        """The padded batches of one update (:meth:`nmt.feed.UpdateFeed.collate`)."""
+        return self.feed.collate(step_batches)
 
     # --- the loop -----------------------------------------------------------------------
     def run(self) -> str:
@@ -177,7 +132,7 @@ class Trainer:
         bad_in_row = window_tokens = 0
         window_start, window_wait = time.monotonic(), 0.0
         reason: str | None = None
-        for batches in self.updates():
+        for batches in self.feed.updates(self.state):
             reason, tokens = self.check_stop(sum(b.n_tgt_tokens for b in batches))
             if reason is not None:
                 break
@@ -197,13 +152,13 @@ class Trainer:
             loss, nll, grad_norm, _ = result
             stats = StepStats(
                 s.step, s.epoch, loss, nll, lr, grad_norm, window_tokens / window_s,
-                s.elapsed_s, s.skipped_steps, (self.prefetched.wait_s - window_wait) / window_s,
+                s.elapsed_s, s.skipped_steps, (self.feed.wait_s - window_wait) / window_s,
             )  # fmt: skip
             self.observer.on_step(stats)
             if s.step % c.log_every == 0:
                 self.run_log.write({"type": "train", **vars(stats)})
                 window_tokens, window_start = 0, time.monotonic()
-                window_wait = self.prefetched.wait_s
+                window_wait = self.feed.wait_s
             # validate and checkpoint (their time counts towards the budget too)
             tick = time.monotonic()
             validated = s.step % c.eval_every == 0
@@ -277,24 +232,12 @@ class Trainer:
 
     # --- stopping -----------------------------------------------------------------------
     def out_of_budget(self) -> str | None:
-        """Why training should stop now, or ``None``."""
-        c, s = self.cfg, self.state
-        if c.max_steps and s.step >= c.max_steps:
-            return f"reached max_steps={c.max_steps}"
-        if c.max_epochs and s.epoch > c.max_epochs:
-            return f"reached max_epochs={c.max_epochs}"
-        if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
-            return f"reached max_minutes={c.max_minutes:g}"
-        if c.lr_schedule == "linear" and s.planned_steps and s.step >= s.planned_steps:
-            return (
-                f"reached the {s.planned_steps} updates planned for max_minutes="
-                f"{c.max_minutes:g} (the learning rate has decayed to 0)"
-            )
-        if c.patience and s.bad_validations >= c.patience:
-            return f"no BLEU improvement in {c.patience} validations (patience)"
-        if self.stop_signal is not None:
-            return f"interrupted by signal {signal.Signals(self.stop_signal).name}"
-        return None
+        """Why training should stop now (a budget or patience, :func:`nmt.schedule.
+        budget_reason`, or a signal), or ``None``."""
+        reason = budget_reason(self.cfg, self.state)
+        if reason is None and self.stop_signal is not None:
+            reason = f"interrupted by signal {signal.Signals(self.stop_signal).name}"
+        return reason
 
     def check_stop(self, tokens: int = 0) -> tuple[str | None, int]:
         """Whether to stop before the next update (agreed by all ranks: any rank's reason
@@ -476,15 +419,3 @@ class Trainer:
             self.save_step_checkpoint()
         self.save_resume()
         self.run_log.close()
-
-
-def too_few_batches(pairs: int, cfg: TrainConfig, world_size: int) -> str:
-    """Why an epoch has no update: one update takes ``world_size × accum`` batches, and
-    ``pairs`` pairs of ``batch_tokens`` do not fill that many."""
-    need = world_size * cfg.accum
-    return (
-        f"an epoch of {pairs:,} training pairs at batch_tokens={cfg.batch_tokens} makes fewer "
-        f"than the {need} batches one update needs ({world_size} process(es) × accum="
-        f"{cfg.accum}), so training could never take a step: lower --accum or "
-        "--batch-tokens, use fewer processes, or train on more data"
-    )

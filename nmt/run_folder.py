@@ -1,0 +1,210 @@
+"""The run folder: creating or reopening it (:func:`prepare_run`), the checks that keep a
+resumed or fine-tuned run consistent with it (:func:`check_same_model`,
+:func:`init_model_config`), clearing it for ``--overwrite`` (:func:`clear_run`), and
+checking that every process of a multi-node job sees it (:func:`check_shared_folder`).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import cast
+
+from nmt import checkpoint as ckpt
+from nmt import store
+from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
+from nmt.distributed import DistEnv, gather_objects
+from nmt.errors import ConfigError, TrainingError
+from nmt.tokenizer import Tokenizer
+from nmt.train_log import TrainObserver
+
+
+def prepare_run(
+    out_dir: Path,
+    source: tuple[str, str],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    spm_path: str | Path | None,
+    observer: TrainObserver,
+    init_from: Path | None = None,
+) -> None:
+    """Create or reopen the run folder: ``spm.model``, ``config.json`` and, when training
+    from a corpus prefix, the prepared corpus in ``DIR/data`` (:func:`nmt.store.prepare`).
+
+    Args:
+        source: ``(kind, path)``: ``("train", PREFIX)`` or ``("data", DATA_DIR)``.
+
+    A folder with ``resume.pt`` keeps its model shape (from its ``config.json``) and its
+    SentencePiece model; the training recipe given now applies to the rest of the run.
+    ``config.json`` records the data folder to train from (``data.prepared``).
+    """
+    with ckpt.removed_on_error(out_dir):  # a run that could not start leaves no folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resume = (out_dir / ckpt.RESUME_FILE).is_file()
+        spm_file = out_dir / ckpt.SPM_FILE
+        if resume:
+            saved = ckpt.read_config(out_dir)
+            saved_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
+            check_same_model(saved_cfg, model_cfg, out_dir)
+            model_cfg = saved_cfg
+            observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
+            spm_path = spm_file
+        kind, path = source
+        data_dir = Path(path) if kind == "data" else out_dir / "data"
+        if kind == "train" and not (data_dir / store.META_FILE).is_file():
+            summary = store.prepare(
+                path,
+                data_dir,
+                train_cfg.src_lang,
+                train_cfg.tgt_lang,
+                spm_path=spm_path,
+                vocab_size=model_cfg.vocab_size,
+                max_len=train_cfg.max_len,
+                overwrite=True,  # an incomplete one, from an interrupted start
+                on_message=observer.on_message,
+            )
+            observer.on_message(describe(summary))
+        if not resume:
+            ckpt.atomic_write(spm_file, lambda f: f.write((data_dir / store.SPM_FILE).read_bytes()))
+        elif (data_dir / store.SPM_FILE).read_bytes() != spm_file.read_bytes():
+            raise ConfigError(
+                f"{data_dir / store.SPM_FILE} differs from the run's {spm_file}: the prepared ids "
+                "would not match the model; resume with the data the run started with"
+            )
+        model_cfg = replace(model_cfg, vocab_size=Tokenizer(spm_file).vocab_size)
+        ckpt.write_json(
+            out_dir / ckpt.CONFIG_FILE,
+            {
+                "format_version": ckpt.FORMAT_VERSION,
+                "src_lang": train_cfg.src_lang,
+                "tgt_lang": train_cfg.tgt_lang,
+                "model": to_dict(model_cfg),
+                "train": to_dict(train_cfg),
+                "data": {kind: str(path), "prepared": str(data_dir)},
+                **({"init_from": str(init_from)} if init_from else {}),
+            },
+        )
+
+
+def check_same_model(saved: ModelConfig, given: ModelConfig, out_dir: Path) -> None:
+    """Refuse to resume with a model config other than the run's (its vocabulary size is
+    the SentencePiece model's, checked apart).
+
+    Raises:
+        ConfigError: the first differing field, both values and the ways out.
+    """
+    for name in (f.name for f in fields(ModelConfig)):
+        if name != "vocab_size" and getattr(saved, name) != getattr(given, name):
+            raise ConfigError(
+                f"{out_dir / ckpt.CONFIG_FILE}: the run was trained with {name}="
+                f"{getattr(saved, name)!r}, this command gives {getattr(given, name)!r}; "
+                "resume with the run's model options (its --preset and flags), or start a new "
+                "run folder (--overwrite replaces this one)"
+            )
+
+
+# What fine-tuning may change about the initial model: its regularisation, not its shape.
+TUNABLE = ("dropout", "attention_dropout", "activation_dropout")
+
+
+def init_model_config(
+    init_from: Path, given: ModelConfig, spm_path: str | Path | None
+) -> ModelConfig:
+    """The model config of a run that starts from the weights of the model folder
+    ``init_from``: its shape and vocabulary (that of its SentencePiece model), with the
+    dropout rates of ``given``.
+
+    Raises:
+        ConfigError: a shape field of ``given`` or the SentencePiece model ``spm_path``
+            differs from the folder's (both named).
+        CheckpointError: not a model folder.
+    """
+    saved_cfg = from_dict(
+        ModelConfig, ckpt.read_config(init_from)["model"], str(init_from / ckpt.CONFIG_FILE)
+    )
+    for name in (f.name for f in fields(ModelConfig)):
+        if name in TUNABLE or name == "vocab_size":  # the vocabulary: the spm, checked below
+            continue
+        if getattr(saved_cfg, name) != getattr(given, name):
+            raise ConfigError(
+                f"--init-from {init_from} has {name}={getattr(saved_cfg, name)!r} but this "
+                f"command gives {name}={getattr(given, name)!r}: a model's shape cannot change "
+                "when training continues from its weights; drop the model option or --preset"
+            )
+    init_spm = init_from / ckpt.SPM_FILE
+    if spm_path is not None and Path(spm_path).read_bytes() != init_spm.read_bytes():
+        raise ConfigError(
+            f"--spm {spm_path} differs from {init_spm}, the SentencePiece model the weights "
+            "of --init-from were trained with; drop --spm"
+        )
+    return replace(saved_cfg, **{name: getattr(given, name) for name in TUNABLE})
+
+
+# What a run writes into its folder; --overwrite removes these (and DIR/data when training
+# from a corpus prefix) and nothing else.
+RUN_FILES = (
+    ckpt.RESUME_FILE,
+    "last.safetensors",
+    ckpt.WEIGHTS_FILE,
+    "metrics.jsonl",
+    ckpt.CONFIG_FILE,
+    ckpt.SPM_FILE,
+)
+RUN_FOLDERS = ("checkpoints", "tensorboard")
+
+
+def clear_run(out_dir: Path, with_data: bool) -> None:
+    """Remove a run's files from ``out_dir`` (``--overwrite``): the files and folders nmt
+    wrote (:data:`RUN_FILES`, :data:`RUN_FOLDERS`, and ``data/`` when ``with_data``); other
+    files in the folder are left alone."""
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    for name in RUN_FOLDERS + (("data",) if with_data else ()):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+
+
+SHARED_CHECK = ".shared-folder-check"
+
+
+def check_shared_folder(out_dir: Path, env: DistEnv) -> None:
+    """Check that every process sees the run folder rank 0 prepared: rank 0 writes a random
+    token into it and every process reads it back (all must call this; no-op without DDP).
+
+    Raises:
+        TrainingError: on every process, when one of them (its rank and host named) does
+            not see the token: the folder is not on a filesystem all nodes share.
+    """
+    if not env.enabled:
+        return
+    token = secrets.token_hex(8) if env.is_main else None
+    if env.is_main:
+        (out_dir / SHARED_CHECK).write_text(str(token), encoding="utf-8")
+    token = str(gather_objects(token, env)[0])
+    try:
+        seen = (out_dir / SHARED_CHECK).read_text(encoding="utf-8") == token
+    except OSError:
+        seen = False
+    views = cast(
+        "list[tuple[bool, str]]", gather_objects((seen, socket.gethostname()), env)
+    )  # also a barrier: every process has read the token before it is removed
+    if env.is_main:
+        (out_dir / SHARED_CHECK).unlink(missing_ok=True)
+    blind = [f"rank {rank} on {host}" for rank, (ok, host) in enumerate(views) if not ok]
+    if blind:
+        raise TrainingError(
+            f"{', '.join(blind)} cannot see the run folder {out_dir} that rank 0 on "
+            f"{views[0][1]} prepared: put the run folder on a filesystem every node mounts at "
+            "the same path (NFS, Lustre, ...), given as an absolute path"
+        )
+
+
+def describe(summary: store.PrepareSummary) -> str:
+    """One line about a prepared corpus: pairs kept and dropped, by reason."""
+    dropped = ", ".join(f"{n:,} {why}" for why, n in summary.dropped.items() if n) or "none"
+    return (
+        f"prepared {summary.kept:,} of {summary.lines:,} pairs in {summary.out_dir} "
+        f"(dropped: {dropped}) in {summary.seconds:.1f}s"
+    )
