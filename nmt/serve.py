@@ -19,7 +19,9 @@ raises :class:`~nmt.ct2.MissingDependencyError` saying how to install them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
@@ -304,6 +306,14 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, models: dict[str, ServedModel]):
         super().__init__(config)
         self.models = models
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's signal capture, without raising the signal again after a graceful
+        shutdown (it would kill the process: exit status 143 instead of 0)."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         for m in self.models.values():
