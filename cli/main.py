@@ -34,7 +34,7 @@ def main(
 
 def _register() -> None:
     # Imported here so that each command module stays independent of the others.
-    from cli import average, data, export, prepare, score, train, translate
+    from cli import average, data, export, prepare, score, serve, train, translate
 
     app.command("prepare")(prepare.prepare)
     app.command("train")(train.train)
@@ -42,6 +42,7 @@ def _register() -> None:
     app.command("score")(score.score)
     app.command("average")(average.average)
     app.command("export")(export.export)  # CTranslate2 export (nmt.export)
+    app.command("serve")(serve.serve)  # HTTP server (nmt.serve; the serve extra)
     app.add_typer(data.app, name="data")
 
 

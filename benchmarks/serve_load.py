@@ -1,0 +1,122 @@
+"""Load on ``nmt serve``: requests/s and latency percentiles at 1, 8 and 64 concurrent clients,
+single-line and 32-line requests, dynamic batching on and off, beside ``nmt translate``'s
+sentences/s on the same lines (``Translator.translate`` in process, one list).
+
+Clients are threads of this process on 127.0.0.1 (a closed loop: each sends its next request
+when the last is answered) for ``--seconds`` per row; the load generator shares the CPU with
+the server, so its CPU time per row is printed beside the result. Batching off is
+``--batch-tokens 1`` (every batch holds one request).
+
+    python benchmarks/serve_load.py --model runs/demo/averaged --data ../shared/data/multi30k
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from serve_client import ServerProcess, request  # noqa: E402
+
+from nmt.translate import Translator  # noqa: E402
+
+
+def read_lines(data: Path, n: int) -> list[str]:
+    with gzip.open(data / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line, _ in zip(f, range(n))]
+
+
+def load(url: str, lines: list[str], clients: int, per_request: int, seconds: float) -> dict:
+    """Closed-loop clients for ``seconds``; requests/s, sentences/s, latency percentiles (ms)
+    and this process's CPU time (s)."""
+    latencies: list[float] = []
+    errors: list[int] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+    cpu0 = time.process_time()
+
+    def client(c: int) -> None:
+        i = c * per_request
+        while time.monotonic() < stop:
+            src = [lines[(i + k) % len(lines)] for k in range(per_request)]
+            start = time.perf_counter()
+            status, body = request(url + "/v1/translate", {"src": src}, timeout=120)
+            with lock:
+                if status == 200:
+                    latencies.append((time.perf_counter() - start) * 1000)
+                else:  # e.g. 504 when the CPU is overloaded: counted, not timed
+                    errors.append(status)
+            i += per_request * clients
+
+    begin = time.monotonic()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - begin
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {
+        "req_s": len(latencies) / elapsed,
+        "sent_s": len(latencies) * per_request / elapsed,
+        "p50": q[49],
+        "p95": q[94],
+        "p99": q[98],
+        "cpu_s": time.process_time() - cpu0,
+        "seconds": elapsed,
+        "errors": len(errors),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="Multi30k folder.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="Per row.")
+    parser.add_argument("--clients", default="1,8,64")
+    args = parser.parse_args()
+    lines = read_lines(args.data, 1000)
+
+    translator = Translator.load(args.model)
+    translator.translate(lines[:32])  # warm-up
+    start = time.perf_counter()
+    list(translator.translate(lines))
+    file_rate = len(lines) / (time.perf_counter() - start)
+    one = Translator.load(args.model, workers=1)
+    alone = []
+    for line in lines[:20]:
+        t0 = time.perf_counter()
+        list(one.translate([line]))
+        alone.append((time.perf_counter() - t0) * 1000)
+    print(f"nmt translate (in process, {len(lines)} lines, beam 5): {file_rate:.1f} sentences/s")
+    print(f"Translator.translate one line (workers=1): median {statistics.median(alone):.1f} ms")
+
+    print(
+        "| batching | clients | lines/request | requests/s | sentences/s | vs file | p50 ms "
+        "| p95 ms | p99 ms | errors | load-generator CPU s / s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for batching, extra in (("on", []), ("off", ["--batch-tokens", "1"])):
+        log = Path(f"/tmp/serve_load_{batching}.log")
+        with ServerProcess(["-m", f"bench={args.model}", *extra], log) as server:
+            request(server.url + "/v1/translate", {"src": lines[:32]})  # warm-up
+            for per_request in (1, 32):
+                for clients in map(int, args.clients.split(",")):
+                    r = load(server.url, lines, clients, per_request, args.seconds)
+                    print(
+                        f"| {batching} | {clients} | {per_request} | {r['req_s']:.1f} | "
+                        f"{r['sent_s']:.1f} | {r['sent_s'] / file_rate:.0%} | {r['p50']:.0f} | "
+                        f"{r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} | "
+                        f"{r['cpu_s'] / r['seconds']:.2f} |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""``nmt serve``: a translation server (REST API, LibreTranslate routes, a web page)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.console import err_console, handle_errors
+from nmt.ct2 import ENGINES
+from nmt.registry import ServeConfig, load_models
+
+D = ServeConfig  # the defaults
+
+
+@handle_errors
+def serve(
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model folder (served under its name), or ID=DIR; repeat for several models "
+            "side by side.",
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = D.host,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = D.port,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help=f"{', '.join(ENGINES)}; auto = ctranslate2 for a folder written by nmt export."
+        ),
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_tokens: Annotated[
+        int, typer.Option(help="Source tokens per dynamic batch at most.")
+    ] = D.batch_tokens,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            help="How long a request waits for others to share its batch, in ms (never when "
+            "it is alone)."
+        ),
+    ] = D.max_wait_ms,
+    max_lines: Annotated[int, typer.Option(help="Lines per request at most.")] = D.max_lines,
+    max_chars: Annotated[
+        int, typer.Option(help="Characters per request at most (all lines).")
+    ] = D.max_chars,
+    timeout_s: Annotated[
+        float, typer.Option(help="Seconds before a request is answered 504.")
+    ] = D.timeout_s,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Translation worker threads, as in nmt translate: 0 = one single-threaded "
+            "worker per CPU thread, 1 = one batch at a time on all threads."
+        ),
+    ] = D.workers,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve models over HTTP: /v1/translate, LibreTranslate's /translate, a page at /."""
+    from nmt.serve import run_server  # needs the serve extra (FastAPI, uvicorn)
+
+    cfg = ServeConfig(
+        host=host,
+        port=port,
+        batch_tokens=batch_tokens,
+        max_wait_ms=max_wait_ms,
+        max_lines=max_lines,
+        max_chars=max_chars,
+        timeout_s=timeout_s,
+        workers=workers,
+    )
+    models = load_models(model, engine, device, batch_tokens)
+    for m in models.values():
+        err_console.print(
+            f"serving {m.id}: {m.src_lang}->{m.tgt_lang} ({m.engine}) from {m.folder}",
+            highlight=False,
+        )
+    err_console.print(f"page at http://{host}:{port}/, API at /docs", highlight=False)
+    run_server(models, cfg, log_level)

@@ -1,0 +1,305 @@
+"""The models a server holds, each under its id, with its translator and dynamic batcher.
+
+``nmt serve -m DIR`` serves one model under the folder's name; ``-m ID=DIR`` (repeatable)
+serves several side by side. (In ``nmt translate`` a repeated ``-m`` means an ensemble; the
+``ID=`` form keeps the two apart.) Each model's requests go through its own
+:class:`~nmt.batcher.Batcher`, keyed by the decoding options, so that only requests asking for
+the same search share a batch; the batches run on worker threads shared by all models, as
+``nmt translate --workers`` runs them (:func:`nmt.translate.cpu_workers`).
+
+This module is torch-side and HTTP-free; :mod:`nmt.serve` turns its results into JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+from collections.abc import Hashable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nmt.attention import Attention, cross_attention
+from nmt.batcher import Batcher
+from nmt.checkpoint import WEIGHTS_FILE, read_config
+from nmt.config import DecodeConfig
+from nmt.ct2 import CT2_WEIGHTS, CT2Translator, load_translator, read_export_info
+from nmt.errors import ConfigError
+from nmt.search import Hypothesis
+from nmt.tokenizer import EOS_ID
+from nmt.translate import BaseTranslator, Translator, cpu_workers, worker_pool
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHAPE_KEYS = ("d_model", "n_heads", "ffn_dim", "n_encoder_layers", "n_decoder_layers", "vocab_size")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of ``nmt serve``.
+
+    Attributes:
+        host / port: where to listen.
+        batch_tokens: source tokens per dynamic batch at most (EOS counted).
+        max_wait_ms: how long a queued request waits for others to share its batch, ms
+            (never when it is alone in the server).
+        max_lines / max_chars: the most lines, and characters over all lines, in one request.
+        timeout_s: a request not answered within this many seconds gets 504.
+        workers: translation worker threads, as ``nmt translate --workers``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    batch_tokens: int = 4096
+    max_wait_ms: float = 10.0
+    max_lines: int = 256
+    max_chars: int = 20000
+    timeout_s: float = 30.0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "max_lines", "max_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0 or self.workers < 0:
+            raise ConfigError(
+                f"max_wait_ms={self.max_wait_ms} must be >= 0, timeout_s={self.timeout_s} > 0 "
+                f"and workers={self.workers} >= 0"
+            )
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port={self.port} must be between 0 and 65535")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The per-request decoding options (a batch key: requests share batches only when these
+    are equal). Defaults are :class:`~nmt.config.DecodeConfig`'s."""
+
+    beam_size: int = DecodeConfig.beam_size
+    nbest: int = DecodeConfig.nbest
+    length_penalty: float = DecodeConfig.length_penalty
+
+
+@dataclass(frozen=True)
+class Hyp:
+    """One output hypothesis: detokenized ``text``, ``score`` (log-probability, natural log,
+    EOS included), its target ``pieces`` and, when asked for, its :class:`Attention`."""
+
+    text: str
+    score: float
+    pieces: list[str]
+    attention: Attention | None = None
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """The result for one source line: its ``src_pieces`` (as searched, after any cut),
+    the hypotheses best first (one unless ``nbest`` > 1; none for an empty line), and
+    whether the line was cut to the model's length limit."""
+
+    src_pieces: list[str]
+    hyps: list[Hyp]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class Work:
+    """One request's payload for the batcher: source ids (cut to the model's limit) per line,
+    which lines were cut, and whether to compute attention."""
+
+    ids: list[list[int]]
+    truncated: list[bool]
+    attention: bool
+
+
+@dataclass
+class ServedModel:
+    """A loaded model under its id.
+
+    Attributes:
+        id: the name clients use; folder: the model folder.
+        engine: ``torch`` or ``ctranslate2``; src_lang / tgt_lang: language codes.
+        shape: the model's size (``d_model``, ``n_heads``, layers, ``vocab_size``...).
+        sha256: hex digest of the weights file.
+        translator: the loaded translator (its own decode settings unused).
+    """
+
+    id: str
+    folder: Path
+    engine: str
+    src_lang: str
+    tgt_lang: str
+    shape: dict[str, Any]
+    sha256: str
+    translator: BaseTranslator
+    batcher: Batcher | None = None
+    _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
+
+    def encode(self, lines: list[str]) -> Work:
+        """Tokenize ``lines``; sources longer than the model allows are cut (and marked)."""
+        ids = self.translator.tokenizer.encode(lines)
+        limit = self.translator.max_src_tokens
+        return Work([x[:limit] for x in ids], [len(x) > limit for x in ids], False)
+
+    def submit(self, work: Work, options: DecodeOptions) -> Future[list[LineResult]]:
+        """Queue ``work`` for the dynamic batcher; the future gets one result per line.
+
+        Raises:
+            BatcherClosedError: the server is shutting down.
+        """
+        assert self.batcher is not None, "start_batchers() first"
+        tokens = sum(len(x) + 1 for x in work.ids)  # EOS counted, as in a batch
+        return self.batcher.submit(options, work, tokens)
+
+    def translator_for(self, options: DecodeOptions) -> BaseTranslator:
+        """A translator sharing the loaded model but searching with ``options``.
+
+        Raises:
+            ConfigError: invalid options (e.g. ``nbest`` above ``beam_size``), naming them.
+        """
+        if options not in self._per_options:
+            decode = DecodeConfig(
+                beam_size=options.beam_size,
+                nbest=options.nbest,
+                length_penalty=options.length_penalty,
+                batch_tokens=self.translator.decode.batch_tokens,
+            )
+            translator = copy.copy(self.translator)
+            translator.decode = decode
+            self._per_options[options] = translator
+        return self._per_options[options]
+
+    def run(self, options: Hashable, works: list[Work]) -> list[list[LineResult]]:
+        """Search the lines of several requests as one batch (on a worker thread)."""
+        assert isinstance(options, DecodeOptions)
+        translator = self.translator_for(options)
+        ids = [x for w in works for x in w.ids]
+        found: list[list[Hypothesis]] = [[] for _ in ids]
+        for rows, hyps in translator.search_rows(ids):
+            for row, h in zip(rows, hyps):
+                found[row] = h
+        results, start = [], 0
+        for w in works:
+            lines = zip(w.ids, w.truncated, found[start : start + len(w.ids)])
+            results.append([self.line_result(s, t, h, w.attention) for s, t, h in lines])
+            start += len(w.ids)
+        return results
+
+    def line_result(
+        self, src_ids: list[int], truncated: bool, hyps: list[Hypothesis], attention: bool
+    ) -> LineResult:
+        tokenizer = self.translator.tokenizer
+        texts = tokenizer.decode([h.tokens for h in hyps])
+        out = []
+        for text, h in zip(texts, hyps):
+            att = None
+            if attention and isinstance(self.translator, Translator):
+                att = cross_attention(self.translator.model, src_ids, h.tokens)
+            out.append(Hyp(text, h.score, self.pieces(h.tokens), att))
+        return LineResult(self.pieces(src_ids), out, truncated)
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        """SentencePiece pieces of ``ids`` followed by ``</s>`` (the attention's labels)."""
+        sp = self.translator.tokenizer.sp
+        return [sp.IdToPiece(i) for i in ids] + [sp.IdToPiece(EOS_ID)]
+
+
+def parse_model_specs(specs: list[str]) -> list[tuple[str, Path]]:
+    """``DIR`` or ``ID=DIR`` → ``(id, folder)``; a bare ``DIR`` is served under its name.
+
+    Raises:
+        ConfigError: no model, an invalid or repeated id.
+    """
+    if not specs:
+        raise ConfigError("no model given: pass -m DIR or -m ID=DIR")
+    out: list[tuple[str, Path]] = []
+    for spec in specs:
+        model_id, sep, folder = spec.partition("=")
+        if not sep:
+            path = Path(spec)
+            model_id, folder = path.resolve().name, spec
+        if not _MODEL_ID.match(model_id):
+            raise ConfigError(
+                f"-m {spec}: model id {model_id!r} must be letters, digits, '.', '_' or '-' "
+                "(at most 64); write -m ID=DIR"
+            )
+        if model_id in {i for i, _ in out}:
+            raise ConfigError(f"-m {spec}: model id {model_id!r} is given twice; use -m ID=DIR")
+        out.append((model_id, Path(folder)))
+    return out
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model_entry(
+    model_id: str, folder: Path, engine: str, device: str, batch_tokens: int
+) -> ServedModel:
+    """Load one model folder (torch or CTranslate2) for serving.
+
+    Raises:
+        ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`.
+    """
+    decode = DecodeConfig(batch_tokens=batch_tokens)
+    translator = load_translator(folder, decode, engine, device, workers=1)
+    if isinstance(translator, CT2Translator):
+        info, weights, name = read_export_info(folder), folder / CT2_WEIGHTS, "ctranslate2"
+    else:
+        info, weights, name = read_config(folder), folder / WEIGHTS_FILE, "torch"
+    shape = {k: info["model"][k] for k in SHAPE_KEYS if k in info["model"]}
+    return ServedModel(
+        model_id,
+        folder,
+        name,
+        str(info.get("src_lang")),
+        str(info.get("tgt_lang")),
+        shape,
+        file_sha256(weights),
+        translator,
+    )
+
+
+def load_models(
+    specs: list[str], engine: str = "auto", device: str = "auto", batch_tokens: int = 4096
+) -> dict[str, ServedModel]:
+    """Load every ``-m`` spec (:func:`parse_model_specs`), by id, in the order given.
+
+    Raises:
+        ConfigError: bad specs; CheckpointError: a folder that is not a model folder.
+    """
+    models = {}
+    for model_id, folder in parse_model_specs(specs):
+        if not folder.is_dir():
+            raise ConfigError(f"-m {folder}: not a folder")
+        models[model_id] = load_model_entry(model_id, folder, engine, device, batch_tokens)
+    return models
+
+
+def start_batchers(
+    models: dict[str, ServedModel], workers: int, batch_tokens: int, max_wait_ms: float
+) -> Executor:
+    """Give each model a :class:`Batcher` over one worker pool shared by all models.
+
+    Args:
+        workers: translation worker threads, as ``nmt translate --workers`` (0 = one
+            single-threaded worker per CPU thread; on a GPU: 1).
+
+    Returns:
+        The pool (shut it down after closing the batchers).
+    """
+    on_gpu = any(
+        isinstance(m.translator, Translator) and m.translator.device.type != "cpu"
+        for m in models.values()
+    )
+    n, threads = (1, 1) if on_gpu else cpu_workers(workers)
+    pool = worker_pool(n, threads)
+    for m in models.values():
+        m.batcher = Batcher(m.run, pool, n, batch_tokens, max_wait_ms)
+    return pool

@@ -1,0 +1,342 @@
+"""``nmt serve``: the HTTP app (FastAPI) and the server that runs it (uvicorn).
+
+Routes: ``GET /`` (the web page, ``nmt/static/index.html``), ``GET /health``,
+``GET /v1/models``, ``POST /v1/translate``, the LibreTranslate-compatible ``POST /translate``
+and ``GET /languages`` (:mod:`nmt.libretranslate`), and the OpenAPI page at ``/docs``.
+Requests are translated through each model's dynamic batcher (:mod:`nmt.registry`,
+:mod:`nmt.batcher`).
+
+Errors: every ``/v1`` error is ``{"error": {"code", "message"}}`` with the field named in the
+message: 400 malformed JSON, 422 a wrong type or value, 404 an unknown model or route, 413 too
+many lines or characters, 504 over ``timeout_s``, 503 while shutting down, 500 an internal
+error (the server keeps serving). On SIGTERM the server stops accepting connections, runs
+what is queued without waiting for companions, answers the requests in flight and exits.
+
+FastAPI and uvicorn are the optional ``serve`` extra; importing this module without them
+raises :class:`~nmt.ct2.MissingDependencyError` saying how to install them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+from nmt.ct2 import MissingDependencyError
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(
+        f"nmt serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'nmt[serve]'"
+    ) from None
+
+from nmt import __version__
+from nmt.attention import Attention
+from nmt.batcher import BatcherClosedError
+from nmt.errors import NMTError
+from nmt.registry import DecodeOptions, LineResult, ServeConfig, ServedModel, Work
+from nmt.serve_schema import (
+    AttentionOut,
+    ErrorResponse,
+    HealthResponse,
+    HypothesisOut,
+    ModelInfo,
+    ModelsResponse,
+    TranslateRequest,
+    TranslateResponse,
+    TranslationOut,
+)
+
+STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code", "message"}}`` with HTTP ``status``."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
+    """``(status, code, message)`` of pydantic's first error, naming the field as a path
+    (``src[2]``, ``beam_size``)."""
+    err = exc.errors()[0]
+    loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+    field = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".") or "body"
+    if err.get("type") == "json_invalid":
+        return 400, "malformed_json", f"body: not valid JSON ({err.get('msg', '')})"
+    if field == "body":
+        return 422, "invalid_body", f"body: {err['msg']}; send a JSON object"
+    if err.get("type") == "extra_forbidden":
+        return 422, "unknown_field", f"{field}: unknown field; see /docs for the fields"
+    code = "missing_field" if err.get("type") == "missing" else "invalid_field"
+    return 422, code, f"{field}: {err['msg']}"
+
+
+class Service:
+    """The served models and limits, and the one way every route translates."""
+
+    def __init__(self, models: dict[str, ServedModel], cfg: ServeConfig):
+        self.models, self.cfg = models, cfg
+
+    def model(self, model_id: str | None) -> ServedModel:
+        """The model ``model_id`` (the first one served when ``None``).
+
+        Raises:
+            ApiError: 404 for an id not served.
+        """
+        if model_id is None:
+            return next(iter(self.models.values()))
+        if model_id not in self.models:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"model: {model_id!r} is not served; choose one of {', '.join(self.models)}",
+            )
+        return self.models[model_id]
+
+    def check_lines(self, lines: list[str], field: str) -> None:
+        """Reject too many lines or characters (413) and lines that are not one line of
+        text (422), naming ``field``.
+
+        Raises:
+            ApiError: as above.
+        """
+        cfg = self.cfg
+        if len(lines) > cfg.max_lines:
+            raise ApiError(
+                413,
+                "too_many_lines",
+                f"{field}: {len(lines)} lines; at most {cfg.max_lines} per request (--max-lines)",
+            )
+        chars = sum(map(len, lines))
+        if chars > cfg.max_chars:
+            raise ApiError(
+                413,
+                "too_many_chars",
+                f"{field}: {chars} characters; at most {cfg.max_chars} per request (--max-chars)",
+            )
+        for i, line in enumerate(lines):
+            if "\n" in line or "\r" in line or "\x00" in line:
+                raise ApiError(
+                    422,
+                    "invalid_text",
+                    f"{field}[{i}]: contains a line break or NUL; send one line per item",
+                )
+
+    async def translate(
+        self, model: ServedModel, lines: list[str], options: DecodeOptions, attention: bool
+    ) -> list[LineResult]:
+        """Translate through the model's batcher, within ``timeout_s``.
+
+        Raises:
+            ApiError: 422 invalid options, 503 shutting down, 504 over the timeout, 500 an
+                internal error.
+        """
+        try:
+            model.translator_for(options)  # validates the options before queueing
+        except NMTError as exc:
+            raise ApiError(422, "invalid_field", str(exc)) from None
+        work = model.encode(lines)
+        work = Work(work.ids, work.truncated, attention)
+        try:
+            future = model.submit(work, options)
+        except BatcherClosedError as exc:
+            raise ApiError(503, "shutting_down", str(exc)) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                f"not translated within {self.cfg.timeout_s:g} s (--timeout-s); send fewer "
+                "lines or retry",
+            ) from None
+        except Exception as exc:  # a bug or a device error: answered, and the server goes on
+            raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}") from None
+
+
+def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) -> AttentionOut:
+    w = att.weights
+    return AttentionOut(
+        src_pieces=src_pieces,
+        tgt_pieces=tgt_pieces,
+        shape=list(w.shape),
+        weights=w.double().round(decimals=4).tolist(),  # 4 decimals: a 3x smaller JSON
+    )
+
+
+def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
+    """One line's JSON: text, and what the request asked for."""
+    if not r.hyps:  # an empty line
+        return TranslationOut(text="", score=0.0 if req.return_scores else None)
+    hyps = []
+    for h in r.hyps:
+        att = h.attention
+        hyps.append(
+            HypothesisOut(
+                text=h.text,
+                score=h.score,
+                alignment=att.pharaoh() if att and req.return_alignment else None,
+                attention=attention_out(att, r.src_pieces, h.pieces)
+                if att and req.return_attention
+                else None,
+            )
+        )
+    best = hyps[0]
+    return TranslationOut(
+        text=best.text,
+        score=best.score if req.return_scores else None,
+        nbest=hyps if req.nbest > 1 else None,
+        alignment=best.alignment,
+        attention=best.attention,
+        truncated=True if r.truncated else None,
+    )
+
+
+def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving ``models`` (their batchers started:
+    :func:`nmt.registry.start_batchers`)."""
+    from nmt.libretranslate import add_libretranslate_routes
+
+    service = Service(models, cfg or ServeConfig())
+    app = FastAPI(
+        title="nmt serve",
+        version=__version__,
+        description="Neural machine translation: REST API, LibreTranslate-compatible routes "
+        "and a web page that shows cross-attention.",
+    )
+    errors: dict[int | str, dict[str, Any]] = {
+        s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 500, 503, 504)
+    }
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(*validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 400:  # FastAPI could not decode the body (e.g. not UTF-8)
+            return error_response(400, "malformed_json", f"body: {exc.detail}; send UTF-8 JSON")
+        return error_response(exc.status_code, code, f"{request.url.path}: {exc.detail}")
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("nmt").joinpath("static/index.html").read_text())
+
+    @app.get("/health")
+    async def health() -> HealthResponse:
+        stats = [m.batcher.stats() for m in models.values() if m.batcher is not None]
+        return HealthResponse(
+            status="ok",
+            models=list(models),
+            queued=sum(s["queued"] for s in stats),
+            running=sum(s["running"] for s in stats),
+        )
+
+    @app.get("/v1/models")
+    async def list_models() -> ModelsResponse:
+        return ModelsResponse(
+            models=[
+                ModelInfo(
+                    id=m.id,
+                    src_lang=m.src_lang,
+                    tgt_lang=m.tgt_lang,
+                    engine=m.engine,
+                    shape=m.shape,
+                    sha256=m.sha256,
+                )
+                for m in models.values()
+            ]
+        )
+
+    @app.post("/v1/translate", response_model_exclude_none=True, responses=errors)
+    async def translate(req: TranslateRequest) -> TranslateResponse:
+        """Translate ``src`` line by line; dynamic batching shares the search with concurrent
+        requests that use the same decoding options."""
+        start = time.perf_counter()
+        model = service.model(req.model)
+        service.check_lines(req.src, "src")
+        if (req.return_attention or req.return_alignment) and model.engine != "torch":
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"return_attention/return_alignment: model {model.id!r} runs on {model.engine}; "
+                "attention needs the torch engine",
+            )
+        attention = req.return_attention or req.return_alignment
+        results = await service.translate(model, req.src, req.options(), attention)
+        return TranslateResponse(
+            translations=[translation_out(r, req) for r in results],
+            model=model.id,
+            time_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+
+    add_libretranslate_routes(app, service)
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose exit signal (SIGTERM, SIGINT) also drains the batchers: queued
+    requests run at once instead of waiting for companions, while uvicorn stops accepting
+    connections and waits for the requests in flight."""
+
+    def __init__(self, config: uvicorn.Config, models: dict[str, ServedModel]):
+        super().__init__(config)
+        self.models = models
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's signal capture, without raising the signal again after a graceful
+        shutdown (it would kill the process: exit status 143 instead of 0)."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        for m in self.models.values():
+            if m.batcher is not None:
+                m.batcher.drain()
+        super().handle_exit(sig, frame)
+
+
+def run_server(models: dict[str, ServedModel], cfg: ServeConfig, log_level: str = "info") -> None:
+    """Serve ``models`` until SIGTERM/SIGINT, then finish the requests in flight and return.
+
+    Raises:
+        OSError: the address is in use.
+    """
+    from nmt.registry import start_batchers
+
+    pool = start_batchers(models, cfg.workers, cfg.batch_tokens, cfg.max_wait_ms)
+    app = create_app(models, cfg)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level)
+    try:
+        DrainingServer(config, models).run()
+    finally:
+        for m in models.values():
+            if m.batcher is not None:
+                m.batcher.close(timeout=cfg.timeout_s)
+        pool.shutdown(wait=True)

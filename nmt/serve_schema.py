@@ -1,0 +1,148 @@
+"""The JSON of ``nmt serve``: pydantic models for every request and response.
+
+They are what the OpenAPI page at ``/docs`` shows. Requests are strict (a number where a
+string belongs is an error, not converted) and reject unknown fields, so that a misspelt
+option is reported instead of silently ignored; the LibreTranslate request accepts the extra
+fields its clients send (``api_key``, ``format``, ...). Needs pydantic (installed with
+FastAPI, the ``serve`` extra).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from nmt.config import DecodeConfig
+from nmt.registry import DecodeOptions
+
+MAX_BEAM = 32  # a larger beam only costs time: refused rather than run
+
+
+class TranslateRequest(BaseModel):
+    """``POST /v1/translate``: source lines and decoding options."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    src: list[str] = Field(min_length=1, description="Source lines, one sentence each.")
+    model: str | None = Field(
+        default=None, description="Model id (GET /v1/models); default: the first."
+    )
+    beam_size: int = Field(
+        default=DecodeConfig.beam_size, ge=1, le=MAX_BEAM, description="1 = greedy."
+    )
+    nbest: int = Field(
+        default=DecodeConfig.nbest, ge=1, le=MAX_BEAM, description="At most beam_size."
+    )
+    length_penalty: float = Field(
+        default=DecodeConfig.length_penalty,
+        ge=0.0,
+        le=10.0,
+        description="GNMT alpha (Wu et al. 2016).",
+    )
+    return_scores: bool = Field(default=False, description="Add each output's log-probability.")
+    return_alignment: bool = Field(
+        default=False,
+        description="Add the hard alignment of pieces, 'src-tgt' pairs (from attention).",
+    )
+    return_attention: bool = Field(
+        default=False,
+        description="Add the cross-attention weights (n_layers, n_heads, tgt_len, src_len) and "
+        "the pieces (torch engine).",
+    )
+
+    def options(self) -> DecodeOptions:
+        """The decoding options: the batch key."""
+        return DecodeOptions(self.beam_size, self.nbest, self.length_penalty)
+
+
+class AttentionOut(BaseModel):
+    """Cross-attention of one output: ``weights[layer][head][tgt][src]``; ``tgt_pieces`` and
+    ``src_pieces`` end with ``</s>`` (EOS)."""
+
+    src_pieces: list[str]
+    tgt_pieces: list[str]
+    shape: list[int] = Field(description="(n_layers, n_heads, tgt_len, src_len)")
+    weights: list[list[list[list[float]]]]
+
+
+class HypothesisOut(BaseModel):
+    """One of the n-best outputs."""
+
+    text: str
+    score: float
+    alignment: str | None = None
+    attention: AttentionOut | None = None
+
+
+class TranslationOut(BaseModel):
+    """The result for one source line; ``nbest`` when more than one was asked for."""
+
+    text: str
+    score: float | None = None
+    nbest: list[HypothesisOut] | None = None
+    alignment: str | None = Field(
+        default=None, description="'src-tgt' piece pairs, e.g. '0-0 1-2'."
+    )
+    attention: AttentionOut | None = None
+    truncated: bool | None = Field(
+        default=None, description="True when the line was cut to the limit."
+    )
+
+
+class TranslateResponse(BaseModel):
+    """``POST /v1/translate``'s answer: one translation per source line, in order."""
+
+    translations: list[TranslationOut]
+    model: str
+    time_ms: float = Field(description="Time spent on the request in the server, ms.")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer of the ``/v1`` routes."""
+
+    error: ErrorBody
+
+
+class ModelInfo(BaseModel):
+    id: str
+    src_lang: str
+    tgt_lang: str
+    engine: str
+    shape: dict[str, Any]
+    sha256: str = Field(description="sha256 of the weights file.")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    models: list[str]
+    queued: int = Field(description="Requests waiting for a batch, all models.")
+    running: int = Field(description="Batches being translated now, all models.")
+
+
+class LibreTranslateResponse(BaseModel):
+    """LibreTranslate's ``POST /translate`` answer."""
+
+    translatedText: str | list[str]
+    detectedLanguage: dict[str, Any] | None = None
+
+
+class LibreTranslateError(BaseModel):
+    error: str
+
+
+class Language(BaseModel):
+    """An entry of LibreTranslate's ``GET /languages``."""
+
+    code: str
+    name: str
+    targets: list[str]

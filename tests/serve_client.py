@@ -1,0 +1,111 @@
+"""A real ``nmt serve`` process on a free loopback port, and a small HTTP client (stdlib only),
+for the server's tests, its browser test and ``benchmarks/serve_load.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request(
+    url: str,
+    body: bytes | dict[str, Any] | None = None,
+    content_type: str = "application/json",
+    timeout: float = 60.0,
+) -> tuple[int, Any]:
+    """``(status, decoded JSON or text)`` of a GET (``body`` None) or POST; HTTP errors are
+    returned, not raised."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    req = urllib.request.Request(url, data=data)
+    if data is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as res:
+            status, raw = res.status, res.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+class ServerProcess:
+    """``nmt serve ARGS`` in a subprocess on 127.0.0.1 and a free port.
+
+    Use as a context manager; leaving it sends SIGTERM (if still running) and waits.
+    """
+
+    def __init__(self, args: list[str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log
+        path = [str(REPO), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+        cmd = [sys.executable, "-m", "cli", "serve", *args, "--host", "127.0.0.1"]
+        cmd += ["--port", str(self.port), "--log-level", "warning"]
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=self.log)
+
+    def wait_ready(self, timeout: float = 180.0) -> ServerProcess:
+        """Poll ``GET /health`` until it answers.
+
+        Raises:
+            RuntimeError: the process exited or did not answer in time (with its log).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"nmt serve exited with {self.proc.returncode}:\n{self.output()}"
+                )
+            try:
+                if request(self.url + "/health", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"nmt serve did not answer within {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, then wait for the exit status (killed after ``timeout`` s)."""
+        self.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self.wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

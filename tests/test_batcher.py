@@ -1,0 +1,96 @@
+"""Dynamic batching (nmt.batcher): who waits, who shares a batch, and what ends a wait."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from nmt.batcher import Batcher, BatcherClosedError
+
+
+class Recorder:
+    """A ``run`` that records each batch's key and payloads and returns payloads doubled;
+    it blocks while ``gate`` is clear."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[Hashable, list[Any]]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, key: Hashable, payloads: list[Any]) -> list[Any]:
+        self.gate.wait(10)
+        self.batches.append((key, list(payloads)))
+        if "boom" in payloads:
+            raise RuntimeError("boom")
+        return [p * 2 for p in payloads]
+
+
+def make(max_wait_ms: float, batch_tokens: int = 100, workers: int = 1) -> tuple[Batcher, Recorder]:
+    run = Recorder()
+    return Batcher(run, ThreadPoolExecutor(workers), workers, batch_tokens, max_wait_ms), run
+
+
+def test_a_lone_job_does_not_wait() -> None:
+    batcher, run = make(max_wait_ms=5000)
+    start = time.monotonic()
+    assert batcher.submit("k", 3, 1).result(5) == 6
+    assert time.monotonic() - start < 2.0  # far below the 5 s it would wait for companions
+    batcher.close()
+
+
+def test_jobs_queued_together_share_a_batch_by_key_in_order() -> None:
+    batcher, run = make(max_wait_ms=300)
+    run.gate.clear()  # hold the first batch so that the others queue up behind it
+    first = batcher.submit("a", 0, 1)
+    time.sleep(0.1)
+    futures = [batcher.submit(k, i, 1) for i, k in enumerate("abab", start=1)]
+    run.gate.set()
+    assert first.result(5) == 0 and [f.result(5) for f in futures] == [2, 4, 6, 8]
+    assert run.batches == [("a", [0]), ("a", [1, 3]), ("b", [2, 4])]
+    batcher.close()
+
+
+def test_a_full_batch_goes_before_the_wait_is_over() -> None:
+    batcher, run = make(max_wait_ms=5000, batch_tokens=10)
+    run.gate.clear()
+    batcher.submit("a", 0, 1)
+    time.sleep(0.1)
+    start = time.monotonic()
+    futures = [batcher.submit("a", i, 5) for i in range(4)]  # 20 tokens: two full batches
+    run.gate.set()
+    assert [f.result(5) for f in futures] == [0, 2, 4, 6]
+    assert time.monotonic() - start < 2.0
+    assert [p for _, p in run.batches[1:]] == [[0, 1], [2, 3]]
+    batcher.close()
+
+
+def test_a_cancelled_job_is_dropped_and_drain_ends_the_wait() -> None:
+    batcher, run = make(max_wait_ms=60_000)
+    run.gate.clear()
+    batcher.submit("a", 0, 1)
+    time.sleep(0.1)
+    cancelled = batcher.submit("a", 1, 1)
+    kept = [batcher.submit("a", i, 1) for i in (2, 3)]
+    assert cancelled.cancel()
+    run.gate.set()
+    time.sleep(0.2)
+    assert batcher.stats()["queued"] == 2  # not alone: held for companions (a minute)
+    batcher.drain()
+    assert [f.result(5) for f in kept] == [4, 6]
+    assert run.batches[-1] == ("a", [2, 3])
+    with pytest.raises(BatcherClosedError):
+        batcher.submit("a", 3, 1)
+    batcher.close()
+
+
+def test_an_error_fails_its_batch_only() -> None:
+    batcher, _ = make(max_wait_ms=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit("a", "boom", 1).result(5)
+    assert batcher.submit("a", 5, 1).result(5) == 10
+    batcher.close()

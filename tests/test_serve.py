@@ -1,0 +1,297 @@
+"""``nmt serve`` as a client sees it: the real process on a free loopback port, real HTTP.
+
+Outputs equal ``nmt translate``'s for requests sent one at a time (both search each line
+alone, on the same threads: the same computation); under concurrent load batches differ in
+shape, so answers are compared with the lone answers within a tolerance (tests/agreement.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from agreement import BEAM_NORMALIZED_TOL
+from serve_client import REPO, ServerProcess, request
+
+from nmt.search import length_penalty
+from nmt.tokenizer import Tokenizer
+
+pytest.importorskip("fastapi", reason="nmt serve needs the serve extra: pip install -e '.[serve]'")
+
+MAX_LINES, MAX_CHARS = 8, 600
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    args = ["-m", f"tiny={tiny_run}", "--workers", "1", "--max-wait-ms", "20"]
+    args += ["--max-lines", str(MAX_LINES), "--max-chars", str(MAX_CHARS)]
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with ServerProcess(args, log) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def lines(multi30k: Callable[..., list[str]]) -> list[str]:
+    return multi30k("val", "de", 16)
+
+
+def translate(server: ServerProcess, src: list[str], **options: Any) -> dict[str, Any]:
+    status, body = request(server.url + "/v1/translate", {"src": src, **options})
+    assert status == 200, body
+    return body
+
+
+def test_health_models_docs_and_page(server: ServerProcess, tiny_run: Path) -> None:
+    assert request(server.url + "/health") == (
+        200,
+        {"status": "ok", "models": ["tiny"], "queued": 0, "running": 0},
+    )
+    status, body = request(server.url + "/v1/models")
+    (model,) = body["models"]
+    assert (model["id"], model["src_lang"], model["tgt_lang"], model["engine"]) == (
+        "tiny",
+        "de",
+        "en",
+        "torch",
+    )
+    assert model["shape"]["n_decoder_layers"] == 2 and len(model["sha256"]) == 64
+    assert request(server.url + "/docs")[0] == 200
+    assert "/v1/translate" in request(server.url + "/openapi.json")[1]["paths"]
+    status, page = request(server.url + "/")
+    assert status == 200 and 'id="heatmap"' in page and "https://" not in page  # no CDN
+
+
+def test_one_at_a_time_equals_nmt_translate(
+    server: ServerProcess, tiny_run: Path, lines: list[str], tmp_path: Path
+) -> None:
+    """Line by line, beam 5 with 2-best, as ``nmt translate --batch-size 1 --workers 1``."""
+    src = tmp_path / "src.de"
+    src.write_text("\n".join(lines) + "\n")
+    cli = [sys.executable, "-m", "cli", "translate", str(src), "-m", str(tiny_run)]
+    cli += ["--beam-size", "5", "--nbest", "2", "--batch-size", "1", "--workers", "1"]
+    done = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = [row.split("\t") for row in done.stdout.splitlines()]
+    got = []
+    for line in lines:
+        (t,) = translate(server, [line], beam_size=5, nbest=2, return_scores=True)["translations"]
+        got += [[str(rank), h["score"], h["text"]] for rank, h in enumerate(t["nbest"])]
+    assert [(r, text) for r, _, text in got] == [(r, text) for r, _, text in expected]
+    for (_, score, _), (_, printed, _) in zip(got, expected):
+        assert abs(score - float(printed)) <= 1e-4  # printed with 4 decimals
+
+
+def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[str]) -> None:
+    body = translate(server, ["", lines[0]], return_attention=True, return_alignment=True)
+    empty, t = body["translations"]
+    assert empty == {"text": ""} and body["model"] == "tiny" and body["time_ms"] > 0
+    att = t["attention"]
+    n_layers, n_heads, tgt_len, src_len = att["shape"]
+    assert (n_layers, n_heads) == (2, 4)
+    assert (len(att["tgt_pieces"]), len(att["src_pieces"])) == (tgt_len, src_len)
+    assert att["src_pieces"][-1] == att["tgt_pieces"][-1] == "</s>"
+    for head in att["weights"][-1]:
+        assert len(head) == tgt_len and all(abs(sum(row) - 1) < 1e-2 for row in head)
+    pairs = [tuple(map(int, p.split("-"))) for p in t["alignment"].split()]
+    assert [j for _, j in pairs] == list(range(tgt_len - 1))
+    assert all(0 <= i < src_len - 1 for i, _ in pairs)
+
+
+def test_libretranslate_routes(server: ServerProcess, lines: list[str]) -> None:
+    url = server.url + "/translate"
+    # The same lines in one request are the same batch: the same computation.
+    (alone,) = [t["text"] for t in translate(server, lines[:1])["translations"]]
+    best = [t["text"] for t in translate(server, lines[:2])["translations"]]
+    assert request(url, {"q": lines[0], "source": "de", "target": "en"}) == (
+        200,
+        {"translatedText": alone},
+    )
+    status, body = request(url, {"q": lines[:2], "source": "auto", "target": "en"})
+    assert status == 200 and body["translatedText"] == best
+    assert body["detectedLanguage"]["language"] == "de"
+    form = urlencode(
+        {"q": f"{lines[0]}\n{lines[1]}", "source": "de", "target": "en", "api_key": "x"}
+    )
+    status, body = request(url, form.encode(), "application/x-www-form-urlencoded")
+    assert (status, body) == (200, {"translatedText": "\n".join(best)})
+    form = urlencode([("q", lines[0]), ("q", lines[1]), ("target", "en")])
+    status, body = request(url, form.encode(), "application/x-www-form-urlencoded")
+    assert (status, body["translatedText"]) == (200, best)
+    assert request(server.url + "/languages") == (
+        200,
+        [{"code": "de", "name": "German", "targets": ["en"]}],
+    )
+    for bad, message in [
+        ({"q": "x", "source": "de", "target": "fr"}, "de->fr is not served"),
+        ({"source": "de", "target": "en"}, "q: missing"),
+        ({"q": [1], "source": "de", "target": "en"}, "q: must be a text"),
+        ({"q": ["x"] * (MAX_LINES + 1), "target": "en"}, "at most 8"),
+    ]:
+        status, body = request(url, bad)
+        assert status in (400, 413) and message in body["error"], body
+    status, body = request(url, b"q=x", "text/plain")
+    assert status == 400 and "send JSON" in body["error"]
+
+
+J = "application/json"
+BAD_REQUESTS = [
+    # (body, content type, status, code, text in the message)
+    (b'{"src": ["a"', J, 400, "malformed_json", "body: not valid JSON"),
+    (b"\xff\xfe", J, 400, "malformed_json", "body"),
+    (b"hello", "text/plain", 422, "invalid_body", "body"),
+    (b"[1, 2]", J, 422, "invalid_body", "body"),
+    (b'{"src": "Ein Hund."}', J, 422, "invalid_field", "src: "),
+    (b'{"src": ["a", 1]}', J, 422, "invalid_field", "src[1]"),
+    (b'{"src": []}', J, 422, "invalid_field", "src: "),
+    (b"{}", J, 422, "missing_field", "src: Field required"),
+    (b'{"src": ["a"], "beam": 4}', J, 422, "unknown_field", "beam: unknown"),
+    (b'{"src": ["a"], "beam_size": 0}', J, 422, "invalid_field", "beam_size"),
+    (b'{"src": ["a"], "beam_size": "5"}', J, 422, "invalid_field", "beam_size"),
+    (b'{"src": ["a"], "beam_size": 2, "nbest": 3}', J, 422, "invalid_field", "nbest=3"),
+    (b'{"src": ["a"], "return_attention": "yes"}', J, 422, "invalid_field", "return_attention"),
+    (b'{"src": ["a"], "model": "big"}', J, 404, "unknown_model", "model: 'big'"),
+    (b'{"src": ["a\\nb"]}', J, 422, "invalid_text", "src[0]"),
+    (b'{"src": ["a"' + b', "a"' * MAX_LINES + b"]}", J, 413, "too_many_lines", "src: 9 lines"),
+    (b'{"src": ["' + b"a" * (MAX_CHARS + 1) + b'"]}', J, 413, "too_many_chars", "src: 601"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "code", "message"), BAD_REQUESTS)
+def test_bad_input_gets_its_error_and_the_server_goes_on(
+    server: ServerProcess, body: bytes, content_type: str, status: int, code: str, message: str
+) -> None:
+    got, answer = request(server.url + "/v1/translate", body, content_type)
+    assert (got, answer["error"]["code"]) == (status, code), answer
+    assert message in answer["error"]["message"]
+    assert request(server.url + "/v1/translate", {"src": ["Ein Hund."]})[0] == 200
+
+
+def test_unknown_route_and_method(server: ServerProcess) -> None:
+    status, body = request(server.url + "/v2/translate", {"src": ["a"]})
+    assert (status, body["error"]["code"]) == (404, "not_found")
+    status, body = request(server.url + "/v1/translate")  # GET
+    assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+
+
+def test_64_concurrent_clients_all_answered(
+    server: ServerProcess, lines: list[str], spm_model: Path
+) -> None:
+    """64 clients × 10 requests (a bounded loop on 127.0.0.1): every answer arrives, and each
+    agrees with the lone answer for its line: the same text with a score within 1e-3, or an
+    equally good hypothesis (normalized score within BEAM_NORMALIZED_TOL) kept where batching
+    changed the rounding of a near-tie."""
+    lone = [translate(server, [line], return_scores=True)["translations"][0] for line in lines]
+    tokenizer = Tokenizer(spm_model)
+    answers: list[tuple[int, int, Any]] = []
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        for r in range(10):
+            i = (c * 10 + r) % len(lines)
+            status, body = request(
+                server.url + "/v1/translate", {"src": [lines[i]], "return_scores": True}
+            )
+            with lock:
+                answers.append((i, status, body))
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        list(pool.map(client, range(64)))
+    assert time.monotonic() - start < 300
+    assert len(answers) == 640 and all(status == 200 for _, status, _ in answers), [
+        b for _, s, b in answers if s != 200
+    ][:3]
+
+    def normalized(t: dict[str, Any]) -> float:
+        return t["score"] / length_penalty(len(tokenizer.encode([t["text"]])[0]) + 1, 1.0)
+
+    for i, _, body in answers:
+        (t,) = body["translations"]
+        if t["text"] == lone[i]["text"]:
+            assert abs(t["score"] - lone[i]["score"]) <= 1e-3
+        else:
+            assert abs(normalized(t) - normalized(lone[i])) <= BEAM_NORMALIZED_TOL, (t, lone[i])
+    assert request(server.url + "/health")[1]["queued"] == 0
+
+
+def test_timeout_then_sigterm_with_requests_in_flight(
+    tiny_run: Path, lines: list[str], tmp_path: Path
+) -> None:
+    """A large --max-wait-ms holds concurrent requests in the queue: over --timeout-s they get
+    504 (and the server goes on); on SIGTERM the queued ones are answered and it exits 0."""
+    args = ["-m", f"tiny={tiny_run}", "--max-wait-ms", "60000", "--timeout-s", "4"]
+    proc = ServerProcess(args, tmp_path / "server.log").wait_ready()
+    url = proc.url + "/v1/translate"
+
+    def burst(n: int) -> tuple[ThreadPoolExecutor, list[Any]]:
+        pool = ThreadPoolExecutor(n)
+        return pool, [pool.submit(request, url, {"src": [line]}) for line in lines[:n]]
+
+    def wait_queued(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while request(proc.url + "/health")[1]["queued"] < n:
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.05)
+
+    try:
+        pool, futures = burst(6)
+        wait_queued(3)
+        answers = [f.result(60) for f in futures]
+        timed_out = [body for status, body in answers if status == 504]
+        assert timed_out and all(status in (200, 504) for status, _ in answers), answers
+        assert "--timeout-s" in timed_out[0]["error"]["message"]
+        assert request(proc.url + "/health")[1]["queued"] == 0  # timed-out jobs are dropped
+        pool.shutdown()
+
+        pool, futures = burst(6)
+        wait_queued(3)
+        proc.terminate()
+        answers = [f.result(60) for f in futures]
+        assert [status for status, _ in answers] == [200] * 6, answers
+        assert proc.stop() == 0, proc.output()
+        pool.shutdown()
+    finally:
+        proc.stop()
+
+
+def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path) -> None:
+    """In process (a real server cannot be made to fail on purpose): a search that raises
+    answers 500 with its message, on both APIs, and the next request is translated."""
+    from fastapi.testclient import TestClient
+
+    from nmt.registry import ServeConfig, ServedModel, load_models, start_batchers
+    from nmt.serve import create_app
+
+    models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
+    calls: list[int] = []
+
+    def fail_every_other(options: Any, works: list[Any]) -> Any:
+        calls.append(len(works))
+        if len(calls) % 2:
+            raise RuntimeError("device lost")
+        return ServedModel.run(models["tiny"], options, works)
+
+    models["tiny"].run = fail_every_other  # type: ignore[method-assign]
+    pool = start_batchers(models, 1, 4096, 0.0)
+    try:
+        client = TestClient(create_app(models, ServeConfig()))
+        answer = client.post("/v1/translate", json={"src": ["Ein Hund."]})
+        assert answer.status_code == 500
+        assert answer.json() == {
+            "error": {"code": "internal", "message": "RuntimeError: device lost"}
+        }
+        assert client.post("/v1/translate", json={"src": ["Ein Hund."]}).status_code == 200
+        answer = client.post("/translate", json={"q": "Ein Hund.", "target": "en"})
+        assert (answer.status_code, answer.json()) == (500, {"error": "RuntimeError: device lost"})
+        assert client.post("/translate", json={"q": "Ein Hund.", "target": "en"}).status_code == 200
+    finally:
+        models["tiny"].batcher.close()  # type: ignore[union-attr]
+        pool.shutdown()

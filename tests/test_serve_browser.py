@@ -1,0 +1,90 @@
+"""The page at ``/`` in headless Chromium: type a German sentence, translate, read the output,
+open the cross-attention heatmap and check its rows and columns against the API's.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and selenium;
+selenium is pointed at those binaries, so nothing is downloaded at run time. Skipped, saying
+why, where they are missing.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serve_client import ServerProcess, request
+
+pytest.importorskip("fastapi", reason="nmt serve needs the serve extra: pip install -e '.[serve]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def headless_chromium() -> Any:
+    """A selenium driver for the installed Chromium (no download), headless."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("headless Chromium not installed: apt-get install chromium chromium-driver")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=1280,900")
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def test_page_translates_and_shows_the_heatmap(
+    tiny_run: Path, multi30k: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    line = multi30k("val", "de", 1)[0]
+    driver = headless_chromium()
+    server = ServerProcess(["-m", f"tiny={tiny_run}", "--workers", "1"], tmp_path / "log")
+    try:
+        server.wait_ready()
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        source = driver.find_element(By.ID, "src")
+        source.clear()
+        source.send_keys(line)
+        driver.find_element(By.ID, "translate").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#output .translation"))
+        shown = driver.find_element(By.CSS_SELECTOR, "#output .translation").text
+
+        # What the page asked for (beam 5, 3-best, attention), through the API.
+        status, body = request(
+            server.url + "/v1/translate",
+            {"src": [line], "beam_size": 5, "nbest": 3, "return_attention": True},
+        )
+        assert status == 200
+        (t,) = body["translations"]
+        assert shown == t["text"]
+        hyps = driver.find_elements(By.CSS_SELECTOR, "#output .nbest .hyp")
+        assert [h.text for h in hyps] == [h["text"] for h in t["nbest"]]
+
+        # Open the heatmap of the second hypothesis, one layer and head.
+        buttons = driver.find_elements(By.CSS_SELECTOR, "button.show-attention")
+        assert len(buttons) == 1 + len(t["nbest"])
+        buttons[2].click()
+        Select(driver.find_element(By.ID, "layer")).select_by_value("1")
+        Select(driver.find_element(By.ID, "head")).select_by_value("3")
+        att = t["nbest"][1]["attention"]
+        _, _, tgt_len, src_len = att["shape"]
+        rows = driver.find_elements(By.CSS_SELECTOR, "#heatmap tbody tr")
+        columns = driver.find_elements(By.CSS_SELECTOR, "#heatmap thead th[scope=col]")
+        assert (len(rows), len(columns)) == (tgt_len, src_len)
+        assert [c.text for c in columns] == [p for p in att["src_pieces"]]
+        assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == att["tgt_pieces"]
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap td")) == tgt_len * src_len
+        # One alignment mark per target piece (EOS excluded).
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap td.aligned")) == tgt_len - 1
+    finally:
+        driver.quit()
+        server.stop()
