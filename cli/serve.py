@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors
-from nmt.ct2 import ENGINES
+from nmt.loading import ENGINES
 from nmt.registry import ServeConfig, load_models
 
 D = ServeConfig  # the defaults

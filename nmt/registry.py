@@ -25,8 +25,12 @@ from nmt.attention import Attention, cross_attention
 from nmt.batcher import Batcher
 from nmt.checkpoint import WEIGHTS_FILE, read_config
 from nmt.config import DecodeConfig
-from nmt.ct2 import CT2_WEIGHTS, CT2Translator, load_translator, read_export_info
+from nmt.ct2 import CT2_WEIGHTS, CT2Translator, read_export_info
+from nmt.engine import Request
 from nmt.errors import ConfigError
+from nmt.loading import load_translator
+from nmt.model import Transformer
+from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
 from nmt.tokenizer import EOS_ID
 from nmt.translate import BaseTranslator, Translator, cpu_workers, worker_pool
@@ -79,6 +83,14 @@ class DecodeOptions:
     beam_size: int = DecodeConfig.beam_size
     nbest: int = DecodeConfig.nbest
     length_penalty: float = DecodeConfig.length_penalty
+    sampling_topk: int = DecodeConfig.sampling_topk
+    sampling_topp: float = DecodeConfig.sampling_topp
+    sampling_temperature: float = DecodeConfig.sampling_temperature
+
+    @property
+    def sampling(self) -> bool:
+        """Whether these options sample instead of searching (top-k other than 1)."""
+        return self.sampling_topk != 1
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,8 @@ class Work:
     ids: list[list[int]]
     truncated: list[bool]
     attention: bool
+    prefixes: list[list[int]] | None = None  # target-prefix ids per line ([] = none)
+    seeds: list[int] | None = None  # per-line sampling seeds (nmt.sampling.sentence_seed)
 
 
 @dataclass
@@ -136,11 +150,30 @@ class ServedModel:
     batcher: Batcher | None = None
     _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
 
-    def encode(self, lines: list[str]) -> Work:
-        """Tokenize ``lines``; sources longer than the model allows are cut (and marked)."""
-        ids = self.translator.tokenizer.encode(lines)
+    def encode(
+        self,
+        lines: list[str],
+        prefixes: list[str] | None = None,
+        seed: int | None = None,
+        sampling: bool = False,
+    ) -> Work:
+        """Tokenize ``lines`` (and their target ``prefixes``, ``""`` = none); sources longer
+        than the model allows are cut (and marked). When ``sampling``, each line gets its own
+        seed from ``seed`` (a fresh one when ``None``) and its 1-based line number, as
+        ``nmt translate --seed`` gives it."""
+        tokenizer = self.translator.tokenizer
+        ids = tokenizer.encode(lines)
         limit = self.translator.max_src_tokens
-        return Work([x[:limit] for x in ids], [len(x) > limit for x in ids], False)
+        prefix_ids = None
+        if prefixes is not None:
+            prefix_ids = [tokenizer.encode([p])[0] if p else [] for p in prefixes]
+        seeds = None
+        if sampling:
+            base = fresh_seed() if seed is None else seed
+            seeds = [sentence_seed(base, line) for line in range(1, len(lines) + 1)]
+        return Work(
+            [x[:limit] for x in ids], [len(x) > limit for x in ids], False, prefix_ids, seeds
+        )
 
     def submit(self, work: Work, options: DecodeOptions) -> Future[list[LineResult]]:
         """Queue ``work`` for the dynamic batcher; the future gets one result per line.
@@ -163,8 +196,12 @@ class ServedModel:
                 beam_size=options.beam_size,
                 nbest=options.nbest,
                 length_penalty=options.length_penalty,
+                sampling_topk=options.sampling_topk,
+                sampling_topp=options.sampling_topp,
+                sampling_temperature=options.sampling_temperature,
                 batch_tokens=self.translator.decode.batch_tokens,
             )
+            self.translator.check_options(decode, prefixes=False)
             translator = copy.copy(self.translator)
             translator.decode = decode
             self._per_options[options] = translator
@@ -175,8 +212,13 @@ class ServedModel:
         assert isinstance(options, DecodeOptions)
         translator = self.translator_for(options)
         ids = [x for w in works for x in w.ids]
+        prefixes = None
+        if any(w.prefixes is not None for w in works):
+            prefixes = [p for w in works for p in (w.prefixes or [[] for _ in w.ids])]
+        seeds = [x for w in works for x in (w.seeds or [])] if options.sampling else None
+        request = Request(translator.decode, prefixes, seeds)
         found: list[list[Hypothesis]] = [[] for _ in ids]
-        for rows, hyps in translator.search_rows(ids):
+        for rows, hyps in translator.search_rows(ids, request):
             for row, h in zip(rows, hyps):
                 found[row] = h
         results, start = [], 0
@@ -194,8 +236,9 @@ class ServedModel:
         out = []
         for text, h in zip(texts, hyps):
             att = None
-            if attention and isinstance(self.translator, Translator):
-                att = cross_attention(self.translator.model, src_ids, h.tokens)
+            model = self.translator.model if isinstance(self.translator, Translator) else None
+            if attention and isinstance(model, Transformer):  # not an ensemble
+                att = cross_attention(model, src_ids, h.tokens)
             out.append(Hyp(text, h.score, self.pieces(h.tokens), att))
         return LineResult(self.pieces(src_ids), out, truncated)
 

@@ -138,7 +138,13 @@ class Service:
                 )
 
     async def translate(
-        self, model: ServedModel, lines: list[str], options: DecodeOptions, attention: bool
+        self,
+        model: ServedModel,
+        lines: list[str],
+        options: DecodeOptions,
+        attention: bool,
+        prefixes: list[str] | None = None,
+        seed: int | None = None,
     ) -> list[LineResult]:
         """Translate through the model's batcher, within ``timeout_s``.
 
@@ -147,11 +153,20 @@ class Service:
                 internal error.
         """
         try:
-            model.translator_for(options)  # validates the options before queueing
+            translator = model.translator_for(options)  # validates them before queueing
+            if prefixes is not None:
+                translator.check_options(translator.decode, prefixes=True)
         except NMTError as exc:
             raise ApiError(422, "invalid_field", str(exc)) from None
-        work = model.encode(lines)
-        work = Work(work.ids, work.truncated, attention)
+        if prefixes is not None and len(prefixes) != len(lines):
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"prefix: {len(prefixes)} prefixes for {len(lines)} src lines; give one per "
+                "line ('' = none)",
+            )
+        work = model.encode(lines, prefixes, seed, options.sampling)
+        work = Work(work.ids, work.truncated, attention, work.prefixes, work.seeds)
         try:
             future = model.submit(work, options)
         except BatcherClosedError as exc:
@@ -287,7 +302,11 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
                 "attention needs the torch engine",
             )
         attention = req.return_attention or req.return_alignment
-        results = await service.translate(model, req.src, req.options(), attention)
+        if req.prefix is not None:
+            service.check_lines(req.prefix, "prefix")
+        results = await service.translate(
+            model, req.src, req.options(), attention, req.prefix, req.seed
+        )
         return TranslateResponse(
             translations=[translation_out(r, req) for r in results],
             model=model.id,

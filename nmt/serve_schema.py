@@ -40,6 +40,33 @@ class TranslateRequest(BaseModel):
         le=10.0,
         description="GNMT alpha (Wu et al. 2016).",
     )
+    sampling_topk: int = Field(
+        default=DecodeConfig.sampling_topk,
+        ge=0,
+        description="1 = search; K > 1 samples from the K likeliest tokens (Fan et al. 2018); "
+        "0 = from all. Sampling implies beam_size 1 unless beam_size is given.",
+    )
+    sampling_topp: float = Field(
+        default=DecodeConfig.sampling_topp,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: the smallest set of tokens reaching p (Holtzman et al. "
+        "2020); 1 = no cut.",
+    )
+    sampling_temperature: float = Field(
+        default=DecodeConfig.sampling_temperature, gt=0.0, le=100.0, description="Divides logits."
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        description="Sampling seed: line i of src draws from a stream seeded by (seed, i), as "
+        "nmt translate --seed; none = a fresh seed.",
+    )
+    prefix: list[str] | None = Field(
+        default=None,
+        description="A target prefix per src line ('' = none): the output starts with it and "
+        "the search continues from it.",
+    )
     return_scores: bool = Field(default=False, description="Add each output's log-probability.")
     return_alignment: bool = Field(
         default=False,
@@ -52,8 +79,18 @@ class TranslateRequest(BaseModel):
     )
 
     def options(self) -> DecodeOptions:
-        """The decoding options: the batch key."""
-        return DecodeOptions(self.beam_size, self.nbest, self.length_penalty)
+        """The decoding options: the batch key. Sampling without an explicit ``beam_size``
+        takes one sample (beam 1), as ``nmt translate --sampling-topk`` does."""
+        sampling = self.sampling_topk != 1
+        beam = 1 if sampling and "beam_size" not in self.model_fields_set else self.beam_size
+        return DecodeOptions(
+            beam,
+            self.nbest,
+            self.length_penalty,
+            self.sampling_topk,
+            self.sampling_topp,
+            self.sampling_temperature,
+        )
 
 
 class AttentionOut(BaseModel):

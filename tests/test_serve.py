@@ -295,3 +295,29 @@ def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path
     finally:
         models["tiny"].batcher.close()  # type: ignore[union-attr]
         pool.shutdown()
+
+
+def test_sampling_and_target_prefixes_per_request(
+    server: ServerProcess, lines: list[str], tiny_run: Path, tmp_path: Path
+) -> None:
+    """The decoding options of nmt translate reach the server per request: a seeded sample
+    is the same sample again and equals ``nmt translate --sampling-topk --seed`` on the same
+    lines; another seed draws other samples; a prefix starts the output."""
+    src = lines[:6]
+    sampled = [t["text"] for t in translate(server, src, sampling_topk=0, seed=7)["translations"]]
+    again = [t["text"] for t in translate(server, src, sampling_topk=0, seed=7)["translations"]]
+    other = [t["text"] for t in translate(server, src, sampling_topk=0, seed=8)["translations"]]
+    assert sampled == again and sampled != other
+    source = tmp_path / "src.de"
+    source.write_text("\n".join(src) + "\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "translate", str(source), "-m", str(tiny_run),
+         "--sampling-topk", "0", "--seed", "7", "--workers", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == sampled
+    prefixed = translate(server, src[:2], prefix=["A dog", ""], beam_size=2)["translations"]
+    assert prefixed[0]["text"].startswith("A dog")
+    status, body = request(server.url + "/v1/translate", {"src": src[:2], "prefix": ["A"]})
+    assert status == 422 and "prefix: 1 prefixes for 2 src lines" in body["error"]["message"]
