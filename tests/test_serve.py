@@ -79,14 +79,15 @@ def test_one_at_a_time_equals_nmt_translate(
     cli += ["--beam-size", "5", "--nbest", "2", "--batch-size", "1", "--workers", "1"]
     done = subprocess.run(cli, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = [row.split("\t") for row in done.stdout.splitlines()]
+    # n-best lines: line, rank, normalised score, log-probability, text
+    expected = [row.split("\t")[1:] for row in done.stdout.splitlines()]
     got = []
     for line in lines:
         (t,) = translate(server, [line], beam_size=5, nbest=2, return_scores=True)["translations"]
         got += [[str(rank), h["score"], h["text"]] for rank, h in enumerate(t["nbest"])]
-    assert [(r, text) for r, _, text in got] == [(r, text) for r, _, text in expected]
-    for (_, score, _), (_, printed, _) in zip(got, expected):
-        assert abs(score - float(printed)) <= 1e-4  # printed with 4 decimals
+    assert [(r, text) for r, _, text in got] == [(r, text) for r, _, _, text in expected]
+    for (_, score, _), (_, _, printed, _) in zip(got, expected):
+        assert abs(score - float(printed)) <= 1e-4  # the log-probability, 4 decimals
 
 
 def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[str]) -> None:
