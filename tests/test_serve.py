@@ -253,7 +253,17 @@ def test_timeout_then_sigterm_with_requests_in_flight(
         pool.shutdown()
 
         pool, futures = burst(6)
-        wait_queued(3)
+        # SIGTERM only once every request is in the batcher or answered: one still on its
+        # way would rightly get 503 (no longer accepting).
+        deadline = time.monotonic() + 30
+        while True:
+            health = request(proc.url + "/health")[1]
+            held = health["queued"] + health["running"] + sum(f.done() for f in futures)
+            if held >= 6:
+                break
+            assert time.monotonic() < deadline, proc.output()
+            time.sleep(0.05)
+        assert health["queued"] >= 1  # held by --max-wait-ms: surely in flight
         proc.terminate()
         answers = [f.result(60) for f in futures]
         assert [status for status, _ in answers] == [200] * 6, answers
