@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nmt import checkpoint as ckpt
@@ -137,3 +138,11 @@ def changed_data_order(
         "or pass --reset-data-position to continue the weights from the start of a new "
         "epoch, or start a new run folder (--overwrite replaces this one)"
     )
+
+
+def corpus_fingerprint(data: Any) -> str:
+    """Pairs and source+target tokens of a training corpus (a :class:`nmt.data.Corpus`),
+    summed in int64 by numpy: one pass over its length arrays, however large."""
+    src = int(np.asarray(data.src_lens).sum(dtype=np.int64))
+    tgt = int(np.asarray(data.tgt_lens).sum(dtype=np.int64))
+    return f"{len(data)} pairs, {src}+{tgt} tokens"

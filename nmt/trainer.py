@@ -29,7 +29,13 @@ from nmt.feed import UpdateFeed
 from nmt.loss import LossModule
 from nmt.model import Transformer
 from nmt.onednn import use_onednn_training
-from nmt.resume import TrainState, changed_data_order, load_resume, save_resume
+from nmt.resume import (
+    TrainState,
+    changed_data_order,
+    corpus_fingerprint,
+    load_resume,
+    save_resume,
+)
 from nmt.schedule import budget_reason, checkpoint_due, learning_rate, planned_steps
 from nmt.tokenizer import Tokenizer
 from nmt.train_log import RunLog, RunStart, StepStats, TrainObserver, ValidResult
@@ -104,6 +110,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
         self.feed = UpdateFeed(train_data, train_cfg, self.dist, self.device)
+        self.corpus_fingerprint: str | None = None  # see data_order()
         self.steps_per_epoch = self.feed.steps_per_epoch
 
     def epoch_steps(self, epoch: int) -> RankSteps:
@@ -345,15 +352,16 @@ class Trainer:
     def data_order(self) -> dict[str, int | str]:
         """What decides the order of the batches, and so what the saved position in an
         epoch means: batch size, seed, accumulation, process count and the corpus."""
-        c, d = self.cfg, self.train_data
-        corpus = f"{len(d)} pairs, {int(sum(d.src_lens))}+{int(sum(d.tgt_lens))} tokens"
+        c = self.cfg
+        if self.corpus_fingerprint is None:  # once: the corpus does not change in a run
+            self.corpus_fingerprint = corpus_fingerprint(self.train_data)
         return {
             "batching": BATCHING_VERSION,
             "batch_tokens": c.batch_tokens,
             "seed": c.seed,
             "accum": c.accum,
             "world_size": self.dist.world_size,
-            "corpus": corpus,
+            "corpus": self.corpus_fingerprint,
         }
 
     def save_resume(self) -> None:

@@ -217,3 +217,12 @@ def test_a_checkpoint_from_before_the_numpy_batch_order_is_not_resumed_silently(
     assert message is not None and "batching=1, this run gives 2" in message
     assert "--reset-data-position" in message
     assert changed_data_order({"data_order": dict(now)}, now, Path("run/resume.pt"), 3) is None
+
+
+def test_the_corpus_fingerprint_counts_every_token_of_a_uint16_store() -> None:
+    """Memory-mapped stores give uint16 lengths; a Python sum of those wrapped at 65,536."""
+    from nmt.resume import corpus_fingerprint
+
+    lens = np.full(5, 60_000, dtype=np.uint16)
+    corpus = type("C", (), {"src_lens": lens, "tgt_lens": lens, "__len__": lambda self: 5})()
+    assert corpus_fingerprint(corpus) == "5 pairs, 300000+300000 tokens"
