@@ -96,14 +96,20 @@ def check_same_model(saved: ModelConfig, given: ModelConfig, out_dir: Path) -> N
     Raises:
         ConfigError: the first differing field, both values and the ways out.
     """
-    for name in (f.name for f in fields(ModelConfig)):
-        if name != "vocab_size" and getattr(saved, name) != getattr(given, name):
-            raise ConfigError(
-                f"{out_dir / ckpt.CONFIG_FILE}: the run was trained with {name}="
-                f"{getattr(saved, name)!r}, this command gives {getattr(given, name)!r}; "
-                "resume with the run's model options (its --preset and flags), or start a new "
-                "run folder (--overwrite replaces this one)"
-            )
+    name = first_difference(saved, given, skip=("vocab_size",))
+    if name is not None:
+        raise ConfigError(
+            f"{out_dir / ckpt.CONFIG_FILE}: the run was trained with {name}="
+            f"{getattr(saved, name)!r}, this command gives {getattr(given, name)!r}; "
+            "resume with the run's model options (its --preset and flags), or start a new "
+            "run folder (--overwrite replaces this one)"
+        )
+
+
+def first_difference(a: ModelConfig, b: ModelConfig, skip: tuple[str, ...]) -> str | None:
+    """The first field (in declaration order) outside ``skip`` where ``a`` and ``b`` differ."""
+    names = (f.name for f in fields(ModelConfig) if f.name not in skip)
+    return next((n for n in names if getattr(a, n) != getattr(b, n)), None)
 
 
 # What fine-tuning may change about the initial model: its regularisation, not its shape.
@@ -125,15 +131,14 @@ def init_model_config(
     saved_cfg = from_dict(
         ModelConfig, ckpt.read_config(init_from)["model"], str(init_from / ckpt.CONFIG_FILE)
     )
-    for name in (f.name for f in fields(ModelConfig)):
-        if name in TUNABLE or name == "vocab_size":  # the vocabulary: the spm, checked below
-            continue
-        if getattr(saved_cfg, name) != getattr(given, name):
-            raise ConfigError(
-                f"--init-from {init_from} has {name}={getattr(saved_cfg, name)!r} but this "
-                f"command gives {name}={getattr(given, name)!r}: a model's shape cannot change "
-                "when training continues from its weights; drop the model option or --preset"
-            )
+    # The vocabulary is the SentencePiece model's, checked below.
+    name = first_difference(saved_cfg, given, skip=(*TUNABLE, "vocab_size"))
+    if name is not None:
+        raise ConfigError(
+            f"--init-from {init_from} has {name}={getattr(saved_cfg, name)!r} but this "
+            f"command gives {name}={getattr(given, name)!r}: a model's shape cannot change "
+            "when training continues from its weights; drop the model option or --preset"
+        )
     init_spm = init_from / ckpt.SPM_FILE
     if spm_path is not None and Path(spm_path).read_bytes() != init_spm.read_bytes():
         raise ConfigError(

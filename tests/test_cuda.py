@@ -26,6 +26,7 @@ from agreement import (
     forced_log_probs,
     translate_recorded,
 )
+from test_train import Recorder
 
 from nmt.checkpoint import RESUME_FILE, load_model, load_resume
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
@@ -34,7 +35,7 @@ from nmt.data import encode_parallel, read_parallel
 from nmt.distributed import DistEnv, gather_objects
 from nmt.export import export_ctranslate2
 from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.train import StepStats, Trainer, TrainObserver, train
+from nmt.train import Trainer, train
 from nmt.translate import DTYPES, Translator
 
 pytestmark = [
@@ -57,20 +58,6 @@ GPU_TOLERANCES = {"fp32": (1e-3, 1e-2), "bf16": (0.05, 0.15), "fp16": (0.05, 0.1
 # CTranslate2's float32 model on CUDA against torch's on CPU: float32 tolerances widened for
 # TF32 products, which CTranslate2 may use on GPUs; still below the 0.15 of injected bugs.
 CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL = 0.05, 0.01
-
-
-class Recorder(TrainObserver):
-    """Keeps every update's :class:`StepStats` and every message."""
-
-    def __init__(self) -> None:
-        self.steps: list[StepStats] = []
-        self.messages: list[str] = []
-
-    def on_step(self, stats: StepStats) -> None:
-        self.steps.append(stats)
-
-    def on_message(self, text: str) -> None:
-        self.messages.append(text)
 
 
 def make_trainer(
