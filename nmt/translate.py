@@ -29,7 +29,7 @@ from nmt.errors import ConfigError, InputError
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
 from nmt.search import Hypothesis, beam_search, greedy_search
-from nmt.tokenizer import EOS_ID, Tokenizer
+from nmt.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -331,7 +331,9 @@ class Translator(BaseTranslator):
         batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x])
 
         def run(rows: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
-            src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
+            cfg = self.model.cfg
+            src = pad([ids[r] for r in rows], suffix=cfg.eos_id, pad_id=cfg.pad_id)
+            src = src.to(self.device)
             return rows, self.search(src)
 
         if self.workers == 1 or len(batches) == 1:
