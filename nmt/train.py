@@ -29,6 +29,7 @@ from nmt.data import encode_parallel, read_parallel
 from nmt.device import resolve_device
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
 from nmt.errors import ConfigError, NMTError, TrainingError
+from nmt.marian_vocab import SOURCE_SPM, TARGET_SPM, VOCAB_FILE
 from nmt.schedule import inverse_sqrt_lr  # re-exported
 from nmt.textio import corpus_path
 from nmt.tokenizer import Tokenizer
@@ -181,6 +182,12 @@ def init_model_config(
                 "when training continues from its weights; drop the model option or --preset"
             )
     init_spm = init_from / ckpt.SPM_FILE
+    if not init_spm.is_file() and (init_from / VOCAB_FILE).is_file():
+        raise ConfigError(
+            f"--init-from {init_from} is an imported Marian model ({VOCAB_FILE} over "
+            f"{SOURCE_SPM} and {TARGET_SPM}); training from it is not supported yet (issue 14): "
+            "the training data is encoded with one joint SentencePiece model"
+        )
     if spm_path is not None and Path(spm_path).read_bytes() != init_spm.read_bytes():
         raise ConfigError(
             f"--spm {spm_path} differs from {init_spm}, the SentencePiece model the weights "

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoint import SPM_FILE, load_model
+from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.device import resolve_device
 from nmt.errors import ConfigError, InputError
+from nmt.marian_vocab import load_tokenizer
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
 from nmt.search import Hypothesis, beam_search, greedy_search
@@ -320,7 +321,7 @@ class Translator(BaseTranslator):
         """
         model, _ = load_model(folder, weights=weights, device=resolve_device(device))
         model = for_inference(model, dtype, quantize, onednn)
-        tokenizer = Tokenizer(Path(folder) / SPM_FILE)
+        tokenizer = load_tokenizer(folder)
         return cls(model, tokenizer, decode, chunk_lines, strict, workers)
 
     def search_rows(
