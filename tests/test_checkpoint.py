@@ -77,6 +77,21 @@ def test_other_format_version_is_refused_naming_both_versions(model_dir: Path) -
     assert f"model format version 99, this nmt reads version {FORMAT_VERSION}" in message
 
 
+def test_version_1_folder_loads_with_the_new_options_at_their_defaults(
+    model_dir: Path, multi30k
+) -> None:
+    """A folder written before the Marian options existed (format version 1, no such keys)
+    translates exactly as the same model written now."""
+    lines = multi30k("test_2016_flickr", "de", 4)
+    now = translations(model_dir, lines)
+    config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    new_keys = ("activation", "output_bias", "position_layout", "scale_embeddings", "pad_id",
+                "bos_id", "eos_id")  # fmt: skip
+    old_model = {k: v for k, v in config["model"].items() if k not in new_keys}
+    write_json(model_dir / CONFIG_FILE, {**config, "format_version": 1, "model": old_model})
+    assert translations(model_dir, lines) == now
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
