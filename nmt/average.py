@@ -82,10 +82,15 @@ def average_run(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in tokenizer_files(run_dir):  # spm.model, or an imported model's vocabulary
-        data = (run_dir / name).read_bytes()
-        ckpt.atomic_write(out_dir / name, lambda f, data=data: f.write(data))
+        copy_file(run_dir / name, out_dir / name)
     ckpt.write_json(
         out_dir / ckpt.CONFIG_FILE, {**config, "averaged_from": [p.name for p in paths]}
     )
     ckpt.atomic_write(out_dir / ckpt.WEIGHTS_FILE, lambda f: f.write(blob))
     return paths
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically."""
+    data = src.read_bytes()
+    ckpt.atomic_write(dst, lambda f: f.write(data))
