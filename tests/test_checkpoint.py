@@ -200,7 +200,9 @@ def test_resume_round_trip_and_weights_only_loading(tmp_path: Path) -> None:
 
 def test_resume_of_another_format_or_garbage(tmp_path: Path) -> None:
     save_resume(tmp_path / "old.pt", {"format_version": 0})
-    with pytest.raises(CheckpointError, match="resume checkpoint format 0, expected 1"):
+    with pytest.raises(
+        CheckpointError, match=f"resume checkpoint format 0, expected {FORMAT_VERSION}"
+    ):
         load_resume(tmp_path / "old.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="cannot load resume checkpoint"):
