@@ -18,7 +18,7 @@ $(BIN)/nmt: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev,ctranslate2,serve]'
+	$(BIN)/pip install --quiet -e '.[dev,ctranslate2,serve,hf]'
 	touch $@
 
 $(DATA)/train.de.gz: | install

@@ -34,7 +34,17 @@ def main(
 
 def _register() -> None:
     # Imported here so that each command module stays independent of the others.
-    from cli import average, data, export, prepare, score, serve, train, translate
+    from cli import (
+        average,
+        data,
+        export,
+        import_model,
+        prepare,
+        score,
+        serve,
+        train,
+        translate,
+    )
 
     app.command("prepare")(prepare.prepare)
     app.command("train")(train.train)
@@ -44,6 +54,7 @@ def _register() -> None:
     app.command("export")(export.export)  # CTranslate2 export (nmt.export)
     app.command("serve")(serve.serve)  # HTTP server (nmt.serve; the serve extra)
     app.add_typer(data.app, name="data")
+    app.add_typer(import_model.app, name="import")  # other toolkits' models (nmt.import_*)
 
 
 _register()

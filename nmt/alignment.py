@@ -26,7 +26,6 @@ import torch
 from nmt.data import pad
 from nmt.errors import ConfigError
 from nmt.model import DecoderLayer, Transformer
-from nmt.tokenizer import BOS_ID, PAD_ID
 
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
 
@@ -68,8 +67,10 @@ def cross_attention(
         step that predicts target token ``j`` (the last real row predicts EOS). Rows past a
         sentence's length and columns of source padding are 0.
     """
+    cfg = model.cfg
     memory, src_mask = model.encode(src)
-    tgt_in = pad([[BOS_ID, *t] for t in targets]).to(src.device)  # (batch, tgt_len + 1)
+    tgt_in = pad([[cfg.bos_id, *t] for t in targets], pad_id=cfg.pad_id)  # (batch, tgt_len + 1)
+    tgt_in = tgt_in.to(src.device)
     x = model.embed_tokens(tgt_in)
     layers = [cast(DecoderLayer, m) for m in model.decoder_layers]
     for decoder_layer in layers[:layer]:
@@ -83,7 +84,7 @@ def cross_attention(
     k, _ = attn.project_kv(memory)  # (batch, n_heads, src_len, head_dim)
     logits = (q @ k.transpose(-1, -2)).float() / math.sqrt(attn.head_dim)
     probs = logits.masked_fill(~src_mask, float("-inf")).softmax(-1).mean(1)
-    return probs.masked_fill((tgt_in == PAD_ID)[:, :, None], 0.0)
+    return probs.masked_fill((tgt_in == cfg.pad_id)[:, :, None], 0.0)
 
 
 def piece_words(pieces: Sequence[str], n_words: int) -> list[int]:

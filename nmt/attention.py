@@ -24,7 +24,6 @@ from typing import Any, cast
 import torch
 
 from nmt.model import DecoderLayer, MultiHeadAttention, Transformer
-from nmt.tokenizer import BOS_ID, EOS_ID
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,8 @@ def cross_attention(model: Transformer, src_ids: list[int], tgt_ids: list[int]) 
         len(src_ids) + 1)``.
     """
     device = next(model.parameters()).device
-    src = torch.tensor([[*src_ids, EOS_ID]], device=device)
-    tgt_in = torch.tensor([[BOS_ID, *tgt_ids]], device=device)
+    src = torch.tensor([[*src_ids, model.cfg.eos_id]], device=device)
+    tgt_in = torch.tensor([[model.cfg.bos_id, *tgt_ids]], device=device)
     captured: list[torch.Tensor] = []
 
     def capture(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

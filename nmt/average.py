@@ -13,6 +13,7 @@ from safetensors.torch import save as st_save
 
 from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError
+from nmt.marian_vocab import tokenizer_files
 
 
 def step_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -45,7 +46,8 @@ def average_run(
     run_dir: str | Path, last: int, out_dir: str | Path, allow_fewer: bool = False
 ) -> list[Path]:
     """Average the last ``last`` step checkpoints of ``run_dir`` into the model folder
-    ``out_dir`` (config.json, spm.model, model.safetensors), which ``nmt translate`` accepts.
+    ``out_dir`` (config.json, the tokenizer files, model.safetensors), which ``nmt
+    translate`` accepts.
 
     Args:
         allow_fewer: average all the step checkpoints there are when fewer than ``last``
@@ -79,11 +81,16 @@ def average_run(
         },
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.atomic_write(
-        out_dir / ckpt.SPM_FILE, lambda f: f.write((run_dir / ckpt.SPM_FILE).read_bytes())
-    )
+    for name in tokenizer_files(run_dir):  # spm.model, or an imported model's vocabulary
+        copy_file(run_dir / name, out_dir / name)
     ckpt.write_json(
         out_dir / ckpt.CONFIG_FILE, {**config, "averaged_from": [p.name for p in paths]}
     )
     ckpt.atomic_write(out_dir / ckpt.WEIGHTS_FILE, lambda f: f.write(blob))
     return paths
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically."""
+    data = src.read_bytes()
+    ckpt.atomic_write(dst, lambda f: f.write(data))

@@ -27,6 +27,7 @@ from nmt.config import ModelConfig, from_dict
 from nmt.errors import CheckpointError
 from nmt.fileio import (  # noqa: F401 - re-exported: the checkpoint API names them
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     atomic_write,
     read_versioned_json,
     removed_on_error,
@@ -133,7 +134,7 @@ def load_resume(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
         raise CheckpointError(f"{path}: cannot load resume checkpoint ({exc})") from None
-    if state.get("format_version") != FORMAT_VERSION:
+    if state.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: resume checkpoint format {state.get('format_version')}, expected "
             f"{FORMAT_VERSION}; start a new run folder"

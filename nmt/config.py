@@ -39,6 +39,22 @@ class ModelConfig:
         activation_dropout: dropout on the FFN hidden layer (0 by default, as in fairseq).
         pre_norm: LayerNorm before each sub-layer (Xiong et al. 2020) instead of after it.
         max_positions: longest sequence (tokens) the sinusoidal table covers.
+        activation: the feed-forward non-linearity: ``relu`` (Vaswani et al. 2017) or
+            ``swish`` (SiLU, ``x * sigmoid(x)``; Ramachandran et al. 2017), which OPUS-MT's
+            Marian models use (Junczys-Dowmunt et al. 2018; Tiedemann & Thottingal 2020).
+        output_bias: add a learned bias ``(vocab_size,)`` to the output logits (Marian's
+            output layer bias, Hugging Face's ``final_logits_bias``).
+        position_layout: where the sinusoids sit in the position table (positions count from
+            0 either way): ``interleaved`` puts sin on even and cos on odd channels (Vaswani et
+            al. 2017, §3.5); ``halves`` puts all sines in the first half and all cosines in the
+            second (Marian's layout).
+        scale_embeddings: multiply token embeddings by ``sqrt(d_model)`` before adding the
+            positions (Vaswani et al. 2017, §3.4); Marian models carry it as
+            ``scale_embedding``.
+        pad_id / bos_id / eos_id: the special ids of the model's vocabulary. ``bos_id`` is the
+            token the decoder starts from; nmt's own SentencePiece models use pad 0, BOS 2,
+            EOS 3 (:mod:`nmt.tokenizer`), imported Marian models pad = the last id, EOS 0, and
+            start the decoder from pad (``bos_id = pad_id``).
     """
 
     vocab_size: int = 8000
@@ -52,6 +68,13 @@ class ModelConfig:
     activation_dropout: float = 0.0
     pre_norm: bool = True
     max_positions: int = 1024
+    activation: str = "relu"
+    output_bias: bool = False
+    position_layout: str = "interleaved"
+    scale_embeddings: bool = True
+    pad_id: int = 0
+    bos_id: int = 2
+    eos_id: int = 3
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_heads", "ffn_dim", "max_positions"):
@@ -64,7 +87,23 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
+        for name, valid in (("activation", ACTIVATIONS), ("position_layout", POSITION_LAYOUTS)):
+            if getattr(self, name) not in valid:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r}: choose one of {', '.join(valid)}"
+                )
+        for name in ("pad_id", "bos_id", "eos_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} must be an id of the vocabulary "
+                    f"[0, vocab_size={self.vocab_size})"
+                )
+        if self.eos_id in (self.pad_id, self.bos_id):
+            raise ConfigError(f"eos_id={self.eos_id} must differ from pad_id and bos_id")
 
+
+ACTIVATIONS = ("relu", "swish")
+POSITION_LAYOUTS = ("interleaved", "halves")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, n_heads=4, ffn_dim=256, n_encoder_layers=2, n_decoder_layers=2),
@@ -427,8 +466,15 @@ def check_fits(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     Raises:
         ConfigError: ``max_len`` above ``max_positions - 1``: a sentence of ``max_len``
             tokens plus its BOS or EOS would not fit the position table (it used to crash
-            in the middle of training).
+            in the middle of training); special ids other than nmt's SentencePiece ids
+            (pad 0, BOS 2, EOS 3: training encodes with a joint SentencePiece model).
     """
+    for name, nmt_id in (("pad_id", 0), ("bos_id", 2), ("eos_id", 3)):
+        if getattr(model_cfg, name) != nmt_id:
+            raise ConfigError(
+                f"{name}={getattr(model_cfg, name)}: training uses nmt's SentencePiece ids "
+                f"({name}={nmt_id}); leave {name} at its default"
+            )
     if train_cfg.max_len > model_cfg.max_positions - 1:
         raise ConfigError(
             f"max_len={train_cfg.max_len} does not fit max_positions={model_cfg.max_positions}"

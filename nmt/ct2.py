@@ -52,13 +52,13 @@ from typing import Any
 
 import torch
 
-from nmt.checkpoint import SPM_FILE
 from nmt.config import DecodeConfig
 from nmt.engine import BaseTranslator, Request
 from nmt.errors import ConfigError, NMTError
 from nmt.fileio import read_versioned_json
+from nmt.marian_vocab import load_tokenizer
 from nmt.search import Hypothesis, length_penalty
-from nmt.tokenizer import EOS_ID, Tokenizer
+from nmt.tokenizer import Tokenizer
 from nmt.translate import cpu_workers
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
@@ -167,7 +167,7 @@ class CT2Translator(BaseTranslator):
         super().__init__(tokenizer, decode, chunk_lines, max_positions, strict)
         self.translator = translator
         self.max_tgt_tokens = max_positions - 1  # as nmt.search.max_lengths' cap
-        self.pieces = [tokenizer.sp.IdToPiece(i) for i in range(tokenizer.vocab_size)]
+        self.pieces = tokenizer.vocabulary()
         self.piece_ids = {piece: i for i, piece in enumerate(self.pieces)}
 
     @classmethod
@@ -210,7 +210,7 @@ class CT2Translator(BaseTranslator):
             intra_threads=intra,
         )
         max_positions = int(info["model"]["max_positions"])
-        tokenizer = Tokenizer(folder / SPM_FILE)
+        tokenizer = load_tokenizer(folder)
         return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
@@ -362,7 +362,7 @@ class CT2Translator(BaseTranslator):
         for pieces, score in zip(result.hypotheses, result.scores):
             ids = [self.piece_ids[p] for p in pieces]
             score *= len(ids) ** penalty  # undo CTranslate2's score / len ** p (len >= 1)
-            if ids and ids[-1] == EOS_ID:
+            if ids and ids[-1] == self.tokenizer.eos_id:
                 ids = ids[:-1]
             # Length with EOS: a hypothesis cut at the limit gets it forced in our search.
             lp = length_penalty(len(ids) + 1, d.length_penalty) if d.beam_size > 1 else 1.0

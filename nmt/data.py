@@ -128,15 +128,19 @@ class Batch:
 
 
 def pad(
-    seqs: Sequence[Sequence[int] | np.ndarray], prefix: int | None = None, suffix: int | None = None
+    seqs: Sequence[Sequence[int] | np.ndarray],
+    prefix: int | None = None,
+    suffix: int | None = None,
+    pad_id: int = PAD_ID,
 ) -> torch.Tensor:
-    """Right-pad id sequences into a ``(batch, max_len)`` int64 tensor, adding BOS/EOS if given.
+    """Right-pad id sequences with ``pad_id`` into a ``(batch, max_len)`` int64 tensor, adding
+    BOS/EOS if given.
 
     ``seqs`` may hold lists or numpy arrays (rows of a memory-mapped store).
     """
     start = int(prefix is not None)
     width = max(len(s) for s in seqs) + start + int(suffix is not None)
-    out = np.full((len(seqs), width), PAD_ID, dtype=np.int64)
+    out = np.full((len(seqs), width), pad_id, dtype=np.int64)
     for row, seq in enumerate(seqs):
         out[row, start : start + len(seq)] = seq
         if prefix is not None:

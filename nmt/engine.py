@@ -183,7 +183,7 @@ class BaseTranslator:
         Raises:
             InputError: one longer than the model can output (names the line).
         """
-        ids = self.tokenizer.encode(prefixes)
+        ids = self.tokenizer.encode_target(prefixes)
         for i, x in enumerate(ids):
             if len(x) > self.max_src_tokens:
                 raise InputError(
@@ -209,7 +209,7 @@ class BaseTranslator:
         if d.alignment and best.attention is not None:
             links = []
             if best.tokens:
-                piece = self.tokenizer.sp.IdToPiece
+                piece = self.tokenizer.piece
                 src_words = piece_words([piece(i) for i in src_ids], len(line.split()))
                 tgt_words = piece_words([piece(i) for i in best.tokens], len(texts[0].split()))
                 links = word_alignment(best.attention, src_words, tgt_words)

@@ -10,16 +10,20 @@ The export follows CTranslate2's documented route for custom models: fill a
 - each sub-layer's LayerNorm → that sub-layer's ``layer_norm`` (CTranslate2 applies it before
   the sub-layer when ``pre_norm``, after the residual sum otherwise), the final
   ``encoder_norm``/``decoder_norm`` → ``encoder.layer_norm``/``decoder.layer_norm``;
-- the embedding (scaled by ``sqrt(d_model)``) → both embeddings and the bias-free output
-  projection (CTranslate2 stores tied copies once, as aliases);
+- the embedding (scaled by ``sqrt(d_model)`` unless ``scale_embeddings`` is off) → both
+  embeddings and the output projection (CTranslate2 stores tied copies once, as aliases),
+  whose bias is ``output_bias`` when the model has one (Marian's); ``swish`` → CTranslate2's
+  ``Activation.SWISH``;
 - positions: CTranslate2's built-in sinusoids start at position 1 and put sin and cos in two
   halves; ours start at 0 with sin on even and cos on odd channels, so our table is written
-  into ``position_encodings.encodings``;
-- the vocabulary is the SentencePiece pieces, by id, shared by source and target; the config
-  says: append ``</s>`` to the source, start the target from ``<s>`` (our BOS).
+  into ``position_encodings.encodings`` (either layout, :func:`nmt.model.sinusoidal_positions`);
+- the vocabulary is the SentencePiece pieces, by id (an imported Marian model's: ``vocab.json``),
+  shared by source and target; the config says: append EOS to the source, start the target
+  from the model's ``bos_id`` (``<s>``; ``<pad>`` for Marian models).
 
 The output folder holds CTranslate2's ``model.bin``, ``config.json`` and
-``shared_vocabulary.json``, plus ``spm.model`` and ``nmt.json`` (languages, model shape,
+``shared_vocabulary.json``, plus the tokenizer files (``spm.model``, or an imported Marian
+model's ``vocab.json``, ``source.spm`` and ``target.spm``) and ``nmt.json`` (languages, model shape,
 quantization) so that ``nmt translate -m OUT`` needs nothing else.
 """
 
@@ -33,9 +37,10 @@ from typing import Any, cast
 
 from torch import nn
 
-from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, write_json
+from nmt.checkpoint import FORMAT_VERSION, load_model, write_json
 from nmt.ct2 import EXPORT_INFO, import_ctranslate2
 from nmt.errors import CheckpointError, ConfigError
+from nmt.marian_vocab import load_tokenizer, tokenizer_files
 from nmt.model import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention, Transformer
 from nmt.tokenizer import Tokenizer
 
@@ -91,9 +96,10 @@ def export_ctranslate2(
     if out.exists() and not force:
         raise CheckpointError(f"{out}: already exists; remove it or pass --force to replace it")
     model, config = load_model(model_dir, weights=weights)
-    tokenizer = Tokenizer(model_dir / SPM_FILE)
+    tokenizer = load_tokenizer(model_dir)
     spec = build_spec(ct2, model, tokenizer)
-    spec.register_file(str(model_dir / SPM_FILE), SPM_FILE)
+    for name in tokenizer_files(model_dir):
+        spec.register_file(str(model_dir / name), name)
     spec.validate()
     spec.optimize(quantization=quantization)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"  # mkdir honours the umask
@@ -152,12 +158,14 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
         (cfg.n_encoder_layers, cfg.n_decoder_layers),
         cfg.n_heads,
         pre_norm=cfg.pre_norm,
-        activation=ct2.specs.Activation.RELU,
+        activation=getattr(ct2.specs.Activation, cfg.activation.upper()),  # RELU or SWISH
     )
     set_stack(spec.encoder, model, model.encoder_layers, model.encoder_norm)
     set_stack(spec.decoder, model, model.decoder_layers, model.decoder_norm)
     spec.decoder.embeddings.weight = _array(model.embed.weight)
-    spec.decoder.projection.weight = _array(model.embed.weight)  # tied, no bias
+    spec.decoder.projection.weight = _array(model.embed.weight)  # tied
+    if model.output_bias is not None:
+        spec.decoder.projection.bias = _array(model.output_bias)
     for layer_spec, module in zip(spec.encoder.layer, model.encoder_layers):
         enc = cast(EncoderLayer, module)
         set_attention(layer_spec.self_attention, enc.self_attn, enc.attn_block.norm)
@@ -167,14 +175,13 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
         set_attention(layer_spec.self_attention, dec.self_attn, dec.self_block.norm)
         set_attention(layer_spec.attention, dec.cross_attn, dec.cross_block.norm)
         set_ffn(layer_spec.ffn, dec.ffn, dec.ffn_block.norm)
-    sp = tokenizer.sp
-    vocabulary = [sp.IdToPiece(i) for i in range(tokenizer.vocab_size)]
+    vocabulary = tokenizer.vocabulary()
     spec.register_source_vocabulary(vocabulary)
     spec.register_target_vocabulary(vocabulary)
     config = spec.config
-    config.unk_token = sp.IdToPiece(sp.unk_id())
-    config.bos_token = config.decoder_start_token = sp.IdToPiece(sp.bos_id())
-    config.eos_token = sp.IdToPiece(sp.eos_id())
+    config.unk_token = vocabulary[tokenizer.unk_id]
+    config.bos_token = config.decoder_start_token = vocabulary[cfg.bos_id]
+    config.eos_token = vocabulary[cfg.eos_id]
     config.add_source_bos, config.add_source_eos = False, True
     config.layer_norm_epsilon = cast(EncoderLayer, model.encoder_layers[0]).attn_block.norm.eps
     return spec
@@ -184,7 +191,7 @@ def set_stack(spec: Any, model: Transformer, layers: nn.ModuleList, final_norm: 
     """Embedding, scale, position table and final LayerNorm of an encoder or decoder spec."""
     embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
     embeddings.weight = _array(model.embed.weight)
-    spec.scale_embeddings = True  # multiply by sqrt(d_model), as Transformer.embed_tokens
+    spec.scale_embeddings = model.cfg.scale_embeddings  # by sqrt(d_model), as embed_tokens
     spec.position_encodings.encodings = _array(model.positions)  # (max_positions, d_model)
     if isinstance(final_norm, nn.LayerNorm):  # pre-norm only
         set_layer_norm(spec.layer_norm, final_norm)

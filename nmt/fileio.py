@@ -19,7 +19,13 @@ from typing import Any, BinaryIO
 
 from nmt.errors import CheckpointError
 
-FORMAT_VERSION = 1  # of model folders, data folders and exports: files nmt writes and reads
+# Of model folders, data folders, exports and resume checkpoints: the version nmt writes.
+# 2: a model config may set the options of imported Marian models (activation, output_bias,
+# position_layout, scale_embeddings, pad_id/bos_id/eos_id) and a model folder may hold
+# vocab.json + source.spm + target.spm instead of spm.model. Version 1 files are read as well:
+# their models take those options' defaults, which are what version 1 models were.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
@@ -104,9 +110,10 @@ def read_versioned_json(path: Path, missing_hint: str, version_hint: str) -> dic
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: written with model format version {version}, this nmt reads version "
-            f"{FORMAT_VERSION}; {version_hint}"
+            f"{FORMAT_VERSION} (and older: {', '.join(map(str, READABLE_VERSIONS[:-1]))}); "
+            f"{version_hint}"
         )
     return data

@@ -19,7 +19,6 @@ from nmt.data import pad
 from nmt.ensemble import Ensemble
 from nmt.model import Transformer
 from nmt.search import length_penalty
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @torch.inference_mode()
@@ -39,13 +38,15 @@ def forced_scores(
     if isinstance(model, Ensemble):
         each = [forced_scores(m, src, targets) for m in model.models]
         return [sum(w * s[i] for w, s in zip(model.weights, each)) for i in range(len(targets))]
+    cfg = model.cfg
     memory, src_mask = model.encode(src)
-    tgt_in = pad([[BOS_ID, *t] for t in targets]).to(src.device)  # (batch, tgt_len + 1)
-    labels = pad([[*t, EOS_ID] for t in targets]).to(src.device)  # (batch, tgt_len + 1)
+    tgt_in = pad([[cfg.bos_id, *t] for t in targets], pad_id=cfg.pad_id)  # (batch, tgt_len + 1)
+    labels = pad([[*t, cfg.eos_id] for t in targets], pad_id=cfg.pad_id)  # (batch, tgt_len + 1)
+    tgt_in, labels = tgt_in.to(src.device), labels.to(src.device)
     hidden = model.decode(tgt_in, memory, src_mask)  # (batch, tgt_len + 1, d_model)
     logp = F.log_softmax(model.logits(hidden).float(), -1)  # (batch, tgt_len + 1, vocab)
     token_logp = logp.gather(2, labels[:, :, None])[:, :, 0]  # (batch, tgt_len + 1)
-    return token_logp.masked_fill(labels == PAD_ID, 0.0).sum(1).tolist()
+    return token_logp.masked_fill(labels == cfg.pad_id, 0.0).sum(1).tolist()
 
 
 def normalized(score: float, n_tokens: int, alpha: float) -> float:

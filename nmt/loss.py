@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from nmt.model import Transformer
-from nmt.tokenizer import PAD_ID
 
 
 def label_smoothed_loss(
@@ -20,14 +19,14 @@ def label_smoothed_loss(
     Args:
         model: supplies the (tied) output projection.
         states: ``(batch, tgt_len, d_model)`` decoder states.
-        labels: ``(batch, tgt_len)`` int64 gold next tokens, PAD where padded.
+        labels: ``(batch, tgt_len)`` int64 gold next tokens, ``model.cfg.pad_id`` where padded.
         label_smoothing: epsilon; the smoothing mass is spread uniformly over the vocabulary.
 
     Returns:
         ``(loss, nll)``: float32 scalars, summed over the non-pad target tokens (divide by
         their count for a per-token value; ``exp(nll / n)`` is the perplexity).
     """
-    keep = labels != PAD_ID
+    keep = labels != model.cfg.pad_id
     logits = model.logits(states[keep]).float()  # (n_tokens, vocab)
     gold = labels[keep]
     loss = F.cross_entropy(logits, gold, label_smoothing=label_smoothing, reduction="sum")

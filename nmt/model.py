@@ -22,24 +22,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import ModelConfig
-from nmt.tokenizer import PAD_ID
 
 CACHE_CHUNK = 16  # self-attention cache grows by this many positions at a time
 
 
-def sinusoidal_positions(n_positions: int, d_model: int) -> torch.Tensor:
-    """Sinusoidal position encodings (Vaswani et al. 2017, §3.5).
+def sinusoidal_positions(
+    n_positions: int, d_model: int, layout: str = "interleaved"
+) -> torch.Tensor:
+    """Sinusoidal position encodings (Vaswani et al. 2017, §3.5), positions from 0.
+
+    Args:
+        layout: ``interleaved``: sin on even, cos on odd channels; ``halves``: the sines in
+            channels ``[0, d/2)`` and the cosines in ``[d/2, d)``, with the same frequencies
+            (Marian's layout; Junczys-Dowmunt et al. 2018).
 
     Returns:
-        ``(n_positions, d_model)`` float32; even channels sin, odd channels cos.
+        ``(n_positions, d_model)`` float32.
     """
     position = torch.arange(n_positions, dtype=torch.float32).unsqueeze(1)
     inv_freq = torch.exp(
         torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
     )
     table = torch.zeros(n_positions, d_model)
+    if layout == "halves":
+        half = (d_model + 1) // 2
+        table[:, :half] = torch.sin(position * inv_freq)
+        table[:, half:] = torch.cos(position * inv_freq[: d_model - half])
+        return table
     table[:, 0::2] = torch.sin(position * inv_freq)
-    table[:, 1::2] = torch.cos(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
     return table
 
 
@@ -230,16 +241,18 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise feed-forward network ``fc2(dropout(relu(fc1(x))))`` (§3.3)."""
+    """Position-wise feed-forward network ``fc2(dropout(act(fc1(x))))`` (§3.3), ``act`` ReLU
+    or swish (SiLU; Ramachandran et al. 2017)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: str = "relu"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(d_model, ffn_dim), nn.Linear(ffn_dim, d_model)
         self.dropout = nn.Dropout(dropout)
+        self.activation = F.silu if activation == "swish" else F.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, len, d_model)`` → ``(batch, len, d_model)``."""
-        h = F.relu(self.fc1(x))
+        h = self.activation(self.fc1(x))
         return self.fc2(self.dropout(h) if self.dropout.p > 0 else h)
 
 
@@ -266,7 +279,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, False)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout, cfg.activation)
         self.attn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
 
@@ -283,7 +296,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, False)
         self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention_dropout, True)
-        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.activation_dropout, cfg.activation)
         self.self_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.cross_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
         self.ffn_block = Sublayer(cfg.d_model, cfg.dropout, cfg.pre_norm)
@@ -307,7 +320,8 @@ class Transformer(nn.Module):
     """Encoder-decoder Transformer with tied source, target and output embeddings.
 
     Args:
-        cfg: the model shape; ``cfg.vocab_size`` is the joint vocabulary.
+        cfg: the model shape; ``cfg.vocab_size`` is the joint vocabulary. With
+            ``cfg.output_bias`` the logits get a learned bias ``output_bias`` ``(vocab,)``.
     """
 
     positions: torch.Tensor  # (max_positions, d_model) buffer, not saved
@@ -315,11 +329,14 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
         self.register_buffer(
-            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+            "positions",
+            sinusoidal_positions(cfg.max_positions, cfg.d_model, cfg.position_layout),
+            persistent=False,
         )
-        self.embed_scale = math.sqrt(cfg.d_model)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.output_bias = nn.Parameter(torch.zeros(cfg.vocab_size)) if cfg.output_bias else None
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_decoder_layers))
@@ -338,7 +355,9 @@ class Transformer(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)
         with torch.no_grad():
-            self.embed.weight[PAD_ID].zero_()
+            self.embed.weight[self.cfg.pad_id].zero_()
+            if self.output_bias is not None:
+                self.output_bias.zero_()
 
     def embed_tokens(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """``(batch, len)`` ids → ``(batch, len, d_model)``: scaled embedding + positions."""
@@ -360,17 +379,18 @@ class Transformer(nn.Module):
             memory ``(batch, src_len, d_model)`` and src_mask ``(batch, 1, 1, src_len)`` bool
             (True = real token).
         """
-        src_mask = (src != PAD_ID)[:, None, None, :]
+        src_mask = (src != self.cfg.pad_id)[:, None, None, :]
         x = self.embed_tokens(src)
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
         return self.encoder_norm(x), src_mask
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Output projection tied to the embedding: ``(..., d_model)`` → ``(..., vocab)``."""
+        """Output projection tied to the embedding (plus ``output_bias`` if the model has
+        one): ``(..., d_model)`` → ``(..., vocab)``."""
         if self.output_linear is not None:
             return self.output_linear(h)
-        return F.linear(h, self.embed.weight)
+        return F.linear(h, self.embed.weight, self.output_bias)
 
     def decode(
         self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor

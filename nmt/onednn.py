@@ -88,7 +88,7 @@ def use_onednn(model: Transformer, layers: bool = True) -> Transformer:
             for name, child in list(module.named_children()):
                 if type(child) is nn.Linear:
                     setattr(module, name, OneDNNLinear(child.weight, child.bias))
-    model.output_linear = OneDNNLinear(model.embed.weight, None)
+    model.output_linear = OneDNNLinear(model.embed.weight, model.output_bias)
     return model
 
 

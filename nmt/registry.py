@@ -32,7 +32,6 @@ from nmt.loading import load_translator
 from nmt.model import Transformer
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
-from nmt.tokenizer import EOS_ID
 from nmt.translate import BaseTranslator, Translator, cpu_workers, worker_pool
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -166,7 +165,7 @@ class ServedModel:
         limit = self.translator.max_src_tokens
         prefix_ids = None
         if prefixes is not None:
-            prefix_ids = [tokenizer.encode([p])[0] if p else [] for p in prefixes]
+            prefix_ids = [tokenizer.encode_target([p])[0] if p else [] for p in prefixes]
         seeds = None
         if sampling:
             base = fresh_seed() if seed is None else seed
@@ -244,8 +243,8 @@ class ServedModel:
 
     def pieces(self, ids: list[int]) -> list[str]:
         """SentencePiece pieces of ``ids`` followed by ``</s>`` (the attention's labels)."""
-        sp = self.translator.tokenizer.sp
-        return [sp.IdToPiece(i) for i in ids] + [sp.IdToPiece(EOS_ID)]
+        tokenizer = self.translator.tokenizer
+        return [tokenizer.piece(i) for i in [*ids, tokenizer.eos_id]]
 
 
 def parse_model_specs(specs: list[str]) -> list[tuple[str, Path]]:

@@ -18,6 +18,7 @@ from nmt import store
 from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.distributed import DistEnv, gather_objects
 from nmt.errors import ConfigError, TrainingError
+from nmt.marian_vocab import SOURCE_SPM, TARGET_SPM, VOCAB_FILE
 from nmt.tokenizer import Tokenizer
 from nmt.train_log import TrainObserver
 
@@ -131,6 +132,13 @@ def init_model_config(
     saved_cfg = from_dict(
         ModelConfig, ckpt.read_config(init_from)["model"], str(init_from / ckpt.CONFIG_FILE)
     )
+    init_spm = init_from / ckpt.SPM_FILE
+    if not init_spm.is_file() and (init_from / VOCAB_FILE).is_file():
+        raise ConfigError(
+            f"--init-from {init_from} is an imported Marian model ({VOCAB_FILE} over "
+            f"{SOURCE_SPM} and {TARGET_SPM}); training from it is not supported yet: "
+            "the training data is encoded with one joint SentencePiece model"
+        )
     # The vocabulary is the SentencePiece model's, checked below.
     name = first_difference(saved_cfg, given, skip=(*TUNABLE, "vocab_size"))
     if name is not None:
@@ -139,7 +147,6 @@ def init_model_config(
             f"command gives {name}={getattr(given, name)!r}: a model's shape cannot change "
             "when training continues from its weights; drop the model option or --preset"
         )
-    init_spm = init_from / ckpt.SPM_FILE
     if spm_path is not None and Path(spm_path).read_bytes() != init_spm.read_bytes():
         raise ConfigError(
             f"--spm {spm_path} differs from {init_spm}, the SentencePiece model the weights "

@@ -64,16 +64,21 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def max_lengths(
-    src: torch.Tensor, a: float, b: int, cap: int, prefix: torch.Tensor | None = None
+    src: torch.Tensor,
+    a: float,
+    b: int,
+    cap: int,
+    prefix: torch.Tensor | None = None,
+    pad_id: int = PAD_ID,
 ) -> torch.Tensor:
     """Per-sentence target limit ``min(a * src_len + b, cap)`` (tokens before EOS), and at
     least the length of the sentence's target prefix.
 
-    ``src_len`` counts the real source tokens without EOS; ``cap`` is the longest target the
-    model's position table allows; ``prefix``: ``(batch, prefix_len)`` (:func:`prefix_tensor`).
-    Returns ``(batch,)`` int64.
+    ``src_len`` counts the real source tokens (those that are not ``pad_id``) without EOS;
+    ``cap`` is the longest target the model's position table allows; ``prefix``:
+    ``(batch, prefix_len)`` (:func:`prefix_tensor`). Returns ``(batch,)`` int64.
     """
-    src_len = (src != PAD_ID).sum(1) - 1
+    src_len = (src != pad_id).sum(1) - 1
     limits = ((src_len.float() * a).long() + b).clamp(max=cap)
     if prefix is not None:
         limits = torch.maximum(limits, (prefix >= 0).sum(1))
@@ -131,20 +136,21 @@ def greedy_search(
     """
     memory, src_mask = model.encode(src)
     cache = model.init_cache(memory, src_mask)
-    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1, prefix)
+    cfg = model.cfg
+    limits = max_lengths(src, max_len_a, max_len_b, cfg.max_positions - 1, prefix, cfg.pad_id)
     batch = src.size(0)
     alive = torch.arange(batch, device=src.device)  # original sentence index of each row
-    tokens = torch.full((batch,), BOS_ID, dtype=torch.long, device=src.device)
+    tokens = torch.full((batch,), cfg.bos_id, dtype=torch.long, device=src.device)
     history = torch.empty(batch, 0, dtype=torch.long, device=src.device)
     scores = torch.zeros(batch, device=src.device)
     results: list[Hypothesis | None] = [None] * batch
     for step in range(int(limits.max()) + 1):
-        logp = mask_specials(model.decode_step(tokens, cache))  # (rows, vocab)
+        logp = mask_specials(model.decode_step(tokens, cache), cfg.pad_id, cfg.bos_id)
         if prefix is not None and step < prefix.size(1):
             force_tokens(logp, prefix[alive, step])
         forced = limits[alive] <= step
         if forced.any():
-            logp[forced] = _only_eos(logp[forced])
+            logp[forced] = _only_eos(logp[forced], cfg.eos_id)
         if choose is None:
             best_logp, tokens = logp.max(-1)
         else:
@@ -152,7 +158,7 @@ def greedy_search(
             best_logp = logp.gather(1, tokens[:, None])[:, 0]
         scores = scores + best_logp
         history = torch.cat([history, tokens[:, None]], 1)
-        done = tokens == EOS_ID
+        done = tokens == cfg.eos_id
         if done.any():
             for row in done.nonzero()[:, 0].tolist():
                 score = float(scores[row])
@@ -165,19 +171,19 @@ def greedy_search(
     return [r for r in results if r is not None]
 
 
-def mask_specials(logp: torch.Tensor) -> torch.Tensor:
+def mask_specials(logp: torch.Tensor, pad_id: int = PAD_ID, bos_id: int = BOS_ID) -> torch.Tensor:
     """Forbid PAD and BOS as outputs (in place; ``(rows, vocab)`` log-probabilities): they
     never occur as targets, and an untrained model would otherwise emit them (fairseq does
-    the same)."""
-    logp[:, PAD_ID] = float("-inf")
-    logp[:, BOS_ID] = float("-inf")
+    the same; Hugging Face's OPUS-MT models list PAD in ``bad_words_ids``)."""
+    logp[:, pad_id] = float("-inf")
+    logp[:, bos_id] = float("-inf")
     return logp
 
 
-def _only_eos(logp: torch.Tensor) -> torch.Tensor:
+def _only_eos(logp: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
     """Rows that reached their length limit may only end: all mass on EOS (log 1 = 0)."""
     forced = torch.full_like(logp, float("-inf"))
-    forced[:, EOS_ID] = 0.0
+    forced[:, eos_id] = 0.0
     return forced
 
 
@@ -216,13 +222,13 @@ def beam_init(
     """Encode once; the first step runs one decoder row per sentence (as CTranslate2 does),
     since all beams would start from the same BOS; :func:`beam_step` then widens to the beam.
     While a sentence's ``prefix`` lasts, its beams are teacher-forced (one live hypothesis)."""
-    batch = src.size(0)
+    batch, cfg = src.size(0), model.cfg
     memory, src_mask = model.encode(src)
     return BeamState(
         sentence=torch.arange(batch, device=src.device),
         scores=torch.zeros(batch, 1, device=src.device),
         history=torch.empty(batch, 0, dtype=torch.long, device=src.device),
-        limits=max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1, prefix),
+        limits=max_lengths(src, max_len_a, max_len_b, cfg.max_positions - 1, prefix, cfg.pad_id),
         n_finished=torch.zeros(batch, dtype=torch.long, device=src.device),
         cache=model.init_cache(memory, src_mask),
         prefix=prefix,
@@ -240,25 +246,25 @@ def beam_step(
 
     Appends the hypotheses that end here to ``finished[sentence]``.
     """
-    (n, width), step = state.scores.shape, state.history.size(1)
+    (n, width), step, cfg = state.scores.shape, state.history.size(1), model.cfg
     last = (
         state.history[:, -1]
         if step
-        else torch.full((n,), BOS_ID, dtype=torch.long, device=state.scores.device)
+        else torch.full((n,), cfg.bos_id, dtype=torch.long, device=state.scores.device)
     )
-    logp = mask_specials(model.decode_step(last, state.cache))
+    logp = mask_specials(model.decode_step(last, state.cache), cfg.pad_id, cfg.bos_id)
     if state.prefix is not None and step < state.prefix.size(1):
         force_tokens(logp, state.prefix[:, step].repeat_interleave(width))
     logp = logp.view(n, width, -1)
     vocab = logp.size(-1)
     forced = state.limits <= step
     if forced.any():
-        logp[forced] = _only_eos(logp[forced].view(-1, vocab)).view(-1, width, vocab)
+        logp[forced] = _only_eos(logp[forced].view(-1, vocab), cfg.eos_id).view(-1, width, vocab)
     candidates = logp.add_(state.scores[:, :, None]).view(n, -1)  # (n, width * vocab)
     n_cand = min(2 * beam_size, width * vocab)
     cand_scores, cand_index = candidates.topk(n_cand, dim=1)  # (n, 2 * beam)
     cand_beam, cand_token = cand_index // vocab, cand_index % vocab
-    is_eos = cand_token == EOS_ID
+    is_eos = cand_token == cfg.eos_id
     _finalize(state, finished, cand_scores, cand_beam, is_eos, beam_size, alpha)
     # The best `beam` candidates that do not end: candidates are sorted, so topk over the
     # EOS-masked scores keeps them in order.

@@ -28,6 +28,8 @@ class Tokenizer:
             pad=0, unk=1, bos=2, eos=3.
     """
 
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
     def __init__(self, model_path: str | Path):
         self.path = Path(model_path)
         if not self.path.is_file():
@@ -49,9 +51,21 @@ class Tokenizer:
         """Number of pieces, special ones included."""
         return int(self.sp.GetPieceSize())
 
+    def vocabulary(self) -> list[str]:
+        """The pieces by id."""
+        return [self.sp.IdToPiece(i) for i in range(self.vocab_size)]
+
+    def piece(self, i: int) -> str:
+        """The piece of id ``i``."""
+        return str(self.sp.IdToPiece(i))
+
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         """Token ids of each line, without BOS/EOS."""
         return self.sp.Encode(list(lines), out_type=int)
+
+    def encode_target(self, lines: Sequence[str]) -> list[list[int]]:
+        """Token ids of target lines (the same model as the source's: it is joint)."""
+        return self.encode(lines)
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Detokenized text of each id list; special ids are dropped."""

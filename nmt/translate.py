@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from nmt.alignment import check_layer, cross_attention
-from nmt.checkpoint import SPM_FILE, load_model
+from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.device import resolve_device
@@ -29,12 +29,13 @@ from nmt.engine import BaseTranslator, Request, Translation
 from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import ConfigError
 from nmt.forced import forced_scores, normalized
+from nmt.marian_vocab import load_tokenizer, tokenizer_files
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
 from nmt.sampling import sample
 from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
 from nmt.streaming import available_chunks, length_batches, paired
-from nmt.tokenizer import EOS_ID, Tokenizer
+from nmt.tokenizer import Tokenizer
 
 __all__ = ["BaseTranslator", "Translation", "Translator", "cpu_workers", "length_batches"]
 
@@ -196,9 +197,9 @@ class Translator(BaseTranslator):
             )
             for f in folders
         ]
-        spm_files = [Path(f) / SPM_FILE for f in folders]
-        tokenizer = Tokenizer(spm_files[0])
-        check_same_vocabulary(spm_files)
+        tokenizer = load_tokenizer(folders[0])
+        for name in tokenizer_files(folders[0]):  # spm.model, or an imported model's files
+            check_same_vocabulary([Path(f) / name for f in folders])
         if len(models) == 1 and ensemble_weights is None:
             return cls(models[0], tokenizer, decode, chunk_lines, strict, workers)
         n = len(models)
@@ -221,7 +222,9 @@ class Translator(BaseTranslator):
         batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x], request.decode)
 
         def run(rows: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
-            src = pad([ids[r] for r in rows], suffix=EOS_ID).to(self.device)
+            cfg = self.model.cfg
+            src = pad([ids[r] for r in rows], suffix=cfg.eos_id, pad_id=cfg.pad_id)
+            src = src.to(self.device)
             prefixes, seeds = request.prefixes, request.seeds
             prefix = None if prefixes is None else [prefixes[r] for r in rows]
             seed = None if seeds is None else [seeds[r] for r in rows]
@@ -321,7 +324,9 @@ class Translator(BaseTranslator):
             tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
             scores = [0.0] * len(pairs)
             for rows in self.row_batches(src_ids, list(range(len(pairs))), d):
-                src = pad([src_ids[r] for r in rows], suffix=EOS_ID).to(self.device)
+                cfg = self.model.cfg
+                src = pad([src_ids[r] for r in rows], suffix=cfg.eos_id, pad_id=cfg.pad_id)
+                src = src.to(self.device)
                 found = forced_scores(self.model, src, [tgt_ids[r] for r in rows])
                 for r, score in zip(rows, found):
                     scores[r] = score

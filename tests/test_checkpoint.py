@@ -77,6 +77,21 @@ def test_other_format_version_is_refused_naming_both_versions(model_dir: Path) -
     assert f"model format version 99, this nmt reads version {FORMAT_VERSION}" in message
 
 
+def test_version_1_folder_loads_with_the_new_options_at_their_defaults(
+    model_dir: Path, multi30k
+) -> None:
+    """A folder written before the Marian options existed (format version 1, no such keys)
+    translates exactly as the same model written now."""
+    lines = multi30k("test_2016_flickr", "de", 4)
+    now = translations(model_dir, lines)
+    config = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    new_keys = ("activation", "output_bias", "position_layout", "scale_embeddings", "pad_id",
+                "bos_id", "eos_id")  # fmt: skip
+    old_model = {k: v for k, v in config["model"].items() if k not in new_keys}
+    write_json(model_dir / CONFIG_FILE, {**config, "format_version": 1, "model": old_model})
+    assert translations(model_dir, lines) == now
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
@@ -185,7 +200,9 @@ def test_resume_round_trip_and_weights_only_loading(tmp_path: Path) -> None:
 
 def test_resume_of_another_format_or_garbage(tmp_path: Path) -> None:
     save_resume(tmp_path / "old.pt", {"format_version": 0})
-    with pytest.raises(CheckpointError, match="resume checkpoint format 0, expected 1"):
+    with pytest.raises(
+        CheckpointError, match=f"resume checkpoint format 0, expected {FORMAT_VERSION}"
+    ):
         load_resume(tmp_path / "old.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="cannot load resume checkpoint"):

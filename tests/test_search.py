@@ -81,7 +81,9 @@ class ScriptedModel:
     """
 
     def __init__(self, max_positions: int = 64):
-        self.cfg = SimpleNamespace(max_positions=max_positions)
+        self.cfg = SimpleNamespace(
+            max_positions=max_positions, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID
+        )
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return src[:, :1, None].float(), (src != PAD_ID)[:, None, None, :]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.checkpoint import SPM_FILE, load_model, load_weights
+from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, load_weights
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError
 from nmt.score import corpus_scores
@@ -138,7 +138,7 @@ def test_run_folder_contents(tiny_run: Path) -> None:
         "step-00000200.safetensors",
     ]
     config = json.loads((tiny_run / "config.json").read_text(encoding="utf-8"))
-    assert config["format_version"] == 1
+    assert config["format_version"] == FORMAT_VERSION
     assert (config["src_lang"], config["tgt_lang"]) == ("de", "en")
     assert config["model"]["d_model"] == 64 and config["model"]["vocab_size"] == 1000
     assert config["train"]["max_steps"] == 200

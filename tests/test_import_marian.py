@@ -1,0 +1,388 @@
+"""``nmt import marian`` (``nmt.import_marian``) against Hugging Face's ``MarianMTModel``.
+
+No network: the test builds a tiny ``MarianMTModel`` with random weights itself, with two
+SentencePiece models trained on Multi30k lines (de for the source, en for the target) and a
+``vocab.json`` over both with Marian's special ids (``</s>`` 0, ``<unk>`` 1, ``<pad>`` last),
+saves it with ``save_pretrained`` and imports it. A random model has flat distributions full of
+near-ties; a large random ``final_logits_bias`` makes them peaked, so that both
+implementations' searches pick the same tokens wherever float32 rounding does not decide.
+Skipped with the reason when ``transformers`` (the ``hf`` extra) is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from nmt.checkpoint import load_model, load_weights
+from nmt.config import DecodeConfig
+from nmt.data import pad
+from nmt.errors import CheckpointError, ConfigError
+from nmt.import_marian import import_marian
+from nmt.marian_vocab import MarianVocabulary, load_tokenizer
+from nmt.model import Transformer
+from nmt.search import beam_search, greedy_search
+from nmt.tokenizer import train_tokenizer
+from nmt.translate import Translator
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install -e '.[hf]')"
+)
+
+SPM_LINES, SPM_VOCAB = 2000, 400
+N_PAIRS = 40  # Multi30k validation pairs compared
+MAX_NEW = 24  # tokens before EOS, for both searches
+BEAM_AGREEMENT = 0.9  # share of beam-4 outputs that must be identical (ties aside)
+TAG = ">>fra<<"
+
+
+def write_vocab(folder: Path, source: Path, target: Path) -> dict[str, int]:
+    """``vocab.json``: ``</s>`` 0, ``<unk>`` 1, the pieces of both models, a target tag,
+    ``<pad>`` last (the layout of Hugging Face's OPUS-MT conversion)."""
+    import sentencepiece as spm
+
+    pieces = ["</s>", "<unk>"]
+    for path in (source, target):
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+        for i in range(4, sp.GetPieceSize()):  # 0-3: nmt's pad, unk, bos, eos
+            if sp.IdToPiece(i) not in pieces:
+                pieces.append(sp.IdToPiece(i))
+    vocab = {p: i for i, p in enumerate([*pieces, TAG, "<pad>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return vocab
+
+
+def make_hf_model(vocab: dict[str, int], **overrides: Any) -> Any:
+    """A random ``MarianMTModel`` with OPUS-MT's options and peaked output distributions."""
+    pad = vocab["<pad>"]
+    values: dict[str, Any] = dict(
+        vocab_size=len(vocab),
+        decoder_vocab_size=len(vocab),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=128,
+        activation_function="swish",
+        scale_embedding=True,
+        pad_token_id=pad,
+        eos_token_id=0,
+        decoder_start_token_id=pad,
+        forced_eos_token_id=0,
+        share_encoder_decoder_embeddings=True,
+    )
+    config = transformers.MarianConfig(**{**values, **overrides})
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # beyond HF's near-zero init
+            p.add_(torch.randn_like(p) * (0.3 if "layer_norm" in name else 0.2))
+        torch.manual_seed(1)
+        model.final_logits_bias.copy_(torch.randn(1, len(vocab)) * 4.0)
+        # EOS near the top: some hypotheses end early, others run to the length limit.
+        model.final_logits_bias[0, 0] = 10.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory, multi30k: Any) -> Path:
+    """A ``save_pretrained`` folder with the tokenizer files beside it."""
+    folder = tmp_path_factory.mktemp("hf-marian")
+    source, target = folder / "source.spm", folder / "target.spm"
+    train_tokenizer(multi30k("train", "de", SPM_LINES), source, SPM_VOCAB)
+    train_tokenizer(multi30k("train", "en", SPM_LINES), target, SPM_VOCAB)
+    for path in (source, target):
+        path.with_suffix(".vocab").unlink()
+    vocab = write_vocab(folder, source, target)
+    make_hf_model(vocab).save_pretrained(folder)
+    config = {"source_lang": "de", "target_lang": "en", "separate_vocabs": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def imported(hf_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return import_marian(hf_dir, tmp_path_factory.mktemp("imported") / "model")
+
+
+@pytest.fixture(scope="module")
+def hf_model(hf_dir: Path) -> Any:
+    return transformers.MarianMTModel.from_pretrained(hf_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def pairs(multi30k: Any) -> tuple[list[str], list[str]]:
+    return multi30k("val", "de", N_PAIRS), multi30k("val", "en", N_PAIRS)
+
+
+def source_batch(tokenizer: MarianVocabulary, lines: list[str]) -> torch.Tensor:
+    """``(batch, src_len)`` ids ending in EOS, padded with ``<pad>``."""
+    return pad(tokenizer.encode(lines), suffix=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+
+
+def test_tokenization_equals_marian_tokenizer(
+    imported: Path, hf_dir: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    ours = load_tokenizer(imported)
+    assert isinstance(ours, MarianVocabulary)
+    theirs = transformers.MarianTokenizer(
+        *(str(hf_dir / name) for name in ("source.spm", "target.spm", "vocab.json"))
+    )
+    lines = [*pairs[0], f"{TAG} {pairs[0][0]}", "Zürich ☃ 𝔘"]  # a tag, unknown pieces
+    expected = [ids[:-1] for ids in theirs(lines)["input_ids"]]  # without EOS
+    assert ours.encode(lines) == expected
+    assert ours.encode([f"{TAG} x"])[0][0] == ours.ids[TAG] and ours.target_tags == [TAG]
+    target = theirs(text_target=pairs[1])["input_ids"]
+    assert ours.encode_target(pairs[1]) == [ids[:-1] for ids in target]
+    assert ours.decode(ours.encode_target(pairs[1][:5])) == pairs[1][:5]
+    assert (ours.eos_id, ours.unk_id, ours.pad_id) == (0, 1, ours.vocab_size - 1)
+
+
+def test_teacher_forced_log_probs_equal_hugging_face(
+    imported: Path, hf_model: Any, pairs: tuple[list[str], list[str]]
+) -> None:
+    model, _ = load_model(imported)
+    tokenizer = MarianVocabulary(imported)
+    src = source_batch(tokenizer, pairs[0])
+    tgt = tokenizer.encode_target(pairs[1])
+    tgt_in = pad(tgt, prefix=tokenizer.pad_id, pad_id=tokenizer.pad_id)  # decoder starts at pad
+    real = pad(tgt, suffix=tokenizer.eos_id, pad_id=-1) != -1  # (batch, tgt_len) scored places
+    with torch.no_grad():
+        ours = torch.log_softmax(model.logits(model(src, tgt_in)), -1)
+        theirs = hf_model(
+            input_ids=src, attention_mask=src != tokenizer.pad_id, decoder_input_ids=tgt_in
+        ).logits.log_softmax(-1)
+    assert real.sum() > 500
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
+
+
+def hf_generate(hf_model: Any, src: torch.Tensor, pad_id: int, **kwargs: Any) -> list[list[int]]:
+    """``generate()``'s outputs without the start token, cut before EOS. ``bad_words_ids``
+    forbids PAD, as OPUS-MT's generation configs do (and nmt's search); ``forced_eos_token_id``
+    ends a hypothesis at the length limit with EOS, as nmt's search does."""
+    out = hf_model.generate(
+        input_ids=src,
+        attention_mask=src != pad_id,
+        max_new_tokens=MAX_NEW + 1,
+        bad_words_ids=[[pad_id]],
+        do_sample=False,
+        **kwargs,
+    )
+    results = []
+    for row in out[:, 1:].tolist():
+        results.append(row[: row.index(0)] if 0 in row else row)
+    return results
+
+
+def test_greedy_equals_generate(
+    imported: Path, hf_model: Any, pairs: tuple[list[str], list[str]]
+) -> None:
+    model, _ = load_model(imported)
+    tokenizer = MarianVocabulary(imported)
+    src = source_batch(tokenizer, pairs[0])
+    ours = [h.tokens for h in greedy_search(model, src, max_len_a=0.0, max_len_b=MAX_NEW)]
+    theirs = hf_generate(hf_model, src, tokenizer.pad_id, num_beams=1)
+    lengths = [len(t) for t in ours]
+    assert min(lengths) < MAX_NEW == max(lengths)  # some chose EOS, some reached the limit
+    assert ours == theirs
+
+
+def test_beam_4_agrees_with_generate(
+    imported: Path, hf_model: Any, pairs: tuple[list[str], list[str]]
+) -> None:
+    """Length penalty 0 on both sides (GNMT alpha 0; ``length_penalty=0``) and
+    ``early_stopping=True`` (stop at ``beam`` finished hypotheses, as nmt's search does)."""
+    model, _ = load_model(imported)
+    tokenizer = MarianVocabulary(imported)
+    src = source_batch(tokenizer, pairs[0])
+    ours = [
+        hyps[0].tokens for hyps in beam_search(model, src, 4, 0.0, max_len_a=0.0, max_len_b=MAX_NEW)
+    ]
+    theirs = hf_generate(
+        hf_model, src, tokenizer.pad_id, num_beams=4, length_penalty=0.0, early_stopping=True
+    )
+    share = sum(a == b for a, b in zip(ours, theirs)) / len(ours)
+    print(f"beam 4 agreement with generate(): {share:.3f} of {len(ours)} sentences")
+    assert share >= BEAM_AGREEMENT
+
+
+def test_cli_import_then_translate(
+    hf_dir: Path, tmp_path: Path, pairs: tuple[list[str], list[str]], hf_model: Any
+) -> None:
+    runner = CliRunner()
+    out = tmp_path / "model"
+    result = runner.invoke(app, ["import", "marian", str(hf_dir), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [*pairs[0][:3], ""]
+    result = runner.invoke(
+        app, ["translate", "-m", str(out), "--beam-size", "1", "--max-len-a", "0",
+              "--max-len-b", str(MAX_NEW)],
+        input="".join(line + "\n" for line in lines),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    outputs = result.stdout.split("\n")[:-1]
+    tokenizer = MarianVocabulary(out)
+    expected = tokenizer.decode(
+        hf_generate(hf_model, source_batch(tokenizer, lines[:3]), tokenizer.pad_id)
+    )
+    assert outputs == [*expected, ""]
+    again = runner.invoke(app, ["import", "marian", str(hf_dir), "-o", str(out)])
+    assert again.exit_code != 0 and "already exists" in again.stderr
+
+
+def test_import_from_hub_cache_folder(hf_dir: Path, imported: Path, tmp_path: Path) -> None:
+    """The layout ``huggingface-cli download`` leaves: snapshot files link to ``blobs/``."""
+    cache = tmp_path / "hub" / "models--Helsinki-NLP--opus-mt-de-en"
+    snapshot = cache / "snapshots" / "0123abcd"
+    (cache / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, path in enumerate(sorted(hf_dir.iterdir())):
+        blob = cache / "blobs" / f"blob{i}"
+        shutil.copyfile(path, blob)
+        (snapshot / path.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text("0123abcd")
+    out = import_marian(cache, tmp_path / "from-cache")
+    a, b = load_weights(out / "model.safetensors"), load_weights(imported / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "config.json").read_text())["tgt_lang"] == "en"
+
+
+def test_unsupported_settings_name_the_file_and_field(hf_dir: Path, tmp_path: Path) -> None:
+    def variant(name: str, change: Any) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(hf_dir, folder)
+        change(folder)
+        return folder
+
+    def set_field(field: str, value: Any) -> Any:
+        def change(folder: Path) -> None:
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**config, field: value}))
+
+        return change
+
+    cases = [
+        ("bart", set_field("model_type", "bart"), ConfigError, "model_type='bart'"),
+        ("gelu", set_field("activation_function", "gelu"), ConfigError, "activation_function"),
+        ("untied", set_field("share_encoder_decoder_embeddings", False), ConfigError,
+         "share_encoder_decoder_embeddings"),
+        ("start", set_field("decoder_start_token_id", 0), ConfigError, "decoder_start_token_id"),
+        ("novocab", lambda f: (f / "vocab.json").unlink(), CheckpointError, "vocab.json"),
+        ("noweights", lambda f: (f / "model.safetensors").unlink(), CheckpointError,
+         "model.safetensors"),
+    ]  # fmt: skip
+    for name, change, error, text in cases:
+        folder = variant(name, change)
+        with pytest.raises(error, match=text) as info:
+            import_marian(folder, tmp_path / f"out-{name}")
+        assert str(folder) in str(info.value)
+        assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_pytorch_model_bin_is_read_without_pickled_code(
+    hf_dir: Path, imported: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "bin"
+    shutil.copytree(hf_dir, folder)
+    state = load_weights(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    out = import_marian(folder, tmp_path / "out")
+    assert torch.equal(
+        load_weights(out / "model.safetensors")["embed.weight"],
+        load_weights(imported / "model.safetensors")["embed.weight"],
+    )
+
+
+def test_default_options_keep_the_model_as_before(random_model: Any) -> None:
+    """The new options' defaults: ReLU, no output bias, interleaved positions, scaled
+    embeddings, nmt's ids (a model folder without them loads as before)."""
+    model: Transformer = random_model()
+    cfg = model.cfg
+    assert (cfg.activation, cfg.output_bias, cfg.position_layout) == ("relu", False, "interleaved")
+    assert cfg.scale_embeddings and (cfg.pad_id, cfg.bos_id, cfg.eos_id) == (0, 2, 3)
+    assert "output_bias" not in model.state_dict()
+    table = model.positions
+    half = cfg.d_model // 2  # position 0: sin 0 on even channels, cos 1 on odd ones
+    assert torch.equal(table[0, 0::2], torch.zeros(half))
+    assert torch.equal(table[0, 1::2], torch.ones(half))
+
+
+def test_translator_loads_imported_folder(imported: Path) -> None:
+    translator = Translator.load(imported, device="cpu", workers=1)
+    assert isinstance(translator.tokenizer, MarianVocabulary)
+    assert len(list(translator.translate(["Ein Hund.", ""]))) == 2
+
+
+def test_ctranslate2_export_of_imported_model(
+    imported: Path, tmp_path: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """Swish, the output bias, the [sin | cos] table, vocab.json and the <pad> decoder start
+    all reach CTranslate2: its teacher-forced log-probabilities equal ours to 1e-4 and its
+    greedy outputs equal ours (the logits are peaked: no float32 near-ties decide)."""
+    ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed")
+    from nmt.ct2 import CT2Translator
+    from nmt.export import export_ctranslate2
+
+    out = export_ctranslate2(imported, tmp_path / "ct2")
+    assert {"vocab.json", "source.spm", "target.spm"} <= {p.name for p in out.iterdir()}
+    model, _ = load_model(imported)
+    tokenizer = MarianVocabulary(imported)
+    src, tgt = tokenizer.encode(pairs[0][:16]), tokenizer.encode_target(pairs[1][:16])
+    vocab = tokenizer.vocabulary()
+    results = ct2.Translator(str(out), device="cpu").score_batch(
+        [[vocab[i] for i in s] for s in src], [[vocab[i] for i in t] for t in tgt]
+    )
+    eos, start = tokenizer.eos_id, tokenizer.pad_id
+    with torch.no_grad():
+        for s, t, result in zip(src, tgt, results):
+            states = model(torch.tensor([s + [eos]]), torch.tensor([[start] + t]))
+            logp = torch.log_softmax(model.logits(states[0]), -1)
+            ours = logp.gather(1, torch.tensor(t + [eos])[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
+    decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=MAX_NEW)
+    theirs = [t.text for t in CT2Translator.load(out, decode, device="cpu").translate(pairs[0])]
+    mine = [t.text for t in Translator.load(imported, decode, device="cpu").translate(pairs[0])]
+    assert theirs == mine
+
+
+def test_decoding_options_use_the_imported_special_ids(
+    imported: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """Forced scoring, target prefixes and alignment build their own decoder inputs: with
+    Marian's ids (EOS 0, decoder start = PAD = last id), not nmt's fixed 0-3. The forced score
+    of search's own ids equals the score search reported; a prefix (encoded with target.spm)
+    starts the output; every target word gets one alignment link inside the line."""
+    from nmt.forced import forced_scores
+
+    model, _ = load_model(imported)
+    tokenizer = MarianVocabulary(imported)
+    src = source_batch(tokenizer, pairs[0][:8])
+    hyps = beam_search(model, src, beam_size=4, max_len_a=0.0, max_len_b=MAX_NEW)
+    best = [h[0] for h in hyps]
+    forced = forced_scores(model, src, [h.tokens for h in best])
+    for h, score in zip(best, forced):
+        if len(h.tokens) < MAX_NEW:  # at the limit, search forces EOS at log 1 = 0
+            assert score == pytest.approx(h.score, abs=1e-4)
+    decode = DecodeConfig(beam_size=4, max_len_a=0.0, max_len_b=MAX_NEW)
+    translator = Translator.load(imported, decode, device="cpu", workers=1)
+    prefixed = list(translator.translate(pairs[0][:4], target_prefixes=["A dog"] * 4))
+    assert all(t.text.startswith("A dog") for t in prefixed), [t.text for t in prefixed]
+    aligned = list(translator.translate(pairs[0][:8], replace(decode, alignment=True)))
+    for line, t in zip(pairs[0][:8], aligned):
+        assert t.alignment is not None
+        n_src, n_tgt = len(line.split()), len(t.text.split())
+        assert sorted(j for _, j in t.alignment) == list(range(n_tgt))
+        assert all(0 <= i < n_src for i, _ in t.alignment)
