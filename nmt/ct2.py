@@ -8,13 +8,15 @@ al. 2020). ``ctranslate2`` is an optional dependency, imported only when it is u
 How our search maps onto ``Translator.translate_batch``:
 
 - Batches and length limit: ours is per sentence, ``a * src_len + b`` tokens before EOS (EOS
-  forced there, with log-probability 0); CTranslate2 takes one ``max_decoding_length`` per call
+  forced there, with the model's own EOS log-probability; CTranslate2 adds none there, and
+  this engine keeps CTranslate2's score, so a cut hypothesis scores higher here than in the
+  torch engine and may rank differently); CTranslate2 takes one ``max_decoding_length`` per call
   and stops a hypothesis after that many tokens. Each call is one of the torch engine's batches
   (sorted by length, so their limits are close), searched with its longest limit. A sentence
   whose search ended before its own limit found what a search with that limit finds (the steps
   before it are the same computation; :meth:`CT2Translator.within_limit`); the others are
-  searched again in batches that share their limit, passed as it is: the tokens and the score of
-  a hypothesis that reaches it agree. (Grouping every call by limit instead gave batches of 19
+  searched again in batches that share their limit, passed as it is: the tokens of a
+  hypothesis that reaches it agree. (Grouping every call by limit instead gave batches of 19
   sentences on average instead of 31 on test_2016_flickr with batch 32, and ran 2-17% slower.)
 - Threads: all batches of a chunk are submitted at once (``asynchronous=True``), so that
   CTranslate2's ``inter_threads`` workers run them in parallel (:func:`ct2_threads`).

@@ -181,9 +181,11 @@ def mask_specials(logp: torch.Tensor, pad_id: int = PAD_ID, bos_id: int = BOS_ID
 
 
 def _only_eos(logp: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
-    """Rows that reached their length limit may only end: all mass on EOS (log 1 = 0)."""
+    """Rows ``(rows, vocab)`` that reached their length limit may only end, with the model's
+    own EOS log-probability: a hypothesis cut there scores what the model gives it (its
+    forced-decoding score), not a free EOS (log 1 = 0) that would favour it in ranking."""
     forced = torch.full_like(logp, float("-inf"))
-    forced[:, eos_id] = 0.0
+    forced[:, eos_id] = logp[:, eos_id]
     return forced
 
 

@@ -297,4 +297,6 @@ def test_ctranslate2_on_cuda_agrees_with_torch(
     _, found_torch = translate_recorded(cpu, lines)
     _, found_ct2 = translate_recorded(engine, lines)
     reference, _ = load_model(cuda_run)
-    assert_greedy_agree(reference, found_torch, found_ct2, CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL)
+    # At the length limit CTranslate2 adds no EOS score and ours does: not compared there.
+    limits = dict(zip(found_torch, engine.limits([len(src) for src in found_torch])))
+    assert_greedy_agree(reference, found_torch, found_ct2, CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL, limits)

@@ -43,6 +43,10 @@ TABLE = {
     (B, C): {EOS_ID: 1.0},
 }
 NEVER_ENDS = {A: 0.6, B: 0.4}
+# After its first token, sentence 1 also gives EOS this probability (the table need not sum
+# to 1): far below A and B, so search never ends it before its limit, where EOS is forced
+# and the hypothesis gets this log-probability, not a free EOS (log 1 = 0).
+LATE_EOS = 0.01
 #
 # Greedy: A (0.5), then EOS (0.4): [A], P = 0.5 * 0.4 = 0.2.
 #
@@ -104,6 +108,8 @@ class ScriptedModel:
                 cache.prefixes[row] += (token,)
             if cache.sentence[row] == 0:
                 probs = TABLE.get(cache.prefixes[row], {EOS_ID: 1.0})
+            elif cache.prefixes[row]:
+                probs = {**NEVER_ENDS, EOS_ID: LATE_EOS}
             else:
                 probs = NEVER_ENDS
             for t, p in probs.items():
@@ -147,7 +153,7 @@ def test_scripted_beam_1_is_greedy() -> None:
 @pytest.mark.parametrize("beam_size", [1, 2, 3])
 def test_model_that_never_ends_stops_at_a_times_src_len_plus_b(beam_size: int) -> None:
     # Source lengths 4 and 1 (EOS not counted): limits int(1.5 * 4) + 3 = 9 and
-    # int(1.5 * 1) + 3 = 4 tokens, then EOS is forced (log 1 = 0 added).
+    # int(1.5 * 1) + 3 = 4 tokens, then EOS is forced with its own log-probability.
     src = scripted_src((1, 4), (1, 1))
     assert max_lengths(src, 1.5, 3, cap=100).tolist() == [9, 4]
     if beam_size == 1:
@@ -155,8 +161,8 @@ def test_model_that_never_ends_stops_at_a_times_src_len_plus_b(beam_size: int) -
     else:
         hyps = [h[0] for h in beam_search(ScriptedModel(), src, beam_size, 0.0, 1.5, 3)]
     assert [h.tokens for h in hyps] == [[A] * 9, [A] * 4]
-    assert hyps[0].score == pytest.approx(9 * math.log(0.6), abs=1e-5)
-    assert hyps[1].score == pytest.approx(4 * math.log(0.6), abs=1e-5)
+    assert hyps[0].score == pytest.approx(9 * math.log(0.6) + math.log(LATE_EOS), abs=1e-5)
+    assert hyps[1].score == pytest.approx(4 * math.log(0.6) + math.log(LATE_EOS), abs=1e-5)
 
 
 def test_length_limit_is_capped_by_the_position_table() -> None:
@@ -172,8 +178,9 @@ def test_scripted_nbest_order_and_scores() -> None:
     # (0.6^3 * 0.4 each, several ties) and rank below it.
     [hyps] = beam_search(ScriptedModel(), scripted_src((1, 1)), 3, 1.0, 1.0, 3, nbest=3)
     assert len(hyps) == 3 and hyps[0].tokens == [A] * 4
+    end = math.log(LATE_EOS)
     assert [h.score for h in hyps] == pytest.approx(
-        [4 * math.log(0.6)] + 2 * [3 * math.log(0.6) + math.log(0.4)], abs=1e-5
+        [4 * math.log(0.6) + end] + 2 * [3 * math.log(0.6) + math.log(0.4) + end], abs=1e-5
     )
     assert all(h.tokens.count(B) == 1 for h in hyps[1:]) and hyps[1].tokens != hyps[2].tokens
 
@@ -278,23 +285,24 @@ def forced_log_prob(model: Transformer, src_ids: list[int], tokens: list[int]) -
 
 @pytest.mark.kernels
 def test_reported_score_is_the_forced_decoding_log_probability(trained, sources) -> None:
+    """Also for hypotheses cut at the length limit (a = 0.5, b = 1 cuts most of them): EOS is
+    forced there with the model's own log-probability, not for free."""
     model, _ = trained
     src = batch(sources)
-    limits = max_lengths(src, 2.0, 20, model.cfg.max_positions - 1).tolist()
-    nbest = beam_search(model, src, 5, 1.0, 2.0, 20, nbest=5)
-    checked = 0
-    for ids, hyps, limit in zip(sources, nbest, limits):
-        for h in hyps:
-            if len(h.tokens) == limit:  # EOS was forced there, at log 1 = 0: not a model score
-                continue
-            assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
-            assert h.normalized == pytest.approx(h.score / length_penalty(len(h.tokens) + 1, 1))
-            checked += 1
-    assert checked >= 0.8 * 5 * len(sources)
-    greedy = greedy_search(model, src, 2.0, 20)
-    for ids, h, limit in zip(sources, greedy, limits):
-        if len(h.tokens) < limit:
-            assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+    at_limit = 0
+    for a, b in ((2.0, 20), (0.5, 1)):
+        limits = max_lengths(src, a, b, model.cfg.max_positions - 1).tolist()
+        nbest = beam_search(model, src, 5, 1.0, a, b, nbest=5)
+        greedy = greedy_search(model, src, a, b)
+        for ids, hyps, h1, limit in zip(sources, nbest, greedy, limits):
+            assert len(hyps) == 5
+            for h in [*hyps, h1]:
+                at_limit += len(h.tokens) == limit
+                assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+            for h in hyps:
+                lp = length_penalty(len(h.tokens) + 1, 1)
+                assert h.normalized == pytest.approx(h.score / lp)
+    assert at_limit >= len(sources)
 
 
 @pytest.mark.kernels
@@ -332,7 +340,6 @@ def test_prefix_is_forced_and_the_score_is_the_forced_decoding_score(
     ]
     src = batch(sources)
     prefix = prefix_tensor(prefixes, src.device)
-    limits = max_lengths(src, 2.0, 20, model.cfg.max_positions - 1, prefix).tolist()
     if beam_size == 1:
         found = [[h] for h in greedy_search(model, src, 2.0, 20, prefix)]
         plain = [[h] for h in greedy_search(model, src, 2.0, 20)]
@@ -340,12 +347,11 @@ def test_prefix_is_forced_and_the_score_is_the_forced_decoding_score(
         found = beam_search(model, src, beam_size, 1.0, 2.0, 20, prefix=prefix)
         plain = beam_search(model, src, beam_size, 1.0, 2.0, 20)
     continued = 0
-    for ids, p, hyps, limit in zip(sources, prefixes, found, limits):
+    for ids, p, hyps in zip(sources, prefixes, found):
         h = hyps[0]
         assert h.tokens[: len(p)] == p
         continued += len(h.tokens) > len(p)
-        if len(h.tokens) < limit:
-            assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+        assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
     assert continued >= 0.8 * len(sources)
     assert sum(bool(p) for p in prefixes) >= 7
     free = [i for i, p in enumerate(prefixes) if not p]
