@@ -80,12 +80,12 @@ def main() -> None:
     start = time.monotonic()
     nmt("train", "--train", work / "base", "--valid", data / "val", "--preset", "small",
         "--max-minutes", str(args.base_minutes), "--lr-schedule", "linear",
-        "--warmup-steps", "300", "--out", base)  # fmt: skip
+        "--warmup-steps", "300", "--output", base)  # fmt: skip
     base_s = time.monotonic() - start
     start = time.monotonic()
     nmt("train", "--init-from", base, "--train", work / "dog-tune", "--valid", work / "dog-valid",
         "--lr", "2e-4", "--warmup-steps", "50", "--max-steps", str(args.tune_steps),
-        "--eval-every", "50", "--patience", "4", "--out", tuned)  # fmt: skip
+        "--eval-every", "50", "--patience", "4", "--output", tuned)  # fmt: skip
     tune_s = time.monotonic() - start
     rows = []
     for name, model in (("base", base), ("fine-tuned", tuned)):

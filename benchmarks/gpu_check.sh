@@ -93,7 +93,7 @@ if [ -f "$data/train.de.gz" ] && [ -f "$data/val.de.gz" ]; then
         gzip -cd "$data/val.$lang.gz" | head -n "$VALID_LINES" >"$out/valid.$lang"
     done
     run train-base 95 "$py" -m cli train --train "$data/train" --valid "$out/valid" \
-        --src-lang de --tgt-lang en --out "$out/run-base" --preset base --dtype bf16 \
+        --src-lang de --tgt-lang en --output "$out/run-base" --preset base --dtype bf16 \
         --device cuda --batch-tokens "$BATCH_TOKENS" --accum 1 --lr 7e-4 --warmup-steps 100 \
         --max-steps "$STEPS" --eval-every "$STEPS" --save-every "$STEPS" --seed 1
 else

@@ -120,7 +120,7 @@ def plan_times(prepared: Path, batch_tokens: int) -> tuple[float, float, int]:
 def train_command(prepared: Path, work: Path, out: Path, steps: int) -> list[str]:
     (work / "log.toml").write_text("[train]\nlog_every = 1\n")
     return cli(
-        "train", "--data", prepared, "--valid", work / "valid", "--out", out,
+        "train", "--data", prepared, "--valid", work / "valid", "--output", out,
         "--preset", "small", "--max-steps", steps, "--eval-every", 1_000_000,
         "--save-every", 1_000_000, "--device", "cpu", "--dtype", "fp32",
         "--config", work / "log.toml",
@@ -137,7 +137,7 @@ def measure(data: Path, work: Path, scale: int, steps: int) -> tuple:  # type: i
     extra = ["--spm", spm] if scale > 1 else []
     start = time.monotonic()
     status, prep_rss = run_measured(
-        cli("prepare", "--train", prefix, "--out", prepared, *extra), dict(os.environ)
+        cli("prepare", "--train", prefix, "--output", prepared, *extra), dict(os.environ)
     )
     prep_s = time.monotonic() - start
     assert status == 0, f"nmt prepare failed ({status})"

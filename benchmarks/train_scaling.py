@@ -59,7 +59,7 @@ def train_command(procs: int, data: Path, valid: Path, out: Path, preset: str, a
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     "--nproc_per_node", str(procs), "-m", "cli"]  # fmt: skip
     return [
-        *launcher, "train", "--data", str(data), "--valid", str(valid), "--out", str(out),
+        *launcher, "train", "--data", str(data), "--valid", str(valid), "--output", str(out),
         "--preset", preset, "--max-steps", str(args.steps), "--eval-every", "1000000",
         "--save-every", "1000000", "--batch-tokens", str(args.batch_tokens),
         "--device", "cpu", "--dtype", args.dtype, "--config", str(out.parent / "log.toml"),
@@ -92,7 +92,7 @@ def prepare(data_dir: Path, tmp: Path) -> tuple[Path, Path]:
     """Multi30k train prepared once, and a 50-line validation set."""
     prepared = tmp / "prepared"
     subprocess.run([sys.executable, "-m", "cli", "prepare", "--train", str(data_dir / "train"),
-                    "--out", str(prepared)], check=True, cwd=REPO)  # fmt: skip
+                    "--output", str(prepared)], check=True, cwd=REPO)  # fmt: skip
     from nmt.data import corpus_path, read_lines
 
     for lang in ("de", "en"):

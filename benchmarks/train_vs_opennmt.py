@@ -122,7 +122,7 @@ def prepare(data: Path, work: Path) -> Path:
     50-line validation set for nmt's one validation after the timed window."""
     prepared = work / "prepared"
     if not (prepared / "meta.json").exists():
-        cmd = ["cli", "prepare", "--train", str(data / "train"), "--out", str(prepared)]
+        cmd = ["cli", "prepare", "--train", str(data / "train"), "--output", str(prepared)]
         done = subprocess.run([sys.executable, "-m", *cmd, "--overwrite"], cwd=REPO,
                               capture_output=True, text=True)  # fmt: skip
         if done.returncode != 0:
@@ -295,7 +295,7 @@ def run_nmt(args: argparse.Namespace, prepared: Path, run: Path) -> Result:
     (run.parent / "nmt.toml").write_text(f"[train]\nlog_every = {args.window}\n")
     # fmt: off
     cmd = [sys.executable, "-c", PROBE, "cli", "train", "--data", str(prepared),
-           "--valid", str(prepared.parent / "valid"), "--out", str(run), "--preset", "small",
+           "--valid", str(prepared.parent / "valid"), "--output", str(run), "--preset", "small",
            "--dtype", "fp32", "--device", "cpu", "--max-minutes", str(args.minutes),
            "--batch-tokens", str(args.batch_tokens), "--eval-every", str(10**7),
            "--save-every", str(10**7), "--config", str(run.parent / "nmt.toml")]

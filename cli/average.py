@@ -8,19 +8,39 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors
+from cli.options import deprecated, hidden, renamed
 from nmt.average import average_run
 
 
 @handle_errors
 def average(
-    run_dir: Annotated[Path, typer.Argument(help="Run folder written by nmt train.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Run folder written by nmt train.", show_default=False),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Model folder to write.", show_default=False),
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Argument(hidden=True, help="Deprecated: use -m.", show_default=False)
+    ] = None,
+    out: Annotated[Path | None, hidden("--out")] = None,
     last: Annotated[int, typer.Option(help="How many of the newest step checkpoints.")] = 5,
     allow_fewer: Annotated[
         bool, typer.Option("--allow-fewer", help="Average all there are if fewer than --last.")
     ] = False,
 ) -> None:
     """Average the last N step checkpoints of a run into a model folder."""
+    if run_dir is not None:  # the old positional RUN_DIR
+        if model is not None:
+            raise typer.BadParameter("give the run folder once, as -m RUN_DIR", param_hint="-m")
+        deprecated("the positional RUN_DIR", "-m RUN_DIR")
+        model = run_dir
+    if model is None:
+        raise typer.BadParameter("missing: this option is required", param_hint="'--model' / '-m'")
+    out = renamed(output, out, "--output", "--out", required=True)
+    run_dir = model
     paths = average_run(run_dir, last, out, allow_fewer)
     err_console.print(
         f"averaged {len(paths)} checkpoints ({paths[0].name} … {paths[-1].name}) into {out}",

@@ -11,6 +11,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
+from cli.options import CheckedCommand, hidden, renamed
 from nmt.catalog import Dataset, get_dataset, load_catalog
 
 MIRROR_ENV = "NMT_DATA_MIRROR"
@@ -47,14 +48,20 @@ def _row(dataset: Dataset) -> tuple[str, ...]:
     )
 
 
-@app.command("get")
+@app.command("get", cls=CheckedCommand)
 @handle_errors
 def get(
     name: Annotated[str, typer.Argument(help="Dataset name, as shown by `nmt data list`.")],
-    out_dir: Annotated[
-        Path,
-        typer.Option("--out-dir", "-o", help="Folder to write the files to (created if missing)."),
-    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Folder to write the files to (created if missing).",
+            show_default=False,
+        ),
+    ] = None,
+    out_dir: Annotated[Path | None, hidden("--out-dir")] = None,
     mirror: Annotated[
         Path | None,
         typer.Option(
@@ -68,13 +75,14 @@ def get(
 
     Files already there with the right digest are skipped.
     """
+    target = renamed(output, out_dir, "--output", "--out-dir", required=True)
     bars = _FileBars()
     try:
-        paths = get_dataset(name, out_dir, mirror=mirror, progress=bars)
+        paths = get_dataset(name, target, mirror=mirror, progress=bars)
     finally:
         bars.stop()
     source = f"mirror {mirror}" if mirror is not None else "upstream URLs"
-    err_console.print(f"{len(paths)} files of {name} in {out_dir} (from {source}, sha256 checked)")
+    err_console.print(f"{len(paths)} files of {name} in {target} (from {source}, sha256 checked)")
 
 
 class _FileBars:

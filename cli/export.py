@@ -8,15 +8,21 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, fail, handle_errors, status
+from cli.options import hidden, renamed, renamed_flag
 from nmt.export import EXPORT_FORMATS, QUANTIZATIONS, export_ctranslate2
 
 
 @handle_errors
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Model folder written by nmt train.")
-    ] = Path("."),
+        Path,
+        typer.Option(
+            "--model", "-m", help="Model folder written by nmt train.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Folder to write.", show_default=False)
+    ] = None,
     format: Annotated[
         str, typer.Option("--format", help=f"Target engine: {', '.join(EXPORT_FORMATS)}.")
     ] = "ctranslate2",
@@ -30,9 +36,15 @@ def export(
             help="Weights file to export instead of model.safetensors (e.g. last.safetensors)."
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
+    ] = False,
+    out: Annotated[Path | None, hidden("--out")] = None,
+    force: Annotated[bool, hidden("--force")] = False,
 ) -> None:
-    """Export a model folder to CTranslate2; translate with nmt translate -m OUT."""
+    """Export a model folder to CTranslate2; translate with nmt translate -m OUTPUT."""
+    out = renamed(output, out, "--output", "--out", required=True)
+    force = renamed_flag(overwrite, force, "--overwrite", "--force")
     if format not in EXPORT_FORMATS:
         fail(f"--format {format}: choose one of {', '.join(EXPORT_FORMATS)}")
     with status(f"exporting {model} to {format}"):

@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, status
+from cli.options import CheckedCommand, hidden, renamed, renamed_flag
 from nmt.import_marian import import_marian
 
 app = typer.Typer(no_args_is_help=True, help="Import models of other toolkits.")
 
 
-@app.command("marian")
+@app.command("marian", cls=CheckedCommand)
 @handle_errors
 def marian(
     hf_dir: Annotated[
@@ -23,10 +24,19 @@ def marian(
             "(models--Helsinki-NLP--opus-mt-de-en)."
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Model folder to write.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace OUT if it exists.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Model folder to write.", show_default=False),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
+    ] = False,
+    out: Annotated[Path | None, hidden("--out")] = None,
+    force: Annotated[bool, hidden("--force")] = False,
 ) -> None:
-    """Import an OPUS-MT / MarianMTModel folder; translate with nmt translate -m OUT."""
+    """Import an OPUS-MT / MarianMTModel folder; translate with nmt translate -m OUTPUT."""
+    out = renamed(output, out, "--output", "--out", required=True)
+    force = renamed_flag(overwrite, force, "--overwrite", "--force")
     with status(f"importing {hf_dir}"):
         path = import_marian(hf_dir, out, force=force)
     err_console.print(f"imported {hf_dir} into {path}", highlight=False)

@@ -34,7 +34,7 @@ def main(
 
 def _register() -> None:
     # Imported here so that each command module stays independent of the others.
-    from cli import (
+    from cli import (  # noqa: I001 - one name per line
         average,
         data,
         export,
@@ -45,14 +45,16 @@ def _register() -> None:
         train,
         translate,
     )
+    from cli.options import CheckedCommand
 
-    app.command("prepare")(prepare.prepare)
-    app.command("train")(train.train)
-    app.command("translate")(translate.translate)
-    app.command("score")(score.score)
-    app.command("average")(average.average)
-    app.command("export")(export.export)  # CTranslate2 export (nmt.export)
-    app.command("serve")(serve.serve)  # HTTP server (nmt.serve; the serve extra)
+    # CheckedCommand: a single-value option given twice is an error (cli.options).
+    app.command("prepare", cls=CheckedCommand)(prepare.prepare)
+    app.command("train", cls=CheckedCommand)(train.train)
+    app.command("translate", cls=CheckedCommand)(translate.translate)
+    app.command("score", cls=CheckedCommand)(score.score)
+    app.command("average", cls=CheckedCommand)(average.average)
+    app.command("export", cls=CheckedCommand)(export.export)  # CTranslate2 export (nmt.export)
+    app.command("serve", cls=CheckedCommand)(serve.serve)  # HTTP server (the serve extra)
     app.add_typer(data.app, name="data")
     app.add_typer(import_model.app, name="import")  # other toolkits' models (nmt.import_*)
 

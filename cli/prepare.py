@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
+from cli.options import hidden, renamed
 from nmt.config import ModelConfig, TrainConfig
 from nmt.store import PrepareSummary
 from nmt.store import prepare as prepare_corpus
@@ -39,7 +40,11 @@ def prepare(
     train: Annotated[
         str, typer.Option("--train", help="Corpus prefix: reads PREFIX.SRC[.gz], PREFIX.TGT[.gz].")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Data folder to write.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Data folder to write.", show_default=False),
+    ] = None,
+    out: Annotated[Path | None, hidden("--out")] = None,
     src_lang: Annotated[
         str, typer.Option("--src-lang", help="Source language suffix.")
     ] = TrainConfig.src_lang,
@@ -70,6 +75,7 @@ def prepare(
     ] = False,
 ) -> None:
     """Encode a parallel corpus with SentencePiece into a memory-mapped data folder."""
+    out = renamed(output, out, "--output", "--out", required=True)
     progress = make_progress()
     task = progress.add_task("encode", total=None)
     with progress:

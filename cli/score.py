@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.console import err_console, fail, handle_errors
+from cli.options import hidden, renamed
 from nmt.score import (
     DEFAULT_METRICS,
     TOKENIZERS,
@@ -61,10 +62,11 @@ def score(
         str | None,
         typer.Option(
             "--metrics",
-            "-m",
             help=f"Comma-separated: bleu,chrf,ter. Default: {','.join(DEFAULT_METRICS)}.",
         ),
     ] = None,
+    # sacreBLEU's -m; in nmt, -m is --model in every command that reads one.
+    metrics_m: Annotated[str | None, hidden("-m")] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print JSON on stdout (JSON lines with --sentence).")
     ] = False,
@@ -140,6 +142,7 @@ def score(
         ter_asian_support=ter_asian_support,
         ter_normalized=ter_normalized,
     )
+    metrics = renamed(metrics, metrics_m, "--metrics", "-m (in nmt score)")
     names = DEFAULT_METRICS if metrics is None else tuple(metrics.split(","))
     if sentence and len(hypotheses) > 1:
         fail(f"--sentence scores one hypothesis file; got {len(hypotheses)}")

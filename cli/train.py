@@ -10,6 +10,7 @@ from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
+from cli.options import hidden, renamed
 from nmt.checkpoint import read_config
 from nmt.config import resolve
 from nmt.store import read_meta
@@ -87,9 +88,16 @@ def summary_table(trainer: Trainer, reason: str, history: list[ValidResult]) -> 
 
 @handle_errors
 def train(
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="Run folder (continued if it holds resume.pt).")
-    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Run folder (continued if it holds resume.pt).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[Path | None, hidden("--out")] = None,
     train: Annotated[
         str | None,
         typer.Option(
@@ -192,6 +200,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
+    out = renamed(output, out, "--output", "--out", required=True)
     if data is not None and src_lang is None and tgt_lang is None:
         meta = read_meta(data)  # a data folder knows its languages
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]

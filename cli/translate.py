@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, make_progress
+from cli.options import hidden, renamed
 from nmt.alignment import pharaoh
 from nmt.config import DecodeConfig
 from nmt.data import count_lines, iter_lines
@@ -76,15 +77,17 @@ def format_result(
 
 @handle_errors
 def translate(
-    input: Annotated[str, typer.Argument(help="Input file, or - for stdin.")] = "-",
     model: Annotated[
-        list[Path] | None,
+        list[Path],
         typer.Option(
             "--model",
             "-m",
-            help="Model folder written by nmt train; repeat for an ensemble (one vocabulary).",
+            help="Model folder written by nmt train (or nmt export, nmt import); repeat for an "
+            "ensemble (one vocabulary).",
+            show_default=False,
         ),
-    ] = None,
+    ],
+    input: Annotated[str, typer.Argument(help="Input file, or - for stdin.")] = "-",
     ensemble_weights: Annotated[
         str | None,
         typer.Option(
@@ -142,9 +145,10 @@ def translate(
         str,
         typer.Option(help="fp32 (exact), bf16 (GPUs; on CPU no faster than fp32) or fp16 (GPU)."),
     ] = "fp32",
-    quantize: Annotated[
+    quantization: Annotated[
         str | None, typer.Option(help="int8: dynamically quantized linear layers (CPU).")
     ] = None,
+    quantize: Annotated[str | None, hidden("--quantize")] = None,
     strict: Annotated[
         bool,
         typer.Option(
@@ -237,7 +241,8 @@ def translate(
     # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
     # that a line typed (or sent by another program) comes back at once.
     streaming = input == "-"
-    models = model or [Path(".")]
+    models = model
+    quantization = renamed(quantization, quantize, "--quantization", "--quantize")
     translator = load_translator(
         models[0] if len(models) == 1 and ensemble_weights is None else models,
         decode,
@@ -246,7 +251,7 @@ def translate(
         weights,
         strict=strict,
         dtype=dtype,
-        quantize=quantize,
+        quantize=quantization,
         workers=workers,
         ensemble_weights=None
         if ensemble_weights is None

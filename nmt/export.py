@@ -94,7 +94,7 @@ def export_ctranslate2(
         )
     model_dir, out = Path(model_dir), Path(out_dir)
     if out.exists() and not force:
-        raise CheckpointError(f"{out}: already exists; remove it or pass --force to replace it")
+        raise CheckpointError(f"{out}: already exists; remove it or pass --overwrite to replace it")
     model, config = load_model(model_dir, weights=weights)
     tokenizer = load_tokenizer(model_dir)
     spec = build_spec(ct2, model, tokenizer)

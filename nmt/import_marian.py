@@ -302,7 +302,7 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, force: bool = False) 
     """
     src, out = resolve_hf_dir(hf_dir), Path(out_dir)
     if out.exists() and not force:
-        raise CheckpointError(f"{out}: already exists; remove it or pass --force to replace it")
+        raise CheckpointError(f"{out}: already exists; remove it or pass --overwrite to replace it")
     for name in MARIAN_FILES:
         if not (src / name).is_file():
             raise CheckpointError(f"{src / name}: not found (a Marian model needs {name})")

@@ -77,7 +77,7 @@ def load_translator(
         )
     if dtype != "fp32" or quantize is not None:
         raise ConfigError(
-            "--dtype/--quantize apply to the torch engine; a CTranslate2 model keeps the "
+            "--dtype/--quantization apply to the torch engine; a CTranslate2 model keeps the "
             "quantization given to nmt export"
         )
     if weights is not None:

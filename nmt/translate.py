@@ -63,7 +63,7 @@ def for_inference(
         raise ConfigError(f"dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
     device = next(model.parameters()).device
     if dtype == "fp16" and device.type == "cpu":
-        raise ConfigError("dtype=fp16 is for GPUs; on CPU use bf16 or --quantize int8")
+        raise ConfigError("dtype=fp16 is for GPUs; on CPU use bf16 or --quantization int8")
     model = model.eval().to(DTYPES[dtype])
     if quantize is None:
         if onednn and device.type == "cpu" and dtype == "fp32":
@@ -72,7 +72,7 @@ def for_inference(
     if quantize != "int8":
         raise ConfigError(f"quantize={quantize!r}: the only choice is int8")
     if device.type != "cpu" or dtype != "fp32":
-        raise ConfigError("--quantize int8 is for CPU and float32 weights; drop --dtype")
+        raise ConfigError("--quantization int8 is for CPU and float32 weights; drop --dtype")
     model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return use_onednn(model, layers=False) if onednn else model
 

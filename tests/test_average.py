@@ -51,12 +51,14 @@ def test_average_refuses_more_checkpoints_than_kept(tiny_run: Path, tmp_path: Pa
 
 def test_cli_average(tiny_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    done = runner.invoke(app, ["average", str(tiny_run), "--last", "2", "-o", str(tmp_path / "a")])
+    done = runner.invoke(
+        app, ["average", "-m", str(tiny_run), "--last", "2", "-o", str(tmp_path / "a")]
+    )
     assert done.exit_code == 0, done.stderr
     assert "averaged 2 checkpoints" in done.stderr and done.stdout == ""
     cli_weights = load_weights(tmp_path / "a" / "model.safetensors")
     expected = average_weights(step_checkpoints(tiny_run)[-2:])
     assert cli_weights.keys() == expected.keys()
     assert all(torch.equal(cli_weights[k], expected[k]) for k in expected)
-    bad = runner.invoke(app, ["average", str(tmp_path / "nope"), "-o", str(tmp_path / "b")])
+    bad = runner.invoke(app, ["average", "-m", str(tmp_path / "nope"), "-o", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "error:" in bad.stderr and "Traceback" not in bad.stderr

@@ -205,7 +205,7 @@ def test_sigterm_saves_a_resume_checkpoint_and_the_run_continues(
         str(tiny_corpus[0]),
         "--valid",
         str(tiny_corpus[1]),
-        "--out",
+        "--output",
         str(out),
         "--preset",
         "tiny",

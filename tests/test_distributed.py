@@ -25,7 +25,8 @@ def nmt_train(
     out: Path, train: Path, valid: Path, steps: int, procs: int, batch_tokens: int, *extra: str
 ):
     """Run ``nmt train`` (under torchrun when ``procs`` > 1) with the test recipe and
-    ``extra`` options; returns the completed process."""
+    ``extra`` options (``--eval-every`` among them replaces the recipe's: an option given
+    twice is an error); returns the completed process."""
     launcher = [sys.executable, "-m", "cli"]
     if procs > 1:
         launcher = [
@@ -44,7 +45,7 @@ def nmt_train(
         str(train),
         "--valid",
         str(valid),
-        "--out",
+        "--output",
         str(out),
         "--preset",
         "tiny",
@@ -52,8 +53,7 @@ def nmt_train(
         "500",
         "--max-steps",
         str(steps),
-        "--eval-every",
-        "12",
+        *(() if "--eval-every" in extra else ("--eval-every", "12")),
         "--save-every",
         "12",
         "--batch-tokens",

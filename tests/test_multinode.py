@@ -38,7 +38,7 @@ def launch(
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
         "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
         "--rdzv_id", f"test-{port}", "-m", "cli", "train",
-        "--train", str(train), "--valid", str(valid), "--out", str(out), "--preset", "tiny",
+        "--train", str(train), "--valid", str(valid), "--output", str(out), "--preset", "tiny",
         "--vocab-size", "500", "--max-steps", str(steps), "--eval-every", "1000",
         "--save-every", "5", "--batch-tokens", "1024", "--dtype", "fp32", "--device", "cpu",
         "--dist-timeout", "5",
@@ -119,7 +119,7 @@ def test_two_nodes_train_survive_a_killed_node_and_resume(corpus, tmp_path: Path
 
 
 def test_a_run_folder_the_other_node_cannot_see_is_refused(corpus, tmp_path: Path) -> None:
-    """A relative --out from two working directories: two folders, as on two machines
+    """A relative --output from two working directories: two folders, as on two machines
     without a shared filesystem."""
     port, logs = free_port(), [tmp_path / "node0.log", tmp_path / "node1.log"]
     cwds = [tmp_path / "machine0", tmp_path / "machine1"]

@@ -1,0 +1,128 @@
+"""One vocabulary of options across commands (README, "Options across commands"): ``-m`` is
+``--model`` and ``-o`` is ``--output`` everywhere, ``--model`` is required where a command
+reads a model, a single-value option given twice is an error, and old spellings still work
+with a deprecation warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+from conftest import write_lines
+from typer.testing import CliRunner
+
+from cli.main import app
+
+runner = CliRunner()
+
+
+def commands() -> dict[str, Any]:
+    """Every command of the app by its full name (``data get``, ``import marian``)."""
+    out: dict[str, Any] = {}
+
+    def walk(command: Any, prefix: str) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, f"{prefix} {name}".strip())
+        if not hasattr(command, "commands"):
+            out[prefix] = command
+
+    walk(typer.main.get_command(app), "")
+    return out
+
+
+def visible_options(command: Any) -> list[list[str]]:
+    return [p.opts for p in command.params if p.param_type_name == "option" and not p.hidden]
+
+
+def test_short_names_mean_the_same_in_every_command() -> None:
+    """-m is --model, -o is --output, -r is --ref wherever they exist; the old names are
+    not shown in --help."""
+    every = commands()
+    assert {"translate", "export", "average", "serve", "train", "prepare", "data get"} <= set(every)
+    meaning = {"-m": "--model", "-o": "--output", "-r": "--ref"}
+    for name, command in every.items():
+        for opts in visible_options(command):
+            for short, long in meaning.items():
+                if short in opts:
+                    assert long in opts, f"nmt {name}: {short} is {opts}"
+            shown = set(opts)
+            assert not shown & {"--out", "--out-dir", "--force", "--quantize"}, (name, opts)
+    readers = ("translate", "export", "average", "serve")
+    for name in readers:
+        assert ["--model", "-m"] in visible_options(every[name]), name
+    for name in ("train", "prepare", "average", "export", "import marian", "data get"):
+        assert ["--output", "-o"] in visible_options(every[name]), name
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["translate", "in.txt"],
+        ["export", "-o", "out"],
+        ["average", "-o", "out"],
+    ],
+)
+def test_model_is_required(args: list[str]) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--model" in result.stderr and ("Missing" in result.stderr or "missing" in result.stderr)
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["translate", "-m", "x", "--beam-size", "5", "--beam-size", "3"], "--beam-size"),
+        (["translate", "-m", "x", "--beam-size=5", "--beam-size", "3"], "--beam-size"),
+        (["export", "-m", "a", "-m", "b", "-o", "out"], "-m"),
+        (["export", "-m", "a", "--output", "x", "-o", "y"], "--output"),
+        (["train", "--train", "t", "--lr", "1e-3", "--lr", "2e-3", "-o", "r"], "--lr"),
+    ],
+)
+def test_a_single_value_option_given_twice_is_an_error(args: list[str], option: str) -> None:
+    """Click would silently keep the last value; the command refuses before doing anything
+    (no model is loaded: the folders named do not exist)."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and "given 2 times" in result.stderr
+
+
+def test_an_ensemble_may_repeat_model(tiny_run: Path, tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.de", ["Ein Hund ."])
+    result = runner.invoke(
+        app, ["translate", str(src), "-m", str(tiny_run), "-m", str(tiny_run), "--beam-size", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_old_spellings_work_with_a_warning(tiny_run: Path, tmp_path: Path) -> None:
+    src = write_lines(tmp_path / "in.de", ["Ein Hund läuft .", "Zwei Männer ."])
+    new = runner.invoke(app, ["translate", str(src), "-m", str(tiny_run), "--quantization", "int8"])
+    old = runner.invoke(app, ["translate", str(src), "-m", str(tiny_run), "--quantize", "int8"])
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert old.stdout == new.stdout and len(new.stdout.splitlines()) == 2
+    assert "--quantize is deprecated" in old.stderr and "--quantization" in old.stderr
+    assert "deprecated" not in new.stderr
+
+    averaged = runner.invoke(app, ["average", str(tiny_run), "--last", "1", "--allow-fewer",
+                                   "--out", str(tmp_path / "avg")])  # fmt: skip
+    assert averaged.exit_code == 0, averaged.output
+    assert (tmp_path / "avg" / "model.safetensors").is_file()
+    assert "positional RUN_DIR is deprecated" in averaged.stderr
+    assert "--out is deprecated" in averaged.stderr
+
+    hyp = write_lines(tmp_path / "hyp.en", ["A dog runs .", "Two men ."])
+    scored = runner.invoke(app, ["score", str(hyp), "-r", str(hyp), "-m", "bleu", "--json"])
+    assert scored.exit_code == 0, scored.output
+    assert '"bleu"' in scored.stdout and "chrf" not in scored.stdout
+    assert "-m (in nmt score) is deprecated" in scored.stderr
+
+
+def test_old_and_new_spelling_together_is_an_error(tiny_run: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    result = runner.invoke(app, ["export", "-m", str(tiny_run), "-o", str(a), "--out", str(b)])
+    assert result.exit_code == 2
+    assert "--out is its old spelling" in result.stderr
+    assert not a.exists() and not b.exists()
