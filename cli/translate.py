@@ -281,9 +281,11 @@ def translate(
             for number, t in enumerate(results, start=1)
         )
     hyps: list[str] = []
-    truncated: list[int] = []
+    truncated: list[int] = []  # the first 20 cut lines' numbers (shown), and how many
+    n_truncated = 0
 
     def emit(write: Callable[[str], object]) -> None:
+        nonlocal n_truncated
         with make_progress() as progress:
             task = progress.add_task("translate", total=total)
             for number, (text, t) in enumerate(rendered, start=1):
@@ -292,7 +294,9 @@ def translate(
                     if ref:  # kept only to score them: without --ref, memory stays bounded
                         hyps.append(t.text)
                     if t.truncated:
-                        truncated.append(number)
+                        n_truncated += 1
+                        if len(truncated) < 20:  # bounded: the warning shows 20
+                            truncated.append(number)
                 progress.advance(task)
 
     if output is None:
@@ -300,9 +304,9 @@ def translate(
     else:
         atomic_write(output, lambda f: emit(lambda text: f.write(text.encode("utf-8"))))
     if truncated:
-        shown = ", ".join(map(str, truncated[:20])) + (" ..." if len(truncated) > 20 else "")
+        shown = ", ".join(map(str, truncated)) + (" ..." if n_truncated > len(truncated) else "")
         err_console.print(
-            f"[yellow]warning:[/] {len(truncated)} input line(s) longer than the "
+            f"[yellow]warning:[/] {n_truncated} input line(s) longer than the "
             f"model's limit were cut: line {shown}"
         )
     if ref:

@@ -283,3 +283,18 @@ def test_score_target_prints_one_score_pair_per_line(
     short = write_input(tmp_path / "short.en", ["A man."])
     result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", short)
     assert_one_line_error(result, f"{short}:2", "no target for input line 2")
+
+
+def test_lines_cut_at_the_model_limit_are_named_in_one_warning(
+    tiny_run: Path, tmp_path: Path, inputs: list[str]
+) -> None:
+    """25 of 27 lines are longer than the model takes: all are translated, and the warning
+    counts 25 and lists the first 20 line numbers."""
+    long = " ".join(inputs) * 12  # over the 1,023 tokens that max_positions leaves
+    lines = [inputs[0], *[long] * 25, inputs[1]]
+    result = invoke(write_input(tmp_path / "in.de", lines), "-m", tiny_run, "--beam-size", "1")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 27
+    warning = " ".join(result.stderr.split())
+    shown = ", ".join(str(n) for n in range(2, 22))
+    assert f"25 input line(s) longer than the model's limit were cut: line {shown} ..." in warning
