@@ -101,6 +101,7 @@ def main() -> None:
         "--onednn", default="true", help="comma-separated: true (oneDNN products), false (MKL)"
     )
     args = parser.parse_args()
+    tuned = nmt.malloc.tune()  # as nmt.train.train does first (this script builds a Trainer)
     src, tgt = read_parallel(args.data / "train", "de", "en")
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_tokenizer(src + tgt, Path(tmp) / "spm.model", args.vocab_size)
@@ -109,7 +110,7 @@ def main() -> None:
         f"# {cpu_model()}; ISA: torch {torch.backends.cpu.get_cpu_capability()}, oneDNN cap "
         f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}; {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, device {args.device}, {args.steps} timed steps; malloc "
-        f"tuning {'on' if nmt.malloc.tune() else 'off'}"
+        f"tuning {'on' if tuned else 'off'}"
     )
     print(
         "| preset | dtype | linear kernels | batch tokens | target tokens/s | steps/s "

@@ -12,10 +12,8 @@ import os
 # imported; a value in the environment wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
-# Keep freed large buffers in the process instead of faulting them in again at every training
-# step (nmt.malloc; NMT_MALLOC_TUNING=0 turns it off).
-from nmt import malloc as _malloc  # noqa: E402
-
-_malloc.tune()
+# glibc malloc tuning (nmt.malloc) is applied by nmt.train.train only: it keeps freed memory
+# in the process, which a training step reuses at once, but which let a long translation by
+# several worker threads creep upwards (docs/benchmarks.md, "Translation memory").
 
 __version__ = "0.1.0"

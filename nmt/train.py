@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from nmt import checkpoint as ckpt
-from nmt import store
+from nmt import malloc, store
 from nmt.config import ModelConfig, TrainConfig, check_fits, from_dict
 from nmt.data import encode_parallel, read_parallel
 from nmt.device import resolve_device
@@ -142,6 +142,7 @@ def train(
             config or batch order. CheckpointError: an
             unreadable resume checkpoint. TrainingError: diverged training.
     """
+    malloc.tune()  # keep freed step buffers in the process (nmt.malloc)
     observer = observer or TrainObserver()
     out_dir = Path(out_dir)
     init_weights: Path | None = None

@@ -1,5 +1,5 @@
-"""nmt.malloc: importing nmt sets glibc's malloc thresholds, and NMT_MALLOC_TUNING=0 or glibc's
-own variables leave them alone."""
+"""nmt.malloc: training sets glibc's malloc thresholds, translation leaves glibc's defaults,
+and NMT_MALLOC_TUNING=0 or glibc's own variables leave them alone."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import sys
 
 import pytest
 
-# In a fresh process: import nmt (which tunes malloc), then allocate 4 MiB with malloc and ask
-# mallinfo2 how many blocks are mmapped. glibc's default mmap threshold starts at 128 KiB, so a
-# 4 MiB block is mmapped unless the threshold was raised (nmt.malloc sets 32 MiB).
+# In a fresh process: run SETUP (the start of training tunes malloc), then allocate 4 MiB with
+# malloc and ask mallinfo2 how many blocks are mmapped. glibc's default mmap threshold starts
+# at 128 KiB, so a 4 MiB block is mmapped unless the threshold was raised (nmt.malloc sets
+# 32 MiB).
 PROBE = r"""
 import ctypes, json, sys
 import nmt.malloc
+SETUP
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
@@ -31,16 +33,20 @@ before = libc.mallinfo2().hblks
 block = libc.malloc(4 << 20)
 mmapped = libc.mallinfo2().hblks - before
 libc.free(block)
-print(json.dumps({"applied": nmt.malloc.tune(), "mmapped": mmapped}))
+print(json.dumps({"applied": nmt.malloc._applied, "mmapped": mmapped}))
 """
+TRAINING = "nmt.malloc.tune()  # what nmt.train.train does first"
 
 
-def probe(**env: str) -> dict:
+def probe(setup: str = TRAINING, **env: str) -> dict:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     environ.pop("NMT_MALLOC_TUNING", None)
     environ.pop("GLIBC_TUNABLES", None)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], env={**environ, **env}, capture_output=True, text=True
+        [sys.executable, "-c", PROBE.replace("SETUP", setup)],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0 and "mallinfo2" in out.stderr:
         pytest.skip("this C library has no mallinfo2 (glibc < 2.33 or not glibc)")
@@ -49,7 +55,7 @@ def probe(**env: str) -> dict:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
-def test_import_raises_the_mmap_threshold() -> None:
+def test_training_raises_the_mmap_threshold() -> None:
     tuned = probe()
     assert tuned["applied"] == {
         "mmap_threshold": 32 << 20,
@@ -65,3 +71,27 @@ def test_off_switch_and_glibc_variables_leave_malloc_alone(env: dict[str, str]) 
     untouched = probe(**env)
     assert untouched["applied"] == {}
     assert untouched["mmapped"] == 1  # glibc's default: a 4 MiB block is mmapped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_translation_keeps_glibc_defaults() -> None:
+    """Importing the whole CLI (every command's module, nmt.train included) and loading the
+    translation code tunes nothing: only training starts it."""
+    untouched = probe("import cli.main, nmt.translate, nmt.serve_schema")
+    assert untouched["applied"] is None
+    assert untouched["mmapped"] == 1
+
+
+def test_train_tunes_malloc_first(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """nmt.train.train calls nmt.malloc.tune before anything else (here it then fails on a
+    missing corpus)."""
+    import nmt.malloc
+    import nmt.train
+    from nmt.config import ModelConfig, TrainConfig
+    from nmt.errors import InputError
+
+    calls: list[str] = []
+    monkeypatch.setattr(nmt.malloc, "tune", lambda: calls.append("tune") or {})
+    with pytest.raises(InputError):
+        nmt.train.train(tmp_path / "missing", None, tmp_path / "run", ModelConfig(), TrainConfig())
+    assert calls == ["tune"]
