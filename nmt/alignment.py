@@ -25,7 +25,7 @@ import torch
 
 from nmt.data import pad
 from nmt.errors import ConfigError
-from nmt.model import DecoderLayer, Transformer
+from nmt.model import DecoderLayer, MultiHeadAttention, Transformer
 
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
 
@@ -79,12 +79,30 @@ def cross_attention(
     # Padding at the end of a target is harmless: causal self-attention never reads ahead.
     x = chosen.self_block(x, lambda h: chosen.self_attn(h, causal=True))
     h = chosen.cross_block.norm(x) if chosen.cross_block.pre_norm else x
-    attn = chosen.cross_attn
-    q = attn.split_heads(attn.q_proj(h))[0]  # (batch, n_heads, tgt_len + 1, head_dim)
-    k, _ = attn.project_kv(memory)  # (batch, n_heads, src_len, head_dim)
-    logits = (q @ k.transpose(-1, -2)).float() / math.sqrt(attn.head_dim)
-    probs = logits.masked_fill(~src_mask, float("-inf")).softmax(-1).mean(1)
+    probs = attention_weights(chosen.cross_attn, h, memory, src_mask).mean(1)
     return probs.masked_fill((tgt_in == cfg.pad_id)[:, :, None], 0.0)
+
+
+def attention_weights(
+    attn: MultiHeadAttention, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q kᵀ / sqrt(head_dim))`` of a cross-attention layer (Vaswani et al. 2017,
+    eq. 1), masked as SDPA masks; what :func:`cross_attention` averages over heads and
+    :func:`nmt.attention.cross_attention` shows per layer and head.
+
+    Args:
+        x: ``(batch, tgt_len, d_model)`` the layer's (normalized) input.
+        memory: ``(batch, src_len, d_model)``; mask: ``(batch, 1, 1, src_len)`` bool, True =
+            attend.
+
+    Returns:
+        ``(batch, n_heads, tgt_len, src_len)`` float32 (computed in float32 whatever the
+        model's dtype).
+    """
+    q = attn.split_heads(attn.q_proj(x))[0]  # (batch, n_heads, tgt_len, head_dim)
+    k, _ = attn.project_kv(memory)  # (batch, n_heads, src_len, head_dim)
+    scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(attn.head_dim)
+    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 def piece_words(pieces: Sequence[str], n_words: int) -> list[int]:

@@ -17,12 +17,12 @@ aligner's output.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 
+from nmt.alignment import attention_weights
 from nmt.model import DecoderLayer, MultiHeadAttention, Transformer
 
 
@@ -78,25 +78,6 @@ def cross_attention(model: Transformer, src_ids: list[int], tgt_ids: list[int]) 
             hook.remove()
     weights = torch.stack([w[0] for w in captured]).float().cpu()  # (L, H, T, S)
     return Attention(weights, hard_alignment(weights))
-
-
-def attention_weights(
-    attn: MultiHeadAttention, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """``softmax(q kᵀ / sqrt(head_dim))`` of a cross-attention layer, masked as SDPA masks.
-
-    Args:
-        x: ``(batch, tgt_len, d_model)`` the layer's (normalized) input.
-        memory: ``(batch, src_len, d_model)``; mask: ``(batch, 1, 1, src_len)`` bool, True =
-            attend.
-
-    Returns:
-        ``(batch, n_heads, tgt_len, src_len)``.
-    """
-    q = attn.split_heads(attn.q_proj(x))[0]  # (B, n_heads, T, head_dim)
-    k, _ = attn.project_kv(memory)  # (B, n_heads, S, head_dim)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim)  # (B, n_heads, T, S)
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
