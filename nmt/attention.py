@@ -9,8 +9,9 @@ attention of the step that predicted target token ``t`` (the last row: the step 
 predicted EOS); the columns are the source pieces and the source's EOS.
 
 The hard alignment links each target piece to the source piece with the most attention,
-averaged over the heads of the last decoder layer and EOS excluded (the argmax alignment of
-Garg et al. 2019 reads one layer's attention the same way). An untrained or a
+averaged over the heads of the penultimate decoder layer (as ``nmt translate --alignment``
+reads it by default: :func:`nmt.alignment.default_layer`, Garg et al. 2019) and EOS
+excluded. An untrained or a
 non-alignment-trained model's attention is a soft, approximate alignment, not a word
 aligner's output.
 """
@@ -22,7 +23,7 @@ from typing import Any, cast
 
 import torch
 
-from nmt.alignment import attention_weights
+from nmt.alignment import attention_weights, default_layer
 from nmt.model import DecoderLayer, MultiHeadAttention, Transformer
 
 
@@ -82,7 +83,8 @@ def cross_attention(model: Transformer, src_ids: list[int], tgt_ids: list[int]) 
 
 def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
     """``(src, tgt)`` pairs: for each target piece (the last row, EOS, excluded) the source
-    piece (EOS excluded) with the most attention, averaged over the last layer's heads.
+    piece (EOS excluded) with the most attention, averaged over the heads of the penultimate
+    layer (:func:`nmt.alignment.default_layer`, the only one of a one-layer decoder).
 
     Args:
         weights: ``(n_layers, n_heads, tgt_len, src_len)``.
@@ -90,5 +92,6 @@ def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:
     n_tgt, n_src = weights.size(2) - 1, weights.size(3) - 1
     if n_tgt < 1 or n_src < 1:
         return []
-    mean = weights[-1].mean(0)[:n_tgt, :n_src]  # (tgt pieces, src pieces)
+    layer = default_layer(weights.size(0))
+    mean = weights[layer].mean(0)[:n_tgt, :n_src]  # (tgt pieces, src pieces)
     return [(int(s), t) for t, s in enumerate(mean.argmax(-1).tolist())]

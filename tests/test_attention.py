@@ -45,9 +45,12 @@ def test_weights_reproduce_each_layers_cross_attention_output(
             torch.testing.assert_close(out, outputs[i], atol=1e-5, rtol=1e-5)
 
 
-def test_hard_alignment_takes_the_last_layers_mean_argmax_without_eos() -> None:
-    weights = torch.zeros(2, 2, 4, 4)  # (layers, heads, tgt 3 + EOS, src 3 + EOS)
-    weights[0, :, :, 0] = 1.0  # the first layer is ignored
+def test_hard_alignment_takes_the_penultimate_layers_mean_argmax_without_eos() -> None:
+    """The layer nmt translate --alignment reads by default, so the page and the command
+    draw the same links."""
+    weights = torch.zeros(3, 2, 4, 4)  # (layers, heads, tgt 3 + EOS, src 3 + EOS)
+    weights[0, :, :, 0] = 1.0  # the first and the last layer are ignored
+    weights[2, :, :, 2] = 1.0
     weights[1, 0] = torch.tensor([[0, 1, 0, 0], [0, 0, 0.4, 0.6], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     weights[1, 1] = torch.tensor([[0, 1, 0, 0], [0, 0, 0.4, 0.6], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     # Target piece 1 attends most to EOS (0.6): the alignment takes the best real piece, 2.
