@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, fail, handle_errors, status
-from cli.options import hidden, renamed, renamed_flag
+from cli.options import OldForce, OldOut, Overwrite, renamed, renamed_flag
 from nmt.export import EXPORT_FORMATS, QUANTIZATIONS, export_ctranslate2
 
 
@@ -36,11 +36,9 @@ def export(
             help="Weights file to export instead of model.safetensors (e.g. last.safetensors)."
         ),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
-    ] = False,
-    out: Annotated[Path | None, hidden("--out")] = None,
-    force: Annotated[bool, hidden("--force")] = False,
+    overwrite: Overwrite = False,
+    out: OldOut = None,
+    force: OldForce = False,
 ) -> None:
     """Export a model folder to CTranslate2; translate with nmt translate -m OUTPUT."""
     out = renamed(output, out, "--output", "--out", required=True)

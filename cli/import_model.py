@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, status
-from cli.options import CheckedCommand, hidden, renamed, renamed_flag
+from cli.options import CheckedCommand, OldForce, OldOut, Overwrite, renamed, renamed_flag
 from nmt.import_marian import import_marian
 
 app = typer.Typer(no_args_is_help=True, help="Import models of other toolkits.")
@@ -28,11 +28,9 @@ def marian(
         Path | None,
         typer.Option("--output", "-o", help="Model folder to write.", show_default=False),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
-    ] = False,
-    out: Annotated[Path | None, hidden("--out")] = None,
-    force: Annotated[bool, hidden("--force")] = False,
+    overwrite: Overwrite = False,
+    out: OldOut = None,
+    force: OldForce = False,
 ) -> None:
     """Import an OPUS-MT / MarianMTModel folder; translate with nmt translate -m OUTPUT."""
     out = renamed(output, out, "--output", "--out", required=True)

@@ -14,7 +14,8 @@ usage error naming it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperCommand
@@ -96,3 +97,12 @@ def renamed_flag(value: bool, old_value: bool, new: str, old: str) -> bool:
 def hidden(*names: str, **kwargs: Any) -> Any:
     """A ``typer.Option`` for an old spelling: accepted, not shown in ``--help``."""
     return typer.Option(*names, hidden=True, **kwargs)
+
+
+# Parameters shared by the commands that write a folder (export, import marian): the new
+# --overwrite flag and the old spellings --out and --force, accepted and hidden.
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="Replace the output folder if it exists.")
+]
+OldOut = Annotated[Path | None, hidden("--out")]
+OldForce = Annotated[bool, hidden("--force")]
