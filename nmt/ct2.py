@@ -234,6 +234,18 @@ class CT2Translator(BaseTranslator):
                 "folder that nmt export read), not by the ctranslate2 engine"
             )
 
+    def forced_scores(self, src: list[list[int]], tgt: list[list[int]]) -> list[float]:
+        """Log-probabilities of given targets through CTranslate2's ``score_batch`` (which
+        appends EOS to both sides, as the export configures): the sum of its per-token
+        log-probabilities, EOS included (Klein et al. 2020)."""
+        results = self.translator.score_batch(
+            [[self.pieces[i] for i in x] for x in src],
+            [[self.pieces[i] for i in t] for t in tgt],
+            max_batch_size=len(src),
+            max_input_length=0,
+        )
+        return [float(sum(r.log_probs)) for r in results]
+
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None
     ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:

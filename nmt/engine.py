@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from nmt.alignment import piece_words, word_alignment
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError, InputError
+from nmt.forced import normalized
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
 from nmt.streaming import available_chunks, length_batches, paired
@@ -223,15 +224,49 @@ class BaseTranslator:
         decode: DecodeConfig | None = None,
         target_source: str = "targets",
     ) -> Iterator[tuple[float, float]]:
-        """Score given translations (:meth:`nmt.translate.Translator.score_targets`).
+        """Score given translations instead of translating (forced decoding).
+
+        Each target line is encoded with the model's target tokenizer, so a translation's
+        text is scored in SentencePiece's own segmentation of it, which can differ from the
+        one search happened to produce (then its score differs from the one search
+        reported; on the same ids, :func:`nmt.forced.forced_scores` equals it).
+
+        Args:
+            targets: one per line of ``lines`` (read from ``target_source``, named in errors).
+            decode: its ``length_penalty`` and batch sizes apply.
+
+        Yields:
+            ``(log-probability, length-normalised score)`` per line, in order (natural log,
+            EOS included; an empty target scores EOS alone).
 
         Raises:
-            ConfigError: this engine cannot (only the torch engine does).
+            InputError: not one target per line, or a line too long (``strict``) or a target
+                longer than the model can output.
+            ConfigError: an engine that cannot score (:meth:`forced_scores`).
         """
-        raise ConfigError(
-            "scoring given translations: supported by the torch engine (--engine torch on the "
-            "model folder that nmt export read), not by this one"
-        )
+        d = decode or self.decode
+        first = 1
+        for pairs in available_chunks(
+            paired(lines, targets, target_source, "target"), self.chunk_lines
+        ):
+            src_ids, _ = self.source_ids([p[0] for p in pairs], first)
+            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
+            scores = [0.0] * len(pairs)
+            for rows in self.row_batches(src_ids, list(range(len(pairs))), d):
+                found = self.forced_scores([src_ids[r] for r in rows], [tgt_ids[r] for r in rows])
+                for r, score in zip(rows, found):
+                    scores[r] = score
+            for score, tgt in zip(scores, tgt_ids):
+                yield score, normalized(score, len(tgt), d.length_penalty)
+            first += len(pairs)
+
+    def forced_scores(self, src: list[list[int]], tgt: list[list[int]]) -> list[float]:
+        """Log-probability of each target (EOS included) given its source, both without EOS.
+
+        Raises:
+            ConfigError: this engine cannot score given translations.
+        """
+        raise ConfigError("scoring given translations is not supported by this engine")
 
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None

@@ -13,7 +13,7 @@ parallel matrix products (measured in docs/benchmarks.md), as CTranslate2's ``in
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -28,13 +28,13 @@ from nmt.device import resolve_device
 from nmt.engine import BaseTranslator, Request, Translation
 from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import ConfigError
-from nmt.forced import forced_scores, normalized
+from nmt.forced import forced_scores
 from nmt.marian_vocab import load_tokenizer, tokenizer_files
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
 from nmt.sampling import sample
 from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
-from nmt.streaming import available_chunks, length_batches, paired
+from nmt.streaming import length_batches
 from nmt.tokenizer import Tokenizer
 
 __all__ = ["BaseTranslator", "Translation", "Translator", "cpu_workers", "length_batches"]
@@ -289,50 +289,11 @@ class Translator(BaseTranslator):
             )
         return self.with_attention(src, nbest, d) if d.alignment else nbest
 
-    def score_targets(
-        self,
-        lines: Iterable[str],
-        targets: Iterable[str],
-        decode: DecodeConfig | None = None,
-        target_source: str = "targets",
-    ) -> Iterator[tuple[float, float]]:
-        """Score given translations instead of translating (:mod:`nmt.forced`).
-
-        Each target line is encoded with the model's SentencePiece model, so a translation's
-        text is scored in SentencePiece's own segmentation of it, which can differ from the
-        one search happened to produce (then its score differs from the one search
-        reported; on the same ids, :func:`nmt.forced.forced_scores` equals it).
-
-        Args:
-            targets: one per line of ``lines`` (read from ``target_source``, named in errors).
-            decode: its ``length_penalty`` and batch sizes apply.
-
-        Yields:
-            ``(log-probability, length-normalised score)`` per line, in order (natural log,
-            EOS included; an empty target scores EOS alone).
-
-        Raises:
-            InputError: not one target per line, or a line too long (``strict``) or a target
-                longer than the model can output.
-        """
-        d = decode or self.decode
-        first = 1
-        for pairs in available_chunks(
-            paired(lines, targets, target_source, "target"), self.chunk_lines
-        ):
-            src_ids, _ = self.source_ids([p[0] for p in pairs], first)
-            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
-            scores = [0.0] * len(pairs)
-            for rows in self.row_batches(src_ids, list(range(len(pairs))), d):
-                cfg = self.model.cfg
-                src = pad([src_ids[r] for r in rows], suffix=cfg.eos_id, pad_id=cfg.pad_id)
-                src = src.to(self.device)
-                found = forced_scores(self.model, src, [tgt_ids[r] for r in rows])
-                for r, score in zip(rows, found):
-                    scores[r] = score
-            for score, tgt in zip(scores, tgt_ids):
-                yield score, normalized(score, len(tgt), d.length_penalty)
-            first += len(pairs)
+    def forced_scores(self, src: list[list[int]], tgt: list[list[int]]) -> list[float]:
+        """Teacher-forced log-probabilities of a batch (:func:`nmt.forced.forced_scores`)."""
+        cfg = self.model.cfg
+        batch = pad(src, suffix=cfg.eos_id, pad_id=cfg.pad_id).to(self.device)
+        return forced_scores(self.model, batch, tgt)
 
     def with_attention(
         self, src: torch.Tensor, nbest: list[list[Hypothesis]], d: DecodeConfig

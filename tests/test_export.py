@@ -434,8 +434,8 @@ def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None
 def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
     exported: Path, test_lines: list[str]
 ) -> None:
-    """Alignment, target prefixes, sampling and scoring given translations are the torch
-    engine's; asked of CTranslate2 they fail before translating, saying which engine can."""
+    """Alignment, target prefixes and sampling are the torch engine's; asked of CTranslate2
+    they fail before translating, saying which engine can."""
     translator = CT2Translator.load(exported, DecodeConfig(beam_size=2), device="cpu")
     lines = test_lines[:2]
     for decode, prefixes in [
@@ -445,11 +445,32 @@ def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
     ]:
         with pytest.raises(ConfigError, match="supported by the torch engine"):
             list(translator.translate(lines, decode, prefixes))
-    with pytest.raises(ConfigError, match="supported by the torch engine"):
-        list(translator.score_targets(lines, lines))
     assert [t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))] == [
         t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))
     ]
+
+
+@pytest.mark.kernels
+def test_ctranslate2_scores_given_translations_as_the_torch_engine(
+    run_dir: Path, exported: Path, test_lines: list[str]
+) -> None:
+    """--score-target through CTranslate2's score_batch: the same log-probabilities and
+    normalised scores as forced decoding in torch (float32 rounding: 1e-4 per token), for
+    this model's own outputs, for other sentences' references, and for an empty target."""
+    lines = ["", *test_lines[:30]]
+    torch_engine = Translator.load(run_dir, DecodeConfig(beam_size=1), device="cpu")
+    outputs = [t.text for t in torch_engine.translate(lines)]
+    targets = ["", *outputs[1:16], *reversed(test_lines[:15])]  # also pairs that do not match
+    targets[3] = ""
+    ours = list(torch_engine.score_targets(lines, targets))
+    ct2_engine = CT2Translator.load(exported, DecodeConfig(beam_size=1), device="cpu")
+    theirs = list(ct2_engine.score_targets(lines, targets))
+    assert len(theirs) == len(lines)
+    lengths = [len(t) + 1 for t in torch_engine.tokenizer.encode(targets)]
+    for (lp, norm), (lp2, norm2), n in zip(ours, theirs, lengths):
+        assert lp2 == pytest.approx(lp, abs=1e-4 * n)
+        assert norm2 == pytest.approx(norm, abs=1e-4 * n)
+    assert len({round(lp, 2) for lp, _ in ours}) > 20  # the scores differ from line to line
 
 
 def test_cli_export_then_translate(
