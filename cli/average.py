@@ -16,11 +16,15 @@ from nmt.average import average_run
 def average(
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Run folder written by nmt train.", show_default=False),
+        typer.Option(
+            "--model", "-m", help="Run folder written by nmt train (required).", show_default=False
+        ),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Model folder to write.", show_default=False),
+        typer.Option(
+            "--output", "-o", help="Model folder to write (required).", show_default=False
+        ),
     ] = None,
     run_dir: Annotated[
         Path | None, typer.Argument(hidden=True, help="Deprecated: use -m.", show_default=False)

@@ -57,7 +57,7 @@ def get(
         typer.Option(
             "--output",
             "-o",
-            help="Folder to write the files to (created if missing).",
+            help="Folder to write the files to, created if missing (required).",
             show_default=False,
         ),
     ] = None,

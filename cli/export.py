@@ -21,7 +21,8 @@ def export(
         ),
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Folder to write.", show_default=False)
+        Path | None,
+        typer.Option("--output", "-o", help="Folder to write (required).", show_default=False),
     ] = None,
     format: Annotated[
         str, typer.Option("--format", help=f"Target engine: {', '.join(EXPORT_FORMATS)}.")

@@ -26,7 +26,9 @@ def marian(
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Model folder to write.", show_default=False),
+        typer.Option(
+            "--output", "-o", help="Model folder to write (required).", show_default=False
+        ),
     ] = None,
     overwrite: Overwrite = False,
     out: OldOut = None,

@@ -42,7 +42,7 @@ def prepare(
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Data folder to write.", show_default=False),
+        typer.Option("--output", "-o", help="Data folder to write (required).", show_default=False),
     ] = None,
     out: Annotated[Path | None, hidden("--out")] = None,
     src_lang: Annotated[

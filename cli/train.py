@@ -93,7 +93,7 @@ def train(
         typer.Option(
             "--output",
             "-o",
-            help="Run folder (continued if it holds resume.pt).",
+            help="Run folder, continued if it holds resume.pt (required).",
             show_default=False,
         ),
     ] = None,
