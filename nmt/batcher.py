@@ -11,6 +11,10 @@ most ``batch_tokens`` source tokens, as Triton's dynamic batcher and CTranslate2
 - otherwise the oldest job waits for companions until its batch holds ``batch_tokens`` tokens
   or it has waited ``max_wait_ms`` milliseconds, and a batch is dispatched only when a
   worker is free (meanwhile the queue grows, which is what makes batches under load);
+- a batch takes at most its share of what is queued, ``queued tokens / free workers``, so
+  that free workers split the queue instead of one taking it all while the others idle
+  (with closed-loop clients, 64 single-line requests, under 4,096 tokens, otherwise went to
+  one single-threaded worker at a time, and the next ones only came back once it was done);
 - a job cancelled while still queued (its request timed out) is dropped;
 - :meth:`Batcher.drain` stops all waiting (shutdown: queued jobs are dispatched at once, and
   no job is accepted any more); :meth:`Batcher.close` also ends the dispatcher thread.
@@ -163,11 +167,15 @@ class Batcher:
 
     def _take(self, key: Hashable) -> list[Job]:
         """Remove the oldest jobs with ``key`` from the queue, up to ``batch_tokens`` tokens
-        (the first always, even when larger), and mark them running."""
+        and this batch's share of the queue (the queued tokens with ``key`` over the free
+        workers; the first job always, even when larger), and mark them running."""
+        free = max(1, self.workers - self.running)
+        queued = sum(j.tokens for j in self.queue if j.key == key)
+        limit = min(self.batch_tokens, -(-queued // free))  # ceil(queued / free)
         batch: list[Job] = []
         tokens = 0
         for job in self.queue:
-            if job.key != key or (batch and tokens + job.tokens > self.batch_tokens):
+            if job.key != key or (batch and tokens + job.tokens > limit):
                 continue
             batch.append(job)
             tokens += job.tokens

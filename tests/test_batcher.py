@@ -94,3 +94,31 @@ def test_an_error_fails_its_batch_only() -> None:
         batcher.submit("a", "boom", 1).result(5)
     assert batcher.submit("a", 5, 1).result(5) == 10
     batcher.close()
+
+
+def test_free_workers_split_the_queue_instead_of_one_taking_it_all() -> None:
+    """8 jobs queued while both workers are free: two batches of 4 run at once (one batch of
+    8 left a worker idle), and once one worker is busy the other takes all that is left."""
+    batcher, run = make(max_wait_ms=50, batch_tokens=100, workers=2)
+    run.gate.clear()  # batches wait in run() until the gate opens, so both are seen running
+    with batcher.cond:  # the dispatcher cannot take anything before all 8 are queued
+        futures = [batcher.submit("k", i, 1) for i in range(8)]
+    deadline = time.monotonic() + 5
+    while batcher.stats()["running"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.stats() == {"queued": 0, "running": 2, "batches": 2}
+    run.gate.set()
+    assert [f.result(5) for f in futures] == [2 * i for i in range(8)]
+    assert sorted(len(p) for _, p in run.batches) == [4, 4]
+    run.gate.clear()
+    busy = batcher.submit("k", 100, 1)  # alone: runs at once on one worker and blocks it
+    while batcher.stats()["running"] < 1:
+        time.sleep(0.01)
+    with batcher.cond:
+        rest = [batcher.submit("k", i, 1) for i in range(6)]
+    while batcher.stats()["running"] < 2:
+        time.sleep(0.01)
+    run.gate.set()
+    assert busy.result(5) == 200 and [f.result(5) for f in rest] == [2 * i for i in range(6)]
+    assert len(run.batches[-1][1]) == 6 or len(run.batches[-2][1]) == 6
+    batcher.close()
