@@ -104,6 +104,16 @@ class Batcher:
             self.cond.notify_all()
         return job.future
 
+    def submit_many(self, key: Hashable, jobs: Sequence[tuple[Any, int]]) -> list[Future[Any]]:
+        """Queue several ``(payload, tokens)`` jobs at once (the parts of one request), so
+        that the batcher sees them together and free workers take a part each.
+
+        Raises:
+            BatcherClosedError: the batcher is draining or closed.
+        """
+        with self.cond:  # re-entrant: submit() takes it too
+            return [self.submit(key, payload, tokens) for payload, tokens in jobs]
+
     def stats(self) -> dict[str, int]:
         """``queued`` jobs, ``running`` batches and ``batches`` dispatched so far."""
         with self.cond:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import threading
 from collections.abc import Hashable
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,67 @@ class Work:
     seeds: list[int] | None = None  # per-line sampling seeds (nmt.sampling.sentence_seed)
 
 
+# Lines per worker from which a request is split over the workers (ServedModel.submit).
+SPLIT_LINES = 8
+
+
+def work_tokens(work: Work) -> int:
+    """Source tokens of ``work`` as the batcher counts them (EOS counted, as in a batch)."""
+    return sum(len(x) + 1 for x in work.ids)
+
+
+def split_work(work: Work, n: int) -> list[Work]:
+    """``work`` cut into ``n`` parts of consecutive lines (sizes differ by one at most)."""
+    bounds = [len(work.ids) * i // n for i in range(n + 1)]
+
+    def part(a: int, b: int) -> Work:
+        return Work(
+            work.ids[a:b],
+            work.truncated[a:b],
+            work.attention,
+            None if work.prefixes is None else work.prefixes[a:b],
+            None if work.seeds is None else work.seeds[a:b],
+        )
+
+    return [part(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def joined(parts: list[Future[list[Any]]]) -> Future[list[Any]]:
+    """One future for the results of ``parts``, concatenated in order; the first part's
+    exception fails it, and cancelling it (a request that timed out) cancels the parts
+    still queued."""
+    out: Future[list[Any]] = Future()
+    lock = threading.Lock()
+    left = [len(parts)]
+
+    def part_done(_: Future[list[Any]]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0] or out.done():
+                return
+        if any(p.cancelled() for p in parts):
+            out.cancel()
+            return
+        errors = [e for e in (p.exception() for p in parts) if e is not None]
+        try:
+            if errors:
+                out.set_exception(errors[0])
+            else:
+                out.set_result([r for p in parts for r in p.result()])
+        except InvalidStateError:  # cancelled meanwhile (the request timed out)
+            pass
+
+    def cancel_parts(f: Future[list[Any]]) -> None:
+        if f.cancelled():
+            for p in parts:
+                p.cancel()
+
+    out.add_done_callback(cancel_parts)
+    for p in parts:
+        p.add_done_callback(part_done)
+    return out
+
+
 @dataclass
 class ServedModel:
     """A loaded model under its id.
@@ -177,12 +239,20 @@ class ServedModel:
     def submit(self, work: Work, options: DecodeOptions) -> Future[list[LineResult]]:
         """Queue ``work`` for the dynamic batcher; the future gets one result per line.
 
+        A request of at least :data:`SPLIT_LINES` lines per worker is queued as one part per
+        worker (consecutive lines), so that a lone long request keeps every worker busy as a
+        file does, instead of running as one batch on one single-threaded worker.
+
         Raises:
             BatcherClosedError: the server is shutting down.
         """
         assert self.batcher is not None, "start_batchers() first"
-        tokens = sum(len(x) + 1 for x in work.ids)  # EOS counted, as in a batch
-        return self.batcher.submit(options, work, tokens)
+        n_parts = min(self.batcher.workers, len(work.ids) // SPLIT_LINES)
+        if n_parts < 2:
+            return self.batcher.submit(options, work, work_tokens(work))
+        parts = split_work(work, n_parts)
+        futures = self.batcher.submit_many(options, [(p, work_tokens(p)) for p in parts])
+        return joined(futures)
 
     def translator_for(self, options: DecodeOptions) -> BaseTranslator:
         """A translator sharing the loaded model but searching with ``options``.

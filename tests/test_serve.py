@@ -332,3 +332,40 @@ def test_sampling_and_target_prefixes_per_request(
     assert prefixed[0]["text"].startswith("A dog")
     status, body = request(server.url + "/v1/translate", {"src": src[:2], "prefix": ["A"]})
     assert status == 422 and "prefix: 1 prefixes for 2 src lines" in body["error"]["message"]
+
+
+def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[str]) -> None:
+    """In process, two workers: a 24-line request runs as two batches of 12 consecutive
+    lines (a lone long request keeps both workers busy) and answers what one batch does, in
+    order; a 4-line request stays one batch."""
+    from fastapi.testclient import TestClient
+
+    from nmt.registry import ServeConfig, load_models, start_batchers
+    from nmt.serve import create_app
+
+    src = (lines * 24)[:24]
+    answers, batches = [], []
+    for workers in (1, 2):
+        models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
+        calls: list[int] = []
+        run = models["tiny"].run
+
+        def recording(options: Any, works: list[Any], run: Any = run, calls: Any = calls) -> Any:
+            calls.append(sum(len(w.ids) for w in works))
+            return run(options, works)
+
+        models["tiny"].run = recording  # type: ignore[method-assign]
+        pool = start_batchers(models, workers, 4096, 10.0)
+        try:
+            client = TestClient(create_app(models, ServeConfig()))
+            body = {"src": src, "beam_size": 2, "return_scores": True}
+            answers.append(client.post("/v1/translate", json=body).json()["translations"])
+            client.post("/v1/translate", json={"src": src[:4]})
+            batches.append(calls)
+        finally:
+            models["tiny"].batcher.close()  # type: ignore[union-attr]
+            pool.shutdown()
+    assert batches == [[24, 4], [12, 12, 4]]
+    assert [t["text"] for t in answers[1]] == [t["text"] for t in answers[0]]
+    for a, b in zip(answers[0], answers[1]):
+        assert abs(a["score"] - b["score"]) <= 1e-4 * (1 + len(a["text"].split()))
