@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, fail, handle_errors, status
-from cli.options import OldForce, OldOut, Overwrite, renamed, renamed_flag
+from cli.options import OldForce, OldOut, Overwrite, output_folder
 from nmt.export import EXPORT_FORMATS, QUANTIZATIONS, export_ctranslate2
 
 
@@ -42,8 +42,7 @@ def export(
     force: OldForce = False,
 ) -> None:
     """Export a model folder to CTranslate2; translate with nmt translate -m OUTPUT."""
-    out = renamed(output, out, "--output", "--out", required=True)
-    force = renamed_flag(overwrite, force, "--overwrite", "--force")
+    out, force = output_folder(output, out, overwrite, force)
     if format not in EXPORT_FORMATS:
         fail(f"--format {format}: choose one of {', '.join(EXPORT_FORMATS)}")
     with status(f"exporting {model} to {format}"):

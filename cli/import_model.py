@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors, status
-from cli.options import CheckedCommand, OldForce, OldOut, Overwrite, renamed, renamed_flag
+from cli.options import CheckedCommand, OldForce, OldOut, Overwrite, output_folder
 from nmt.import_marian import import_marian
 
 app = typer.Typer(no_args_is_help=True, help="Import models of other toolkits.")
@@ -35,8 +35,7 @@ def marian(
     force: OldForce = False,
 ) -> None:
     """Import an OPUS-MT / MarianMTModel folder; translate with nmt translate -m OUTPUT."""
-    out = renamed(output, out, "--output", "--out", required=True)
-    force = renamed_flag(overwrite, force, "--overwrite", "--force")
+    out, force = output_folder(output, out, overwrite, force)
     with status(f"importing {hf_dir}"):
         path = import_marian(hf_dir, out, force=force)
     err_console.print(f"imported {hf_dir} into {path}", highlight=False)

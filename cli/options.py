@@ -106,3 +106,16 @@ Overwrite = Annotated[
 ]
 OldOut = Annotated[Path | None, hidden("--out")]
 OldForce = Annotated[bool, hidden("--force")]
+
+
+def output_folder(
+    output: Path | None, out: Path | None, overwrite: bool, force: bool
+) -> tuple[Path, bool]:
+    """``(folder, overwrite)`` of a command that writes a folder, from ``-o/--output`` and
+    ``--overwrite`` or their old spellings ``--out`` and ``--force`` (:func:`renamed`).
+
+    Raises:
+        typer.BadParameter: no output folder, or both spellings of it.
+    """
+    folder = renamed(output, out, "--output", "--out", required=True)
+    return folder, renamed_flag(overwrite, force, "--overwrite", "--force")
