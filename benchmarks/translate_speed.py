@@ -122,23 +122,12 @@ def main() -> None:
     for kind in args.dtypes.split(","):
         dtype, quantize = ("fp32", "int8") if kind == "int8" else (kind.split("-")[0], None)
         for workers in (int(w) for w in args.workers.split(",")):
-            for beam in (int(b) for b in args.beams.split(",")):
-                r = run(
-                    args.model,
-                    src,
-                    ref,
-                    beam,
-                    args.batch_size,
-                    args.device,
-                    args.length_penalty,
-                    dtype,
-                    quantize,
-                    workers,
-                    onednn=kind != "fp32-mkl",
-                )
-                print_row(kind, r)
-            for feature in filter(None, args.features.split(",")):
-                beam = 1 if feature == "sampling" else 5
+            # (beam, feature) rows: each beam size plain, then each feature (sampling draws
+            # one output, so it runs at beam 1; alignment at beam 5).
+            rows = [(int(b), "") for b in args.beams.split(",")]
+            features = filter(None, args.features.split(","))
+            rows += [(1 if f == "sampling" else 5, f) for f in features]
+            for beam, feature in rows:
                 r = run(
                     args.model,
                     src,
@@ -153,7 +142,7 @@ def main() -> None:
                     onednn=kind != "fp32-mkl",
                     feature=feature,
                 )
-                print_row(f"{kind} {feature}", r)
+                print_row(f"{kind} {feature}".strip(), r)
 
 
 def print_row(kind: str, r: dict[str, float | str]) -> None:
