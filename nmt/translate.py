@@ -222,9 +222,7 @@ class Translator(BaseTranslator):
         batches = self.row_batches(ids, [i for i, x in enumerate(ids) if x], request.decode)
 
         def run(rows: list[int]) -> tuple[list[int], list[list[Hypothesis]]]:
-            cfg = self.model.cfg
-            src = pad([ids[r] for r in rows], suffix=cfg.eos_id, pad_id=cfg.pad_id)
-            src = src.to(self.device)
+            src = self.source_batch([ids[r] for r in rows])
             prefixes, seeds = request.prefixes, request.seeds
             prefix = None if prefixes is None else [prefixes[r] for r in rows]
             seed = None if seeds is None else [seeds[r] for r in rows]
@@ -291,9 +289,13 @@ class Translator(BaseTranslator):
 
     def forced_scores(self, src: list[list[int]], tgt: list[list[int]]) -> list[float]:
         """Teacher-forced log-probabilities of a batch (:func:`nmt.forced.forced_scores`)."""
+        return forced_scores(self.model, self.source_batch(src), tgt)
+
+    def source_batch(self, src: list[list[int]]) -> torch.Tensor:
+        """Source ids (without EOS) as the model reads them: ``(batch, src_len)`` int64 on
+        the device, each ending in the model's EOS, right-padded with its PAD."""
         cfg = self.model.cfg
-        batch = pad(src, suffix=cfg.eos_id, pad_id=cfg.pad_id).to(self.device)
-        return forced_scores(self.model, batch, tgt)
+        return pad(src, suffix=cfg.eos_id, pad_id=cfg.pad_id).to(self.device)
 
     def with_attention(
         self, src: torch.Tensor, nbest: list[list[Hypothesis]], d: DecodeConfig
