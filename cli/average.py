@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors
-from cli.options import deprecated, hidden, renamed
+from cli.options import hidden, renamed
 from nmt.average import average_run
 
 
@@ -36,16 +36,9 @@ def average(
     ] = False,
 ) -> None:
     """Average the last N step checkpoints of a run into a model folder."""
-    if run_dir is not None:  # the old positional RUN_DIR
-        if model is not None:
-            raise typer.BadParameter("give the run folder once, as -m RUN_DIR", param_hint="-m")
-        deprecated("the positional RUN_DIR", "-m RUN_DIR")
-        model = run_dir
-    if model is None:
-        raise typer.BadParameter("missing: this option is required", param_hint="'--model' / '-m'")
+    model = renamed(model, run_dir, "-m/--model", "the positional RUN_DIR", required=True)
     out = renamed(output, out, "--output", "--out", required=True)
-    run_dir = model
-    paths = average_run(run_dir, last, out, allow_fewer)
+    paths = average_run(model, last, out, allow_fewer)
     err_console.print(
         f"averaged {len(paths)} checkpoints ({paths[0].name} … {paths[-1].name}) into {out}",
         highlight=False,
