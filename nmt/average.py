@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError
-from nmt.marian_vocab import tokenizer_files
+from nmt.vocab import tokenizer_files
 
 
 def step_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -58,10 +58,10 @@ from nmt.config import DecodeConfig
 from nmt.engine import BaseTranslator, Request
 from nmt.errors import ConfigError, NMTError
 from nmt.fileio import read_versioned_json
-from nmt.marian_vocab import load_tokenizer
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import Tokenizer
 from nmt.translate import cpu_workers
+from nmt.vocab import load_tokenizer
 
 CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
 EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json

@@ -40,9 +40,9 @@ from torch import nn
 from nmt.checkpoint import FORMAT_VERSION, load_model, write_json
 from nmt.ct2 import EXPORT_INFO, import_ctranslate2
 from nmt.errors import CheckpointError, ConfigError
-from nmt.marian_vocab import load_tokenizer, tokenizer_files
 from nmt.model import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention, Transformer
 from nmt.tokenizer import Tokenizer
+from nmt.vocab import load_tokenizer, tokenizer_files
 
 EXPORT_FORMATS = ("ctranslate2",)
 # CTranslate2's weight types (ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES), listed here

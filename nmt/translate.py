@@ -29,13 +29,13 @@ from nmt.engine import BaseTranslator, Request, Translation
 from nmt.ensemble import Ensemble, check_same_vocabulary
 from nmt.errors import ConfigError
 from nmt.forced import forced_scores
-from nmt.marian_vocab import load_tokenizer, tokenizer_files
 from nmt.model import Transformer
 from nmt.onednn import use_onednn
 from nmt.sampling import sample
 from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
 from nmt.streaming import length_batches
 from nmt.tokenizer import Tokenizer
+from nmt.vocab import load_tokenizer, tokenizer_files
 
 __all__ = ["BaseTranslator", "Translation", "Translator", "cpu_workers", "length_batches"]
 

@@ -27,11 +27,12 @@ from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.errors import CheckpointError, ConfigError
 from nmt.import_marian import import_marian
-from nmt.marian_vocab import MarianVocabulary, load_tokenizer
+from nmt.marian_vocab import MarianVocabulary
 from nmt.model import Transformer
 from nmt.search import beam_search, greedy_search
 from nmt.tokenizer import train_tokenizer
 from nmt.translate import Translator
+from nmt.vocab import load_tokenizer
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install -e '.[hf]')"
