@@ -13,6 +13,7 @@ from cli.options import hidden, renamed
 from nmt.config import ModelConfig, TrainConfig
 from nmt.store import PrepareSummary
 from nmt.store import prepare as prepare_corpus
+from nmt.vocab import vocab_options
 
 
 def summary_table(summary: PrepareSummary) -> Table:
@@ -56,11 +57,31 @@ def prepare(
         typer.Option("--valid", help="Validation prefix, copied so `nmt train --data` finds it."),
     ] = None,
     spm: Annotated[
-        Path | None, typer.Option(help="Use this SentencePiece model instead of training one.")
+        Path | None,
+        typer.Option(
+            help="Use this SentencePiece model (or a model folder's model(s), e.g. to "
+            "fine-tune it) instead of training one."
+        ),
     ] = None,
+    vocab_layout: Annotated[
+        str,
+        typer.Option(
+            "--vocab-layout",
+            help="joint: one SentencePiece model for both sides; separate: one per side.",
+        ),
+    ] = "joint",
     vocab_size: Annotated[
-        int, typer.Option(help="SentencePiece vocabulary size.")
-    ] = ModelConfig.vocab_size,
+        int | None,
+        typer.Option(
+            help="SentencePiece vocabulary size (each side's if separate).", show_default="8000"
+        ),
+    ] = None,
+    src_vocab_size: Annotated[
+        int | None, typer.Option(help="Source vocabulary size (--vocab-layout separate).")
+    ] = None,
+    tgt_vocab_size: Annotated[
+        int | None, typer.Option(help="Target vocabulary size (--vocab-layout separate).")
+    ] = None,
     max_len: Annotated[
         int, typer.Option(help="Drop pairs with a side longer than this (tokens).")
     ] = TrainConfig.max_len,
@@ -76,6 +97,7 @@ def prepare(
 ) -> None:
     """Encode a parallel corpus with SentencePiece into a memory-mapped data folder."""
     out = renamed(output, out, "--output", "--out", required=True)
+    sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
     progress = make_progress()
     task = progress.add_task("encode", total=None)
     with progress:
@@ -86,7 +108,8 @@ def prepare(
             tgt_lang,
             valid_prefix=valid,
             spm_path=spm,
-            vocab_size=vocab_size,
+            vocab_size=sizes["vocab_size"] or ModelConfig.vocab_size,
+            src_vocab_size=sizes["src_vocab_size"] or 0,
             max_len=max_len,
             max_ratio=max_ratio,
             workers=workers,

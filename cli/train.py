@@ -16,6 +16,7 @@ from nmt.config import resolve
 from nmt.store import read_meta
 from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train import train as run_training
+from nmt.vocab import vocab_options
 
 
 class RichObserver(TrainObserver):
@@ -135,10 +136,29 @@ def train(
         ),
     ] = None,
     spm: Annotated[
-        Path | None, typer.Option(help="Use this SentencePiece model instead of training one.")
+        Path | None,
+        typer.Option(
+            help="Use this SentencePiece model (or a model folder's model(s)) instead of "
+            "training one."
+        ),
+    ] = None,
+    vocab_layout: Annotated[
+        str | None,
+        typer.Option(
+            "--vocab-layout",
+            help="joint: one SentencePiece model for both sides (default); separate: one per "
+            "side (different scripts), with an untied source embedding.",
+        ),
     ] = None,
     vocab_size: Annotated[
-        int | None, typer.Option(help="SentencePiece vocabulary size (default 8000).")
+        int | None,
+        typer.Option(help="SentencePiece vocabulary size (default 8000; each side's if separate)."),
+    ] = None,
+    src_vocab_size: Annotated[
+        int | None, typer.Option(help="Source vocabulary size (--vocab-layout separate).")
+    ] = None,
+    tgt_vocab_size: Annotated[
+        int | None, typer.Option(help="Target vocabulary size (--vocab-layout separate).")
     ] = None,
     batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
@@ -210,7 +230,10 @@ def train(
     model_cfg, train_cfg = resolve(
         preset,
         config,
-        {"vocab_size": vocab_size, "dropout": dropout},
+        {
+            **vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size),
+            "dropout": dropout,
+        },
         {
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,

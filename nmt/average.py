@@ -81,7 +81,7 @@ def average_run(
         },
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in tokenizer_files(run_dir):  # spm.model, or an imported model's vocabulary
+    for name in tokenizer_files(run_dir):  # the SentencePiece model(s) (nmt.vocab)
         copy_file(run_dir / name, out_dir / name)
     ckpt.write_json(
         out_dir / ckpt.CONFIG_FILE, {**config, "averaged_from": [p.name for p in paths]}

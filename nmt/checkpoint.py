@@ -3,7 +3,9 @@
 A model folder (what ``nmt translate -m DIR`` needs, nothing else):
 
 - ``config.json``: format version, languages, model shape, training recipe (human-readable);
-- ``spm.model``: the joint SentencePiece model;
+- the SentencePiece model(s): ``spm.model`` (joint), or ``spm.src.model`` and
+  ``spm.tgt.model`` (separate vocabularies), or an imported Marian model's files
+  (:mod:`nmt.vocab`);
 - ``model.safetensors``: the weights to translate with (in a run folder: the best by
   validation BLEU); a run folder also has ``last.safetensors``, ``checkpoints/`` and
   ``resume.pt`` (optimizer, schedule, step, RNG and early-stopping state).

@@ -29,7 +29,12 @@ class ModelConfig:
     """Shape of the encoder-decoder Transformer (Vaswani et al. 2017).
 
     Attributes:
-        vocab_size: joint SentencePiece vocabulary size (tokens), shared by source and target.
+        vocab_size: the joint SentencePiece vocabulary's size (pieces), shared by source and
+            target; with ``src_vocab_size`` set, the target vocabulary's size.
+        src_vocab_size: 0 (the ``joint`` layout): source, target and output projection share
+            one embedding (Press & Wolf 2017). Otherwise the ``separate`` layout: the
+            source vocabulary's size, with its own source embedding, the target embedding
+            still tied to the output projection (:mod:`nmt.vocab`).
         d_model: width of every residual stream.
         n_heads: attention heads; ``d_model`` must be divisible by it.
         ffn_dim: hidden width of the position-wise feed-forward layers.
@@ -58,6 +63,7 @@ class ModelConfig:
     """
 
     vocab_size: int = 8000
+    src_vocab_size: int = 0
     d_model: int = 256
     n_heads: int = 4
     ffn_dim: int = 1024
@@ -82,8 +88,9 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        if self.vocab_size < 8:
-            raise ConfigError(f"vocab_size={self.vocab_size} is too small (at least 8)")
+        for name in ("vocab_size", "src_vocab_size"):
+            if getattr(self, name) < 8 and (name == "vocab_size" or getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)} is too small (at least 8)")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
@@ -91,6 +98,12 @@ class ModelConfig:
             if getattr(self, name) not in valid:
                 raise ConfigError(
                     f"{name}={getattr(self, name)!r}: choose one of {', '.join(valid)}"
+                )
+        for name in ("pad_id", "eos_id"):  # the source side's special ids too
+            if self.src_vocab_size and getattr(self, name) >= self.src_vocab_size:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} must be an id of the source vocabulary "
+                    f"[0, src_vocab_size={self.src_vocab_size})"
                 )
         for name in ("pad_id", "bos_id", "eos_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
@@ -100,6 +113,11 @@ class ModelConfig:
                 )
         if self.eos_id in (self.pad_id, self.bos_id):
             raise ConfigError(f"eos_id={self.eos_id} must differ from pad_id and bos_id")
+
+    @property
+    def vocab_layout(self) -> str:
+        """``joint`` or ``separate`` (see ``src_vocab_size``)."""
+        return "separate" if self.src_vocab_size else "joint"
 
 
 ACTIVATIONS = ("relu", "swish")

@@ -169,7 +169,8 @@ class CT2Translator(BaseTranslator):
         super().__init__(tokenizer, decode, chunk_lines, max_positions, strict)
         self.translator = translator
         self.max_tgt_tokens = max_positions - 1  # as nmt.search.max_lengths' cap
-        self.pieces = tokenizer.vocabulary()
+        self.pieces = tokenizer.vocabulary()  # target pieces by id
+        self.src_pieces = tokenizer.source_vocabulary()  # the same list for a joint vocabulary
         self.piece_ids = {piece: i for i, piece in enumerate(self.pieces)}
 
     @classmethod
@@ -239,7 +240,7 @@ class CT2Translator(BaseTranslator):
         appends EOS to both sides, as the export configures): the sum of its per-token
         log-probabilities, EOS included (Klein et al. 2020)."""
         results = self.translator.score_batch(
-            [[self.pieces[i] for i in x] for x in src],
+            [[self.src_pieces[i] for i in x] for x in src],
             [[self.pieces[i] for i in t] for t in tgt],
             max_batch_size=len(src),
             max_input_length=0,
@@ -348,7 +349,7 @@ class CT2Translator(BaseTranslator):
     def submit(self, src: list[list[int]], limit: int, d: DecodeConfig) -> list[Any]:
         """Queue a batch for CTranslate2's workers; one ``AsyncTranslationResult`` per source."""
         return self.translator.translate_batch(
-            [[self.pieces[i] for i in x] for x in src],
+            [[self.src_pieces[i] for i in x] for x in src],
             beam_size=d.beam_size,
             num_hypotheses=d.beam_size,
             length_penalty=self.ct2_penalty(limit, d),

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from nmt.config import ModelConfig
-from nmt.errors import CheckpointError, ConfigError
+from nmt.errors import ConfigError
 from nmt.model import DecoderCache, Transformer
 
 
@@ -94,21 +93,3 @@ class Ensemble:
         for model, weight, model_cache in zip(self.models, self.weights, cache.caches):
             total = total + weight * model.decode_step(tokens, model_cache)
         return total
-
-
-def check_same_vocabulary(spm_files: Sequence[Path]) -> None:
-    """Ensemble members must share one SentencePiece model (the same ids for the same pieces).
-
-    Raises:
-        ConfigError: two files differ (both named).
-        CheckpointError: a file is missing.
-    """
-    first = spm_files[0].read_bytes()
-    for other in spm_files[1:]:
-        if not other.is_file():
-            raise CheckpointError(f"{other}: SentencePiece model not found")
-        if other.read_bytes() != first:
-            raise ConfigError(
-                f"{spm_files[0]} and {other} are different SentencePiece models: the models of "
-                "an ensemble need one vocabulary"
-            )

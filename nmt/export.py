@@ -12,18 +12,22 @@ The export follows CTranslate2's documented route for custom models: fill a
   ``encoder_norm``/``decoder_norm`` → ``encoder.layer_norm``/``decoder.layer_norm``;
 - the embedding (scaled by ``sqrt(d_model)`` unless ``scale_embeddings`` is off) → both
   embeddings and the output projection (CTranslate2 stores tied copies once, as aliases),
+  except that a separate source embedding ``src_embed`` goes to the encoder's,
   whose bias is ``output_bias`` when the model has one (Marian's); ``swish`` → CTranslate2's
   ``Activation.SWISH``;
 - positions: CTranslate2's built-in sinusoids start at position 1 and put sin and cos in two
   halves; ours start at 0 with sin on even and cos on odd channels, so our table is written
   into ``position_encodings.encodings`` (either layout, :func:`nmt.model.sinusoidal_positions`);
 - the vocabulary is the SentencePiece pieces, by id (an imported Marian model's: ``vocab.json``),
-  shared by source and target; the config says: append EOS to the source, start the target
+  shared by source and target, or the source's and the target's pieces for a separate
+  layout (:mod:`nmt.vocab`); the config says: append EOS to the source, start the target
   from the model's ``bos_id`` (``<s>``; ``<pad>`` for Marian models).
 
 The output folder holds CTranslate2's ``model.bin``, ``config.json`` and
-``shared_vocabulary.json``, plus the tokenizer files (``spm.model``, or an imported Marian
-model's ``vocab.json``, ``source.spm`` and ``target.spm``) and ``nmt.json`` (languages, model shape,
+``shared_vocabulary.json`` (``source_vocabulary.json`` and ``target_vocabulary.json`` for
+separate vocabularies), plus the tokenizer files (``spm.model``; ``spm.src.model`` and
+``spm.tgt.model``; or an imported Marian model's ``vocab.json``, ``source.spm`` and
+``target.spm``) and ``nmt.json`` (languages, model shape,
 quantization) so that ``nmt translate -m OUT`` needs nothing else.
 """
 
@@ -72,7 +76,7 @@ def export_ctranslate2(
     when complete, so a failed export leaves nothing half-written.
 
     Args:
-        model_dir: a model or run folder (``config.json``, ``spm.model``, weights).
+        model_dir: a model or run folder (``config.json``, SentencePiece model(s), weights).
         out_dir: the CTranslate2 folder to create.
         quantization: CTranslate2 weight type (one of :data:`QUANTIZATIONS`); ``None`` keeps
             float32.
@@ -149,10 +153,11 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
         CheckpointError: the tokenizer's vocabulary does not match the model's.
     """
     cfg = model.cfg
-    if tokenizer.vocab_size != cfg.vocab_size:
+    sizes = (tokenizer.src_vocab_size, tokenizer.vocab_size)
+    if sizes != (cfg.src_vocab_size or cfg.vocab_size, cfg.vocab_size):
         raise CheckpointError(
-            f"{tokenizer.path}: {tokenizer.vocab_size} pieces, but the model has "
-            f"vocab_size={cfg.vocab_size}"
+            f"{tokenizer.path}: {sizes[0]} source and {sizes[1]} target pieces, but the model "
+            f"has src_vocab_size={cfg.src_vocab_size} (0 = joint), vocab_size={cfg.vocab_size}"
         )
     spec = ct2.specs.TransformerSpec.from_config(
         (cfg.n_encoder_layers, cfg.n_decoder_layers),
@@ -160,9 +165,8 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
         pre_norm=cfg.pre_norm,
         activation=getattr(ct2.specs.Activation, cfg.activation.upper()),  # RELU or SWISH
     )
-    set_stack(spec.encoder, model, model.encoder_layers, model.encoder_norm)
-    set_stack(spec.decoder, model, model.decoder_layers, model.decoder_norm)
-    spec.decoder.embeddings.weight = _array(model.embed.weight)
+    set_stack(spec.encoder, model, model.src_embed or model.embed, model.encoder_norm)
+    set_stack(spec.decoder, model, model.embed, model.decoder_norm)
     spec.decoder.projection.weight = _array(model.embed.weight)  # tied
     if model.output_bias is not None:
         spec.decoder.projection.bias = _array(model.output_bias)
@@ -175,8 +179,8 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
         set_attention(layer_spec.self_attention, dec.self_attn, dec.self_block.norm)
         set_attention(layer_spec.attention, dec.cross_attn, dec.cross_block.norm)
         set_ffn(layer_spec.ffn, dec.ffn, dec.ffn_block.norm)
-    vocabulary = tokenizer.vocabulary()
-    spec.register_source_vocabulary(vocabulary)
+    vocabulary = tokenizer.vocabulary()  # the target's; saved once when the source's is equal
+    spec.register_source_vocabulary(tokenizer.source_vocabulary())
     spec.register_target_vocabulary(vocabulary)
     config = spec.config
     config.unk_token = vocabulary[tokenizer.unk_id]
@@ -187,10 +191,10 @@ def build_spec(ct2: Any, model: Transformer, tokenizer: Tokenizer) -> Any:
     return spec
 
 
-def set_stack(spec: Any, model: Transformer, layers: nn.ModuleList, final_norm: nn.Module) -> None:
+def set_stack(spec: Any, model: Transformer, embed: nn.Embedding, final_norm: nn.Module) -> None:
     """Embedding, scale, position table and final LayerNorm of an encoder or decoder spec."""
     embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings
-    embeddings.weight = _array(model.embed.weight)
+    embeddings.weight = _array(embed.weight)
     spec.scale_embeddings = model.cfg.scale_embeddings  # by sqrt(d_model), as embed_tokens
     spec.position_encodings.encodings = _array(model.positions)  # (max_positions, d_model)
     if isinstance(final_norm, nn.LayerNorm):  # pre-norm only

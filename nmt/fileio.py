@@ -22,10 +22,13 @@ from nmt.errors import CheckpointError
 # Of model folders, data folders, exports and resume checkpoints: the version nmt writes.
 # 2: a model config may set the options of imported Marian models (activation, output_bias,
 # position_layout, scale_embeddings, pad_id/bos_id/eos_id) and a model folder may hold
-# vocab.json + source.spm + target.spm instead of spm.model. Version 1 files are read as well:
-# their models take those options' defaults, which are what version 1 models were.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# vocab.json + source.spm + target.spm instead of spm.model. 3: separate vocabularies: a model
+# config may set src_vocab_size (a source embedding of its own), a model or data folder may
+# hold spm.src.model + spm.tgt.model, and a data folder's meta.json records vocab_layout.
+# Versions 1 and 2 are read as well: their models take the new options' defaults, which are
+# what those models were.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:

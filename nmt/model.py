@@ -317,11 +317,15 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Encoder-decoder Transformer with tied source, target and output embeddings.
+    """Encoder-decoder Transformer whose target embedding is tied to the output projection
+    (Press & Wolf 2017), and with the source too unless the vocabularies are separate.
 
     Args:
-        cfg: the model shape; ``cfg.vocab_size`` is the joint vocabulary. With
-            ``cfg.output_bias`` the logits get a learned bias ``output_bias`` ``(vocab,)``.
+        cfg: the model shape; ``cfg.vocab_size`` is the joint (or target) vocabulary. With
+            ``cfg.src_vocab_size`` set, the encoder reads its own embedding ``src_embed``
+            ``(src_vocab_size, d_model)``; otherwise ``src_embed`` is ``None`` and the
+            encoder reads ``embed``. With ``cfg.output_bias`` the logits get a learned bias
+            ``output_bias`` ``(vocab,)``.
     """
 
     positions: torch.Tensor  # (max_positions, d_model) buffer, not saved
@@ -330,6 +334,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+        self.src_embed = (
+            nn.Embedding(cfg.src_vocab_size, cfg.d_model, padding_idx=cfg.pad_id)
+            if cfg.src_vocab_size
+            else None
+        )
         self.register_buffer(
             "positions",
             sinusoidal_positions(cfg.max_positions, cfg.d_model, cfg.position_layout),
@@ -353,20 +362,27 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.normal_(self.embed.weight, std=self.cfg.d_model**-0.5)
+        for embed in (self.embed, self.src_embed):
+            if embed is not None:
+                nn.init.normal_(embed.weight, std=self.cfg.d_model**-0.5)
+                with torch.no_grad():
+                    embed.weight[self.cfg.pad_id].zero_()
         with torch.no_grad():
-            self.embed.weight[self.cfg.pad_id].zero_()
             if self.output_bias is not None:
                 self.output_bias.zero_()
 
-    def embed_tokens(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """``(batch, len)`` ids → ``(batch, len, d_model)``: scaled embedding + positions."""
+    def embed_tokens(
+        self, ids: torch.Tensor, offset: int = 0, embed: nn.Embedding | None = None
+    ) -> torch.Tensor:
+        """``(batch, len)`` ids → ``(batch, len, d_model)``: scaled embedding (``embed``, by
+        default the target one) + positions from ``offset``."""
         if offset + ids.size(1) > self.cfg.max_positions:
             raise ValueError(
                 f"sequence of {offset + ids.size(1)} tokens exceeds max_positions="
                 f"{self.cfg.max_positions}"
             )
-        x = self.embed(ids) * self.embed_scale + self.positions[offset : offset + ids.size(1)]
+        embed = embed or self.embed
+        x = embed(ids) * self.embed_scale + self.positions[offset : offset + ids.size(1)]
         return self.dropout(x)
 
     def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -380,7 +396,7 @@ class Transformer(nn.Module):
             (True = real token).
         """
         src_mask = (src != self.cfg.pad_id)[:, None, None, :]
-        x = self.embed_tokens(src)
+        x = self.embed_tokens(src, embed=self.src_embed)
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
         return self.encoder_norm(x), src_mask

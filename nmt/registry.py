@@ -309,12 +309,14 @@ class ServedModel:
             if attention and isinstance(model, Transformer):  # not an ensemble
                 att = cross_attention(model, src_ids, h.tokens)
             out.append(Hyp(text, h.score, self.pieces(h.tokens), att))
-        return LineResult(self.pieces(src_ids), out, truncated)
+        return LineResult(self.pieces(src_ids, source=True), out, truncated)
 
-    def pieces(self, ids: list[int]) -> list[str]:
-        """SentencePiece pieces of ``ids`` followed by ``</s>`` (the attention's labels)."""
+    def pieces(self, ids: list[int], source: bool = False) -> list[str]:
+        """SentencePiece pieces of target (or ``source``) ``ids`` followed by ``</s>`` (the
+        attention's labels)."""
         tokenizer = self.translator.tokenizer
-        return [tokenizer.piece(i) for i in [*ids, tokenizer.eos_id]]
+        piece = tokenizer.source_piece if source else tokenizer.piece
+        return [piece(i) for i in [*ids, tokenizer.eos_id]]
 
 
 def parse_model_specs(specs: list[str]) -> list[tuple[str, Path]]:

@@ -19,8 +19,16 @@ from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.distributed import DistEnv, gather_objects
 from nmt.errors import ConfigError, TrainingError
 from nmt.marian_vocab import SOURCE_SPM, TARGET_SPM, VOCAB_FILE
-from nmt.tokenizer import Tokenizer
 from nmt.train_log import TrainObserver
+from nmt.vocab import (
+    SRC_SPM,
+    TGT_SPM,
+    check_same_vocab,
+    copy_vocab,
+    load_tokenizer,
+    tokenizer_files,
+    vocab_layout,
+)
 
 
 def prepare_run(
@@ -32,27 +40,33 @@ def prepare_run(
     observer: TrainObserver,
     init_from: Path | None = None,
 ) -> None:
-    """Create or reopen the run folder: ``spm.model``, ``config.json`` and, when training
-    from a corpus prefix, the prepared corpus in ``DIR/data`` (:func:`nmt.store.prepare`).
+    """Create or reopen the run folder: its SentencePiece model(s) (:mod:`nmt.vocab`),
+    ``config.json`` and, when training from a corpus prefix, the prepared corpus in
+    ``DIR/data`` (:func:`nmt.store.prepare`).
 
     Args:
         source: ``(kind, path)``: ``("train", PREFIX)`` or ``("data", DATA_DIR)``.
+        spm_path: a joint SentencePiece model file, or a folder whose model(s) to use.
 
     A folder with ``resume.pt`` keeps its model shape (from its ``config.json``) and its
-    SentencePiece model; the training recipe given now applies to the rest of the run.
+    SentencePiece model(s); the training recipe given now applies to the rest of the run.
+    The model's vocabulary sizes and layout are those of the SentencePiece model(s).
     ``config.json`` records the data folder to train from (``data.prepared``).
+
+    Raises:
+        ConfigError: the data folder's vocabulary differs from a resumed run's, or is joint
+            where ``model_cfg`` asks for separate vocabularies.
     """
     with ckpt.removed_on_error(out_dir):  # a run that could not start leaves no folder
         out_dir.mkdir(parents=True, exist_ok=True)
         resume = (out_dir / ckpt.RESUME_FILE).is_file()
-        spm_file = out_dir / ckpt.SPM_FILE
         if resume:
             saved = ckpt.read_config(out_dir)
             saved_cfg = from_dict(ModelConfig, saved["model"], str(out_dir / ckpt.CONFIG_FILE))
             check_same_model(saved_cfg, model_cfg, out_dir)
             model_cfg = saved_cfg
             observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
-            spm_path = spm_file
+            spm_path = out_dir
         kind, path = source
         data_dir = Path(path) if kind == "data" else out_dir / "data"
         if kind == "train" and not (data_dir / store.META_FILE).is_file():
@@ -63,19 +77,33 @@ def prepare_run(
                 train_cfg.tgt_lang,
                 spm_path=spm_path,
                 vocab_size=model_cfg.vocab_size,
+                src_vocab_size=model_cfg.src_vocab_size,
                 max_len=train_cfg.max_len,
                 overwrite=True,  # an incomplete one, from an interrupted start
                 on_message=observer.on_message,
             )
             observer.on_message(describe(summary))
         if not resume:
-            ckpt.atomic_write(spm_file, lambda f: f.write((data_dir / store.SPM_FILE).read_bytes()))
-        elif (data_dir / store.SPM_FILE).read_bytes() != spm_file.read_bytes():
-            raise ConfigError(
-                f"{data_dir / store.SPM_FILE} differs from the run's {spm_file}: the prepared ids "
-                "would not match the model; resume with the data the run started with"
+            if model_cfg.src_vocab_size and vocab_layout(data_dir) != "separate":
+                raise ConfigError(
+                    f"{data_dir} holds a {vocab_layout(data_dir)} vocabulary, but separate "
+                    "vocabularies were asked for: prepare the data with --vocab-layout separate, "
+                    "or drop --vocab-layout"
+                )
+            copy_vocab(data_dir, out_dir)
+        else:
+            check_same_vocab(
+                [out_dir, data_dir],
+                "the prepared ids would not match the model; resume with the data the run "
+                "started with",
             )
-        model_cfg = replace(model_cfg, vocab_size=Tokenizer(spm_file).vocab_size)
+        tokenizer = load_tokenizer(out_dir)
+        separate = vocab_layout(out_dir) == "separate"
+        model_cfg = replace(
+            model_cfg,
+            vocab_size=tokenizer.vocab_size,
+            src_vocab_size=tokenizer.src_vocab_size if separate else 0,
+        )
         ckpt.write_json(
             out_dir / ckpt.CONFIG_FILE,
             {
@@ -91,19 +119,38 @@ def prepare_run(
 
 
 def check_same_model(saved: ModelConfig, given: ModelConfig, out_dir: Path) -> None:
-    """Refuse to resume with a model config other than the run's (its vocabulary size is
-    the SentencePiece model's, checked apart).
+    """Refuse to resume with a model config other than the run's (its vocabulary sizes are
+    the SentencePiece models', checked apart; separate vocabularies asked of a joint run are
+    refused).
 
     Raises:
         ConfigError: the first differing field, both values and the ways out.
     """
-    name = first_difference(saved, given, skip=("vocab_size",))
+    check_layout(saved, given, f"{out_dir / ckpt.CONFIG_FILE}: the run")
+    name = first_difference(saved, given, skip=VOCAB_SIZES)
     if name is not None:
         raise ConfigError(
             f"{out_dir / ckpt.CONFIG_FILE}: the run was trained with {name}="
             f"{getattr(saved, name)!r}, this command gives {getattr(given, name)!r}; "
             "resume with the run's model options (its --preset and flags), or start a new "
             "run folder (--overwrite replaces this one)"
+        )
+
+
+VOCAB_SIZES = ("vocab_size", "src_vocab_size")  # the SentencePiece models' (nmt.vocab)
+
+
+def check_layout(saved: ModelConfig, given: ModelConfig, what: str) -> None:
+    """Refuse separate vocabularies (``--vocab-layout separate``) for a joint model ``what``
+    (joint, the default, takes the model's layout).
+
+    Raises:
+        ConfigError: naming ``what`` and the way out.
+    """
+    if given.vocab_layout == "separate" and saved.vocab_layout != "separate":
+        raise ConfigError(
+            f"{what} has a joint vocabulary, and a model's vocabulary layout cannot change; "
+            "drop --vocab-layout separate"
         )
 
 
@@ -132,25 +179,29 @@ def init_model_config(
     saved_cfg = from_dict(
         ModelConfig, ckpt.read_config(init_from)["model"], str(init_from / ckpt.CONFIG_FILE)
     )
-    init_spm = init_from / ckpt.SPM_FILE
-    if not init_spm.is_file() and (init_from / VOCAB_FILE).is_file():
+    if vocab_layout(init_from) == "marian":
         raise ConfigError(
             f"--init-from {init_from} is an imported Marian model ({VOCAB_FILE} over "
             f"{SOURCE_SPM} and {TARGET_SPM}); training from it is not supported yet: "
             "the training data is encoded with one joint SentencePiece model"
         )
     # The vocabulary is the SentencePiece model's, checked below.
-    name = first_difference(saved_cfg, given, skip=(*TUNABLE, "vocab_size"))
+    check_layout(saved_cfg, given, f"--init-from {init_from}")
+    name = first_difference(saved_cfg, given, skip=(*TUNABLE, *VOCAB_SIZES))
     if name is not None:
         raise ConfigError(
             f"--init-from {init_from} has {name}={getattr(saved_cfg, name)!r} but this "
             f"command gives {name}={getattr(given, name)!r}: a model's shape cannot change "
             "when training continues from its weights; drop the model option or --preset"
         )
-    if spm_path is not None and Path(spm_path).read_bytes() != init_spm.read_bytes():
+    init_spm = init_from / ckpt.SPM_FILE
+    if spm_path is not None and (
+        not init_spm.is_file() or Path(spm_path).read_bytes() != init_spm.read_bytes()
+    ):
         raise ConfigError(
-            f"--spm {spm_path} differs from {init_spm}, the SentencePiece model the weights "
-            "of --init-from were trained with; drop --spm"
+            f"--spm {spm_path} differs from the SentencePiece model(s) the weights of "
+            f"--init-from {init_from} were trained with ({', '.join(tokenizer_files(init_from))}); "
+            "drop --spm"
         )
     return replace(saved_cfg, **{name: getattr(given, name) for name in TUNABLE})
 
@@ -164,6 +215,8 @@ RUN_FILES = (
     "metrics.jsonl",
     ckpt.CONFIG_FILE,
     ckpt.SPM_FILE,
+    SRC_SPM,
+    TGT_SPM,
 )
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 

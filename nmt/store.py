@@ -7,9 +7,10 @@ in and out as needed. The layout follows fairseq's ``mmap`` indexed dataset, sim
 
     meta.json            languages, id dtype, counts, filter settings; written last, so a
                          folder without it is incomplete
-    spm.model/.vocab     the joint SentencePiece model the ids come from
+    spm.model/.vocab     the joint SentencePiece model the ids come from, or
+    spm.src.model, spm.tgt.model   one per side (``--vocab-layout separate``; nmt.vocab)
     train.LANG.bin       the token ids of every kept sentence, concatenated (no BOS/EOS),
-                         little-endian uint16 (int32 when the vocabulary exceeds 65,535)
+                         little-endian uint16 (int32 when a vocabulary exceeds 65,535)
     train.LANG.idx.npy   int64 offsets, n + 1 of them: sentence i is bin[idx[i]:idx[i + 1]]
     valid.LANG           the validation text as given (UTF-8), when ``--valid`` was given
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -49,7 +49,8 @@ from nmt.prepared import (  # noqa: F401 - re-exported: nmt.store is the data fo
     read_meta,
 )
 from nmt.textio import check_line_counts, corpus_path, count_lines, iter_lines, iter_parallel
-from nmt.tokenizer import Tokenizer, train_tokenizer
+from nmt.tokenizer import Tokenizer
+from nmt.vocab import copy_vocab, load_tokenizer, train_vocab, vocab_layout
 
 CHUNK_LINES = 20_000  # sentence pairs per worker task
 POOL_MIN_LINES = 100_000  # below this, worker processes cost more than they save
@@ -98,9 +99,9 @@ class EncodedChunk:
 _worker_tokenizer: Tokenizer | None = None
 
 
-def _init_worker(spm_path: str) -> None:
+def _init_worker(vocab_dir: str) -> None:
     global _worker_tokenizer
-    _worker_tokenizer = Tokenizer(spm_path)
+    _worker_tokenizer = load_tokenizer(vocab_dir)
 
 
 def keep_reason(src_len: int, tgt_len: int, max_len: int, max_ratio: float = 0.0) -> str | None:
@@ -119,7 +120,7 @@ def _encode_chunk(
 ) -> EncodedChunk:
     """Encode one chunk of pairs with the worker's tokenizer and filter them."""
     assert _worker_tokenizer is not None, "_init_worker was not called"
-    src_ids, tgt_ids = _worker_tokenizer.encode(src), _worker_tokenizer.encode(tgt)
+    src_ids, tgt_ids = _worker_tokenizer.encode(src), _worker_tokenizer.encode_target(tgt)
     dropped = dict.fromkeys(DROP_REASONS, 0)
     kept_src, kept_tgt = [], []
     for s, t in zip(src_ids, tgt_ids):
@@ -156,22 +157,23 @@ def _start_method() -> str:
 
 def encode_chunks(
     pairs: Iterable[tuple[str, str]],
-    spm_path: Path,
+    vocab_dir: Path,
     settings: tuple[int, float, str],
     workers: int,
 ) -> Iterator[EncodedChunk]:
     """Encode ``pairs`` chunk by chunk, in order, in ``workers`` processes (1 = in this one).
 
     Args:
+        vocab_dir: the folder holding the SentencePiece model(s) (:mod:`nmt.vocab`).
         settings: ``(max_len, max_ratio, id dtype name)``.
     """
     if workers <= 1:
-        _init_worker(str(spm_path))
+        _init_worker(str(vocab_dir))
         for src, tgt in _chunks(pairs):
             yield _encode_chunk(src, tgt, *settings)
         return
     context = multiprocessing.get_context(_start_method())
-    with context.Pool(workers, _init_worker, (str(spm_path),)) as pool:
+    with context.Pool(workers, _init_worker, (str(vocab_dir),)) as pool:
         pending: deque[Any] = deque()
         for src, tgt in _chunks(pairs):
             pending.append(pool.apply_async(_encode_chunk, (src, tgt, *settings)))
@@ -182,12 +184,6 @@ def encode_chunks(
 
 
 # --- writing a data folder -----------------------------------------------------------------
-def _spm_sentences(prefix: str | Path, langs: tuple[str, str]) -> Iterator[str]:
-    """Source lines, then target lines, streamed (SentencePiece samples from them)."""
-    for lang in langs:
-        yield from iter_lines(corpus_path(prefix, lang))
-
-
 def prepare(
     train_prefix: str | Path,
     out_dir: str | Path,
@@ -197,6 +193,7 @@ def prepare(
     valid_prefix: str | Path | None = None,
     spm_path: str | Path | None = None,
     vocab_size: int = ModelConfig.vocab_size,
+    src_vocab_size: int = 0,
     max_len: int = TrainConfig.max_len,
     max_ratio: float = 0.0,
     workers: int = 0,
@@ -210,8 +207,15 @@ def prepare(
         train_prefix: corpus prefix, ``PREFIX.SRC[.gz]`` and ``PREFIX.TGT[.gz]``.
         out_dir: the data folder (created).
         valid_prefix: validation corpus, copied as text (training translates it for BLEU).
-        spm_path: an existing SentencePiece model; otherwise one of ``vocab_size`` pieces is
-            trained on the corpus (source and target lines, at most 2M sampled).
+        spm_path: an existing joint SentencePiece model (a ``.model`` file), or a model or
+            data folder whose SentencePiece model(s) to use (any layout of
+            :mod:`nmt.vocab`); otherwise they are trained on the corpus (at most 2M lines
+            sampled per model).
+        vocab_size: pieces of the joint SentencePiece model trained on source and target
+            lines, or of the target's with ``src_vocab_size``.
+        src_vocab_size: 0 = one joint model; otherwise the separate layout: a source model
+            of this many pieces trained on the source lines, a target model of
+            ``vocab_size`` pieces on the target lines.
         max_len: pairs with a side longer than this (tokens) are dropped.
         max_ratio: pairs whose longer side has more than ``max_ratio`` times the tokens of
             the shorter are dropped (0 = no ratio filter), as Moses' clean-corpus-n.
@@ -244,23 +248,19 @@ def prepare(
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".prepare-") as tmp_name:
             tmp = Path(tmp_name)
-            spm_file = tmp / SPM_FILE
-            if spm_path is not None:
-                shutil.copyfile(spm_path, spm_file)
-                tokenizer = Tokenizer(spm_file)
-            else:
-                say(f"training a {vocab_size}-piece SentencePiece model on {src_path.parent}")
-                tokenizer = train_tokenizer(
-                    _spm_sentences(train_prefix, (src_lang, tgt_lang)), spm_file, vocab_size
-                )
-            dtype = "<u2" if tokenizer.vocab_size <= 65_535 else "<i4"
+            tokenizer = _vocabulary(
+                tmp, spm_path, (train_prefix, src_lang, tgt_lang), (vocab_size, src_vocab_size), say
+            )
+            layout = vocab_layout(tmp)
+            largest = max(tokenizer.vocab_size, tokenizer.src_vocab_size)
+            dtype = "<u2" if largest <= 65_535 else "<i4"
             summary = PrepareSummary(out_dir, tokens={src_lang: 0, tgt_lang: 0})
             say(f"encoding {n_src:,} sentence pairs with {workers} worker(s)")
             _write_ids(
                 iter_parallel(train_prefix, src_lang, tgt_lang),
                 tmp,
                 (src_lang, tgt_lang),
-                (spm_file, (max_len, max_ratio, dtype), workers),
+                (tmp, (max_len, max_ratio, dtype), workers),
                 summary,
                 lambda done: on_progress(done, n_src) if on_progress else None,
             )
@@ -286,10 +286,41 @@ def prepare(
                 "filter": {"max_len": max_len, "max_ratio": max_ratio},
                 "source": {"train": str(train_prefix), "valid": valid_prefix and str(valid_prefix)},
             }
-            meta = _meta(summary, (src_lang, tgt_lang), dtype, tokenizer.vocab_size, settings)
+            meta = _meta(summary, (src_lang, tgt_lang), dtype, (layout, tokenizer), settings)
             write_json(out_dir / META_FILE, meta)
             fsync_dir(out_dir)
     return summary
+
+
+def _vocabulary(
+    tmp: Path,
+    spm_path: str | Path | None,
+    corpus: tuple[str | Path, str, str],
+    sizes: tuple[int, int],
+    say: Callable[[str], None],
+) -> Tokenizer:
+    """Copy the given SentencePiece model(s) into ``tmp``, or train them on the corpus
+    (``(prefix, src_lang, tgt_lang)``) with ``sizes`` ``(vocab_size, src_vocab_size)``."""
+    if spm_path is not None:
+        copy_vocab(spm_path, tmp)
+        return load_tokenizer(tmp)
+    prefix, src_lang, tgt_lang = corpus
+    vocab_size, src_vocab_size = sizes
+    where = corpus_path(prefix, src_lang).parent
+    if src_vocab_size:
+        say(
+            f"training a {src_vocab_size}-piece source and a {vocab_size}-piece target "
+            f"SentencePiece model on {where}"
+        )
+    else:
+        say(f"training a {vocab_size}-piece SentencePiece model on {where}")
+    return train_vocab(
+        iter_lines(corpus_path(prefix, src_lang)),
+        iter_lines(corpus_path(prefix, tgt_lang)),
+        tmp,
+        vocab_size,
+        src_vocab_size,
+    )
 
 
 def check_corpus(prefix: str | Path, src_lang: str, tgt_lang: str) -> int:
@@ -359,15 +390,18 @@ def _write_index(tmp: Path, lang: str, n: int) -> None:
     ends_path.unlink()
 
 
-def _meta(summary: PrepareSummary, langs: tuple[str, str], dtype: str, vocab_size: int,
-          settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """The ``meta.json`` record of a data folder."""
+def _meta(summary: PrepareSummary, langs: tuple[str, str], dtype: str,
+          vocab: tuple[str, Tokenizer], settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """The ``meta.json`` record of a data folder; ``vocab``: its layout and tokenizer."""
+    layout, tokenizer = vocab
     return {
         "format_version": STORE_VERSION,
         "src_lang": langs[0],
         "tgt_lang": langs[1],
         "dtype": dtype,
-        "vocab_size": vocab_size,
+        "vocab_layout": layout,
+        "vocab_size": tokenizer.vocab_size,
+        **({"src_vocab_size": tokenizer.src_vocab_size} if layout == "separate" else {}),
         "pairs": summary.kept,
         "lines": summary.lines,
         "dropped": summary.dropped,

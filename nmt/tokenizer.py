@@ -51,13 +51,26 @@ class Tokenizer:
         """Number of pieces, special ones included."""
         return int(self.sp.GetPieceSize())
 
+    @property
+    def src_vocab_size(self) -> int:
+        """Number of source pieces: the joint model's, here."""
+        return self.vocab_size
+
     def vocabulary(self) -> list[str]:
-        """The pieces by id."""
+        """The (target) pieces by id."""
         return [self.sp.IdToPiece(i) for i in range(self.vocab_size)]
 
+    def source_vocabulary(self) -> list[str]:
+        """The source pieces by id: the same as :meth:`vocabulary` for a joint model."""
+        return self.vocabulary()
+
     def piece(self, i: int) -> str:
-        """The piece of id ``i``."""
+        """The (target) piece of id ``i``."""
         return str(self.sp.IdToPiece(i))
+
+    def source_piece(self, i: int) -> str:
+        """The source piece of id ``i``: the same as :meth:`piece` for a joint model."""
+        return self.piece(i)
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         """Token ids of each line, without BOS/EOS."""

@@ -42,6 +42,7 @@ from nmt.train_log import (  # re-exported: the training API lives under nmt.tra
     ValidResult,
 )
 from nmt.trainer import Trainer  # re-exported too
+from nmt.vocab import check_same_vocab, load_tokenizer
 
 __all__ = [
     "RunStart",
@@ -118,7 +119,8 @@ def train(
             ``out_dir/data`` (encoded once, memory-mapped; see :mod:`nmt.store`).
         valid_prefix: validation corpus prefix; ``None`` takes the data folder's copy.
         out_dir: the run folder; it becomes a model folder ``nmt translate -m`` accepts.
-        spm_path: an existing SentencePiece model to use instead of training one.
+        spm_path: an existing joint SentencePiece model to use instead of training one (or a
+            folder whose SentencePiece model(s) to use, :mod:`nmt.vocab`).
         data_dir: a data folder written by ``nmt prepare``, instead of ``train_prefix``.
         reset_data_position: on resume with another batch size, seed, accumulation,
             process count or corpus, continue from the start of a new epoch instead of
@@ -149,7 +151,7 @@ def train(
     if init_from is not None:
         init_from = Path(init_from)
         model_cfg = init_model_config(init_from, model_cfg, spm_path)
-        spm_path, init_weights = init_from / ckpt.SPM_FILE, init_from / ckpt.WEIGHTS_FILE
+        spm_path, init_weights = init_from, init_from / ckpt.WEIGHTS_FILE  # its SentencePiece
         ckpt.load_weights(init_weights)  # readable, before anything is written
     check_fits(model_cfg, train_cfg)
     if (train_prefix is None) == (data_dir is None):
@@ -163,16 +165,15 @@ def train(
                 f"{train_cfg.src_lang}→{train_cfg.tgt_lang}; fix --src-lang/--tgt-lang"
             )
         if init_from is not None:
-            data_spm = Path(data_dir) / store.SPM_FILE
-            if data_spm.read_bytes() != Path(spm_path).read_bytes():  # type: ignore[arg-type]
-                raise ConfigError(
-                    f"{data_dir} was encoded with another SentencePiece model than --init-from "
-                    f"{init_from}; prepare the data with --spm {spm_path}"
-                )
+            check_same_vocab(
+                [Path(init_from), Path(data_dir)],
+                f"the data folder was encoded with another vocabulary than --init-from; "
+                f"prepare the data with --spm {init_from}",
+            )
         elif spm_path is not None:
             raise ConfigError(
                 f"--spm cannot be combined with --data: {data_dir} was encoded with its own "
-                "spm.model"
+                "SentencePiece model(s)"
             )
         source = ("data", str(data_dir))
         if valid_prefix is None and meta["valid_pairs"]:
@@ -184,8 +185,8 @@ def train(
         source = ("train", str(train_prefix))
     # Check the input that is read whole before anything is written into the run folder.
     valid_text = read_valid(valid_prefix, train_cfg)
-    if spm_path is not None:
-        Tokenizer(spm_path)  # checks the file and its special ids before the folder is made
+    if spm_path is not None:  # checks the file(s) and special ids before the folder is made
+        Tokenizer(spm_path) if Path(spm_path).is_file() else load_tokenizer(spm_path)
     env = init_distributed(resolve_device(train_cfg.device), train_cfg.dist_timeout)
     try:
         result = _train(
@@ -244,7 +245,7 @@ def _train(
     check_shared_folder(out_dir, env)
     folder_cfg = ckpt.read_config(out_dir)
     model_cfg = from_dict(ModelConfig, folder_cfg["model"], str(out_dir / ckpt.CONFIG_FILE))
-    tokenizer = Tokenizer(out_dir / ckpt.SPM_FILE)
+    tokenizer = load_tokenizer(out_dir)
     data_dir = Path(folder_cfg["data"]["prepared"])
     train_data = store.open_store(data_dir, train_cfg.max_len)
     valid_src, valid_tgt = valid_text

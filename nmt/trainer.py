@@ -49,7 +49,7 @@ class Trainer:
     """Owns the model, optimizer and data of one run and runs the loop.
 
     Args:
-        out_dir: the run folder (already holding ``config.json`` and ``spm.model``).
+        out_dir: the run folder (already holding ``config.json`` and the SentencePiece model(s)).
         model_cfg / train_cfg: the resolved configuration.
         tokenizer: the run's SentencePiece model.
         train_data: the training pairs, in memory or memory-mapped (:mod:`nmt.store`).

@@ -26,7 +26,7 @@ from nmt.config import DecodeConfig
 from nmt.data import pad
 from nmt.device import resolve_device
 from nmt.engine import BaseTranslator, Request, Translation
-from nmt.ensemble import Ensemble, check_same_vocabulary
+from nmt.ensemble import Ensemble
 from nmt.errors import ConfigError
 from nmt.forced import forced_scores
 from nmt.model import Transformer
@@ -35,7 +35,7 @@ from nmt.sampling import sample
 from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
 from nmt.streaming import length_batches
 from nmt.tokenizer import Tokenizer
-from nmt.vocab import load_tokenizer, tokenizer_files
+from nmt.vocab import check_same_vocab, load_tokenizer
 
 __all__ = ["BaseTranslator", "Translation", "Translator", "cpu_workers", "length_batches"]
 
@@ -166,8 +166,8 @@ class Translator(BaseTranslator):
         onednn: bool = True,
         ensemble_weights: Sequence[float] | None = None,
     ) -> Translator:
-        """Load a model folder (config.json, spm.model, model.safetensors), or several as an
-        ensemble (:mod:`nmt.ensemble`).
+        """Load a model folder (config.json, SentencePiece model(s), model.safetensors), or
+        several as an ensemble (:mod:`nmt.ensemble`).
 
         Args:
             folder: one model folder, or a list of them (one SentencePiece model).
@@ -198,8 +198,9 @@ class Translator(BaseTranslator):
             for f in folders
         ]
         tokenizer = load_tokenizer(folders[0])
-        for name in tokenizer_files(folders[0]):  # spm.model, or an imported model's files
-            check_same_vocabulary([Path(f) / name for f in folders])
+        check_same_vocab(
+            [Path(f) for f in folders], "the models of an ensemble need one vocabulary"
+        )
         if len(models) == 1 and ensemble_weights is None:
             return cls(models[0], tokenizer, decode, chunk_lines, strict, workers)
         n = len(models)

@@ -1,0 +1,285 @@
+"""Vocabulary layouts (:mod:`nmt.vocab`): separate source and target SentencePiece models
+through preparing, training, translating, averaging, fine-tuning and the CTranslate2 export.
+
+The source side is Multi30k German written in Cyrillic letters (a one-to-one letter map), so
+that the two sides have different scripts, as en–ru would: a separate source model must hold
+only Cyrillic pieces and the target model only Latin ones, which a joint model (or a side
+trained on the wrong text) would not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from nmt.average import average_run
+from nmt.checkpoint import load_model, load_weights, read_config
+from nmt.config import DecodeConfig, ModelConfig
+from nmt.errors import ConfigError
+from nmt.prepared import open_store
+from nmt.store import prepare, read_meta
+from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from nmt.train import train
+from nmt.translate import Translator
+from nmt.vocab import (
+    JOINT_SPM,
+    SRC_SPM,
+    TGT_SPM,
+    SeparateTokenizer,
+    load_tokenizer,
+    train_vocab,
+    vocab_layout,
+    vocab_options,
+)
+
+LATIN = "abcdefghijklmnopqrstuvwxyz"
+CYRILLIC = "абцдефгхийклмнопярстужвьыз"
+TO_CYRILLIC = str.maketrans(LATIN + LATIN.upper(), CYRILLIC + CYRILLIC.upper())
+SRC_VOCAB, TGT_VOCAB = 700, 500  # different sizes, so that a side mixed up fails loudly
+
+
+def cyrillic(lines: list[str]) -> list[str]:
+    return [line.translate(TO_CYRILLIC) for line in lines]
+
+
+def has_latin(piece: str) -> bool:
+    return any(c in LATIN for c in piece.lower())
+
+
+def has_cyrillic(piece: str) -> bool:
+    return any(c in CYRILLIC for c in piece.lower())
+
+
+@pytest.fixture(scope="module")
+def vocab_dir(tmp_path_factory, spm_text) -> Path:
+    """spm.src.model (700 pieces, Cyrillic German) and spm.tgt.model (500 pieces, English)."""
+    folder = tmp_path_factory.mktemp("separate-vocab")
+    train_vocab(cyrillic(spm_text["de"]), spm_text["en"], folder, TGT_VOCAB, SRC_VOCAB)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pairs(spm_text) -> tuple[list[str], list[str]]:
+    """16 short pairs (Cyrillic German → English) among the SentencePiece training lines."""
+    short = [
+        (s, t)
+        for s, t in zip(spm_text["de"], spm_text["en"])
+        if len(s.split()) <= 7 and len(t.split()) <= 7
+    ][:16]
+    return cyrillic([s for s, _ in short]), [t for _, t in short]
+
+
+@pytest.fixture(scope="module")
+def separate_run(
+    tmp_path_factory, vocab_dir, pairs, corpus_writer, tiny_model_config, tiny_train_config
+) -> Path:
+    """A tiny model with separate vocabularies that learned ``pairs`` by heart (200 updates,
+    checkpoints at 100 and 200)."""
+    folder = tmp_path_factory.mktemp("separate-run")
+    prefix = corpus_writer(folder / "pairs", *pairs)
+    cfg = tiny_model_config(dropout=0.0, src_vocab_size=8000)  # sizes: the SentencePiece models'
+    recipe = tiny_train_config(
+        max_steps=200, batch_tokens=4096, label_smoothing=0.0, eval_every=200, save_every=100
+    )
+    train(prefix, prefix, folder / "run", cfg, recipe, spm_path=vocab_dir)
+    return folder / "run"
+
+
+def test_each_side_has_its_own_script(vocab_dir: Path, spm_text) -> None:
+    tokenizer = load_tokenizer(vocab_dir)
+    assert isinstance(tokenizer, SeparateTokenizer) and vocab_layout(vocab_dir) == "separate"
+    assert (tokenizer.src_vocab_size, tokenizer.vocab_size) == (SRC_VOCAB, TGT_VOCAB)
+    src_pieces, tgt_pieces = tokenizer.source_vocabulary()[4:], tokenizer.vocabulary()[4:]
+    assert not any(map(has_latin, src_pieces)) and sum(map(has_cyrillic, src_pieces)) > 600
+    assert not any(map(has_cyrillic, tgt_pieces)) and sum(map(has_latin, tgt_pieces)) > 400
+    # encode reads the source model, encode_target and decode the target model
+    de, en = cyrillic(spm_text["de"][:50]), spm_text["en"][:50]
+    assert tokenizer.encode(de) == Tokenizer(vocab_dir / SRC_SPM).encode(de)
+    assert tokenizer.encode_target(en) == Tokenizer(vocab_dir / TGT_SPM).encode(en)
+    assert tokenizer.decode(tokenizer.encode_target(en)) == en
+    assert [tokenizer.source_piece(i) for i in tokenizer.encode(de[:1])[0]] == tokenizer.pieces(
+        de[0]
+    )
+
+
+def test_prepare_encodes_each_side_with_its_model(tmp_path: Path, spm_text, corpus_writer) -> None:
+    de, en = cyrillic(spm_text["de"][:2000]), spm_text["en"][:2000]
+    prefix = corpus_writer(tmp_path / "train", de, en)
+    out = tmp_path / "data"
+    prepare(prefix, out, "de", "en", vocab_size=300, src_vocab_size=400)
+    meta = read_meta(out)
+    assert (meta["vocab_layout"], meta["src_vocab_size"], meta["vocab_size"]) == (
+        "separate",
+        400,
+        300,
+    )
+    assert not (out / JOINT_SPM).exists()
+    tokenizer = load_tokenizer(out)
+    store = open_store(out, 256)
+    src_ids, tgt_ids = store.pair(0)
+    assert tokenizer.source.decode([src_ids.tolist()]) == de[:1]
+    assert tokenizer.decode([tgt_ids.tolist()]) == en[:1]
+    assert max(int(store.pair(i)[0].max()) for i in range(200)) >= 300  # source ids past 300
+
+
+def test_separate_model_learns_pairs_by_heart(separate_run: Path, pairs, vocab_dir) -> None:
+    config = read_config(separate_run)
+    assert (config["model"]["src_vocab_size"], config["model"]["vocab_size"]) == (
+        SRC_VOCAB,
+        TGT_VOCAB,
+    )
+    assert {p.name for p in separate_run.iterdir()} >= {SRC_SPM, TGT_SPM}
+    assert not (separate_run / JOINT_SPM).exists()
+    weights = load_weights(separate_run / "model.safetensors")
+    assert weights["src_embed.weight"].shape == (SRC_VOCAB, 64)
+    assert weights["embed.weight"].shape == (TGT_VOCAB, 64)
+    translator = Translator.load(separate_run, DecodeConfig(beam_size=1), device="cpu")
+    src, tgt = pairs
+    assert [t.text for t in translator.translate(src)] == tgt
+    metrics = (separate_run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["bleu"] == pytest.approx(100.0)
+
+
+def test_search_scores_equal_forced_scores(separate_run: Path, pairs) -> None:
+    """The score beam search reports is the teacher-forced log-probability of its output
+    through the source embedding and the tied target embedding."""
+    translator = Translator.load(separate_run, DecodeConfig(beam_size=4), device="cpu")
+    model, tokenizer = translator.model, translator.tokenizer
+    for line, result in zip(pairs[0][:6], translator.translate(pairs[0][:6])):
+        src = torch.tensor([tokenizer.encode([line])[0] + [EOS_ID]])
+        tgt = tokenizer.encode_target([result.text])[0]
+        with torch.no_grad():
+            states = model(src, torch.tensor([[BOS_ID] + tgt]))
+            logp = torch.log_softmax(model.logits(states[0]), -1)
+        forced = logp.gather(1, torch.tensor(tgt + [EOS_ID])[:, None]).sum().item()
+        assert result.score == pytest.approx(forced, abs=1e-4)
+
+
+def test_average_keeps_both_models(separate_run: Path, tmp_path: Path, pairs) -> None:
+    out = tmp_path / "averaged"
+    average_run(separate_run, 2, out)
+    for name in (SRC_SPM, TGT_SPM):
+        assert (out / name).read_bytes() == (separate_run / name).read_bytes()
+    model, _ = load_model(out)
+    assert model.src_embed is not None and model.src_embed.weight.shape == (SRC_VOCAB, 64)
+    translations = Translator.load(out, DecodeConfig(beam_size=1), device="cpu").translate(
+        pairs[0][:4]
+    )
+    assert all(t.text for t in translations)
+
+
+def test_ctranslate2_export_has_both_vocabularies(
+    separate_run: Path, tmp_path: Path, pairs
+) -> None:
+    ct2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
+    from nmt.ct2 import CT2Translator
+    from nmt.export import export_ctranslate2
+
+    exported = export_ctranslate2(separate_run, tmp_path / "ct2")
+    names = {p.name for p in exported.iterdir()}
+    assert {"source_vocabulary.json", "target_vocabulary.json", SRC_SPM, TGT_SPM} <= names
+    assert "shared_vocabulary.json" not in names
+    tokenizer = load_tokenizer(separate_run)
+    model, _ = load_model(separate_run)
+    src, tgt = tokenizer.encode(pairs[0]), tokenizer.encode_target(pairs[1][::-1])
+    results = ct2.Translator(str(exported), device="cpu").score_batch(
+        [[tokenizer.source_piece(i) for i in ids] for ids in src],
+        [[tokenizer.piece(i) for i in ids] for ids in tgt],
+    )
+    with torch.no_grad():
+        for s, t, result in zip(src, tgt, results):
+            states = model(torch.tensor([s + [EOS_ID]]), torch.tensor([[BOS_ID] + t]))
+            logp = torch.log_softmax(model.logits(states[0]), -1)
+            ours = logp.gather(1, torch.tensor(t + [EOS_ID])[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
+    engine = CT2Translator.load(exported, DecodeConfig(beam_size=1), device="cpu")
+    torch_engine = Translator.load(separate_run, DecodeConfig(beam_size=1), device="cpu")
+    for (lp, _), (lp2, _) in zip(
+        engine.score_targets(pairs[0], pairs[1]), torch_engine.score_targets(pairs[0], pairs[1])
+    ):
+        assert lp == pytest.approx(lp2, abs=1e-3)
+
+
+def test_fine_tuning_keeps_the_separate_vocabularies(
+    separate_run: Path, tmp_path: Path, pairs, corpus_writer, tiny_model_config, tiny_train_config
+) -> None:
+    """--init-from a separate model: the data is encoded with its two models (prepare --spm
+    taking the model folder), and the run starts from its weights."""
+    prefix = corpus_writer(tmp_path / "new", pairs[0][::-1], pairs[1][::-1])
+    data = tmp_path / "data"
+    prepare(prefix, data, "de", "en", spm_path=separate_run)
+    assert vocab_layout(data) == "separate"
+    out = tmp_path / "ft"
+    recipe = tiny_train_config(max_steps=1, lr=1e-9, warmup_steps=1, eval_every=100)
+    train(None, prefix, out, tiny_model_config(), recipe, data_dir=data, init_from=separate_run)
+    tuned, base = read_config(out)["model"], read_config(separate_run)["model"]
+    assert (tuned["src_vocab_size"], tuned["vocab_size"]) == (SRC_VOCAB, TGT_VOCAB) and all(
+        tuned[k] == base[k] for k in base if "dropout" not in k
+    )
+    before = load_weights(separate_run / "model.safetensors")["src_embed.weight"]
+    after = load_weights(out / "last.safetensors")["src_embed.weight"]
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)  # lr 1e-9: one tiny step
+
+
+def test_layout_mismatches_are_refused(
+    separate_run: Path, tiny_run: Path, tmp_path: Path, pairs, corpus_writer, tiny_model_config,
+    tiny_train_config,
+) -> None:  # fmt: skip
+    recipe = tiny_train_config(max_steps=1)
+    separate = tiny_model_config(src_vocab_size=1000)
+    prefix = corpus_writer(tmp_path / "p", *pairs)
+    with pytest.raises(ConfigError, match="joint vocabulary.*drop --vocab-layout separate"):
+        train(prefix, prefix, tmp_path / "ft", separate, recipe, init_from=tiny_run)
+    joint_data = tmp_path / "joint-data"
+    prepare(prefix, joint_data, "de", "en", spm_path=tiny_run)
+    with pytest.raises(ConfigError, match="joint vocabulary, but separate"):
+        train(None, prefix, tmp_path / "new", separate, recipe, data_dir=joint_data)
+    with pytest.raises(ConfigError, match="separate vocabulary.*joint one|joint vocabulary"):
+        Translator.load([tiny_run, separate_run], device="cpu")
+
+
+def test_vocabulary_options() -> None:
+    assert vocab_options(None, None, None, None) == {"vocab_size": None, "src_vocab_size": None}
+    assert vocab_options("joint", 4000, None, None) == {"vocab_size": 4000, "src_vocab_size": 0}
+    assert vocab_options("separate", None, 6000, None) == {
+        "vocab_size": 8000,
+        "src_vocab_size": 6000,
+    }
+    assert vocab_options("separate", 4000, None, 3000) == {
+        "vocab_size": 3000,
+        "src_vocab_size": 4000,
+    }
+    with pytest.raises(ConfigError, match="--src-vocab-size needs --vocab-layout separate"):
+        vocab_options(None, None, 6000, None)
+    with pytest.raises(ConfigError, match="joint, separate"):
+        vocab_options("split", None, None, None)
+    with pytest.raises(ConfigError, match="src_vocab_size=4 is too small"):
+        ModelConfig(src_vocab_size=4)
+
+
+def test_cli_prepare_separate(tmp_path: Path, spm_text, corpus_writer) -> None:
+    prefix = corpus_writer(tmp_path / "t", cyrillic(spm_text["de"][:1500]), spm_text["en"][:1500])
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        ["prepare", "--train", str(prefix), "-o", str(tmp_path / "d"), "--vocab-layout",
+         "separate", "--src-vocab-size", "300", "--tgt-vocab-size", "200"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (
+        load_tokenizer(tmp_path / "d").src_vocab_size,
+        read_meta(tmp_path / "d")["vocab_size"],
+    ) == (
+        300,
+        200,
+    )
+    bad = runner.invoke(
+        app, ["prepare", "--train", str(prefix), "-o", str(tmp_path / "e"), "--tgt-vocab-size", "9"]
+    )
+    assert bad.exit_code != 0 and "--tgt-vocab-size needs --vocab-layout separate" in bad.output
+    assert not (tmp_path / "e").exists()
