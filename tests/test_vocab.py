@@ -283,3 +283,31 @@ def test_cli_prepare_separate(tmp_path: Path, spm_text, corpus_writer) -> None:
     )
     assert bad.exit_code != 0 and "--tgt-vocab-size needs --vocab-layout separate" in bad.output
     assert not (tmp_path / "e").exists()
+
+
+def test_server_labels_attention_with_each_sides_pieces(separate_run: Path, pairs) -> None:
+    """nmt serve's attention labels: source pieces from the source model (Cyrillic), target
+    pieces from the target model."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from nmt.registry import ServeConfig, load_models, start_batchers
+    from nmt.serve import create_app
+
+    models = load_models([f"sep={separate_run}"], "torch", "cpu")
+    pool = start_batchers(models, 1, 4096, 0.0)
+    try:
+        client = TestClient(create_app(models, ServeConfig()))
+        answer = client.post("/v1/translate", json={"src": pairs[0][:1], "return_attention": True})
+        assert answer.status_code == 200, answer.text
+        out = answer.json()["translations"][0]
+        tokenizer = load_tokenizer(separate_run)
+        attention = out["attention"]
+        assert attention["src_pieces"] == [*tokenizer.pieces(pairs[0][0]), "</s>"]
+        assert attention["tgt_pieces"][:-1] == [
+            tokenizer.piece(i) for i in tokenizer.encode_target([out["text"]])[0]
+        ]
+        assert out["text"] == pairs[1][0]
+    finally:
+        models["sep"].batcher.close()  # type: ignore[union-attr]
+        pool.shutdown()
