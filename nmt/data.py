@@ -91,7 +91,7 @@ def encode_parallel(
     """Encode pairs in memory and drop those with an empty side or more than ``max_len``
     tokens (the filter of :func:`nmt.store.keep_reason`; large corpora go through
     :func:`nmt.store.prepare` instead)."""
-    src_ids, tgt_ids = tokenizer.encode(src), tokenizer.encode(tgt)
+    src_ids, tgt_ids = tokenizer.encode(src), tokenizer.encode_target(tgt)
     kept = ParallelData([], [])
     for s, t in zip(src_ids, tgt_ids):
         if keep_reason(len(s), len(t), max_len) is None:

@@ -20,6 +20,7 @@ from cli.main import app
 from nmt.average import average_run
 from nmt.checkpoint import load_model, load_weights, read_config
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.data import encode_parallel
 from nmt.errors import ConfigError
 from nmt.prepared import open_store
 from nmt.store import prepare, read_meta
@@ -105,6 +106,14 @@ def test_each_side_has_its_own_script(vocab_dir: Path, spm_text) -> None:
     assert [tokenizer.source_piece(i) for i in tokenizer.encode(de[:1])[0]] == tokenizer.pieces(
         de[0]
     )
+
+
+def test_in_memory_pairs_encode_each_side_with_its_model(vocab_dir: Path, pairs) -> None:
+    """The validation set (encoded in memory for the validation loss) as the store's pairs."""
+    tokenizer = load_tokenizer(vocab_dir)
+    data = encode_parallel(tokenizer, *pairs, max_len=256)
+    assert data.src == tokenizer.encode(pairs[0])
+    assert data.tgt == tokenizer.encode_target(pairs[1]) != tokenizer.encode(pairs[1])
 
 
 def test_prepare_encodes_each_side_with_its_model(tmp_path: Path, spm_text, corpus_writer) -> None:
