@@ -13,6 +13,7 @@ from cli.console import err_console, handle_errors, make_progress
 from cli.options import hidden, renamed
 from nmt.checkpoint import read_config
 from nmt.config import resolve
+from nmt.multilingual import parse_pairs
 from nmt.store import read_meta
 from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train import train as run_training
@@ -62,6 +63,15 @@ class RichObserver(TrainObserver):
             f"valid step {r.step}: loss {r.loss:.3f} ppl {r.ppl:.2f} BLEU {r.bleu:.2f} "
             f"chrF {r.chrf:.2f} ({r.elapsed_s:.0f}s){mark}"
         )
+        if r.directions:  # a multilingual run: BLEU and chrF above are the means
+            self.progress.console.print(
+                "  "
+                + ", ".join(
+                    f"{name} BLEU {d['bleu']:.2f} chrF {d['chrf']:.2f}"
+                    for name, d in r.directions.items()
+                ),
+                highlight=False,
+            )
 
     def on_message(self, text: str) -> None:
         err_console.print(text, highlight=False)
@@ -120,6 +130,22 @@ def train(
     ] = None,
     tgt_lang: Annotated[
         str | None, typer.Option("--tgt-lang", help="Target language suffix (default en).")
+    ] = None,
+    pairs: Annotated[
+        str | None,
+        typer.Option(
+            "--pairs",
+            help="Train one multilingual model on these pairs, e.g. de-en,fr-en,cs-en (files "
+            "PREFIX.LANG or PREFIX.SRC-TGT.LANG; a <2xx> target tag leads each source).",
+        ),
+    ] = None,
+    pair_sampling_temperature: Annotated[
+        float | None,
+        typer.Option(
+            "--pair-sampling-temperature",
+            help="T of p(pair) ∝ (size share)^(1/T) with --pairs (default 1: as the data; 5 "
+            "favours small pairs).",
+        ),
     ] = None,
     preset: Annotated[
         str | None, typer.Option(help="Model preset: tiny, small, base, big (default small).")
@@ -237,6 +263,8 @@ def train(
         {
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,
+            "pairs": parse_pairs(pairs) if pairs is not None else None,
+            "pair_sampling_temperature": pair_sampling_temperature,
             "batch_tokens": batch_tokens,
             "lr": lr,
             "warmup_steps": warmup_steps,

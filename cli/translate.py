@@ -135,6 +135,13 @@ def translate(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    tgt_lang: Annotated[
+        str | None,
+        typer.Option(
+            "--tgt-lang",
+            help="Target language of a multilingual model (required when it has several).",
+        ),
+    ] = None,
     engine: Annotated[
         str,
         typer.Option(
@@ -256,6 +263,7 @@ def translate(
         ensemble_weights=None
         if ensemble_weights is None
         else parse_weights(ensemble_weights, len(models)),
+        tgt_lang=tgt_lang,
     )
     if nbest_format not in NBEST_FORMATS:
         raise ConfigError(

@@ -163,6 +163,10 @@ class TrainConfig:
 
     Attributes:
         src_lang / tgt_lang: language codes, the suffixes of the corpus files.
+        pairs: a multilingual model's language pairs (``("de-en", "fr-en")``), instead of
+            ``src_lang``/``tgt_lang``: a target tag leads each source (:mod:`nmt.multilingual`).
+        pair_sampling_temperature: T of the pairs' sampling probabilities
+            ``p_i ∝ (n_i / N)^(1/T)`` (Arivazhagan et al. 2019); 1 = as the data.
         batch_tokens: padded tokens per batch, counted as sentences × max(src_len, tgt_len).
         lr: peak learning rate, reached at the end of the warm-up.
         warmup_steps: linear warm-up length (updates).
@@ -207,6 +211,8 @@ class TrainConfig:
 
     src_lang: str = "de"
     tgt_lang: str = "en"
+    pairs: tuple[str, ...] = ()
+    pair_sampling_temperature: float = 1.0
     batch_tokens: int = 2048
     lr: float = 1e-3
     warmup_steps: int = 500
@@ -275,8 +281,12 @@ class TrainConfig:
                 "lr_schedule='linear' decays to 0 at the end of the budget: set max_steps, "
                 "max_epochs or max_minutes"
             )
-        if self.src_lang == self.tgt_lang:
+        if self.src_lang == self.tgt_lang and not self.pairs:
             raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}")
+        if not self.pair_sampling_temperature > 0:
+            raise ConfigError(
+                f"pair_sampling_temperature={self.pair_sampling_temperature} must be positive"
+            )
 
 
 @dataclass(frozen=True)

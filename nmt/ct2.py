@@ -58,6 +58,7 @@ from nmt.config import DecodeConfig
 from nmt.engine import BaseTranslator, Request
 from nmt.errors import ConfigError, NMTError
 from nmt.fileio import read_versioned_json
+from nmt.multilingual import for_target
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import Tokenizer
 from nmt.translate import cpu_workers
@@ -184,6 +185,7 @@ class CT2Translator(BaseTranslator):
         compute_type: str = "default",
         strict: bool = False,
         inter_threads: int = 0,
+        tgt_lang: str | None = None,
     ) -> CT2Translator:
         """Load a folder written by ``nmt export --format ctranslate2``.
 
@@ -192,6 +194,8 @@ class CT2Translator(BaseTranslator):
             intra_threads / inter_threads: threads per batch / batches run in parallel
                 (0 = :func:`ct2_threads` picks).
             compute_type: CTranslate2 compute type (``default`` = as exported).
+            tgt_lang: the target language of a multilingual model
+                (:func:`nmt.multilingual.for_target`).
 
         Raises:
             MissingDependencyError: ctranslate2 is not installed.
@@ -213,7 +217,7 @@ class CT2Translator(BaseTranslator):
             intra_threads=intra,
         )
         max_positions = int(info["model"]["max_positions"])
-        tokenizer = load_tokenizer(folder)
+        tokenizer = for_target(load_tokenizer(folder), info.get("pairs") or [], tgt_lang)
         return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:

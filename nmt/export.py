@@ -130,6 +130,7 @@ def export_info(
         "exported_from": str(model_dir.resolve()),
         "src_lang": config.get("src_lang"),
         "tgt_lang": config.get("tgt_lang"),
+        **({"pairs": config["pairs"]} if config.get("pairs") else {}),
         "model": config["model"],
     }
 

@@ -28,6 +28,7 @@ def load_translator(
     quantize: str | None = None,
     workers: int = 0,
     ensemble_weights: Sequence[float] | None = None,
+    tgt_lang: str | None = None,
 ) -> Translator | CT2Translator:
     """Load a model folder with the engine asked for.
 
@@ -43,6 +44,7 @@ def load_translator(
             CTranslate2's ``inter_threads``); 0 = one single-threaded worker per CPU thread.
         folder / ensemble_weights: several folders are an ensemble (torch engine only,
             :mod:`nmt.ensemble`), with these weights (default: equal).
+        tgt_lang: the target language of a multilingual model (:mod:`nmt.multilingual`).
 
     Raises:
         ConfigError: unknown engine, or ``weights`` with the ctranslate2 engine.
@@ -69,12 +71,14 @@ def load_translator(
                 quantize,
                 workers,
                 ensemble_weights=ensemble_weights,
+                tgt_lang=tgt_lang,
             )
         folder = folder[0]
     if engine == "torch" or (engine == "auto" and not is_ctranslate2_dir(folder)):
         return Translator.load(
-            folder, decode, device, weights, chunk_lines, strict, dtype, quantize, workers
-        )
+            folder, decode, device, weights, chunk_lines, strict, dtype, quantize, workers,
+            tgt_lang=tgt_lang,
+        )  # fmt: skip
     if dtype != "fp32" or quantize is not None:
         raise ConfigError(
             "--dtype/--quantization apply to the torch engine; a CTranslate2 model keeps the "
@@ -85,5 +89,6 @@ def load_translator(
             "weights apply to the torch engine; export those weights with nmt export --weights"
         )
     return CT2Translator.load(
-        folder, decode, device, chunk_lines=chunk_lines, strict=strict, inter_threads=workers
-    )
+        folder, decode, device, chunk_lines=chunk_lines, strict=strict, inter_threads=workers,
+        tgt_lang=tgt_lang,
+    )  # fmt: skip

@@ -11,7 +11,7 @@ import shutil
 import socket
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from nmt import checkpoint as ckpt
 from nmt import store
@@ -19,6 +19,7 @@ from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
 from nmt.distributed import DistEnv, gather_objects
 from nmt.errors import ConfigError, TrainingError
 from nmt.marian_vocab import SOURCE_SPM, TARGET_SPM, VOCAB_FILE
+from nmt.multilingual import prepare_pairs, split_pair, target_langs
 from nmt.train_log import TrainObserver
 from nmt.vocab import (
     SRC_SPM,
@@ -68,8 +69,16 @@ def prepare_run(
             observer.on_message(f"resuming from {out_dir / ckpt.RESUME_FILE}")
             spm_path = out_dir
         kind, path = source
-        data_dir = Path(path) if kind == "data" else out_dir / "data"
-        if kind == "train" and not (data_dir / store.META_FILE).is_file():
+        data_dir = vocab_dir = Path(path) if kind == "data" else out_dir / "data"
+        if train_cfg.pairs:  # one data folder per pair, in data_dir (nmt.multilingual)
+            vocab_dir = data_dir / train_cfg.pairs[0]
+            summaries = prepare_pairs(
+                path, data_dir, train_cfg.pairs, spm_path, model_cfg.vocab_size,
+                train_cfg.max_len, observer.on_message,
+            )  # fmt: skip
+            for pair, summary in summaries.items():
+                observer.on_message(f"{pair}: {describe(summary)}")
+        elif kind == "train" and not (data_dir / store.META_FILE).is_file():
             summary = store.prepare(
                 path,
                 data_dir,
@@ -84,16 +93,16 @@ def prepare_run(
             )
             observer.on_message(describe(summary))
         if not resume:
-            if model_cfg.src_vocab_size and vocab_layout(data_dir) != "separate":
+            if model_cfg.src_vocab_size and vocab_layout(vocab_dir) != "separate":
                 raise ConfigError(
-                    f"{data_dir} holds a {vocab_layout(data_dir)} vocabulary, but separate "
+                    f"{vocab_dir} holds a {vocab_layout(vocab_dir)} vocabulary, but separate "
                     "vocabularies were asked for: prepare the data with --vocab-layout separate, "
                     "or drop --vocab-layout"
                 )
-            copy_vocab(data_dir, out_dir)
+            copy_vocab(vocab_dir, out_dir)
         else:
             check_same_vocab(
-                [out_dir, data_dir],
+                [out_dir, vocab_dir],
                 "the prepared ids would not match the model; resume with the data the run "
                 "started with",
             )
@@ -108,14 +117,24 @@ def prepare_run(
             out_dir / ckpt.CONFIG_FILE,
             {
                 "format_version": ckpt.FORMAT_VERSION,
-                "src_lang": train_cfg.src_lang,
-                "tgt_lang": train_cfg.tgt_lang,
+                **languages(train_cfg),
                 "model": to_dict(model_cfg),
                 "train": to_dict(train_cfg),
                 "data": {kind: str(path), "prepared": str(data_dir)},
                 **({"init_from": str(init_from)} if init_from else {}),
             },
         )
+
+
+def languages(train_cfg: TrainConfig) -> dict[str, Any]:
+    """``config.json``'s languages: ``src_lang`` and ``tgt_lang``; for a multilingual run
+    each side's languages joined by commas, and its ``pairs``."""
+    if not train_cfg.pairs:
+        return {"src_lang": train_cfg.src_lang, "tgt_lang": train_cfg.tgt_lang}
+    sides = [split_pair(pair) for pair in train_cfg.pairs]
+    src = ",".join(dict.fromkeys(s for s, _ in sides))
+    return {"src_lang": src, "tgt_lang": ",".join(target_langs(train_cfg.pairs)),
+            "pairs": list(train_cfg.pairs)}  # fmt: skip
 
 
 def check_same_model(saved: ModelConfig, given: ModelConfig, out_dir: Path) -> None:

@@ -95,6 +95,7 @@ def train_tokenizer(
     vocab_size: int,
     model_type: str = "unigram",
     max_sentences: int = 2_000_000,
+    user_defined_symbols: Sequence[str] = (),
 ) -> Tokenizer:
     """Train a SentencePiece model on ``sentences`` and write it atomically to ``out_path``.
 
@@ -105,6 +106,8 @@ def train_tokenizer(
         vocab_size: number of pieces (tokens), special ones included.
         model_type: ``unigram`` (Kudo 2018) or ``bpe``.
         max_sentences: sample at most this many sentences.
+        user_defined_symbols: pieces that are always one token, such as the target-language
+            tags of a multilingual model (:mod:`nmt.multilingual`).
 
     Raises:
         InputError: no training text, or too little text for ``vocab_size``; an error raised
@@ -142,6 +145,7 @@ def train_tokenizer(
                 shuffle_input_sentence=True,
                 num_threads=os.cpu_count() or 1,
                 minloglevel=2,
+                user_defined_symbols=list(user_defined_symbols),
             )
         except RuntimeError as exc:
             if errors:

@@ -21,10 +21,17 @@ import torch
 from nmt import checkpoint as ckpt
 from nmt import malloc, store
 from nmt.config import ModelConfig, TrainConfig, check_fits, from_dict
-from nmt.data import encode_parallel, read_parallel
+from nmt.data import Corpus, encode_parallel, read_parallel
 from nmt.device import resolve_device
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
 from nmt.errors import ConfigError, NMTError, TrainingError
+from nmt.multilingual import (
+    ValidText,
+    corpus_files,
+    open_pairs,
+    parse_pairs,
+    read_valid_sets,
+)
 from nmt.run_folder import (  # noqa: F401 - prepare_run and describe re-exported
     check_shared_folder,
     clear_run,
@@ -86,8 +93,8 @@ def lost_contact(exc: RuntimeError, env: DistEnv) -> bool:
 
 def read_valid(
     valid_prefix: str | Path | None, train_cfg: TrainConfig
-) -> tuple[list[str], list[str]]:
-    """The validation source and reference lines.
+) -> tuple[list[str], list[str]] | ValidText:
+    """The validation source and reference lines (of each pair, for a multilingual run).
 
     Raises:
         InputError: missing or mismatched files; ConfigError: no validation set at all.
@@ -96,7 +103,29 @@ def read_valid(
         raise ConfigError(
             "no validation set: give --valid PREFIX (or prepare the data with --valid)"
         )
+    if train_cfg.pairs:
+        return read_valid_sets(valid_prefix, train_cfg.pairs)
     return read_parallel(valid_prefix, train_cfg.src_lang, train_cfg.tgt_lang)
+
+
+def check_pairs(train_cfg: TrainConfig, model_cfg: ModelConfig, prefix: str | Path | None) -> None:
+    """Check a multilingual run's options and that every pair's corpus files exist.
+
+    Raises:
+        ConfigError: a malformed pair, a data folder instead of a corpus prefix, separate
+            vocabularies. InputError: a missing corpus file (named).
+    """
+    parse_pairs(train_cfg.pairs)
+    if prefix is None:
+        raise ConfigError(
+            "--pairs prepares every pair from the corpus prefix --train (PREFIX.LANG or "
+            "PREFIX.SRC-TGT.LANG); --data holds one pair"
+        )
+    if model_cfg.src_vocab_size:
+        raise ConfigError(
+            "a multilingual model has one joint vocabulary: drop --vocab-layout separate"
+        )
+    corpus_files(prefix, train_cfg.pairs)
 
 
 def train(
@@ -156,6 +185,8 @@ def train(
     check_fits(model_cfg, train_cfg)
     if (train_prefix is None) == (data_dir is None):
         raise ConfigError("give either a corpus prefix (--train) or a data folder (--data)")
+    if train_cfg.pairs:
+        check_pairs(train_cfg, model_cfg, train_prefix)
     if data_dir is not None:
         meta = store.read_meta(data_dir)
         langs = (meta["src_lang"], meta["tgt_lang"])
@@ -181,7 +212,8 @@ def train(
     else:
         # Only that the files exist: rank 0 checks the lines (once) while it prepares them.
         for lang in (train_cfg.src_lang, train_cfg.tgt_lang):
-            corpus_path(train_prefix, lang)  # type: ignore[arg-type]
+            if not train_cfg.pairs:  # their files were checked above
+                corpus_path(train_prefix, lang)  # type: ignore[arg-type]
         source = ("train", str(train_prefix))
     # Check the input that is read whole before anything is written into the run folder.
     valid_text = read_valid(valid_prefix, train_cfg)
@@ -214,7 +246,7 @@ def train(
 def _train(
     out_dir: Path,
     source: tuple[str, str],
-    valid_text: tuple[list[str], list[str]],
+    valid_text: tuple[list[str], list[str]] | ValidText,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
     spm_path: str | Path | None,
@@ -247,14 +279,30 @@ def _train(
     model_cfg = from_dict(ModelConfig, folder_cfg["model"], str(out_dir / ckpt.CONFIG_FILE))
     tokenizer = load_tokenizer(out_dir)
     data_dir = Path(folder_cfg["data"]["prepared"])
-    train_data = store.open_store(data_dir, train_cfg.max_len)
-    valid_src, valid_tgt = valid_text
-    valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
-    left_out = f", {train_data.dropped:,} longer than {train_cfg.max_len} left out"
-    observer.on_message(
-        f"{len(train_data):,} training pairs from {data_dir}"
-        f"{left_out if train_data.dropped else ''}, {len(valid_src):,} validation pairs"
-    )
+    valid_sets = None
+    train_data: Corpus
+    if isinstance(valid_text, dict):  # a multilingual run
+        train_data, valid_sets = open_pairs(
+            data_dir, train_cfg.pairs, tokenizer, valid_text, train_cfg, model_cfg.max_positions
+        )
+        valid_src, valid_tgt = valid_sets[0].src, valid_sets[0].refs
+        valid_data = valid_sets[0].data
+        shares = ", ".join(f"{p} {n:,}" for p, n in zip(train_cfg.pairs, train_data.counts))
+        observer.on_message(
+            f"{len(train_data):,} training pairs per epoch from {data_dir} ({shares}; "
+            f"T={train_cfg.pair_sampling_temperature:g}), "
+            f"{sum(len(v.src) for v in valid_sets):,} validation pairs"
+        )
+    else:
+        pair_store = store.open_store(data_dir, train_cfg.max_len)
+        train_data = pair_store
+        valid_src, valid_tgt = valid_text
+        valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
+        left_out = f", {pair_store.dropped:,} longer than {train_cfg.max_len} left out"
+        observer.on_message(
+            f"{len(train_data):,} training pairs from {data_dir}"
+            f"{left_out if pair_store.dropped else ''}, {len(valid_src):,} validation pairs"
+        )
     trainer = Trainer(
         out_dir,
         model_cfg,
@@ -262,9 +310,10 @@ def _train(
         tokenizer,
         train_data,
         valid_data,
-        valid_text,
+        (valid_src, valid_tgt),
         observer,
         env,
+        valid_sets,
     )
     if resume:
         trainer.load_resume(out_dir / ckpt.RESUME_FILE, reset_data_position)

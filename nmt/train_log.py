@@ -8,7 +8,7 @@ bar from them; the library prints nothing), and :class:`RunLog`, which appends t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ class StepStats:
 
 @dataclass
 class ValidResult:
-    """A validation: teacher-forced loss/perplexity and sacreBLEU scores of the search output."""
+    """A validation: teacher-forced loss/perplexity and sacreBLEU scores of the search output.
+
+    For a multilingual run, ``directions`` holds each direction's ``{"bleu", "chrf"}``, and
+    ``bleu``/``chrf`` are their means (what ``best`` follows)."""
 
     step: int
     loss: float
@@ -43,6 +46,7 @@ class ValidResult:
     bleu_signature: str
     best: bool
     elapsed_s: float
+    directions: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

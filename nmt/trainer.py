@@ -28,6 +28,7 @@ from nmt.errors import ConfigError, TrainingError
 from nmt.feed import UpdateFeed
 from nmt.loss import LossModule
 from nmt.model import Transformer
+from nmt.multilingual import ValidSet
 from nmt.onednn import use_onednn_training
 from nmt.resume import (
     TrainState,
@@ -56,6 +57,10 @@ class Trainer:
         valid_data: encoded valid pairs; valid_text: valid source and reference lines.
         observer: progress receiver (on the main process; the others get a silent one).
         dist_env: this process's place in a torchrun job.
+        valid_sets: a multilingual run's validation sets, one per direction
+            (:mod:`nmt.multilingual`), instead of ``valid_data``/``valid_text``: the loss is
+            over all of them, BLEU and chrF are each direction's and their mean, and the
+            best checkpoint follows the mean BLEU.
     """
 
     def __init__(
@@ -69,9 +74,12 @@ class Trainer:
         valid_text: tuple[list[str], list[str]],
         observer: TrainObserver | None = None,
         dist_env: DistEnv | None = None,
+        valid_sets: list[ValidSet] | None = None,
     ):
         self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
-        self.train_data, self.valid_data, self.valid_text = train_data, valid_data, valid_text
+        self.train_data = train_data
+        direction = f"{train_cfg.src_lang}-{train_cfg.tgt_lang}"
+        self.valid_sets = valid_sets or [ValidSet(direction, tokenizer, valid_data, *valid_text)]
         self.dist = dist_env or DistEnv()
         self.observer = observer if observer and self.dist.is_main else TrainObserver()
         self.device = resolve_device(train_cfg.device)
@@ -316,17 +324,23 @@ class Trainer:
         call this."""
         start = time.monotonic()
         c = self.cfg
-        loss, nll, tokens = valid_loss(
-            self.model, self.valid_data, c.batch_tokens, c.label_smoothing, self.device, self.dist
-        )
-        loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
-        src_lines, ref_lines = self.valid_text
-        hyps = search_output(
-            self.model, self.tokenizer, src_lines, c.valid_beam_size, c.batch_tokens, self.dist
-        )
+        loss = nll = 0.0
+        tokens = 0
+        directions: dict[str, dict[str, float]] = {}
+        for v in self.valid_sets:
+            sums = valid_loss(
+                self.model, v.data, c.batch_tokens, c.label_smoothing, self.device, self.dist
+            )
+            loss, nll, tokens = loss + sums[0], nll + sums[1], tokens + sums[2]
+            hyps = search_output(
+                self.model, v.tokenizer, v.src, c.valid_beam_size, c.batch_tokens, self.dist
+            )
+            scores = bleu_chrf(hyps, v.refs)
+            directions[v.name] = {"bleu": scores["bleu"].score, "chrf": scores["chrf"].score}
         self.model.train()
-        scores = bleu_chrf(hyps, ref_lines)
-        bleu = scores["bleu"].score
+        loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
+        bleu = sum(d["bleu"] for d in directions.values()) / len(directions)
+        chrf = sum(d["chrf"] for d in directions.values()) / len(directions)
         best = bleu > self.state.best_bleu
         if best:
             self.state.best_bleu, self.state.bad_validations = bleu, 0
@@ -339,10 +353,11 @@ class Trainer:
             loss,
             math.exp(min(nll, 50.0)),
             bleu,
-            scores["chrf"].score,
+            chrf,
             scores["bleu"].signature,
             best,
             time.monotonic() - start,
+            directions if len(directions) > 1 else {},
         )
         self.run_log.write({"type": "valid", **vars(result)})
         self.observer.on_validate(result)

@@ -30,6 +30,7 @@ from nmt.ensemble import Ensemble
 from nmt.errors import ConfigError
 from nmt.forced import forced_scores
 from nmt.model import Transformer
+from nmt.multilingual import for_target
 from nmt.onednn import use_onednn
 from nmt.sampling import sample
 from nmt.search import Hypothesis, beam_search, greedy_search, prefix_tensor
@@ -165,6 +166,7 @@ class Translator(BaseTranslator):
         workers: int = 0,
         onednn: bool = True,
         ensemble_weights: Sequence[float] | None = None,
+        tgt_lang: str | None = None,
     ) -> Translator:
         """Load a model folder (config.json, SentencePiece model(s), model.safetensors), or
         several as an ensemble (:mod:`nmt.ensemble`).
@@ -176,10 +178,13 @@ class Translator(BaseTranslator):
                 oneDNN on CPU).
             workers: see :class:`Translator` (default: one per CPU thread).
             ensemble_weights: one per folder (default: equal, summing to 1).
+            tgt_lang: the target language of a multilingual model (tagged sources,
+                :func:`nmt.multilingual.for_target`); may be left out when it has one.
 
         Raises:
             CheckpointError: a file is missing or of another format version.
-            ConfigError: an invalid dtype/quantize combination, negative ``workers``,
+            ConfigError: an invalid dtype/quantize combination, negative ``workers``, a
+                missing or unknown ``tgt_lang`` of a multilingual model,
                 ensemble models with different SentencePiece models (both files named), or
                 ``weights`` / ``ensemble_weights`` that do not fit the folders.
         """
@@ -188,16 +193,10 @@ class Translator(BaseTranslator):
             raise ConfigError(
                 "a weights file is for one model; for an ensemble, give model folders only"
             )
-        models = [
-            for_inference(
-                load_model(f, weights=weights, device=resolve_device(device))[0],
-                dtype,
-                quantize,
-                onednn,
-            )
-            for f in folders
-        ]
-        tokenizer = load_tokenizer(folders[0])
+        loaded = [load_model(f, weights=weights, device=resolve_device(device)) for f in folders]
+        models = [for_inference(model, dtype, quantize, onednn) for model, _ in loaded]
+        pairs = loaded[0][1].get("pairs") or []
+        tokenizer = for_target(load_tokenizer(folders[0]), pairs, tgt_lang)
         check_same_vocab(
             [Path(f) for f in folders], "the models of an ensemble need one vocabulary"
         )

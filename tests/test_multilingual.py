@@ -1,0 +1,193 @@
+"""Multilingual models (:mod:`nmt.multilingual`): pairs, target tags, temperature sampling,
+per-direction validation, and translating into a chosen language."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from nmt.config import DecodeConfig
+from nmt.data import ParallelData
+from nmt.errors import ConfigError
+from nmt.multilingual import (
+    MultiCorpus,
+    TaggedTokenizer,
+    epoch_counts,
+    for_target,
+    pair_prefix,
+    parse_pairs,
+    sampling_probabilities,
+)
+from nmt.tokenizer import Tokenizer, train_tokenizer
+from nmt.train import train
+from nmt.translate import Translator
+
+TAGS = ["<2de>", "<2en>"]
+
+
+@pytest.fixture(scope="module")
+def tagged_spm(tmp_path_factory, spm_text) -> Path:
+    """A joint de/en SentencePiece model of 1000 pieces with the two target tags."""
+    path = tmp_path_factory.mktemp("tagged-spm") / "spm.model"
+    train_tokenizer(spm_text["de"] + spm_text["en"], path, 1000, user_defined_symbols=TAGS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_pairs(spm_text) -> tuple[list[str], list[str]]:
+    """16 short German/English pairs among the SentencePiece training lines."""
+    pairs = [
+        (s, t)
+        for s, t in zip(spm_text["de"], spm_text["en"])
+        if len(s.split()) <= 7 and len(t.split()) <= 7
+    ][:16]
+    return [s for s, _ in pairs], [t for _, t in pairs]
+
+
+@pytest.fixture(scope="module")
+def both_ways(
+    tmp_path_factory, tagged_spm, short_pairs, corpus_writer, tiny_model_config, tiny_train_config
+) -> Path:
+    """One tiny model trained on de-en and en-de at once (the same 16 pairs both ways), by
+    heart: only the tag tells it which language to write."""
+    folder = tmp_path_factory.mktemp("both-ways")
+    prefix = corpus_writer(folder / "pairs", *short_pairs)
+    recipe = tiny_train_config(
+        pairs=("de-en", "en-de"), max_steps=300, batch_tokens=4096, label_smoothing=0.0,
+        eval_every=300, save_every=300,
+    )  # fmt: skip
+    train(
+        prefix, prefix, folder / "run", tiny_model_config(dropout=0.0), recipe, spm_path=tagged_spm
+    )
+    return folder / "run"
+
+
+def test_one_model_translates_both_ways_by_the_tag(both_ways: Path, short_pairs) -> None:
+    de, en = short_pairs
+    to_en = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang="en")
+    to_de = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang="de")
+    assert [t.text for t in to_en.translate(de)] == en
+    assert [t.text for t in to_de.translate(en)] == de
+    config = json.loads((both_ways / "config.json").read_text())
+    assert config["pairs"] == ["de-en", "en-de"] and config["tgt_lang"] == "de,en"
+    records = [json.loads(line) for line in (both_ways / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["type"] == "valid"][-1]
+    assert set(valid["directions"]) == {"de-en", "en-de"}
+    assert valid["bleu"] == pytest.approx(
+        np.mean([d["bleu"] for d in valid["directions"].values()])
+    )
+    assert valid["bleu"] == pytest.approx(100.0)
+
+
+def test_target_language_is_required_and_checked(both_ways: Path) -> None:
+    with pytest.raises(ConfigError, match="translates into de, en: choose one with --tgt-lang"):
+        Translator.load(both_ways, device="cpu")
+    with pytest.raises(ConfigError, match="--tgt-lang fr: the model translates into de, en only"):
+        Translator.load(both_ways, device="cpu", tgt_lang="fr")
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["translate", "-m", str(both_ways), "--tgt-lang", "de"], input="A dog.\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip()
+
+
+def test_ctranslate2_export_translates_into_the_chosen_language(
+    both_ways: Path, tmp_path: Path, short_pairs
+) -> None:
+    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
+    from nmt.ct2 import CT2Translator
+    from nmt.export import export_ctranslate2
+
+    exported = export_ctranslate2(both_ways, tmp_path / "ct2")
+    assert json.loads((exported / "nmt.json").read_text())["pairs"] == ["de-en", "en-de"]
+    de, en = short_pairs
+    ct2 = CT2Translator.load(exported, DecodeConfig(beam_size=1), device="cpu", tgt_lang="de")
+    ours = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang="de")
+    for (lp, _), (lp2, _) in zip(ct2.score_targets(en, de), ours.score_targets(en, de)):
+        assert lp == pytest.approx(lp2, abs=1e-3)
+    assert [t.text for t in ct2.translate(en)] == de  # learned by heart: no near-ties
+
+
+def test_tagged_tokenizer_prepends_the_tag(tagged_spm: Path) -> None:
+    base = Tokenizer(tagged_spm)
+    tagged = TaggedTokenizer(base, "de")
+    line = "Ein Hund läuft."
+    assert tagged.encode([line]) == [[base.sp.PieceToId("<2de>"), *base.encode([line])[0]]]
+    assert tagged.pieces(line) == ["<2de>", *base.pieces(line)]
+    assert tagged.decode(base.encode([line])) == [line]
+    assert base.pieces("<2de>") != ["▁<2de>"] and "<2de>" in base.pieces("<2de> x")
+    with pytest.raises(ConfigError, match="no <2fr> tag"):
+        TaggedTokenizer(base, "fr")
+    assert for_target(base, [], None) is base  # a one-pair model: no tag
+    assert isinstance(for_target(base, ["de-en"], None), TaggedTokenizer)  # one target
+
+
+def test_pairs_are_checked() -> None:
+    assert parse_pairs("de-en, fr-en") == ("de-en", "fr-en")
+    for bad, message in (
+        ("de-de", "not a pair of two languages"),
+        ("de_en", "not a pair"),
+        ("de-en,de-en", "names a pair twice"),
+        ("", "at least one"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_pairs(bad)
+
+
+def test_temperature_sampling_shares() -> None:
+    sizes = [10_000, 1_000, 100]
+    np.testing.assert_allclose(sampling_probabilities(sizes, 1.0), np.array(sizes) / 11_100)
+    flat = sampling_probabilities(sizes, 1000.0)
+    np.testing.assert_allclose(flat, [1 / 3] * 3, atol=0.01)
+    p5 = sampling_probabilities(sizes, 5.0)
+    assert p5[0] > p5[1] > p5[2] and p5[2] > 100 / 11_100  # flattened towards small pairs
+    counts = epoch_counts(sizes, 5.0)
+    assert counts[0] == 10_000 and all(c >= n for c, n in zip(counts, sizes))
+    np.testing.assert_allclose(np.array(counts) / sum(counts), p5, atol=1e-4)
+    assert epoch_counts(sizes, 1.0) == sizes  # T = 1: every example once
+    with pytest.raises(ConfigError, match="must be positive"):
+        sampling_probabilities(sizes, 0.0)
+
+
+def test_multi_corpus_mixes_pairs_with_their_tags() -> None:
+    big = ParallelData([[10 + i] for i in range(50)], [[100 + i, 1] for i in range(50)])
+    small = ParallelData([[60 + i, 7] for i in range(5)], [[200 + i] for i in range(5)])
+    corpus = MultiCorpus([big, small], [4, 5], temperature=5.0, seed=3)
+    assert corpus.counts == epoch_counts([50, 5], 5.0) and len(corpus) == sum(corpus.counts)
+    tags = [int(corpus.pair(i)[0][0]) for i in range(len(corpus))]
+    assert tags.count(4) == corpus.counts[0] and tags.count(5) == corpus.counts[1]
+    for i in range(len(corpus)):
+        src, tgt = corpus.pair(i)
+        assert len(src) == corpus.src_lens[i] and len(tgt) == corpus.tgt_lens[i]
+        assert (src[1] < 60) == (src[0] == 4)  # a source of the big pair has its tag
+    small_sources = [tuple(corpus.pair(i)[0]) for i in range(len(corpus)) if tags[i] == 5]
+    assert set(small_sources) == {(5, 60 + i, 7) for i in range(5)}  # all of them, repeated
+    again = MultiCorpus([big, small], [4, 5], temperature=5.0, seed=3)
+    assert np.array_equal(again.local, corpus.local)
+
+
+def test_pair_prefix_prefers_per_pair_files(tmp_path: Path, corpus_writer) -> None:
+    corpus_writer(tmp_path / "train", ["a"], ["b"])  # train.de, train.en
+    assert pair_prefix(tmp_path / "train", "de-en") == str(tmp_path / "train")
+    (tmp_path / "train.fr-en.fr").write_text("c\n")
+    (tmp_path / "train.fr-en.en").write_text("d\n")
+    assert pair_prefix(tmp_path / "train", "fr-en") == str(tmp_path / "train.fr-en")
+
+
+def test_cli_refuses_bad_pairs(tmp_path: Path, corpus_writer) -> None:
+    prefix = corpus_writer(tmp_path / "c", ["Ein Hund."], ["A dog."])
+    runner = CliRunner()
+    base = ["train", "--train", str(prefix), "--valid", str(prefix), "-o", str(tmp_path / "r")]
+    bad = runner.invoke(app, [*base, "--pairs", "de-de"])
+    assert bad.exit_code != 0 and "not a pair of two languages" in bad.output
+    missing = runner.invoke(app, [*base, "--pairs", "de-en,fr-en"])
+    assert missing.exit_code != 0 and "c.fr" in missing.output
+    separate = runner.invoke(app, [*base, "--pairs", "de-en", "--vocab-layout", "separate"])
+    assert separate.exit_code != 0 and "one joint vocabulary" in separate.output
+    assert not (tmp_path / "r").exists()
