@@ -26,11 +26,12 @@ from nmt.attention import Attention, cross_attention
 from nmt.batcher import Batcher
 from nmt.checkpoint import WEIGHTS_FILE, read_config
 from nmt.config import DecodeConfig
-from nmt.ct2 import CT2_WEIGHTS, CT2Translator, read_export_info
+from nmt.ct2 import CT2_WEIGHTS, CT2Translator, is_ctranslate2_dir, read_export_info
 from nmt.engine import Request
 from nmt.errors import ConfigError
 from nmt.loading import load_translator
 from nmt.model import Transformer
+from nmt.multilingual import target_langs
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
 from nmt.translate import BaseTranslator, Translator, cpu_workers, worker_pool
@@ -359,9 +360,20 @@ def load_model_entry(
     """Load one model folder (torch or CTranslate2) for serving.
 
     Raises:
-        ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`.
+        ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`;
+            ConfigError also for a multilingual model of several target languages.
     """
     decode = DecodeConfig(batch_tokens=batch_tokens)
+    exported = engine != "torch" and is_ctranslate2_dir(folder)
+    langs = target_langs(
+        (read_export_info(folder) if exported else read_config(folder)).get("pairs") or []
+    )
+    if len(langs) > 1:
+        raise ConfigError(
+            f"{folder}: a multilingual model of several target languages ({', '.join(langs)}); "
+            "nmt serve cannot choose the target language per request yet: serve a model "
+            "with one target language"
+        )
     translator = load_translator(folder, decode, engine, device, workers=1)
     if isinstance(translator, CT2Translator):
         info, weights, name = read_export_info(folder), folder / CT2_WEIGHTS, "ctranslate2"

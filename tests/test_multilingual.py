@@ -191,3 +191,11 @@ def test_cli_refuses_bad_pairs(tmp_path: Path, corpus_writer) -> None:
     separate = runner.invoke(app, [*base, "--pairs", "de-en", "--vocab-layout", "separate"])
     assert separate.exit_code != 0 and "one joint vocabulary" in separate.output
     assert not (tmp_path / "r").exists()
+
+
+def test_serve_refuses_a_model_of_several_targets(both_ways: Path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from nmt.registry import load_models
+
+    with pytest.raises(ConfigError, match="several target languages \\(de, en\\)"):
+        load_models([f"m={both_ways}"], "torch", "cpu")
