@@ -8,6 +8,9 @@ the server, so its CPU time per row is printed beside the result. Batching off i
 ``--batch-tokens 1`` (every batch holds one request).
 
     python benchmarks/serve_load.py --model runs/demo/averaged --data ../shared/data/multi30k
+
+``--clients 64 --lines-per-request 1 --batching on`` runs only the 64 single-line clients row
+(the in-process reference always runs).
 """
 
 from __future__ import annotations
@@ -79,8 +82,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="Multi30k folder.")
     parser.add_argument("--seconds", type=float, default=10.0, help="Per row.")
-    parser.add_argument("--clients", default="1,8,64")
+    parser.add_argument("--clients", default="1,8,64", help="Comma-separated client counts.")
+    parser.add_argument(
+        "--lines-per-request", default="1,32", help="Comma-separated request sizes, in lines."
+    )
+    parser.add_argument(
+        "--batching", default="on,off", help="on, off or on,off (batching off: --batch-tokens 1)."
+    )
     args = parser.parse_args()
+    if not set(args.batching.split(",")) <= {"on", "off"}:
+        parser.error(f"--batching {args.batching}: give on, off or on,off")
     lines = read_lines(args.data, 1000)
 
     translator = Translator.load(args.model)
@@ -102,11 +113,13 @@ def main() -> None:
         "| p95 ms | p99 ms | errors | load-generator CPU s / s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for batching, extra in (("on", []), ("off", ["--batch-tokens", "1"])):
+    modes = {"on": [], "off": ["--batch-tokens", "1"]}
+    for batching in args.batching.split(","):
+        extra = modes[batching]
         log = Path(f"/tmp/serve_load_{batching}.log")
         with ServerProcess(["-m", f"bench={args.model}", *extra], log) as server:
             request(server.url + "/v1/translate", {"src": lines[:32]})  # warm-up
-            for per_request in (1, 32):
+            for per_request in map(int, args.lines_per_request.split(",")):
                 for clients in map(int, args.clients.split(",")):
                     r = load(server.url, lines, clients, per_request, args.seconds)
                     print(

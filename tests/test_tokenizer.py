@@ -9,7 +9,15 @@ import pytest
 import sentencepiece as spm
 
 from nmt.errors import CheckpointError, InputError
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from nmt.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    ONE_BY_ONE,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+    train_tokenizer,
+)
 
 
 def test_special_ids_are_fixed(tokenizer: Tokenizer) -> None:
@@ -30,6 +38,16 @@ def test_round_trip_on_multi30k_lines(tokenizer: Tokenizer, spm_text, lang: str)
     assert all(seq and min(seq) > EOS_ID for seq in ids)  # no specials, no unknowns
     assert tokenizer.decode(ids) == expected
     assert sum(a != b for a, b in zip(lines, expected)) < len(lines) // 20  # mostly untouched
+
+
+def test_few_lines_one_by_one_equal_one_batch_call(tokenizer: Tokenizer, spm_text) -> None:
+    """Below ONE_BY_ONE lines, encode() calls SentencePiece per line: the ids, their order
+    and the empty lines must be those of SentencePiece's own list call."""
+    lines = [*spm_text["de"][: ONE_BY_ONE - 2], "", "  "]
+    batch = tokenizer.sp.Encode(lines, out_type=int)
+    assert tokenizer.encode(lines) == batch and len(batch) == ONE_BY_ONE
+    assert tokenizer.encode(lines[:-1]) == batch[:-1]  # one by one
+    assert tokenizer.encode(tuple(lines[3:5])) == batch[3:5]  # any sequence
 
 
 def test_decode_drops_special_ids(tokenizer: Tokenizer) -> None:
