@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from nmt.checkpoint import load_weights
 from nmt.config import DecodeConfig
 from nmt.data import ParallelData
 from nmt.errors import ConfigError
@@ -199,3 +201,31 @@ def test_serve_refuses_a_model_of_several_targets(both_ways: Path) -> None:
 
     with pytest.raises(ConfigError, match="several target languages \\(de, en\\)"):
         load_models([f"m={both_ways}"], "torch", "cpu")
+
+
+def test_multilingual_resume_equals_uninterrupted_training(
+    tmp_path: Path, tagged_spm, spm_text, corpus_writer, tiny_model_config, tiny_train_config
+) -> None:
+    """de-en and en-de mixed at T=5 from pairs of different sizes (so that the smaller is
+    repeated): 12 updates straight = 5, stop, resume to 12, bit for bit."""
+    big = corpus_writer(tmp_path / "train.de-en", spm_text["de"][:300], spm_text["en"][:300])
+    corpus_writer(tmp_path / "train.en-de", spm_text["de"][300:360], spm_text["en"][300:360])
+    prefix = tmp_path / "train"
+    assert pair_prefix(prefix, "en-de") == f"{prefix}.en-de" and big.name == "train.de-en"
+    valid = corpus_writer(tmp_path / "valid", spm_text["de"][-5:], spm_text["en"][-5:])
+    model_cfg = tiny_model_config(dropout=0.1)
+
+    def recipe(max_steps: int):  # type: ignore[no-untyped-def]
+        return tiny_train_config(
+            pairs=("de-en", "en-de"), pair_sampling_temperature=5.0, max_steps=max_steps,
+            eval_every=1000, save_every=1000,
+        )  # fmt: skip
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(prefix, valid, straight, model_cfg, recipe(12), spm_path=tagged_spm)
+    train(prefix, valid, split, model_cfg, recipe(5), spm_path=tagged_spm)
+    train(prefix, valid, split, model_cfg, recipe(12), spm_path=tagged_spm)
+    expected = load_weights(straight / "last.safetensors")
+    resumed = load_weights(split / "last.safetensors")
+    assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
+    assert sorted(p.name for p in (split / "data").iterdir()) == ["de-en", "en-de"]
