@@ -217,7 +217,8 @@ class CT2Translator(BaseTranslator):
             intra_threads=intra,
         )
         max_positions = int(info["model"]["max_positions"])
-        tokenizer = for_target(load_tokenizer(folder), info.get("pairs") or [], tgt_lang)
+        pairs, model_tgt = info.get("pairs") or [], info.get("tgt_lang")
+        tokenizer = for_target(load_tokenizer(folder), pairs, tgt_lang, model_tgt)
         return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:

@@ -95,13 +95,15 @@ class TaggedTokenizer(Tokenizer):
 
     Args:
         base: the model's tokenizer; lang: the target language.
+        piece: the tag's piece: ``<2lang>`` (nmt's multilingual models) by default, or an
+            imported multi-target Marian model's ``>>lang<<``.
 
     Raises:
-        ConfigError: the vocabulary has no ``<2lang>`` piece.
+        ConfigError: the vocabulary has no such piece.
     """
 
-    def __init__(self, base: Tokenizer, lang: str):  # not super().__init__: it wraps
-        self.base, self.lang = base, lang
+    def __init__(self, base: Tokenizer, lang: str, piece: str | None = None):  # wraps base
+        self.base, self.lang, self.tag = base, lang, piece or tag(lang)
         self.path, self.sp = base.path, base.sp
         self.pad_id, self.unk_id, self.bos_id, self.eos_id = (
             base.pad_id,
@@ -109,9 +111,10 @@ class TaggedTokenizer(Tokenizer):
             base.bos_id,
             base.eos_id,
         )
-        self.tag_id = int(base.sp.PieceToId(tag(lang)))
-        if self.tag_id == base.unk_id or base.piece(self.tag_id) != tag(lang):
-            raise ConfigError(f"{base.path}: the vocabulary has no {tag(lang)} tag")
+        vocabulary = base.source_vocabulary()
+        if self.tag not in vocabulary:
+            raise ConfigError(f"{base.path}: the vocabulary has no {self.tag} tag")
+        self.tag_id = vocabulary.index(self.tag)
 
     @property
     def vocab_size(self) -> int:
@@ -145,19 +148,39 @@ class TaggedTokenizer(Tokenizer):
 
     def pieces(self, line: str) -> list[str]:
         """The source pieces of one line, the tag first."""
-        return [tag(self.lang), *self.base.pieces(line)]
+        return [self.tag, *self.base.pieces(line)]
 
 
-def for_target(tokenizer: Tokenizer, pairs: Sequence[str], tgt_lang: str | None) -> Tokenizer:
-    """The tokenizer to translate with: ``tokenizer`` itself for a model of one pair (no
-    ``pairs``), else tagged for ``tgt_lang`` (which may be left out when the model has one
-    target language).
+def for_target(
+    tokenizer: Tokenizer,
+    pairs: Sequence[str],
+    tgt_lang: str | None,
+    model_tgt: str | None = None,
+) -> Tokenizer:
+    """The tokenizer to translate into ``tgt_lang`` with.
+
+    - A multilingual model (``pairs``): tagged with ``<2tgt_lang>``, which may be left out
+      when the model has one target language.
+    - An imported multi-target Marian model (``>>xx<<`` pieces in its vocabulary): tagged
+      with ``>>tgt_lang<<`` when ``tgt_lang`` is given (else a source line may start with the
+      tag itself, as in Hugging Face's ``MarianTokenizer``).
+    - Any other model: ``tokenizer`` itself; ``tgt_lang``, if given, must be its
+      ``model_tgt``.
 
     Raises:
         ConfigError: ``tgt_lang`` missing for a model of several target languages, or not one
-            of the model's (both list them); ``tgt_lang`` other than a one-pair model's.
+            of the model's (the error lists them).
     """
+    marian_tags = getattr(tokenizer, "target_tags", None) or []
+    if not pairs and marian_tags and tgt_lang is not None:
+        piece = f">>{tgt_lang}<<"
+        if piece not in marian_tags:
+            known = ", ".join(t[2:-2] for t in marian_tags)
+            raise ConfigError(f"--tgt-lang {tgt_lang}: the model translates into {known} only")
+        return TaggedTokenizer(tokenizer, tgt_lang, piece)
     if not pairs:
+        if tgt_lang is not None and model_tgt and not marian_tags and tgt_lang != model_tgt:
+            raise ConfigError(f"--tgt-lang {tgt_lang}: the model translates into {model_tgt} only")
         return tokenizer
     langs = target_langs(pairs)
     if tgt_lang is None:

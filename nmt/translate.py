@@ -195,8 +195,9 @@ class Translator(BaseTranslator):
             )
         loaded = [load_model(f, weights=weights, device=resolve_device(device)) for f in folders]
         models = [for_inference(model, dtype, quantize, onednn) for model, _ in loaded]
-        pairs = loaded[0][1].get("pairs") or []
-        tokenizer = for_target(load_tokenizer(folders[0]), pairs, tgt_lang)
+        config = loaded[0][1]
+        pairs = config.get("pairs") or []
+        tokenizer = for_target(load_tokenizer(folders[0]), pairs, tgt_lang, config.get("tgt_lang"))
         check_same_vocab(
             [Path(f) for f in folders], "the models of an ensemble need one vocabulary"
         )

@@ -387,3 +387,19 @@ def test_decoding_options_use_the_imported_special_ids(
         n_src, n_tgt = len(line.split()), len(t.text.split())
         assert sorted(j for _, j in t.alignment) == list(range(n_tgt))
         assert all(0 <= i < n_src for i, _ in t.alignment)
+
+
+def test_tgt_lang_puts_the_marian_target_tag_first(
+    imported: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """--tgt-lang fra on a multi-target Marian model = the line written with >>fra<< first."""
+    decode = DecodeConfig(beam_size=1, max_len_a=0, max_len_b=MAX_NEW)
+    tagged = Translator.load(imported, decode, device="cpu", workers=1, tgt_lang="fra")
+    plain = Translator.load(imported, decode, device="cpu", workers=1)
+    vocab = MarianVocabulary(imported)
+    assert tagged.tokenizer.encode(pairs[0][:1])[0][0] == vocab.ids[TAG]
+    by_option = [(t.text, t.score) for t in tagged.translate(pairs[0][:8])]
+    inline = [(t.text, t.score) for t in plain.translate([f"{TAG} {s}" for s in pairs[0][:8]])]
+    assert by_option == inline
+    with pytest.raises(ConfigError, match="--tgt-lang deu: the model translates into fra only"):
+        Translator.load(imported, device="cpu", tgt_lang="deu")

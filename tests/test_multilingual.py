@@ -229,3 +229,11 @@ def test_multilingual_resume_equals_uninterrupted_training(
     resumed = load_weights(split / "last.safetensors")
     assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
     assert sorted(p.name for p in (split / "data").iterdir()) == ["de-en", "en-de"]
+
+
+def test_tgt_lang_of_a_one_pair_model_must_be_its_own(tiny_run: Path) -> None:
+    assert Translator.load(tiny_run, device="cpu", tgt_lang="en").tokenizer.encode(["x"]) == (
+        Translator.load(tiny_run, device="cpu").tokenizer.encode(["x"])
+    )
+    with pytest.raises(ConfigError, match="--tgt-lang fr: the model translates into en only"):
+        Translator.load(tiny_run, device="cpu", tgt_lang="fr")
