@@ -33,6 +33,7 @@ from nmt.multilingual import (
     read_valid_sets,
 )
 from nmt.run_folder import (  # noqa: F401 - prepare_run and describe re-exported
+    RUN_FILES,
     check_shared_folder,
     clear_run,
     describe,
@@ -262,7 +263,9 @@ def _train(
     error: NMTError | None = None
     if env.is_main:
         try:
-            if overwrite and (out_dir / ckpt.CONFIG_FILE).is_file():
+            # Also a folder that lost its config.json but kept resume.pt (a crash while a
+            # run started, a partial copy): --overwrite must not resume it.
+            if overwrite and any((out_dir / name).is_file() for name in RUN_FILES):
                 clear_run(out_dir, with_data=source[0] == "train")
                 observer.on_message(f"--overwrite: removed the run in {out_dir}")
             init_from = init_weights.parent if init_weights else None

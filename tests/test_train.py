@@ -456,3 +456,20 @@ def test_resume_refuses_another_model_shape_and_overwrite_starts_afresh(
     assert load_model(out)[0].cfg.d_model == 128
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.safetensors"]
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"  # not nmt's: kept
+
+
+def test_overwrite_starts_afresh_where_config_json_was_lost(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """A folder that kept resume.pt but lost config.json (a crash at a start, a partial copy)
+    is not resumed by --overwrite: its run files are cleared and training starts at step 1."""
+    out = tmp_path / "run"
+    run(out, tiny_corpus, spm_model, tiny_model_config(), tiny_train_config(max_steps=3))
+    (out / "config.json").unlink()
+    recorder = Recorder()
+    train(
+        *tiny_corpus, out, tiny_model_config(), tiny_train_config(max_steps=2),
+        spm_path=spm_model, observer=recorder, overwrite=True,
+    )  # fmt: skip
+    assert [s.step for s in recorder.steps] == [1, 2]
+    assert any("--overwrite: removed the run" in m for m in recorder.messages)
