@@ -157,6 +157,8 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
         "--strict",
         "--workers",
         "3",
+        "--tgt-lang",
+        "en",
     )
     assert result.exit_code == 0, result.output
     decode = DecodeConfig(
@@ -170,7 +172,7 @@ def test_options_reach_the_library(tmp_path: Path, monkeypatch) -> None:
     )
     args = (tmp_path / "model", decode, "auto", "cpu", "last.safetensors")
     options = {"strict": True, "dtype": "fp32", "quantize": None, "workers": 3}
-    assert calls == [(args, {**options, "ensemble_weights": None})]
+    assert calls == [(args, {**options, "ensemble_weights": None, "tgt_lang": "en"})]
     assert result.stdout == "A\n\nB\n"
 
 
