@@ -22,7 +22,7 @@ from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 class Cache(Protocol):
-    """The incremental-decoding state search keeps (:class:`nmt.model.DecoderCache`)."""
+    """The incremental-decoding state search keeps (:class:`nmt.cache.DecoderCache`)."""
 
     def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None: ...
 

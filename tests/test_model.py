@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.model import CACHE_CHUNK, Transformer, sinusoidal_positions
+from nmt.cache import CACHE_CHUNK
+from nmt.model import Transformer, sinusoidal_positions
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 50
