@@ -5,7 +5,7 @@ once per sentence, reordered as search keeps, moves and drops hypotheses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -65,6 +65,9 @@ class DecoderCache:
     Attributes:
         layers: one :class:`LayerCache` per decoder layer.
         src_mask: ``(sentences, 1, 1, src_len)`` bool, True where the source is a real token.
+        attn_mask: ``src_mask`` as the additive mask SDPA reads, ``(sentences, 1, 1,
+            src_len)`` in the keys' dtype, 0 for real tokens and -inf for padding: made once
+            here instead of by SDPA at every step and layer (the same numbers).
         rows_per_sentence: decoder rows of each sentence (1 for greedy search and for the
             first step of beam search, then ``beam_size``); a sentence's rows are adjacent.
         step: target positions decoded so far.
@@ -74,6 +77,12 @@ class DecoderCache:
     src_mask: torch.Tensor
     rows_per_sentence: int = 1
     step: int = 0
+    attn_mask: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        dtype = self.layers[0].cross_k.dtype if self.layers else torch.float32
+        blank = torch.zeros(self.src_mask.shape, dtype=dtype, device=self.src_mask.device)
+        self.attn_mask = blank.masked_fill_(~self.src_mask, float("-inf"))
 
     @property
     def rows(self) -> int:
@@ -104,4 +113,5 @@ class DecoderCache:
             for layer in self.layers:
                 layer.select_sentences(sentences)
             self.src_mask = self.src_mask.index_select(0, sentences)
+            self.attn_mask = self.attn_mask.index_select(0, sentences)
         self.rows_per_sentence = width

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt import incremental
 from nmt.cache import DecoderCache, LayerCache
 from nmt.config import ModelConfig
 
@@ -111,35 +112,21 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         causal: bool = False,
         memory: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` ``(batch, len, d_model)``.
 
-        Self-attention: keys/values from ``x`` (and the cache's prefix when ``cache`` is given).
-        Cross-attention: keys/values from ``memory`` ``(batch, src_len, d_model)`` or, when
-        decoding incrementally, from ``cache.cross_k/cross_v``.
+        Self-attention: keys/values from ``x``. Cross-attention: keys/values from ``memory``
+        ``(batch, src_len, d_model)``. (Incremental decoding: :mod:`nmt.incremental`.)
 
         Returns:
             ``(batch, len, d_model)``.
         """
         if self.cross:
+            assert memory is not None
             q = self.split_heads(self.q_proj(x))[0]
-            if cache is None:
-                assert memory is not None
-                k, v = self.project_kv(memory)
-                return self.attend(q, k, v, mask, causal=False)
-            # All beams of a sentence read the same source: attend with them as the queries
-            # of one row, so the memory's keys/values are neither copied nor reordered per beam.
-            rows, n = q.size(0), cache.cross_k.size(0)
-            q = q.view(n, rows // n, self.n_heads, self.head_dim).transpose(1, 2)
-            out = self.attend(q, cache.cross_k, cache.cross_v, mask, causal=False)
-            return out.reshape(rows, 1, -1)  # (n, beam, d_model) -> (rows, 1, d_model)
+            k, v = self.project_kv(memory)
+            return self.attend(q, k, v, mask, causal=False)
         q, k, v = self.split_heads(self.qkv_proj(x))
-        if cache is not None:
-            # One new query reads the whole prefix: no causal mask (SDPA's is_causal would
-            # align the single query with the first key).
-            k, v = cache.append(k, v)
-            return self.attend(q, k, v, None, causal=False)
         return self.attend(q, k, v, mask, causal)
 
 
@@ -207,15 +194,12 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        memory: torch.Tensor | None,
+        memory: torch.Tensor,
         src_mask: torch.Tensor,
-        cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """``x``: ``(batch, tgt_len, d_model)`` (``tgt_len`` = 1 with a cache)."""
-        x = self.self_block(x, lambda h: self.self_attn(h, causal=cache is None, cache=cache))
-        x = self.cross_block(
-            x, lambda h: self.cross_attn(h, mask=src_mask, memory=memory, cache=cache)
-        )
+        """``x``: ``(batch, tgt_len, d_model)``; ``memory``: ``(batch, src_len, d_model)``."""
+        x = self.self_block(x, lambda h: self.self_attn(h, causal=True))
+        x = self.cross_block(x, lambda h: self.cross_attn(h, mask=src_mask, memory=memory))
         return self.ffn_block(x, self.ffn)
 
 
@@ -357,11 +341,9 @@ class Transformer(nn.Module):
             tokens: ``(rows,)`` int64, the token at position ``cache.step`` of each row.
             cache: updated in place (its self-attention prefix grows by one).
 
+        For inference (eval mode: no dropout), through :mod:`nmt.incremental`.
+
         Returns:
             ``(rows, vocab)`` float32 log-probabilities of the next token.
         """
-        x = self.embed_tokens(tokens[:, None], offset=cache.step)  # (rows, 1, d_model)
-        for layer, layer_cache in zip(self.decoder_layers, cache.layers):
-            x = layer(x, None, cache.src_mask, layer_cache)
-        cache.step += 1
-        return F.log_softmax(self.logits(self.decoder_norm(x[:, 0])).float(), dim=-1)
+        return incremental.decode_step(self, tokens, cache)

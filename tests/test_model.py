@@ -157,6 +157,12 @@ def test_positions_and_length_limit(random_model) -> None:
     model = random_model(max_positions=16)
     with pytest.raises(ValueError, match="exceeds max_positions=16"):
         model.encode(padded_src([16]))  # 17 tokens with EOS
+    cache = model.init_cache(*model.encode(padded_src([3])))
+    with torch.no_grad():
+        for _ in range(16):
+            model.decode_step(torch.tensor([BOS_ID]), cache)
+        with pytest.raises(ValueError, match="17 tokens exceeds max_positions=16"):
+            model.decode_step(torch.tensor([BOS_ID]), cache)
 
 
 @torch.no_grad()
