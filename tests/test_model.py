@@ -118,13 +118,15 @@ def test_cache_reorder_selects_rows(random_model) -> None:
     for t in range(3):
         model.decode_step(tgt_in[:, t], cache)
     index = torch.tensor([2, 0, 0, 1])
-    before = [(layer.self_k.clone(), layer.cross_v.clone()) for layer in cache.layers]
+    self_kv = cache.self_attention.kv
+    assert self_kv is not None and self_kv.shape[:3] == (3, model.cfg.n_decoder_layers, 2)
+    before = self_kv[:, :, :, :, :3].clone(), [layer.cross_v.clone() for layer in cache.layers]
     cache.reorder(index)
-    for layer, (self_k, cross_v) in zip(cache.layers, before):
-        assert torch.equal(layer.self_k, self_k[index])
+    after = cache.self_attention.kv
+    assert after is not None and torch.equal(after[:, :, :, :, :3], before[0][index])
+    for layer, cross_v in zip(cache.layers, before[1]):
         assert torch.equal(layer.cross_v, cross_v[index])
-        assert layer.length == 3
-    assert torch.equal(cache.src_mask, src_mask[index])
+    assert torch.equal(cache.src_mask, src_mask[index]) and cache.step == 3
     # Going on from the reordered cache equals decoding the reordered batch from the start.
     reordered = cached_log_probs(model, src[index], tgt_in[index])
     for t in range(3, 5):
@@ -204,3 +206,31 @@ def test_beam_cache_equals_repeated_rows(random_model) -> None:
             rtol=0,
         )
     assert shared.layers[0].cross_k.size(0) == 2 and plain.layers[0].cross_k.size(0) == 6
+
+
+@torch.no_grad()
+def test_reordered_cache_equals_recomputing_the_reordered_prefixes(random_model) -> None:
+    """Beam-style reorders at every step (hypotheses moved and copied within each
+    sentence's beams, then a sentence dropped), across two growths of the self-attention
+    buffer, and through the spare buffer reorders write into: each step equals decoding the
+    rows' reordered token prefixes from scratch."""
+    model, beam = random_model(), 3
+    src = padded_src([4, 7, 2]).repeat_interleave(beam, 0)  # (9, src_len), beams adjacent
+    memory, src_mask = model.encode(src[::beam])
+    cache = model.init_cache(memory, src_mask, rows_per_sentence=beam)
+    gen = torch.Generator().manual_seed(3)
+    history = torch.full((src.size(0), 1), BOS_ID)
+    for t in range(2 * CACHE_CHUNK + 2):
+        step = model.decode_step(history[:, -1], cache)
+        full = full_log_probs(model, src, history)[:, -1]
+        torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+        sentences = history.size(0) // beam
+        index = torch.randint(0, beam, (history.size(0),), generator=gen)
+        index += torch.arange(sentences).repeat_interleave(beam) * beam
+        if t == CACHE_CHUNK + 5:  # sentence 1 finished: drop its rows
+            index = torch.cat([index[:beam], index[2 * beam :]])
+            src = torch.cat([src[:beam], src[2 * beam :]])
+        cache.reorder(index)
+        new = torch.randint(4, VOCAB, (index.numel(), 1), generator=gen)
+        history = torch.cat([history[index], new], 1)
+    assert cache.self_attention.spare is not None  # the last reorders reused a buffer
