@@ -144,12 +144,13 @@ def greedy_search(
     history = torch.empty(batch, 0, dtype=torch.long, device=src.device)
     scores = torch.zeros(batch, device=src.device)
     results: list[Hypothesis | None] = [None] * batch
+    shortest = int(limits.min())  # steps before it need no limit check
     for step in range(int(limits.max()) + 1):
         logp = mask_specials(model.decode_step(tokens, cache), cfg.pad_id, cfg.bos_id)
         if prefix is not None and step < prefix.size(1):
             force_tokens(logp, prefix[alive, step])
-        forced = limits[alive] <= step
-        if forced.any():
+        if step >= shortest:
+            forced = limits[alive] <= step
             logp[forced] = _only_eos(logp[forced], cfg.eos_id)
         if choose is None:
             best_logp, tokens = logp.max(-1)
@@ -167,6 +168,7 @@ def greedy_search(
             if keep.numel() == 0:
                 break
             alive, tokens, history, scores = alive[keep], tokens[keep], history[keep], scores[keep]
+            shortest = int(limits[alive].min())
             cache.reorder(keep)
     return [r for r in results if r is not None]
 
