@@ -32,21 +32,19 @@ class LayerCache:
 
 @dataclass
 class SelfAttentionCache:
-    """The self-attention keys and values of all decoder layers, in one buffer: a reorder is
-    one row gather (not two per layer), into the buffer the previous reorder left free.
+    """The self-attention keys and values of all decoder layers, in one buffer: a step
+    appends a layer's key and value with one copy, and a reorder is one row gather (not two
+    per layer).
 
     Attributes:
         n_layers: decoder layers.
         kv: ``(rows, n_layers, 2, n_heads, capacity, head_dim)``, keys then values; positions
             ``[0, step)`` hold the decoded prefix. Capacity grows in chunks of ``CACHE_CHUNK``
             so that a step writes in place instead of re-copying the prefix.
-        spare: the buffer ``kv`` was gathered from (at least as many rows as ``kv``, the same
-            capacity), which the next reorder writes into; ``None`` after growing.
     """
 
     n_layers: int
     kv: torch.Tensor | None = None
-    spare: torch.Tensor | None = None
 
     def append(
         self, layer: int, position: int, kv: torch.Tensor
@@ -68,18 +66,12 @@ class SelfAttentionCache:
         grown = like.new_zeros(shape)
         if self.kv is not None:
             grown[..., :capacity, :] = self.kv
-        self.kv, self.spare = grown, None
+        self.kv = grown
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (``(new_rows,)`` int64), in that order."""
-        if self.kv is None:
-            return
-        rows = index.numel()
-        if self.spare is not None and self.spare.size(0) >= rows:
-            gathered = torch.index_select(self.kv, 0, index, out=self.spare[:rows])
-        else:
-            gathered = self.kv.index_select(0, index)
-        self.kv, self.spare = gathered, self.kv
+        if self.kv is not None:
+            self.kv = self.kv.index_select(0, index)
 
 
 @dataclass

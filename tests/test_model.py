@@ -212,8 +212,7 @@ def test_beam_cache_equals_repeated_rows(random_model) -> None:
 def test_reordered_cache_equals_recomputing_the_reordered_prefixes(random_model) -> None:
     """Beam-style reorders at every step (hypotheses moved and copied within each
     sentence's beams, then a sentence dropped), across two growths of the self-attention
-    buffer, and through the spare buffer reorders write into: each step equals decoding the
-    rows' reordered token prefixes from scratch."""
+    buffer: each step equals decoding the rows' reordered token prefixes from scratch."""
     model, beam = random_model(), 3
     src = padded_src([4, 7, 2]).repeat_interleave(beam, 0)  # (9, src_len), beams adjacent
     memory, src_mask = model.encode(src[::beam])
@@ -233,4 +232,3 @@ def test_reordered_cache_equals_recomputing_the_reordered_prefixes(random_model)
         cache.reorder(index)
         new = torch.randint(4, VOCAB, (index.numel(), 1), generator=gen)
         history = torch.cat([history[index], new], 1)
-    assert cache.self_attention.spare is not None  # the last reorders reused a buffer
