@@ -118,15 +118,13 @@ def test_cache_reorder_selects_rows(random_model) -> None:
     for t in range(3):
         model.decode_step(tgt_in[:, t], cache)
     index = torch.tensor([2, 0, 0, 1])
-    self_kv = cache.self_attention.kv
-    assert self_kv is not None and self_kv.shape[:3] == (3, model.cfg.n_decoder_layers, 2)
-    before = self_kv[:, :, :, :, :3].clone(), [layer.cross_v.clone() for layer in cache.layers]
+    before = [(layer.self_k.clone(), layer.cross_v.clone()) for layer in cache.layers]
     cache.reorder(index)
-    after = cache.self_attention.kv
-    assert after is not None and torch.equal(after[:, :, :, :, :3], before[0][index])
-    for layer, cross_v in zip(cache.layers, before[1]):
+    for layer, (self_k, cross_v) in zip(cache.layers, before):
+        assert torch.equal(layer.self_k, self_k[index])
         assert torch.equal(layer.cross_v, cross_v[index])
-    assert torch.equal(cache.src_mask, src_mask[index]) and cache.step == 3
+        assert layer.length == 3
+    assert torch.equal(cache.src_mask, src_mask[index])
     # Going on from the reordered cache equals decoding the reordered batch from the start.
     reordered = cached_log_probs(model, src[index], tgt_in[index])
     for t in range(3, 5):
@@ -212,7 +210,7 @@ def test_beam_cache_equals_repeated_rows(random_model) -> None:
 def test_reordered_cache_equals_recomputing_the_reordered_prefixes(random_model) -> None:
     """Beam-style reorders at every step (hypotheses moved and copied within each
     sentence's beams, then a sentence dropped), across two growths of the self-attention
-    buffer: each step equals decoding the rows' reordered token prefixes from scratch."""
+    cache: each step equals decoding the rows' reordered token prefixes from scratch."""
     model, beam = random_model(), 3
     src = padded_src([4, 7, 2]).repeat_interleave(beam, 0)  # (9, src_len), beams adjacent
     memory, src_mask = model.encode(src[::beam])
