@@ -17,9 +17,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from nmt.cache import DecoderCache
 from nmt.config import ModelConfig
 from nmt.errors import ConfigError
-from nmt.model import DecoderCache, Transformer
+from nmt.model import Transformer
 
 
 def parse_weights(text: str | None, n_models: int) -> list[float]:
@@ -43,7 +44,7 @@ def parse_weights(text: str | None, n_models: int) -> list[float]:
 
 @dataclass
 class EnsembleCache:
-    """One :class:`~nmt.model.DecoderCache` per model, reordered together."""
+    """One :class:`~nmt.cache.DecoderCache` per model, reordered together."""
 
     caches: list[DecoderCache]
 

@@ -14,16 +14,15 @@ cross-attention keys and values with one ``kv_proj``: one matrix product instead
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nmt import incremental
+from nmt.cache import DecoderCache, LayerCache
 from nmt.config import ModelConfig
-
-CACHE_CHUNK = 16  # self-attention cache grows by this many positions at a time
 
 
 def sinusoidal_positions(
@@ -52,101 +51,6 @@ def sinusoidal_positions(
     table[:, 0::2] = torch.sin(position * inv_freq)
     table[:, 1::2] = torch.cos(position * inv_freq[: d_model // 2])
     return table
-
-
-@dataclass
-class LayerCache:
-    """Keys and values one decoder layer has seen, for incremental decoding.
-
-    Attributes:
-        cross_k / cross_v: ``(sentences, n_heads, src_len, head_dim)``, projected once from the
-            encoder output and shared by all beams of a sentence.
-        self_k / self_v: ``(rows, n_heads, capacity, head_dim)`` with ``rows = sentences *
-            beam``; positions ``[0, length)`` hold the decoded prefix. Capacity grows in
-            chunks of ``CACHE_CHUNK`` so that a step writes in place instead of re-copying
-            the prefix.
-        length: decoded positions stored.
-    """
-
-    cross_k: torch.Tensor
-    cross_v: torch.Tensor
-    self_k: torch.Tensor | None = None
-    self_v: torch.Tensor | None = None
-    length: int = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store one step's ``(rows, n_heads, 1, head_dim)`` key/value; return the prefix."""
-        if self.self_k is None or self.self_v is None or self.length == self.self_k.size(2):
-            grow = k.new_zeros(k.size(0), k.size(1), CACHE_CHUNK, k.size(3))
-            if self.self_k is None or self.self_v is None:
-                self.self_k, self.self_v = grow, grow.clone()
-            else:
-                self.self_k = torch.cat([self.self_k, grow], 2)
-                self.self_v = torch.cat([self.self_v, grow], 2)
-        self.self_k[:, :, self.length] = k[:, :, 0]
-        self.self_v[:, :, self.length] = v[:, :, 0]
-        self.length += 1
-        return self.self_k[:, :, : self.length], self.self_v[:, :, : self.length]
-
-    def reorder_rows(self, index: torch.Tensor) -> None:
-        """Keep self-attention rows ``index`` (``(new_rows,)`` int64), in that order."""
-        if self.self_k is not None and self.self_v is not None:
-            self.self_k = self.self_k.index_select(0, index)
-            self.self_v = self.self_v.index_select(0, index)
-
-    def select_sentences(self, index: torch.Tensor) -> None:
-        """Keep the cross-attention keys/values of sentences ``index``."""
-        self.cross_k = self.cross_k.index_select(0, index)
-        self.cross_v = self.cross_v.index_select(0, index)
-
-
-@dataclass
-class DecoderCache:
-    """The incremental-decoding state of the whole decoder.
-
-    Attributes:
-        layers: one :class:`LayerCache` per decoder layer.
-        src_mask: ``(sentences, 1, 1, src_len)`` bool, True where the source is a real token.
-        rows_per_sentence: decoder rows of each sentence (1 for greedy search and for the
-            first step of beam search, then ``beam_size``); a sentence's rows are adjacent.
-        step: target positions decoded so far.
-    """
-
-    layers: list[LayerCache]
-    src_mask: torch.Tensor
-    rows_per_sentence: int = 1
-    step: int = 0
-
-    @property
-    def rows(self) -> int:
-        """Current number of decoder rows (``sentences * rows_per_sentence``)."""
-        return self.src_mask.size(0) * self.rows_per_sentence
-
-    def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None:
-        """Keep decoder rows ``index`` (``(new_rows,)`` int64), in that order.
-
-        Args:
-            index: the old row of each new row.
-            rows_per_sentence: rows of each sentence after the reorder (default: unchanged);
-                beam search goes from 1 to ``beam_size`` after its first step.
-
-        With more than one row per sentence (before or after), the rows of one sentence must
-        stay together, in sentence order, as beam search keeps them: then an index that keeps
-        the number of sentences only moves hypotheses between the beams of each sentence, so
-        the per-sentence cross-attention state is left alone, and a shorter one drops whole
-        sentences (finished ones) and their state. With one row per sentence before and
-        after, ``index`` may select rows in any order.
-        """
-        width = rows_per_sentence or self.rows_per_sentence
-        for layer in self.layers:
-            layer.reorder_rows(index)
-        one_row_each = self.rows_per_sentence == 1 and width == 1
-        if one_row_each or index.numel() // width != self.src_mask.size(0):
-            sentences = index[::width] // self.rows_per_sentence
-            for layer in self.layers:
-                layer.select_sentences(sentences)
-            self.src_mask = self.src_mask.index_select(0, sentences)
-        self.rows_per_sentence = width
 
 
 class MultiHeadAttention(nn.Module):
@@ -208,35 +112,21 @@ class MultiHeadAttention(nn.Module):
         mask: torch.Tensor | None = None,
         causal: bool = False,
         memory: torch.Tensor | None = None,
-        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """Attend from ``x`` ``(batch, len, d_model)``.
 
-        Self-attention: keys/values from ``x`` (and the cache's prefix when ``cache`` is given).
-        Cross-attention: keys/values from ``memory`` ``(batch, src_len, d_model)`` or, when
-        decoding incrementally, from ``cache.cross_k/cross_v``.
+        Self-attention: keys/values from ``x``. Cross-attention: keys/values from ``memory``
+        ``(batch, src_len, d_model)``. (Incremental decoding: :mod:`nmt.incremental`.)
 
         Returns:
             ``(batch, len, d_model)``.
         """
         if self.cross:
+            assert memory is not None
             q = self.split_heads(self.q_proj(x))[0]
-            if cache is None:
-                assert memory is not None
-                k, v = self.project_kv(memory)
-                return self.attend(q, k, v, mask, causal=False)
-            # All beams of a sentence read the same source: attend with them as the queries
-            # of one row, so the memory's keys/values are neither copied nor reordered per beam.
-            rows, n = q.size(0), cache.cross_k.size(0)
-            q = q.view(n, rows // n, self.n_heads, self.head_dim).transpose(1, 2)
-            out = self.attend(q, cache.cross_k, cache.cross_v, mask, causal=False)
-            return out.reshape(rows, 1, -1)  # (n, beam, d_model) -> (rows, 1, d_model)
+            k, v = self.project_kv(memory)
+            return self.attend(q, k, v, mask, causal=False)
         q, k, v = self.split_heads(self.qkv_proj(x))
-        if cache is not None:
-            # One new query reads the whole prefix: no causal mask (SDPA's is_causal would
-            # align the single query with the first key).
-            k, v = cache.append(k, v)
-            return self.attend(q, k, v, None, causal=False)
         return self.attend(q, k, v, mask, causal)
 
 
@@ -304,15 +194,12 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        memory: torch.Tensor | None,
+        memory: torch.Tensor,
         src_mask: torch.Tensor,
-        cache: LayerCache | None = None,
     ) -> torch.Tensor:
-        """``x``: ``(batch, tgt_len, d_model)`` (``tgt_len`` = 1 with a cache)."""
-        x = self.self_block(x, lambda h: self.self_attn(h, causal=cache is None, cache=cache))
-        x = self.cross_block(
-            x, lambda h: self.cross_attn(h, mask=src_mask, memory=memory, cache=cache)
-        )
+        """``x``: ``(batch, tgt_len, d_model)``; ``memory``: ``(batch, src_len, d_model)``."""
+        x = self.self_block(x, lambda h: self.self_attn(h, causal=True))
+        x = self.cross_block(x, lambda h: self.cross_attn(h, mask=src_mask, memory=memory))
         return self.ffn_block(x, self.ffn)
 
 
@@ -454,11 +341,9 @@ class Transformer(nn.Module):
             tokens: ``(rows,)`` int64, the token at position ``cache.step`` of each row.
             cache: updated in place (its self-attention prefix grows by one).
 
+        For inference (eval mode: no dropout), through :mod:`nmt.incremental`.
+
         Returns:
             ``(rows, vocab)`` float32 log-probabilities of the next token.
         """
-        x = self.embed_tokens(tokens[:, None], offset=cache.step)  # (rows, 1, d_model)
-        for layer, layer_cache in zip(self.decoder_layers, cache.layers):
-            x = layer(x, None, cache.src_mask, layer_cache)
-        cache.step += 1
-        return F.log_softmax(self.logits(self.decoder_norm(x[:, 0])).float(), dim=-1)
+        return incremental.decode_step(self, tokens, cache)

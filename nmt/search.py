@@ -22,7 +22,7 @@ from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 class Cache(Protocol):
-    """The incremental-decoding state search keeps (:class:`nmt.model.DecoderCache`)."""
+    """The incremental-decoding state search keeps (:class:`nmt.cache.DecoderCache`)."""
 
     def reorder(self, index: torch.Tensor, rows_per_sentence: int | None = None) -> None: ...
 
@@ -144,12 +144,13 @@ def greedy_search(
     history = torch.empty(batch, 0, dtype=torch.long, device=src.device)
     scores = torch.zeros(batch, device=src.device)
     results: list[Hypothesis | None] = [None] * batch
+    shortest = int(limits.min())  # steps before it need no limit check
     for step in range(int(limits.max()) + 1):
         logp = mask_specials(model.decode_step(tokens, cache), cfg.pad_id, cfg.bos_id)
         if prefix is not None and step < prefix.size(1):
             force_tokens(logp, prefix[alive, step])
-        forced = limits[alive] <= step
-        if forced.any():
+        if step >= shortest:
+            forced = limits[alive] <= step
             logp[forced] = _only_eos(logp[forced], cfg.eos_id)
         if choose is None:
             best_logp, tokens = logp.max(-1)
@@ -167,6 +168,7 @@ def greedy_search(
             if keep.numel() == 0:
                 break
             alive, tokens, history, scores = alive[keep], tokens[keep], history[keep], scores[keep]
+            shortest = int(limits[alive].min())
             cache.reorder(keep)
     return [r for r in results if r is not None]
 
@@ -175,8 +177,8 @@ def mask_specials(logp: torch.Tensor, pad_id: int = PAD_ID, bos_id: int = BOS_ID
     """Forbid PAD and BOS as outputs (in place; ``(rows, vocab)`` log-probabilities): they
     never occur as targets, and an untrained model would otherwise emit them (fairseq does
     the same; Hugging Face's OPUS-MT models list PAD in ``bad_words_ids``)."""
-    logp[:, pad_id] = float("-inf")
-    logp[:, bos_id] = float("-inf")
+    logp.select(1, pad_id).fill_(float("-inf"))  # (cheaper than indexing's logp[:, pad_id])
+    logp.select(1, bos_id).fill_(float("-inf"))
     return logp
 
 
@@ -203,6 +205,8 @@ class BeamState:
         n_finished: ``(n,)`` finished hypotheses of each live sentence.
         cache: decoder cache with ``n * width`` rows.
         prefix: ``(n, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`).
+        shortest: ``min(limits)``, kept in Python so that steps before it skip the limit
+            check (a tensor comparison and a read back).
     """
 
     sentence: torch.Tensor
@@ -212,6 +216,10 @@ class BeamState:
     n_finished: torch.Tensor
     cache: Cache
     prefix: torch.Tensor | None = None
+    shortest: int = 0
+
+    def __post_init__(self) -> None:
+        self.shortest = int(self.limits.min()) if self.limits.numel() else 0
 
 
 def beam_init(
@@ -259,15 +267,15 @@ def beam_step(
         force_tokens(logp, state.prefix[:, step].repeat_interleave(width))
     logp = logp.view(n, width, -1)
     vocab = logp.size(-1)
-    forced = state.limits <= step
-    if forced.any():
+    forced = state.limits <= step if step >= state.shortest else None
+    if forced is not None:
         logp[forced] = _only_eos(logp[forced].view(-1, vocab), cfg.eos_id).view(-1, width, vocab)
     candidates = logp.add_(state.scores[:, :, None]).view(n, -1)  # (n, width * vocab)
     n_cand = min(2 * beam_size, width * vocab)
     cand_scores, cand_index = candidates.topk(n_cand, dim=1)  # (n, 2 * beam)
     cand_beam, cand_token = cand_index // vocab, cand_index % vocab
     is_eos = cand_token == cfg.eos_id
-    _finalize(state, finished, cand_scores, cand_beam, is_eos, beam_size, alpha)
+    some_full = _finalize(state, finished, cand_scores, cand_beam, is_eos, beam_size, alpha)
     # The best `beam` candidates that do not end: candidates are sorted, so topk over the
     # EOS-masked scores keeps them in order.
     next_scores, pick = cand_scores.masked_fill(is_eos, float("-inf")).topk(
@@ -275,24 +283,36 @@ def beam_step(
     )
     next_width = next_scores.size(1)
     next_beam, next_token = cand_beam.gather(1, pick), cand_token.gather(1, pick)
-    base = torch.arange(n, device=pick.device)[:, None] * width
+    base = torch.arange(0, n * width, width, device=pick.device)[:, None]
     rows = (base + next_beam).view(-1)  # (n * next_width) source row of each new hypothesis
-    done = (state.n_finished >= beam_size) | forced
     history = torch.cat([state.history[rows], next_token.view(-1, 1)], 1)
-    if bool(done.all()):
-        return None
-    if bool(done.any()):
-        keep = (~done).nonzero()[:, 0]
-        offsets = torch.arange(next_width, device=keep.device)
-        keep_rows = (keep[:, None] * next_width + offsets).view(-1)
-        rows, history = rows[keep_rows], history[keep_rows]
-        next_scores, state.sentence = next_scores[keep], state.sentence[keep]
-        state.limits, state.n_finished = state.limits[keep], state.n_finished[keep]
-        if state.prefix is not None:
-            state.prefix = state.prefix[keep]
-    state.cache.reorder(rows, next_width)
     state.scores, state.history = next_scores, history
+    if some_full or forced is not None:  # some sentences may be done
+        done = state.n_finished >= beam_size
+        if forced is not None:
+            done |= forced
+        keep = (~done).nonzero()[:, 0]
+        if keep.numel() == 0:
+            return None
+        if keep.numel() < n:
+            rows = _prune(state, keep, rows)
+    state.cache.reorder(rows, next_width)
     return state
+
+
+def _prune(state: BeamState, keep: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Keep sentences ``keep`` ``(n_kept,)`` of ``state`` (already advanced: ``scores``
+    ``(n, width)``, ``history`` ``(n * width, step)``); return the entries of ``rows``
+    ``(n * width,)``, the cache row of each hypothesis, that belong to them."""
+    width = state.scores.size(1)
+    offsets = torch.arange(width, device=keep.device)
+    keep_rows = (keep[:, None] * width + offsets).view(-1)
+    state.scores, state.history = state.scores[keep], state.history[keep_rows]
+    state.sentence, state.limits = state.sentence[keep], state.limits[keep]
+    state.n_finished, state.shortest = state.n_finished[keep], int(state.limits.min())
+    if state.prefix is not None:
+        state.prefix = state.prefix[keep]
+    return rows[keep_rows]
 
 
 def _finalize(
@@ -303,14 +323,16 @@ def _finalize(
     is_eos: torch.Tensor,
     beam_size: int,
     alpha: float,
-) -> None:
-    """Record hypotheses that end with EOS among each sentence's top ``beam`` candidates."""
-    ending = is_eos[:, :beam_size] & torch.isfinite(cand_scores[:, :beam_size])
+) -> bool:
+    """Record hypotheses that end with EOS among each sentence's top ``beam`` candidates;
+    return whether some sentence now has ``beam_size`` finished hypotheses."""
+    ending = is_eos[:, :beam_size] & (cand_scores[:, :beam_size] > float("-inf"))
     if not bool(ending.any()):
-        return
+        return False
     width = state.scores.size(1)
     length = state.history.size(1) + 1  # tokens including EOS
     penalty = length_penalty(length, alpha)
+    some_full = False
     for i, j in ending.nonzero().tolist():
         sentence = int(state.sentence[i])
         if len(finished[sentence]) >= beam_size:
@@ -319,6 +341,8 @@ def _finalize(
         score = float(cand_scores[i, j])
         finished[sentence].append(Hypothesis(state.history[row].tolist(), score, score / penalty))
         state.n_finished[i] += 1
+        some_full |= len(finished[sentence]) >= beam_size
+    return some_full
 
 
 @torch.inference_mode()

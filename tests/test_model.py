@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.model import CACHE_CHUNK, Transformer, sinusoidal_positions
+from nmt.cache import CACHE_CHUNK
+from nmt.model import Transformer, sinusoidal_positions
 from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 VOCAB = 50
@@ -156,6 +157,12 @@ def test_positions_and_length_limit(random_model) -> None:
     model = random_model(max_positions=16)
     with pytest.raises(ValueError, match="exceeds max_positions=16"):
         model.encode(padded_src([16]))  # 17 tokens with EOS
+    cache = model.init_cache(*model.encode(padded_src([3])))
+    with torch.no_grad():
+        for _ in range(16):
+            model.decode_step(torch.tensor([BOS_ID]), cache)
+        with pytest.raises(ValueError, match="17 tokens exceeds max_positions=16"):
+            model.decode_step(torch.tensor([BOS_ID]), cache)
 
 
 @torch.no_grad()
@@ -197,3 +204,29 @@ def test_beam_cache_equals_repeated_rows(random_model) -> None:
             rtol=0,
         )
     assert shared.layers[0].cross_k.size(0) == 2 and plain.layers[0].cross_k.size(0) == 6
+
+
+@torch.no_grad()
+def test_reordered_cache_equals_recomputing_the_reordered_prefixes(random_model) -> None:
+    """Beam-style reorders at every step (hypotheses moved and copied within each
+    sentence's beams, then a sentence dropped), across two growths of the self-attention
+    cache: each step equals decoding the rows' reordered token prefixes from scratch."""
+    model, beam = random_model(), 3
+    src = padded_src([4, 7, 2]).repeat_interleave(beam, 0)  # (9, src_len), beams adjacent
+    memory, src_mask = model.encode(src[::beam])
+    cache = model.init_cache(memory, src_mask, rows_per_sentence=beam)
+    gen = torch.Generator().manual_seed(3)
+    history = torch.full((src.size(0), 1), BOS_ID)
+    for t in range(2 * CACHE_CHUNK + 2):
+        step = model.decode_step(history[:, -1], cache)
+        full = full_log_probs(model, src, history)[:, -1]
+        torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+        sentences = history.size(0) // beam
+        index = torch.randint(0, beam, (history.size(0),), generator=gen)
+        index += torch.arange(sentences).repeat_interleave(beam) * beam
+        if t == CACHE_CHUNK + 5:  # sentence 1 finished: drop its rows
+            index = torch.cat([index[:beam], index[2 * beam :]])
+            src = torch.cat([src[:beam], src[2 * beam :]])
+        cache.reorder(index)
+        new = torch.randint(4, VOCAB, (index.numel(), 1), generator=gen)
+        history = torch.cat([history[index], new], 1)
