@@ -177,3 +177,13 @@ def assert_beam_agree(a: Found, b: Found, normalized_tol: float, score_tol: floa
 def chrf(hyps: list[str], refs: list[str]) -> float:
     """Corpus chrF (sacreBLEU's defaults) of ``hyps`` against one reference each."""
     return float(sacrebleu.corpus_chrf(hyps, [refs]).score)
+
+
+def teacher_forced_log_probs(model: Transformer, src: list[int], tgt: list[int]) -> torch.Tensor:
+    """``(len(tgt) + 1,)`` log-probabilities of ``tgt`` and EOS given ``src`` (ids without
+    EOS), teacher-forced through the whole-prefix path (:meth:`Transformer.decode`), nmt's
+    special ids."""
+    with torch.no_grad():
+        states = model(torch.tensor([src + [EOS_ID]]), torch.tensor([[BOS_ID] + tgt]))
+        logp = torch.log_softmax(model.logits(states[0]).float(), -1)
+    return logp.gather(1, torch.tensor(tgt + [EOS_ID])[:, None])[:, 0]

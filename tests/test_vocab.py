@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from agreement import teacher_forced_log_probs
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -24,7 +25,7 @@ from nmt.data import encode_parallel
 from nmt.errors import ConfigError
 from nmt.prepared import open_store
 from nmt.store import prepare, read_meta
-from nmt.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from nmt.tokenizer import Tokenizer
 from nmt.train import train
 from nmt.translate import Translator
 from nmt.vocab import (
@@ -160,12 +161,8 @@ def test_search_scores_equal_forced_scores(separate_run: Path, pairs) -> None:
     translator = Translator.load(separate_run, DecodeConfig(beam_size=4), device="cpu")
     model, tokenizer = translator.model, translator.tokenizer
     for line, result in zip(pairs[0][:6], translator.translate(pairs[0][:6])):
-        src = torch.tensor([tokenizer.encode([line])[0] + [EOS_ID]])
-        tgt = tokenizer.encode_target([result.text])[0]
-        with torch.no_grad():
-            states = model(src, torch.tensor([[BOS_ID] + tgt]))
-            logp = torch.log_softmax(model.logits(states[0]), -1)
-        forced = logp.gather(1, torch.tensor(tgt + [EOS_ID])[:, None]).sum().item()
+        src, tgt = tokenizer.encode([line])[0], tokenizer.encode_target([result.text])[0]
+        forced = teacher_forced_log_probs(model, src, tgt).sum().item()
         assert result.score == pytest.approx(forced, abs=1e-4)
 
 
@@ -200,12 +197,9 @@ def test_ctranslate2_export_has_both_vocabularies(
         [[tokenizer.source_piece(i) for i in ids] for ids in src],
         [[tokenizer.piece(i) for i in ids] for ids in tgt],
     )
-    with torch.no_grad():
-        for s, t, result in zip(src, tgt, results):
-            states = model(torch.tensor([s + [EOS_ID]]), torch.tensor([[BOS_ID] + t]))
-            logp = torch.log_softmax(model.logits(states[0]), -1)
-            ours = logp.gather(1, torch.tensor(t + [EOS_ID])[:, None])[:, 0]
-            torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
+    for s, t, result in zip(src, tgt, results):
+        ours = teacher_forced_log_probs(model, s, t)
+        torch.testing.assert_close(torch.tensor(result.log_probs), ours, atol=1e-4, rtol=0)
     engine = CT2Translator.load(exported, DecodeConfig(beam_size=1), device="cpu")
     torch_engine = Translator.load(separate_run, DecodeConfig(beam_size=1), device="cpu")
     for (lp, _), (lp2, _) in zip(
