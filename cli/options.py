@@ -119,3 +119,24 @@ def output_folder(
     """
     folder = renamed(output, out, "--output", "--out", required=True)
     return folder, renamed_flag(overwrite, force, "--overwrite", "--force")
+
+
+# The vocabulary options of prepare and train (nmt.vocab.vocab_options reads them).
+VocabLayout = Annotated[
+    str | None,
+    typer.Option(
+        "--vocab-layout",
+        help="joint: one SentencePiece model for both sides (default); separate: one per side "
+        "(different scripts), with an untied source embedding.",
+    ),
+]
+VocabSize = Annotated[
+    int | None,
+    typer.Option(help="SentencePiece vocabulary size (default 8000; each side's if separate)."),
+]
+SrcVocabSize = Annotated[
+    int | None, typer.Option(help="Source vocabulary size (--vocab-layout separate).")
+]
+TgtVocabSize = Annotated[
+    int | None, typer.Option(help="Target vocabulary size (--vocab-layout separate).")
+]

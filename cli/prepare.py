@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
-from cli.options import hidden, renamed
+from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.config import ModelConfig, TrainConfig
 from nmt.store import PrepareSummary
 from nmt.store import prepare as prepare_corpus
@@ -63,25 +63,10 @@ def prepare(
             "fine-tune it) instead of training one."
         ),
     ] = None,
-    vocab_layout: Annotated[
-        str,
-        typer.Option(
-            "--vocab-layout",
-            help="joint: one SentencePiece model for both sides; separate: one per side.",
-        ),
-    ] = "joint",
-    vocab_size: Annotated[
-        int | None,
-        typer.Option(
-            help="SentencePiece vocabulary size (each side's if separate).", show_default="8000"
-        ),
-    ] = None,
-    src_vocab_size: Annotated[
-        int | None, typer.Option(help="Source vocabulary size (--vocab-layout separate).")
-    ] = None,
-    tgt_vocab_size: Annotated[
-        int | None, typer.Option(help="Target vocabulary size (--vocab-layout separate).")
-    ] = None,
+    vocab_layout: VocabLayout = None,
+    vocab_size: VocabSize = None,
+    src_vocab_size: SrcVocabSize = None,
+    tgt_vocab_size: TgtVocabSize = None,
     max_len: Annotated[
         int, typer.Option(help="Drop pairs with a side longer than this (tokens).")
     ] = TrainConfig.max_len,

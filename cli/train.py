@@ -10,7 +10,7 @@ from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
-from cli.options import hidden, renamed
+from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.checkpoint import read_config
 from nmt.config import resolve
 from nmt.multilingual import parse_pairs
@@ -168,24 +168,10 @@ def train(
             "training one."
         ),
     ] = None,
-    vocab_layout: Annotated[
-        str | None,
-        typer.Option(
-            "--vocab-layout",
-            help="joint: one SentencePiece model for both sides (default); separate: one per "
-            "side (different scripts), with an untied source embedding.",
-        ),
-    ] = None,
-    vocab_size: Annotated[
-        int | None,
-        typer.Option(help="SentencePiece vocabulary size (default 8000; each side's if separate)."),
-    ] = None,
-    src_vocab_size: Annotated[
-        int | None, typer.Option(help="Source vocabulary size (--vocab-layout separate).")
-    ] = None,
-    tgt_vocab_size: Annotated[
-        int | None, typer.Option(help="Target vocabulary size (--vocab-layout separate).")
-    ] = None,
+    vocab_layout: VocabLayout = None,
+    vocab_size: VocabSize = None,
+    src_vocab_size: SrcVocabSize = None,
+    tgt_vocab_size: TgtVocabSize = None,
     batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps.")] = None,
