@@ -97,6 +97,18 @@ def spm_text() -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="session")
+def short_pairs(spm_text: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """``(de, en)``: the first 16 pairs of ``spm_text`` with at most 7 words a side, short
+    enough for a tiny model to learn by heart in a few hundred updates of one batch."""
+    pairs = [
+        (s, t)
+        for s, t in zip(spm_text["de"], spm_text["en"])
+        if len(s.split()) <= 7 and len(t.split()) <= 7
+    ][:16]
+    return [s for s, _ in pairs], [t for _, t in pairs]
+
+
+@pytest.fixture(scope="session")
 def spm_model(tmp_path_factory: pytest.TempPathFactory, spm_text: dict[str, list[str]]) -> Path:
     """A joint de/en SentencePiece model of 1000 pieces."""
     path = tmp_path_factory.mktemp("spm") / "spm.model"

@@ -41,17 +41,6 @@ def tagged_spm(tmp_path_factory, spm_text) -> Path:
 
 
 @pytest.fixture(scope="module")
-def short_pairs(spm_text) -> tuple[list[str], list[str]]:
-    """16 short German/English pairs among the SentencePiece training lines."""
-    pairs = [
-        (s, t)
-        for s, t in zip(spm_text["de"], spm_text["en"])
-        if len(s.split()) <= 7 and len(t.split()) <= 7
-    ][:16]
-    return [s for s, _ in pairs], [t for _, t in pairs]
-
-
-@pytest.fixture(scope="module")
 def both_ways(
     tmp_path_factory, tagged_spm, short_pairs, corpus_writer, tiny_model_config, tiny_train_config
 ) -> Path:

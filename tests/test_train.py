@@ -47,19 +47,14 @@ class Recorder(TrainObserver):
 
 def test_overfit_one_batch(
     tmp_path: Path,
-    spm_text,
+    short_pairs,
     corpus_writer,
     spm_model: Path,
     tiny_model_config,
     tiny_train_config,
 ) -> None:
     """A tiny model learns 16 short Multi30k pairs by heart in 200 updates of one batch."""
-    pairs = [  # among the lines the shared SentencePiece model is trained on
-        (s, t)
-        for s, t in zip(spm_text["de"], spm_text["en"])
-        if len(s.split()) <= 7 and len(t.split()) <= 7
-    ][:16]
-    src, tgt = [s for s, _ in pairs], [t for _, t in pairs]
+    src, tgt = short_pairs  # among the lines the shared SentencePiece model is trained on
     prefix = corpus_writer(tmp_path / "pairs", src, tgt)
     out = tmp_path / "run"
     trainer, reason = train(

@@ -66,14 +66,9 @@ def vocab_dir(tmp_path_factory, spm_text) -> Path:
 
 
 @pytest.fixture(scope="module")
-def pairs(spm_text) -> tuple[list[str], list[str]]:
+def pairs(short_pairs) -> tuple[list[str], list[str]]:
     """16 short pairs (Cyrillic German → English) among the SentencePiece training lines."""
-    short = [
-        (s, t)
-        for s, t in zip(spm_text["de"], spm_text["en"])
-        if len(s.split()) <= 7 and len(t.split()) <= 7
-    ][:16]
-    return cyrillic([s for s, _ in short]), [t for _, t in short]
+    return cyrillic(short_pairs[0]), short_pairs[1]
 
 
 @pytest.fixture(scope="module")
