@@ -341,8 +341,8 @@ def prepare_pairs(
             say(f"training a {vocab_size}-piece SentencePiece model on {len(files)} files")
             lines = (line for path in files for line in iter_lines(path))
             train_tokenizer(lines, spm_path, vocab_size, user_defined_symbols=tags)
-    tokenizer = Tokenizer(spm_path) if Path(spm_path).is_file() else load_tokenizer(spm_path)
-    if tokenizer.src_vocab_size != tokenizer.vocab_size or vocab_layout_of(spm_path) != "joint":
+    tokenizer = load_tokenizer(spm_path)
+    if vocab_layout(spm_path) != "joint":
         raise ConfigError(
             "a multilingual model has one joint vocabulary: drop --vocab-layout separate"
         )
@@ -361,11 +361,6 @@ def prepare_pairs(
                 on_message=say,
             )
     return summaries
-
-
-def vocab_layout_of(spm_path: str | Path) -> str:
-    """``joint`` for a SentencePiece file, else the layout of the folder."""
-    return "joint" if Path(spm_path).is_file() else vocab_layout(spm_path)
 
 
 def open_pairs(

@@ -42,7 +42,6 @@ from nmt.run_folder import (  # noqa: F401 - prepare_run and describe re-exporte
 )
 from nmt.schedule import inverse_sqrt_lr  # re-exported
 from nmt.textio import corpus_path
-from nmt.tokenizer import Tokenizer
 from nmt.train_log import (  # re-exported: the training API lives under nmt.train
     RunStart,
     StepStats,
@@ -219,7 +218,7 @@ def train(
     # Check the input that is read whole before anything is written into the run folder.
     valid_text = read_valid(valid_prefix, train_cfg)
     if spm_path is not None:  # checks the file(s) and special ids before the folder is made
-        Tokenizer(spm_path) if Path(spm_path).is_file() else load_tokenizer(spm_path)
+        load_tokenizer(spm_path)
     env = init_distributed(resolve_device(train_cfg.device), train_cfg.dist_timeout)
     try:
         result = _train(

@@ -112,11 +112,11 @@ def vocab_options(
 def vocab_layout(folder: str | Path) -> str:
     """The layout of the tokenizer files in ``folder``: ``joint``, ``separate`` or ``marian``.
 
-    A folder with none of them reads as ``joint`` (loading it then names the missing
-    ``spm.model``).
+    A SentencePiece ``.model`` file given instead of a folder is ``joint``, and so is a
+    folder with none of them (loading it then names the missing ``spm.model``).
     """
     folder = Path(folder)
-    if (folder / JOINT_SPM).is_file():
+    if folder.is_file() or (folder / JOINT_SPM).is_file():
         return "joint"
     if (folder / SRC_SPM).is_file() or (folder / TGT_SPM).is_file():
         return "separate"
@@ -132,13 +132,16 @@ def tokenizer_files(folder: str | Path) -> list[str]:
 def load_tokenizer(folder: str | Path) -> Tokenizer:
     """The tokenizer of a model folder, data folder or CTranslate2 folder ``nmt export``
     wrote: a :class:`~nmt.tokenizer.Tokenizer` (joint), a :class:`SeparateTokenizer` or an
-    imported model's :class:`~nmt.marian_vocab.MarianVocabulary`.
+    imported model's :class:`~nmt.marian_vocab.MarianVocabulary`; or of a joint
+    SentencePiece ``.model`` file given instead of a folder.
 
     Raises:
         CheckpointError: no tokenizer file is there (``spm.model`` named), or one is
             missing or unreadable.
     """
     folder = Path(folder)
+    if folder.is_file():
+        return Tokenizer(folder)
     layout = vocab_layout(folder)
     if layout == "separate":
         return SeparateTokenizer(folder / SRC_SPM, folder / TGT_SPM)
