@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import shlex
 import statistics
 import sys
 import threading
@@ -68,6 +69,7 @@ def load(url: str, lines: list[str], clients: int, per_request: int, seconds: fl
     return {
         "req_s": len(latencies) / elapsed,
         "sent_s": len(latencies) * per_request / elapsed,
+        "sentences": (len(latencies) + len(errors)) * per_request,
         "p50": q[49],
         "p95": q[94],
         "p99": q[98],
@@ -88,6 +90,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--batching", default="on,off", help="on, off or on,off (batching off: --batch-tokens 1)."
+    )
+    parser.add_argument(
+        "--server-args",
+        default="",
+        help='More options for nmt serve, e.g. "--max-wait-ms 30 --workers 2".',
     )
     args = parser.parse_args()
     if not set(args.batching.split(",")) <= {"on", "off"}:
@@ -110,22 +117,26 @@ def main() -> None:
 
     print(
         "| batching | clients | lines/request | requests/s | sentences/s | vs file | p50 ms "
-        "| p95 ms | p99 ms | errors | load-generator CPU s / s |"
+        "| p95 ms | p99 ms | errors | lines/batch | load-generator CPU s / s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     modes = {"on": [], "off": ["--batch-tokens", "1"]}
     for batching in args.batching.split(","):
         extra = modes[batching]
         log = Path(f"/tmp/serve_load_{batching}.log")
-        with ServerProcess(["-m", f"bench={args.model}", *extra], log) as server:
+        server_args = ["-m", f"bench={args.model}", *extra, *shlex.split(args.server_args)]
+        with ServerProcess(server_args, log) as server:
             request(server.url + "/v1/translate", {"src": lines[:32]})  # warm-up
             for per_request in map(int, args.lines_per_request.split(",")):
                 for clients in map(int, args.clients.split(",")):
+                    batches = request(server.url + "/health")[1]["batches"]
                     r = load(server.url, lines, clients, per_request, args.seconds)
+                    batches = request(server.url + "/health")[1]["batches"] - batches
                     print(
                         f"| {batching} | {clients} | {per_request} | {r['req_s']:.1f} | "
                         f"{r['sent_s']:.1f} | {r['sent_s'] / file_rate:.0%} | {r['p50']:.0f} | "
                         f"{r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} | "
+                        f"{r['sentences'] / max(batches, 1):.1f} | "
                         f"{r['cpu_s'] / r['seconds']:.2f} |",
                         flush=True,
                     )

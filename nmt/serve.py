@@ -269,6 +269,7 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
             models=list(models),
             queued=sum(s["queued"] for s in stats),
             running=sum(s["running"] for s in stats),
+            batches=sum(s["batches"] for s in stats),
         )
 
     @app.get("/v1/models")

@@ -164,6 +164,7 @@ class HealthResponse(BaseModel):
     models: list[str]
     queued: int = Field(description="Requests waiting for a batch, all models.")
     running: int = Field(description="Batches being translated now, all models.")
+    batches: int = Field(description="Batches dispatched since the server started, all models.")
 
 
 class LibreTranslateResponse(BaseModel):
