@@ -101,9 +101,10 @@ def cpu_info() -> tuple[str, set[str]]:
     return fields.get("Model name", "?").strip(), set(fields.get("Flags", "").split())
 
 
-def child_env(args: argparse.Namespace, onmt: bool = False) -> dict[str, str]:
-    """The environment of a tool's run: thread count, ISA caps."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+def child_env(args: argparse.Namespace, onmt: bool = False, nproc: int = 1) -> dict[str, str]:
+    """The environment of a tool's run: thread count (per process), ISA caps."""
+    threads = str(max(1, args.threads // nproc))
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     if onmt:
         # OpenNMT-py 3.5 torch.load()s the pickles it writes itself in this run's scratch
@@ -265,14 +266,19 @@ def wait_idle(max_wait_s: float) -> None:
 
 
 def launch(
-    cmd: list[str], args: argparse.Namespace, cwd: Path, out: Any, onmt: bool = False
+    cmd: list[str],
+    args: argparse.Namespace,
+    cwd: Path,
+    out: Any,
+    onmt: bool = False,
+    nproc: int = 1,
 ) -> tuple[subprocess.Popen[str], tuple[float, float]]:
     """Start a tool's run, once the CPU is idle, in its own process group (so that it can be
     stopped, and its CPU time counted, as a whole), its stdout and stderr going to ``out``.
     Returns the process and the start for :func:`others_share`."""
     wait_idle(args.wait_idle)
     start = time.monotonic(), cpu_seconds()
-    env = child_env(args, onmt)
+    env = child_env(args, onmt, nproc)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
     return proc, start
@@ -294,15 +300,19 @@ def run_nmt(args: argparse.Namespace, prepared: Path, run: Path) -> Result:
     """One ``nmt train`` run of ``--minutes`` of training (its own ``--max-minutes``)."""
     (run.parent / "nmt.toml").write_text(f"[train]\nlog_every = {args.window}\n")
     # fmt: off
-    cmd = [sys.executable, "-c", PROBE, "cli", "train", "--data", str(prepared),
+    launcher = ["cli"]
+    if args.nproc > 1:  # torchrun, each process with its share of the batch and the threads
+        launcher = ["torch.distributed.run", "--standalone", "--nproc_per_node",
+                    str(args.nproc), "-m", "cli"]
+    cmd = [sys.executable, "-c", PROBE, *launcher, "train", "--data", str(prepared),
            "--valid", str(prepared.parent / "valid"), "--output", str(run), "--preset", "small",
            "--dtype", "fp32", "--device", "cpu", "--max-minutes", str(args.minutes),
-           "--batch-tokens", str(args.batch_tokens), "--eval-every", str(10**7),
+           "--batch-tokens", str(args.batch_tokens // args.nproc), "--eval-every", str(10**7),
            "--save-every", str(10**7), "--config", str(run.parent / "nmt.toml")]
     # fmt: on
     log = run.with_suffix(".log")
     with open(log, "w") as f:
-        proc, start = launch(cmd, args, REPO, f)
+        proc, start = launch(cmd, args, REPO, f, nproc=args.nproc)
         with stopped_on_exit(proc):
             _, status, usage = os.wait4(proc.pid, 0)  # usage: its threads' CPU time
             proc.returncode = status = os.waitstatus_to_exitcode(status)
@@ -384,6 +394,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--batch-tokens", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="nmt processes (torchrun DDP; each takes --batch-tokens/N tokens and "
+        "--threads/N threads, so an update holds as many tokens as with one)",
+    )
     parser.add_argument("--window", type=int, default=10, help="updates per logged window")
     parser.add_argument("--skip-windows", type=int, default=2, help="warm-up windows left out")
     parser.add_argument(
@@ -408,6 +425,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     prepared = prepare(args.data.resolve(), work)
     lens = write_onmt_corpus(prepared, work / "onmt-data")
     onmt_batch, nmt_tgt_per_update = match_batches(*lens, args.batch_tokens)
+    if args.nproc > 1:  # an update holds one batch of --batch-tokens/N per process
+        nmt_tgt_per_update = args.nproc * match_batches(*lens, args.batch_tokens // args.nproc)[1]
     print_header(args, onmt_batch, nmt_tgt_per_update)
     ratios, others = [], []
     for r in range(1, args.rounds + 1):
@@ -434,7 +453,8 @@ def benchmark(args: argparse.Namespace, work: Path) -> None:
     print(
         f"# reproduce: python benchmarks/train_vs_opennmt.py --data {args.data} "
         f"--minutes {args.minutes:g} --rounds {args.rounds} --isa {args.isa} "
-        f"--batch-tokens {args.batch_tokens} --threads {args.threads} --window {args.window} "
+        f"--batch-tokens {args.batch_tokens} --threads {args.threads} --nproc {args.nproc} "
+        f"--window {args.window} "
         f"--skip-windows {args.skip_windows} --onmt-workers {args.onmt_workers} "
         f"--wait-idle {args.wait_idle:g}"
     )
@@ -449,7 +469,8 @@ def print_header(args: argparse.Namespace, onmt_batch: int, nmt_tgt_per_update: 
     )
     caps = " ".join(f"{k}={v}" for k, v in AVX2_ENV.items()) if args.isa == "avx2" else "none"
     print(
-        f"# CPU: {model} ({has}); threads {args.threads}; torch {torch.__version__}, "
+        f"# CPU: {model} ({has}); threads {args.threads}, nmt in {args.nproc} process(es); "
+        f"torch {torch.__version__}, "
         f"OpenNMT-py {version('OpenNMT-py')}"
     )
     print(
