@@ -37,8 +37,9 @@ OpenNMT-py is optional and needed by nothing else; it installs beside torch 2.13
         fasttext-wheel spacy
 
 (``onmt_train`` imports every transform module, hence spacy, fasttext, rapidfuzz and
-pyahocorasick; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set for its runs only, which load
-only the files OpenNMT-py itself writes in the scratch folder). Then
+pyahocorasick). Neither tool runs with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``: OpenNMT-py reads
+its vocabulary from a text file here and resumes from no checkpoint, so it never needs to
+unpickle arbitrary objects. Then
 
     python benchmarks/train_vs_opennmt.py --minutes 4 --rounds 2 --isa avx2
 
@@ -101,16 +102,12 @@ def cpu_info() -> tuple[str, set[str]]:
     return fields.get("Model name", "?").strip(), set(fields.get("Flags", "").split())
 
 
-def child_env(args: argparse.Namespace, onmt: bool = False, nproc: int = 1) -> dict[str, str]:
-    """The environment of a tool's run: thread count (per process), ISA caps."""
+def child_env(args: argparse.Namespace, nproc: int = 1) -> dict[str, str]:
+    """The environment of a tool's run: thread count (per process), ISA caps; torch.load keeps
+    its safe ``weights_only=True`` default even if the caller's environment turned it off."""
     threads = str(max(1, args.threads // nproc))
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-    if onmt:
-        # OpenNMT-py 3.5 torch.load()s the pickles it writes itself in this run's scratch
-        # folder without weights_only, which torch 2.6 made True by default. Only its run gets
-        # this: nmt never loads a pickle without weights_only=True.
-        env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
     for name in AVX2_ENV:
         env.pop(name, None)
     if args.isa == "avx2":
@@ -270,7 +267,6 @@ def launch(
     args: argparse.Namespace,
     cwd: Path,
     out: Any,
-    onmt: bool = False,
     nproc: int = 1,
 ) -> tuple[subprocess.Popen[str], tuple[float, float]]:
     """Start a tool's run, once the CPU is idle, in its own process group (so that it can be
@@ -278,7 +274,7 @@ def launch(
     Returns the process and the start for :func:`others_share`."""
     wait_idle(args.wait_idle)
     start = time.monotonic(), cpu_seconds()
-    env = child_env(args, onmt, nproc)
+    env = child_env(args, nproc)
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)  # fmt: skip
     return proc, start
@@ -328,7 +324,7 @@ def run_onmt(args: argparse.Namespace, config: Path, run: Path) -> Result:
     """One OpenNMT-py run, stopped (SIGTERM to its process group, data loader included) at
     its first report ``--minutes`` after its first one."""
     cmd = [sys.executable, "-c", PROBE, "onmt.bin.train", "-config", str(config)]
-    proc, start = launch(cmd, args, run, subprocess.PIPE, onmt=True)
+    proc, start = launch(cmd, args, run, subprocess.PIPE)
     with stopped_on_exit(proc):
         rates, tgt_sizes, lines, others = watch_onmt(args, proc, start)
     text = "".join(lines) + (proc.stdout.read() if proc.stdout else "")
