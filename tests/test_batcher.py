@@ -122,3 +122,103 @@ def test_free_workers_split_the_queue_instead_of_one_taking_it_all() -> None:
     assert busy.result(5) == 200 and [f.result(5) for f in rest] == [2 * i for i in range(6)]
     assert len(run.batches[-1][1]) == 6 or len(run.batches[-2][1]) == 6
     batcher.close()
+
+
+class Joining:
+    """A ``run_joining`` that holds each batch open, calling ``join`` every 5 ms with the
+    batch's live tokens (its jobs' payloads, summed), until ``release`` is set; then it
+    answers every job with its payload doubled. ``fail`` makes it raise instead, after
+    answering the batch's first job. Records which batch (by its first payload) took each
+    payload."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.took: dict[Any, Any] = {}
+        self.fail = False
+
+    def __call__(self, key: Hashable, batch: Any) -> None:
+        held = list(batch.payloads)
+        first = held[0][1]
+        for _, p in held:
+            self.took[p] = first
+        while not self.release.wait(0.005):
+            for number, p in batch.join(sum(q for _, q in held)):
+                held.append((number, p))
+                self.took[p] = first
+        if self.fail:
+            number, p = held[0]
+            batch.finish(number, p * 2)
+            raise RuntimeError("search failed")
+        for number, p in held:
+            batch.finish(number, p * 2)
+
+
+def joining(workers: int, max_wait_ms: float) -> tuple[Batcher, Joining]:
+    run = Joining()
+    batcher = Batcher(
+        Recorder(), ThreadPoolExecutor(workers), workers, 100, max_wait_ms, run, lambda k: k == "j"
+    )
+    return batcher, run
+
+
+def wait_for(predicate: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def test_queued_jobs_join_a_running_batch_once_due_and_in_order() -> None:
+    """One worker, busy: jobs of its key join its batch after waiting ``max_wait_ms`` (not
+    before), in one batch in all; a job of another key at the head of the queue stops
+    joining until it has run."""
+    batcher, run = joining(workers=1, max_wait_ms=200)
+    first = batcher.submit("j", 1, 1)  # alone: runs at once
+    wait_for(lambda: batcher.stats()["running"] == 1)
+    submitted = time.monotonic()
+    later = [batcher.submit("j", p, 1) for p in (2, 3)]
+    time.sleep(0.1)
+    assert batcher.stats()["queued"] == 2  # not due yet
+    wait_for(lambda: batcher.stats()["queued"] == 0)
+    assert time.monotonic() - submitted >= 0.2
+    assert run.took == {1: 1, 2: 1, 3: 1} and batcher.stats()["batches"] == 1
+    other = batcher.submit("k", 4, 1)  # another key (run by `run`, not joining)
+    blocked = batcher.submit("j", 5, 1)
+    time.sleep(0.4)
+    assert batcher.stats()["queued"] == 2 and 5 not in run.took  # behind the "k" job
+    run.release.set()
+    assert [f.result(5) for f in (first, *later, other, blocked)] == [2, 4, 6, 8, 10]
+    assert run.took[5] == 5  # a batch of its own, after the "k" batch
+    batcher.close()
+
+
+def test_the_least_loaded_running_batch_takes_the_queue() -> None:
+    batcher, run = joining(workers=2, max_wait_ms=0)
+    heavy = batcher.submit("j", 50, 50)
+    wait_for(lambda: batcher.stats()["running"] == 1)
+    light = batcher.submit("j", 1, 1)  # a free worker: dispatched, not joined
+    wait_for(lambda: batcher.stats()["running"] == 2)
+    assert run.took == {50: 50, 1: 1}
+    joiners = [batcher.submit("j", p, 1) for p in (2, 3, 4)]
+    wait_for(lambda: batcher.stats()["queued"] == 0)
+    assert [run.took[p] for p in (2, 3, 4)] == [1, 1, 1]  # the light batch, never the heavy
+    run.release.set()
+    assert [f.result(5) for f in (heavy, light, *joiners)] == [100, 2, 4, 6, 8]
+    assert batcher.stats()["batches"] == 2
+    batcher.close()
+
+
+def test_a_failing_joining_batch_fails_only_its_unanswered_jobs() -> None:
+    batcher, run = joining(workers=1, max_wait_ms=0)
+    run.fail = True
+    first = batcher.submit("j", 1, 1)
+    wait_for(lambda: batcher.stats()["running"] == 1)
+    joined = batcher.submit("j", 2, 1)
+    wait_for(lambda: batcher.stats()["queued"] == 0)
+    run.release.set()
+    assert first.result(5) == 2  # answered before the failure
+    with pytest.raises(RuntimeError, match="search failed"):
+        joined.result(5)
+    run.fail = False
+    assert batcher.submit("j", 3, 1).result(5) == 6  # the worker is free again
+    batcher.close()
