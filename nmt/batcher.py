@@ -15,18 +15,12 @@ most ``batch_tokens`` source tokens, as Triton's dynamic batcher and CTranslate2
   that free workers split the queue instead of one taking it all while the others idle
   (with closed-loop clients, 64 single-line requests, under 4,096 tokens, otherwise went to
   one single-threaded worker at a time, and the next ones only came back once it was done);
-- with ``run_joining``, queued jobs also join a batch while it runs (iteration-level
-  batching, :mod:`nmt.continuous`): when every worker is busy and the oldest job is due (it
-  has waited ``max_wait_ms``, or the queue would fill the batch), the least loaded running
-  batch of its key takes the queued jobs of that key, up to ``batch_tokens`` live tokens,
-  and answers each job as soon as it is done;
 - a job cancelled while still queued (its request timed out) is dropped;
 - :meth:`Batcher.drain` stops all waiting (shutdown: queued jobs are dispatched at once, and
   no job is accepted any more); :meth:`Batcher.close` also ends the dispatcher thread.
 
 The batcher knows nothing of translation (torch-free): ``run(key, payloads)`` is called on a
-worker thread and returns one result per payload; ``run_joining(key, batch)`` runs a
-:class:`RunningBatch`, taking more jobs from :meth:`RunningBatch.join` between its steps.
+worker thread and returns one result per payload.
 """
 
 from __future__ import annotations
@@ -39,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
-RunJoining = Callable[[Hashable, "RunningBatch"], None]
 
 
 class BatcherClosedError(RuntimeError):
@@ -57,47 +50,12 @@ class Job:
     arrival: float = field(default_factory=time.monotonic)  # seconds, time.monotonic()
 
 
-class RunningBatch:
-    """A batch that queued jobs join while it runs (what ``run_joining`` gets).
-
-    Jobs are numbered in the order they joined, from 0 (:attr:`payloads` are the first ones).
-    """
-
-    def __init__(self, batcher: Batcher, jobs: list[Job]):
-        self.batcher, self.key, self.jobs = batcher, jobs[0].key, list(jobs)
-
-    @property
-    def payloads(self) -> list[tuple[int, Any]]:
-        """``(number, payload)`` of the jobs the batch started with."""
-        return [(i, j.payload) for i, j in enumerate(self.jobs)]
-
-    def join(self, live_tokens: int) -> list[tuple[int, Any]]:
-        """Take the queued jobs that may join now (see the module docstring), the batch
-        holding ``live_tokens`` tokens of unfinished work; returns their ``(number,
-        payload)``."""
-        return self.batcher._join(self, live_tokens)
-
-    def finish(self, number: int, result: Any) -> None:
-        """Answer job ``number`` with ``result``."""
-        self.jobs[number].future.set_result(result)
-
-    def fail_unfinished(self, exc: BaseException) -> None:
-        """Answer every job not yet answered with ``exc``."""
-        for job in self.jobs:
-            if not job.future.done():
-                job.future.set_exception(exc)
-
-
 class Batcher:
     """Gathers jobs with equal keys into batches and runs them on ``executor``.
 
     Args:
         run: ``run(key, payloads)`` → one result per payload, in order; called on a worker
             thread; an exception fails every job of the batch.
-        run_joining: ``run_joining(key, batch)`` runs a :class:`RunningBatch` that queued
-            jobs may join, for keys where ``joins(key)`` is true (instead of ``run``); it
-            answers every job through the batch, and an exception fails those unanswered.
-        joins: which keys ``run_joining`` runs (default: none).
         executor: where batches run (e.g. :func:`nmt.translate.worker_pool`).
         workers: batches run at once at most (the executor's threads).
         batch_tokens: source tokens per batch at most (a larger single job runs alone).
@@ -114,8 +72,6 @@ class Batcher:
         workers: int,
         batch_tokens: int,
         max_wait_ms: float,
-        run_joining: RunJoining | None = None,
-        joins: Callable[[Hashable], bool] | None = None,
     ):
         if workers < 1 or batch_tokens < 1 or max_wait_ms < 0:
             raise ValueError(
@@ -123,8 +79,6 @@ class Batcher:
                 f"max_wait_ms={max_wait_ms} at least 0"
             )
         self.run, self.executor, self.workers = run, executor, workers
-        self.run_joining, self.joins = run_joining, joins or (lambda key: False)
-        self.loads: dict[int, int] = {}  # id of each RunningBatch -> its live tokens
         self.batch_tokens, self.max_wait = batch_tokens, max_wait_ms / 1000.0
         self.queue: list[Job] = []
         self.running = 0  # batches running now
@@ -239,57 +193,7 @@ class Batcher:
         self.queue = [j for j in self.queue if id(j) not in taken]
         return [j for j in batch if j.future.set_running_or_notify_cancel()]
 
-    def _join(self, running: RunningBatch, live_tokens: int) -> list[tuple[int, Any]]:
-        """:meth:`RunningBatch.join`: the oldest queued job must have ``running``'s key and
-        be due, every worker must be busy (else a free one takes the queue), and ``running``
-        must be the least loaded of the joining batches."""
-        with self.cond:
-            self.loads[id(running)] = live_tokens
-            self._drop_cancelled()
-            room = self.batch_tokens - live_tokens
-            if not self.queue or self.queue[0].key != running.key or room <= 0:
-                return []
-            if self.running < self.workers and not self.draining:
-                return []
-            if live_tokens > min(self.loads.values()):
-                return []
-            queued = sum(j.tokens for j in self.queue if j.key == running.key)
-            due = time.monotonic() >= self.queue[0].arrival + self.max_wait
-            if not (due or self.draining or queued >= room):
-                return []
-            taken: list[Job] = []
-            for job in self.queue:
-                if job.key == running.key and job.tokens <= room:
-                    taken.append(job)
-                    room -= job.tokens
-            ids = {id(j) for j in taken}
-            self.queue = [j for j in self.queue if id(j) not in ids]
-            out = []
-            for job in taken:
-                if job.future.set_running_or_notify_cancel():
-                    out.append((len(running.jobs), job.payload))
-                    running.jobs.append(job)
-            return out
-
-    def _run_joining(self, batch: list[Job]) -> None:
-        assert self.run_joining is not None
-        running = RunningBatch(self, batch)
-        with self.cond:
-            self.loads[id(running)] = sum(j.tokens for j in batch)
-        try:
-            self.run_joining(running.key, running)
-            running.fail_unfinished(RuntimeError("the batch ended without answering this job"))
-        except BaseException as exc:  # handed to every waiting request
-            running.fail_unfinished(exc)
-        finally:
-            with self.cond:
-                del self.loads[id(running)]
-            self._finish([], None)
-
     def _run_batch(self, batch: list[Job]) -> None:
-        if batch and self.run_joining is not None and self.joins(batch[0].key):
-            self._run_joining(batch)
-            return
         try:
             results = self.run(batch[0].key, [j.payload for j in batch]) if batch else []
         except BaseException as exc:  # handed to every waiting request

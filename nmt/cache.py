@@ -1,11 +1,6 @@
 """The incremental-decoding state of a :class:`nmt.model.Transformer`'s decoder: the
 self-attention keys/values of the decoded prefix and the cross-attention keys/values projected
 once per sentence, reordered as search keeps, moves and drops hypotheses.
-
-A cache may also hold sentences that started decoding at different steps
-(:mod:`nmt.continuous`, where new sentences join a running beam search): each row's prefix
-is then right-aligned, starting at its own column ``start``, and the columns before it are
-masked out of self-attention (left padding, as Hugging Face's batched generation pads).
 """
 
 from __future__ import annotations
@@ -62,45 +57,6 @@ class LayerCache:
         self.cross_k = self.cross_k.index_select(0, index)
         self.cross_v = self.cross_v.index_select(0, index)
 
-    def merge(self, other: LayerCache, offset: int, rows: int) -> None:
-        """Append ``other``'s ``rows`` rows and its sentences; its prefix goes to columns
-        ``[offset, offset + other.length)``, which must end where this cache's prefix ends
-        (an empty prefix: the new rows' columns are all padding)."""
-        if self.self_k is None or self.self_v is None:
-            raise ValueError("merge into a cache after its first step")
-        assert offset + other.length == self.length, "prefixes must end at the same column"
-        self.cross_k = _cat_padded(self.cross_k, other.cross_k, 2, 0.0)
-        self.cross_v = _cat_padded(self.cross_v, other.cross_v, 2, 0.0)
-        shape = (rows, *self.self_k.shape[1:])
-        new_k, new_v = self.self_k.new_zeros(shape), self.self_v.new_zeros(shape)
-        if other.self_k is not None and other.self_v is not None and other.length:
-            new_k[:, :, offset : self.length] = other.self_k[:, :, : other.length]
-            new_v[:, :, offset : self.length] = other.self_v[:, :, : other.length]
-        self.self_k = torch.cat([self.self_k, new_k], 0)
-        self.self_v = torch.cat([self.self_v, new_v], 0)
-
-    def trim(self, columns: int) -> None:
-        """Drop the first ``columns`` prefix columns (padding no row reads any more)."""
-        if self.self_k is not None and self.self_v is not None:
-            self.self_k = self.self_k[:, :, columns:]
-            self.self_v = self.self_v[:, :, columns:]
-        self.length -= columns
-
-
-def _cat_padded(a: torch.Tensor, b: torch.Tensor, dim: int, value: float | bool) -> torch.Tensor:
-    """``a`` and ``b`` concatenated along dimension 0, the shorter one first padded with
-    ``value`` at the end of dimension ``dim`` (e.g. source positions)."""
-    width = max(a.size(dim), b.size(dim))
-
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        if t.size(dim) == width:
-            return t
-        shape = list(t.shape)
-        shape[dim] = width - t.size(dim)
-        return torch.cat([t, t.new_full(shape, value)], dim)
-
-    return torch.cat([padded(a), padded(b)], 0)
-
 
 @dataclass
 class DecoderCache:
@@ -114,17 +70,13 @@ class DecoderCache:
             here instead of by SDPA at every step and layer (the same numbers).
         rows_per_sentence: decoder rows of each sentence (1 for greedy search and for the
             first step of beam search, then ``beam_size``); a sentence's rows are adjacent.
-        step: target positions decoded so far (columns of the self-attention prefix).
-        start: ``(rows,)`` int64, the column where each row's prefix begins, when rows
-            started at different steps (:meth:`merge`); ``None`` when all begin at column 0.
-            Row ``r`` is then at position ``step - start[r]``.
+        step: target positions decoded so far.
     """
 
     layers: list[LayerCache]
     src_mask: torch.Tensor
     rows_per_sentence: int = 1
     step: int = 0
-    start: torch.Tensor | None = None
     attn_mask: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -155,8 +107,6 @@ class DecoderCache:
         width = rows_per_sentence or self.rows_per_sentence
         for layer in self.layers:
             layer.reorder_rows(index)
-        if self.start is not None:
-            self.start = self.start.index_select(0, index)
         one_row_each = self.rows_per_sentence == 1 and width == 1
         if one_row_each or index.numel() // width != self.src_mask.size(0):
             sentences = index[::width] // self.rows_per_sentence
@@ -165,59 +115,3 @@ class DecoderCache:
             self.src_mask = self.src_mask.index_select(0, sentences)
             self.attn_mask = self.attn_mask.index_select(0, sentences)
         self.rows_per_sentence = width
-
-    def self_mask(self) -> torch.Tensor | None:
-        """The additive self-attention mask of the next step, ``(rows, 1, 1, step + 1)`` in
-        the keys' dtype (-inf on each row's padding columns before its ``start``); ``None``
-        when every row begins at column 0."""
-        if self.start is None:
-            return None
-        columns = torch.arange(self.step + 1, device=self.start.device)
-        padding = (columns[None, :] < self.start[:, None])[:, None, None, :]
-        blank = torch.zeros(padding.shape, dtype=self.attn_mask.dtype, device=padding.device)
-        return blank.masked_fill_(padding, float("-inf"))
-
-    def merge(self, other: DecoderCache) -> None:
-        """Append the rows and sentences of ``other`` (same ``rows_per_sentence``, at most as
-        many decoded positions, possibly none) after this cache's (past its first step),
-        right-aligned: its prefixes end where this cache's end, so both take the next step
-        together. Sources of different lengths are padded to the longer (masked out of
-        cross-attention).
-
-        Raises:
-            ValueError: other ``rows_per_sentence``, or ``other`` further than this cache.
-        """
-        if other.rows_per_sentence != self.rows_per_sentence or not 0 <= other.step <= self.step:
-            raise ValueError(
-                f"cannot merge a cache at step {other.step} with {other.rows_per_sentence} rows "
-                f"per sentence into one at step {self.step} with {self.rows_per_sentence}"
-            )
-        offset = self.step - other.step
-        for layer, new in zip(self.layers, other.layers):
-            layer.merge(new, offset, other.rows)
-        device = self.src_mask.device
-
-        def starts(cache: DecoderCache) -> torch.Tensor:
-            if cache.start is not None:
-                return cache.start
-            return torch.zeros(cache.rows, dtype=torch.long, device=device)
-
-        self.start = torch.cat([starts(self), starts(other) + offset])
-        self.src_mask = _cat_padded(self.src_mask, other.src_mask, 3, False)
-        self.attn_mask = _cat_padded(self.attn_mask, other.attn_mask, 3, float("-inf"))
-
-    def trim(self) -> int:
-        """Drop the leading prefix columns that are padding in every row (after the rows
-        that began there have left); ``start`` becomes ``None`` once all rows begin at
-        column 0. Returns the columns dropped."""
-        if self.start is None:
-            return 0
-        columns = int(self.start.min()) if self.start.numel() else 0
-        if columns:
-            for layer in self.layers:
-                layer.trim(columns)
-            self.step -= columns
-            self.start = self.start - columns
-        if not self.start.numel() or int(self.start.max()) == 0:
-            self.start = None
-        return columns

@@ -32,28 +32,18 @@ def decode_step(model: Transformer, tokens: torch.Tensor, cache: DecoderCache) -
         raise ValueError(
             f"sequence of {cache.step + 1} tokens exceeds max_positions={model.cfg.max_positions}"
         )
-    # Rows that joined later (cache.start, nmt.continuous) are at earlier positions.
-    position = cache.step if cache.start is None else cache.step - cache.start
-    x = F.embedding(tokens, model.embed.weight) * model.embed_scale + model.positions[position]
-    self_mask = cache.self_mask()
+    x = F.embedding(tokens, model.embed.weight) * model.embed_scale + model.positions[cache.step]
     for layer, layer_cache in zip(model.decoder_layers, cache.layers):
-        x = layer_step(layer, x, layer_cache, cache.attn_mask, self_mask)  # type: ignore[arg-type]
+        x = layer_step(layer, x, layer_cache, cache.attn_mask)  # type: ignore[arg-type]
     cache.step += 1
     return F.log_softmax(model.logits(model.decoder_norm(x)).float(), dim=-1)
 
 
 def layer_step(
-    layer: DecoderLayer,
-    x: torch.Tensor,
-    cache: LayerCache,
-    mask: torch.Tensor,
-    self_mask: torch.Tensor | None = None,
+    layer: DecoderLayer, x: torch.Tensor, cache: LayerCache, mask: torch.Tensor
 ) -> torch.Tensor:
-    """One decoder layer on ``(rows, d_model)``; ``mask``: :attr:`DecoderCache.attn_mask`;
-    ``self_mask``: :meth:`DecoderCache.self_mask`."""
-    x = residual(
-        layer.self_block, x, lambda h: self_attention(layer.self_attn, h, cache, self_mask)
-    )
+    """One decoder layer on ``(rows, d_model)``; ``mask``: :attr:`DecoderCache.attn_mask`."""
+    x = residual(layer.self_block, x, lambda h: self_attention(layer.self_attn, h, cache))
     x = residual(layer.cross_block, x, lambda h: cross_attention(layer.cross_attn, h, cache, mask))
     return residual(layer.ffn_block, x, lambda h: feed_forward(layer.ffn, h))
 
@@ -79,19 +69,13 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module.forward(x)  # type: ignore[no-any-return]
 
 
-def self_attention(
-    attn: MultiHeadAttention,
-    h: torch.Tensor,
-    cache: LayerCache,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
+def self_attention(attn: MultiHeadAttention, h: torch.Tensor, cache: LayerCache) -> torch.Tensor:
     """One query per row over the cached prefix and this step: ``(rows, d_model)`` →
-    ``(rows, d_model)``. No causal mask: the new position may see the whole prefix; ``mask``
-    ``(rows, 1, 1, step + 1)`` hides the padding before rows that started later."""
+    ``(rows, d_model)``. No causal mask: the new position may see the whole prefix."""
     rows = h.size(0)
     q, k, v = linear(attn.qkv_proj, h).view(rows, 3, attn.n_heads, 1, attn.head_dim).unbind(1)
     k, v = cache.append(k, v)  # (rows, n_heads, step + 1, head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (rows, n_heads, 1, head_dim)
+    out = F.scaled_dot_product_attention(q, k, v)  # (rows, n_heads, 1, head_dim)
     return linear(attn.out_proj, out.view(rows, -1))
 
 

@@ -5,8 +5,7 @@ serves several side by side. (In ``nmt translate`` a repeated ``-m`` means an en
 ``ID=`` form keeps the two apart.) Each model's requests go through its own
 :class:`~nmt.batcher.Batcher`, keyed by the decoding options, so that only requests asking for
 the same search share a batch; the batches run on worker threads shared by all models, as
-``nmt translate --workers`` runs them (:func:`nmt.translate.cpu_workers`). Beam searches on
-torch take requests that arrive while they run (:mod:`nmt.joining`).
+``nmt translate --workers`` runs them (:func:`nmt.translate.cpu_workers`).
 
 This module is torch-side and HTTP-free; :mod:`nmt.serve` turns its results into JSON.
 """
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nmt.attention import Attention, cross_attention
-from nmt.batcher import Batcher, RunningBatch
+from nmt.batcher import Batcher
 from nmt.checkpoint import WEIGHTS_FILE, read_config
 from nmt.config import DecodeConfig
 from nmt.ct2 import CT2_WEIGHTS, CT2Translator, is_ctranslate2_dir, read_export_info
@@ -299,19 +298,6 @@ class ServedModel:
             start += len(w.ids)
         return results
 
-    def joins(self, options: Hashable) -> bool:
-        """Whether requests with ``options`` join running searches (:func:`nmt.joining.joins`)."""
-        from nmt.joining import joins
-
-        return joins(self, options)
-
-    def run_joining(self, options: Hashable, batch: RunningBatch) -> None:
-        """Search a batch that requests join while it runs (:func:`nmt.joining.run_joining`;
-        on a worker thread)."""
-        from nmt.joining import run_joining
-
-        run_joining(self, options, batch)
-
     def line_result(
         self, src_ids: list[int], truncated: bool, hyps: list[Hypothesis], attention: bool
     ) -> LineResult:
@@ -441,5 +427,5 @@ def start_batchers(
     n, threads = (1, 1) if on_gpu else cpu_workers(workers)
     pool = worker_pool(n, threads)
     for m in models.values():
-        m.batcher = Batcher(m.run, pool, n, batch_tokens, max_wait_ms, m.run_joining, m.joins)
+        m.batcher = Batcher(m.run, pool, n, batch_tokens, max_wait_ms)
     return pool

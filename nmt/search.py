@@ -191,10 +191,6 @@ def _only_eos(logp: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
     return forced
 
 
-# The finished hypotheses of each sentence, by its index (``BeamState.sentence``).
-Finished = list[list[Hypothesis]] | dict[int, list[Hypothesis]]
-
-
 @dataclass
 class BeamState:
     """The live part of a beam search.
@@ -211,9 +207,6 @@ class BeamState:
         prefix: ``(n, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`).
         shortest: ``min(limits)``, kept in Python so that steps before it skip the limit
             check (a tensor comparison and a read back).
-        start: ``(n,)`` the ``history`` column where each sentence's tokens begin, when
-            sentences joined the search at different steps (:mod:`nmt.continuous`; the columns
-            before are padding, and ``limits`` count from column 0); ``None``: all at 0.
     """
 
     sentence: torch.Tensor
@@ -224,7 +217,6 @@ class BeamState:
     cache: Cache
     prefix: torch.Tensor | None = None
     shortest: int = 0
-    start: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.shortest = int(self.limits.min()) if self.limits.numel() else 0
@@ -256,7 +248,7 @@ def beam_init(
 def beam_step(
     model: Decoder,
     state: BeamState,
-    finished: Finished,
+    finished: list[list[Hypothesis]],
     beam_size: int,
     alpha: float,
 ) -> BeamState | None:
@@ -320,14 +312,12 @@ def _prune(state: BeamState, keep: torch.Tensor, rows: torch.Tensor) -> torch.Te
     state.n_finished, state.shortest = state.n_finished[keep], int(state.limits.min())
     if state.prefix is not None:
         state.prefix = state.prefix[keep]
-    if state.start is not None:
-        state.start = state.start[keep]
     return rows[keep_rows]
 
 
 def _finalize(
     state: BeamState,
-    finished: Finished,
+    finished: list[list[Hypothesis]],
     cand_scores: torch.Tensor,
     cand_beam: torch.Tensor,
     is_eos: torch.Tensor,
@@ -340,8 +330,8 @@ def _finalize(
     if not bool(ending.any()):
         return False
     width = state.scores.size(1)
-    step = state.history.size(1)
-    penalty = length_penalty(step + 1, alpha)  # tokens including EOS
+    length = state.history.size(1) + 1  # tokens including EOS
+    penalty = length_penalty(length, alpha)
     some_full = False
     for i, j in ending.nonzero().tolist():
         sentence = int(state.sentence[i])
@@ -349,11 +339,7 @@ def _finalize(
             continue
         row = i * width + int(cand_beam[i, j])
         score = float(cand_scores[i, j])
-        tokens = state.history[row]
-        if state.start is not None:  # this sentence's own tokens and length
-            begin = int(state.start[i])
-            tokens, penalty = tokens[begin:], length_penalty(step - begin + 1, alpha)
-        finished[sentence].append(Hypothesis(tokens.tolist(), score, score / penalty))
+        finished[sentence].append(Hypothesis(state.history[row].tolist(), score, score / penalty))
         state.n_finished[i] += 1
         some_full |= len(finished[sentence]) >= beam_size
     return some_full

@@ -286,14 +286,13 @@ def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
     calls: list[int] = []
 
-    def fail_every_other(options: Any, batch: Any) -> Any:
-        calls.append(len(batch.payloads))
+    def fail_every_other(options: Any, works: list[Any]) -> Any:
+        calls.append(len(works))
         if len(calls) % 2:
             raise RuntimeError("device lost")
-        return ServedModel.run_joining(models["tiny"], options, batch)
+        return ServedModel.run(models["tiny"], options, works)
 
-    # Beam search (the default) runs as a batch that requests join (nmt.joining).
-    models["tiny"].run_joining = fail_every_other  # type: ignore[method-assign]
+    models["tiny"].run = fail_every_other  # type: ignore[method-assign]
     pool = start_batchers(models, 1, 4096, 0.0)
     try:
         client = TestClient(create_app(models, ServeConfig()))
@@ -351,13 +350,13 @@ def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[st
     for workers in (1, 2):
         models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
         calls: list[int] = []
-        run = models["tiny"].run_joining
+        run = models["tiny"].run
 
-        def recording(options: Any, batch: Any, run: Any = run, calls: Any = calls) -> Any:
-            calls.append(sum(len(w.ids) for _, w in batch.payloads))  # the lines it starts with
-            return run(options, batch)
+        def recording(options: Any, works: list[Any], run: Any = run, calls: Any = calls) -> Any:
+            calls.append(sum(len(w.ids) for w in works))
+            return run(options, works)
 
-        models["tiny"].run_joining = recording  # type: ignore[method-assign]
+        models["tiny"].run = recording  # type: ignore[method-assign]
         pool = start_batchers(models, workers, 4096, 10.0)
         try:
             client = TestClient(create_app(models, ServeConfig()))
