@@ -188,6 +188,36 @@ def tiny_run(
     return out
 
 
+TAGS = ["<2de>", "<2en>"]
+
+
+@pytest.fixture(scope="session")
+def tagged_spm(tmp_path_factory: pytest.TempPathFactory, spm_text: dict[str, list[str]]) -> Path:
+    """A joint de/en SentencePiece model of 1000 pieces with the two target tags."""
+    path = tmp_path_factory.mktemp("tagged-spm") / "spm.model"
+    train_tokenizer(spm_text["de"] + spm_text["en"], path, 1000, user_defined_symbols=TAGS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def both_ways(
+    tmp_path_factory: pytest.TempPathFactory,
+    tagged_spm: Path,
+    short_pairs: tuple[list[str], list[str]],
+) -> Path:
+    """One tiny model trained on de-en and en-de at once (the same 16 pairs both ways), by
+    heart: only the tag tells it which language to write."""
+    folder = tmp_path_factory.mktemp("both-ways")
+    prefix = write_corpus(folder / "pairs", *short_pairs)
+    recipe = make_tiny_train_config(
+        pairs=("de-en", "en-de"), max_steps=300, batch_tokens=4096, label_smoothing=0.0,
+        eval_every=300, save_every=300,
+    )  # fmt: skip
+    model = make_tiny_model_config(dropout=0.0)
+    train(prefix, prefix, folder / "run", model, recipe, spm_path=tagged_spm)
+    return folder / "run"
+
+
 @pytest.fixture(scope="session")
 def cpu_isas() -> dict[str, str]:
     """The instruction sets the numeric libraries report in this environment

@@ -25,37 +25,9 @@ from nmt.multilingual import (
     parse_pairs,
     sampling_probabilities,
 )
-from nmt.tokenizer import Tokenizer, train_tokenizer
+from nmt.tokenizer import Tokenizer
 from nmt.train import train
 from nmt.translate import Translator
-
-TAGS = ["<2de>", "<2en>"]
-
-
-@pytest.fixture(scope="module")
-def tagged_spm(tmp_path_factory, spm_text) -> Path:
-    """A joint de/en SentencePiece model of 1000 pieces with the two target tags."""
-    path = tmp_path_factory.mktemp("tagged-spm") / "spm.model"
-    train_tokenizer(spm_text["de"] + spm_text["en"], path, 1000, user_defined_symbols=TAGS)
-    return path
-
-
-@pytest.fixture(scope="module")
-def both_ways(
-    tmp_path_factory, tagged_spm, short_pairs, corpus_writer, tiny_model_config, tiny_train_config
-) -> Path:
-    """One tiny model trained on de-en and en-de at once (the same 16 pairs both ways), by
-    heart: only the tag tells it which language to write."""
-    folder = tmp_path_factory.mktemp("both-ways")
-    prefix = corpus_writer(folder / "pairs", *short_pairs)
-    recipe = tiny_train_config(
-        pairs=("de-en", "en-de"), max_steps=300, batch_tokens=4096, label_smoothing=0.0,
-        eval_every=300, save_every=300,
-    )  # fmt: skip
-    train(
-        prefix, prefix, folder / "run", tiny_model_config(dropout=0.0), recipe, spm_path=tagged_spm
-    )
-    return folder / "run"
 
 
 def test_one_model_translates_both_ways_by_the_tag(both_ways: Path, short_pairs) -> None:
