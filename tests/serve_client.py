@@ -63,6 +63,7 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "cli", "serve", *args, "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--log-level", "warning"]
         self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.signalled = False
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=self.log)
 
     def wait_ready(self, timeout: float = 180.0) -> ServerProcess:
@@ -86,11 +87,18 @@ class ServerProcess:
         raise RuntimeError(f"nmt serve did not answer within {timeout} s:\n{self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
+        """The end of the server's log, and its exit status once it has exited."""
+        if not self.log.closed:
+            self.log.flush()
+        status = "" if self.proc.returncode is None else f"\nexit status {self.proc.returncode}"
+        return self.log_path.read_text(errors="replace")[-5000:] + status
 
     def terminate(self) -> None:
-        if self.proc.poll() is None:
+        """SIGTERM, once: a second one during the graceful shutdown would find the default
+        handler back in place (uvicorn restores it once serving has stopped) and kill the
+        process while it closes its batchers, exit status -15 instead of 0."""
+        if self.proc.poll() is None and not self.signalled:
+            self.signalled = True
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 60.0) -> int:
