@@ -64,16 +64,18 @@ async def read_fields(request: Request) -> dict[str, Any]:
     raise LTError(400, "body: send JSON (application/json) or a form with q, source and target")
 
 
-def pick_model(models: dict[str, ServedModel], source: str, target: str) -> ServedModel:
-    """The first model translating ``source`` (``auto``: any) into ``target``.
+def pick_model(models: dict[str, ServedModel], source: str, target: str) -> tuple[ServedModel, str]:
+    """The first model translating ``source`` (``auto``: any) into ``target``, and the
+    source language of that pair.
 
     Raises:
         LTError: 400 when no model serves the pair.
     """
     for m in models.values():
-        if m.tgt_lang == target and source in ("auto", m.src_lang):
-            return m
-    pairs = ", ".join(f"{m.src_lang}->{m.tgt_lang}" for m in models.values())
+        for src, tgt in m.pairs:
+            if tgt == target and source in ("auto", src):
+                return m, src
+    pairs = ", ".join(f"{src}->{tgt}" for m in models.values() for src, tgt in m.pairs)
     raise LTError(400, f"{source}->{target} is not served (served: {pairs}); see GET /languages")
 
 
@@ -103,12 +105,14 @@ async def lt_translate(service: Service, fields: dict[str, Any]) -> dict[str, An
     source, target = fields.get("source") or "auto", fields.get("target")
     if not isinstance(target, str) or not isinstance(source, str):
         raise LTError(400, "target: missing; send source and target language codes")
-    model = pick_model(service.models, source, target)
+    model, detected = pick_model(service.models, source, target)
     split = [t.split("\n") for t in texts]
     lines = [line.rstrip("\r") for parts in split for line in parts]
     try:
         service.check_lines(lines, "q")
-        results = await service.translate(model, lines, DecodeOptions(), attention=False)
+        results = await service.translate(
+            model, lines, DecodeOptions(), attention=False, tgt_lang=target
+        )
     except ApiError as exc:
         raise LTError(exc.status if exc.status != 422 else 400, exc.message) from None
     out, start = [], 0
@@ -119,7 +123,7 @@ async def lt_translate(service: Service, fields: dict[str, Any]) -> dict[str, An
         start += len(parts)
     answer: dict[str, Any] = {"translatedText": out if isinstance(fields["q"], list) else out[0]}
     if source == "auto":
-        answer["detectedLanguage"] = {"confidence": 100.0, "language": model.src_lang}
+        answer["detectedLanguage"] = {"confidence": 100.0, "language": detected}
     return answer
 
 
@@ -145,9 +149,10 @@ def add_libretranslate_routes(app: FastAPI, service: Service) -> None:
         """LibreTranslate-compatible list of source languages and their targets."""
         targets: dict[str, list[str]] = {}
         for m in service.models.values():
-            targets.setdefault(m.src_lang, [])
-            if m.tgt_lang not in targets[m.src_lang]:
-                targets[m.src_lang].append(m.tgt_lang)
+            for src, tgt in m.pairs:
+                targets.setdefault(src, [])
+                if tgt not in targets[src]:
+                    targets[src].append(tgt)
         return [
             Language(code=c, name=LANGUAGE_NAMES.get(c, c), targets=t) for c, t in targets.items()
         ]

@@ -31,9 +31,10 @@ from nmt.engine import Request
 from nmt.errors import ConfigError
 from nmt.loading import load_translator
 from nmt.model import Transformer
-from nmt.multilingual import target_langs
+from nmt.multilingual import TaggedTokenizer, for_target, split_pair, target_langs
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
+from nmt.tokenizer import Tokenizer
 from nmt.translate import BaseTranslator, Translator, cpu_workers, worker_pool
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -195,10 +196,14 @@ class ServedModel:
 
     Attributes:
         id: the name clients use; folder: the model folder.
-        engine: ``torch`` or ``ctranslate2``; src_lang / tgt_lang: language codes.
+        engine: ``torch`` or ``ctranslate2``; src_lang / tgt_lang: language codes (a
+            multilingual model's are comma-separated lists).
         shape: the model's size (``d_model``, ``n_heads``, layers, ``vocab_size``...).
         sha256: hex digest of the weights file.
         translator: the loaded translator (its own decode settings unused).
+        pairs: the directions it translates, ``(src, tgt)``.
+        tokenizers: the source tokenizer of each target language (a multilingual model's
+            tag it with ``<2tgt>``, :mod:`nmt.multilingual`); every request chooses one.
     """
 
     id: str
@@ -209,8 +214,32 @@ class ServedModel:
     shape: dict[str, Any]
     sha256: str
     translator: BaseTranslator
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
     batcher: Batcher | None = None
     _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
+
+    def tokenizer_for(self, tgt_lang: str | None) -> Tokenizer:
+        """The source tokenizer that translates into ``tgt_lang`` (may be left out when the
+        model has one target language).
+
+        Raises:
+            ConfigError: ``tgt_lang`` missing for a model of several target languages, or not
+                one of the model's (the message names the field and the choices).
+        """
+        if tgt_lang is None:
+            if len(self.tokenizers) == 1:
+                return next(iter(self.tokenizers.values()))
+            langs = ", ".join(self.tokenizers)
+            raise ConfigError(
+                f"tgt_lang: model {self.id!r} translates into {langs}; choose one with tgt_lang"
+            )
+        if tgt_lang not in self.tokenizers:
+            raise ConfigError(
+                f"tgt_lang: model {self.id!r} translates into {', '.join(self.tokenizers)}, "
+                f"not {tgt_lang!r}"
+            )
+        return self.tokenizers[tgt_lang]
 
     def encode(
         self,
@@ -218,12 +247,17 @@ class ServedModel:
         prefixes: list[str] | None = None,
         seed: int | None = None,
         sampling: bool = False,
+        tgt_lang: str | None = None,
     ) -> Work:
-        """Tokenize ``lines`` (and their target ``prefixes``, ``""`` = none); sources longer
-        than the model allows are cut (and marked). When ``sampling``, each line gets its own
-        seed from ``seed`` (a fresh one when ``None``) and its 1-based line number, as
-        ``nmt translate --seed`` gives it."""
-        tokenizer = self.translator.tokenizer
+        """Tokenize ``lines`` for ``tgt_lang`` (:meth:`tokenizer_for`) and their target
+        ``prefixes`` (``""`` = none); sources longer than the model allows are cut (and
+        marked). When ``sampling``, each line gets its own seed from ``seed`` (a fresh one
+        when ``None``) and its 1-based line number, as ``nmt translate --seed`` gives it.
+
+        Raises:
+            ConfigError: see :meth:`tokenizer_for`.
+        """
+        tokenizer = self.tokenizer_for(tgt_lang)
         ids = tokenizer.encode(lines)
         limit = self.translator.max_src_tokens
         prefix_ids = None
@@ -357,38 +391,41 @@ def file_sha256(path: Path) -> str:
 def load_model_entry(
     model_id: str, folder: Path, engine: str, device: str, batch_tokens: int
 ) -> ServedModel:
-    """Load one model folder (torch or CTranslate2) for serving.
+    """Load one model folder (torch or CTranslate2) for serving; a multilingual model
+    serves all its pairs, each request choosing its target language.
 
     Raises:
-        ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`;
-            ConfigError also for a multilingual model of several target languages.
+        ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`.
     """
     decode = DecodeConfig(batch_tokens=batch_tokens)
     exported = engine != "torch" and is_ctranslate2_dir(folder)
-    langs = target_langs(
-        (read_export_info(folder) if exported else read_config(folder)).get("pairs") or []
-    )
-    if len(langs) > 1:
-        raise ConfigError(
-            f"{folder}: a multilingual model of several target languages ({', '.join(langs)}); "
-            "nmt serve cannot choose the target language per request yet: serve a model "
-            "with one target language"
-        )
-    translator = load_translator(folder, decode, engine, device, workers=1)
+    pairs = list((read_export_info(folder) if exported else read_config(folder)).get("pairs") or [])
+    langs = target_langs(pairs)
+    first = langs[0] if len(langs) > 1 else None  # each request chooses (tokenizers)
+    translator = load_translator(folder, decode, engine, device, workers=1, tgt_lang=first)
     if isinstance(translator, CT2Translator):
         info, weights, name = read_export_info(folder), folder / CT2_WEIGHTS, "ctranslate2"
     else:
         info, weights, name = read_config(folder), folder / WEIGHTS_FILE, "torch"
     shape = {k: info["model"][k] for k in SHAPE_KEYS if k in info["model"]}
+    src_lang, tgt_lang = str(info.get("src_lang")), str(info.get("tgt_lang"))
+    tokenizer = translator.tokenizer
+    directions, tokenizers = [(src_lang, tgt_lang)], {tgt_lang: tokenizer}
+    if pairs:
+        base = tokenizer.base if isinstance(tokenizer, TaggedTokenizer) else tokenizer
+        directions = [split_pair(p) for p in pairs]
+        tokenizers = {lang: for_target(base, pairs, lang) for lang in langs}
     return ServedModel(
         model_id,
         folder,
         name,
-        str(info.get("src_lang")),
-        str(info.get("tgt_lang")),
+        src_lang,
+        tgt_lang,
         shape,
         file_sha256(weights),
         translator,
+        directions,
+        tokenizers,
     )
 
 

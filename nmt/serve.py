@@ -145,12 +145,13 @@ class Service:
         attention: bool,
         prefixes: list[str] | None = None,
         seed: int | None = None,
+        tgt_lang: str | None = None,
     ) -> list[LineResult]:
-        """Translate through the model's batcher, within ``timeout_s``.
+        """Translate through the model's batcher into ``tgt_lang``, within ``timeout_s``.
 
         Raises:
-            ApiError: 422 invalid options, 503 shutting down, 504 over the timeout, 500 an
-                internal error.
+            ApiError: 422 invalid options or target language, 503 shutting down, 504 over the
+                timeout, 500 an internal error.
         """
         try:
             translator = model.translator_for(options)  # validates them before queueing
@@ -165,7 +166,10 @@ class Service:
                 f"prefix: {len(prefixes)} prefixes for {len(lines)} src lines; give one per "
                 "line ('' = none)",
             )
-        work = model.encode(lines, prefixes, seed, options.sampling)
+        try:
+            work = model.encode(lines, prefixes, seed, options.sampling, tgt_lang)
+        except NMTError as exc:
+            raise ApiError(422, "invalid_field", str(exc)) from None
         work = Work(work.ids, work.truncated, attention, work.prefixes, work.seeds)
         try:
             future = model.submit(work, options)
@@ -280,6 +284,7 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
                     id=m.id,
                     src_lang=m.src_lang,
                     tgt_lang=m.tgt_lang,
+                    pairs=[f"{src}-{tgt}" for src, tgt in m.pairs],
                     engine=m.engine,
                     shape=m.shape,
                     sha256=m.sha256,
@@ -306,7 +311,7 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         if req.prefix is not None:
             service.check_lines(req.prefix, "prefix")
         results = await service.translate(
-            model, req.src, req.options(), attention, req.prefix, req.seed
+            model, req.src, req.options(), attention, req.prefix, req.seed, req.tgt_lang
         )
         return TranslateResponse(
             translations=[translation_out(r, req) for r in results],

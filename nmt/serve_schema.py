@@ -28,6 +28,11 @@ class TranslateRequest(BaseModel):
     model: str | None = Field(
         default=None, description="Model id (GET /v1/models); default: the first."
     )
+    tgt_lang: str | None = Field(
+        default=None,
+        description="Target language, one of the model's pairs (GET /v1/models); required "
+        "for a multilingual model of several target languages.",
+    )
     beam_size: int = Field(
         default=DecodeConfig.beam_size, ge=1, le=MAX_BEAM, description="1 = greedy."
     )
@@ -150,6 +155,7 @@ class ModelInfo(BaseModel):
     id: str
     src_lang: str
     tgt_lang: str
+    pairs: list[str] = Field(description="The directions it translates, as src-tgt.")
     engine: str
     shape: dict[str, Any]
     sha256: str = Field(description="sha256 of the weights file.")

@@ -156,14 +156,6 @@ def test_cli_refuses_bad_pairs(tmp_path: Path, corpus_writer) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_serve_refuses_a_model_of_several_targets(both_ways: Path) -> None:
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from nmt.registry import load_models
-
-    with pytest.raises(ConfigError, match="several target languages \\(de, en\\)"):
-        load_models([f"m={both_ways}"], "torch", "cpu")
-
-
 def test_multilingual_resume_equals_uninterrupted_training(
     tmp_path: Path, tagged_spm, spm_text, corpus_writer, tiny_model_config, tiny_train_config
 ) -> None:

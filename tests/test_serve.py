@@ -371,3 +371,54 @@ def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[st
     assert [t["text"] for t in answers[1]] == [t["text"] for t in answers[0]]
     for a, b in zip(answers[0], answers[1]):
         assert abs(a["score"] - b["score"]) <= 1e-4 * (1 + len(a["text"].split()))
+
+
+def test_a_multilingual_model_translates_into_the_language_each_request_names(
+    both_ways: Path, short_pairs: tuple[list[str], list[str]]
+) -> None:
+    """In process, one model trained on de-en and en-de: each request's ``tgt_lang`` (or
+    LibreTranslate's ``target``) picks the direction, answering what ``nmt translate
+    --tgt-lang`` does; a missing or unknown target language is a 422 naming the choices."""
+    from fastapi.testclient import TestClient
+
+    from nmt.config import DecodeConfig
+    from nmt.registry import ServeConfig, load_models, start_batchers
+    from nmt.serve import create_app
+    from nmt.translate import Translator
+
+    de, en = short_pairs
+    models = load_models([f"both={both_ways}"], "torch", "cpu")
+    pool = start_batchers(models, 1, 4096, 0.0)
+    try:
+        client = TestClient(create_app(models, ServeConfig()))
+        (info,) = client.get("/v1/models").json()["models"]
+        assert info["pairs"] == ["de-en", "en-de"]
+        beam5 = {}
+        for src, tgt_lang, ref in ((de, "en", en), (en, "de", de)):
+            cli = Translator.load(both_ways, DecodeConfig(), device="cpu", tgt_lang=tgt_lang)
+            beam5[tgt_lang] = [t.text for t in cli.translate(src)]
+            for beam_size, expected in ((5, beam5[tgt_lang]), (1, ref)):
+                body = {"src": src, "tgt_lang": tgt_lang, "beam_size": beam_size}
+                answer = client.post("/v1/translate", json=body)
+                assert answer.status_code == 200, answer.json()
+                assert [t["text"] for t in answer.json()["translations"]] == expected
+        # Greedy reproduces the pairs learned by heart: the tag alone chose the language.
+        missing = client.post("/v1/translate", json={"src": de[:1]})
+        assert missing.status_code == 422
+        assert "tgt_lang: model 'both' translates into de, en" in missing.json()["error"]["message"]
+        unknown = client.post("/v1/translate", json={"src": de[:1], "tgt_lang": "fr"})
+        assert unknown.status_code == 422 and "not 'fr'" in unknown.json()["error"]["message"]
+        lt = client.post("/translate", json={"q": en[0], "source": "en", "target": "de"})
+        assert lt.json() == {"translatedText": beam5["de"][0]}
+        lt = client.post("/translate", json={"q": de[1], "source": "auto", "target": "en"})
+        assert lt.json() == {
+            "translatedText": beam5["en"][1],
+            "detectedLanguage": {"confidence": 100.0, "language": "de"},
+        }
+        lt = client.post("/translate", json={"q": de[0], "source": "de", "target": "fr"})
+        assert lt.status_code == 400 and "de->en, en->de" in lt.json()["error"]
+        languages = {x["code"]: x["targets"] for x in client.get("/languages").json()}
+        assert languages == {"de": ["en"], "en": ["de"]}
+    finally:
+        models["both"].batcher.close()  # type: ignore[union-attr]
+        pool.shutdown()

@@ -51,6 +51,7 @@ def test_page_translates_and_shows_the_heatmap(
         driver.get(server.url + "/")
         wait = WebDriverWait(driver, 60)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        assert not driver.find_element(By.ID, "tgt-box").is_displayed()  # one target language
         source = driver.find_element(By.ID, "src")
         source.clear()
         source.send_keys(line)
@@ -85,6 +86,40 @@ def test_page_translates_and_shows_the_heatmap(
         assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap td")) == tgt_len * src_len
         # One alignment mark per target piece (EOS excluded).
         assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap td.aligned")) == tgt_len - 1
+    finally:
+        driver.quit()
+        server.stop()
+
+
+def test_page_lets_a_multilingual_model_translate_into_the_chosen_language(
+    both_ways: Path, short_pairs: tuple[list[str], list[str]], tmp_path: Path
+) -> None:
+    """A model of de-en and en-de: the page offers both targets and sends the chosen one;
+    greedy search reproduces the pairs the model learned by heart."""
+    de, en = short_pairs
+    driver = headless_chromium()
+    server = ServerProcess(["-m", f"both={both_ways}", "--workers", "1"], tmp_path / "log")
+    try:
+        server.wait_ready()
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "tgt-box").is_displayed())
+        into = Select(driver.find_element(By.ID, "tgt"))
+        assert [o.text for o in into.options] == ["en", "de"]  # in the order of the pairs
+        beam = driver.find_element(By.ID, "beam")
+        beam.clear()
+        beam.send_keys("1")
+        for lang, src, ref in (("de", en[0], de[0]), ("en", de[2], en[2])):
+            into.select_by_value(lang)
+            source = driver.find_element(By.ID, "src")
+            source.clear()
+            source.send_keys(src)
+            driver.find_element(By.ID, "translate").click()
+            wait.until(
+                lambda d, ref=ref: any(
+                    e.text == ref for e in d.find_elements(By.CSS_SELECTOR, "#output .translation")
+                )
+            )
     finally:
         driver.quit()
         server.stop()
