@@ -42,7 +42,7 @@ from nmt import __version__
 from nmt.attention import Attention
 from nmt.batcher import BatcherClosedError
 from nmt.errors import NMTError
-from nmt.registry import DecodeOptions, LineResult, ServeConfig, ServedModel, Work
+from nmt.registry import DecodeOptions, LineResult, ServeConfig, ServedModel
 from nmt.serve_schema import (
     AttentionOut,
     ErrorResponse,
@@ -54,6 +54,7 @@ from nmt.serve_schema import (
     TranslateResponse,
     TranslationOut,
 )
+from nmt.serve_work import Work
 
 STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
