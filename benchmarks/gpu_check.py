@@ -182,7 +182,8 @@ def device_step(out: Path) -> int:
 def training_summary(run: Path, peak_tflops: float | None) -> dict[str, Any]:
     """Target tokens/s and MFU of a run folder: the median of its 50-update windows after the
     first (which holds CUDA's start-up), FLOPs per target token from its prepared corpus."""
-    from nmt.config import ModelConfig, from_dict
+    from nmt.config import ModelConfig
+    from nmt.config_file import from_dict
     from nmt.store import open_store
 
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 import nmt.malloc
-from nmt.config import ModelConfig, TrainConfig, from_dict, preset
+from nmt.config import ModelConfig, TrainConfig, preset
+from nmt.config_file import from_dict
 from nmt.data import collate, encode_parallel, read_parallel
 from nmt.onednn import TrainableOneDNNLinear
 from nmt.tokenizer import train_tokenizer

@@ -73,7 +73,8 @@ import sentencepiece as spm
 import torch
 
 from nmt.batching import make_batches
-from nmt.config import ModelConfig, TrainConfig, from_dict, preset
+from nmt.config import ModelConfig, TrainConfig, preset
+from nmt.config_file import from_dict
 from nmt.data import corpus_path, read_lines
 from nmt.store import open_store
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from cli.console import err_console, handle_errors, make_progress
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.checkpoint import read_config
-from nmt.config import resolve
+from nmt.config_file import resolve
 from nmt.multilingual import parse_pairs
 from nmt.store import read_meta
 from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult

@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from nmt.config import ModelConfig, from_dict
+from nmt.config import ModelConfig
+from nmt.config_file import from_dict
 from nmt.errors import CheckpointError
 from nmt.fileio import (  # noqa: F401 - re-exported: the checkpoint API names them
     FORMAT_VERSION,

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from nmt import checkpoint as ckpt
-from nmt.config import ModelConfig, to_dict
+from nmt.config import ModelConfig
+from nmt.config_file import to_dict
 from nmt.errors import CheckpointError, ConfigError
 from nmt.export import replace_dir
 from nmt.marian_vocab import (

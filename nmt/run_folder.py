@@ -15,7 +15,8 @@ from typing import Any, cast
 
 from nmt import checkpoint as ckpt
 from nmt import store
-from nmt.config import ModelConfig, TrainConfig, from_dict, to_dict
+from nmt.config import ModelConfig, TrainConfig
+from nmt.config_file import from_dict, to_dict
 from nmt.distributed import DistEnv, gather_objects
 from nmt.errors import ConfigError, TrainingError
 from nmt.marian_vocab import SOURCE_SPM, TARGET_SPM, VOCAB_FILE

@@ -20,7 +20,8 @@ import torch
 
 from nmt import checkpoint as ckpt
 from nmt import malloc, store
-from nmt.config import ModelConfig, TrainConfig, check_fits, from_dict
+from nmt.config import ModelConfig, TrainConfig
+from nmt.config_file import check_fits, from_dict
 from nmt.data import Corpus, encode_parallel, read_parallel
 from nmt.device import resolve_device
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown

@@ -57,7 +57,8 @@ except ImportError:
     ctranslate2 = None
 if ctranslate2 is not None:
     from nmt.checkpoint import FORMAT_VERSION, save_weights, write_json
-    from nmt.config import ModelConfig, to_dict
+    from nmt.config import ModelConfig
+    from nmt.config_file import to_dict
     from nmt.export import export_ctranslate2
     from nmt.model import Transformer
     from nmt.tokenizer import train_tokenizer

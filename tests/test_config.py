@@ -1,4 +1,4 @@
-"""nmt.config: presets, TOML files, precedence and validation messages."""
+"""nmt.config and nmt.config_file: presets, TOML files, precedence and validation messages."""
 
 from __future__ import annotations
 
@@ -8,17 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.config import (
-    PRESETS,
-    DecodeConfig,
-    ModelConfig,
-    TrainConfig,
-    from_dict,
-    preset,
-    read_toml,
-    resolve,
-    to_dict,
-)
+from nmt.config import PRESETS, DecodeConfig, ModelConfig, TrainConfig, preset
+from nmt.config_file import from_dict, read_toml, resolve, to_dict
 from nmt.errors import ConfigError
 
 

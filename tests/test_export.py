@@ -39,7 +39,8 @@ from cpu_profile import ct2_int8_is_exact
 from typer.testing import CliRunner
 
 from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, save_weights, write_json
-from nmt.config import DecodeConfig, ModelConfig, TrainConfig, from_dict, preset, to_dict
+from nmt.config import DecodeConfig, ModelConfig, TrainConfig, preset
+from nmt.config_file import from_dict, to_dict
 from nmt.ct2 import (
     INSTALL_HINT,
     CT2Translator,

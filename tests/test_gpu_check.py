@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.config import TrainConfig, to_dict
+from nmt.config import TrainConfig
+from nmt.config_file import to_dict
 from nmt.model import Transformer
 from nmt.store import prepare
 
