@@ -223,13 +223,11 @@ class CT2Translator(BaseTranslator):
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raises :class:`ConfigError` for what only the torch engine does: alignment (from a
-        decoder layer chosen per call), target prefixes and sampling (one seeded generator
-        per sentence)."""
+        decoder layer chosen per call) and sampling (one seeded generator per sentence)."""
         asked = [
             name
             for name, on in (
                 ("alignment", d.alignment),
-                ("target prefixes", prefixes),
                 ("sampling", d.sampling),
             )
             if on
@@ -259,11 +257,14 @@ class CT2Translator(BaseTranslator):
         its largest length limit; then, grouped by their own limit, the sentences whose search
         that limit would have cut (:meth:`within_limit`)."""
         d = request.decode if request is not None else self.decode
+        prefixes = request.prefixes if request is not None else None
         todo = [i for i, x in enumerate(ids) if x]
         limits = dict(zip(todo, self.limits([len(ids[i]) for i in todo], d)))
+        if prefixes is not None:  # a prefix is never cut (as nmt.search.max_lengths)
+            limits = {r: max(limit, len(prefixes[r])) for r, limit in limits.items()}
         jobs = [(max(limits[r] for r in rows), rows) for rows in self.row_batches(ids, todo, d)]
         cut: list[int] = []
-        for limit, rows, found in self.search_batches(ids, jobs, d):
+        for limit, rows, found in self.search_batches(ids, jobs, d, prefixes):
             done = [
                 limits[r] == limit or self.within_limit(h, limits[r]) for r, h in zip(rows, found)
             ]
@@ -274,7 +275,7 @@ class CT2Translator(BaseTranslator):
                     [h[: d.nbest] for h, ok in zip(found, done) if ok],
                 )
         jobs = self.limit_batches(cut, limits, ids, d)
-        for _, rows, found in self.search_batches(ids, jobs, d):
+        for _, rows, found in self.search_batches(ids, jobs, d, prefixes):
             yield rows, [h[: d.nbest] for h in found]
 
     def limits(self, src_lengths: list[int], decode: DecodeConfig | None = None) -> list[int]:
@@ -323,38 +324,64 @@ class CT2Translator(BaseTranslator):
         ids: list[list[int]],
         jobs: list[tuple[int, list[int]]],
         decode: DecodeConfig | None = None,
+        prefixes: list[list[int]] | None = None,
     ) -> Iterator[tuple[int, list[int], list[list[Hypothesis]]]]:
         """Search the ``(limit, rows)`` jobs, all submitted first so that CTranslate2's
         ``inter_threads`` workers run them in parallel; yields ``(limit, rows, hypotheses)``
-        in job order, ``hypotheses`` as :meth:`search` returns them."""
+        in job order, ``hypotheses`` as :meth:`search` returns them. ``prefixes``: the
+        target prefix of each row of ``ids`` (``[]`` = none)."""
         d = decode or self.decode
+
+        def rows_of(rows: list[int]) -> list[list[int]] | None:
+            return None if prefixes is None else [prefixes[r] for r in rows]
+
         pending = [
-            (limit, rows, self.submit([ids[r] for r in rows], limit, d)) for limit, rows in jobs
+            (limit, rows, self.submit([ids[r] for r in rows], limit, d, rows_of(rows)))
+            for limit, rows in jobs
         ]
         for limit, rows, results in pending:
-            yield limit, rows, self._collect(results, limit, d)
+            offsets = self.prefix_log_probs([ids[r] for r in rows], rows_of(rows))
+            yield limit, rows, self._collect(results, limit, d, offsets)
 
     def search(
-        self, src: list[list[int]], limit: int, decode: DecodeConfig | None = None
+        self,
+        src: list[list[int]],
+        limit: int,
+        decode: DecodeConfig | None = None,
+        prefixes: list[list[int]] | None = None,
     ) -> list[list[Hypothesis]]:
         """Search a batch of sources with at most ``limit`` target tokens before EOS.
 
         Args:
             src: token ids of each source sentence (non-empty, without EOS: CTranslate2
                 appends it, see ``add_source_eos`` in the exported config).
-            limit: CTranslate2's ``max_decoding_length``.
+            limit: CTranslate2's ``max_decoding_length`` (target prefixes count in it).
+            prefixes: each sentence's target prefix ids (``[]`` = none), teacher-forced
+                (CTranslate2's ``target_prefix``).
 
         Returns:
             For each sentence, all the hypotheses CTranslate2 kept (``beam_size`` of them),
-            best first by the GNMT-normalized score.
+            best first by the GNMT-normalized score; scores include the prefix's
+            log-probability, as the torch engine's do.
         """
         d = decode or self.decode
-        return self._collect(self.submit(src, limit, d), limit, d)
+        offsets = self.prefix_log_probs(src, prefixes)
+        return self._collect(self.submit(src, limit, d, prefixes), limit, d, offsets)
 
-    def submit(self, src: list[list[int]], limit: int, d: DecodeConfig) -> list[Any]:
+    def submit(
+        self,
+        src: list[list[int]],
+        limit: int,
+        d: DecodeConfig,
+        prefixes: list[list[int]] | None = None,
+    ) -> list[Any]:
         """Queue a batch for CTranslate2's workers; one ``AsyncTranslationResult`` per source."""
+        target_prefix = None
+        if prefixes is not None and any(prefixes):
+            target_prefix = [[self.pieces[i] for i in p] for p in prefixes]
         return self.translator.translate_batch(
             [[self.src_pieces[i] for i in x] for x in src],
+            target_prefix=target_prefix,
             beam_size=d.beam_size,
             num_hypotheses=d.beam_size,
             length_penalty=self.ct2_penalty(limit, d),
@@ -366,22 +393,48 @@ class CT2Translator(BaseTranslator):
             asynchronous=True,
         )
 
+    def prefix_log_probs(
+        self, src: list[list[int]], prefixes: list[list[int]] | None
+    ) -> list[float]:
+        """log P(prefix | source) of each sentence (0 without one), through ``score_batch``
+        without its final EOS: CTranslate2's translation scores leave the forced prefix out
+        (while normalizing by the whole length), and ours include it."""
+        if prefixes is None or not any(prefixes):
+            return [0.0] * len(src)
+        rows = [i for i, p in enumerate(prefixes) if p]
+        results = self.translator.score_batch(
+            [[self.src_pieces[t] for t in src[i]] for i in rows],
+            [[self.pieces[t] for t in prefixes[i]] for i in rows],
+            max_batch_size=len(rows),
+            max_input_length=0,
+        )
+        out = [0.0] * len(src)
+        for i, r in zip(rows, results):
+            out[i] = float(sum(r.log_probs[:-1]))
+        return out
+
     def ct2_penalty(self, limit: int, d: DecodeConfig) -> float:
         """The ``length_penalty`` given to CTranslate2 for a call with this ``limit``: 0 (plain
         log-probabilities) for greedy search, else :func:`collect_penalty`."""
         return 0.0 if d.beam_size == 1 else collect_penalty(limit)
 
-    def _collect(self, results: list[Any], limit: int, d: DecodeConfig) -> list[list[Hypothesis]]:
-        """Wait for :meth:`submit`'s results; ours, ranked by the GNMT length penalty."""
+    def _collect(
+        self, results: list[Any], limit: int, d: DecodeConfig, offsets: list[float]
+    ) -> list[list[Hypothesis]]:
+        """Wait for :meth:`submit`'s results; ours, ranked by the GNMT length penalty, each
+        sentence's scores plus its ``offsets`` (:meth:`prefix_log_probs`)."""
         penalty = self.ct2_penalty(limit, d)
-        return [self._hypotheses(r.result(), penalty, d) for r in results]
+        return [self._hypotheses(r.result(), penalty, d, o) for r, o in zip(results, offsets)]
 
-    def _hypotheses(self, result: Any, penalty: float, d: DecodeConfig) -> list[Hypothesis]:
+    def _hypotheses(
+        self, result: Any, penalty: float, d: DecodeConfig, offset: float = 0.0
+    ) -> list[Hypothesis]:
         """One ``TranslationResult`` → our hypotheses, best first by the GNMT length penalty."""
         hyps = []
         for pieces, score in zip(result.hypotheses, result.scores):
             ids = [self.piece_ids[p] for p in pieces]
             score *= len(ids) ** penalty  # undo CTranslate2's score / len ** p (len >= 1)
+            score += offset  # the forced prefix, which CTranslate2 leaves out
             if ids and ids[-1] == self.tokenizer.eos_id:
                 ids = ids[:-1]
             # Length with EOS: a hypothesis cut at the limit gets it forced in our search.

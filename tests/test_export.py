@@ -433,20 +433,51 @@ def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None
 def test_ctranslate2_engine_names_the_engine_for_what_it_cannot_do(
     exported: Path, test_lines: list[str]
 ) -> None:
-    """Alignment, target prefixes and sampling are the torch engine's; asked of CTranslate2
-    they fail before translating, saying which engine can."""
+    """Alignment and sampling are the torch engine's; asked of CTranslate2 they fail before
+    translating, saying which engine can."""
     translator = CT2Translator.load(exported, DecodeConfig(beam_size=2), device="cpu")
     lines = test_lines[:2]
-    for decode, prefixes in [
-        (DecodeConfig(alignment=True), None),
-        (DecodeConfig(beam_size=1, sampling_topk=5, seed=1), None),
-        (None, ["A", ""]),
-    ]:
+    refused = [DecodeConfig(alignment=True), DecodeConfig(beam_size=1, sampling_topk=5, seed=1)]
+    for decode in refused:
         with pytest.raises(ConfigError, match="supported by the torch engine"):
-            list(translator.translate(lines, decode, prefixes))
+            list(translator.translate(lines, decode))
     assert [t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))] == [
         t.text for t in translator.translate(lines, DecodeConfig(beam_size=1))
     ]
+
+
+@pytest.mark.kernels
+def test_ctranslate2_target_prefixes_agree_with_the_torch_engine(
+    run_dir: Path, exported: Path, test_lines: list[str]
+) -> None:
+    """Target prefixes through CTranslate2's target_prefix: every output starts with its
+    prefix, its score is the teacher-forced log-probability of the whole output (prefix
+    included, as the torch engine reports it), greedy outputs agree with the torch engine's
+    up to float32 near-ties, and beam 5's by chrF."""
+    lines = test_lines[:30]
+    refs = read_multi30k("val", "en", len(lines))
+    prefixes = ["" if i % 3 == 0 else " ".join(r.split()[:2]) for i, r in enumerate(refs)]
+    model, _ = load_model(run_dir)
+    for beam_size in (1, 5):
+        decode = DecodeConfig(beam_size=beam_size)
+        ours_t = Translator.load(run_dir, decode, device="cpu")
+        theirs_t = CT2Translator.load(exported, decode, device="cpu")
+        found_ours, found_theirs = record_hypotheses(ours_t), record_hypotheses(theirs_t)
+        ours = list(ours_t.translate(lines, target_prefixes=prefixes))
+        theirs = list(theirs_t.translate(lines, target_prefixes=prefixes))
+        prefix_ids = theirs_t.tokenizer.encode_target(prefixes)
+        limits = ct2_limits(exported, found_theirs, beam_size=beam_size)
+        for src, p in zip(theirs_t.tokenizer.encode(lines), prefix_ids):
+            hyps = found_theirs[tuple(src)]
+            assert hyps[0].tokens[: len(p)] == p
+            for h in hyps:
+                if len(h.tokens) < limits[tuple(src)]:  # at the limit CTranslate2 adds no EOS
+                    forced = teacher_forced_log_probs(model, src, h.tokens).sum()
+                    assert h.score == pytest.approx(float(forced), abs=1e-3)
+        if beam_size == 1:
+            assert_float32_agree(model, 1, found_ours, found_theirs, limits)
+        else:
+            assert chrf([t.text for t in theirs], [t.text for t in ours]) >= BEAM_CHRF
 
 
 @pytest.mark.kernels
