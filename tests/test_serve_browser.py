@@ -8,8 +8,9 @@ why, where they are missing.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,26 @@ def headless_chromium() -> Any:
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
+@contextlib.contextmanager
+def page(model: str, tmp_path: Path) -> Iterator[tuple[Any, ServerProcess, Any]]:
+    """``nmt serve -m MODEL`` (one worker) and headless Chromium on its page: yields
+    ``(driver, server, wait)``, a 60 s ``WebDriverWait``; both are stopped after."""
+    driver = headless_chromium()
+    server = ServerProcess(["-m", model, "--workers", "1"], tmp_path / "log")
+    try:
+        server.wait_ready()
+        driver.get(server.url + "/")
+        yield driver, server, WebDriverWait(driver, 60)
+    finally:
+        driver.quit()
+        server.stop()
+
+
 def test_page_translates_and_shows_the_heatmap(
     tiny_run: Path, multi30k: Callable[..., list[str]], tmp_path: Path
 ) -> None:
     line = multi30k("val", "de", 1)[0]
-    driver = headless_chromium()
-    server = ServerProcess(["-m", f"tiny={tiny_run}", "--workers", "1"], tmp_path / "log")
-    try:
-        server.wait_ready()
-        driver.get(server.url + "/")
-        wait = WebDriverWait(driver, 60)
+    with page(f"tiny={tiny_run}", tmp_path) as (driver, server, wait):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
         assert not driver.find_element(By.ID, "tgt-box").is_displayed()  # one target language
         source = driver.find_element(By.ID, "src")
@@ -86,9 +97,6 @@ def test_page_translates_and_shows_the_heatmap(
         assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap td")) == tgt_len * src_len
         # One alignment mark per target piece (EOS excluded).
         assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap td.aligned")) == tgt_len - 1
-    finally:
-        driver.quit()
-        server.stop()
 
 
 def test_page_lets_a_multilingual_model_translate_into_the_chosen_language(
@@ -97,12 +105,7 @@ def test_page_lets_a_multilingual_model_translate_into_the_chosen_language(
     """A model of de-en and en-de: the page offers both targets and sends the chosen one;
     greedy search reproduces the pairs the model learned by heart."""
     de, en = short_pairs
-    driver = headless_chromium()
-    server = ServerProcess(["-m", f"both={both_ways}", "--workers", "1"], tmp_path / "log")
-    try:
-        server.wait_ready()
-        driver.get(server.url + "/")
-        wait = WebDriverWait(driver, 60)
+    with page(f"both={both_ways}", tmp_path) as (driver, _, wait):
         wait.until(lambda d: d.find_element(By.ID, "tgt-box").is_displayed())
         into = Select(driver.find_element(By.ID, "tgt"))
         assert [o.text for o in into.options] == ["en", "de"]  # in the order of the pairs
@@ -120,6 +123,3 @@ def test_page_lets_a_multilingual_model_translate_into_the_chosen_language(
                     e.text == ref for e in d.find_elements(By.CSS_SELECTOR, "#output .translation")
                 )
             )
-    finally:
-        driver.quit()
-        server.stop()
