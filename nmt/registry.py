@@ -131,6 +131,8 @@ class ServedModel:
         pairs: the directions it translates, ``(src, tgt)``.
         tokenizers: the source tokenizer of each target language (a multilingual model's
             tag it with ``<2tgt>``, :mod:`nmt.multilingual`); every request chooses one.
+        default_tgt: the target language of a request that names none (``None``: such a
+            request must name one, unless there is only one).
     """
 
     id: str
@@ -143,17 +145,20 @@ class ServedModel:
     translator: BaseTranslator
     pairs: list[tuple[str, str]] = field(default_factory=list)
     tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
+    default_tgt: str | None = None
     batcher: Batcher | None = None
     _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
 
     def tokenizer_for(self, tgt_lang: str | None) -> Tokenizer:
         """The source tokenizer that translates into ``tgt_lang`` (may be left out when the
-        model has one target language).
+        model has one target language, or a default: a Marian import's plain input).
 
         Raises:
             ConfigError: ``tgt_lang`` missing for a model of several target languages, or not
                 one of the model's (the message names the field and the choices).
         """
+        if tgt_lang is None and self.default_tgt is not None:
+            return self.tokenizers[self.default_tgt]
         if tgt_lang is None:
             if len(self.tokenizers) == 1:
                 return next(iter(self.tokenizers.values()))
@@ -319,7 +324,8 @@ def load_model_entry(
     model_id: str, folder: Path, engine: str, device: str, batch_tokens: int
 ) -> ServedModel:
     """Load one model folder (torch or CTranslate2) for serving; a multilingual model
-    serves all its pairs, each request choosing its target language.
+    serves all its pairs, each request choosing its target language, and an imported
+    multi-target Marian model its ``>>lang<<`` tags besides its plain input.
 
     Raises:
         ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`.
@@ -338,10 +344,16 @@ def load_model_entry(
     src_lang, tgt_lang = str(info.get("src_lang")), str(info.get("tgt_lang"))
     tokenizer = translator.tokenizer
     directions, tokenizers = [(src_lang, tgt_lang)], {tgt_lang: tokenizer}
+    default = None if pairs else tgt_lang
     if pairs:
         base = tokenizer.base if isinstance(tokenizer, TaggedTokenizer) else tokenizer
         directions = [split_pair(p) for p in pairs]
         tokenizers = {lang: for_target(base, pairs, lang) for lang in langs}
+    for tag in getattr(tokenizer, "target_tags", None) or []:  # a multi-target Marian import
+        lang = tag[2:-2]  # >>fra<<
+        if lang not in tokenizers:
+            directions.append((src_lang, lang))
+            tokenizers[lang] = for_target(tokenizer, [], lang)
     return ServedModel(
         model_id,
         folder,
@@ -353,6 +365,7 @@ def load_model_entry(
         translator,
         directions,
         tokenizers,
+        default,
     )
 
 

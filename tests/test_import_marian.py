@@ -403,3 +403,38 @@ def test_tgt_lang_puts_the_marian_target_tag_first(
     assert by_option == inline
     with pytest.raises(ConfigError, match="--tgt-lang deu: the model translates into fra only"):
         Translator.load(imported, device="cpu", tgt_lang="deu")
+
+
+def test_serve_takes_the_marian_target_tag_per_request(
+    imported: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """nmt serve on a multi-target Marian import: tgt_lang (or LibreTranslate's target) fra
+    puts >>fra<< first, as --tgt-lang does; without it the line goes in as written."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from nmt.registry import ServeConfig, load_models, start_batchers
+    from nmt.serve import create_app
+
+    models = load_models([f"m={imported}"], "torch", "cpu")
+    model, tag = models["m"], MarianVocabulary(imported).ids[TAG]
+    src = pairs[0][:2]
+    assert [x[0] for x in model.encode(src, tgt_lang="fra").ids] == [tag, tag]
+    assert model.encode(src).ids == Translator.load(imported, device="cpu").tokenizer.encode(src)
+    assert all(x[0] != tag for x in model.encode(src).ids)
+    pool = start_batchers(models, 1, 4096, 0.0)
+    try:
+        client = TestClient(create_app(models, ServeConfig()))
+        assert client.get("/v1/models").json()["models"][0]["pairs"] == ["de-en", "de-fra"]
+        body = {"src": src, "beam_size": 1, "tgt_lang": "fra"}
+        assert client.post("/v1/translate", json=body).status_code == 200
+        wrong = client.post("/v1/translate", json={**body, "tgt_lang": "deu"})
+        assert wrong.status_code == 422 and "translates into en, fra" in wrong.text
+        lt = client.post("/translate", json={"q": src[0], "source": "de", "target": "fra"})
+        assert lt.status_code == 200 and isinstance(lt.json()["translatedText"], str)
+        assert {"code": "de", "name": "German", "targets": ["en", "fra"]} in client.get(
+            "/languages"
+        ).json()
+    finally:
+        model.batcher.close()  # type: ignore[union-attr]
+        pool.shutdown()
