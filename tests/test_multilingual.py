@@ -190,3 +190,32 @@ def test_tgt_lang_of_a_one_pair_model_must_be_its_own(tiny_run: Path) -> None:
     )
     with pytest.raises(ConfigError, match="--tgt-lang fr: the model translates into en only"):
         Translator.load(tiny_run, device="cpu", tgt_lang="fr")
+
+
+def test_serve_picks_the_target_language_on_the_ctranslate2_engine(
+    both_ways: Path, tmp_path: Path, short_pairs
+) -> None:
+    """The exported two-way model, served by CTranslate2: each request's tgt_lang picks the
+    direction (greedy reproduces the pairs learned by heart)."""
+    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from nmt.export import export_ctranslate2
+    from nmt.registry import ServeConfig, load_models, start_batchers
+    from nmt.serve import create_app
+
+    exported = export_ctranslate2(both_ways, tmp_path / "ct2")
+    models = load_models([f"m={exported}"], "ctranslate2", "cpu")
+    assert models["m"].engine == "ctranslate2"
+    pool = start_batchers(models, 1, 4096, 0.0)
+    try:
+        client = TestClient(create_app(models, ServeConfig()))
+        de, en = short_pairs
+        for src, tgt_lang, ref in ((de, "en", en), (en, "de", de)):
+            body = {"src": src, "tgt_lang": tgt_lang, "beam_size": 1}
+            answer = client.post("/v1/translate", json=body).json()
+            assert [t["text"] for t in answer["translations"]] == ref
+    finally:
+        models["m"].batcher.close()  # type: ignore[union-attr]
+        pool.shutdown()
