@@ -1,8 +1,10 @@
 """A real ``nmt serve`` process on a free loopback port, and a small HTTP client (stdlib only),
-for the server's tests, its browser test and ``benchmarks/serve_load.py``."""
+for the server's tests, its browser test and ``benchmarks/serve_load.py``; and, for tests in
+process, the app of loaded models behind FastAPI's test client (:func:`serving`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,10 +14,31 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def serving(models: dict[str, Any], workers: int = 1, max_wait_ms: float = 0.0) -> Iterator[Any]:
+    """In process: ``models`` (:func:`nmt.registry.load_models`) behind their batchers, as a
+    FastAPI ``TestClient`` of the app; the batchers and their worker pool are closed after.
+    (FastAPI is imported here, so that this module stays stdlib-only for the others.)"""
+    from fastapi.testclient import TestClient
+
+    from nmt.registry import ServeConfig, start_batchers
+    from nmt.serve import create_app
+
+    pool = start_batchers(models, workers, 4096, max_wait_ms)
+    try:
+        yield TestClient(create_app(models, ServeConfig()))
+    finally:
+        for model in models.values():
+            if model.batcher is not None:
+                model.batcher.close()
+        pool.shutdown()
 
 
 def free_port() -> int:

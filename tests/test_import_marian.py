@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -411,10 +412,7 @@ def test_serve_takes_the_marian_target_tag_per_request(
     """nmt serve on a multi-target Marian import: tgt_lang (or LibreTranslate's target) fra
     puts >>fra<< first, as --tgt-lang does; without it the line goes in as written."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from fastapi.testclient import TestClient
-
-    from nmt.registry import ServeConfig, load_models, start_batchers
-    from nmt.serve import create_app
+    from nmt.registry import load_models
 
     models = load_models([f"m={imported}"], "torch", "cpu")
     model, tag = models["m"], MarianVocabulary(imported).ids[TAG]
@@ -422,9 +420,7 @@ def test_serve_takes_the_marian_target_tag_per_request(
     assert [x[0] for x in model.encode(src, tgt_lang="fra").ids] == [tag, tag]
     assert model.encode(src).ids == Translator.load(imported, device="cpu").tokenizer.encode(src)
     assert all(x[0] != tag for x in model.encode(src).ids)
-    pool = start_batchers(models, 1, 4096, 0.0)
-    try:
-        client = TestClient(create_app(models, ServeConfig()))
+    with serving(models) as client:
         assert client.get("/v1/models").json()["models"][0]["pairs"] == ["de-en", "de-fra"]
         body = {"src": src, "beam_size": 1, "tgt_lang": "fra"}
         assert client.post("/v1/translate", json=body).status_code == 200
@@ -435,6 +431,3 @@ def test_serve_takes_the_marian_target_tag_per_request(
         assert {"code": "de", "name": "German", "targets": ["en", "fra"]} in client.get(
             "/languages"
         ).json()
-    finally:
-        model.batcher.close()  # type: ignore[union-attr]
-        pool.shutdown()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -199,23 +200,15 @@ def test_serve_picks_the_target_language_on_the_ctranslate2_engine(
     direction (greedy reproduces the pairs learned by heart)."""
     pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from fastapi.testclient import TestClient
-
     from nmt.export import export_ctranslate2
-    from nmt.registry import ServeConfig, load_models, start_batchers
-    from nmt.serve import create_app
+    from nmt.registry import load_models
 
     exported = export_ctranslate2(both_ways, tmp_path / "ct2")
     models = load_models([f"m={exported}"], "ctranslate2", "cpu")
     assert models["m"].engine == "ctranslate2"
-    pool = start_batchers(models, 1, 4096, 0.0)
-    try:
-        client = TestClient(create_app(models, ServeConfig()))
+    with serving(models) as client:
         de, en = short_pairs
         for src, tgt_lang, ref in ((de, "en", en), (en, "de", de)):
             body = {"src": src, "tgt_lang": tgt_lang, "beam_size": 1}
             answer = client.post("/v1/translate", json=body).json()
             assert [t["text"] for t in answer["translations"]] == ref
-    finally:
-        models["m"].batcher.close()  # type: ignore[union-attr]
-        pool.shutdown()

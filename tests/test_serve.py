@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import pytest
 from agreement import BEAM_NORMALIZED_TOL
-from serve_client import REPO, ServerProcess, request
+from serve_client import REPO, ServerProcess, request, serving
 
 from nmt.search import length_penalty
 from nmt.tokenizer import Tokenizer
@@ -278,10 +278,7 @@ def test_timeout_then_sigterm_with_requests_in_flight(
 def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path) -> None:
     """In process (a real server cannot be made to fail on purpose): a search that raises
     answers 500 with its message, on both APIs, and the next request is translated."""
-    from fastapi.testclient import TestClient
-
-    from nmt.registry import ServeConfig, ServedModel, load_models, start_batchers
-    from nmt.serve import create_app
+    from nmt.registry import ServedModel, load_models
 
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
     calls: list[int] = []
@@ -293,9 +290,7 @@ def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path
         return ServedModel.run(models["tiny"], options, works)
 
     models["tiny"].run = fail_every_other  # type: ignore[method-assign]
-    pool = start_batchers(models, 1, 4096, 0.0)
-    try:
-        client = TestClient(create_app(models, ServeConfig()))
+    with serving(models) as client:
         answer = client.post("/v1/translate", json={"src": ["Ein Hund."]})
         assert answer.status_code == 500
         assert answer.json() == {
@@ -305,9 +300,6 @@ def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path
         answer = client.post("/translate", json={"q": "Ein Hund.", "target": "en"})
         assert (answer.status_code, answer.json()) == (500, {"error": "RuntimeError: device lost"})
         assert client.post("/translate", json={"q": "Ein Hund.", "target": "en"}).status_code == 200
-    finally:
-        models["tiny"].batcher.close()  # type: ignore[union-attr]
-        pool.shutdown()
 
 
 def test_sampling_and_target_prefixes_per_request(
@@ -340,10 +332,7 @@ def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[st
     """In process, two workers: a 24-line request runs as two batches of 12 consecutive
     lines (a lone long request keeps both workers busy) and answers what one batch does, in
     order; a 4-line request stays one batch."""
-    from fastapi.testclient import TestClient
-
-    from nmt.registry import ServeConfig, load_models, start_batchers
-    from nmt.serve import create_app
+    from nmt.registry import load_models
 
     src = (lines * 24)[:24]
     answers, batches = [], []
@@ -357,16 +346,11 @@ def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[st
             return run(options, works)
 
         models["tiny"].run = recording  # type: ignore[method-assign]
-        pool = start_batchers(models, workers, 4096, 10.0)
-        try:
-            client = TestClient(create_app(models, ServeConfig()))
+        with serving(models, workers, 10.0) as client:
             body = {"src": src, "beam_size": 2, "return_scores": True}
             answers.append(client.post("/v1/translate", json=body).json()["translations"])
             client.post("/v1/translate", json={"src": src[:4]})
             batches.append(calls)
-        finally:
-            models["tiny"].batcher.close()  # type: ignore[union-attr]
-            pool.shutdown()
     assert batches == [[24, 4], [12, 12, 4]]
     assert [t["text"] for t in answers[1]] == [t["text"] for t in answers[0]]
     for a, b in zip(answers[0], answers[1]):
@@ -379,18 +363,13 @@ def test_a_multilingual_model_translates_into_the_language_each_request_names(
     """In process, one model trained on de-en and en-de: each request's ``tgt_lang`` (or
     LibreTranslate's ``target``) picks the direction, answering what ``nmt translate
     --tgt-lang`` does; a missing or unknown target language is a 422 naming the choices."""
-    from fastapi.testclient import TestClient
-
     from nmt.config import DecodeConfig
-    from nmt.registry import ServeConfig, load_models, start_batchers
-    from nmt.serve import create_app
+    from nmt.registry import load_models
     from nmt.translate import Translator
 
     de, en = short_pairs
     models = load_models([f"both={both_ways}"], "torch", "cpu")
-    pool = start_batchers(models, 1, 4096, 0.0)
-    try:
-        client = TestClient(create_app(models, ServeConfig()))
+    with serving(models) as client:
         (info,) = client.get("/v1/models").json()["models"]
         assert info["pairs"] == ["de-en", "en-de"]
         beam5 = {}
@@ -419,6 +398,3 @@ def test_a_multilingual_model_translates_into_the_language_each_request_names(
         assert lt.status_code == 400 and "de->en, en->de" in lt.json()["error"]
         languages = {x["code"]: x["targets"] for x in client.get("/languages").json()}
         assert languages == {"de": ["en"], "en": ["de"]}
-    finally:
-        models["both"].batcher.close()  # type: ignore[union-attr]
-        pool.shutdown()

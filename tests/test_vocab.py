@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from agreement import teacher_forced_log_probs
+from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
@@ -287,15 +288,10 @@ def test_server_labels_attention_with_each_sides_pieces(separate_run: Path, pair
     """nmt serve's attention labels: source pieces from the source model (Cyrillic), target
     pieces from the target model."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from fastapi.testclient import TestClient
-
-    from nmt.registry import ServeConfig, load_models, start_batchers
-    from nmt.serve import create_app
+    from nmt.registry import load_models
 
     models = load_models([f"sep={separate_run}"], "torch", "cpu")
-    pool = start_batchers(models, 1, 4096, 0.0)
-    try:
-        client = TestClient(create_app(models, ServeConfig()))
+    with serving(models) as client:
         answer = client.post("/v1/translate", json={"src": pairs[0][:1], "return_attention": True})
         assert answer.status_code == 200, answer.text
         out = answer.json()["translations"][0]
@@ -306,6 +302,3 @@ def test_server_labels_attention_with_each_sides_pieces(separate_run: Path, pair
             tokenizer.piece(i) for i in tokenizer.encode_target([out["text"]])[0]
         ]
         assert out["text"] == pairs[1][0]
-    finally:
-        models["sep"].batcher.close()  # type: ignore[union-attr]
-        pool.shutdown()
