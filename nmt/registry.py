@@ -131,8 +131,8 @@ class ServedModel:
         pairs: the directions it translates, ``(src, tgt)``.
         tokenizers: the source tokenizer of each target language (a multilingual model's
             tag it with ``<2tgt>``, :mod:`nmt.multilingual`); every request chooses one.
-        default_tgt: the target language of a request that names none (``None``: such a
-            request must name one, unless there is only one).
+        default_tgt: the target language of a request that names none: the model's only
+            one, or a Marian import's own (its plain input); ``None`` when it has several.
     """
 
     id: str
@@ -150,28 +150,24 @@ class ServedModel:
     _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
 
     def tokenizer_for(self, tgt_lang: str | None) -> Tokenizer:
-        """The source tokenizer that translates into ``tgt_lang`` (may be left out when the
-        model has one target language, or a default: a Marian import's plain input).
+        """The source tokenizer that translates into ``tgt_lang``, or into ``default_tgt``
+        when none is named.
 
         Raises:
-            ConfigError: ``tgt_lang`` missing for a model of several target languages, or not
-                one of the model's (the message names the field and the choices).
+            ConfigError: no ``tgt_lang`` for a model of several target languages, or one not
+                of the model's (the message names the field and the choices).
         """
-        if tgt_lang is None and self.default_tgt is not None:
-            return self.tokenizers[self.default_tgt]
-        if tgt_lang is None:
-            if len(self.tokenizers) == 1:
-                return next(iter(self.tokenizers.values()))
-            langs = ", ".join(self.tokenizers)
+        lang = tgt_lang or self.default_tgt
+        choices = ", ".join(self.tokenizers)
+        if lang is None:
             raise ConfigError(
-                f"tgt_lang: model {self.id!r} translates into {langs}; choose one with tgt_lang"
+                f"tgt_lang: model {self.id!r} translates into {choices}; choose one with tgt_lang"
             )
-        if tgt_lang not in self.tokenizers:
+        if lang not in self.tokenizers:
             raise ConfigError(
-                f"tgt_lang: model {self.id!r} translates into {', '.join(self.tokenizers)}, "
-                f"not {tgt_lang!r}"
+                f"tgt_lang: model {self.id!r} translates into {choices}, not {lang!r}"
             )
-        return self.tokenizers[tgt_lang]
+        return self.tokenizers[lang]
 
     def encode(
         self,
@@ -344,8 +340,9 @@ def load_model_entry(
     src_lang, tgt_lang = str(info.get("src_lang")), str(info.get("tgt_lang"))
     tokenizer = translator.tokenizer
     directions, tokenizers = [(src_lang, tgt_lang)], {tgt_lang: tokenizer}
-    default = None if pairs else tgt_lang
+    default: str | None = tgt_lang
     if pairs:
+        default = langs[0] if len(langs) == 1 else None
         base = tokenizer.base if isinstance(tokenizer, TaggedTokenizer) else tokenizer
         directions = [split_pair(p) for p in pairs]
         tokenizers = {lang: for_target(base, pairs, lang) for lang in langs}
