@@ -332,15 +332,13 @@ class CT2Translator(BaseTranslator):
         target prefix of each row of ``ids`` (``[]`` = none)."""
         d = decode or self.decode
 
-        def rows_of(rows: list[int]) -> list[list[int]] | None:
-            return None if prefixes is None else [prefixes[r] for r in rows]
-
-        pending = [
-            (limit, rows, self.submit([ids[r] for r in rows], limit, d, rows_of(rows)))
-            for limit, rows in jobs
-        ]
-        for limit, rows, results in pending:
-            offsets = self.prefix_log_probs([ids[r] for r in rows], rows_of(rows))
+        pending = []
+        for limit, rows in jobs:
+            src = [ids[r] for r in rows]
+            forced = None if prefixes is None else [prefixes[r] for r in rows]
+            pending.append((limit, rows, src, forced, self.submit(src, limit, d, forced)))
+        for limit, rows, src, forced, results in pending:
+            offsets = self.prefix_log_probs(src, forced)
             yield limit, rows, self._collect(results, limit, d, offsets)
 
     def search(
