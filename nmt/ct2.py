@@ -242,13 +242,18 @@ class CT2Translator(BaseTranslator):
         """Log-probabilities of given targets through CTranslate2's ``score_batch`` (which
         appends EOS to both sides, as the export configures): the sum of its per-token
         log-probabilities, EOS included (Klein et al. 2020)."""
+        return [float(sum(lp)) for lp in self.token_log_probs(src, tgt)]
+
+    def token_log_probs(self, src: list[list[int]], tgt: list[list[int]]) -> list[list[float]]:
+        """CTranslate2's ``score_batch``: the log-probability of each target token given the
+        source and the tokens before it, then of EOS, which it appends (ids without EOS)."""
         results = self.translator.score_batch(
             [[self.src_pieces[i] for i in x] for x in src],
             [[self.pieces[i] for i in t] for t in tgt],
             max_batch_size=len(src),
             max_input_length=0,
         )
-        return [float(sum(r.log_probs)) for r in results]
+        return [list(r.log_probs) for r in results]
 
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None
@@ -394,21 +399,16 @@ class CT2Translator(BaseTranslator):
     def prefix_log_probs(
         self, src: list[list[int]], prefixes: list[list[int]] | None
     ) -> list[float]:
-        """log P(prefix | source) of each sentence (0 without one), through ``score_batch``
-        without its final EOS: CTranslate2's translation scores leave the forced prefix out
+        """log P(prefix | source) of each sentence (0 without one), :meth:`token_log_probs`
+        without the final EOS: CTranslate2's translation scores leave the forced prefix out
         (while normalizing by the whole length), and ours include it."""
         if prefixes is None or not any(prefixes):
             return [0.0] * len(src)
         rows = [i for i, p in enumerate(prefixes) if p]
-        results = self.translator.score_batch(
-            [[self.src_pieces[t] for t in src[i]] for i in rows],
-            [[self.pieces[t] for t in prefixes[i]] for i in rows],
-            max_batch_size=len(rows),
-            max_input_length=0,
-        )
+        found = self.token_log_probs([src[i] for i in rows], [prefixes[i] for i in rows])
         out = [0.0] * len(src)
-        for i, r in zip(rows, results):
-            out[i] = float(sum(r.log_probs[:-1]))
+        for i, log_probs in zip(rows, found):
+            out[i] = float(sum(log_probs[:-1]))
         return out
 
     def ct2_penalty(self, limit: int, d: DecodeConfig) -> float:
