@@ -1,6 +1,7 @@
 """Load on ``nmt serve``: requests/s and latency percentiles at 1, 8 and 64 concurrent clients,
 single-line and 32-line requests, dynamic batching on and off, beside ``nmt translate``'s
-sentences/s on the same lines (``Translator.translate`` in process, one list).
+sentences/s on the same lines (``Translator.translate`` in process, one list, timed before and
+after the server rows: "vs file" divides by the mean of the two, as the machine's speed drifts).
 
 Clients are threads of this process on 127.0.0.1 (a closed loop: each sends its next request
 when the last is answered) for ``--seconds`` per row; the load generator shares the CPU with
@@ -103,23 +104,20 @@ def main() -> None:
 
     translator = Translator.load(args.model)
     translator.translate(lines[:32])  # warm-up
-    start = time.perf_counter()
-    list(translator.translate(lines))
-    file_rate = len(lines) / (time.perf_counter() - start)
+
+    def file_rate() -> float:
+        start = time.perf_counter()
+        list(translator.translate(lines))
+        return len(lines) / (time.perf_counter() - start)
+
+    before = file_rate()
     one = Translator.load(args.model, workers=1)
     alone = []
     for line in lines[:20]:
         t0 = time.perf_counter()
         list(one.translate([line]))
         alone.append((time.perf_counter() - t0) * 1000)
-    print(f"nmt translate (in process, {len(lines)} lines, beam 5): {file_rate:.1f} sentences/s")
-    print(f"Translator.translate one line (workers=1): median {statistics.median(alone):.1f} ms")
-
-    print(
-        "| batching | clients | lines/request | requests/s | sentences/s | vs file | p50 ms "
-        "| p95 ms | p99 ms | errors | lines/batch | load-generator CPU s / s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     modes = {"on": [], "off": ["--batch-tokens", "1"]}
     for batching in args.batching.split(","):
         extra = modes[batching]
@@ -131,15 +129,33 @@ def main() -> None:
                 for clients in map(int, args.clients.split(",")):
                     batches = request(server.url + "/health")[1]["batches"]
                     r = load(server.url, lines, clients, per_request, args.seconds)
-                    batches = request(server.url + "/health")[1]["batches"] - batches
+                    r["batches"] = request(server.url + "/health")[1]["batches"] - batches
+                    rows.append((batching, clients, per_request, r))
                     print(
-                        f"| {batching} | {clients} | {per_request} | {r['req_s']:.1f} | "
-                        f"{r['sent_s']:.1f} | {r['sent_s'] / file_rate:.0%} | {r['p50']:.0f} | "
-                        f"{r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} | "
-                        f"{r['sentences'] / max(batches, 1):.1f} | "
-                        f"{r['cpu_s'] / r['seconds']:.2f} |",
+                        f"{batching} {clients}x{per_request}: {r['sent_s']:.1f} sentences/s",
+                        file=sys.stderr,
                         flush=True,
                     )
+    after = file_rate()  # the machine's speed drifts: the reference is the mean of two runs
+    reference = (before + after) / 2
+    print(
+        f"nmt translate (in process, {len(lines)} lines, beam 5): {before:.1f} sentences/s "
+        f"before the server rows, {after:.1f} after (vs file: their mean, {reference:.1f})"
+    )
+    print(f"Translator.translate one line (workers=1): median {statistics.median(alone):.1f} ms")
+    print(
+        "| batching | clients | lines/request | requests/s | sentences/s | vs file | p50 ms "
+        "| p95 ms | p99 ms | errors | lines/batch | load-generator CPU s / s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for batching, clients, per_request, r in rows:
+        print(
+            f"| {batching} | {clients} | {per_request} | {r['req_s']:.1f} | "
+            f"{r['sent_s']:.1f} | {r['sent_s'] / reference:.0%} | {r['p50']:.0f} | "
+            f"{r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} | "
+            f"{r['sentences'] / max(r['batches'], 1):.1f} | "
+            f"{r['cpu_s'] / r['seconds']:.2f} |"
+        )
 
 
 if __name__ == "__main__":
