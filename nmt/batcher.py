@@ -15,6 +15,10 @@ most ``batch_tokens`` source tokens, as Triton's dynamic batcher and CTranslate2
   that free workers split the queue instead of one taking it all while the others idle
   (with closed-loop clients, 64 single-line requests, under 4,096 tokens, otherwise went to
   one single-threaded worker at a time, and the next ones only came back once it was done);
+- and at most its share of all the work, ``(queued + running tokens) / workers``: what it
+  leaves waits for the next worker to free up, so that the workers' batches even out
+  (closed-loop clients otherwise settle into one large batch on one worker and small,
+  inefficient ones on the other, the same clients each time; docs/benchmarks.md);
 - a job cancelled while still queued (its request timed out) is dropped;
 - :meth:`Batcher.drain` stops all waiting (shutdown: queued jobs are dispatched at once, and
   no job is accepted any more); :meth:`Batcher.close` also ends the dispatcher thread.
@@ -82,6 +86,7 @@ class Batcher:
         self.batch_tokens, self.max_wait = batch_tokens, max_wait_ms / 1000.0
         self.queue: list[Job] = []
         self.running = 0  # batches running now
+        self.running_tokens = 0  # their source tokens
         self.batches = 0  # batches dispatched so far
         self.draining = self.closed = False
         self.cond = threading.Condition()
@@ -142,6 +147,7 @@ class Batcher:
                 if batch is None:
                     return
                 self.running += 1
+                self.running_tokens += sum(j.tokens for j in batch)
                 self.batches += 1
             try:
                 self.executor.submit(self._run_batch, batch)
@@ -177,11 +183,13 @@ class Batcher:
 
     def _take(self, key: Hashable) -> list[Job]:
         """Remove the oldest jobs with ``key`` from the queue, up to ``batch_tokens`` tokens
-        and this batch's share of the queue (the queued tokens with ``key`` over the free
-        workers; the first job always, even when larger), and mark them running."""
+        and this batch's share (the queued tokens with ``key`` over the free workers, and
+        those plus the running batches' tokens over all workers; the first job always, even
+        when larger), and mark them running."""
         free = max(1, self.workers - self.running)
         queued = sum(j.tokens for j in self.queue if j.key == key)
-        limit = min(self.batch_tokens, -(-queued // free))  # ceil(queued / free)
+        share = min(-(-queued // free), -(-(queued + self.running_tokens) // self.workers))
+        limit = min(self.batch_tokens, share)
         batch: list[Job] = []
         tokens = 0
         for job in self.queue:
@@ -201,11 +209,13 @@ class Batcher:
             return
         for job, result in zip(batch, results):
             job.future.set_result(result)
-        self._finish([], None)
+        self._finish(batch, None)
 
-    def _finish(self, failed: list[Job], exc: BaseException | None) -> None:
-        for job in failed:
-            job.future.set_exception(exc or RuntimeError("batch failed"))
+    def _finish(self, batch: list[Job], exc: BaseException | None) -> None:
+        if exc is not None:
+            for job in batch:
+                job.future.set_exception(exc)
         with self.cond:
             self.running -= 1
+            self.running_tokens -= sum(j.tokens for j in batch)
             self.cond.notify_all()
