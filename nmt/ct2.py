@@ -49,63 +49,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 
 from nmt.config import DecodeConfig
+from nmt.ct2_folder import import_ctranslate2, read_export_info
 from nmt.engine import BaseTranslator, Request
-from nmt.errors import ConfigError, NMTError
-from nmt.fileio import read_versioned_json
+from nmt.errors import ConfigError
 from nmt.multilingual import for_target
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import Tokenizer
 from nmt.translate import cpu_workers
 from nmt.vocab import load_tokenizer
 
-CT2_WEIGHTS = "model.bin"  # what CTranslate2 writes; its presence marks a CTranslate2 folder
-EXPORT_INFO = "nmt.json"  # written by nmt export beside CTranslate2's own config.json
-INSTALL_HINT = "pip install 'nmt[ctranslate2]'"
 PENALTY_EXPONENT_BITS = 100  # len ** -p stays below 2 ** 100: no float32 overflow of score / ...
-
-
-class MissingDependencyError(NMTError):
-    """An optional package that a feature needs is not installed."""
-
-
-def import_ctranslate2() -> ModuleType:
-    """The ``ctranslate2`` module.
-
-    Raises:
-        MissingDependencyError: it is not installed (the message says how to install it).
-    """
-    try:
-        import ctranslate2
-    except ImportError:
-        raise MissingDependencyError(
-            f"the CTranslate2 engine needs the ctranslate2 package; install it with {INSTALL_HINT}"
-        ) from None
-    return ctranslate2
-
-
-def is_ctranslate2_dir(path: str | Path) -> bool:
-    """True for a CTranslate2 model folder (it holds ``model.bin``); needs no ctranslate2."""
-    return (Path(path) / CT2_WEIGHTS).is_file()
-
-
-def read_export_info(folder: str | Path) -> dict[str, Any]:
-    """The ``nmt.json`` that ``nmt export`` writes into a CTranslate2 folder.
-
-    Raises:
-        CheckpointError: missing (not written by ``nmt export``), unreadable, or another
-            format version.
-    """
-    return read_versioned_json(
-        Path(folder) / EXPORT_INFO,
-        "translate only CTranslate2 folders written by nmt export",
-        "export the model again with this nmt",
-    )
 
 
 def collect_penalty(limit: int) -> float:

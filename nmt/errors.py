@@ -41,3 +41,7 @@ class CheckpointError(NMTError):
 
 class TrainingError(NMTError):
     """Training cannot go on (for example the loss keeps becoming NaN)."""
+
+
+class MissingDependencyError(NMTError):
+    """An optional package that a feature needs is not installed."""

@@ -42,7 +42,7 @@ from typing import Any, cast
 from torch import nn
 
 from nmt.checkpoint import FORMAT_VERSION, load_model, write_json
-from nmt.ct2 import EXPORT_INFO, import_ctranslate2
+from nmt.ct2_folder import EXPORT_INFO, import_ctranslate2
 from nmt.errors import CheckpointError, ConfigError
 from nmt.model import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention, Transformer
 from nmt.tokenizer import Tokenizer

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nmt.config import DecodeConfig
-from nmt.ct2 import CT2Translator, is_ctranslate2_dir
+from nmt.ct2 import CT2Translator
+from nmt.ct2_folder import is_ctranslate2_dir
 from nmt.errors import ConfigError
 from nmt.translate import Translator
 

@@ -25,7 +25,8 @@ from nmt.attention import Attention, cross_attention
 from nmt.batcher import Batcher
 from nmt.checkpoint import WEIGHTS_FILE, read_config
 from nmt.config import DecodeConfig
-from nmt.ct2 import CT2_WEIGHTS, CT2Translator, is_ctranslate2_dir, read_export_info
+from nmt.ct2 import CT2Translator
+from nmt.ct2_folder import CT2_WEIGHTS, is_ctranslate2_dir, read_export_info
 from nmt.engine import Request
 from nmt.errors import ConfigError
 from nmt.loading import load_translator
@@ -324,7 +325,8 @@ def load_model_entry(
     multi-target Marian model its ``>>lang<<`` tags besides its plain input.
 
     Raises:
-        ConfigError / CheckpointError / MissingDependencyError: as :func:`nmt.ct2.load_translator`.
+        ConfigError / CheckpointError / MissingDependencyError: as
+            :func:`nmt.loading.load_translator`.
     """
     decode = DecodeConfig(batch_tokens=batch_tokens)
     exported = engine != "torch" and is_ctranslate2_dir(folder)

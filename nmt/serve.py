@@ -13,7 +13,7 @@ error (the server keeps serving). On SIGTERM the server stops accepting connecti
 what is queued without waiting for companions, answers the requests in flight and exits.
 
 FastAPI and uvicorn are the optional ``serve`` extra; importing this module without them
-raises :class:`~nmt.ct2.MissingDependencyError` saying how to install them.
+raises :class:`~nmt.errors.MissingDependencyError` saying how to install them.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from importlib import resources
 from typing import Any
 
-from nmt.ct2 import MissingDependencyError
+from nmt.errors import MissingDependencyError, NMTError
 
 try:
     import uvicorn
@@ -41,7 +41,6 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from nmt import __version__
 from nmt.attention import Attention
 from nmt.batcher import BatcherClosedError
-from nmt.errors import NMTError
 from nmt.registry import DecodeOptions, LineResult, ServeConfig, ServedModel
 from nmt.serve_schema import (
     AttentionOut,

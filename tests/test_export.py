@@ -41,15 +41,9 @@ from typer.testing import CliRunner
 from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, save_weights, write_json
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig, preset
 from nmt.config_file import from_dict, to_dict
-from nmt.ct2 import (
-    INSTALL_HINT,
-    CT2Translator,
-    MissingDependencyError,
-    ct2_threads,
-    import_ctranslate2,
-    is_ctranslate2_dir,
-)
-from nmt.errors import CheckpointError, ConfigError
+from nmt.ct2 import CT2Translator, ct2_threads
+from nmt.ct2_folder import INSTALL_HINT, import_ctranslate2, is_ctranslate2_dir
+from nmt.errors import CheckpointError, ConfigError, MissingDependencyError
 from nmt.export import export_ctranslate2
 from nmt.loading import load_translator
 from nmt.model import Transformer

@@ -45,8 +45,16 @@ print("torch" in sys.modules)
 
 
 def test_file_utilities_scoring_and_data_preparation_do_not_import_torch() -> None:
-    """``nmt score`` and the corpus-encoding worker processes start without loading torch."""
-    names = ["nmt.fileio", "nmt.score", "nmt.store", "nmt.textio", "nmt.tokenizer"]
+    """``nmt score``, the corpus-encoding worker processes and finding a CTranslate2 folder
+    start without loading torch."""
+    names = [
+        "nmt.ct2_folder",
+        "nmt.fileio",
+        "nmt.score",
+        "nmt.store",
+        "nmt.textio",
+        "nmt.tokenizer",
+    ]
     done = subprocess.run(
         [sys.executable, "-c", _TORCH_FREE, *names], capture_output=True, text=True, timeout=120
     )
