@@ -177,11 +177,13 @@ class ServedModel:
         seed: int | None = None,
         sampling: bool = False,
         tgt_lang: str | None = None,
+        attention: bool = False,
     ) -> Work:
         """Tokenize ``lines`` for ``tgt_lang`` (:meth:`tokenizer_for`) and their target
         ``prefixes`` (``""`` = none); sources longer than the model allows are cut (and
         marked). When ``sampling``, each line gets its own seed from ``seed`` (a fresh one
         when ``None``) and its 1-based line number, as ``nmt translate --seed`` gives it.
+        ``attention``: the results carry each output's cross-attention.
 
         Raises:
             ConfigError: see :meth:`tokenizer_for`.
@@ -197,7 +199,7 @@ class ServedModel:
             base = fresh_seed() if seed is None else seed
             seeds = [sentence_seed(base, line) for line in range(1, len(lines) + 1)]
         return Work(
-            [x[:limit] for x in ids], [len(x) > limit for x in ids], False, prefix_ids, seeds
+            [x[:limit] for x in ids], [len(x) > limit for x in ids], attention, prefix_ids, seeds
         )
 
     def submit(self, work: Work, options: DecodeOptions) -> Future[list[LineResult]]:

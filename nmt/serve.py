@@ -53,7 +53,6 @@ from nmt.serve_schema import (
     TranslateResponse,
     TranslationOut,
 )
-from nmt.serve_work import Work
 
 STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
@@ -167,10 +166,9 @@ class Service:
                 "line ('' = none)",
             )
         try:
-            work = model.encode(lines, prefixes, seed, options.sampling, tgt_lang)
+            work = model.encode(lines, prefixes, seed, options.sampling, tgt_lang, attention)
         except NMTError as exc:
             raise ApiError(422, "invalid_field", str(exc)) from None
-        work = Work(work.ids, work.truncated, attention, work.prefixes, work.seeds)
         try:
             future = model.submit(work, options)
         except BatcherClosedError as exc:
