@@ -5,7 +5,9 @@ after the server rows: "vs file" divides by the mean of the two, as the machine'
 
 Clients are threads of this process on 127.0.0.1 (a closed loop: each sends its next request
 when the last is answered) for ``--seconds`` per row; the load generator shares the CPU with
-the server, so its CPU time per row is printed beside the result. Batching off is
+the server, so its CPU time per row is printed beside the result, and so is the server's,
+split into its event loop (HTTP, validation, tokenizing) and its other threads (the search
+workers, read from ``/proc`` on Linux). Batching off is
 ``--batch-tokens 1`` (every batch holds one request).
 
     python benchmarks/serve_load.py --model runs/demo/averaged --data ../shared/data/multi30k
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import shlex
 import statistics
 import sys
@@ -35,6 +38,20 @@ from nmt.translate import Translator  # noqa: E402
 def read_lines(data: Path, n: int) -> list[str]:
     with gzip.open(data / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
         return [line.rstrip("\n") for line, _ in zip(f, range(n))]
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process ``pid``, by thread id, from
+    ``/proc`` (Linux; empty elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def load(url: str, lines: list[str], clients: int, per_request: int, seconds: float) -> dict:
@@ -128,8 +145,14 @@ def main() -> None:
             for per_request in map(int, args.lines_per_request.split(",")):
                 for clients in map(int, args.clients.split(",")):
                     batches = request(server.url + "/health")[1]["batches"]
+                    pid = server.proc.pid
+                    cpu0 = thread_cpu(pid)
                     r = load(server.url, lines, clients, per_request, args.seconds)
+                    cpu = {t: c - cpu0.get(t, 0.0) for t, c in thread_cpu(pid).items()}
                     r["batches"] = request(server.url + "/health")[1]["batches"] - batches
+                    # the event loop is the main thread; the others are mostly the workers
+                    r["loop_cpu"] = cpu.get(pid, float("nan")) / r["seconds"]
+                    r["other_cpu"] = sum(c for t, c in cpu.items() if t != pid) / r["seconds"]
                     rows.append((batching, clients, per_request, r))
                     print(
                         f"{batching} {clients}x{per_request}: {r['sent_s']:.1f} sentences/s",
@@ -145,16 +168,17 @@ def main() -> None:
     print(f"Translator.translate one line (workers=1): median {statistics.median(alone):.1f} ms")
     print(
         "| batching | clients | lines/request | requests/s | sentences/s | vs file | p50 ms "
-        "| p95 ms | p99 ms | errors | lines/batch | load-generator CPU s / s |"
+        "| p95 ms | p99 ms | errors | lines/batch | load-generator CPU s / s "
+        "| server event loop CPU s / s | server other threads CPU s / s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batching, clients, per_request, r in rows:
         print(
             f"| {batching} | {clients} | {per_request} | {r['req_s']:.1f} | "
             f"{r['sent_s']:.1f} | {r['sent_s'] / reference:.0%} | {r['p50']:.0f} | "
             f"{r['p95']:.0f} | {r['p99']:.0f} | {r['errors']} | "
             f"{r['sentences'] / max(r['batches'], 1):.1f} | "
-            f"{r['cpu_s'] / r['seconds']:.2f} |"
+            f"{r['cpu_s'] / r['seconds']:.2f} | {r['loop_cpu']:.2f} | {r['other_cpu']:.2f} |"
         )
 
 
