@@ -114,6 +114,12 @@ def main() -> None:
         default="",
         help='More options for nmt serve, e.g. "--max-wait-ms 30 --workers 2".',
     )
+    parser.add_argument(
+        "--launcher",
+        default="",
+        help='Run the server with this instead of "python -m cli", e.g. "python '
+        'benchmarks/search_process_server.py fork".',
+    )
     args = parser.parse_args()
     if not set(args.batching.split(",")) <= {"on", "off"}:
         parser.error(f"--batching {args.batching}: give on, off or on,off")
@@ -140,7 +146,8 @@ def main() -> None:
         extra = modes[batching]
         log = Path(f"/tmp/serve_load_{batching}.log")
         server_args = ["-m", f"bench={args.model}", *extra, *shlex.split(args.server_args)]
-        with ServerProcess(server_args, log) as server:
+        launcher = shlex.split(args.launcher) or None
+        with ServerProcess(server_args, log, launcher) as server:
             request(server.url + "/v1/translate", {"src": lines[:32]})  # warm-up
             for per_request in map(int, args.lines_per_request.split(",")):
                 for clients in map(int, args.clients.split(",")):

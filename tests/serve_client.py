@@ -75,15 +75,16 @@ class ServerProcess:
     """``nmt serve ARGS`` in a subprocess on 127.0.0.1 and a free port.
 
     Use as a context manager; leaving it sends SIGTERM (if still running) and waits.
+    ``launcher`` replaces ``python -m cli`` (a benchmark's variant of the server).
     """
 
-    def __init__(self, args: list[str], log: Path):
+    def __init__(self, args: list[str], log: Path, launcher: list[str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         path = [str(REPO), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
-        cmd = [sys.executable, "-m", "cli", "serve", *args, "--host", "127.0.0.1"]
+        cmd = [*(launcher or [sys.executable, "-m", "cli"]), "serve", *args, "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--log-level", "warning"]
         self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.signalled = False
