@@ -294,7 +294,6 @@ class CT2Translator(BaseTranslator):
         in job order, ``hypotheses`` as :meth:`search` returns them. ``prefixes``: the
         target prefix of each row of ``ids`` (``[]`` = none)."""
         d = decode or self.decode
-
         pending = []
         for limit, rows in jobs:
             src = [ids[r] for r in rows]
@@ -325,9 +324,9 @@ class CT2Translator(BaseTranslator):
             best first by the GNMT-normalized score; scores include the prefix's
             log-probability, as the torch engine's do.
         """
-        d = decode or self.decode
-        offsets = self.prefix_log_probs(src, prefixes)
-        return self._collect(self.submit(src, limit, d, prefixes), limit, d, offsets)
+        job = (limit, list(range(len(src))))  # the whole batch, one call
+        ((_, _, found),) = self.search_batches(src, [job], decode, prefixes)
+        return found
 
     def submit(
         self,
