@@ -75,6 +75,13 @@ def target_langs(pairs: Sequence[str]) -> list[str]:
     return sorted({split_pair(p)[1] for p in pairs})
 
 
+def marian_target_langs(tokenizer: Tokenizer) -> list[str]:
+    """The languages of an imported multi-target Marian model's ``>>lang<<`` pieces
+    (:attr:`nmt.marian_vocab.MarianVocabulary.target_tags`), in vocabulary order; ``[]`` for any
+    other tokenizer."""
+    return [tag[2:-2] for tag in getattr(tokenizer, "target_tags", None) or []]
+
+
 def pair_prefix(prefix: str | Path, pair: str) -> str:
     """The corpus prefix of ``pair``: ``PREFIX.SRC-TGT`` when ``PREFIX.SRC-TGT.SRC[.gz]``
     exists (fairseq's naming, for corpora that differ per pair), else ``PREFIX`` (one
@@ -171,15 +178,14 @@ def for_target(
         ConfigError: ``tgt_lang`` missing for a model of several target languages, or not one
             of the model's (the error lists them).
     """
-    marian_tags = getattr(tokenizer, "target_tags", None) or []
-    if not pairs and marian_tags and tgt_lang is not None:
-        piece = f">>{tgt_lang}<<"
-        if piece not in marian_tags:
-            known = ", ".join(t[2:-2] for t in marian_tags)
+    marian_langs = marian_target_langs(tokenizer)
+    if not pairs and marian_langs and tgt_lang is not None:
+        if tgt_lang not in marian_langs:
+            known = ", ".join(marian_langs)
             raise ConfigError(f"--tgt-lang {tgt_lang}: the model translates into {known} only")
-        return TaggedTokenizer(tokenizer, tgt_lang, piece)
+        return TaggedTokenizer(tokenizer, tgt_lang, f">>{tgt_lang}<<")
     if not pairs:
-        if tgt_lang is not None and model_tgt and not marian_tags and tgt_lang != model_tgt:
+        if tgt_lang is not None and model_tgt and not marian_langs and tgt_lang != model_tgt:
             raise ConfigError(f"--tgt-lang {tgt_lang}: the model translates into {model_tgt} only")
         return tokenizer
     langs = target_langs(pairs)

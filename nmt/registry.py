@@ -31,7 +31,13 @@ from nmt.engine import Request
 from nmt.errors import ConfigError
 from nmt.loading import load_translator
 from nmt.model import Transformer
-from nmt.multilingual import TaggedTokenizer, for_target, split_pair, target_langs
+from nmt.multilingual import (
+    TaggedTokenizer,
+    for_target,
+    marian_target_langs,
+    split_pair,
+    target_langs,
+)
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
 from nmt.serve_work import SPLIT_LINES, Work, joined, split_work, work_tokens
@@ -350,8 +356,7 @@ def load_model_entry(
         base = tokenizer.base if isinstance(tokenizer, TaggedTokenizer) else tokenizer
         directions = [split_pair(p) for p in pairs]
         tokenizers = {lang: for_target(base, pairs, lang) for lang in langs}
-    for tag in getattr(tokenizer, "target_tags", None) or []:  # a multi-target Marian import
-        lang = tag[2:-2]  # >>fra<<
+    for lang in marian_target_langs(tokenizer):  # a multi-target Marian import
         if lang not in tokenizers:
             directions.append((src_lang, lang))
             tokenizers[lang] = for_target(tokenizer, [], lang)
