@@ -19,13 +19,13 @@ the CPU time alone costs. Prints sentences/s for each.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import multiprocessing as mp
 import threading
 import time
 from pathlib import Path
 
+from nmt.textio import read_lines
 from nmt.translate import Translator, worker_pool
 
 BODY = {"src": ["Ein Hund läuft durch den Schnee."] * 3, "beam_size": 5, "return_scores": True}
@@ -63,8 +63,7 @@ def main() -> None:
     parser.add_argument("--period-ms", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with gzip.open(args.data / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line, _ in zip(f, range(args.lines))]
+    lines = read_lines(args.data / "test_2016_flickr.de.gz")[: args.lines]
     translator = Translator.load(args.model, workers=1)
     list(translator.translate(lines[:32]))  # warm-up
     batches = [lines[i : i + args.batch_lines] for i in range(0, len(lines), args.batch_lines)]
