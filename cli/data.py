@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 
-@app.command("list")
+@app.command("list", cls=CheckedCommand)
 @handle_errors
 def list_datasets() -> None:
     """Show the datasets of the catalog: languages, splits, files, size and citation."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand
 
 from cli.console import err_console
@@ -26,7 +27,12 @@ T = TypeVar("T")
 
 
 class CheckedCommand(TyperCommand):
-    """A Typer command that refuses a single-value option given more than once.
+    """A Typer command that refuses a single-value option given more than once, and shows
+    its help texts as written.
+
+    Typer renders help as Rich markup, in which ``[model]`` or ``[default: 5]`` reads as a
+    style tag and vanishes from ``--help``; the command's and its options' help texts are
+    plain text, so their brackets are escaped once here.
 
     Raises:
         typer.BadParameter: ``--beam-size 5 --beam-size 3`` (names the option and says to give
@@ -34,6 +40,16 @@ class CheckedCommand(TyperCommand):
             (``multiple=True``, e.g. ``-m`` in ``nmt translate`` for an ensemble) and
             counters are not checked.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)  # type: ignore[attr-defined]
+        if self.help:
+            self.help = escape(self.help)
+        if self.short_help:
+            self.short_help = escape(self.short_help)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         check_repeated(self.params, args)
