@@ -13,6 +13,7 @@ import argparse
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -73,8 +74,8 @@ def main() -> None:
                 onednn = OneDNNLinear(w, b)
                 for rows in (int(r) for r in args.rows.split(",")):
                     x = torch.randn(rows, n_in, generator=gen)
-                    mkl_us = per_call_us(lambda x=x, w=w, b=b: F.linear(x, w, b))
-                    dnn_us = per_call_us(lambda x=x, layer=onednn: layer(x))
+                    mkl_us = per_call_us(partial(F.linear, x, w, b))
+                    dnn_us = per_call_us(partial(onednn, x))
                     flop = 2 * rows * n_in * n_out
                     print(
                         f"| {name} | {n_in} → {n_out} | {rows} | {threads} | {mkl_us:.0f} | "

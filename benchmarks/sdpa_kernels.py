@@ -23,6 +23,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +124,12 @@ def chosen_backend(call: tuple) -> str:
 
     q, k, v, mask, causal = call
     try:
-        index = int(torch._fused_sdp_choice(q, k, v, attn_mask=mask, is_causal=causal))
+        # typed as the SDPBackend enum, an int at run time
+        choice: Any = torch._fused_sdp_choice(q, k, v, attn_mask=mask, is_causal=causal)
+        index = int(choice)
     except Exception as exc:  # a private function: report rather than fail
         return f"unknown ({exc})"
-    names = {int(value): name for name, value in SDPBackend.__members__.items()}
+    names = {value.value: name for name, value in SDPBackend.__members__.items()}
     return names.get(index, str(index))
 
 
@@ -165,10 +168,10 @@ def probe(out: Path, batch_tokens: int, length: int) -> int:
     data: dict[str, Any] = {"shape": shape, "torch": torch.__version__, "calls": []}
     for name, call in attention_calls(batch, length, 8, 64).items():
         row: dict[str, Any] = {"call": name, "chosen": chosen_backend(call), "backends": {}}
-        row["default_ms"] = time_ms(lambda c=call: sdpa_once(c, None))
+        row["default_ms"] = time_ms(partial(sdpa_once, call, None))
         for backend in BACKENDS:
             why = refusal(call, backend)
-            timing = None if why else time_ms(lambda c=call, b=backend: sdpa_once(c, b))
+            timing = None if why else time_ms(partial(sdpa_once, call, backend))
             row["backends"][backend] = {"refused": why, "ms": timing}
         try:
             row["kernels"] = kernel_names(call)

@@ -51,7 +51,7 @@ def repeat_corpus(src_prefix: Path, out_prefix: Path, scale: int) -> None:
                 f.write(text)
 
 
-def cli(*args: str | Path) -> list[str]:
+def cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "cli", *map(str, args)]
 
 
