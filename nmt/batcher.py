@@ -20,6 +20,8 @@ most ``batch_tokens`` source tokens, as Triton's dynamic batcher and CTranslate2
   (closed-loop clients otherwise settle into one large batch on one worker and small,
   inefficient ones on the other, the same clients each time; docs/benchmarks.md);
 - a job cancelled while still queued (its request timed out) is dropped;
+- a batch that raises runs again one job at a time, so that only the jobs that fail alone
+  get the error (one request's bad input does not fail the requests that shared its batch);
 - :meth:`Batcher.drain` stops all waiting (shutdown: queued jobs are dispatched at once, and
   no job is accepted any more); :meth:`Batcher.close` also ends the dispatcher thread.
 
@@ -204,7 +206,20 @@ class Batcher:
     def _run_batch(self, batch: list[Job]) -> None:
         try:
             results = self.run(batch[0].key, [j.payload for j in batch]) if batch else []
-        except BaseException as exc:  # handed to every waiting request
+        except Exception as exc:
+            if len(batch) == 1:
+                self._finish(batch, exc)
+                return
+            # One job's bad input must not fail the others that shared its batch: each runs
+            # again alone, and only those that fail alone get their error.
+            for job in batch:
+                try:
+                    job.future.set_result(self.run(job.key, [job.payload])[0])
+                except Exception as job_exc:
+                    job.future.set_exception(job_exc)
+            self._finish(batch, None)
+            return
+        except BaseException as exc:  # an interrupt: handed to every waiting request
             self._finish(batch, exc)
             return
         for job, result in zip(batch, results):

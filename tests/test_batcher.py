@@ -96,6 +96,22 @@ def test_an_error_fails_its_batch_only() -> None:
     batcher.close()
 
 
+def test_a_bad_job_fails_alone_not_the_jobs_that_shared_its_batch() -> None:
+    batcher, run = make(max_wait_ms=300)
+    run.gate.clear()  # hold the first batch so that the next three queue up together
+    first = batcher.submit("a", 0, 1)
+    time.sleep(0.1)
+    futures = [batcher.submit("a", p, 1) for p in (1, "boom", 3)]
+    run.gate.set()
+    assert first.result(5) == 0
+    assert futures[0].result(5) == 2 and futures[2].result(5) == 6
+    with pytest.raises(RuntimeError, match="boom"):
+        futures[1].result(5)
+    assert run.batches[1] == ("a", [1, "boom", 3])  # they did share a batch, which failed
+    assert run.batches[2:] == [("a", [1]), ("a", ["boom"]), ("a", [3])]
+    batcher.close()
+
+
 def test_free_workers_split_the_queue_instead_of_one_taking_it_all() -> None:
     """8 jobs queued while both workers are free: two batches of 4 run at once (one batch of
     8 left a worker idle)."""
