@@ -12,6 +12,7 @@ much text, 504 timeout, 500 internal). ``GET /languages`` lists the served pairs
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -141,6 +142,7 @@ def add_libretranslate_routes(app: FastAPI, service: Service) -> None:
         except LTError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status)
         except Exception as exc:  # answered, and the server goes on
+            logging.getLogger("uvicorn.error").error("POST /translate failed", exc_info=exc)
             return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
         return JSONResponse(answer)
 

@@ -28,7 +28,7 @@ from nmt.config import DecodeConfig
 from nmt.ct2 import CT2Translator
 from nmt.ct2_folder import CT2_WEIGHTS, is_ctranslate2_dir, read_export_info
 from nmt.engine import Request
-from nmt.errors import ConfigError
+from nmt.errors import ConfigError, InputError
 from nmt.loading import load_translator
 from nmt.model import Transformer
 from nmt.multilingual import (
@@ -193,6 +193,7 @@ class ServedModel:
 
         Raises:
             ConfigError: see :meth:`tokenizer_for`.
+            InputError: a prefix longer than the model can output (names ``prefix[i]``).
         """
         tokenizer = self.tokenizer_for(tgt_lang)
         ids = tokenizer.encode(lines)
@@ -200,6 +201,12 @@ class ServedModel:
         prefix_ids = None
         if prefixes is not None:
             prefix_ids = [tokenizer.encode_target([p])[0] if p else [] for p in prefixes]
+            for i, x in enumerate(prefix_ids):
+                if len(x) > limit:  # the search could not force it (nmt translate refuses it too)
+                    raise InputError(
+                        f"prefix[{i}]: {len(x)} tokens; the model outputs at most {limit}; "
+                        "shorten it"
+                    )
         seeds = None
         if sampling:
             base = fresh_seed() if seed is None else seed

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -55,6 +56,9 @@ from nmt.serve_schema import (
 )
 
 STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+# uvicorn's own error log: an internal error's traceback lands beside its access line.
+log = logging.getLogger("uvicorn.error")
 
 
 class ApiError(Exception):
@@ -107,9 +111,11 @@ class Service:
             )
         return self.models[model_id]
 
-    def check_lines(self, lines: list[str], field: str) -> None:
+    def check_lines(self, lines: list[str], field: str, labels: list[str] | None = None) -> None:
         """Reject too many lines or characters (413) and lines that are not one line of
-        text (422), naming ``field``.
+        text (422: a line break, NUL, or a lone surrogate, which JSON's ``\\ud800`` can
+        carry but UTF-8 cannot), naming ``field`` (line ``i`` as ``labels[i]``, default
+        ``field[i]``).
 
         Raises:
             ApiError: as above.
@@ -129,12 +135,22 @@ class Service:
                 f"{field}: {chars} characters; at most {cfg.max_chars} per request (--max-chars)",
             )
         for i, line in enumerate(lines):
+            where = labels[i] if labels else f"{field}[{i}]"
             if "\n" in line or "\r" in line or "\x00" in line:
                 raise ApiError(
                     422,
                     "invalid_text",
-                    f"{field}[{i}]: contains a line break or NUL; send one line per item",
+                    f"{where}: contains a line break or NUL; send one line per item",
                 )
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ApiError(
+                    422,
+                    "invalid_text",
+                    f"{where}: character {exc.start} is a lone surrogate "
+                    f"(U+{ord(line[exc.start]):04X}), not text; send valid Unicode",
+                ) from None
 
     async def translate(
         self,
@@ -183,6 +199,7 @@ class Service:
                 "lines or retry",
             ) from None
         except Exception as exc:  # a bug or a device error: answered, and the server goes on
+            log.error("translating %d lines failed", len(lines), exc_info=exc)
             raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}") from None
 
 
@@ -256,7 +273,8 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         return error_response(exc.status_code, code, f"{request.url.path}: {exc.detail}")
 
     @app.exception_handler(Exception)
-    async def internal(_: Request, exc: Exception) -> JSONResponse:
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

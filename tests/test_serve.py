@@ -159,6 +159,8 @@ BAD_REQUESTS = [
     (b'{"src": ["a"], "return_attention": "yes"}', J, 422, "invalid_field", "return_attention"),
     (b'{"src": ["a"], "model": "big"}', J, 404, "unknown_model", "model: 'big'"),
     (b'{"src": ["a\\nb"]}', J, 422, "invalid_text", "src[0]"),
+    (b'{"src": ["a", "b\\ud800c"]}', J, 422, "invalid_text", "src[1]: character 1 is a lone"),
+    (b'{"src": ["a"], "prefix": ["\\udc00"]}', J, 422, "invalid_text", "prefix[0]: character 0"),
     (b'{"src": ["a"' + b', "a"' * MAX_LINES + b"]}", J, 413, "too_many_lines", "src: 9 lines"),
     (b'{"src": ["' + b"a" * (MAX_CHARS + 1) + b'"]}', J, 413, "too_many_chars", "src: 601"),
 ]  # fmt: skip
@@ -275,9 +277,12 @@ def test_timeout_then_sigterm_with_requests_in_flight(
         proc.stop()
 
 
-def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path) -> None:
+def test_an_internal_error_is_answered_500_and_the_server_goes_on(
+    tiny_run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """In process (a real server cannot be made to fail on purpose): a search that raises
-    answers 500 with its message, on both APIs, and the next request is translated."""
+    answers 500 with its message, on both APIs, and the next request is translated; the
+    server's log has the traceback."""
     from nmt.registry import ServedModel, load_models
 
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
@@ -300,6 +305,27 @@ def test_an_internal_error_is_answered_500_and_the_server_goes_on(tiny_run: Path
         answer = client.post("/translate", json={"q": "Ein Hund.", "target": "en"})
         assert (answer.status_code, answer.json()) == (500, {"error": "RuntimeError: device lost"})
         assert client.post("/translate", json={"q": "Ein Hund.", "target": "en"}).status_code == 200
+    logged = [r for r in caplog.records if r.name == "uvicorn.error" and r.exc_info]
+    assert len(logged) == 2 and all("device lost" in str(r.exc_info[1]) for r in logged)  # type: ignore[index]
+
+
+def test_a_prefix_longer_than_the_model_outputs_gets_422(tiny_run: Path) -> None:
+    """Refused before it is queued, naming the prefix, as ``nmt translate --target-prefix``
+    refuses it; it once reached the search, which raised (500) for every request in its
+    batch."""
+    from nmt.registry import load_models
+
+    models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
+    with serving(models) as client:
+        answer = client.post(
+            "/v1/translate", json={"src": ["a", "b"], "prefix": ["", "dog " * 1100]}
+        )
+        assert answer.status_code == 422, answer.json()
+        message = answer.json()["error"]["message"]
+        assert message.startswith("prefix[1]: ") and "at most 1023" in message
+        assert (
+            client.post("/v1/translate", json={"src": ["a"], "prefix": ["dog"]}).status_code == 200
+        )
 
 
 def test_sampling_and_target_prefixes_per_request(
