@@ -13,7 +13,9 @@ much text, 504 timeout, 500 internal). ``GET /languages`` lists the served pairs
 from __future__ import annotations
 
 import logging
+import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -32,6 +34,9 @@ LANGUAGE_NAMES = {
 }  # fmt: skip
 
 
+LINE_BREAK = re.compile(r"\r\n|\r|\n")  # a text's lines, translated one by one
+
+
 class LTError(Exception):
     """An error answered as LibreTranslate's ``{"error": message}`` with HTTP ``status``."""
 
@@ -43,8 +48,13 @@ class LTError(Exception):
 async def read_fields(request: Request) -> dict[str, Any]:
     """The request's fields from JSON or form data (a repeated form ``q`` becomes a list).
 
+    A URL-encoded form is read as UTF-8, percent-encoded or raw (``curl -d q='läuft'`` sends
+    raw bytes, which Starlette's form parser reads as Latin-1), as LibreTranslate's own
+    server (Flask) does.
+
     Raises:
-        LTError: 400 for a body that is neither a JSON object nor a form.
+        LTError: 400 for a body that is neither a JSON object nor a form, or a form that is
+            not UTF-8.
     """
     content_type = request.headers.get("content-type", "")
     if "json" in content_type:
@@ -55,14 +65,26 @@ async def read_fields(request: Request) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise LTError(400, "body: send a JSON object with q, source and target")
         return data
-    if "form" in content_type:
+    if "x-www-form-urlencoded" in content_type:
+        try:
+            pairs = parse_qsl(
+                (await request.body()).decode("utf-8"), keep_blank_values=True, errors="strict"
+            )
+        except UnicodeDecodeError:
+            raise LTError(400, "body: the form is not UTF-8 text; send it as UTF-8") from None
+        fields: dict[str, Any] = {}
+        for key, value in pairs:
+            fields.setdefault(key, value)
+        qs: list[Any] = [value for key, value in pairs if key == "q"]
+    elif "form" in content_type:  # multipart/form-data
         form = await request.form()
-        fields: dict[str, Any] = {k: form.get(k) for k in form}
+        fields = {k: form.get(k) for k in form}
         qs = form.getlist("q")
-        if len(qs) > 1:
-            fields["q"] = qs
-        return fields
-    raise LTError(400, "body: send JSON (application/json) or a form with q, source and target")
+    else:
+        raise LTError(400, "body: send JSON (application/json) or a form with q, source and target")
+    if len(qs) > 1:
+        fields["q"] = qs
+    return fields
 
 
 def pick_model(models: dict[str, ServedModel], source: str, target: str) -> tuple[ServedModel, str]:
@@ -103,14 +125,24 @@ async def lt_translate(service: Service, fields: dict[str, Any]) -> dict[str, An
     from nmt.serve import ApiError
 
     texts = text_list(fields.get("q"))
-    source, target = fields.get("source") or "auto", fields.get("target")
-    if not isinstance(target, str) or not isinstance(source, str):
+    source, target = fields.get("source"), fields.get("target")
+    source = "auto" if source in (None, "") else source
+    if not isinstance(source, str):
+        raise LTError(400, "source: must be a language code, or auto; see GET /languages")
+    if target in (None, ""):
         raise LTError(400, "target: missing; send source and target language codes")
+    if not isinstance(target, str):
+        raise LTError(400, "target: must be a language code; see GET /languages")
     model, detected = pick_model(service.models, source, target)
-    split = [t.split("\n") for t in texts]
-    lines = [line.rstrip("\r") for parts in split for line in parts]
+    split = [LINE_BREAK.split(t) for t in texts]
+    lines = [line for parts in split for line in parts]
+    labels = [
+        f"q[{i}]" if isinstance(fields["q"], list) else "q"
+        for i, parts in enumerate(split)
+        for _ in parts
+    ]
     try:
-        service.check_lines(lines, "q")
+        service.check_lines(lines, "q", labels)
         results = await service.translate(
             model, lines, DecodeOptions(), attention=False, tgt_lang=target
         )

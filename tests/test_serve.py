@@ -129,7 +129,19 @@ def test_libretranslate_routes(server: ServerProcess, lines: list[str]) -> None:
         200,
         [{"code": "de", "name": "German", "targets": ["en"]}],
     )
+    # Raw UTF-8 in a URL-encoded form (what `curl -d q='läuft'` sends) is read as UTF-8.
+    umlauts = "Ein Hund läuft über die Straße."
+    (expected,) = [t["text"] for t in translate(server, [umlauts])["translations"]]
+    raw = f"q={umlauts}&target=en".encode()
+    status, body = request(url, raw, "application/x-www-form-urlencoded")
+    assert (status, body["translatedText"]) == (200, expected)
+    status, body = request(url, {"q": f"{lines[0]}\r{lines[1]}", "target": "en"})  # old Mac
+    assert (status, body["translatedText"]) == (200, "\n".join(best))
+    status, body = request(url, b"q=%ff%fe&target=en", "application/x-www-form-urlencoded")
+    assert status == 400 and "not UTF-8" in body["error"]
     for bad, message in [
+        ({"q": ["a", "b\nc", "d\x00"], "target": "en"}, "q[2]: contains a line break or NUL"),
+        ({"q": "x", "source": 5, "target": "en"}, "source: must be a language code"),
         ({"q": "x", "source": "de", "target": "fr"}, "de->fr is not served"),
         ({"source": "de", "target": "en"}, "q: missing"),
         ({"q": [1], "source": "de", "target": "en"}, "q: must be a text"),
