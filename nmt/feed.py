@@ -88,15 +88,17 @@ class UpdateFeed:
     def updates(self, state: TrainState) -> Iterator[list[Batch]]:
         """This rank's updates from ``state``'s position on, epoch after epoch, built
         :data:`PREFETCH_STEPS` ahead in a background thread; ``state.batch_in_epoch`` and
-        ``state.epoch`` follow the updates handed out."""
+        ``state.epoch`` count the updates handed out, this one included (so that a resume
+        checkpoint saved after training it starts with the next; a consumer that does not
+        train an update it was handed takes one off ``batch_in_epoch``)."""
         while True:
             steps = self.steps(state.epoch)
             first = state.batch_in_epoch
             ahead = (self.collate(steps[i]) for i in range(first, len(steps)))
             with Prefetcher(ahead, PREFETCH_STEPS) as self.prefetched:
                 for batches in self.prefetched:
-                    yield batches
                     state.batch_in_epoch += 1
+                    yield batches
             state.epoch += 1
             state.batch_in_epoch = 0
 

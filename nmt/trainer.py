@@ -150,6 +150,7 @@ class Trainer:
         for batches in self.feed.updates(self.state):
             reason, tokens = self.check_stop(sum(b.n_tgt_tokens for b in batches))
             if reason is not None:
+                s.batch_in_epoch -= 1  # not trained: a resumed run starts with it
                 break
             tick = time.monotonic()
             lr = learning_rate(c, s.step + 1, self.budget_steps())

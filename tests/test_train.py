@@ -80,24 +80,38 @@ def run(out: Path, tiny_corpus, spm_model, model_cfg, train_cfg) -> Recorder:
     return recorder
 
 
+@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "crashed"])
 def test_resume_equals_uninterrupted_training(
-    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+    tmp_path: Path,
+    tiny_corpus,
+    spm_model: Path,
+    tiny_model_config,
+    tiny_train_config,
+    crash: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """20 updates straight = 9 updates, stop, resume to 20 (bit for bit, CPU, float32).
 
     Dropout is on (so the RNG state must be restored), the stop falls in the middle of an epoch
     (so must the position in the epoch's batch order) and an epoch ends after it (14 batches
-    per epoch, so the next epoch's order must follow).
+    per epoch, so the next epoch's order must follow). "crashed": the first run dies after
+    the periodic save of step 9 (``save_every``), before the save at the end: that save once
+    pointed at the batch just trained, which the resumed run trained again.
     """
+    from nmt.trainer import Trainer
+
     model_cfg = tiny_model_config(dropout=0.1, attention_dropout=0.1)
 
-    def recipe(max_steps: int):  # type: ignore[no-untyped-def]
-        return tiny_train_config(max_steps=max_steps, eval_every=1000, save_every=1000)
+    def recipe(max_steps: int, save_every: int = 1000):  # type: ignore[no-untyped-def]
+        return tiny_train_config(max_steps=max_steps, eval_every=1000, save_every=save_every)
 
     straight = tmp_path / "straight"
     run(straight, tiny_corpus, spm_model, model_cfg, recipe(20))
     split = tmp_path / "split"
-    first = run(split, tiny_corpus, spm_model, model_cfg, recipe(9))
+    with monkeypatch.context() as patch:
+        if crash:  # killed after the periodic save: the end's validation and save never run
+            patch.setattr(Trainer, "finish", lambda self: None)
+        first = run(split, tiny_corpus, spm_model, model_cfg, recipe(9, save_every=9))
     second = run(split, tiny_corpus, spm_model, model_cfg, recipe(20))
     assert [s.step for s in first.steps] == list(range(1, 10))
     assert [s.step for s in second.steps] == list(range(10, 21))
@@ -468,3 +482,4 @@ def test_overwrite_starts_afresh_where_config_json_was_lost(
     )  # fmt: skip
     assert [s.step for s in recorder.steps] == [1, 2]
     assert any("--overwrite: removed the run" in m for m in recorder.messages)
+
