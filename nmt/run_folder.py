@@ -1,6 +1,7 @@
 """The run folder: creating or reopening it (:func:`prepare_run`), the checks that keep a
 resumed or fine-tuned run consistent with it (:func:`check_same_model`,
-:func:`init_model_config`), clearing it for ``--overwrite`` (:func:`clear_run`), and
+:func:`init_model_config`), refusing one that training would destroy
+(:func:`check_output_folder`), clearing it for ``--overwrite`` (:func:`clear_run`), and
 checking that every process of a multi-node job sees it (:func:`check_shared_folder`).
 """
 
@@ -79,7 +80,9 @@ def prepare_run(
             )  # fmt: skip
             for pair, summary in summaries.items():
                 observer.on_message(f"{pair}: {describe(summary)}")
-        elif kind == "train" and not (data_dir / store.META_FILE).is_file():
+        elif kind == "train" and (data_dir / store.META_FILE).is_file():
+            check_reused_data(data_dir, path, train_cfg)
+        elif kind == "train":
             summary = store.prepare(
                 path,
                 data_dir,
@@ -125,6 +128,28 @@ def prepare_run(
                 **({"init_from": str(init_from)} if init_from else {}),
             },
         )
+
+
+def check_reused_data(data_dir: Path, prefix: str, train_cfg: TrainConfig) -> None:
+    """Check that the corpus an earlier start of this run prepared into ``data_dir`` is the
+    one asked for now (the same prefix and languages), since it is reused as it is.
+
+    Raises:
+        ConfigError: another corpus prefix or other languages (both named).
+    """
+    meta = store.read_meta(data_dir)
+    langs, asked = (meta["src_lang"], meta["tgt_lang"]), (train_cfg.src_lang, train_cfg.tgt_lang)
+    was = meta.get("source", {}).get("train")
+    if langs != asked:
+        problem = f"holds {langs[0]}→{langs[1]}, not {asked[0]}→{asked[1]}"
+    elif was is not None and Path(was).resolve() != Path(prefix).resolve():
+        problem = f"was prepared from {was}, not {prefix}"
+    else:
+        return
+    raise ConfigError(
+        f"{data_dir} {problem}: continue the run with the corpus and languages it started "
+        "with, or pass --overwrite to start again"
+    )
 
 
 def languages(train_cfg: TrainConfig) -> dict[str, Any]:
@@ -239,6 +264,63 @@ RUN_FILES = (
     TGT_SPM,
 )
 RUN_FOLDERS = ("checkpoints", "tensorboard")
+
+
+def check_output_folder(
+    out_dir: Path,
+    source: tuple[str, str],
+    valid_prefix: str | Path | None,
+    init_from: Path | None,
+    overwrite: bool,
+) -> None:
+    """Refuse a run folder whose training would destroy what is already there, before
+    anything is written.
+
+    Raises:
+        ConfigError: ``out_dir`` is the ``--init-from`` or ``--data`` folder; a corpus to read
+            (training or validation prefix) lies in ``out_dir/data``, where the prepared
+            corpus is written; ``out_dir/config.json`` is not an nmt run's (e.g. a
+            CTranslate2 export's, or the user's own file); or, without ``overwrite``, the
+            folder holds weights (a model, step checkpoints) but no ``resume.pt`` to continue
+            them. A folder that a start left without weights (stopped before its first
+            update) is reopened.
+    """
+    out = out_dir.resolve()
+    kind, path = source
+    if init_from is not None and init_from.resolve() == out:
+        raise ConfigError(
+            f"-o {out_dir} is the --init-from folder: write the new run to another folder "
+            "(training would overwrite the model it starts from)"
+        )
+    if kind == "data" and Path(path).resolve() == out:
+        raise ConfigError(f"-o {out_dir} is the --data folder: write the run to another folder")
+    if kind == "train":
+        for prefix in (path, valid_prefix):
+            if prefix is not None and Path(prefix).resolve().is_relative_to(out / "data"):
+                raise ConfigError(
+                    f"the corpus {prefix} is inside {out_dir / 'data'}, where nmt writes the "
+                    "prepared corpus: move the corpus, or choose another -o"
+                )
+    config = out / ckpt.CONFIG_FILE
+    if config.is_file():
+        try:
+            ours = "model" in ckpt.read_config(out)
+        except ckpt.CheckpointError:  # not JSON, or no nmt format version
+            ours = False
+        if not ours:
+            raise ConfigError(
+                f"{config} is not an nmt run's config (nmt would replace it): choose another -o"
+            )
+    if overwrite or (out / ckpt.RESUME_FILE).is_file():
+        return
+    found = [name for name in (ckpt.WEIGHTS_FILE, "last.safetensors") if (out / name).is_file()]
+    if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        found.append("checkpoints/")
+    if found:
+        raise ConfigError(
+            f"{out_dir} holds {', '.join(found)} but no {ckpt.RESUME_FILE} to continue from: "
+            "pass --overwrite to replace them, or choose another -o"
+        )
 
 
 def clear_run(out_dir: Path, with_data: bool) -> None:

@@ -483,3 +483,48 @@ def test_overwrite_starts_afresh_where_config_json_was_lost(
     assert [s.step for s in recorder.steps] == [1, 2]
     assert any("--overwrite: removed the run" in m for m in recorder.messages)
 
+
+def test_training_refuses_a_folder_it_would_destroy(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config, tiny_run
+) -> None:
+    """Before anything is written: -o is the model a fine-tune starts from; the corpus lies in
+    OUT/data (where the prepared corpus goes, and which --overwrite clears); OUT holds a model
+    but no resume.pt; OUT/config.json is someone else's; OUT/data was prepared from another
+    corpus. Each was once overwritten or deleted (the model, the corpus, the user's file) or
+    silently trained on the old corpus."""
+    import shutil
+
+    train_prefix, valid_prefix = tiny_corpus
+    cfg, recipe = tiny_model_config(), tiny_train_config(max_steps=1)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_run, model)
+    weights = (model / "model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="is the --init-from folder"):
+        train(train_prefix, valid_prefix, model, cfg, recipe, init_from=model, overwrite=True)
+    (model / "resume.pt").unlink()  # a model folder (nmt average's output has no resume.pt)
+    with pytest.raises(ConfigError, match=r"holds model\.safetensors, last\.safetensors, "):
+        train(train_prefix, valid_prefix, model, cfg, recipe, spm_path=spm_model)
+    assert (model / "model.safetensors").read_bytes() == weights
+
+    inside = tmp_path / "proj"
+    (inside / "data").mkdir(parents=True)
+    for path in train_prefix.parent.glob(f"{train_prefix.name}.*"):
+        shutil.copy(path, inside / "data" / path.name)
+    with pytest.raises(ConfigError, match=r"proj/data/train is inside .*proj/data"):
+        train(inside / "data" / "train", valid_prefix, inside, cfg, recipe, overwrite=True)
+    assert len(list((inside / "data").iterdir())) == 2  # the corpus is still there
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "config.json").write_text('{"my": "settings"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="is not an nmt run's config"):
+        train(train_prefix, valid_prefix, foreign, cfg, recipe, overwrite=True)
+    assert (foreign / "config.json").read_text(encoding="utf-8") == '{"my": "settings"}'
+
+    out = tmp_path / "run"
+    run(out, tiny_corpus, spm_model, cfg, recipe)
+    other = tmp_path / "other"
+    for path in train_prefix.parent.glob(f"{train_prefix.name}.*"):
+        shutil.copy(path, other.parent / path.name.replace(train_prefix.name, other.name))
+    with pytest.raises(ConfigError, match=rf"was prepared from {train_prefix}, not {other}"):
+        run(out, (other, valid_prefix), spm_model, cfg, tiny_train_config(max_steps=2))
