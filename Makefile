@@ -28,7 +28,7 @@ demo: install $(DATA)/train.de.gz
 	$(BIN)/nmt train --train $(DATA)/train --valid $(DATA)/val --src-lang de --tgt-lang en \
 		--preset small --max-minutes $(DEMO_MINUTES) --lr 2e-3 --lr-schedule linear \
 		--warmup-steps 300 --output $(DEMO_RUN)
-	$(BIN)/nmt average -m $(DEMO_RUN) --last 5 --allow-fewer -o $(DEMO_RUN)/averaged
+	$(BIN)/nmt average -m $(DEMO_RUN) --last 5 --allow-fewer -o $(DEMO_RUN)/averaged --overwrite
 	$(BIN)/nmt translate $(DATA)/test_2016_flickr.de.gz -m $(DEMO_RUN)/averaged --beam-size 5 \
 		--length-penalty 1.5 -o $(DEMO_RUN)/test_2016_flickr.hyp.en
 	$(BIN)/nmt score $(DEMO_RUN)/test_2016_flickr.hyp.en -r $(DATA)/test_2016_flickr.en.gz \

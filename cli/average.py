@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors
-from cli.options import hidden, renamed
+from cli.options import Overwrite, hidden, renamed
 from nmt.average import average_run
 
 
@@ -34,11 +34,12 @@ def average(
     allow_fewer: Annotated[
         bool, typer.Option("--allow-fewer", help="Average all there are if fewer than --last.")
     ] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Average the last N step checkpoints of a run into a model folder."""
     model = renamed(model, run_dir, "-m/--model", "the positional RUN_DIR", required=True)
     out = renamed(output, out, "--output", "--out", required=True)
-    paths = average_run(model, last, out, allow_fewer)
+    paths = average_run(model, last, out, allow_fewer, overwrite)
     err_console.print(
         f"averaged {len(paths)} checkpoints ({paths[0].name} … {paths[-1].name}) into {out}",
         highlight=False,

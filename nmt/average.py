@@ -13,7 +13,7 @@ from safetensors.torch import save as st_save
 
 from nmt import checkpoint as ckpt
 from nmt.errors import CheckpointError
-from nmt.vocab import tokenizer_files
+from nmt.vocab import copy_vocab
 
 
 def step_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -43,7 +43,11 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 
 def average_run(
-    run_dir: str | Path, last: int, out_dir: str | Path, allow_fewer: bool = False
+    run_dir: str | Path,
+    last: int,
+    out_dir: str | Path,
+    allow_fewer: bool = False,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Average the last ``last`` step checkpoints of ``run_dir`` into the model folder
     ``out_dir`` (config.json, the tokenizer files, model.safetensors), which ``nmt
@@ -52,13 +56,15 @@ def average_run(
     Args:
         allow_fewer: average all the step checkpoints there are when fewer than ``last``
             (a short run) instead of refusing.
+        overwrite: replace the model in an ``out_dir`` that already holds one.
 
     Returns:
         The checkpoints that were averaged.
 
     Raises:
         CheckpointError: ``run_dir`` is not a run folder, or has fewer than ``last``
-            checkpoints, or ``out_dir`` is ``run_dir`` itself.
+            checkpoints, or ``out_dir`` is ``run_dir`` itself, or holds a model already
+            (without ``overwrite``).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config = ckpt.read_config(run_dir)
@@ -72,6 +78,12 @@ def average_run(
         )
     if out_dir.resolve() == run_dir.resolve():
         raise CheckpointError("the output folder must differ from the run folder")
+    held = [n for n in (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE) if (out_dir / n).exists()]
+    if held and not overwrite:
+        raise CheckpointError(
+            f"{out_dir} already holds {' and '.join(held)}: pass --overwrite to replace that "
+            "model, or choose another -o"
+        )
     paths = paths[-last:]
     blob = st_save(
         average_weights(paths),
@@ -81,16 +93,9 @@ def average_run(
         },
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in tokenizer_files(run_dir):  # the SentencePiece model(s) (nmt.vocab)
-        copy_file(run_dir / name, out_dir / name)
+    copy_vocab(run_dir, out_dir)  # the SentencePiece model(s), another layout's removed
     ckpt.write_json(
         out_dir / ckpt.CONFIG_FILE, {**config, "averaged_from": [p.name for p in paths]}
     )
     ckpt.atomic_write(out_dir / ckpt.WEIGHTS_FILE, lambda f: f.write(blob))
     return paths
-
-
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` atomically."""
-    data = src.read_bytes()
-    ckpt.atomic_write(dst, lambda f: f.write(data))

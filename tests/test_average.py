@@ -49,6 +49,22 @@ def test_average_refuses_more_checkpoints_than_kept(tiny_run: Path, tmp_path: Pa
     assert len(average_run(tiny_run, 3, tmp_path / "fewer", allow_fewer=True)) == 2
 
 
+def test_average_replaces_a_model_only_when_told(tiny_run: Path, tmp_path: Path) -> None:
+    """An existing model folder is refused without --overwrite (it was silently replaced);
+    with it, the tokenizer files come as a set: another layout's, left from the folder's old
+    model, are removed (a stale joint spm.model once won over the new separate ones)."""
+    out = tmp_path / "averaged"
+    average_run(tiny_run, 2, out)
+    weights = (out / "model.safetensors").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds config.json and model.safetensors"):
+        average_run(tiny_run, 1, out)
+    assert (out / "model.safetensors").read_bytes() == weights
+    (out / "spm.src.model").write_bytes(b"stale")  # another layout's file
+    average_run(tiny_run, 1, out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() != weights
+    assert not (out / "spm.src.model").exists() and (out / SPM_FILE).is_file()
+
+
 def test_cli_average(tiny_run: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(
