@@ -52,7 +52,10 @@ def fail(message: str) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn :class:`nmt.errors.NMTError` into a one-line error and exit status 1."""
+    """Turn :class:`nmt.errors.NMTError`, and the operating system's errors about files (a
+    full disk, a read-only folder, an output path through a file), into a one-line error
+    and exit status 1. (Every file nmt writes is written atomically, so such an error
+    leaves what was there before.) A closed pipe is left to Python's own handling."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -60,6 +63,14 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except NMTError as exc:
             fail(str(exc))
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno is None:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(
+                f"{where}{exc.strerror}; check the path, its permissions and the free disk "
+                "space, then run the command again"
+            )
 
     return wrapper  # type: ignore[return-value]
 

@@ -149,3 +149,13 @@ def test_help_shows_every_option_text_as_written(monkeypatch: pytest.MonkeyPatch
             )
             checked += "[" in text
     assert checked >= 3  # train's --config, translate's --beam-size, prepare's --train
+
+
+def test_an_os_error_is_one_line_not_a_traceback(tiny_run: Path, tmp_path: Path) -> None:
+    """An output path through a file (or a full disk, a read-only folder) is the operating
+    system's error, named with its path in one line, exit status 1."""
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    out = tmp_path / "afile" / "avg"
+    result = runner.invoke(app, ["average", "-m", str(tiny_run), "-o", str(out), "--last", "1"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"error: {out}: Not a directory; check the path" in " ".join(result.output.split())
