@@ -222,8 +222,9 @@ def train(
         bool,
         typer.Option(
             "--overwrite",
-            help="Start afresh in a folder that holds a run (its checkpoints and logs are "
-            "removed) instead of resuming it.",
+            help="Start afresh in a folder that holds a run (its model, checkpoints and logs "
+            "are removed, and with --train its prepared data/) instead of resuming it; "
+            "other files are left.",
         ),
     ] = False,
     compile_step: Annotated[
