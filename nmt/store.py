@@ -50,7 +50,15 @@ from nmt.prepared import (  # noqa: F401 - re-exported: nmt.store is the data fo
 )
 from nmt.textio import check_line_counts, corpus_path, count_lines, iter_lines, iter_parallel
 from nmt.tokenizer import Tokenizer
-from nmt.vocab import copy_vocab, load_tokenizer, train_vocab, vocab_layout
+from nmt.vocab import (
+    JOINT_SPM,
+    SRC_SPM,
+    TGT_SPM,
+    copy_vocab,
+    load_tokenizer,
+    train_vocab,
+    vocab_layout,
+)
 
 CHUNK_LINES = 20_000  # sentence pairs per worker task
 POOL_MIN_LINES = 100_000  # below this, worker processes cost more than they save
@@ -280,8 +288,11 @@ def prepare(
             summary.seconds = time.monotonic() - start
             # Replace the old store's meta.json first: while files move, the folder is incomplete.
             (out_dir / META_FILE).unlink(missing_ok=True)
-            for path in tmp.iterdir():
-                os.replace(path, out_dir / path.name)
+            moved = {path.name for path in tmp.iterdir()}
+            for name in moved:
+                os.replace(tmp / name, out_dir / name)
+            for name in {JOINT_SPM, SRC_SPM, TGT_SPM} - moved:  # an old store's other layout
+                (out_dir / name).unlink(missing_ok=True)
             settings = {
                 "filter": {"max_len": max_len, "max_ratio": max_ratio},
                 "source": {"train": str(train_prefix), "valid": valid_prefix and str(valid_prefix)},

@@ -15,6 +15,7 @@ from cli.main import app
 from nmt.errors import InputError
 from nmt.store import open_store, prepare, read_meta
 from nmt.tokenizer import Tokenizer
+from nmt.vocab import vocab_layout
 
 runner = CliRunner()
 
@@ -123,6 +124,21 @@ def test_a_complete_store_is_kept_unless_overwrite(
     assert (out / "train.en.bin").read_bytes() == before
     assert len(open_store(out, 200)) == 400
     assert not list(out.glob(".prepare-*"))
+
+
+def test_overwrite_leaves_no_vocabulary_of_the_old_layout(
+    tmp_path: Path, tiny_corpus: tuple[Path, Path], spm_model: Path
+) -> None:
+    """A store prepared again with another vocabulary layout reads as the new one: the old
+    layout's SentencePiece files once stayed, and a joint spm.model won over new separate
+    ones (training then ran on ids of another vocabulary)."""
+    out = tmp_path / "d"
+    prepare(tiny_corpus[0], out, "de", "en", spm_path=spm_model)
+    for name in ("spm.src.model", "spm.tgt.model"):  # as a separate-layout store left them
+        (out / name).write_bytes(spm_model.read_bytes())
+    prepare(tiny_corpus[0], out, "de", "en", spm_path=spm_model, overwrite=True)
+    assert sorted(p.name for p in out.glob("spm*.model")) == ["spm.model"]
+    assert vocab_layout(out) == "joint"
 
 
 def test_incomplete_or_damaged_folder(
