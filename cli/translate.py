@@ -26,7 +26,8 @@ def read_input(path: str) -> tuple[Iterator[str], int | None]:
     """Lines of ``path`` (``-`` = stdin; ``.gz`` files are decompressed) without newlines,
     streamed, and their count when it is cheap to know: a plain file's lines are counted
     (a scan of its bytes, in constant memory), a ``.gz`` file's are not (that would
-    decompress it a second time just to size the progress bar).
+    decompress it a second time just to size the progress bar), nor a pipe's (which can
+    be read only once).
 
     Raises:
         InputError: missing file (a non-UTF-8 line raises while iterating, naming file and line).
@@ -34,7 +35,10 @@ def read_input(path: str) -> tuple[Iterator[str], int | None]:
     if path == "-":
         return stdin_lines(), None
     lines = iter_lines(path)
-    return lines, None if path.endswith(".gz") else count_lines(path)
+    # Only a regular file can be read twice: counting a pipe (<(...), /dev/stdin, a FIFO)
+    # would consume it, and the translation would then read nothing.
+    counted = not path.endswith(".gz") and Path(path).is_file()
+    return lines, count_lines(path) if counted else None
 
 
 def stdin_lines() -> Iterator[str]:

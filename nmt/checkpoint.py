@@ -99,9 +99,11 @@ def load_model(
     folder = Path(folder)
     config = read_config(folder)
     model_cfg = from_dict(ModelConfig, config["model"], f"{folder / CONFIG_FILE} [model]")
-    path = Path(weights) if weights is not None else folder / WEIGHTS_FILE
-    if not path.is_absolute() and not path.exists():
-        path = folder / path
+    path = folder / WEIGHTS_FILE
+    if weights is not None:  # a bare name is the folder's file (else a path as given)
+        path = Path(weights)
+        if len(path.parts) == 1 and (folder / path).exists():
+            path = folder / path
     state = load_weights(path)
     model = Transformer(model_cfg)
     shapes = {k: v.shape for k, v in model.state_dict().items()}

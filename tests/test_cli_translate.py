@@ -300,3 +300,39 @@ def test_lines_cut_at_the_model_limit_are_named_in_one_warning(
     warning = " ".join(result.stderr.split())
     shown = ", ".join(str(n) for n in range(2, 22))
     assert f"25 input line(s) longer than the model's limit were cut: line {shown} ..." in warning
+
+
+def test_a_pipe_as_the_input_file_is_read_once(
+    tiny_run: Path, inputs: list[str], expected: list[str]
+) -> None:
+    """``nmt translate /dev/stdin`` (or ``<(...)``): counting the lines for the progress bar
+    once consumed the pipe, and the translation read nothing (no output, exit status 0)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "translate", "/dev/stdin", "-m", str(tiny_run),
+         "--beam-size", "2", "--device", "cpu"],
+        input="".join(line + "\n" for line in inputs), capture_output=True, text=True,
+        cwd=Path(cli.__file__).resolve().parents[1], timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == expected
+
+
+def test_weights_by_name_are_the_model_folders(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--weights last.safetensors`` is the model folder's file, also where the current
+    folder holds a file of that name (which was loaded instead); a folder missing its weights
+    is named once, not twice, when given as a relative path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "last.safetensors").write_bytes(b"not these")
+    src = write_input(tmp_path / "in.de", ["Ein Hund."])
+    result = invoke(src, "-m", tiny_run, "--weights", "last.safetensors", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    (tmp_path / "bare").mkdir()
+    for file in ("config.json", "spm.model"):
+        shutil.copy(tiny_run / file, tmp_path / "bare" / file)
+    result = invoke(src, "-m", "bare", "--device", "cpu")
+    assert_one_line_error(result, "error: bare/model.safetensors: weights file not found")
