@@ -44,6 +44,7 @@ from torch import nn
 from nmt.checkpoint import FORMAT_VERSION, load_model, write_json
 from nmt.ct2_folder import EXPORT_INFO, import_ctranslate2
 from nmt.errors import CheckpointError, ConfigError
+from nmt.fileio import check_output_folder
 from nmt.model import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention, Transformer
 from nmt.tokenizer import Tokenizer
 from nmt.vocab import load_tokenizer, tokenizer_files
@@ -97,8 +98,7 @@ def export_ctranslate2(
             f"quantization={quantization!r}: choose one of {', '.join(QUANTIZATIONS)}"
         )
     model_dir, out = Path(model_dir), Path(out_dir)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out}: already exists; remove it or pass --overwrite to replace it")
+    check_output_folder(out, model_dir, force)
     model, config = load_model(model_dir, weights=weights)
     tokenizer = load_tokenizer(model_dir)
     spec = build_spec(ct2, model, tokenizer)

@@ -68,6 +68,25 @@ def removed_on_error(folder: str | Path) -> Iterator[None]:
         raise
 
 
+def check_output_folder(out: Path, source: Path, overwrite: bool) -> None:
+    """Check that folder ``out`` may be written from ``source`` (a model folder being read):
+    not an existing file, not ``source`` itself nor a folder holding it (replacing ``out``
+    would delete what is being read), and not an existing folder unless ``overwrite``.
+
+    Raises:
+        CheckpointError: as above, naming both paths.
+    """
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: exists and is not a folder; choose another -o")
+    if source.resolve().is_relative_to(out.resolve()):
+        raise CheckpointError(
+            f"-o {out} holds the model being read ({source}), which replacing it would delete: "
+            "write to another folder"
+        )
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out}: already exists; remove it or pass --overwrite to replace it")
+
+
 def _read_umask() -> int:
     """The process umask (read once at import, by setting it and putting it back)."""
     mask = os.umask(0o022)

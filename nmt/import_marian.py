@@ -37,6 +37,7 @@ from nmt.config import ModelConfig
 from nmt.config_file import to_dict
 from nmt.errors import CheckpointError, ConfigError
 from nmt.export import replace_dir
+from nmt.fileio import check_output_folder
 from nmt.marian_vocab import (
     EOS_PIECE,
     MARIAN_FILES,
@@ -302,8 +303,7 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, force: bool = False) 
             support (the file and field named).
     """
     src, out = resolve_hf_dir(hf_dir), Path(out_dir)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out}: already exists; remove it or pass --overwrite to replace it")
+    check_output_folder(out, src, force)
     for name in MARIAN_FILES:
         if not (src / name).is_file():
             raise CheckpointError(f"{src / name}: not found (a Marian model needs {name})")

@@ -412,6 +412,15 @@ def test_export_refuses_to_overwrite_unless_forced(ct2: Any, run_dir: Path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with pytest.raises(ConfigError, match="int8_float16"):
         export_ctranslate2(run_dir, tmp_path / "bad", quantization="int4")
+    # Never the model being read, nor a folder holding it, nor a file (all were replaced).
+    for target in (run_dir, run_dir.parent):
+        with pytest.raises(CheckpointError, match="holds the model being read"):
+            export_ctranslate2(run_dir, target, force=True)
+    assert (run_dir / "model.safetensors").is_file()
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(CheckpointError, match="exists and is not a folder"):
+        export_ctranslate2(run_dir, tmp_path / "file", force=True)
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None:
