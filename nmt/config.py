@@ -7,6 +7,7 @@ one from a dict or a TOML file, and the precedence of flags, file and preset, ar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -335,8 +336,14 @@ class DecodeConfig:
             raise ConfigError(
                 f"nbest={self.nbest} must be between 1 and beam_size={self.beam_size}"
             )
-        if self.max_len_a < 0 or self.max_len_b < 1:
-            raise ConfigError("max_len_a must be >= 0 and max_len_b >= 1")
+        if not 0 <= self.max_len_a <= MAX_LEN_A or self.max_len_b < 1:  # NaN fails too
+            raise ConfigError(
+                f"max_len_a={self.max_len_a} must be in [0, {MAX_LEN_A}] and "
+                f"max_len_b={self.max_len_b} at least 1 (the output is capped at the model's "
+                "max_positions anyway)"
+            )
+        if not math.isfinite(self.length_penalty):
+            raise ConfigError(f"length_penalty={self.length_penalty} must be a finite number")
         if self.batch_tokens < 1 or self.batch_size < 1:
             raise ConfigError("batch_tokens and batch_size must be positive")
 
@@ -345,8 +352,10 @@ class DecodeConfig:
             raise ConfigError(f"sampling_topk={self.sampling_topk} must be 0 (all tokens) or more")
         if not 0.0 < self.sampling_topp <= 1.0:
             raise ConfigError(f"sampling_topp={self.sampling_topp} must be in (0, 1]")
-        if self.sampling_temperature <= 0.0:
-            raise ConfigError(f"sampling_temperature={self.sampling_temperature} must be positive")
+        if not 0.0 < self.sampling_temperature < math.inf:  # NaN fails too
+            raise ConfigError(
+                f"sampling_temperature={self.sampling_temperature} must be positive and finite"
+            )
         if self.sampling and self.beam_size != 1:
             raise ConfigError(
                 f"sampling_topk={self.sampling_topk} draws one output per sentence: set "
@@ -357,6 +366,9 @@ class DecodeConfig:
                 "sampling_topp and sampling_temperature apply only when sampling: set "
                 "sampling_topk to 0 (all tokens) or to K > 1"
             )
+
+
+MAX_LEN_A = 1000.0  # output tokens per source token: far beyond any language pair's ratio
 
 
 def preset(name: str) -> dict[str, Any]:

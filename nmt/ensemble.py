@@ -12,6 +12,7 @@ of the models' distributions. :class:`Ensemble` has the parts of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -27,7 +28,7 @@ def parse_weights(text: str | None, n_models: int) -> list[float]:
     """``"0.5,0.5"`` → ``[0.5, 0.5]``; ``None`` → equal weights summing to 1.
 
     Raises:
-        ConfigError: not ``n_models`` numbers, or a negative one.
+        ConfigError: not ``n_models`` numbers, a negative or non-finite one, or all 0.
     """
     if text is None:
         return [1.0 / n_models] * n_models
@@ -35,9 +36,10 @@ def parse_weights(text: str | None, n_models: int) -> list[float]:
         weights = [float(w) for w in text.split(",")]
     except ValueError:
         raise ConfigError(f"ensemble weights {text!r}: give numbers separated by commas") from None
-    if len(weights) != n_models or any(w < 0 for w in weights):
+    if len(weights) != n_models or not all(0 <= w < math.inf for w in weights) or not sum(weights):
         raise ConfigError(
-            f"ensemble weights {text!r}: give {n_models} non-negative numbers, one per model"
+            f"ensemble weights {text!r}: give {n_models} finite, non-negative numbers, one per "
+            "model, not all 0"
         )
     return weights
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -124,6 +126,17 @@ def test_validation_names_the_fields_and_values() -> None:
         TrainConfig(tgt_lang="de")
     with pytest.raises(ConfigError, match="nbest=3 must be between 1 and beam_size=2"):
         DecodeConfig(beam_size=2, nbest=3)
+    # Values that once emptied every output, or crashed in CTranslate2, without an error.
+    for bad, message in [
+        ({"max_len_a": math.inf}, "max_len_a=inf must be in"),
+        ({"max_len_a": 1e20}, "max_len_a=1e+20 must be in"),
+        ({"max_len_a": math.nan}, "max_len_a=nan must be in"),
+        ({"length_penalty": math.nan}, "length_penalty=nan must be a finite number"),
+        ({"sampling_topk": 0, "sampling_temperature": math.inf}, "must be positive and finite"),
+        ({"sampling_topk": 0, "sampling_temperature": math.nan}, "must be positive and finite"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            DecodeConfig(**bad)
 
 
 def test_validation_through_a_file_names_the_file(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_different_vocabularies_name_both_files(
 def test_weights_are_checked() -> None:
     assert parse_weights(None, 4) == [0.25] * 4
     assert parse_weights("1,0", 2) == [1.0, 0.0]
-    for bad in ("1", "a,b", "1,-1"):
+    for bad in ("1", "a,b", "1,-1", "0,0", "nan,1", "inf,1", "1e400,1"):
         with pytest.raises(ConfigError, match="ensemble weights"):
             parse_weights(bad, 2)
 
