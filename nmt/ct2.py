@@ -56,7 +56,7 @@ import torch
 from nmt.config import DecodeConfig
 from nmt.ct2_folder import import_ctranslate2, read_export_info
 from nmt.engine import BaseTranslator, Request
-from nmt.errors import ConfigError
+from nmt.errors import CheckpointError, ConfigError
 from nmt.multilingual import for_target
 from nmt.search import Hypothesis, length_penalty
 from nmt.tokenizer import Tokenizer
@@ -79,8 +79,16 @@ def collect_penalty(limit: int) -> float:
 
 
 def ct2_device(device: str) -> tuple[str, int]:
-    """nmt's ``auto``/``cpu``/``cuda``/``cuda:N`` → CTranslate2's ``(device, device_index)``."""
-    name, _, index = str(device).partition(":")
+    """nmt's ``auto``/``cpu``/``cuda``/``cuda:N`` → CTranslate2's ``(device, device_index)``.
+
+    Raises:
+        ConfigError: another name (``gpu``).
+    """
+    name, colon, index = str(device).partition(":")
+    if not (
+        name in ("auto", "cpu") and not colon or name == "cuda" and (not colon or index.isdigit())
+    ):
+        raise ConfigError(f"device {device!r}: choose one of auto, cpu, cuda, cuda:N")
     return name, int(index) if index else 0
 
 
@@ -157,7 +165,9 @@ class CT2Translator(BaseTranslator):
 
         Raises:
             MissingDependencyError: ctranslate2 is not installed.
-            CheckpointError: the folder was not written by ``nmt export``.
+            CheckpointError: the folder was not written by ``nmt export``, or CTranslate2
+                cannot load it (a file missing or damaged).
+            ConfigError: an unknown device, or CUDA where CTranslate2 sees none.
         """
         ct2 = import_ctranslate2()
         folder = Path(folder)
@@ -165,15 +175,24 @@ class CT2Translator(BaseTranslator):
         name, index = ct2_device(device)
         if name == "auto":
             name = "cuda" if ct2.get_cuda_device_count() > 0 else "cpu"
+        if name == "cuda" and ct2.get_cuda_device_count() == 0:
+            raise ConfigError(f"device {device!r}: CTranslate2 sees no CUDA device here; use cpu")
         inter, intra = ct2_threads(name, inter_threads, intra_threads)
-        translator = ct2.Translator(
-            str(folder),
-            device=name,
-            device_index=index,
-            compute_type=compute_type,
-            inter_threads=inter,
-            intra_threads=intra,
-        )
+        try:
+            translator = ct2.Translator(
+                str(folder),
+                device=name,
+                device_index=index,
+                compute_type=compute_type,
+                inter_threads=inter,
+                intra_threads=intra,
+            )
+        except (RuntimeError, ValueError) as exc:  # a damaged export: a missing or bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{folder}: CTranslate2 could not load it ({first}); export it again with "
+                "nmt export"
+            ) from None
         max_positions = int(info["model"]["max_positions"])
         pairs, model_tgt = info.get("pairs") or [], info.get("tgt_lang")
         tokenizer = for_target(load_tokenizer(folder), pairs, tgt_lang, model_tgt)

@@ -8,13 +8,27 @@ import os
 import torch
 
 from nmt.config import TrainConfig
+from nmt.errors import ConfigError
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if str(device) == "auto":
+    """``auto`` → CUDA when available, else CPU; ``cpu``, ``cuda`` and ``cuda:N`` as given.
+
+    Raises:
+        ConfigError: another name (``gpu``), or CUDA where torch sees no CUDA device.
+    """
+    text = str(device)
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    name, colon, index = text.partition(":")
+    if not (text == "cpu" or name == "cuda" and (not colon or index.isdigit())):
+        raise ConfigError(f"device {text!r}: choose one of auto, cpu, cuda, cuda:N")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {text!r}: torch sees no CUDA device here (its CUDA build: "
+            f"{torch.version.cuda or 'none, a CPU-only torch'}); use --device cpu or auto"
+        )
+    return torch.device(text)
 
 
 # oneDNN ISAs (ONEDNN_MAX_CPU_ISA values) below AVX512_CORE_BF16: no native bf16 dot products.

@@ -43,6 +43,7 @@ from nmt.config import DecodeConfig, ModelConfig, TrainConfig, preset
 from nmt.config_file import from_dict, to_dict
 from nmt.ct2 import CT2Translator, ct2_threads
 from nmt.ct2_folder import INSTALL_HINT, import_ctranslate2, is_ctranslate2_dir
+from nmt.device import resolve_device
 from nmt.errors import CheckpointError, ConfigError, MissingDependencyError
 from nmt.export import export_ctranslate2
 from nmt.loading import load_translator
@@ -421,6 +422,27 @@ def test_export_refuses_to_overwrite_unless_forced(ct2: Any, run_dir: Path, tmp_
     with pytest.raises(CheckpointError, match="exists and is not a folder"):
         export_ctranslate2(run_dir, tmp_path / "file", force=True)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_damaged_export_or_an_unknown_device_is_a_clear_error(
+    exported: Path, tmp_path: Path
+) -> None:
+    """Not CTranslate2's RuntimeError or ValueError as a traceback."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(exported, damaged)
+    (damaged / "shared_vocabulary.json").unlink()
+    with pytest.raises(CheckpointError, match=r"damaged: CTranslate2 could not load it \("):
+        CT2Translator.load(damaged)
+    for device in ("gpu", "cpu:0", "cuda:x"):
+        with pytest.raises(ConfigError, match=rf"device '{device}': choose one of auto, cpu"):
+            CT2Translator.load(exported, device=device)
+        with pytest.raises(ConfigError, match=rf"device '{device}': choose one of auto, cpu"):
+            resolve_device(device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA device here"):
+            resolve_device("cuda")
 
 
 def test_load_translator_picks_the_engine(run_dir: Path, exported: Path) -> None:
