@@ -123,3 +123,33 @@ def test_page_lets_a_multilingual_model_translate_into_the_chosen_language(
                     e.text == ref for e in d.find_elements(By.CSS_SELECTOR, "#output .translation")
                 )
             )
+
+
+def test_page_translates_with_a_ctranslate2_model(
+    tiny_run: Path, multi30k: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """A CTranslate2 export gives no attention: the page does not ask for it (every click was
+    answered 422), shows the translation, and leaves the attention buttons disabled."""
+    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
+    from nmt.export import export_ctranslate2
+
+    export_ctranslate2(tiny_run, tmp_path / "ct2")
+    line = multi30k("val", "de", 1)[0]
+    with page(f"ct={tmp_path / 'ct2'}", tmp_path) as (driver, server, wait):
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        source = driver.find_element(By.ID, "src")
+        source.clear()
+        source.send_keys(line)
+        driver.find_element(By.ID, "translate").click()
+        wait.until(
+            lambda d: (
+                d.find_elements(By.CSS_SELECTOR, "#output .translation")
+                or "error" in d.find_element(By.ID, "status").get_attribute("class")
+            )
+        )
+        status, body = request(server.url + "/v1/translate", {"src": [line], "nbest": 3})
+        assert status == 200
+        shown = driver.find_element(By.CSS_SELECTOR, "#output .translation").text
+        assert shown == body["translations"][0]["text"]
+        buttons = driver.find_elements(By.CSS_SELECTOR, "button.show-attention")
+        assert buttons and not any(b.is_enabled() for b in buttons)
