@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 import re
 from collections.abc import Hashable
 from concurrent.futures import Executor, Future
@@ -48,6 +49,9 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHAPE_KEYS = ("d_model", "n_heads", "ffn_dim", "n_encoder_layers", "n_decoder_layers", "vocab_size")
 
 
+MAX_LINES_LIMIT = 10_000  # --max-lines at most: pydantic checks a list's length before its items
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Settings of ``nmt serve``.
@@ -75,13 +79,25 @@ class ServeConfig:
         for name in ("batch_tokens", "max_lines", "max_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.max_wait_ms < 0 or self.timeout_s <= 0 or self.workers < 0:
-            raise ConfigError(
-                f"max_wait_ms={self.max_wait_ms} must be >= 0, timeout_s={self.timeout_s} > 0 "
-                f"and workers={self.workers} >= 0"
-            )
+        if self.max_lines > MAX_LINES_LIMIT:
+            raise ConfigError(f"max_lines={self.max_lines} must be at most {MAX_LINES_LIMIT}")
+        # The comparisons are written so that NaN fails them.
+        if not 0 <= self.max_wait_ms < math.inf:
+            raise ConfigError(f"max_wait_ms={self.max_wait_ms} must be a number >= 0")
+        if not 0 < self.timeout_s < math.inf:
+            raise ConfigError(f"timeout_s={self.timeout_s} must be a number > 0")
+        if self.workers < 0:
+            raise ConfigError(f"workers={self.workers} must be >= 0 (0 = one per core)")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port={self.port} must be between 0 and 65535")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body accepted (bytes): room for ``max_chars`` characters of
+        source and as many of prefixes, each JSON-escaped (``\\uXXXX``, twelve bytes for a
+        character outside the BMP), 64 bytes of quotes and commas per line, and 64 KiB for
+        the rest."""
+        return 2 * 12 * self.max_chars + 64 * self.max_lines + 65536
 
 
 @dataclass(frozen=True)

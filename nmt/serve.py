@@ -43,6 +43,7 @@ from nmt import __version__
 from nmt.attention import Attention
 from nmt.batcher import BatcherClosedError
 from nmt.registry import DecodeOptions, LineResult, ServeConfig, ServedModel
+from nmt.serve_body import LIBRETRANSLATE_ROUTES, BodyLimit
 from nmt.serve_schema import (
     AttentionOut,
     ErrorResponse,
@@ -81,6 +82,11 @@ def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     field = "".join(f"[{x}]" if x.isdigit() else f".{x}" for x in loc).lstrip(".") or "body"
     if err.get("type") == "json_invalid":
         return 400, "malformed_json", f"body: not valid JSON ({err.get('msg', '')})"
+    if err.get("type") == "too_long" and field in ("src", "prefix"):  # before --max-lines
+        limit = err.get("ctx", {}).get("max_length")
+        return 413, "too_many_lines", f"{field}: more than {limit} lines in one request"
+    if err.get("type") == "extra_forbidden" and field == "body":
+        return 422, "unknown_field", f"body: {err['msg']}"
     if field == "body":
         return 422, "invalid_body", f"body: {err['msg']}; send a JSON object"
     if err.get("type") == "extra_forbidden":
@@ -203,6 +209,28 @@ class Service:
             raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}") from None
 
 
+MAX_ATTENTION_VALUES = 2_000_000  # ~15 MB of JSON: what one answer may carry of attention
+
+
+def check_attention_size(results: list[LineResult]) -> None:
+    """Refuse an answer whose attention matrices would hold more than
+    :data:`MAX_ATTENTION_VALUES` numbers: a 1.5 KB request (a long line, 16-best) once
+    answered 196 MB of JSON, built on the event loop.
+
+    Raises:
+        ApiError: 413, with the size and what to change.
+    """
+    values = sum(h.attention.weights.numel() for r in results for h in r.hyps if h.attention)
+    if values > MAX_ATTENTION_VALUES:
+        raise ApiError(
+            413,
+            "too_much_attention",
+            f"return_attention: {values:,} weights (layers × heads × target × source pieces, "
+            f"over every line and n-best hypothesis); at most {MAX_ATTENTION_VALUES:,} in one "
+            "answer: send fewer or shorter lines, a lower nbest, or return_alignment alone",
+        )
+
+
 def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) -> AttentionOut:
     w = att.weights
     return AttentionOut(
@@ -253,6 +281,7 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         description="Neural machine translation: REST API, LibreTranslate-compatible routes "
         "and a web page that shows cross-attention.",
     )
+    app.add_middleware(BodyLimit, limit=service.cfg.max_body_bytes)
     errors: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 500, 503, 504)
     }
@@ -270,7 +299,10 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         code = STATUS_CODES.get(exc.status_code, "http_error")
         if exc.status_code == 400:  # FastAPI could not decode the body (e.g. not UTF-8)
             return error_response(400, "malformed_json", f"body: {exc.detail}; send UTF-8 JSON")
-        return error_response(exc.status_code, code, f"{request.url.path}: {exc.detail}")
+        message = f"{request.url.path}: {exc.detail}"
+        if request.url.path in LIBRETRANSLATE_ROUTES:  # e.g. GET /translate: their format
+            return JSONResponse({"error": message}, status_code=exc.status_code)
+        return error_response(exc.status_code, code, message)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -329,6 +361,8 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         results = await service.translate(
             model, req.src, req.options(), attention, req.prefix, req.seed, req.tgt_lang
         )
+        if req.return_attention:
+            check_attention_size(results)
         return TranslateResponse(
             translations=[translation_out(r, req) for r in results],
             model=model.id,

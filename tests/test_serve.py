@@ -175,6 +175,13 @@ BAD_REQUESTS = [
     (b'{"src": ["a"], "prefix": ["\\udc00"]}', J, 422, "invalid_text", "prefix[0]: character 0"),
     (b'{"src": ["a"' + b', "a"' * MAX_LINES + b"]}", J, 413, "too_many_lines", "src: 9 lines"),
     (b'{"src": ["' + b"a" * (MAX_CHARS + 1) + b'"]}', J, 413, "too_many_chars", "src: 601"),
+    # Refused before pydantic reports each item or key (the event loop once stalled seconds).
+    (b'{"src": [' + b"null, " * 10_000 + b"null]}", J, 413, "too_many_lines",
+     "src: more than 10000"),
+    (b'{"src": ["a"], ' + b"".join(b'"k%d": 0, ' % i for i in range(40)) + b'"k": 0}', J, 422,
+     "unknown_field", "body: 41 unknown fields (k0, k1, k2, ...)"),
+    (b'{"src": ["' + b"a" * 100_000 + b'"]}', J, 413, "too_large",
+     "body: larger than 80,448 bytes"),
 ]  # fmt: skip
 
 
@@ -193,6 +200,28 @@ def test_unknown_route_and_method(server: ServerProcess) -> None:
     assert (status, body["error"]["code"]) == (404, "not_found")
     status, body = request(server.url + "/v1/translate")  # GET
     assert (status, body["error"]["code"]) == (405, "method_not_allowed")
+    status, body = request(server.url + "/translate")  # GET, in LibreTranslate's format
+    assert status == 405 and "Method Not Allowed" in body["error"]
+
+
+def test_a_chunked_body_over_the_limit_gets_413(server: ServerProcess) -> None:
+    """Without a Content-Length, the body is counted as it arrives; in each API's format."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    for path, chunk in (("/v1/translate", b'{"src": ["'), ("/translate", b'{"q": "')):
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        parts = iter([chunk, *[b"a" * 10_000] * 10, b'"]}'])
+        conn.request("POST", path, body=parts, headers={"Content-Type": J}, encode_chunked=True)
+        answer = conn.getresponse()
+        body = json.loads(answer.read())
+        conn.close()
+        assert answer.status == 413, body
+        error = body["error"] if path == "/translate" else body["error"]["message"]
+        assert error.startswith("body: larger than 80,448 bytes")
+    assert request(server.url + "/v1/translate", {"src": ["Ein Hund."]})[0] == 200
 
 
 def test_64_concurrent_clients_all_answered(
@@ -340,6 +369,26 @@ def test_a_prefix_longer_than_the_model_outputs_gets_422(tiny_run: Path) -> None
         )
 
 
+def test_attention_is_refused_past_its_size_limit(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer carrying more attention weights than the limit is a 413 naming the size (a
+    long line at 16-best once answered 196 MB of JSON); the same request without attention
+    is answered."""
+    import nmt.serve
+    from nmt.registry import load_models
+
+    monkeypatch.setattr(nmt.serve, "MAX_ATTENTION_VALUES", 100)
+    models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
+    with serving(models) as client:
+        asked = {"src": ["Ein Hund läuft."], "beam_size": 4, "nbest": 4}
+        answer = client.post("/v1/translate", json={**asked, "return_attention": True})
+        assert answer.status_code == 413, answer.json()
+        message = answer.json()["error"]["message"]
+        assert message.startswith("return_attention: ") and "at most 100 in one answer" in message
+        assert client.post("/v1/translate", json=asked).status_code == 200
+
+
 def test_sampling_and_target_prefixes_per_request(
     server: ServerProcess, lines: list[str], tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -436,3 +485,23 @@ def test_a_multilingual_model_translates_into_the_language_each_request_names(
         assert lt.status_code == 400 and "de->en, en->de" in lt.json()["error"]
         languages = {x["code"]: x["targets"] for x in client.get("/languages").json()}
         assert languages == {"de": ["en"], "en": ["de"]}
+
+
+def test_server_limits_are_checked_one_by_one() -> None:
+    """Each bad limit is named alone, and NaN is refused (``--timeout-s nan`` answered every
+    request 504 at once; ``--max-wait-ms nan`` never dispatched concurrent requests)."""
+    import math
+
+    from nmt.errors import ConfigError
+    from nmt.registry import ServeConfig
+
+    for bad, message in [
+        ({"timeout_s": math.nan}, "timeout_s=nan must be a number > 0"),
+        ({"timeout_s": 0}, "timeout_s=0 must be a number > 0"),
+        ({"max_wait_ms": math.nan}, "max_wait_ms=nan must be a number >= 0"),
+        ({"workers": -1}, "workers=-1 must be >= 0"),
+        ({"max_lines": 10_001}, "max_lines=10001 must be at most 10000"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            ServeConfig(**bad)  # type: ignore[arg-type]
+    assert ServeConfig(max_chars=600, max_lines=8).max_body_bytes == 80_448
