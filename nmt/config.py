@@ -277,6 +277,15 @@ class TrainConfig:
             raise ConfigError(
                 f"pair_sampling_temperature={self.pair_sampling_temperature} must be positive"
             )
+        # Checked here, not at the first validation or optimizer step (after training).
+        if self.valid_beam_size < 1:
+            raise ConfigError(f"valid_beam_size={self.valid_beam_size} must be at least 1")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(f"weight_decay={self.weight_decay} must be a number >= 0")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas={list(self.adam_betas)} must be two numbers in [0, 1)")
+        if not self.lr < math.inf:
+            raise ConfigError(f"lr={self.lr} must be finite")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ _ACCEPTS: dict[str, tuple[type, ...]] = {
     "str": (str,),
     "bool": (bool,),
     "tuple[float, float]": (list, tuple),
+    "tuple[str, ...]": (list, tuple),
 }
 
 
@@ -44,6 +45,8 @@ def _check_type(name: str, annotation: str, value: Any, where: str) -> None:
         wrong = len(value) != 2 or any(
             isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
         )
+    if annotation == "tuple[str, ...]" and not wrong:
+        wrong = not all(isinstance(v, str) for v in value)
     if wrong:
         expected = "a pair of numbers" if annotation.startswith("tuple") else f"a {annotation}"
         raise ConfigError(f"{where}: {name} = {value!r} must be {expected}")
@@ -85,7 +88,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a BOM is allowed
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -95,6 +98,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: model, preset, train"
         )
+    for table in ("model", "train"):
+        if not isinstance(data.get(table, {}), dict):
+            raise ConfigError(f"{path}: {table} must be a table ([{table}] and its keys)")
+    if not isinstance(data.get("preset", ""), str):
+        raise ConfigError(f'{path}: preset must be a name, e.g. preset = "small"')
     return data
 
 

@@ -86,6 +86,22 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
         read_toml(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         read_toml(write_toml(tmp_path, "[model\nd_model = 64\n"))
+    # Shapes that once raised TypeError or ValueError from deep inside, and values torch
+    # refused only at the first step or validation (after training).
+    for text, message in [
+        ("model = 5\n", "model must be a table"),
+        ("train = [1, 2]\n", "train must be a table"),
+        ("preset = 3\n", "preset must be a name"),
+        ('[train]\npairs = "de-en"\n', "pairs"),
+        ("[train]\nadam_betas = [1.5, 0.9]\n", "adam_betas=[1.5, 0.9] must be two numbers"),
+        ("[train]\nweight_decay = -1.0\n", "weight_decay=-1.0 must be a number >= 0"),
+        ("[train]\nvalid_beam_size = 0\n", "valid_beam_size=0 must be at least 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            resolve(None, write_toml(tmp_path, text), {}, {})
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes("\ufeffpreset = 'tiny'\n".encode())
+    assert read_toml(bom) == {"preset": "tiny"}
 
 
 def test_precedence_flag_over_file_over_preset_over_default(tmp_path: Path) -> None:
