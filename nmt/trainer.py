@@ -291,8 +291,15 @@ class Trainer:
             hint = "lower lr or raise warmup_steps"
         else:
             return bad_in_row
-        self.save_resume()
-        raise TrainingError(f"{problem}; last good state saved in {self.out_dir}; {hint}")
+        if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self.save_resume()
+            raise TrainingError(f"{problem}; last good state saved in {self.out_dir}; {hint}")
+        # An update with a finite gradient can still have made the weights inf/NaN (a huge
+        # learning rate): saving them would replace the last good resume checkpoint.
+        raise TrainingError(
+            f"{problem}; the weights are no longer finite, so {self.out_dir} keeps its last "
+            f"resume checkpoint (from before); {hint}"
+        )
 
     # --- the schedule's budget ----------------------------------------------------------
     def budget_steps(self) -> int:

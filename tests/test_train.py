@@ -349,6 +349,35 @@ def test_non_finite_updates_are_skipped_then_training_stops(
     assert state["step"] == 3 and state["skipped_steps"] == 20  # the last good state
 
 
+def test_weights_that_are_no_longer_finite_do_not_replace_the_last_resume_checkpoint(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config, monkeypatch
+) -> None:
+    """An update can leave inf/NaN weights behind (a huge learning rate) while its gradient
+    was finite; the divergence that follows once saved those weights over the last good
+    resume.pt, and every resume failed again."""
+    from nmt.checkpoint import load_resume
+    from nmt.errors import TrainingError
+    from nmt.trainer import Trainer
+
+    real, calls = Trainer.train_step, [0]
+
+    def train_step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        if calls[0] < 4:
+            return real(self, *args, **kwargs)
+        with torch.no_grad():
+            next(self.model.parameters()).fill_(float("nan"))
+        return None  # skipped, as a non-finite loss is
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    cfg = tiny_train_config(max_steps=100, save_every=2)
+    with pytest.raises(TrainingError, match="weights are no longer finite, so .* keeps its last"):
+        train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
+    saved = load_resume(tmp_path / "run" / "resume.pt")
+    assert saved["state"]["step"] == 2  # the periodic save, not the ruined weights
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
 def test_fp16_trains_with_a_loss_scaler(
     tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
 ) -> None:
