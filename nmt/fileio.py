@@ -36,13 +36,23 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
     The data goes to a temporary file in the same folder, is flushed and fsynced, and is
     renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows). On any error the
-    temporary file is removed and the previous ``path`` is left as it was.
+    temporary file is removed and the previous ``path`` is left as it was. A file that is
+    replaced keeps its permissions (a private 0600 output stays private), and a symbolic link
+    is written through (its target is replaced, the link stays).
+
+    Raises:
+        OSError: ``path`` is a folder, or cannot be written (before anything is written).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~UMASK
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual file mode
+        os.chmod(tmp, mode)  # mkstemp makes 0600: the old file's mode, or the usual one
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -129,6 +129,28 @@ def test_weights_that_do_not_fit_the_config(model_dir: Path) -> None:
         load_model(model_dir)
 
 
+def test_atomic_write_keeps_the_mode_follows_a_link_and_refuses_a_folder(tmp_path: Path) -> None:
+    """A private (0600) file stays private once replaced (it became 0644); a symbolic link
+    stays a link to the replaced file; a folder is refused before ``write`` runs (the
+    translation of a whole file once ran before ``-o .`` failed)."""
+    import os
+    import stat
+
+    private = tmp_path / "private.en"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    atomic_write(private, lambda f: f.write(b"new"))
+    assert private.read_bytes() == b"new" and stat.S_IMODE(private.stat().st_mode) == 0o600
+    link = tmp_path / "link.en"
+    link.symlink_to(private.name)
+    atomic_write(link, lambda f: f.write(b"through"))
+    assert link.is_symlink() and private.read_bytes() == b"through"
+    calls = []
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path, lambda f: calls.append(f))
+    assert calls == [] and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
 def test_atomic_write_failure_leaves_the_previous_file_intact(tmp_path: Path) -> None:
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"previous content")
