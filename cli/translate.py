@@ -18,7 +18,7 @@ from nmt.ensemble import parse_weights
 from nmt.errors import ConfigError, InputError
 from nmt.fileio import atomic_write
 from nmt.loading import ENGINES, load_translator
-from nmt.score import corpus_scores, read_references
+from nmt.score import check_references, corpus_scores, read_references
 from nmt.translate import Translation
 
 
@@ -248,6 +248,8 @@ def translate(
         seed=seed,
     )
     lines, total = read_input(input)
+    if ref:
+        check_references(ref, total, "the input" if input == "-" else input)
     prefixes = None if target_prefix is None else iter_lines(target_prefix)
     # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
     # that a line typed (or sent by another program) comes back at once.

@@ -147,6 +147,24 @@ def read_inputs(
     return systems, refs
 
 
+def check_references(ref_paths: Sequence[str | Path], n_lines: int | None, source: str) -> None:
+    """Read reference files before translating ``source`` (``n_lines`` lines, ``None`` when
+    not known ahead), so that a missing, non-UTF-8 or short one is reported before the work
+    rather than after it.
+
+    Raises:
+        InputError: as :func:`read_references`.
+    """
+    for path in ref_paths:
+        lines = read_text(path)
+        if n_lines is not None and len(lines) != n_lines:
+            raise InputError(
+                f"has {len(lines)} lines but {source} has {n_lines}; references must have "
+                "one line per input line",
+                path,
+            )
+
+
 def read_references(
     ref_paths: Sequence[str | Path], hyps: Sequence[str], source: str
 ) -> list[list[str]]:

@@ -243,10 +243,13 @@ def test_ref_scores_the_output_on_stderr(tiny_run: Path, tmp_path: Path, inputs:
     assert expected["bleu"].detail in result.stderr and expected["chrf"].detail in result.stderr
     assert expected["bleu"].signature in result.stderr
     short = write_input(tmp_path / "short.en", inputs[:-1])
+    never = tmp_path / "never.en"
     bad = invoke(
-        write_input(tmp_path / "in2.de", inputs), "-m", tiny_run, "--beam-size", "1", "--ref", short
+        write_input(tmp_path / "in2.de", inputs), "-m", tiny_run, "--ref", short, "-o", never
     )
     assert bad.exit_code == 1 and "short.en" in bad.stderr and "Traceback" not in bad.stderr
+    assert not never.exists()  # refused before translating, not after
+    assert "translate" not in bad.stderr  # no progress bar: nothing was translated
 
 
 def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: list[str]) -> None:
