@@ -6,6 +6,7 @@ JSON) and stays clean for pipes.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -73,6 +74,23 @@ def handle_errors(fn: F) -> F:
             )
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what a job scheduler or ``kill`` sends) handled as Ctrl+C while the block
+    runs: the work in progress is cleaned up (a half-prepared data folder removed) and the
+    exit status is Ctrl+C's, instead of the process dying with its temporary files left.
+    The training loop installs its own handlers (save, then stop) inside the block."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager

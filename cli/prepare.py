@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.console import err_console, handle_errors, make_progress
+from cli.console import err_console, handle_errors, make_progress, sigterm_as_interrupt
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.config import ModelConfig, TrainConfig
 from nmt.store import PrepareSummary
@@ -85,7 +85,7 @@ def prepare(
     sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
     progress = make_progress()
     task = progress.add_task("encode", total=None)
-    with progress:
+    with progress, sigterm_as_interrupt():  # a stopped prepare leaves no half-written folder
         summary = prepare_corpus(
             train,
             out,

@@ -9,7 +9,7 @@ import typer
 from rich.progress import TaskID, TextColumn
 from rich.table import Table
 
-from cli.console import err_console, handle_errors, make_progress
+from cli.console import err_console, handle_errors, make_progress, sigterm_as_interrupt
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.checkpoint import read_config
 from nmt.config_file import resolve
@@ -274,19 +274,20 @@ def train(
     )
     observer = RichObserver()
     try:
-        trainer, reason = run_training(
-            train,
-            valid,
-            out,
-            model_cfg,
-            train_cfg,
-            spm,
-            observer,
-            data_dir=data,
-            reset_data_position=reset_data_position,
-            overwrite=overwrite,
-            init_from=init_from,
-        )
+        with sigterm_as_interrupt():  # before the loop's own handlers: clean up, as Ctrl+C
+            trainer, reason = run_training(
+                train,
+                valid,
+                out,
+                model_cfg,
+                train_cfg,
+                spm,
+                observer,
+                data_dir=data,
+                reset_data_position=reset_data_position,
+                overwrite=overwrite,
+                init_from=init_from,
+            )
     finally:
         observer.stop()
     if not trainer.dist.is_main:

@@ -295,3 +295,33 @@ def test_train_from_a_prepared_folder(
     assert f"60 training pairs from {data}, 10 validation pairs" in stderr
     assert (out / "spm.model").read_bytes() == spm_model.read_bytes()
     assert not (out / "data").exists()  # trained from the given folder, not a copy
+
+
+def test_sigterm_while_preparing_leaves_no_half_written_folder(
+    multi30k, spm_model: Path, tmp_path: Path
+) -> None:
+    """SIGTERM during ``nmt prepare`` (a scheduler stopping the job) is handled as Ctrl+C:
+    the half-written data folder is removed and the exit status is 130; it used to die with
+    143 and leave megabytes of partial ids behind. The signal is sent once the temporary
+    folder exists, so the test waits for what it asserts about."""
+    from conftest import write_corpus
+
+    de, en = multi30k("train", "de", 29_000), multi30k("train", "en", 29_000)
+    prefix = write_corpus(tmp_path / "big", de * 4, en * 4)  # ~10 s of encoding
+    out = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "prepare", "--train", str(prefix), "-o", str(out),
+         "--spm", str(spm_model), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=Path(cli.train.__file__).resolve().parents[1],
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("**/.prepare-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the temporary folder never appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("the preparation finished before the signal arrived")
+    assert proc.returncode == 130, stderr[-2000:]
+    assert not out.exists() and not list(tmp_path.glob("**/.prepare-*"))
