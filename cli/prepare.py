@@ -93,7 +93,9 @@ def prepare(
             tgt_lang,
             valid_prefix=valid,
             spm_path=spm,
-            vocab_size=sizes["vocab_size"] or ModelConfig.vocab_size,
+            vocab_size=ModelConfig.vocab_size
+            if sizes["vocab_size"] is None
+            else sizes["vocab_size"],
             src_vocab_size=sizes["src_vocab_size"] or 0,
             max_len=max_len,
             max_ratio=max_ratio,

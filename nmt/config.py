@@ -73,7 +73,8 @@ class ModelConfig:
     eos_id: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "n_heads", "ffn_dim", "max_positions"):
+        positive = ("vocab_size", "d_model", "n_heads", "ffn_dim", "max_positions")
+        for name in (*positive, "n_encoder_layers", "n_decoder_layers"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.d_model % self.n_heads:
@@ -242,6 +243,10 @@ class TrainConfig:
         for name in ("warmup_steps", "max_steps", "max_epochs", "patience", "eval_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
+        if not 0 <= self.max_minutes < math.inf:
+            raise ConfigError(
+                f"max_minutes={self.max_minutes} must be a number >= 0 (0 = no limit)"
+            )
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout={self.dist_timeout} must be positive (minutes)")
         if self.eval_every == 0:

@@ -22,6 +22,7 @@ samples at most 2M sentences).
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import sys
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from nmt.config import ModelConfig, TrainConfig
-from nmt.errors import InputError
+from nmt.errors import ConfigError, InputError
 from nmt.fileio import fsync_dir, removed_on_error, write_json
 from nmt.prepared import (  # noqa: F401 - re-exported: nmt.store is the data folder's API
     META_FILE,
@@ -236,10 +237,18 @@ def prepare(
     Raises:
         InputError: missing, non-UTF-8 or mismatched files (file and line named), a folder
             that already holds a store (without ``overwrite``), or no pair left after
-            filtering.
+            filtering. ConfigError: a vocabulary size under 8, ``max_len`` under 1 or a
+            negative ``max_ratio`` (checked before anything is read).
     """
     start = time.monotonic()
     out_dir = Path(out_dir)
+    for name, value in (("vocab_size", vocab_size), ("src_vocab_size", src_vocab_size)):
+        if value < 8 and (name == "vocab_size" or value):  # as the model's config requires
+            raise ConfigError(f"{name}={value} is too small (at least 8)")
+    if max_len < 1:
+        raise ConfigError(f"max_len={max_len} must be at least 1 (tokens)")
+    if not 0 <= max_ratio < math.inf:
+        raise ConfigError(f"max_ratio={max_ratio} must be a number >= 0 (0 = no ratio filter)")
     if (out_dir / META_FILE).exists() and not overwrite:
         raise InputError(
             "already holds a prepared corpus; choose another folder or pass --overwrite",

@@ -92,8 +92,8 @@ def vocab_options(
     side whose own size is not given.
 
     Raises:
-        ConfigError: an unknown layout, or a per-side size without ``--vocab-layout
-            separate``.
+        ConfigError: an unknown layout, a per-side size without ``--vocab-layout
+            separate``, or a separate size under 8.
     """
     if layout is not None and layout not in LAYOUTS:
         raise ConfigError(f"--vocab-layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
@@ -105,8 +105,15 @@ def vocab_options(
                 "has one size: --vocab-size)"
             )
         return {"vocab_size": vocab_size, "src_vocab_size": 0 if layout else None}
-    default = vocab_size or ModelConfig.vocab_size
-    return {"vocab_size": tgt_vocab_size or default, "src_vocab_size": src_vocab_size or default}
+    default = ModelConfig.vocab_size if vocab_size is None else vocab_size
+    sizes = {
+        "src_vocab_size": default if src_vocab_size is None else src_vocab_size,
+        "vocab_size": default if tgt_vocab_size is None else tgt_vocab_size,
+    }
+    for name, size in sizes.items():
+        if size < 8:  # 0 once meant the default here, and a joint vocabulary downstream
+            raise ConfigError(f"{name}={size} is too small (at least 8)")
+    return dict(sizes)
 
 
 def vocab_layout(folder: str | Path) -> str:

@@ -96,6 +96,8 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
         ("[train]\nadam_betas = [1.5, 0.9]\n", "adam_betas=[1.5, 0.9] must be two numbers"),
         ("[train]\nweight_decay = -1.0\n", "weight_decay=-1.0 must be a number >= 0"),
         ("[train]\nvalid_beam_size = 0\n", "valid_beam_size=0 must be at least 1"),
+        ("[train]\nmax_minutes = -1\n", "max_minutes=-1 must be a number >= 0"),
+        ("[model]\nn_encoder_layers = -2\n", "n_encoder_layers=-2 must be positive"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             resolve(None, write_toml(tmp_path, text), {}, {})

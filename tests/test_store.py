@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,29 @@ def test_a_complete_store_is_kept_unless_overwrite(
     assert (out / "train.en.bin").read_bytes() == before
     assert len(open_store(out, 200)) == 400
     assert not list(out.glob(".prepare-*"))
+
+
+def test_sizes_and_filters_are_checked_before_anything_is_read(
+    tmp_path: Path, tiny_corpus: tuple[Path, Path]
+) -> None:
+    """A vocabulary under 8 pieces reached SentencePiece (whose error said to lower it), 0
+    silently meant 8,000, a negative --max-ratio dropped every pair and --max-len 0 was
+    found only after encoding."""
+    from nmt.errors import ConfigError
+    from nmt.vocab import vocab_options
+
+    for bad, message in [
+        ({"vocab_size": 1}, "vocab_size=1 is too small (at least 8)"),
+        ({"vocab_size": 0}, "vocab_size=0 is too small"),
+        ({"max_ratio": -1.0}, "max_ratio=-1.0 must be a number >= 0"),
+        ({"max_len": 0}, "max_len=0 must be at least 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            prepare(tiny_corpus[0], tmp_path / "d", "de", "en", **bad)
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(ConfigError, match="src_vocab_size=0 is too small"):
+        vocab_options("separate", None, 0, None)
+    assert vocab_options("separate", 500, None, 300) == {"src_vocab_size": 500, "vocab_size": 300}
 
 
 def test_overwrite_leaves_no_vocabulary_of_the_old_layout(
