@@ -243,8 +243,9 @@ def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) 
 
 def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
     """One line's JSON: text, and what the request asked for."""
-    if not r.hyps:  # an empty line
-        return TranslationOut(text="", score=0.0 if req.return_scores else None)
+    if not r.hyps:  # an empty line: an empty output, also as its one n-best entry
+        empty = [HypothesisOut(text="", score=0.0)] if req.nbest > 1 else None
+        return TranslationOut(text="", score=0.0 if req.return_scores else None, nbest=empty)
     hyps = []
     for h in r.hyps:
         att = h.attention

@@ -129,10 +129,12 @@ class AttentionOut(BaseModel):
 
 
 class HypothesisOut(BaseModel):
-    """One of the n-best outputs."""
+    """One of the n-best outputs. They are ranked by the length-normalized score (``score``
+    over the GNMT length penalty of ``length_penalty``), as ``nmt translate --nbest``
+    ranks them, so ``score`` alone need not decrease down the list."""
 
     text: str
-    score: float
+    score: float = Field(description="Log-probability of the output (natural log, EOS included).")
     alignment: str | None = None
     attention: AttentionOut | None = None
 

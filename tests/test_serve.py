@@ -103,6 +103,9 @@ def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[
     pairs = [tuple(map(int, p.split("-"))) for p in t["alignment"].split()]
     assert [j for _, j in pairs] == list(range(tgt_len - 1))
     assert all(0 <= i < src_len - 1 for i, _ in pairs)
+    # With n-best, an empty line has its n-best list too (clients read t["nbest"]).
+    empty, t = translate(server, ["  ", lines[0]], beam_size=3, nbest=2)["translations"]
+    assert empty["nbest"] == [{"text": "", "score": 0.0}] and len(t["nbest"]) == 2
 
 
 def test_libretranslate_routes(server: ServerProcess, lines: list[str]) -> None:
