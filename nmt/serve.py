@@ -12,8 +12,9 @@ many lines or characters, 504 over ``timeout_s``, 503 while shutting down, 500 a
 error (the server keeps serving). On SIGTERM the server stops accepting connections, runs
 what is queued without waiting for companions, answers the requests in flight and exits.
 
-FastAPI and uvicorn are the optional ``serve`` extra; importing this module without them
-raises :class:`~nmt.errors.MissingDependencyError` saying how to install them.
+FastAPI, uvicorn and fastapi-offline (the ``/docs`` page's files, served by nmt rather than a
+CDN) are the optional ``serve`` extra; importing this module without them raises
+:class:`~nmt.errors.MissingDependencyError` saying how to install them.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(
-        f"nmt serve needs FastAPI and uvicorn ({exc.name} is missing): pip install 'nmt[serve]'"
+        f"nmt serve needs FastAPI, uvicorn and fastapi-offline ({exc.name} is missing): "
+        "pip install 'nmt[serve]'"
     ) from None
 
 from nmt import __version__
@@ -276,7 +279,9 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
     from nmt.libretranslate import add_libretranslate_routes
 
     service = Service(models, cfg or ServeConfig())
-    app = FastAPI(
+    # /docs and /redoc from files nmt serves: FastAPI's own pages load theirs from a CDN and
+    # stay blank offline (FastAPIOffline is FastAPI with those two pages replaced).
+    app = FastAPIOffline(
         title="nmt serve",
         version=__version__,
         description="Neural machine translation: REST API, LibreTranslate-compatible routes "

@@ -62,7 +62,13 @@ def test_health_models_docs_and_page(server: ServerProcess, tiny_run: Path) -> N
         "torch",
     )
     assert model["shape"]["n_decoder_layers"] == 2 and len(model["sha256"]) == 64
-    assert request(server.url + "/docs")[0] == 200
+    status, docs = request(server.url + "/docs")  # the OpenAPI page, from nmt's own files
+    assert status == 200 and "/static-offline-docs/swagger-ui-bundle.js" in docs
+    assert "https://" not in docs
+    status, script = request(server.url + "/static-offline-docs/swagger-ui-bundle.js")
+    assert status == 200 and len(script) > 100_000
+    status, redoc = request(server.url + "/redoc")
+    assert status == 200 and "https://" not in redoc
     assert "/v1/translate" in request(server.url + "/openapi.json")[1]["paths"]
     status, page = request(server.url + "/")
     assert status == 200 and 'id="heatmap"' in page and "https://" not in page  # no CDN

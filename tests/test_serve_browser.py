@@ -153,3 +153,13 @@ def test_page_translates_with_a_ctranslate2_model(
         assert shown == body["translations"][0]["text"]
         buttons = driver.find_elements(By.CSS_SELECTOR, "button.show-attention")
         assert buttons and not any(b.is_enabled() for b in buttons)
+
+
+def test_the_openapi_page_renders_offline(tiny_run: Path, tmp_path: Path) -> None:
+    """/docs draws Swagger UI from files nmt serves (FastAPI's default page loads them from a
+    CDN, and stayed blank on an offline machine): the title and the translate route show."""
+    with page(f"tiny={tiny_run}", tmp_path) as (driver, server, wait):
+        driver.get(server.url + "/docs")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
+        assert "nmt serve" in driver.find_element(By.CSS_SELECTOR, ".info .title").text
+        wait.until(lambda d: "/v1/translate" in d.find_element(By.TAG_NAME, "body").text)
