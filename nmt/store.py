@@ -326,7 +326,7 @@ def _vocabulary(
         return load_tokenizer(tmp)
     prefix, src_lang, tgt_lang = corpus
     vocab_size, src_vocab_size = sizes
-    where = corpus_path(prefix, src_lang).parent
+    where = f"{corpus_path(prefix, src_lang)} and {corpus_path(prefix, tgt_lang)}"
     if src_vocab_size:
         say(
             f"training a {src_vocab_size}-piece source and a {vocab_size}-piece target "
