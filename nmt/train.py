@@ -25,7 +25,7 @@ from nmt.config_file import check_fits, from_dict
 from nmt.data import Corpus, encode_parallel, read_parallel
 from nmt.device import resolve_device
 from nmt.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
-from nmt.errors import ConfigError, NMTError, TrainingError
+from nmt.errors import ConfigError, InputError, NMTError, TrainingError
 from nmt.multilingual import (
     ValidText,
     corpus_files,
@@ -303,6 +303,12 @@ def _train(
         train_data = pair_store
         valid_src, valid_tgt = valid_text
         valid_data = encode_parallel(tokenizer, valid_src, valid_tgt, model_cfg.max_positions - 1)
+        if not valid_data.src:  # its loss would read 0.000, perplexity 1.00
+            raise InputError(
+                f"none of the {len(valid_src):,} validation pairs has both sides non-empty and "
+                f"at most {model_cfg.max_positions - 1} tokens (max_positions): validate on "
+                "sentence pairs"
+            )
         left_out = f", {pair_store.dropped:,} longer than {train_cfg.max_len} left out"
         observer.on_message(
             f"{len(train_data):,} training pairs from {data_dir}"

@@ -557,3 +557,20 @@ def test_training_refuses_a_folder_it_would_destroy(
         shutil.copy(path, other.parent / path.name.replace(train_prefix.name, other.name))
     with pytest.raises(ConfigError, match=rf"was prepared from {train_prefix}, not {other}"):
         run(out, (other, valid_prefix), spm_model, cfg, tiny_train_config(max_steps=2))
+
+
+def test_a_validation_set_that_fits_nothing_is_refused(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """Every validation pair longer than the model's positions: validation once reported
+    loss 0.000 and perplexity 1.00 at every step."""
+    from conftest import write_corpus
+
+    from nmt.errors import InputError
+
+    valid = write_corpus(tmp_path / "long", ["Haus " * 3000], ["house " * 3000])
+    with pytest.raises(InputError, match="none of the 1 validation pairs has both sides"):
+        train(
+            tiny_corpus[0], valid, tmp_path / "run", tiny_model_config(),
+            tiny_train_config(max_steps=2), spm_path=spm_model,
+        )  # fmt: skip
