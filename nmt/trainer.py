@@ -446,7 +446,9 @@ class Trainer:
         signalled = sum_across([float(self.stop_signal is not None)], self.dist, self.device)
         if not last_validated and not signalled[0]:
             self.validate()
-        if not self.step_checkpoint().exists():  # not yet written at this step
+        # The end of a budget is a step checkpoint; a signal's stop is not (resume.pt holds
+        # it), so that a resumed run keeps the uninterrupted run's checkpoints to average.
+        if not signalled[0] and not self.step_checkpoint().exists():
             self.save_step_checkpoint()
         self.save_resume()
         self.run_log.close()
