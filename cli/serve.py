@@ -8,7 +8,8 @@ import typer
 
 from cli.console import err_console, handle_errors
 from nmt.loading import ENGINES
-from nmt.registry import ServeConfig, load_models
+from nmt.registry import load_models
+from nmt.serve_config import ServeConfig
 
 D = ServeConfig  # the defaults
 

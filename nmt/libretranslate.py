@@ -20,7 +20,8 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from nmt.registry import DecodeOptions, ServedModel
+from nmt.registry import ServedModel
+from nmt.serve_config import DecodeOptions
 from nmt.serve_schema import Language, LibreTranslateError, LibreTranslateResponse
 
 if TYPE_CHECKING:

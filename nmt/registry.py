@@ -7,14 +7,14 @@ serves several side by side. (In ``nmt translate`` a repeated ``-m`` means an en
 the same search share a batch; the batches run on worker threads shared by all models, as
 ``nmt translate --workers`` runs them (:func:`nmt.translate.cpu_workers`).
 
-This module is torch-side and HTTP-free; :mod:`nmt.serve` turns its results into JSON.
+This module is torch-side and HTTP-free; :mod:`nmt.serve` turns its results into JSON. The
+server's limits and a request's decoding options are in :mod:`nmt.serve_config`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import math
 import re
 from collections.abc import Hashable
 from concurrent.futures import Executor, Future
@@ -41,81 +41,13 @@ from nmt.multilingual import (
 )
 from nmt.sampling import fresh_seed, sentence_seed
 from nmt.search import Hypothesis
+from nmt.serve_config import DecodeOptions
 from nmt.serve_work import SPLIT_LINES, Work, joined, split_work, work_tokens
 from nmt.tokenizer import Tokenizer
 from nmt.translate import BaseTranslator, Translator, cpu_workers, worker_pool
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHAPE_KEYS = ("d_model", "n_heads", "ffn_dim", "n_encoder_layers", "n_decoder_layers", "vocab_size")
-
-
-MAX_LINES_LIMIT = 10_000  # --max-lines at most: pydantic checks a list's length before its items
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Settings of ``nmt serve``.
-
-    Attributes:
-        host / port: where to listen.
-        batch_tokens: source tokens per dynamic batch at most (EOS counted).
-        max_wait_ms: how long a queued request waits for others to share its batch, ms
-            (never when it is alone in the server).
-        max_lines / max_chars: the most lines, and characters over all lines, in one request.
-        timeout_s: a request not answered within this many seconds gets 504.
-        workers: translation worker threads, as ``nmt translate --workers``.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    batch_tokens: int = 4096
-    max_wait_ms: float = 10.0
-    max_lines: int = 256
-    max_chars: int = 20000
-    timeout_s: float = 30.0
-    workers: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("batch_tokens", "max_lines", "max_chars"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.max_lines > MAX_LINES_LIMIT:
-            raise ConfigError(f"max_lines={self.max_lines} must be at most {MAX_LINES_LIMIT}")
-        # The comparisons are written so that NaN fails them.
-        if not 0 <= self.max_wait_ms < math.inf:
-            raise ConfigError(f"max_wait_ms={self.max_wait_ms} must be a number >= 0")
-        if not 0 < self.timeout_s < math.inf:
-            raise ConfigError(f"timeout_s={self.timeout_s} must be a number > 0")
-        if self.workers < 0:
-            raise ConfigError(f"workers={self.workers} must be >= 0 (0 = one per core)")
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"port={self.port} must be between 0 and 65535")
-
-    @property
-    def max_body_bytes(self) -> int:
-        """The largest request body accepted (bytes): room for ``max_chars`` characters of
-        source and as many of prefixes, each JSON-escaped (``\\uXXXX``, twelve bytes for a
-        character outside the BMP), 64 bytes of quotes and commas per line, and 64 KiB for
-        the rest."""
-        return 2 * 12 * self.max_chars + 64 * self.max_lines + 65536
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    """The per-request decoding options (a batch key: requests share batches only when these
-    are equal). Defaults are :class:`~nmt.config.DecodeConfig`'s."""
-
-    beam_size: int = DecodeConfig.beam_size
-    nbest: int = DecodeConfig.nbest
-    length_penalty: float = DecodeConfig.length_penalty
-    sampling_topk: int = DecodeConfig.sampling_topk
-    sampling_topp: float = DecodeConfig.sampling_topp
-    sampling_temperature: float = DecodeConfig.sampling_temperature
-
-    @property
-    def sampling(self) -> bool:
-        """Whether these options sample instead of searching (top-k other than 1)."""
-        return self.sampling_topk != 1
 
 
 @dataclass(frozen=True)

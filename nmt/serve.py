@@ -45,8 +45,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from nmt import __version__
 from nmt.attention import Attention
 from nmt.batcher import BatcherClosedError
-from nmt.registry import DecodeOptions, LineResult, ServeConfig, ServedModel
+from nmt.registry import LineResult, ServedModel
 from nmt.serve_body import LIBRETRANSLATE_ROUTES, BodyLimit
+from nmt.serve_config import DecodeOptions, ServeConfig
 from nmt.serve_schema import (
     AttentionOut,
     ErrorResponse,

@@ -31,7 +31,8 @@ class BodyLimit:
 
     Args:
         app: the ASGI app to wrap.
-        limit: the largest body accepted, bytes (:attr:`nmt.registry.ServeConfig.max_body_bytes`).
+        limit: the largest body accepted, bytes
+            (:attr:`nmt.serve_config.ServeConfig.max_body_bytes`).
     """
 
     def __init__(self, app: App, limit: int):

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from nmt.config import DecodeConfig
-from nmt.registry import MAX_LINES_LIMIT, DecodeOptions
+from nmt.serve_config import MAX_LINES_LIMIT, DecodeOptions
 
 MAX_BEAM = 32  # a larger beam only costs time: refused rather than run
 

@@ -28,8 +28,9 @@ def serving(models: dict[str, Any], workers: int = 1, max_wait_ms: float = 0.0) 
     (FastAPI is imported here, so that this module stays stdlib-only for the others.)"""
     from fastapi.testclient import TestClient
 
-    from nmt.registry import ServeConfig, start_batchers
+    from nmt.registry import start_batchers
     from nmt.serve import create_app
+    from nmt.serve_config import ServeConfig
 
     pool = start_batchers(models, workers, 4096, max_wait_ms)
     try:

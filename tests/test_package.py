@@ -45,12 +45,14 @@ print("torch" in sys.modules)
 
 
 def test_file_utilities_scoring_and_data_preparation_do_not_import_torch() -> None:
-    """``nmt score``, the corpus-encoding worker processes and finding a CTranslate2 folder
-    start without loading torch."""
+    """``nmt score``, the corpus-encoding worker processes, finding a CTranslate2 folder and
+    the server's settings start without loading torch."""
     names = [
         "nmt.ct2_folder",
         "nmt.fileio",
         "nmt.score",
+        "nmt.serve_body",
+        "nmt.serve_config",
         "nmt.store",
         "nmt.textio",
         "nmt.tokenizer",

@@ -502,7 +502,7 @@ def test_server_limits_are_checked_one_by_one() -> None:
     import math
 
     from nmt.errors import ConfigError
-    from nmt.registry import ServeConfig
+    from nmt.serve_config import ServeConfig
 
     for bad, message in [
         ({"timeout_s": math.nan}, "timeout_s=nan must be a number > 0"),
