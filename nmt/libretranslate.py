@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from nmt.registry import ServedModel
 from nmt.serve_config import DecodeOptions
+from nmt.serve_errors import ApiError
 from nmt.serve_schema import Language, LibreTranslateError, LibreTranslateResponse
 
 if TYPE_CHECKING:
@@ -123,8 +124,6 @@ async def lt_translate(service: Service, fields: dict[str, Any]) -> dict[str, An
     Raises:
         LTError: bad input (400), too much text (413), timeout (504), internal (500).
     """
-    from nmt.serve import ApiError
-
     texts = text_list(fields.get("q"))
     source, target = fields.get("source"), fields.get("target")
     source = "auto" if source in (None, "") else source
