@@ -17,7 +17,7 @@ from nmt.multilingual import parse_pairs
 from nmt.store import read_meta
 from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train import train as run_training
-from nmt.vocab import vocab_options
+from nmt.vocab import check_vocab_sizes, vocab_options
 
 
 class RichObserver(TrainObserver):
@@ -240,13 +240,14 @@ def train(
     # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
     # disagrees with it is an error in nmt.train).
     model_base = read_config(init_from)["model"] if init_from is not None else None
+    sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
+    for folder, option in ((data, "--data"), (init_from, "--init-from")):
+        if folder is not None:  # its vocabulary is the model's: a size given must agree
+            check_vocab_sizes(folder, sizes, option)
     model_cfg, train_cfg = resolve(
         preset,
         config,
-        {
-            **vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size),
-            "dropout": dropout,
-        },
+        {**sizes, "dropout": dropout},
         {
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,

@@ -116,6 +116,31 @@ def vocab_options(
     return dict(sizes)
 
 
+def check_vocab_sizes(folder: str | Path, asked: dict[str, int | None], option: str) -> None:
+    """Check vocabulary sizes asked for on the command line (:func:`vocab_options`' result)
+    against the vocabulary of ``folder`` (a ``--data`` or ``--init-from`` folder), which the
+    model must take: a size that disagrees was once silently ignored.
+
+    Raises:
+        ConfigError: an asked size that differs (both sizes and ``option``'s folder named).
+    """
+    if not any(asked.values()):
+        return
+    tokenizer = load_tokenizer(folder)
+    separate = vocab_layout(folder) == "separate"
+    have = {
+        "vocab_size": tokenizer.vocab_size,
+        "src_vocab_size": tokenizer.src_vocab_size if separate else 0,
+    }
+    for name, size in asked.items():
+        if size and name in have and size != have[name]:
+            raise ConfigError(
+                f"{name}={size}, but the {option} folder {folder} has a {have[name]}-piece "
+                "vocabulary, which the model takes: drop the size option, or prepare the data "
+                "again with it"
+            )
+
+
 def vocab_layout(folder: str | Path) -> str:
     """The layout of the tokenizer files in ``folder``: ``joint``, ``separate`` or ``marian``.
 

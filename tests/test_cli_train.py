@@ -327,3 +327,16 @@ def test_sigterm_while_preparing_leaves_no_half_written_folder(
         pytest.skip("the preparation finished before the signal arrived")
     assert proc.returncode == 130, stderr[-2000:]
     assert not out.exists() and not list(tmp_path.glob("**/.prepare-*"))
+
+
+def test_a_vocabulary_size_that_the_model_cannot_take_is_an_error(
+    tiny_run: Path, tiny_corpus: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """With --init-from (or --data) the folder's vocabulary is the model's: a --vocab-size
+    that disagrees was silently ignored; now it is refused before anything is written."""
+    result = invoke(
+        "--train", tiny_corpus[0], "--valid", tiny_corpus[1], "-o", tmp_path / "ft",
+        "--init-from", tiny_run, "--vocab-size", "300", "--max-steps", "1",
+    )  # fmt: skip
+    assert_one_line_error(result, "vocab_size=300, but the --init-from folder", "1000-piece")
+    assert not (tmp_path / "ft").exists()
