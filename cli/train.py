@@ -234,6 +234,10 @@ def train(
 ) -> None:
     """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
     out = renamed(output, out, "--output", "--out", required=True)
+    if pairs is not None and (src_lang is not None or tgt_lang is not None):
+        raise typer.BadParameter(  # they were ignored, yet written into config.json
+            "each pair names its languages: drop --src-lang/--tgt-lang", param_hint="--pairs"
+        )
     if data is not None and src_lang is None and tgt_lang is None:
         meta = read_meta(data)  # a data folder knows its languages
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]

@@ -340,3 +340,15 @@ def test_a_vocabulary_size_that_the_model_cannot_take_is_an_error(
     )  # fmt: skip
     assert_one_line_error(result, "vocab_size=300, but the --init-from folder", "1000-piece")
     assert not (tmp_path / "ft").exists()
+
+
+def test_languages_with_pairs_are_a_usage_error(tiny_corpus: tuple[Path, Path], tmp_path: Path):
+    """--pairs names each pair's languages; --src-lang/--tgt-lang beside it were ignored yet
+    written into config.json."""
+    result = invoke(
+        "--train", tiny_corpus[0], "--valid", tiny_corpus[1], "-o", tmp_path / "ml",
+        "--pairs", "de-en", "--src-lang", "cs",
+    )  # fmt: skip
+    assert result.exit_code == 2 and "each pair names its languages" in result.output
+    assert "--src-lang/--tgt-lang" in result.output
+    assert not (tmp_path / "ml").exists()
