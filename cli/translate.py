@@ -313,10 +313,15 @@ def translate(
                             truncated.append(number)
                 progress.advance(task)
 
-    if output is None:
-        emit(lambda text: (sys.stdout.write(text), streaming and sys.stdout.flush()))
-    else:
-        atomic_write(output, lambda f: emit(lambda text: f.write(text.encode("utf-8"))))
+    try:
+        if output is None:
+            emit(lambda text: (sys.stdout.write(text), streaming and sys.stdout.flush()))
+        else:
+            atomic_write(output, lambda f: emit(lambda text: f.write(text.encode("utf-8"))))
+    except InputError as exc:  # e.g. --strict's "input line 2 has ...": name the file too
+        if exc.path is not None or input == "-":
+            raise
+        raise InputError(str(exc), input) from None
     if truncated:
         shown = ", ".join(map(str, truncated)) + (" ..." if n_truncated > len(truncated) else "")
         err_console.print(

@@ -303,6 +303,9 @@ def test_lines_cut_at_the_model_limit_are_named_in_one_warning(
     warning = " ".join(result.stderr.split())
     shown = ", ".join(str(n) for n in range(2, 22))
     assert f"25 input line(s) longer than the model's limit were cut: line {shown} ..." in warning
+    src = write_input(tmp_path / "strict.de", lines[:3])
+    strict = invoke(src, "-m", tiny_run, "--beam-size", "1", "--strict")
+    assert_one_line_error(strict, f"error: {src}: input line 2 has ", "drop --strict")
 
 
 def test_a_pipe_as_the_input_file_is_read_once(
