@@ -18,7 +18,7 @@ from nmt.ensemble import parse_weights
 from nmt.errors import ConfigError, InputError
 from nmt.fileio import atomic_write
 from nmt.loading import ENGINES, load_translator
-from nmt.score import check_references, corpus_scores, read_references
+from nmt.score import check_reference_counts, corpus_scores, read_references
 from nmt.translate import Translation
 
 
@@ -248,8 +248,8 @@ def translate(
         seed=seed,
     )
     lines, total = read_input(input)
-    if ref:
-        check_references(ref, total, "the input" if input == "-" else input)
+    source = "the input" if input == "-" else input
+    refs = read_references(ref or [], total, source)  # before the work; [] without --ref
     prefixes = None if target_prefix is None else iter_lines(target_prefix)
     # Lines are translated as they arrive; stdout is flushed per line when reading stdin so
     # that a line typed (or sent by another program) comes back at once.
@@ -329,7 +329,8 @@ def translate(
             f"model's limit were cut: line {shown}"
         )
     if ref:
-        refs = read_references(ref, hyps, "the input" if input == "-" else input)
+        if total is None:  # stdin, a pipe, a .gz file: counted only now
+            check_reference_counts(ref, refs, len(hyps), source)
         for name, result in corpus_scores(hyps, refs, metrics=("bleu", "chrf")).items():
             err_console.print(
                 f"{result.detail}\n  {name} signature: {result.signature}",

@@ -147,44 +147,35 @@ def read_inputs(
     return systems, refs
 
 
-def check_references(ref_paths: Sequence[str | Path], n_lines: int | None, source: str) -> None:
-    """Read reference files before translating ``source`` (``n_lines`` lines, ``None`` when
-    not known ahead), so that a missing, non-UTF-8 or short one is reported before the work
-    rather than after it.
+def read_references(
+    ref_paths: Sequence[str | Path], n_lines: int | None, source: str
+) -> list[list[str]]:
+    """Read reference files for ``source`` (``nmt translate --ref``) before translating it,
+    so that a missing, non-UTF-8 or short reference is reported before the work rather than
+    after it; their line counts are checked against ``n_lines`` when it is known (else
+    afterwards, with :func:`check_reference_counts` and the count of hypotheses).
 
     Raises:
-        InputError: as :func:`read_references`.
+        InputError: a reference file is unreadable, or see :func:`check_reference_counts`.
     """
-    for path in ref_paths:
-        lines = read_text(path)
-        if n_lines is not None and len(lines) != n_lines:
+    refs = [read_text(path) for path in ref_paths]
+    if n_lines is not None:
+        check_reference_counts(ref_paths, refs, n_lines, source)
+    return refs
+
+
+def check_reference_counts(
+    ref_paths: Sequence[str | Path], refs: Sequence[Sequence[str]], n_lines: int, source: str
+) -> None:
+    """Raise :class:`InputError` for a reference whose line count is not ``n_lines``, naming
+    the file, ``source`` and both counts."""
+    for path, lines in zip(ref_paths, refs):
+        if len(lines) != n_lines:
             raise InputError(
                 f"has {len(lines)} lines but {source} has {n_lines}; references must have "
                 "one line per input line",
                 path,
             )
-
-
-def read_references(
-    ref_paths: Sequence[str | Path], hyps: Sequence[str], source: str
-) -> list[list[str]]:
-    """Read reference files for hypotheses held in memory (``nmt translate --ref``).
-
-    Raises:
-        InputError: a reference file is unreadable, or its line count differs from the
-            number of hypotheses (names the file, ``source`` and both counts).
-    """
-    refs = []
-    for path in ref_paths:
-        lines = read_text(path)
-        if len(lines) != len(hyps):
-            raise InputError(
-                f"has {len(lines)} lines but {source} has {len(hyps)}; references must have "
-                "one line per input line",
-                path,
-            )
-        refs.append(lines)
-    return refs
 
 
 def _check_count(path: str | Path, count: int, ref_path: str | Path, expected: int) -> None:
