@@ -1,7 +1,7 @@
 """The run folder: creating or reopening it (:func:`prepare_run`), the checks that keep a
 resumed or fine-tuned run consistent with it (:func:`check_same_model`,
 :func:`init_model_config`), refusing one that training would destroy
-(:func:`check_output_folder`), clearing it for ``--overwrite`` (:func:`clear_run`), and
+(:func:`check_run_folder`), clearing it for ``--overwrite`` (:func:`clear_run`), and
 checking that every process of a multi-node job sees it (:func:`check_shared_folder`).
 """
 
@@ -266,7 +266,7 @@ RUN_FILES = (
 RUN_FOLDERS = ("checkpoints", "tensorboard")
 
 
-def check_output_folder(
+def check_run_folder(
     out_dir: Path,
     source: tuple[str, str],
     valid_prefix: str | Path | None,

@@ -35,7 +35,7 @@ from nmt.multilingual import (
 )
 from nmt.run_folder import (  # noqa: F401 - prepare_run and describe re-exported
     RUN_FILES,
-    check_output_folder,
+    check_run_folder,
     check_shared_folder,
     clear_run,
     describe,
@@ -217,7 +217,7 @@ def train(
             if not train_cfg.pairs:  # their files were checked above
                 corpus_path(train_prefix, lang)  # type: ignore[arg-type]
         source = ("train", str(train_prefix))
-    check_output_folder(out_dir, source, valid_prefix, init_from, overwrite)
+    check_run_folder(out_dir, source, valid_prefix, init_from, overwrite)
     # Check the input that is read whole before anything is written into the run folder.
     valid_text = read_valid(valid_prefix, train_cfg)
     if spm_path is not None:  # checks the file(s) and special ids before the folder is made
