@@ -79,9 +79,7 @@ class ModelConfig:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
-        for name in ("vocab_size", "src_vocab_size"):
-            if getattr(self, name) < 8 and (name == "vocab_size" or getattr(self, name)):
-                raise ConfigError(f"{name}={getattr(self, name)} is too small (at least 8)")
+        check_vocab_floor(self.vocab_size, self.src_vocab_size)
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1)")
@@ -380,6 +378,17 @@ class DecodeConfig:
                 "sampling_topp and sampling_temperature apply only when sampling: set "
                 "sampling_topk to 0 (all tokens) or to K > 1"
             )
+
+
+MIN_VOCAB_SIZE = 8  # pieces: the four special ids and a few more
+
+
+def check_vocab_floor(vocab_size: int, src_vocab_size: int = 0) -> None:
+    """Raise :class:`ConfigError` for a vocabulary under :data:`MIN_VOCAB_SIZE` pieces
+    (``src_vocab_size`` 0 = one joint vocabulary, not checked), naming the field."""
+    for name, value in (("vocab_size", vocab_size), ("src_vocab_size", src_vocab_size)):
+        if value < MIN_VOCAB_SIZE and (name == "vocab_size" or value):
+            raise ConfigError(f"{name}={value} is too small (at least {MIN_VOCAB_SIZE})")
 
 
 MAX_LEN_A = 1000.0  # output tokens per source token: far beyond any language pair's ratio

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from nmt.config import ModelConfig, TrainConfig
+from nmt.config import ModelConfig, TrainConfig, check_vocab_floor
 from nmt.errors import ConfigError, InputError
 from nmt.fileio import fsync_dir, removed_on_error, write_json
 from nmt.prepared import (  # noqa: F401 - re-exported: nmt.store is the data folder's API
@@ -242,9 +242,7 @@ def prepare(
     """
     start = time.monotonic()
     out_dir = Path(out_dir)
-    for name, value in (("vocab_size", vocab_size), ("src_vocab_size", src_vocab_size)):
-        if value < 8 and (name == "vocab_size" or value):  # as the model's config requires
-            raise ConfigError(f"{name}={value} is too small (at least 8)")
+    check_vocab_floor(vocab_size, src_vocab_size)  # as the model's config requires
     if max_len < 1:
         raise ConfigError(f"max_len={max_len} must be at least 1 (tokens)")
     if not 0 <= max_ratio < math.inf:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from nmt.config import ModelConfig
+from nmt.config import MIN_VOCAB_SIZE, ModelConfig
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import atomic_write
 from nmt.marian_vocab import MARIAN_FILES, VOCAB_FILE, MarianVocabulary
@@ -111,8 +111,8 @@ def vocab_options(
         "vocab_size": default if tgt_vocab_size is None else tgt_vocab_size,
     }
     for name, size in sizes.items():
-        if size < 8:  # 0 once meant the default here, and a joint vocabulary downstream
-            raise ConfigError(f"{name}={size} is too small (at least 8)")
+        if size < MIN_VOCAB_SIZE:  # 0 once meant the default here, and a joint one downstream
+            raise ConfigError(f"{name}={size} is too small (at least {MIN_VOCAB_SIZE})")
     return dict(sizes)
 
 
