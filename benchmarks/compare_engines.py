@@ -9,8 +9,8 @@ of ``--batch-size`` sentences sorted by length, and reports sentences/s and targ
 (EOS included). The table adds cased sacreBLEU and the share of translations identical to the
 PyTorch ones. Every engine gets the same threads: torch's (``--threads``, else torch's default,
 which follows ``OMP_NUM_THREADS``), which CTranslate2 runs as that many single-threaded workers
-(``nmt.ct2.ct2_threads``). Peak RSS includes the interpreter and the imports (torch, which
-``nmt.ct2`` imports too; transformers).
+(``nmt.decode.ct2.ct2_threads``). Peak RSS includes the interpreter and the imports (torch, which
+``nmt.decode.ct2`` imports too; transformers).
 
 The transformers row is a ``MarianMTModel`` with our model's shape (d_model, heads, ffn_dim,
 layers, vocabulary, ReLU) and random weights: Marian is post-norm and puts sin and cos in
@@ -39,11 +39,11 @@ from translate_speed import peak_rss_mib  # benchmarks/ is on sys.path when run 
 
 from nmt.checkpoint import SPM_FILE, read_config
 from nmt.config import DecodeConfig
-from nmt.data import corpus_path, pad, read_lines
-from nmt.export import export_ctranslate2
-from nmt.score import corpus_scores
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from nmt.translate import length_batches
+from nmt.data.parallel import corpus_path, pad, read_lines
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.decode.translate import length_batches
+from nmt.evaluate.score import corpus_scores
+from nmt.interop.export import export_ctranslate2
 
 HF_LABEL = "transformers generate(), Marian (speed only, random weights)"
 
@@ -87,8 +87,8 @@ def run_job(job: Job, src: list[str]) -> dict[str, Any]:
 
 def time_translator(job: Job, src: list[str]) -> tuple[float, int, list[str]]:
     """``(seconds, target tokens, translations)`` of nmt's torch or CTranslate2 engine."""
-    from nmt.ct2 import CT2Translator
-    from nmt.translate import Translator
+    from nmt.decode.ct2 import CT2Translator
+    from nmt.decode.translate import Translator
 
     decode = DecodeConfig(beam_size=job.beam, batch_size=job.batch, batch_tokens=10**9)
     if job.engine == "torch":

@@ -1,6 +1,6 @@
 """What a server's event loop costs the search workers through the GIL.
 
-Two single-threaded search workers (:func:`nmt.translate.worker_pool`, as ``nmt serve`` runs
+Two single-threaded search workers (:func:`nmt.decode.translate.worker_pool`, as ``nmt serve`` runs
 them) translate the first ``--lines`` test_2016_flickr lines in batches of ``--batch-lines``
 in arrival order, three ways, alternated ``--rounds`` times:
 
@@ -25,8 +25,8 @@ import threading
 import time
 from pathlib import Path
 
-from nmt.textio import read_lines
-from nmt.translate import Translator, worker_pool
+from nmt.data.textio import read_lines
+from nmt.decode.translate import Translator, worker_pool
 
 BODY = {"src": ["Ein Hund läuft durch den Schnee."] * 3, "beam_size": 5, "return_scores": True}
 

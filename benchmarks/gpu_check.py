@@ -104,7 +104,7 @@ def param_split(model_cfg: Any) -> tuple[int, int]:
     nothing, so the tied embedding counts once, as the output projection)."""
     import torch
 
-    from nmt.model import Transformer
+    from nmt.model.transformer import Transformer
 
     with torch.device("meta"):  # shapes only, no memory
         model = Transformer(model_cfg)
@@ -184,7 +184,7 @@ def training_summary(run: Path, peak_tflops: float | None) -> dict[str, Any]:
     first (which holds CUDA's start-up), FLOPs per target token from its prepared corpus."""
     from nmt.config import ModelConfig
     from nmt.config_file import from_dict
-    from nmt.store import open_store
+    from nmt.data.store import open_store
 
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     records = []

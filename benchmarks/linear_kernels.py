@@ -1,4 +1,4 @@
-"""Float32 linear layers on CPU: torch's own path (MKL sgemm) against oneDNN (``nmt.onednn``).
+"""Float32 linear layers on CPU: torch's own path (MKL sgemm) against oneDNN (``nmt.model.onednn``).
 
 Times ``y = x W^T + b`` for the shapes of a model's decoder step (its d_model, ffn_dim and
 vocabulary; the row counts are decoder rows: sentences × beam) and prints a table of
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.checkpoint import read_config
-from nmt.onednn import OneDNNLinear
+from nmt.model.onednn import OneDNNLinear
 
 
 def per_call_us(fn: Callable[[], torch.Tensor], min_seconds: float = 0.3) -> float:

@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from nmt.data import corpus_path, iter_lines
-from nmt.score import corpus_scores
+from nmt.data.parallel import corpus_path, iter_lines
+from nmt.evaluate.score import corpus_scores
 
 SOURCES = ("de", "fr", "cs")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data import corpus_path, read_lines
-from nmt.translate import Translator
+from nmt.data.parallel import corpus_path, read_lines
+from nmt.decode.translate import Translator
 
 
 def cpu_model() -> str:

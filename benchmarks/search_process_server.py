@@ -27,12 +27,12 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
-import nmt.registry as registry
+import nmt.serve.registry as registry
 
 
 def spawned(conn: Connection, specs: list[str], workers: int) -> None:
     """The ``spawn`` child: load ``specs``, then search each request on ``workers`` threads."""
-    from nmt.translate import worker_pool
+    from nmt.decode.translate import worker_pool
 
     models = registry.load_models(specs)
     pool = worker_pool(workers, 1)
@@ -65,7 +65,7 @@ def forked(conn: Connection, models: dict[str, Any]) -> None:
 
 
 def patch(mode: str, specs: list[str]) -> None:
-    """Make :func:`nmt.registry.start_batchers` hand each batch to a child process."""
+    """Make :func:`nmt.serve.registry.start_batchers` hand each batch to a child process."""
     original = registry.start_batchers
 
     def start_batchers(models: dict[str, Any], workers: int, *args: Any) -> Any:

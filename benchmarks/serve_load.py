@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from serve_client import ServerProcess, request  # noqa: E402
 
-from nmt.translate import Translator  # noqa: E402
+from nmt.decode.translate import Translator  # noqa: E402
 
 
 def read_lines(data: Path, n: int) -> list[str]:

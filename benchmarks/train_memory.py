@@ -36,10 +36,10 @@ from pathlib import Path
 
 from train_scaling import REPO, run_measured  # benchmarks/ is on sys.path as a script
 
-from nmt.batching import EpochPlanner, epoch_seed
 from nmt.config import TrainConfig
-from nmt.data import corpus_path, iter_lines
-from nmt.store import open_store
+from nmt.data.batching import EpochPlanner, epoch_seed
+from nmt.data.parallel import corpus_path, iter_lines
+from nmt.data.store import open_store
 
 
 def repeat_corpus(src_prefix: Path, out_prefix: Path, scale: int) -> None:

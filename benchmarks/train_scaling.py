@@ -93,7 +93,7 @@ def prepare(data_dir: Path, tmp: Path) -> tuple[Path, Path]:
     prepared = tmp / "prepared"
     subprocess.run([sys.executable, "-m", "cli", "prepare", "--train", str(data_dir / "train"),
                     "--output", str(prepared)], check=True, cwd=REPO)  # fmt: skip
-    from nmt.data import corpus_path, read_lines
+    from nmt.data.parallel import corpus_path, read_lines
 
     for lang in ("de", "en"):
         lines = read_lines(corpus_path(data_dir / "val", lang))[:50]

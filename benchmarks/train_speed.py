@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-import nmt.malloc
+import nmt.train.malloc
 from nmt.config import ModelConfig, TrainConfig, preset
 from nmt.config_file import from_dict
-from nmt.data import collate, encode_parallel, read_parallel
-from nmt.onednn import TrainableOneDNNLinear
-from nmt.tokenizer import train_tokenizer
-from nmt.train import Trainer
+from nmt.data.parallel import collate, encode_parallel, read_parallel
+from nmt.data.tokenizer import train_tokenizer
+from nmt.model.onednn import TrainableOneDNNLinear
+from nmt.train.run import Trainer
 
 
 def measure(name: str, args: argparse.Namespace, tokenizer, data, dtype: str, onednn: bool) -> str:  # type: ignore[no-untyped-def]
@@ -102,7 +102,9 @@ def main() -> None:
         "--onednn", default="true", help="comma-separated: true (oneDNN products), false (MKL)"
     )
     args = parser.parse_args()
-    tuned = nmt.malloc.tune()  # as nmt.train.train does first (this script builds a Trainer)
+    tuned = (
+        nmt.train.malloc.tune()
+    )  # as nmt.train.run.train does first (this script builds a Trainer)
     src, tgt = read_parallel(args.data / "train", "de", "en")
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = train_tokenizer(src + tgt, Path(tmp) / "spm.model", args.vocab_size)

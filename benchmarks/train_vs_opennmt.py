@@ -72,11 +72,11 @@ from typing import Any
 import sentencepiece as spm
 import torch
 
-from nmt.batching import make_batches
 from nmt.config import ModelConfig, TrainConfig, preset
 from nmt.config_file import from_dict
-from nmt.data import corpus_path, read_lines
-from nmt.store import open_store
+from nmt.data.batching import make_batches
+from nmt.data.parallel import corpus_path, read_lines
+from nmt.data.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 AVX2_ENV = {

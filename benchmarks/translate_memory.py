@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from nmt.data import corpus_path, iter_lines
+from nmt.data.parallel import corpus_path, iter_lines
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data import corpus_path, read_lines
-from nmt.score import corpus_scores
-from nmt.translate import Translator
+from nmt.data.parallel import corpus_path, read_lines
+from nmt.decode.translate import Translator
+from nmt.evaluate.score import corpus_scores
 
 
 def peak_rss_mib() -> float:

@@ -9,7 +9,7 @@ import typer
 
 from cli.console import err_console, handle_errors
 from cli.options import Overwrite, hidden, renamed
-from nmt.average import average_run
+from nmt.train.average import average_run
 
 
 @handle_errors

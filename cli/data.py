@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress
 from cli.options import CheckedCommand, hidden, renamed
-from nmt.catalog import Dataset, get_dataset, load_catalog
+from nmt.data.catalog import Dataset, get_dataset, load_catalog
 
 MIRROR_ENV = "NMT_DATA_MIRROR"
 
@@ -86,7 +86,8 @@ def get(
 
 
 class _FileBars:
-    """The ``progress`` callback of :func:`nmt.catalog.get_dataset`: one bar per file, in bytes.
+    """The ``progress`` callback of :func:`nmt.data.catalog.get_dataset`: one bar per file,
+    in bytes.
 
     The bars start with the first file, so that an error found before (an unknown name, a
     missing mirror) is printed as one line without an empty progress display.

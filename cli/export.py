@@ -9,7 +9,7 @@ import typer
 
 from cli.console import err_console, fail, handle_errors, status
 from cli.options import OldForce, OldOut, Overwrite, output_folder
-from nmt.export import EXPORT_FORMATS, QUANTIZATIONS, export_ctranslate2
+from nmt.interop.export import EXPORT_FORMATS, QUANTIZATIONS, export_ctranslate2
 
 
 @handle_errors

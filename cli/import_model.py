@@ -9,7 +9,7 @@ import typer
 
 from cli.console import err_console, handle_errors, status
 from cli.options import CheckedCommand, OldForce, OldOut, Overwrite, output_folder
-from nmt.import_marian import import_marian
+from nmt.interop.import_marian import import_marian
 
 app = typer.Typer(no_args_is_help=True, help="Import models of other toolkits.")
 

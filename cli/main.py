@@ -53,7 +53,9 @@ def _register() -> None:
     app.command("translate", cls=CheckedCommand)(translate.translate)
     app.command("score", cls=CheckedCommand)(score.score)
     app.command("average", cls=CheckedCommand)(average.average)
-    app.command("export", cls=CheckedCommand)(export.export)  # CTranslate2 export (nmt.export)
+    app.command("export", cls=CheckedCommand)(
+        export.export
+    )  # CTranslate2 export (nmt.interop.export)
     app.command("serve", cls=CheckedCommand)(serve.serve)  # HTTP server (the serve extra)
     app.add_typer(data.app, name="data")
     app.add_typer(import_model.app, name="import")  # other toolkits' models (nmt.import_*)

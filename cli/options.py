@@ -137,7 +137,7 @@ def output_folder(
     return folder, renamed_flag(overwrite, force, "--overwrite", "--force")
 
 
-# The vocabulary options of prepare and train (nmt.vocab.vocab_options reads them).
+# The vocabulary options of prepare and train (nmt.data.vocab.vocab_options reads them).
 VocabLayout = Annotated[
     str | None,
     typer.Option(

@@ -11,9 +11,9 @@ from rich.table import Table
 from cli.console import err_console, handle_errors, make_progress, sigterm_as_interrupt
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.config import ModelConfig, TrainConfig
-from nmt.store import PrepareSummary
-from nmt.store import prepare as prepare_corpus
-from nmt.vocab import vocab_options
+from nmt.data.store import PrepareSummary
+from nmt.data.store import prepare as prepare_corpus
+from nmt.data.vocab import vocab_options
 
 
 def summary_table(summary: PrepareSummary) -> Table:

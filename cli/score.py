@@ -18,7 +18,7 @@ from rich.text import Text
 
 from cli.console import err_console, fail, handle_errors
 from cli.options import hidden, renamed
-from nmt.score import (
+from nmt.evaluate.score import (
     DEFAULT_METRICS,
     TOKENIZERS,
     MetricResult,
@@ -29,7 +29,7 @@ from nmt.score import (
     read_inputs,
     sentence_scores,
 )
-from nmt.significance import (
+from nmt.evaluate.significance import (
     DEFAULT_PAIRED_SAMPLES,
     DEFAULT_SEED,
     SIGNIFICANCE_LEVEL,

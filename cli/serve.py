@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from cli.console import err_console, handle_errors
-from nmt.loading import ENGINES
-from nmt.registry import load_models
-from nmt.serve_config import ServeConfig
+from nmt.decode.loading import ENGINES
+from nmt.serve.config import ServeConfig
+from nmt.serve.registry import load_models
 
 D = ServeConfig  # the defaults
 
@@ -61,7 +61,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: /v1/translate, LibreTranslate's /translate, a page at /."""
-    from nmt.serve import run_server  # needs the serve extra (FastAPI, uvicorn)
+    from nmt.serve.app import run_server  # needs the serve extra (FastAPI, uvicorn)
 
     cfg = ServeConfig(
         host=host,

@@ -1,4 +1,4 @@
-"""``nmt train``: parse options, call :func:`nmt.train.train`, draw progress on stderr."""
+"""``nmt train``: parse options, call :func:`nmt.train.run.train`, draw progress on stderr."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from cli.console import err_console, handle_errors, make_progress, sigterm_as_in
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
 from nmt.checkpoint import read_config
 from nmt.config_file import resolve
-from nmt.multilingual import parse_pairs
-from nmt.store import read_meta
-from nmt.train import RunStart, StepStats, Trainer, TrainObserver, ValidResult
-from nmt.train import train as run_training
-from nmt.vocab import check_vocab_sizes, vocab_options
+from nmt.data.multilingual import parse_pairs
+from nmt.data.store import read_meta
+from nmt.data.vocab import check_vocab_sizes, vocab_options
+from nmt.train.run import RunStart, StepStats, Trainer, TrainObserver, ValidResult
+from nmt.train.run import train as run_training
 
 
 class RichObserver(TrainObserver):
@@ -242,7 +242,7 @@ def train(
         meta = read_meta(data)  # a data folder knows its languages
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
     # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
-    # disagrees with it is an error in nmt.train).
+    # disagrees with it is an error in nmt.train.run).
     model_base = read_config(init_from)["model"] if init_from is not None else None
     sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
     for folder, option in ((data, "--data"), (init_from, "--init-from")):

@@ -11,15 +11,15 @@ import typer
 
 from cli.console import err_console, handle_errors, make_progress
 from cli.options import hidden, renamed
-from nmt.alignment import pharaoh
 from nmt.config import DecodeConfig
-from nmt.data import count_lines, iter_lines
-from nmt.ensemble import parse_weights
+from nmt.data.parallel import count_lines, iter_lines
+from nmt.decode.alignment import pharaoh
+from nmt.decode.ensemble import parse_weights
+from nmt.decode.loading import ENGINES, load_translator
+from nmt.decode.translate import Translation
 from nmt.errors import ConfigError, InputError
+from nmt.evaluate.score import check_reference_counts, corpus_scores, read_references
 from nmt.fileio import atomic_write
-from nmt.loading import ENGINES, load_translator
-from nmt.score import check_reference_counts, corpus_scores, read_references
-from nmt.translate import Translation
 
 
 def read_input(path: str) -> tuple[Iterator[str], int | None]:

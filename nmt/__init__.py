@@ -12,8 +12,8 @@ import os
 # imported; a value in the environment wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
-# glibc malloc tuning (nmt.malloc) is applied by nmt.train.train only: it keeps freed memory
-# in the process, which a training step reuses at once, but which let a long translation by
-# several worker threads creep upwards (docs/benchmarks.md, "Translation memory").
+# glibc malloc tuning (nmt.train.malloc) is applied by nmt.train.run.train only: it keeps
+# freed memory in the process, which a training step reuses at once, but which let a long
+# translation by several worker threads creep upwards (docs/benchmarks.md, "Translation memory").
 
 __version__ = "0.1.0"

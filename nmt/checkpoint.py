@@ -5,7 +5,7 @@ A model folder (what ``nmt translate -m DIR`` needs, nothing else):
 - ``config.json``: format version, languages, model shape, training recipe (human-readable);
 - the SentencePiece model(s): ``spm.model`` (joint), or ``spm.src.model`` and
   ``spm.tgt.model`` (separate vocabularies), or an imported Marian model's files
-  (:mod:`nmt.vocab`);
+  (:mod:`nmt.data.vocab`);
 - ``model.safetensors``: the weights to translate with (in a run folder: the best by
   validation BLEU); a run folder also has ``last.safetensors``, ``checkpoints/`` and
   ``resume.pt`` (optimizer, schedule, step, RNG and early-stopping state).
@@ -36,7 +36,7 @@ from nmt.fileio import (  # noqa: F401 - re-exported: the checkpoint API names t
     removed_on_error,
     write_json,
 )
-from nmt.model import Transformer
+from nmt.model.transformer import Transformer
 
 CONFIG_FILE, SPM_FILE, WEIGHTS_FILE = "config.json", "spm.model", "model.safetensors"
 RESUME_FILE = "resume.pt"

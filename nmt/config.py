@@ -24,7 +24,7 @@ class ModelConfig:
         src_vocab_size: 0 (the ``joint`` layout): source, target and output projection share
             one embedding (Press & Wolf 2017). Otherwise the ``separate`` layout: the
             source vocabulary's size, with its own source embedding, the target embedding
-            still tied to the output projection (:mod:`nmt.vocab`).
+            still tied to the output projection (:mod:`nmt.data.vocab`).
         d_model: width of every residual stream.
         n_heads: attention heads; ``d_model`` must be divisible by it.
         ffn_dim: hidden width of the position-wise feed-forward layers.
@@ -48,7 +48,7 @@ class ModelConfig:
             ``scale_embedding``.
         pad_id / bos_id / eos_id: the special ids of the model's vocabulary. ``bos_id`` is the
             token the decoder starts from; nmt's own SentencePiece models use pad 0, BOS 2,
-            EOS 3 (:mod:`nmt.tokenizer`), imported Marian models pad = the last id, EOS 0, and
+            EOS 3 (:mod:`nmt.data.tokenizer`), imported Marian models pad = the last id, EOS 0, and
             start the decoder from pad (``bos_id = pad_id``).
     """
 
@@ -153,7 +153,8 @@ class TrainConfig:
     Attributes:
         src_lang / tgt_lang: language codes, the suffixes of the corpus files.
         pairs: a multilingual model's language pairs (``("de-en", "fr-en")``), instead of
-            ``src_lang``/``tgt_lang``: a target tag leads each source (:mod:`nmt.multilingual`).
+            ``src_lang``/``tgt_lang``: a target tag leads each source
+            (:mod:`nmt.data.multilingual`).
         pair_sampling_temperature: T of the pairs' sampling probabilities
             ``p_i ∝ (n_i / N)^(1/T)`` (Arivazhagan et al. 2019); 1 = as the data.
         batch_tokens: padded tokens per batch, counted as sentences × max(src_len, tgt_len).
@@ -165,7 +166,7 @@ class TrainConfig:
             updates that ``max_minutes`` allows, extrapolated once from the time per update
             (validation included) at the first validation after the warm-up and kept in
             ``resume.pt``. With a planned end, the kept step checkpoints are spread over its
-            last 20% (:data:`nmt.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
+            last 20% (:data:`nmt.train.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
         label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
         clip_norm: the gradient's L2 norm is clipped to this (Pascanu et al. 2013); 0 = no
             clipping (as in fairseq and Marian).
@@ -190,7 +191,7 @@ class TrainConfig:
         compile: run the training forward/backward through ``torch.compile`` (dynamic
             shapes); pays off on GPUs, measured slower on CPU (docs/benchmarks.md).
         onednn: in float32 on CPU, compute the linear layers' forward and input-gradient
-            products with oneDNN instead of torch's default (MKL sgemm; :mod:`nmt.onednn`).
+            products with oneDNN instead of torch's default (MKL sgemm; :mod:`nmt.model.onednn`).
             Off by default: with a new row count in almost every batch, oneDNN builds a
             kernel per shape, and on the AMD EPYC we measured it gained nothing end to end
             (docs/benchmarks.md, "oneDNN in float32 training").
@@ -303,7 +304,7 @@ class DecodeConfig:
         nbest: hypotheses returned per sentence (at most beam_size).
         batch_tokens: padded source tokens per translation batch.
         batch_size: sentences per translation batch (at most).
-        alignment: also return each translation's word alignment (:mod:`nmt.alignment`).
+        alignment: also return each translation's word alignment (:mod:`nmt.decode.alignment`).
         alignment_layer: decoder layer (0-based) whose cross-attention gives the alignment;
             ``None`` = the penultimate (Garg et al. 2019).
         sampling_topk: 1 = search (greedy or beam); 0 = sample from the whole vocabulary;

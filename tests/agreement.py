@@ -27,9 +27,9 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
-from nmt.model import Transformer
-from nmt.search import Hypothesis
-from nmt.tokenizer import BOS_ID, EOS_ID
+from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.decode.search import Hypothesis
+from nmt.model.transformer import Transformer
 
 Found = dict[tuple[int, ...], list[Hypothesis]]
 Limits = dict[tuple[int, ...], int]  # a source's length limit (tokens before EOS)

@@ -18,9 +18,9 @@ import torch
 from cpu_profile import probe
 
 from nmt.config import ModelConfig, TrainConfig, preset
-from nmt.model import Transformer
-from nmt.tokenizer import Tokenizer, train_tokenizer
-from nmt.train import train
+from nmt.data.tokenizer import Tokenizer, train_tokenizer
+from nmt.model.transformer import Transformer
+from nmt.train.run import train
 
 DATA = Path(
     os.environ.get("NMT_MULTI30K") or Path(__file__).resolve().parents[2] / "shared/data/multi30k"

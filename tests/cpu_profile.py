@@ -8,7 +8,8 @@ each variable does, measured on a Zen 4 (torch 2.13, CTranslate2 4.8):
 
 - ``ATEN_CPU_CAPABILITY``: torch's own vectorized kernels (softmax, LayerNorm, elementwise).
 - ``ONEDNN_MAX_CPU_ISA``: oneDNN, both the copy in torch (float32 linear layers through
-  ``nmt.onednn``, bf16 matmuls) and the one in CTranslate2 (its float32 and int8 GEMMs on AMD).
+  ``nmt.model.onednn``, bf16 matmuls) and the one in CTranslate2 (its float32 and int8 GEMMs
+  on AMD).
 - ``CT2_FORCE_CPU_ISA``: CTranslate2's own kernels; it picks AVX2 on AMD CPUs anyway.
 - ``MKL_ENABLE_INSTRUCTIONS``: MKL (torch's float32 ``F.linear``) on Intel CPUs. On AMD CPUs
   MKL ignores it: the same bits with AVX512, AVX2, AVX and SSE4_2, and a verbose header that
@@ -40,12 +41,12 @@ AVX2_PROFILE = {
 }
 
 # Run in a fresh process (the libraries read their variables once, when they start): one
-# oneDNN float32 linear (nmt.onednn), one MKL F.linear, and, when CTranslate2 is installed,
+# oneDNN float32 linear (nmt.model.onednn), one MKL F.linear, and, when CTranslate2 is installed,
 # one translation by a 1-layer model exported from random weights.
 _PROBE = r"""
 import json, re, sys, torch
 from pathlib import Path
-from nmt.onednn import OneDNNLinear
+from nmt.model.onednn import OneDNNLinear
 x, w = torch.randn(8, 64), torch.randn(32, 64)
 OneDNNLinear(w, None)(x)
 torch.nn.functional.linear(x, w)
@@ -59,9 +60,9 @@ if ctranslate2 is not None:
     from nmt.checkpoint import FORMAT_VERSION, save_weights, write_json
     from nmt.config import ModelConfig
     from nmt.config_file import to_dict
-    from nmt.export import export_ctranslate2
-    from nmt.model import Transformer
-    from nmt.tokenizer import train_tokenizer
+    from nmt.interop.export import export_ctranslate2
+    from nmt.model.transformer import Transformer
+    from nmt.data.tokenizer import train_tokenizer
     folder = Path(sys.argv[1])
     words = ["".join(chr(97 + (i * 7 + j * 3) % 26) for j in range(1 + i % 6)) for i in range(300)]
     train_tokenizer([" ".join(words[i:i + 9]) for i in range(290)], folder / "spm.model", 60)

@@ -23,14 +23,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def serving(models: dict[str, Any], workers: int = 1, max_wait_ms: float = 0.0) -> Iterator[Any]:
-    """In process: ``models`` (:func:`nmt.registry.load_models`) behind their batchers, as a
+    """In process: ``models`` (:func:`nmt.serve.registry.load_models`) behind their batchers, as a
     FastAPI ``TestClient`` of the app; the batchers and their worker pool are closed after.
     (FastAPI is imported here, so that this module stays stdlib-only for the others.)"""
     from fastapi.testclient import TestClient
 
-    from nmt.registry import start_batchers
-    from nmt.serve import create_app
-    from nmt.serve_config import ServeConfig
+    from nmt.serve.app import create_app
+    from nmt.serve.config import ServeConfig
+    from nmt.serve.registry import start_batchers
 
     pool = start_batchers(models, workers, 4096, max_wait_ms)
     try:

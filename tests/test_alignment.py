@@ -1,4 +1,4 @@
-"""nmt.alignment: word alignment from cross-attention (Garg et al. 2019).
+"""nmt.decode.alignment: word alignment from cross-attention (Garg et al. 2019).
 
 The attention read is the one the model computes (checked against the layer's own output),
 pieces are summed into whitespace words, every target word gets exactly one link in range, and
@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.alignment import (
+from nmt.config import DecodeConfig
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.decode.alignment import (
     check_layer,
     cross_attention,
     default_layer,
@@ -21,11 +24,8 @@ from nmt.alignment import (
     piece_words,
     word_alignment,
 )
-from nmt.config import DecodeConfig
-from nmt.data import pad
+from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
-from nmt.tokenizer import BOS_ID, EOS_ID
-from nmt.translate import Translator
 
 
 def test_pieces_map_to_whitespace_words() -> None:
@@ -122,7 +122,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, multi30k_dir: Path, mu
     demo``), to check a model trained elsewhere or to skip the training."""
     from conftest import make_tiny_model_config, make_tiny_train_config
 
-    from nmt.train import train
+    from nmt.train.run import train
 
     if given := os.environ.get("NMT_TRAINED_DE_EN"):
         return Path(given)

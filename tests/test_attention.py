@@ -1,4 +1,4 @@
-"""Cross-attention weights recomputed for an output (nmt.attention)."""
+"""Cross-attention weights recomputed for an output (nmt.decode.attention)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from nmt.attention import cross_attention, hard_alignment
-from nmt.model import Transformer
+from nmt.decode.attention import cross_attention, hard_alignment
+from nmt.model.transformer import Transformer
 
 
 def test_weights_reproduce_each_layers_cross_attention_output(

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.average import average_run, average_weights, step_checkpoints
 from nmt.checkpoint import SPM_FILE, load_model, load_weights, read_config
 from nmt.errors import CheckpointError
+from nmt.train.average import average_run, average_weights, step_checkpoints
 
 
 def test_average_is_the_elementwise_mean_and_translates(tiny_run: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Dynamic batching (nmt.batcher): who waits, who shares a batch, and what ends a wait."""
+"""Dynamic batching (nmt.serve.batcher): who waits, who shares a batch, and what ends a wait."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from nmt.batcher import Batcher, BatcherClosedError
+from nmt.serve.batcher import Batcher, BatcherClosedError
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-"""nmt.batching: token-based batches equal the straightforward greedy, cover every example
+"""nmt.data.batching: token-based batches equal the straightforward greedy, cover every example
 once, respect the budget, differ by seed only in order, split disjointly over ranks, and are
 planned ahead in the background."""
 
@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from nmt import batching
-from nmt.batching import (
+from nmt.data import batching
+from nmt.data.batching import (
     BatchLayout,
     EpochPlanner,
     cut_batches,
@@ -18,7 +18,7 @@ from nmt.batching import (
     make_batches,
     stable_order,
 )
-from nmt.tokenizer import Tokenizer
+from nmt.data.tokenizer import Tokenizer
 
 
 def random_lengths(n: int, seed: int = 0, high: int = 60) -> tuple[list[int], list[int]]:
@@ -209,8 +209,8 @@ def test_a_checkpoint_from_before_the_numpy_batch_order_is_not_resumed_silently(
     repeat batches."""
     from pathlib import Path
 
-    from nmt.batching import BATCHING_VERSION
-    from nmt.resume import changed_data_order
+    from nmt.data.batching import BATCHING_VERSION
+    from nmt.train.resume import changed_data_order
 
     now = {"batching": BATCHING_VERSION, "batch_tokens": 2048, "seed": 1}
     message = changed_data_order({}, now, Path("run/resume.pt"), 3)
@@ -221,7 +221,7 @@ def test_a_checkpoint_from_before_the_numpy_batch_order_is_not_resumed_silently(
 
 def test_the_corpus_fingerprint_counts_every_token_of_a_uint16_store() -> None:
     """Memory-mapped stores give uint16 lengths; a Python sum of those wrapped at 65,536."""
-    from nmt.resume import corpus_fingerprint
+    from nmt.train.resume import corpus_fingerprint
 
     lens = np.full(5, 60_000, dtype=np.uint16)
     corpus = type("C", (), {"src_lens": lens, "tgt_lens": lens, "__len__": lambda self: 5})()

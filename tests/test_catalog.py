@@ -17,9 +17,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-import nmt.catalog as catalog
+import nmt.data.catalog as catalog
 from cli import data as data_cli
-from nmt.catalog import ChecksumError, DownloadError, get_dataset, load_catalog, sha256_file
+from nmt.data.catalog import ChecksumError, DownloadError, get_dataset, load_catalog, sha256_file
 from nmt.errors import ConfigError, InputError
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"

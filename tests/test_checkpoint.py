@@ -25,8 +25,8 @@ from nmt.checkpoint import (
     write_json,
 )
 from nmt.config import DecodeConfig
+from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError
-from nmt.translate import Translator
 
 
 @pytest.fixture

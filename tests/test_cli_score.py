@@ -12,14 +12,14 @@ import typer
 from typer.testing import CliRunner
 
 import cli.score
-from nmt.score import (
+from nmt.evaluate.score import (
     METRICS,
     ScoreOptions,
     corpus_scores,
     read_text,
     sentence_scores,
 )
-from nmt.significance import paired_test
+from nmt.evaluate.significance import paired_test
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 

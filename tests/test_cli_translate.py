@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 import cli.translate
 from cli.main import app
 from nmt.config import DecodeConfig
+from nmt.decode.translate import Translation, Translator
 from nmt.errors import InputError
-from nmt.score import corpus_scores
-from nmt.translate import Translation, Translator
+from nmt.evaluate.score import corpus_scores
 
 runner = CliRunner()  # result.stdout and result.stderr are kept apart
 

@@ -207,9 +207,9 @@ def test_settings_that_used_to_break_training_silently_are_errors() -> None:
 def test_clip_norm_0_means_no_clipping(tiny_corpus, spm_model, tiny_model_config, tmp_path):
     """clip_norm = 0 used to scale every gradient to 0; now it is fairseq's "no clipping":
     one update equals an update with a bound no gradient reaches."""
-    from nmt.data import encode_parallel, read_parallel
-    from nmt.tokenizer import Tokenizer
-    from nmt.trainer import Trainer
+    from nmt.data.parallel import encode_parallel, read_parallel
+    from nmt.data.tokenizer import Tokenizer
+    from nmt.train.trainer import Trainer
 
     tokenizer = Tokenizer(spm_model)
     data = encode_parallel(tokenizer, *read_parallel(tiny_corpus[0], "de", "en"), 200)

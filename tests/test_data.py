@@ -1,4 +1,4 @@
-"""nmt.data: corpus files, file:line errors, padding and collation."""
+"""nmt.data.parallel: corpus files, file:line errors, padding and collation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.data import (
+from nmt.data.parallel import (
     ParallelData,
     Prefetcher,
     collate,
@@ -19,8 +19,8 @@ from nmt.data import (
     read_lines,
     read_parallel,
 )
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.errors import InputError
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
 def test_corpus_path_finds_plain_and_gz(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""nmt.ensemble: several models with one vocabulary, log-probabilities summed with weights.
+"""nmt.decode.ensemble: several models with one vocabulary, log-probabilities summed with weights.
 
 Two different models (the tiny run's checkpoints after 100 and 200 updates): weights 1,0 and
 0,1 reproduce each model alone, and the score an ensemble reports for its output is the
@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 from cli.main import app
 from nmt.checkpoint import SPM_FILE
 from nmt.config import DecodeConfig
-from nmt.data import pad
-from nmt.ensemble import parse_weights
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import EOS_ID, train_tokenizer
+from nmt.decode.ensemble import parse_weights
+from nmt.decode.forced import forced_scores
+from nmt.decode.search import max_lengths
+from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError, ConfigError
-from nmt.forced import forced_scores
-from nmt.search import max_lengths
-from nmt.tokenizer import EOS_ID, train_tokenizer
-from nmt.translate import Translator
 
 
 @pytest.fixture(scope="module")

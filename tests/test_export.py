@@ -1,4 +1,4 @@
-"""CTranslate2 export (``nmt.export``) and translation through it (``nmt.ct2``).
+"""CTranslate2 export (``nmt.interop.export``) and translation through it (``nmt.decode.ct2``).
 
 A tiny model is trained once for this module on the first Multi30k pairs. Its float32 export
 must give the per-token log-probabilities of our PyTorch model (teacher-forced, 1e-4), greedy
@@ -41,16 +41,16 @@ from typer.testing import CliRunner
 from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, save_weights, write_json
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig, preset
 from nmt.config_file import from_dict, to_dict
-from nmt.ct2 import CT2Translator, ct2_threads
-from nmt.ct2_folder import INSTALL_HINT, import_ctranslate2, is_ctranslate2_dir
+from nmt.data.tokenizer import Tokenizer
+from nmt.decode.ct2 import CT2Translator, ct2_threads
+from nmt.decode.ct2_folder import INSTALL_HINT, import_ctranslate2, is_ctranslate2_dir
+from nmt.decode.loading import load_translator
+from nmt.decode.translate import Translation, Translator, length_batches
 from nmt.device import resolve_device
 from nmt.errors import CheckpointError, ConfigError, MissingDependencyError
-from nmt.export import export_ctranslate2
-from nmt.loading import load_translator
-from nmt.model import Transformer
-from nmt.tokenizer import Tokenizer
-from nmt.train import train
-from nmt.translate import Translation, Translator, length_batches
+from nmt.interop.export import export_ctranslate2
+from nmt.model.transformer import Transformer
+from nmt.train.run import train
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 TRAIN_LINES, VALID_LINES, TEST_LINES = 2000, 20, 200

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from nmt.checkpoint import SPM_FILE, load_model, load_weights
 from nmt.errors import ConfigError
-from nmt.train import train
+from nmt.train.run import train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""nmt.forced and ``Translator.score_targets``: scoring given translations.
+"""nmt.decode.forced and ``Translator.score_targets``: scoring given translations.
 
 On the token ids search produced, the forced score equals the score search reported; given as
 text, a translation is re-encoded by SentencePiece, and scores as its re-encoded ids do.
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from nmt.config import DecodeConfig
-from nmt.data import pad
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import EOS_ID
+from nmt.decode.forced import forced_scores, normalized
+from nmt.decode.search import length_penalty, max_lengths
+from nmt.decode.translate import Translator
 from nmt.errors import InputError
-from nmt.forced import forced_scores, normalized
-from nmt.search import length_penalty, max_lengths
-from nmt.tokenizer import EOS_ID
-from nmt.translate import Translator
 
 
 @pytest.fixture(scope="module")

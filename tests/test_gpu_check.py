@@ -16,8 +16,8 @@ import torch
 
 from nmt.config import TrainConfig
 from nmt.config_file import to_dict
-from nmt.model import Transformer
-from nmt.store import prepare
+from nmt.data.store import prepare
+from nmt.model.transformer import Transformer
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

@@ -1,4 +1,4 @@
-"""``nmt import marian`` (``nmt.import_marian``) against Hugging Face's ``MarianMTModel``.
+"""``nmt import marian`` (``nmt.interop.import_marian``) against Hugging Face's ``MarianMTModel``.
 
 No network: the test builds a tiny ``MarianMTModel`` with random weights itself, with two
 SentencePiece models trained on Multi30k lines (de for the source, en for the target) and a
@@ -25,15 +25,15 @@ from typer.testing import CliRunner
 from cli.main import app
 from nmt.checkpoint import load_model, load_weights
 from nmt.config import DecodeConfig
-from nmt.data import pad
+from nmt.data.marian_vocab import MarianVocabulary
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import train_tokenizer
+from nmt.data.vocab import load_tokenizer
+from nmt.decode.search import beam_search, greedy_search
+from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError, ConfigError
-from nmt.import_marian import import_marian
-from nmt.marian_vocab import MarianVocabulary
-from nmt.model import Transformer
-from nmt.search import beam_search, greedy_search
-from nmt.tokenizer import train_tokenizer
-from nmt.translate import Translator
-from nmt.vocab import load_tokenizer
+from nmt.interop.import_marian import import_marian
+from nmt.model.transformer import Transformer
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install -e '.[hf]')"
@@ -335,8 +335,8 @@ def test_ctranslate2_export_of_imported_model(
     all reach CTranslate2: its teacher-forced log-probabilities equal ours to 1e-4 and its
     greedy outputs equal ours (the logits are peaked: no float32 near-ties decide)."""
     ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed")
-    from nmt.ct2 import CT2Translator
-    from nmt.export import export_ctranslate2
+    from nmt.decode.ct2 import CT2Translator
+    from nmt.interop.export import export_ctranslate2
 
     out = export_ctranslate2(imported, tmp_path / "ct2")
     assert {"vocab.json", "source.spm", "target.spm"} <= {p.name for p in out.iterdir()}
@@ -367,7 +367,7 @@ def test_decoding_options_use_the_imported_special_ids(
     Marian's ids (EOS 0, decoder start = PAD = last id), not nmt's fixed 0-3. The forced score
     of search's own ids equals the score search reported; a prefix (encoded with target.spm)
     starts the output; every target word gets one alignment link inside the line."""
-    from nmt.forced import forced_scores
+    from nmt.decode.forced import forced_scores
 
     model, _ = load_model(imported)
     tokenizer = MarianVocabulary(imported)
@@ -412,7 +412,7 @@ def test_serve_takes_the_marian_target_tag_per_request(
     """nmt serve on a multi-target Marian import: tgt_lang (or LibreTranslate's target) fra
     puts >>fra<< first, as --tgt-lang does; without it the line goes in as written."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from nmt.registry import load_models
+    from nmt.serve.registry import load_models
 
     models = load_models([f"m={imported}"], "torch", "cpu")
     model, tag = models["m"], MarianVocabulary(imported).ids[TAG]

@@ -1,4 +1,4 @@
-"""nmt.malloc: training sets glibc's malloc thresholds, translation leaves glibc's defaults,
+"""nmt.train.malloc: training sets glibc's malloc thresholds, translation leaves glibc's defaults,
 and NMT_MALLOC_TUNING=0 or glibc's own variables leave them alone."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 
 # In a fresh process: run SETUP (the start of training tunes malloc), then allocate 4 MiB with
 # malloc and ask mallinfo2 how many blocks are mmapped. glibc's default mmap threshold starts
-# at 128 KiB, so a 4 MiB block is mmapped unless the threshold was raised (nmt.malloc sets
+# at 128 KiB, so a 4 MiB block is mmapped unless the threshold was raised (nmt.train.malloc sets
 # 32 MiB).
 PROBE = r"""
 import ctypes, json, sys
-import nmt.malloc
+import nmt.train.malloc
 SETUP
 
 class MallInfo2(ctypes.Structure):
@@ -33,9 +33,9 @@ before = libc.mallinfo2().hblks
 block = libc.malloc(4 << 20)
 mmapped = libc.mallinfo2().hblks - before
 libc.free(block)
-print(json.dumps({"applied": nmt.malloc._applied, "mmapped": mmapped}))
+print(json.dumps({"applied": nmt.train.malloc._applied, "mmapped": mmapped}))
 """
-TRAINING = "nmt.malloc.tune()  # what nmt.train.train does first"
+TRAINING = "nmt.train.malloc.tune()  # what nmt.train.run.train does first"
 
 
 def probe(setup: str = TRAINING, **env: str) -> dict:
@@ -75,23 +75,25 @@ def test_off_switch_and_glibc_variables_leave_malloc_alone(env: dict[str, str]) 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_translation_keeps_glibc_defaults() -> None:
-    """Importing the whole CLI (every command's module, nmt.train included) and loading the
+    """Importing the whole CLI (every command's module, nmt.train.run included) and loading the
     translation code tunes nothing: only training starts it."""
-    untouched = probe("import cli.main, nmt.translate, nmt.serve_schema")
+    untouched = probe("import cli.main, nmt.decode.translate, nmt.serve.schema")
     assert untouched["applied"] is None
     assert untouched["mmapped"] == 1
 
 
 def test_train_tunes_malloc_first(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """nmt.train.train calls nmt.malloc.tune before anything else (here it then fails on a
+    """nmt.train.run.train calls nmt.train.malloc.tune before anything else (here it then fails on a
     missing corpus)."""
-    import nmt.malloc
-    import nmt.train
+    import nmt.train.malloc
+    import nmt.train.run
     from nmt.config import ModelConfig, TrainConfig
     from nmt.errors import InputError
 
     calls: list[str] = []
-    monkeypatch.setattr(nmt.malloc, "tune", lambda: calls.append("tune") or {})
+    monkeypatch.setattr(nmt.train.malloc, "tune", lambda: calls.append("tune") or {})
     with pytest.raises(InputError):
-        nmt.train.train(tmp_path / "missing", None, tmp_path / "run", ModelConfig(), TrainConfig())
+        nmt.train.run.train(
+            tmp_path / "missing", None, tmp_path / "run", ModelConfig(), TrainConfig()
+        )
     assert calls == ["tune"]

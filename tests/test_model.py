@@ -1,4 +1,5 @@
-"""nmt.model: incremental decoding equals full decoding, causality, padding, cache reordering."""
+"""nmt.model.transformer: incremental decoding equals full decoding, causality, padding,
+cache reordering."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.cache import CACHE_CHUNK
-from nmt.model import Transformer, sinusoidal_positions
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.model.cache import CACHE_CHUNK
+from nmt.model.transformer import Transformer, sinusoidal_positions
 
 VOCAB = 50
 

@@ -1,4 +1,4 @@
-"""Multilingual models (:mod:`nmt.multilingual`): pairs, target tags, temperature sampling,
+"""Multilingual models (:mod:`nmt.data.multilingual`): pairs, target tags, temperature sampling,
 per-direction validation, and translating into a chosen language."""
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from nmt.checkpoint import load_weights
 from nmt.config import DecodeConfig
-from nmt.data import ParallelData
-from nmt.errors import ConfigError
-from nmt.multilingual import (
+from nmt.data.multilingual import (
     MultiCorpus,
     TaggedTokenizer,
     epoch_counts,
@@ -26,9 +24,11 @@ from nmt.multilingual import (
     parse_pairs,
     sampling_probabilities,
 )
-from nmt.tokenizer import Tokenizer
-from nmt.train import train
-from nmt.translate import Translator
+from nmt.data.parallel import ParallelData
+from nmt.data.tokenizer import Tokenizer
+from nmt.decode.translate import Translator
+from nmt.errors import ConfigError
+from nmt.train.run import train
 
 
 def test_one_model_translates_both_ways_by_the_tag(both_ways: Path, short_pairs) -> None:
@@ -65,8 +65,8 @@ def test_ctranslate2_export_translates_into_the_chosen_language(
     both_ways: Path, tmp_path: Path, short_pairs
 ) -> None:
     pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
-    from nmt.ct2 import CT2Translator
-    from nmt.export import export_ctranslate2
+    from nmt.decode.ct2 import CT2Translator
+    from nmt.interop.export import export_ctranslate2
 
     exported = export_ctranslate2(both_ways, tmp_path / "ct2")
     assert json.loads((exported / "nmt.json").read_text())["pairs"] == ["de-en", "en-de"]
@@ -200,8 +200,8 @@ def test_serve_picks_the_target_language_on_the_ctranslate2_engine(
     direction (greedy reproduces the pairs learned by heart)."""
     pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from nmt.export import export_ctranslate2
-    from nmt.registry import load_models
+    from nmt.interop.export import export_ctranslate2
+    from nmt.serve.registry import load_models
 
     exported = export_ctranslate2(both_ways, tmp_path / "ct2")
     models = load_models([f"m={exported}"], "ctranslate2", "cpu")

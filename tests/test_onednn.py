@@ -1,4 +1,4 @@
-"""nmt.onednn: oneDNN linear layers give the same numbers and log-probabilities as torch's own
+"""nmt.model.onednn: oneDNN linear layers give the same numbers and log-probabilities as torch's own
 float32 path (MKL), and translations that differ only where two tokens were within float32
 rounding of each other (``agreement.py``; STYLE, "Tests that can fail" 12)."""
 
@@ -14,8 +14,8 @@ from test_model import cached_log_probs, full_log_probs, padded_src, random_tgt
 from torch import nn
 
 from nmt.config import DecodeConfig
-from nmt.onednn import OneDNNLinear, available, use_onednn
-from nmt.translate import Translator, for_inference
+from nmt.decode.translate import Translator, for_inference
+from nmt.model.onednn import OneDNNLinear, available, use_onednn
 
 pytestmark = [
     pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear"),

@@ -1,4 +1,4 @@
-"""nmt.onednn in training: the oneDNN linear function's forward and gradients equal
+"""nmt.model.onednn in training: the oneDNN linear function's forward and gradients equal
 F.linear's, the swapped model trains like the plain one, and resume stays bit-identical."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from test_train import run
 from torch import nn
 
 from nmt.checkpoint import load_weights
-from nmt.onednn import TrainableOneDNNLinear, available, linear, use_onednn_training
+from nmt.model.onednn import TrainableOneDNNLinear, available, linear, use_onednn_training
 
 pytestmark = [
     pytest.mark.kernels,

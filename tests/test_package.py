@@ -20,13 +20,18 @@ print(json.dumps(sorted({"typer", "rich", "cli"} & set(sys.modules))))
 
 
 # Modules that need the optional serve extra (FastAPI, uvicorn).
-SERVE_EXTRA = {"nmt.serve", "nmt.serve_schema", "nmt.libretranslate"}
+SERVE_EXTRA = {"nmt.serve.app", "nmt.serve.schema", "nmt.serve.libretranslate"}
 
 
 def test_no_nmt_module_imports_typer_rich_or_cli() -> None:
     """STYLE: the library reports progress through callbacks; typer and rich belong to cli."""
-    names = sorted(f"nmt.{m.name}" for m in pkgutil.iter_modules(nmt.__path__))
-    assert {"nmt.translate", "nmt.trainer", "nmt.catalog", "nmt.export"} <= set(names)
+    names = sorted(m.name for m in pkgutil.walk_packages(nmt.__path__, "nmt."))
+    assert {
+        "nmt.decode.translate",
+        "nmt.train.trainer",
+        "nmt.data.catalog",
+        "nmt.interop.export",
+    } <= set(names)
     if importlib.util.find_spec("fastapi") is None:  # the serve extra is not installed
         names = [n for n in names if n not in SERVE_EXTRA]
     done = subprocess.run(
@@ -48,14 +53,14 @@ def test_file_utilities_scoring_and_data_preparation_do_not_import_torch() -> No
     """``nmt score``, the corpus-encoding worker processes, finding a CTranslate2 folder and
     the server's settings start without loading torch."""
     names = [
-        "nmt.ct2_folder",
+        "nmt.decode.ct2_folder",
         "nmt.fileio",
-        "nmt.score",
-        "nmt.serve_body",
-        "nmt.serve_config",
-        "nmt.store",
-        "nmt.textio",
-        "nmt.tokenizer",
+        "nmt.evaluate.score",
+        "nmt.serve.body",
+        "nmt.serve.config",
+        "nmt.data.store",
+        "nmt.data.textio",
+        "nmt.data.tokenizer",
     ]
     done = subprocess.run(
         [sys.executable, "-c", _TORCH_FREE, *names], capture_output=True, text=True, timeout=120

@@ -1,4 +1,4 @@
-"""nmt.sampling: top-k (Fan et al. 2018), nucleus (Holtzman et al. 2020) and temperature
+"""nmt.decode.sampling: top-k (Fan et al. 2018), nucleus (Holtzman et al. 2020) and temperature
 sampling with one seeded stream per sentence.
 
 Top-k 1 is greedy search; the empirical distribution of many draws at one step matches the
@@ -15,12 +15,12 @@ import torch
 from agreement import Found, forced_log_probs, record_hypotheses
 
 from nmt.config import DecodeConfig
-from nmt.data import pad
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import EOS_ID
+from nmt.decode.sampling import draw, sample, sampling_probs, sentence_seed, uniforms
+from nmt.decode.search import greedy_search, mask_specials
+from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
-from nmt.sampling import draw, sample, sampling_probs, sentence_seed, uniforms
-from nmt.search import greedy_search, mask_specials
-from nmt.tokenizer import EOS_ID
-from nmt.translate import Translator
 
 
 def test_top_p_keeps_the_smallest_set_that_reaches_p() -> None:

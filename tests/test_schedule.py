@@ -1,4 +1,4 @@
-"""nmt.schedule and the budget it follows: the linear decay, the time plan made once and kept
+"""nmt.train.schedule and the budget it follows: the linear decay, the time plan made once and kept
 in resume.pt, and step checkpoints spread over the end of the budget."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from test_train import Recorder, run
 
 from nmt.config import TrainConfig
 from nmt.errors import ConfigError
-from nmt.schedule import linear_decay_lr, planned_steps
-from nmt.train import StepStats, train
+from nmt.train.run import StepStats, train
+from nmt.train.schedule import linear_decay_lr, planned_steps
 
 
 def test_linear_decay() -> None:

@@ -1,4 +1,5 @@
-"""nmt.score against sacreBLEU itself (Python API and the ``sacrebleu`` command) on Multi30k."""
+"""nmt.evaluate.score against sacreBLEU itself (Python API and the ``sacrebleu`` command) on
+Multi30k."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from nmt.errors import ConfigError, InputError
-from nmt.score import (
+from nmt.evaluate.score import (
     METRICS,
     TOKENIZERS,
     ScoreOptions,
@@ -24,7 +25,7 @@ from nmt.score import (
     read_text,
     sentence_scores,
 )
-from nmt.significance import paired_test
+from nmt.evaluate.significance import paired_test
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"

@@ -1,4 +1,4 @@
-"""nmt.search: greedy and beam search.
+"""nmt.decode.search: greedy and beam search.
 
 A hand-scripted decoder whose results are worked out by hand, beam 1 = greedy, batch
 invariance, reported score = forced-decoding score, length limits and n-best order.
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from agreement import assert_float32_agree
 
 from nmt.checkpoint import SPM_FILE, load_model
-from nmt.data import pad
-from nmt.model import Transformer
-from nmt.search import (
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.decode.search import (
     Hypothesis,
     beam_search,
     greedy_search,
@@ -26,7 +26,7 @@ from nmt.search import (
     max_lengths,
     prefix_tensor,
 )
-from nmt.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.model.transformer import Transformer
 
 # --- a hand-scripted decoder ------------------------------------------------------------------
 

@@ -21,8 +21,8 @@ import pytest
 from agreement import BEAM_NORMALIZED_TOL
 from serve_client import REPO, ServerProcess, request, serving
 
-from nmt.search import length_penalty
-from nmt.tokenizer import Tokenizer
+from nmt.data.tokenizer import Tokenizer
+from nmt.decode.search import length_penalty
 
 pytest.importorskip("fastapi", reason="nmt serve needs the serve extra: pip install -e '.[serve]'")
 
@@ -333,7 +333,7 @@ def test_an_internal_error_is_answered_500_and_the_server_goes_on(
     """In process (a real server cannot be made to fail on purpose): a search that raises
     answers 500 with its message, on both APIs, and the next request is translated; the
     server's log has the traceback."""
-    from nmt.registry import ServedModel, load_models
+    from nmt.serve.registry import ServedModel, load_models
 
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
     calls: list[int] = []
@@ -363,7 +363,7 @@ def test_a_prefix_longer_than_the_model_outputs_gets_422(tiny_run: Path) -> None
     """Refused before it is queued, naming the prefix, as ``nmt translate --target-prefix``
     refuses it; it once reached the search, which raised (500) for every request in its
     batch."""
-    from nmt.registry import load_models
+    from nmt.serve.registry import load_models
 
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
     with serving(models) as client:
@@ -384,10 +384,10 @@ def test_attention_is_refused_past_its_size_limit(
     """An answer carrying more attention weights than the limit is a 413 naming the size (a
     long line at 16-best once answered 196 MB of JSON); the same request without attention
     is answered."""
-    import nmt.serve
-    from nmt.registry import load_models
+    import nmt.serve.app
+    from nmt.serve.registry import load_models
 
-    monkeypatch.setattr(nmt.serve, "MAX_ATTENTION_VALUES", 100)
+    monkeypatch.setattr(nmt.serve.app, "MAX_ATTENTION_VALUES", 100)
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
     with serving(models) as client:
         asked = {"src": ["Ein Hund läuft."], "beam_size": 4, "nbest": 4}
@@ -428,7 +428,7 @@ def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[st
     """In process, two workers: a 24-line request runs as two batches of 12 consecutive
     lines (a lone long request keeps both workers busy) and answers what one batch does, in
     order; a 4-line request stays one batch."""
-    from nmt.registry import load_models
+    from nmt.serve.registry import load_models
 
     src = (lines * 24)[:24]
     answers, batches = [], []
@@ -460,8 +460,8 @@ def test_a_multilingual_model_translates_into_the_language_each_request_names(
     LibreTranslate's ``target``) picks the direction, answering what ``nmt translate
     --tgt-lang`` does; a missing or unknown target language is a 422 naming the choices."""
     from nmt.config import DecodeConfig
-    from nmt.registry import load_models
-    from nmt.translate import Translator
+    from nmt.decode.translate import Translator
+    from nmt.serve.registry import load_models
 
     de, en = short_pairs
     models = load_models([f"both={both_ways}"], "torch", "cpu")
@@ -502,7 +502,7 @@ def test_server_limits_are_checked_one_by_one() -> None:
     import math
 
     from nmt.errors import ConfigError
-    from nmt.serve_config import ServeConfig
+    from nmt.serve.config import ServeConfig
 
     for bad, message in [
         ({"timeout_s": math.nan}, "timeout_s=nan must be a number > 0"),

@@ -131,7 +131,7 @@ def test_page_translates_with_a_ctranslate2_model(
     """A CTranslate2 export gives no attention: the page does not ask for it (every click was
     answered 422), shows the translation, and leaves the attention buttons disabled."""
     pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
-    from nmt.export import export_ctranslate2
+    from nmt.interop.export import export_ctranslate2
 
     export_ctranslate2(tiny_run, tmp_path / "ct2")
     line = multi30k("val", "de", 1)[0]

@@ -1,4 +1,4 @@
-"""nmt.store and ``nmt prepare``: encoding a corpus once into a memory-mapped data folder."""
+"""nmt.data.store and ``nmt prepare``: encoding a corpus once into a memory-mapped data folder."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import nmt.store as store
+import nmt.data.store as store
 from cli.main import app
+from nmt.data.store import open_store, prepare, read_meta
+from nmt.data.tokenizer import Tokenizer
+from nmt.data.vocab import vocab_layout
 from nmt.errors import InputError
-from nmt.store import open_store, prepare, read_meta
-from nmt.tokenizer import Tokenizer
-from nmt.vocab import vocab_layout
 
 runner = CliRunner()
 
@@ -133,8 +133,8 @@ def test_sizes_and_filters_are_checked_before_anything_is_read(
     """A vocabulary under 8 pieces reached SentencePiece (whose error said to lower it), 0
     silently meant 8,000, a negative --max-ratio dropped every pair and --max-len 0 was
     found only after encoding."""
+    from nmt.data.vocab import vocab_options
     from nmt.errors import ConfigError
-    from nmt.vocab import vocab_options
 
     for bad, message in [
         ({"vocab_size": 1}, "vocab_size=1 is too small (at least 8)"),

@@ -1,4 +1,4 @@
-"""nmt.tokenizer: fixed special ids, round trips on real lines, clear errors for bad files."""
+"""nmt.data.tokenizer: fixed special ids, round trips on real lines, clear errors for bad files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from nmt.errors import CheckpointError, InputError
-from nmt.tokenizer import (
+from nmt.data.tokenizer import (
     BOS_ID,
     EOS_ID,
     ONE_BY_ONE,
@@ -18,6 +17,7 @@ from nmt.tokenizer import (
     Tokenizer,
     train_tokenizer,
 )
+from nmt.errors import CheckpointError, InputError
 
 
 def test_special_ids_are_fixed(tokenizer: Tokenizer) -> None:

@@ -1,4 +1,4 @@
-"""nmt.train: the LR schedule, overfitting one batch, resume = uninterrupted, the run folder."""
+"""nmt.train.run: the LR schedule, overfitting one batch, resume = uninterrupted, the run folder."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 
 from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, load_weights
 from nmt.config import DecodeConfig
+from nmt.data.tokenizer import Tokenizer
+from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
-from nmt.score import corpus_scores
-from nmt.tokenizer import Tokenizer
-from nmt.train import StepStats, TrainObserver, inverse_sqrt_lr, train
-from nmt.translate import Translator
+from nmt.evaluate.score import corpus_scores
+from nmt.train.run import StepStats, TrainObserver, inverse_sqrt_lr, train
 
 
 def test_inverse_sqrt_schedule() -> None:
@@ -98,7 +98,7 @@ def test_resume_equals_uninterrupted_training(
     the periodic save of step 9 (``save_every``), before the save at the end: that save once
     pointed at the batch just trained, which the resumed run trained again.
     """
-    from nmt.trainer import Trainer
+    from nmt.train.trainer import Trainer
 
     model_cfg = tiny_model_config(dropout=0.1, attention_dropout=0.1)
 
@@ -225,9 +225,9 @@ def test_accumulated_update_equals_one_update_on_the_joined_batch(
 ) -> None:
     """accum=2 over batches A and B gives the update of one batch A+B (no dropout, fp32):
     the loss is averaged over all their target tokens either way."""
-    from nmt.data import encode_parallel, read_parallel
-    from nmt.tokenizer import Tokenizer
-    from nmt.trainer import Trainer
+    from nmt.data.parallel import encode_parallel, read_parallel
+    from nmt.data.tokenizer import Tokenizer
+    from nmt.train.trainer import Trainer
 
     tokenizer = Tokenizer(spm_model)
     data = encode_parallel(tokenizer, *read_parallel(tiny_corpus[0], "de", "en"), 200)
@@ -280,7 +280,7 @@ def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
 ) -> None:
     """`nmt prepare` + `train --data` is the same run as `train --train` (which prepares into
     DIR/data): the same batches, so bit-identical weights in float32."""
-    from nmt.store import prepare
+    from nmt.data.store import prepare
 
     cfg = tiny_train_config(max_steps=12, eval_every=12, save_every=12)
     train(*tiny_corpus, tmp_path / "a", tiny_model_config(), cfg, spm_path=spm_model)
@@ -300,8 +300,8 @@ def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
 def test_data_folder_checks(
     tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
 ) -> None:
+    from nmt.data.store import prepare
     from nmt.errors import ConfigError
-    from nmt.store import prepare
 
     prepare(tiny_corpus[0], tmp_path / "data", "de", "en", spm_path=spm_model)  # no --valid
     cfg, model_cfg = tiny_train_config(max_steps=2), tiny_model_config()
@@ -323,7 +323,7 @@ def test_data_folder_checks(
 
 def poison_loss(monkeypatch, from_call: int) -> None:  # type: ignore[no-untyped-def]
     """Make the training loss infinite from the ``from_call``-th forward on."""
-    from nmt.loss import LossModule
+    from nmt.train.loss import LossModule
 
     real, calls = LossModule.forward, [0]
 
@@ -357,7 +357,7 @@ def test_weights_that_are_no_longer_finite_do_not_replace_the_last_resume_checkp
     resume.pt, and every resume failed again."""
     from nmt.checkpoint import load_resume
     from nmt.errors import TrainingError
-    from nmt.trainer import Trainer
+    from nmt.train.trainer import Trainer
 
     real, calls = Trainer.train_step, [0]
 

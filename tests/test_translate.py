@@ -1,4 +1,4 @@
-"""nmt.translate: one output per input in order, batching invariance, truncation.
+"""nmt.decode.translate: one output per input in order, batching invariance, truncation.
 
 Batching (a batch of 20 or of 1, 1 worker thread or 3) changes padding and matrix shapes, and
 on some CPUs the rounding with them; bf16 and int8 change the numbers more. So translations
@@ -28,10 +28,10 @@ from agreement import (
 
 from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
+from nmt.data.tokenizer import EOS_ID, Tokenizer
+from nmt.decode.translate import Translator, cpu_workers, length_batches, worker_pool
 from nmt.errors import ConfigError, InputError
-from nmt.model import Transformer
-from nmt.tokenizer import EOS_ID, Tokenizer
-from nmt.translate import Translator, cpu_workers, length_batches, worker_pool
+from nmt.model.transformer import Transformer
 
 
 @pytest.fixture(scope="module")

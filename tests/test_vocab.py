@@ -1,4 +1,4 @@
-"""Vocabulary layouts (:mod:`nmt.vocab`): separate source and target SentencePiece models
+"""Vocabulary layouts (:mod:`nmt.data.vocab`): separate source and target SentencePiece models
 through preparing, training, translating, averaging, fine-tuning and the CTranslate2 export.
 
 The source side is Multi30k German written in Cyrillic letters (a one-to-one letter map), so
@@ -19,17 +19,13 @@ from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.average import average_run
 from nmt.checkpoint import load_model, load_weights, read_config
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.data import encode_parallel
-from nmt.errors import ConfigError
-from nmt.prepared import open_store
-from nmt.store import prepare, read_meta
-from nmt.tokenizer import Tokenizer
-from nmt.train import train
-from nmt.translate import Translator
-from nmt.vocab import (
+from nmt.data.parallel import encode_parallel
+from nmt.data.prepared import open_store
+from nmt.data.store import prepare, read_meta
+from nmt.data.tokenizer import Tokenizer
+from nmt.data.vocab import (
     JOINT_SPM,
     SRC_SPM,
     TGT_SPM,
@@ -39,6 +35,10 @@ from nmt.vocab import (
     vocab_layout,
     vocab_options,
 )
+from nmt.decode.translate import Translator
+from nmt.errors import ConfigError
+from nmt.train.average import average_run
+from nmt.train.run import train
 
 LATIN = "abcdefghijklmnopqrstuvwxyz"
 CYRILLIC = "абцдефгхийклмнопярстужвьыз"
@@ -179,8 +179,8 @@ def test_ctranslate2_export_has_both_vocabularies(
     separate_run: Path, tmp_path: Path, pairs
 ) -> None:
     ct2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
-    from nmt.ct2 import CT2Translator
-    from nmt.export import export_ctranslate2
+    from nmt.decode.ct2 import CT2Translator
+    from nmt.interop.export import export_ctranslate2
 
     exported = export_ctranslate2(separate_run, tmp_path / "ct2")
     names = {p.name for p in exported.iterdir()}
@@ -288,7 +288,7 @@ def test_server_labels_attention_with_each_sides_pieces(separate_run: Path, pair
     """nmt serve's attention labels: source pieces from the source model (Cyrillic), target
     pieces from the target model."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed")
-    from nmt.registry import load_models
+    from nmt.serve.registry import load_models
 
     models = load_models([f"sep={separate_run}"], "torch", "cpu")
     with serving(models) as client:

@@ -1,0 +1,2 @@
+"""Data: SentencePiece vocabularies, parallel text, the prepared memory-mapped store, batching
+and the dataset catalog."""

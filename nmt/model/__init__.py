@@ -1,0 +1,1 @@
+"""The Transformer: layers, attention, the incremental decoder and its cache, oneDNN kernels."""

@@ -1,0 +1,390 @@
+"""``nmt serve``: the HTTP app (FastAPI) and the server that runs it (uvicorn).
+
+Routes: ``GET /`` (the web page, ``nmt/serve/static/index.html``), ``GET /health``,
+``GET /v1/models``, ``POST /v1/translate``, the LibreTranslate-compatible ``POST /translate``
+and ``GET /languages`` (:mod:`nmt.serve.libretranslate`), and the OpenAPI page at ``/docs``.
+Requests are translated through each model's dynamic batcher (:mod:`nmt.serve.registry`,
+:mod:`nmt.serve.batcher`).
+
+Errors: every ``/v1`` error is ``{"error": {"code", "message"}}`` with the field named in the
+message: 400 malformed JSON, 422 a wrong type or value, 404 an unknown model or route, 413 too
+many lines or characters, 504 over ``timeout_s``, 503 while shutting down, 500 an internal
+error (the server keeps serving). On SIGTERM the server stops accepting connections, runs
+what is queued without waiting for companions, answers the requests in flight and exits.
+
+FastAPI, uvicorn and fastapi-offline (the ``/docs`` page's files, served by nmt rather than a
+CDN) are the optional ``serve`` extra; importing this module without them raises
+:class:`~nmt.errors.MissingDependencyError` saying how to install them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+from nmt.errors import MissingDependencyError, NMTError
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi_offline import FastAPIOffline
+    from starlette.exceptions import HTTPException
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingDependencyError(
+        f"nmt serve needs FastAPI, uvicorn and fastapi-offline ({exc.name} is missing): "
+        "pip install 'nmt[serve]'"
+    ) from None
+
+from nmt import __version__
+from nmt.decode.attention import Attention
+from nmt.serve.batcher import BatcherClosedError
+from nmt.serve.body import LIBRETRANSLATE_ROUTES, BodyLimit
+from nmt.serve.config import DecodeOptions, ServeConfig
+from nmt.serve.errors import STATUS_CODES, ApiError, error_response, validation_message
+from nmt.serve.registry import LineResult, ServedModel
+from nmt.serve.schema import (
+    AttentionOut,
+    ErrorResponse,
+    HealthResponse,
+    HypothesisOut,
+    ModelInfo,
+    ModelsResponse,
+    TranslateRequest,
+    TranslateResponse,
+    TranslationOut,
+)
+
+# uvicorn's own error log: an internal error's traceback lands beside its access line.
+log = logging.getLogger("uvicorn.error")
+
+
+class Service:
+    """The served models and limits, and the one way every route translates."""
+
+    def __init__(self, models: dict[str, ServedModel], cfg: ServeConfig):
+        self.models, self.cfg = models, cfg
+
+    def model(self, model_id: str | None) -> ServedModel:
+        """The model ``model_id`` (the first one served when ``None``).
+
+        Raises:
+            ApiError: 404 for an id not served.
+        """
+        if model_id is None:
+            return next(iter(self.models.values()))
+        if model_id not in self.models:
+            raise ApiError(
+                404,
+                "unknown_model",
+                f"model: {model_id!r} is not served; choose one of {', '.join(self.models)}",
+            )
+        return self.models[model_id]
+
+    def check_lines(self, lines: list[str], field: str, labels: list[str] | None = None) -> None:
+        """Reject too many lines or characters (413) and lines that are not one line of
+        text (422: a line break, NUL, or a lone surrogate, which JSON's ``\\ud800`` can
+        carry but UTF-8 cannot), naming ``field`` (line ``i`` as ``labels[i]``, default
+        ``field[i]``).
+
+        Raises:
+            ApiError: as above.
+        """
+        cfg = self.cfg
+        if len(lines) > cfg.max_lines:
+            raise ApiError(
+                413,
+                "too_many_lines",
+                f"{field}: {len(lines)} lines; at most {cfg.max_lines} per request (--max-lines)",
+            )
+        chars = sum(map(len, lines))
+        if chars > cfg.max_chars:
+            raise ApiError(
+                413,
+                "too_many_chars",
+                f"{field}: {chars} characters; at most {cfg.max_chars} per request (--max-chars)",
+            )
+        for i, line in enumerate(lines):
+            where = labels[i] if labels else f"{field}[{i}]"
+            if "\n" in line or "\r" in line or "\x00" in line:
+                raise ApiError(
+                    422,
+                    "invalid_text",
+                    f"{where}: contains a line break or NUL; send one line per item",
+                )
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ApiError(
+                    422,
+                    "invalid_text",
+                    f"{where}: character {exc.start} is a lone surrogate "
+                    f"(U+{ord(line[exc.start]):04X}), not text; send valid Unicode",
+                ) from None
+
+    async def translate(
+        self,
+        model: ServedModel,
+        lines: list[str],
+        options: DecodeOptions,
+        attention: bool,
+        prefixes: list[str] | None = None,
+        seed: int | None = None,
+        tgt_lang: str | None = None,
+    ) -> list[LineResult]:
+        """Translate through the model's batcher into ``tgt_lang``, within ``timeout_s``.
+
+        Raises:
+            ApiError: 422 invalid options or target language, 503 shutting down, 504 over the
+                timeout, 500 an internal error.
+        """
+        try:
+            translator = model.translator_for(options)  # validates them before queueing
+            if prefixes is not None:
+                translator.check_options(translator.decode, prefixes=True)
+        except NMTError as exc:
+            raise ApiError(422, "invalid_field", str(exc)) from None
+        if prefixes is not None and len(prefixes) != len(lines):
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"prefix: {len(prefixes)} prefixes for {len(lines)} src lines; give one per "
+                "line ('' = none)",
+            )
+        try:
+            work = model.encode(lines, prefixes, seed, options.sampling, tgt_lang, attention)
+        except NMTError as exc:
+            raise ApiError(422, "invalid_field", str(exc)) from None
+        try:
+            future = model.submit(work, options)
+        except BatcherClosedError as exc:
+            raise ApiError(503, "shutting_down", str(exc)) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(
+                504,
+                "timeout",
+                f"not translated within {self.cfg.timeout_s:g} s (--timeout-s); send fewer "
+                "lines or retry",
+            ) from None
+        except Exception as exc:  # a bug or a device error: answered, and the server goes on
+            log.error("translating %d lines failed", len(lines), exc_info=exc)
+            raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}") from None
+
+
+MAX_ATTENTION_VALUES = 2_000_000  # ~15 MB of JSON: what one answer may carry of attention
+
+
+def check_attention_size(results: list[LineResult]) -> None:
+    """Refuse an answer whose attention matrices would hold more than
+    :data:`MAX_ATTENTION_VALUES` numbers: a 1.5 KB request (a long line, 16-best) once
+    answered 196 MB of JSON, built on the event loop.
+
+    Raises:
+        ApiError: 413, with the size and what to change.
+    """
+    values = sum(h.attention.weights.numel() for r in results for h in r.hyps if h.attention)
+    if values > MAX_ATTENTION_VALUES:
+        raise ApiError(
+            413,
+            "too_much_attention",
+            f"return_attention: {values:,} weights (layers × heads × target × source pieces, "
+            f"over every line and n-best hypothesis); at most {MAX_ATTENTION_VALUES:,} in one "
+            "answer: send fewer or shorter lines, a lower nbest, or return_alignment alone",
+        )
+
+
+def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) -> AttentionOut:
+    w = att.weights
+    return AttentionOut(
+        src_pieces=src_pieces,
+        tgt_pieces=tgt_pieces,
+        shape=list(w.shape),
+        weights=w.double().round(decimals=4).tolist(),  # 4 decimals: a 3x smaller JSON
+    )
+
+
+def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
+    """One line's JSON: text, and what the request asked for."""
+    if not r.hyps:  # an empty line: an empty output, also as its one n-best entry
+        empty = [HypothesisOut(text="", score=0.0)] if req.nbest > 1 else None
+        return TranslationOut(text="", score=0.0 if req.return_scores else None, nbest=empty)
+    hyps = []
+    for h in r.hyps:
+        att = h.attention
+        hyps.append(
+            HypothesisOut(
+                text=h.text,
+                score=h.score,
+                alignment=att.pharaoh() if att and req.return_alignment else None,
+                attention=attention_out(att, r.src_pieces, h.pieces)
+                if att and req.return_attention
+                else None,
+            )
+        )
+    best = hyps[0]
+    return TranslationOut(
+        text=best.text,
+        score=best.score if req.return_scores else None,
+        nbest=hyps if req.nbest > 1 else None,
+        alignment=best.alignment,
+        attention=best.attention,
+        truncated=True if r.truncated else None,
+    )
+
+
+def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -> FastAPI:
+    """The FastAPI app serving ``models`` (their batchers started:
+    :func:`nmt.serve.registry.start_batchers`)."""
+    from nmt.serve.libretranslate import add_libretranslate_routes
+
+    service = Service(models, cfg or ServeConfig())
+    # /docs and /redoc from files nmt serves: FastAPI's own pages load theirs from a CDN and
+    # stay blank offline (FastAPIOffline is FastAPI with those two pages replaced).
+    app = FastAPIOffline(
+        title="nmt serve",
+        version=__version__,
+        description="Neural machine translation: REST API, LibreTranslate-compatible routes "
+        "and a web page that shows cross-attention.",
+    )
+    app.add_middleware(BodyLimit, limit=service.cfg.max_body_bytes)
+    errors: dict[int | str, dict[str, Any]] = {
+        s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 500, 503, 504)
+    }
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(*validation_message(exc))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "http_error")
+        if exc.status_code == 400:  # FastAPI could not decode the body (e.g. not UTF-8)
+            return error_response(400, "malformed_json", f"body: {exc.detail}; send UTF-8 JSON")
+        message = f"{request.url.path}: {exc.detail}"
+        if request.url.path in LIBRETRANSLATE_ROUTES:  # e.g. GET /translate: their format
+            return JSONResponse({"error": message}, status_code=exc.status_code)
+        return error_response(exc.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(resources.files("nmt.serve").joinpath("static/index.html").read_text())
+
+    @app.get("/health")
+    async def health() -> HealthResponse:
+        stats = [m.batcher.stats() for m in models.values() if m.batcher is not None]
+        return HealthResponse(
+            status="ok",
+            models=list(models),
+            queued=sum(s["queued"] for s in stats),
+            running=sum(s["running"] for s in stats),
+            batches=sum(s["batches"] for s in stats),
+        )
+
+    @app.get("/v1/models")
+    async def list_models() -> ModelsResponse:
+        return ModelsResponse(
+            models=[
+                ModelInfo(
+                    id=m.id,
+                    src_lang=m.src_lang,
+                    tgt_lang=m.tgt_lang,
+                    pairs=[f"{src}-{tgt}" for src, tgt in m.pairs],
+                    engine=m.engine,
+                    shape=m.shape,
+                    sha256=m.sha256,
+                )
+                for m in models.values()
+            ]
+        )
+
+    @app.post("/v1/translate", response_model_exclude_none=True, responses=errors)
+    async def translate(req: TranslateRequest) -> TranslateResponse:
+        """Translate ``src`` line by line; dynamic batching shares the search with concurrent
+        requests that use the same decoding options."""
+        start = time.perf_counter()
+        model = service.model(req.model)
+        service.check_lines(req.src, "src")
+        if (req.return_attention or req.return_alignment) and model.engine != "torch":
+            raise ApiError(
+                422,
+                "invalid_field",
+                f"return_attention/return_alignment: model {model.id!r} runs on {model.engine}; "
+                "attention needs the torch engine",
+            )
+        attention = req.return_attention or req.return_alignment
+        if req.prefix is not None:
+            service.check_lines(req.prefix, "prefix")
+        results = await service.translate(
+            model, req.src, req.options(), attention, req.prefix, req.seed, req.tgt_lang
+        )
+        if req.return_attention:
+            check_attention_size(results)
+        return TranslateResponse(
+            translations=[translation_out(r, req) for r in results],
+            model=model.id,
+            time_ms=round((time.perf_counter() - start) * 1000, 3),
+        )
+
+    add_libretranslate_routes(app, service)
+    return app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, whose exit signal (SIGTERM, SIGINT) also drains the batchers: queued
+    requests run at once instead of waiting for companions, while uvicorn stops accepting
+    connections and waits for the requests in flight."""
+
+    def __init__(self, config: uvicorn.Config, models: dict[str, ServedModel]):
+        super().__init__(config)
+        self.models = models
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """uvicorn's signal capture, without raising the signal again after a graceful
+        shutdown (it would kill the process: exit status 143 instead of 0)."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        for m in self.models.values():
+            if m.batcher is not None:
+                m.batcher.drain()
+        super().handle_exit(sig, frame)
+
+
+def run_server(models: dict[str, ServedModel], cfg: ServeConfig, log_level: str = "info") -> None:
+    """Serve ``models`` until SIGTERM/SIGINT, then finish the requests in flight and return.
+
+    Raises:
+        OSError: the address is in use.
+    """
+    from nmt.serve.registry import start_batchers
+
+    pool = start_batchers(models, cfg.workers, cfg.batch_tokens, cfg.max_wait_ms)
+    app = create_app(models, cfg)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level)
+    try:
+        DrainingServer(config, models).run()
+    finally:
+        for m in models.values():
+            if m.batcher is not None:
+                m.batcher.close(timeout=cfg.timeout_s)
+        pool.shutdown(wait=True)

@@ -1,0 +1,82 @@
+"""The settings of ``nmt serve``: the server's limits (:class:`ServeConfig`) and the
+decoding options of one request (:class:`DecodeOptions`, the dynamic batcher's key).
+
+Torch-free and HTTP-free, so that the request schema (:mod:`nmt.serve.schema`) and the
+command line read them without loading a model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nmt.config import DecodeConfig
+from nmt.errors import ConfigError
+
+MAX_LINES_LIMIT = 10_000  # --max-lines at most: pydantic checks a list's length before its items
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of ``nmt serve``.
+
+    Attributes:
+        host / port: where to listen.
+        batch_tokens: source tokens per dynamic batch at most (EOS counted).
+        max_wait_ms: how long a queued request waits for others to share its batch, ms
+            (never when it is alone in the server).
+        max_lines / max_chars: the most lines, and characters over all lines, in one request.
+        timeout_s: a request not answered within this many seconds gets 504.
+        workers: translation worker threads, as ``nmt translate --workers``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    batch_tokens: int = 4096
+    max_wait_ms: float = 10.0
+    max_lines: int = 256
+    max_chars: int = 20000
+    timeout_s: float = 30.0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "max_lines", "max_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.max_lines > MAX_LINES_LIMIT:
+            raise ConfigError(f"max_lines={self.max_lines} must be at most {MAX_LINES_LIMIT}")
+        # The comparisons are written so that NaN fails them.
+        if not 0 <= self.max_wait_ms < math.inf:
+            raise ConfigError(f"max_wait_ms={self.max_wait_ms} must be a number >= 0")
+        if not 0 < self.timeout_s < math.inf:
+            raise ConfigError(f"timeout_s={self.timeout_s} must be a number > 0")
+        if self.workers < 0:
+            raise ConfigError(f"workers={self.workers} must be >= 0 (0 = one per core)")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port={self.port} must be between 0 and 65535")
+
+    @property
+    def max_body_bytes(self) -> int:
+        """The largest request body accepted (bytes): room for ``max_chars`` characters of
+        source and as many of prefixes, each JSON-escaped (``\\uXXXX``, twelve bytes for a
+        character outside the BMP), 64 bytes of quotes and commas per line, and 64 KiB for
+        the rest."""
+        return 2 * 12 * self.max_chars + 64 * self.max_lines + 65536
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """The per-request decoding options (a batch key: requests share batches only when these
+    are equal). Defaults are :class:`~nmt.config.DecodeConfig`'s."""
+
+    beam_size: int = DecodeConfig.beam_size
+    nbest: int = DecodeConfig.nbest
+    length_penalty: float = DecodeConfig.length_penalty
+    sampling_topk: int = DecodeConfig.sampling_topk
+    sampling_topp: float = DecodeConfig.sampling_topp
+    sampling_temperature: float = DecodeConfig.sampling_temperature
+
+    @property
+    def sampling(self) -> bool:
+        """Whether these options sample instead of searching (top-k other than 1)."""
+        return self.sampling_topk != 1

@@ -1,0 +1,1 @@
+"""Training: the run folder, resume, schedules, the training loop, validation, averaging and DDP."""

@@ -1,0 +1,104 @@
+"""Learning-rate schedules, each a pure function of the 1-based update number, and the
+budget arithmetic that goes with them (updates that fit a time budget, when to keep a step
+checkpoint for averaging)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from nmt.config import TrainConfig
+
+# With a linear schedule's planned end, the kept step checkpoints are spread over this share
+# of the updates before it.
+AVERAGE_SHARE = 0.2
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then decay with 1/sqrt(step).
+
+    This is Vaswani et al. (2017) eq. 3 with the constant ``d_model^-0.5`` replaced by the
+    peak rate: ``lr = peak * min(step / warmup, sqrt(warmup / step))`` for 1-based ``step``.
+    """
+    step = max(step, 1)
+    if warmup_steps == 0:
+        return peak / math.sqrt(step)
+    return peak * min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+
+def linear_decay_lr(step: int, peak: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then linear decay to 0 at
+    ``total_steps`` (the budget-aware schedule of Li et al. 2020, "Budgeted Training:
+    Rethinking Deep Neural Network Training Under Resource Constraints", which found a linear
+    decay to zero by the end of the budget best among the schedules they compared).
+
+    ``total_steps = 0`` means the budget is not known yet: the rate then stays at ``peak``
+    after warm-up. For 1-based ``step``; never negative.
+    """
+    step = max(step, 1)
+    if step <= warmup_steps:
+        return peak * step / warmup_steps
+    if total_steps <= 0:
+        return peak
+    if total_steps <= warmup_steps:
+        return 0.0
+    return peak * max(0.0, (total_steps - step) / (total_steps - warmup_steps))
+
+
+def planned_steps(step: int, elapsed_s: float, budget_s: float) -> int:
+    """The number of updates a time budget allows, extrapolated from the rate so far.
+
+    Args:
+        step: updates done; elapsed_s: seconds they took, validation and checkpoints
+            included (so their share of the time carries over); budget_s: the whole budget.
+
+    Returns:
+        ``step`` plus the updates that fit into the remaining seconds at the same rate
+        (at least ``step``).
+    """
+    if step <= 0 or elapsed_s <= 0:
+        return step
+    remaining = max(budget_s - elapsed_s, 0.0)
+    return step + int(remaining / (elapsed_s / step))
+
+
+def learning_rate(cfg: TrainConfig, step: int, end: int) -> float:
+    """The learning rate of 1-based update ``step`` under ``cfg.lr_schedule``; ``end`` is the
+    last update of a linear schedule's budget (0 = not known yet)."""
+    if cfg.lr_schedule == "linear":
+        return linear_decay_lr(step, cfg.lr, cfg.warmup_steps, end)
+    return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+
+
+def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
+    """Whether update ``step`` writes a step checkpoint: every ``save_every`` updates, or,
+    once a linear schedule's ``end`` is known, at ``keep_checkpoints`` evenly spaced updates
+    over its last :data:`AVERAGE_SHARE` (for ``nmt average``: the weights of the low-lr
+    tail, not the peak)."""
+    end = end if cfg.lr_schedule == "linear" else 0
+    if not end:
+        return step % cfg.save_every == 0
+    keep = cfg.keep_checkpoints
+    every = max(1, round(end * AVERAGE_SHARE / max(keep - 1, 1)))
+    return 0 <= end - step <= every * (keep - 1) and (end - step) % every == 0
+
+
+def budget_reason(cfg: TrainConfig, state: Any) -> str | None:
+    """Why training should stop after ``state.step`` updates (``state``: a
+    :class:`nmt.train.resume.TrainState`): ``max_steps``, ``max_epochs``, ``max_minutes``, the
+    end planned for a linear schedule, or ``patience``; ``None`` while none is reached."""
+    c, s = cfg, state
+    if c.max_steps and s.step >= c.max_steps:
+        return f"reached max_steps={c.max_steps}"
+    if c.max_epochs and s.epoch > c.max_epochs:
+        return f"reached max_epochs={c.max_epochs}"
+    if c.max_minutes and s.elapsed_s >= c.max_minutes * 60:
+        return f"reached max_minutes={c.max_minutes:g}"
+    if c.lr_schedule == "linear" and s.planned_steps and s.step >= s.planned_steps:
+        return (
+            f"reached the {s.planned_steps} updates planned for max_minutes="
+            f"{c.max_minutes:g} (the learning rate has decayed to 0)"
+        )
+    if c.patience and s.bad_validations >= c.patience:
+        return f"no BLEU improvement in {c.patience} validations (patience)"
+    return None

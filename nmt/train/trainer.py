@@ -1,0 +1,455 @@
+"""The training loop of one run: :class:`Trainer` owns the model, optimizer and data and
+runs one flat, ordered loop (:meth:`Trainer.run`: stop? → set LR → micro-steps under
+autocast → unscale, clip, step → log → validate → checkpoint).
+
+The schedule is in :mod:`nmt.train.schedule`, the resume checkpoint and its counters in
+:mod:`nmt.train.resume`, validation in :mod:`nmt.train.validation`, the records and the
+observer that receives them in :mod:`nmt.train.log`; the run folder is prepared by
+:mod:`nmt.train.run`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from nmt import checkpoint as ckpt
+from nmt.config import ModelConfig, TrainConfig
+from nmt.data.batching import BATCHING_VERSION, RankSteps
+from nmt.data.multilingual import ValidSet
+from nmt.data.parallel import Batch, Corpus, ParallelData
+from nmt.data.tokenizer import Tokenizer
+from nmt.device import pick_dtype, resolve_device
+from nmt.errors import ConfigError, TrainingError
+from nmt.model.onednn import use_onednn_training
+from nmt.model.transformer import Transformer
+from nmt.train.distributed import DistEnv, sum_across
+from nmt.train.feed import UpdateFeed
+from nmt.train.log import RunLog, RunStart, StepStats, TrainObserver, ValidResult
+from nmt.train.loss import LossModule
+from nmt.train.resume import (
+    TrainState,
+    changed_data_order,
+    corpus_fingerprint,
+    load_resume,
+    save_resume,
+)
+from nmt.train.schedule import budget_reason, checkpoint_due, learning_rate, planned_steps
+from nmt.train.validation import bleu_chrf, search_output, valid_loss
+
+MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
+MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
+
+
+class Trainer:
+    """Owns the model, optimizer and data of one run and runs the loop.
+
+    Args:
+        out_dir: the run folder (already holding ``config.json`` and the SentencePiece model(s)).
+        model_cfg / train_cfg: the resolved configuration.
+        tokenizer: the run's SentencePiece model.
+        train_data: the training pairs, in memory or memory-mapped (:mod:`nmt.data.store`).
+        valid_data: encoded valid pairs; valid_text: valid source and reference lines.
+        observer: progress receiver (on the main process; the others get a silent one).
+        dist_env: this process's place in a torchrun job.
+        valid_sets: a multilingual run's validation sets, one per direction
+            (:mod:`nmt.data.multilingual`), instead of ``valid_data``/``valid_text``: the loss is
+            over all of them, BLEU and chrF are each direction's and their mean, and the
+            best checkpoint follows the mean BLEU.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        model_cfg: ModelConfig,
+        train_cfg: TrainConfig,
+        tokenizer: Tokenizer,
+        train_data: Corpus,
+        valid_data: ParallelData,
+        valid_text: tuple[list[str], list[str]],
+        observer: TrainObserver | None = None,
+        dist_env: DistEnv | None = None,
+        valid_sets: list[ValidSet] | None = None,
+    ):
+        self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
+        self.train_data = train_data
+        direction = f"{train_cfg.src_lang}-{train_cfg.tgt_lang}"
+        self.valid_sets = valid_sets or [ValidSet(direction, tokenizer, valid_data, *valid_text)]
+        self.dist = dist_env or DistEnv()
+        self.observer = observer if observer and self.dist.is_main else TrainObserver()
+        self.device = resolve_device(train_cfg.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.amp_dtype = pick_dtype(train_cfg, self.device)
+        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
+        random.seed(train_cfg.seed)
+        self.model = Transformer(model_cfg).to(self.device)
+        if self.device.type == "cpu" and self.amp_dtype is None and train_cfg.onednn:
+            use_onednn_training(self.model)  # float32 products in oneDNN, not MKL
+        torch.manual_seed(train_cfg.seed + self.dist.rank)  # different dropout per rank
+        loss_module = LossModule(self.model, train_cfg.label_smoothing)
+        self.forward: torch.nn.Module = loss_module
+        if train_cfg.compile:
+            # dynamic: batch shapes vary with sentence lengths. Validation and search use the
+            # uncompiled model. Under DDP, dynamo's graph split at DDP's gradient buckets
+            # failed to compile (torch 2.13, dynamic shapes: "'float' object has no attribute
+            # 'meta'"); one graph inside DDP works, its gradients all-reduced after backward.
+            torch._dynamo.config.optimize_ddp = False
+            self.forward = torch.compile(loss_module, dynamic=True)  # type: ignore[assignment]
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids)
+        self.no_sync = getattr(self.forward, "no_sync", nullcontext)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=train_cfg.lr,
+            betas=train_cfg.adam_betas,
+            weight_decay=train_cfg.weight_decay,
+        )
+        self.state = TrainState()
+        self.stop_signal: int | None = None
+        self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
+        self.feed = UpdateFeed(train_data, train_cfg, self.dist, self.device)
+        self.corpus_fingerprint: str | None = None  # see data_order()
+        self.steps_per_epoch = self.feed.steps_per_epoch
+
+    def epoch_steps(self, epoch: int) -> RankSteps:
+        """This rank's updates of ``epoch`` (:meth:`nmt.train.feed.UpdateFeed.steps`)."""
+        return self.feed.steps(epoch)
+
+    def collate_step(self, step_batches: list[list[int]]) -> list[Batch]:
+        """The padded batches of one update (:meth:`nmt.train.feed.UpdateFeed.collate`)."""
+        return self.feed.collate(step_batches)
+
+    # --- the loop -----------------------------------------------------------------------
+    def run(self) -> str:
+        """Train until a budget runs out; returns the reason training stopped.
+
+        Raises:
+            TrainingError: the loss stayed non-finite for ``MAX_BAD_STEPS`` updates in a row
+                (the last good state is saved first).
+        """
+        s, c = self.state, self.cfg
+        self.model.train()
+        self.observer.on_start(
+            RunStart(
+                s.step, s.elapsed_s, c.max_steps, c.max_epochs, c.max_minutes, self.steps_per_epoch
+            )
+        )
+        bad_in_row = window_tokens = 0
+        window_start, window_wait = time.monotonic(), 0.0
+        reason: str | None = None
+        for batches in self.feed.updates(self.state):
+            reason, tokens = self.check_stop(sum(b.n_tgt_tokens for b in batches))
+            if reason is not None:
+                s.batch_in_epoch -= 1  # not trained: a resumed run starts with it
+                break
+            tick = time.monotonic()
+            lr = learning_rate(c, s.step + 1, self.budget_steps())
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            result = self.train_step(batches, tokens)
+            if result is None:
+                bad_in_row = self.skipped_update(bad_in_row)
+                continue
+            bad_in_row, s.step = 0, s.step + 1
+            s.elapsed_s += time.monotonic() - tick
+            # log
+            window_tokens += tokens
+            window_s = max(time.monotonic() - window_start, 1e-9)
+            loss, nll, grad_norm, _ = result
+            stats = StepStats(
+                s.step, s.epoch, loss, nll, lr, grad_norm, window_tokens / window_s,
+                s.elapsed_s, s.skipped_steps, (self.feed.wait_s - window_wait) / window_s,
+            )  # fmt: skip
+            self.observer.on_step(stats)
+            if s.step % c.log_every == 0:
+                self.run_log.write({"type": "train", **vars(stats)})
+                window_tokens, window_start = 0, time.monotonic()
+                window_wait = self.feed.wait_s
+            # validate and checkpoint (their time counts towards the budget too)
+            tick = time.monotonic()
+            validated = s.step % c.eval_every == 0
+            if validated:
+                self.validate()
+            if checkpoint_due(c, s.step, self.budget_steps()):
+                self.save_step_checkpoint()
+            if s.step % c.save_every == 0:
+                self.save_resume()
+            s.elapsed_s += time.monotonic() - tick
+            timed = c.lr_schedule == "linear" and c.max_minutes and not s.planned_steps
+            if timed and validated and s.step >= c.warmup_steps:
+                self.plan_time_budget()
+        self.finish()
+        assert reason is not None  # updates() never ends: only a stop reason leaves the loop
+        return reason
+
+    def train_step(
+        self, step_batches: list[Batch], global_tokens: int = 0
+    ) -> tuple[float, float, float, int] | None:
+        """One update from ``accum`` batches: forward and backward each (gradients
+        accumulated), clip, step.
+
+        The gradient is the per-token mean over the global batch: every process's summed
+        loss is divided by ``global_tokens``, the target tokens of this update summed over
+        all processes (0 = this process's own; the two are equal without DDP), and multiplied
+        by the number of processes, which DDP's averaging divides out again (as fairseq
+        all-reduces the sample size). A mean of per-process means would weigh a token of a
+        short batch more than one of a long batch.
+
+        With fp16 the loss is scaled before backward and the gradients unscaled before
+        clipping (:class:`torch.amp.GradScaler`); an overflow skips the update and halves the
+        scale.
+
+        Returns:
+            (loss, nll, grad_norm, target tokens) of this process's batches, losses per
+            token; ``None`` when the gradient was not finite and the update was skipped.
+        """
+        batches = [b.to(self.device) for b in step_batches]
+        n = sum(b.n_tgt_tokens for b in batches)
+        scale = self.dist.world_size / (global_tokens or n)
+        total_loss = total_nll = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(batches):
+            # DDP averages gradients across ranks on the last micro-batch's backward only.
+            last = i == len(batches) - 1
+            with self.no_sync() if not last else nullcontext():
+                with self.autocast():
+                    loss, nll = self.forward(batch.src, batch.tgt_in, batch.tgt_out)
+                self.scaler.scale(loss * scale).backward()
+            total_loss, total_nll = total_loss + float(loss.detach()), total_nll + float(nll)
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.clip_norm or math.inf  # 0: no clipping, but the norm is logged
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        # A NaN/inf loss on any rank makes the averaged gradient non-finite on every rank,
+        # so all ranks skip the same update.
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.update()  # fp16: halve the loss scale
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total_loss / n, total_nll / n, grad_norm, n
+
+    def autocast(self):  # type: ignore[no-untyped-def]
+        """bf16/fp16 autocast when enabled (see :func:`~nmt.device.pick_dtype`), else a
+        no-op context."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # --- stopping -----------------------------------------------------------------------
+    def out_of_budget(self) -> str | None:
+        """Why training should stop now (a budget or patience, :func:`nmt.train.schedule.
+        budget_reason`, or a signal), or ``None``."""
+        reason = budget_reason(self.cfg, self.state)
+        if reason is None and self.stop_signal is not None:
+            reason = f"interrupted by signal {signal.Signals(self.stop_signal).name}"
+        return reason
+
+    def check_stop(self, tokens: int = 0) -> tuple[str | None, int]:
+        """Whether to stop before the next update (agreed by all ranks: any rank's reason
+        stops all) and that update's target tokens summed over ranks."""
+        reason = self.out_of_budget()
+        if not self.dist.enabled:
+            return reason, tokens
+        total, stops = sum_across(
+            [float(tokens), float(reason is not None)], self.dist, self.device
+        )
+        if stops and reason is None:
+            reason = "stopped together with another process"
+        return reason, int(total)
+
+    def skipped_update(self, bad_in_row: int) -> int:
+        """Count a skipped (non-finite) update; give up after ``MAX_BAD_STEPS`` in a row, or
+        with fp16 once the loss scale has fallen below ``MIN_LOSS_SCALE`` (overflows that
+        only lower the scale are part of fp16 training)."""
+        self.state.skipped_steps += 1
+        bad_in_row += 1
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
+            if scale >= MIN_LOSS_SCALE:
+                return bad_in_row
+            problem = (
+                f"fp16 loss scale collapsed to {scale:.2g} (below {MIN_LOSS_SCALE:g}) after "
+                f"{bad_in_row} overflowing updates in a row at step {self.state.step}: the "
+                "loss is exploding"
+            )
+            hint = "use --dtype bf16 (or fp32), lower --lr or raise --warmup-steps"
+        elif bad_in_row >= MAX_BAD_STEPS:
+            problem = (
+                f"loss was NaN/inf for {bad_in_row} updates in a row after step {self.state.step}"
+            )
+            hint = "lower lr or raise warmup_steps"
+        else:
+            return bad_in_row
+        if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self.save_resume()
+            raise TrainingError(f"{problem}; last good state saved in {self.out_dir}; {hint}")
+        # An update with a finite gradient can still have made the weights inf/NaN (a huge
+        # learning rate): saving them would replace the last good resume checkpoint.
+        raise TrainingError(
+            f"{problem}; the weights are no longer finite, so {self.out_dir} keeps its last "
+            f"resume checkpoint (from before); {hint}"
+        )
+
+    # --- the schedule's budget ----------------------------------------------------------
+    def budget_steps(self) -> int:
+        """The last update of a linear schedule: the smallest of ``max_steps``, ``max_epochs``
+        × updates per epoch and the plan for ``max_minutes`` (0 = not known yet)."""
+        c, s = self.cfg, self.state
+        ends = [n for n in (c.max_steps, c.max_epochs * self.steps_per_epoch, s.planned_steps) if n]
+        return min(ends, default=0)
+
+    def plan_time_budget(self) -> None:
+        """Turn ``max_minutes`` into a number of updates, once, from rank 0's time per update
+        so far (validation and checkpoints included), shared with every rank; kept in
+        ``resume.pt`` so that a resumed run follows the same schedule."""
+        s = self.state
+        plan = planned_steps(s.step, s.elapsed_s, self.cfg.max_minutes * 60)
+        shared = sum_across([float(plan if self.dist.is_main else 0)], self.dist, self.device)
+        s.planned_steps = int(shared[0])
+        self.run_log.write({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
+        self.observer.on_message(
+            f"time budget: {s.planned_steps} updates fit into max_minutes="
+            f"{self.cfg.max_minutes:g} at {s.elapsed_s / s.step:.2f} s per update so far; "
+            "the learning rate decays linearly to 0 by then"
+        )
+
+    # --- validation ---------------------------------------------------------------------
+    def validate(self) -> ValidResult:
+        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
+        the best by BLEU and updates the early-stopping counters. Every process takes a
+        share (:mod:`nmt.train.validation`) and all reach the same scores and counters; all must
+        call this."""
+        start = time.monotonic()
+        c = self.cfg
+        loss = nll = 0.0
+        tokens = 0
+        directions: dict[str, dict[str, float]] = {}
+        for v in self.valid_sets:
+            sums = valid_loss(
+                self.model, v.data, c.batch_tokens, c.label_smoothing, self.device, self.dist
+            )
+            loss, nll, tokens = loss + sums[0], nll + sums[1], tokens + sums[2]
+            hyps = search_output(
+                self.model, v.tokenizer, v.src, c.valid_beam_size, c.batch_tokens, self.dist
+            )
+            scores = bleu_chrf(hyps, v.refs)
+            directions[v.name] = {"bleu": scores["bleu"].score, "chrf": scores["chrf"].score}
+        self.model.train()
+        loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
+        bleu = sum(d["bleu"] for d in directions.values()) / len(directions)
+        chrf = sum(d["chrf"] for d in directions.values()) / len(directions)
+        best = bleu > self.state.best_bleu
+        if best:
+            self.state.best_bleu, self.state.bad_validations = bleu, 0
+            if self.dist.is_main:
+                ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
+        else:
+            self.state.bad_validations += 1
+        result = ValidResult(
+            self.state.step,
+            loss,
+            math.exp(min(nll, 50.0)),
+            bleu,
+            chrf,
+            scores["bleu"].signature,
+            best,
+            time.monotonic() - start,
+            directions if len(directions) > 1 else {},
+        )
+        self.run_log.write({"type": "valid", **vars(result)})
+        self.observer.on_validate(result)
+        return result
+
+    # --- checkpoints --------------------------------------------------------------------
+    def data_order(self) -> dict[str, int | str]:
+        """What decides the order of the batches, and so what the saved position in an
+        epoch means: batch size, seed, accumulation, process count and the corpus."""
+        c = self.cfg
+        if self.corpus_fingerprint is None:  # once: the corpus does not change in a run
+            self.corpus_fingerprint = corpus_fingerprint(self.train_data)
+        return {
+            "batching": BATCHING_VERSION,
+            "batch_tokens": c.batch_tokens,
+            "seed": c.seed,
+            "accum": c.accum,
+            "world_size": self.dist.world_size,
+            "corpus": self.corpus_fingerprint,
+        }
+
+    def save_resume(self) -> None:
+        """Write ``last.safetensors`` and ``resume.pt`` (:func:`nmt.train.resume.save_resume`; all
+        ranks must call it), with :meth:`data_order`."""
+        save_resume(
+            self.out_dir,
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.state,
+            self.dist,
+            {"data_order": self.data_order()},
+        )
+
+    def load_resume(self, path: Path, reset_data_position: bool = False) -> None:
+        """Restore everything :meth:`save_resume` wrote.
+
+        Args:
+            reset_data_position: when the batch order differs from the saved run's (see
+                :meth:`data_order`), continue the weights and optimizer from the start of a
+                new epoch instead of refusing.
+
+        Raises:
+            ConfigError: the batch order differs (the field, both values and the ways out
+                named) and ``reset_data_position`` is not set.
+            CheckpointError: an unreadable checkpoint.
+        """
+        self.state, saved = load_resume(path, self.model, self.optimizer, self.scaler, self.dist)
+        changed = changed_data_order(saved, self.data_order(), path, self.state.epoch)
+        if changed and not reset_data_position:
+            raise ConfigError(changed)
+        if changed:
+            if self.state.batch_in_epoch:
+                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
+            self.observer.on_message(
+                f"{changed.split(';')[0]}: continuing from the start of epoch {self.state.epoch}"
+            )
+
+    def step_checkpoint(self) -> Path:
+        """``checkpoints/step-N.safetensors`` of the current step."""
+        return self.out_dir / "checkpoints" / f"step-{self.state.step:08d}.safetensors"
+
+    def save_step_checkpoint(self) -> None:
+        """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
+        if not self.dist.is_main:
+            return
+        path = self.step_checkpoint()
+        ckpt.save_weights(path, self.model, self.state.step)
+        for old in sorted(path.parent.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
+            old.unlink()
+
+    def finish(self) -> None:
+        """Final validation (unless the last step just had one) and checkpoints."""
+        if self.state.step == 0:
+            return
+        last_validated = self.state.step % self.cfg.eval_every == 0
+        # A signal may have reached only some processes: they agree before validating.
+        signalled = sum_across([float(self.stop_signal is not None)], self.dist, self.device)
+        if not last_validated and not signalled[0]:
+            self.validate()
+        # The end of a budget is a step checkpoint; a signal's stop is not (resume.pt holds
+        # it), so that a resumed run keeps the uninterrupted run's checkpoints to average.
+        if not signalled[0] and not self.step_checkpoint().exists():
+            self.save_step_checkpoint()
+        self.save_resume()
+        self.run_log.close()
