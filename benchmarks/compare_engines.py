@@ -37,13 +37,13 @@ from typing import Any
 import torch
 from translate_speed import peak_rss_mib  # benchmarks/ is on sys.path when run as a script
 
-from nmt.checkpoint import SPM_FILE, read_config
 from nmt.config import DecodeConfig
 from nmt.data.parallel import corpus_path, pad, read_lines
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.decode.translate import length_batches
 from nmt.evaluate.score import corpus_scores
 from nmt.interop.export import export_ctranslate2
+from nmt.model.checkpoint import SPM_FILE, read_config
 
 HF_LABEL = "transformers generate(), Marian (speed only, random weights)"
 

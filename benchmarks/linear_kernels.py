@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nmt.checkpoint import read_config
+from nmt.model.checkpoint import read_config
 from nmt.model.onednn import OneDNNLinear
 
 

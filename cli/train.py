@@ -11,11 +11,11 @@ from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress, sigterm_as_interrupt
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
-from nmt.checkpoint import read_config
 from nmt.config_file import resolve
 from nmt.data.multilingual import parse_pairs
 from nmt.data.store import read_meta
 from nmt.data.vocab import check_vocab_sizes, vocab_options
+from nmt.model.checkpoint import read_config
 from nmt.train.run import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train.run import train as run_training
 

@@ -57,7 +57,7 @@ try:
 except ImportError:
     ctranslate2 = None
 if ctranslate2 is not None:
-    from nmt.checkpoint import FORMAT_VERSION, save_weights, write_json
+    from nmt.model.checkpoint import FORMAT_VERSION, save_weights, write_json
     from nmt.config import ModelConfig
     from nmt.config_file import to_dict
     from nmt.interop.export import export_ctranslate2

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.checkpoint import SPM_FILE, load_model, load_weights, read_config
 from nmt.errors import CheckpointError
+from nmt.model.checkpoint import SPM_FILE, load_model, load_weights, read_config
 from nmt.train.average import average_run, average_weights, step_checkpoints
 
 

@@ -1,4 +1,5 @@
-"""nmt.checkpoint: round trips, format versions, missing files, atomic writes, safe loading."""
+"""nmt.model.checkpoint: round trips, format versions, missing files, atomic writes, safe
+loading."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.checkpoint import (
+from nmt.config import DecodeConfig
+from nmt.decode.translate import Translator
+from nmt.errors import CheckpointError
+from nmt.model.checkpoint import (
     CONFIG_FILE,
     FORMAT_VERSION,
     RESUME_FILE,
@@ -24,9 +28,6 @@ from nmt.checkpoint import (
     save_weights,
     write_json,
 )
-from nmt.config import DecodeConfig
-from nmt.decode.translate import Translator
-from nmt.errors import CheckpointError
 
 
 @pytest.fixture

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 import cli.train
 from cli.main import app
-from nmt.checkpoint import load_resume
 from nmt.config import ModelConfig, TrainConfig, preset
+from nmt.model.checkpoint import load_resume
 
 runner = CliRunner()  # result.stdout and result.stderr are kept apart
 

@@ -28,13 +28,13 @@ from agreement import (
 )
 from test_train import Recorder
 
-from nmt.checkpoint import RESUME_FILE, load_model, load_resume
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
 from nmt.data.parallel import encode_parallel, read_parallel
 from nmt.data.tokenizer import EOS_ID, Tokenizer
 from nmt.decode.ct2 import CT2Translator
 from nmt.decode.translate import DTYPES, Translator
 from nmt.interop.export import export_ctranslate2
+from nmt.model.checkpoint import RESUME_FILE, load_model, load_resume
 from nmt.train.distributed import DistEnv, gather_objects
 from nmt.train.run import Trainer, train
 

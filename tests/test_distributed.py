@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.checkpoint import RESUME_FILE, load_resume, load_weights
+from nmt.model.checkpoint import RESUME_FILE, load_resume, load_weights
 
 STEPS = 24
 

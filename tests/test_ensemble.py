@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.checkpoint import SPM_FILE
 from nmt.config import DecodeConfig
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import EOS_ID, train_tokenizer
@@ -24,6 +23,7 @@ from nmt.decode.forced import forced_scores
 from nmt.decode.search import max_lengths
 from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError, ConfigError
+from nmt.model.checkpoint import SPM_FILE
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,6 @@ from agreement import (
 from cpu_profile import ct2_int8_is_exact
 from typer.testing import CliRunner
 
-from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, save_weights, write_json
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig, preset
 from nmt.config_file import from_dict, to_dict
 from nmt.data.tokenizer import Tokenizer
@@ -49,6 +48,7 @@ from nmt.decode.translate import Translation, Translator, length_batches
 from nmt.device import resolve_device
 from nmt.errors import CheckpointError, ConfigError, MissingDependencyError
 from nmt.interop.export import export_ctranslate2
+from nmt.model.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, save_weights, write_json
 from nmt.model.transformer import Transformer
 from nmt.train.run import train
 

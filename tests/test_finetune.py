@@ -13,8 +13,8 @@ from test_train import Recorder
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.checkpoint import SPM_FILE, load_model, load_weights
 from nmt.errors import ConfigError
+from nmt.model.checkpoint import SPM_FILE, load_model, load_weights
 from nmt.train.run import train
 
 

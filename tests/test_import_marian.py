@@ -23,7 +23,6 @@ from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.checkpoint import load_model, load_weights
 from nmt.config import DecodeConfig
 from nmt.data.marian_vocab import MarianVocabulary
 from nmt.data.parallel import pad
@@ -33,6 +32,7 @@ from nmt.decode.search import beam_search, greedy_search
 from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError, ConfigError
 from nmt.interop.import_marian import import_marian
+from nmt.model.checkpoint import load_model, load_weights
 from nmt.model.transformer import Transformer
 
 transformers = pytest.importorskip(

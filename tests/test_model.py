@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from nmt.model.cache import CACHE_CHUNK
-from nmt.model.transformer import Transformer, sinusoidal_positions
+from nmt.model.layers import sinusoidal_positions
+from nmt.model.transformer import Transformer
 
 VOCAB = 50
 

@@ -13,7 +13,6 @@ from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.checkpoint import load_weights
 from nmt.config import DecodeConfig
 from nmt.data.multilingual import (
     MultiCorpus,
@@ -28,6 +27,7 @@ from nmt.data.parallel import ParallelData
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
+from nmt.model.checkpoint import load_weights
 from nmt.train.run import train
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.checkpoint import RESUME_FILE, load_resume
+from nmt.model.checkpoint import RESUME_FILE, load_resume
 
 ROOT = Path(__file__).parents[1]
 

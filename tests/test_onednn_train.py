@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from test_train import run
 from torch import nn
 
-from nmt.checkpoint import load_weights
+from nmt.model.checkpoint import load_weights
 from nmt.model.onednn import TrainableOneDNNLinear, available, linear, use_onednn_training
 
 pytestmark = [

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from agreement import assert_float32_agree
 
-from nmt.checkpoint import SPM_FILE, load_model
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.decode.search import (
@@ -26,6 +25,7 @@ from nmt.decode.search import (
     max_lengths,
     prefix_tensor,
 )
+from nmt.model.checkpoint import SPM_FILE, load_model
 from nmt.model.transformer import Transformer
 
 # --- a hand-scripted decoder ------------------------------------------------------------------

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, load_weights
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
 from nmt.evaluate.score import corpus_scores
+from nmt.model.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, load_weights
 from nmt.train.run import StepStats, TrainObserver, inverse_sqrt_lr, train
 
 
@@ -338,8 +338,8 @@ def poison_loss(monkeypatch, from_call: int) -> None:  # type: ignore[no-untyped
 def test_non_finite_updates_are_skipped_then_training_stops(
     tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config, monkeypatch
 ) -> None:
-    from nmt.checkpoint import load_resume
     from nmt.errors import TrainingError
+    from nmt.model.checkpoint import load_resume
 
     poison_loss(monkeypatch, from_call=4)
     cfg = tiny_train_config(max_steps=100)
@@ -355,8 +355,8 @@ def test_weights_that_are_no_longer_finite_do_not_replace_the_last_resume_checkp
     """An update can leave inf/NaN weights behind (a huge learning rate) while its gradient
     was finite; the divergence that follows once saved those weights over the last good
     resume.pt, and every resume failed again."""
-    from nmt.checkpoint import load_resume
     from nmt.errors import TrainingError
+    from nmt.model.checkpoint import load_resume
     from nmt.train.trainer import Trainer
 
     real, calls = Trainer.train_step, [0]
@@ -383,7 +383,7 @@ def test_fp16_trains_with_a_loss_scaler(
 ) -> None:
     """fp16 follows float32: the same recipe (seed, data, schedule) logs the same losses
     (seen: equal to 5 digits), with no update skipped for an overflow."""
-    from nmt.checkpoint import load_resume
+    from nmt.model.checkpoint import load_resume
 
     losses = {}
     for dtype in ("fp32", "fp16"):
@@ -407,8 +407,8 @@ def test_fp16_loss_scale_collapse_is_a_clear_error(
 ) -> None:
     """Overflows halve the scale (65536 → …); skipped updates are not counted as divergence
     until the scale falls below 1e-4, 30 overflows in a row later."""
-    from nmt.checkpoint import load_resume
     from nmt.errors import TrainingError
+    from nmt.model.checkpoint import load_resume
 
     poison_loss(monkeypatch, from_call=3)
     cfg = tiny_train_config(dtype="fp16", max_steps=100)

@@ -26,11 +26,11 @@ from agreement import (
     translate_recorded,
 )
 
-from nmt.checkpoint import SPM_FILE, load_model
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import EOS_ID, Tokenizer
 from nmt.decode.translate import Translator, cpu_workers, length_batches, worker_pool
 from nmt.errors import ConfigError, InputError
+from nmt.model.checkpoint import SPM_FILE, load_model
 from nmt.model.transformer import Transformer
 
 

@@ -19,7 +19,6 @@ from serve_client import serving
 from typer.testing import CliRunner
 
 from cli.main import app
-from nmt.checkpoint import load_model, load_weights, read_config
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.parallel import encode_parallel
 from nmt.data.prepared import open_store
@@ -37,6 +36,7 @@ from nmt.data.vocab import (
 )
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
+from nmt.model.checkpoint import load_model, load_weights, read_config
 from nmt.train.average import average_run
 from nmt.train.run import train
 

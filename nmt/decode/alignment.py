@@ -25,7 +25,8 @@ import torch
 
 from nmt.data.parallel import pad
 from nmt.errors import ConfigError
-from nmt.model.transformer import DecoderLayer, MultiHeadAttention, Transformer
+from nmt.model.layers import DecoderLayer, MultiHeadAttention
+from nmt.model.transformer import Transformer
 
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
 

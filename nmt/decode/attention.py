@@ -24,7 +24,8 @@ from typing import Any, cast
 import torch
 
 from nmt.decode.alignment import attention_weights, default_layer
-from nmt.model.transformer import DecoderLayer, MultiHeadAttention, Transformer
+from nmt.model.layers import DecoderLayer, MultiHeadAttention
+from nmt.model.transformer import Transformer
 
 
 @dataclass(frozen=True)

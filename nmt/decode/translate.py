@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from nmt.checkpoint import load_model
 from nmt.config import DecodeConfig
 from nmt.data.multilingual import for_target
 from nmt.data.parallel import pad
@@ -35,6 +34,7 @@ from nmt.decode.search import Hypothesis, beam_search, greedy_search, prefix_ten
 from nmt.decode.streaming import length_batches
 from nmt.device import resolve_device
 from nmt.errors import ConfigError
+from nmt.model.checkpoint import load_model
 from nmt.model.onednn import use_onednn
 from nmt.model.transformer import Transformer
 

@@ -42,19 +42,14 @@ from typing import Any, cast
 
 from torch import nn
 
-from nmt.checkpoint import FORMAT_VERSION, load_model, write_json
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import load_tokenizer, tokenizer_files
 from nmt.decode.ct2_folder import EXPORT_INFO, import_ctranslate2
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import check_output_folder
-from nmt.model.transformer import (
-    DecoderLayer,
-    EncoderLayer,
-    FeedForward,
-    MultiHeadAttention,
-    Transformer,
-)
+from nmt.model.checkpoint import FORMAT_VERSION, load_model, write_json
+from nmt.model.layers import DecoderLayer, EncoderLayer, FeedForward, MultiHeadAttention
+from nmt.model.transformer import Transformer
 
 EXPORT_FORMATS = ("ctranslate2",)
 # CTranslate2's weight types (ctranslate2.specs.model_spec.ACCEPTED_MODEL_TYPES), listed here

@@ -32,7 +32,6 @@ from typing import Any
 
 import torch
 
-from nmt import checkpoint as ckpt
 from nmt.config import ModelConfig
 from nmt.config_file import to_dict
 from nmt.data.marian_vocab import (
@@ -47,6 +46,7 @@ from nmt.data.marian_vocab import (
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import check_output_folder
 from nmt.interop.export import replace_dir
+from nmt.model import checkpoint as ckpt
 from nmt.model.transformer import Transformer
 
 HF_CONFIG, TOKENIZER_CONFIG = "config.json", "tokenizer_config.json"

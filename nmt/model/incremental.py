@@ -1,4 +1,5 @@
-"""One incremental decoding step of a :class:`nmt.model.transformer.Transformer`, for inference.
+"""One incremental decoding step of a decoder layer, for inference
+(:meth:`nmt.model.transformer.Transformer.decode_step` runs it layer by layer).
 
 This is what the decoder layers compute for one new target position, written against their
 weights directly: every ``nn.Module`` call costs microseconds of Python (hooks, ``__call__``,
@@ -19,30 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.model.cache import DecoderCache, LayerCache
+from nmt.model.cache import LayerCache
 
 if TYPE_CHECKING:
-    from nmt.model.transformer import (
-        DecoderLayer,
-        FeedForward,
-        MultiHeadAttention,
-        Sublayer,
-        Transformer,
-    )
-
-
-def decode_step(model: Transformer, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
-    """``(rows,)`` int64 tokens at position ``cache.step`` → ``(rows, vocab)`` float32
-    log-probabilities of the next token; ``cache`` grows by one position."""
-    if cache.step >= model.cfg.max_positions:
-        raise ValueError(
-            f"sequence of {cache.step + 1} tokens exceeds max_positions={model.cfg.max_positions}"
-        )
-    x = F.embedding(tokens, model.embed.weight) * model.embed_scale + model.positions[cache.step]
-    for layer, layer_cache in zip(model.decoder_layers, cache.layers):
-        x = layer_step(layer, x, layer_cache, cache.attn_mask)  # type: ignore[arg-type]
-    cache.step += 1
-    return F.log_softmax(model.logits(model.decoder_norm(x)).float(), dim=-1)
+    from nmt.model.layers import DecoderLayer, FeedForward, MultiHeadAttention, Sublayer
 
 
 def layer_step(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
@@ -24,9 +24,7 @@ from nmt.serve.config import DecodeOptions
 from nmt.serve.errors import ApiError
 from nmt.serve.registry import ServedModel
 from nmt.serve.schema import Language, LibreTranslateError, LibreTranslateResponse
-
-if TYPE_CHECKING:
-    from nmt.serve.app import Service
+from nmt.serve.service import Service
 
 LANGUAGE_NAMES = {
     "ar": "Arabic", "cs": "Czech", "de": "German", "en": "English", "es": "Spanish",

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nmt.checkpoint import WEIGHTS_FILE, read_config
 from nmt.config import DecodeConfig
 from nmt.data.multilingual import (
     TaggedTokenizer,
@@ -41,6 +40,7 @@ from nmt.decode.sampling import fresh_seed, sentence_seed
 from nmt.decode.search import Hypothesis
 from nmt.decode.translate import BaseTranslator, Translator, cpu_workers, worker_pool
 from nmt.errors import ConfigError, InputError
+from nmt.model.checkpoint import WEIGHTS_FILE, read_config
 from nmt.model.transformer import Transformer
 from nmt.serve.batcher import Batcher
 from nmt.serve.config import DecodeOptions

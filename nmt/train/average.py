@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
-from nmt import checkpoint as ckpt
 from nmt.data.vocab import copy_vocab
 from nmt.errors import CheckpointError
+from nmt.model import checkpoint as ckpt
 
 
 def step_checkpoints(run_dir: str | Path) -> list[Path]:

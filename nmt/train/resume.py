@@ -1,7 +1,7 @@
 """Exact resume: the counters of a run (:class:`TrainState`) and the resume checkpoint that
 holds them with the model, optimizer, loss scaler and every process's RNG state.
 
-``resume.pt`` is written atomically after ``last.safetensors`` (:mod:`nmt.checkpoint`), so
+``resume.pt`` is written atomically after ``last.safetensors`` (:mod:`nmt.model.checkpoint`), so
 an interrupted run continues exactly where an uninterrupted one would be: same weights,
 same next batch, same dropout masks.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmt import checkpoint as ckpt
+from nmt.model import checkpoint as ckpt
 from nmt.train.distributed import DistEnv, gather_objects
 
 

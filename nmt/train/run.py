@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from nmt import checkpoint as ckpt
 from nmt.config import ModelConfig, TrainConfig
 from nmt.config_file import check_fits, from_dict
 from nmt.data import store
@@ -34,6 +33,7 @@ from nmt.data.textio import corpus_path
 from nmt.data.vocab import check_same_vocab, load_tokenizer
 from nmt.device import resolve_device
 from nmt.errors import ConfigError, InputError, NMTError, TrainingError
+from nmt.model import checkpoint as ckpt
 from nmt.train import malloc
 from nmt.train.distributed import DistEnv, barrier, gather_objects, init_distributed, shutdown
 from nmt.train.log import (  # re-exported: the training API lives under nmt.train.run

@@ -14,7 +14,6 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, cast
 
-from nmt import checkpoint as ckpt
 from nmt.config import ModelConfig, TrainConfig
 from nmt.config_file import from_dict, to_dict
 from nmt.data import store
@@ -30,6 +29,7 @@ from nmt.data.vocab import (
     vocab_layout,
 )
 from nmt.errors import ConfigError, TrainingError
+from nmt.model import checkpoint as ckpt
 from nmt.train.distributed import DistEnv, gather_objects
 from nmt.train.log import TrainObserver
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from nmt import checkpoint as ckpt
 from nmt.config import ModelConfig, TrainConfig
 from nmt.data.batching import BATCHING_VERSION, RankSteps
 from nmt.data.multilingual import ValidSet
@@ -27,6 +26,7 @@ from nmt.data.parallel import Batch, Corpus, ParallelData
 from nmt.data.tokenizer import Tokenizer
 from nmt.device import pick_dtype, resolve_device
 from nmt.errors import ConfigError, TrainingError
+from nmt.model import checkpoint as ckpt
 from nmt.model.onednn import use_onednn_training
 from nmt.model.transformer import Transformer
 from nmt.train.distributed import DistEnv, sum_across
