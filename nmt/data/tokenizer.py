@@ -15,6 +15,7 @@ import sentencepiece as spm
 from nmt.errors import CheckpointError, InputError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
 
 # Fewer lines than this are encoded one call per line: SentencePiece's list call sets up a
 # thread pool each time (about 50 µs of CPU, ten times a short line's encoding), which only

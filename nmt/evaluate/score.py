@@ -21,13 +21,13 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.metrics.base import Metric
 
 from nmt.data.textio import read_lines
+from nmt.data.tokenizer import WORD_START
 from nmt.errors import ConfigError, InputError
 
 METRICS = ("bleu", "chrf", "ter")
 DEFAULT_METRICS = ("bleu", "chrf")
 TOKENIZERS: tuple[str, ...] = tuple(BLEU.TOKENIZERS)
 
-SPM_MARKER = "\u2581"
 # Space before a comma or full stop, split clitics and Moses escapes: signs of tokenized text.
 _TOKENIZED = re.compile(r" [,.](?= |$)| 's\b| n't\b|&(?:apos|quot|amp|lt|gt);")
 TOKENIZED_SHARE = 0.1
@@ -207,11 +207,11 @@ def check_hypotheses(
     if total == 0:
         return [f"{name}: no lines"]
     warnings = []
-    n_spm = sum(SPM_MARKER in line for line in hyps)
+    n_spm = sum(WORD_START in line for line in hyps)
     if n_spm:
         warnings.append(
             f"{name}: {n_spm} of {total} lines contain the SentencePiece marker "
-            f"'{SPM_MARKER}' (U+2581); decode the pieces to plain text before scoring"
+            f"'{WORD_START}' (U+2581); decode the pieces to plain text before scoring"
         )
     n_tok = sum(bool(_TOKENIZED.search(line)) for line in hyps)
     if n_tok and n_tok >= TOKENIZED_SHARE * total:
