@@ -151,6 +151,42 @@ def test_tokenization_equals_marian_tokenizer(
     assert (ours.eos_id, ours.unk_id, ours.pad_id) == (0, 1, ours.vocab_size - 1)
 
 
+def test_output_with_source_only_pieces_decodes_as_marian_tokenizer(
+    imported: Path, hf_dir: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """A piece of ``vocab.json`` that only ``source.spm`` knows (a German word the model
+    copies into its English output) is text with spaces, as transformers writes it, not
+    ``▁Anlegestelle▁Anlegestelle``."""
+    import sentencepiece as spm
+
+    ours = load_tokenizer(imported)
+    assert isinstance(ours, MarianVocabulary)
+    theirs = transformers.MarianTokenizer(
+        *(str(hf_dir / name) for name in ("source.spm", "target.spm", "vocab.json"))
+    )
+    target_sp = spm.SentencePieceProcessor(model_file=str(hf_dir / "target.spm"))
+    source_only = [
+        i
+        for i, piece in enumerate(ours.pieces_by_id)
+        if i not in ours.special_ids
+        and piece not in ours.target_tags
+        and target_sp.PieceToId(piece) == target_sp.unk_id()
+    ]
+    word_starts = [i for i in source_only if ours.piece(i).startswith("▁")][:3]
+    inside = [i for i in source_only if not ours.piece(i).startswith("▁")][:1]
+    assert len(word_starts) == 3 and inside, "the two tokenizers should differ"
+    known = ours.encode_target(pairs[1][:3])
+    outputs = [
+        [word_starts[0], word_starts[0], ours.eos_id],
+        known[0][:3] + [word_starts[1], *inside] + known[0][3:],
+        [word_starts[2], *known[1]],
+        known[2] + [word_starts[0]],
+    ]
+    expected = [theirs.decode(ids, skip_special_tokens=True) for ids in outputs]
+    assert all("▁" not in text for text in expected)
+    assert ours.decode(outputs) == expected
+
+
 def test_teacher_forced_log_probs_equal_hugging_face(
     imported: Path, hf_model: Any, pairs: tuple[list[str], list[str]]
 ) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from nmt.data.tokenizer import Tokenizer
+from nmt.data.tokenizer import WORD_START, Tokenizer
 from nmt.errors import CheckpointError
 
 VOCAB_FILE, SOURCE_SPM, TARGET_SPM = "vocab.json", "source.spm", "target.spm"
@@ -134,11 +134,19 @@ class MarianVocabulary(Tokenizer):
         return [self._ids(p) for p in self.target_sp.Encode(list(lines), out_type=str)]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
-        """Target text of each id list through ``target.spm``; EOS, UNK and PAD are dropped."""
+        """Target text of each id list through ``target.spm``; EOS, UNK and PAD are dropped.
+
+        A piece that ``vocab.json`` holds but ``target.spm`` does not (a source-side word
+        copied into the output) is left verbatim by SentencePiece, ``▁`` included; as
+        transformers' ``MarianTokenizer.convert_tokens_to_string`` does, every remaining ``▁``
+        then becomes a space and the text is stripped.
+        """
         return [
             self.target_sp.DecodePieces(
                 [self.pieces_by_id[i] for i in seq if i not in self.special_ids]
             )
+            .replace(WORD_START, " ")
+            .strip()
             for seq in ids
         ]
 
