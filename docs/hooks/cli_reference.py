@@ -81,7 +81,6 @@ def command_markdown(name: str, command: Command) -> str:
     if hasattr(command, "commands"):
         subs = [n for n, c in command.commands.items() if not c.hidden]
         lines += [f"Subcommands: {', '.join(f'`{name} {s}`' for s in subs)}.", ""]
-        return "\n".join(lines)
     shown = [p for p in command.params if not getattr(p, "hidden", False)]
     hidden = [p for p in command.params if getattr(p, "hidden", False)]
     ctx = command.context_class(command, info_name=name)
