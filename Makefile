@@ -57,6 +57,9 @@ bench: install $(DATA)/train.de.gz
 # missing page or a docstring the API reference cannot read fails the build.
 docs: $(BIN)/mkdocs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@if grep -rElq '<(script|link)[^>]* (src|href)="(https?:)?//[^"]*(\.js|\.css|shim)"' site; then \
+		echo "error: these pages load scripts or styles from the network:"; \
+		grep -rEl '<(script|link)[^>]* (src|href)="(https?:)?//[^"]*(\.js|\.css|shim)"' site; exit 1; fi
 
 docs-serve: $(BIN)/mkdocs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
