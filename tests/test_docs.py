@@ -66,8 +66,8 @@ def split_commands(line: str) -> list[str]:
     commands, words = [], []
     for token in [*tokens, ";"]:
         if token in OPERATORS or set(token) <= set("|&;<>()"):
-            if words and words[0] == "nmt":
-                commands.append(shlex.join(words))
+            if words and (words[0] == "nmt" or words[0].endswith("/nmt")):  # .venv/bin/nmt
+                commands.append(shlex.join(["nmt", *words[1:]]))
             words = []
         else:
             words.append(token)
