@@ -1,4 +1,5 @@
-"""The CLI reference page, generated from the Typer app at build time so that it cannot drift.
+"""MkDocs hooks: the CLI reference page, generated from the Typer app at build time so that it
+cannot drift, and the API pages' docstrings cleaned of Sphinx role names.
 
 MkDocs loads this file as a hook (``hooks:`` in mkdocs.yml): :func:`on_page_markdown` replaces
 the marker :data:`MARKER` in ``reference/cli.md`` with :func:`cli_reference`, which walks the
@@ -10,12 +11,16 @@ under each table. tests/test_docs.py checks that every command and option appear
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import typer.main
 
 MARKER = "<!-- cli-reference -->"
+# The docstrings cross-reference in Sphinx's roles (:class:`Translator`), which mkdocstrings
+# leaves as text before the code; the API pages show the name alone.
+SPHINX_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj):(<code>)")
 
 
 # Typer builds its commands with its own copy of Click (typer._click), so the commands and
@@ -108,3 +113,8 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     if MARKER in markdown:
         return markdown.replace(MARKER, cli_reference())
     return markdown
+
+
+def on_page_content(html: str, page: Any, **kwargs: Any) -> str:
+    """MkDocs hook: drop the Sphinx role names left before cross-references in docstrings."""
+    return SPHINX_ROLE.sub(r"\1", html)
