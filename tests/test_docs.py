@@ -203,3 +203,14 @@ def test_split_commands_reads_pipelines_and_redirections() -> None:
     line = "cat test.de | nmt translate -m runs/de-en > test.hyp.en  # stdin to stdout"
     assert split_commands(line) == ["nmt translate -m runs/de-en"]
     assert split_commands("make demo") == []
+
+
+def test_readme_links_resolve() -> None:
+    """The README's relative links name files of the repository (the site's own links are
+    checked by mkdocs build --strict; the README is read on the forge, outside the site)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [t for t in targets if "://" not in t]
+    assert local
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
