@@ -8,7 +8,7 @@ DEMO_MINUTES ?= 30
 DEMO_RUN ?= runs/demo
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-slow lint bench clean
+.PHONY: install demo test test-slow lint bench docs docs-serve clean
 
 install: $(BIN)/nmt
 
@@ -19,6 +19,11 @@ $(BIN)/nmt: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/pip install --quiet -e '.[dev,ctranslate2,serve,hf]'
+	touch $@
+
+# The docs extra (MkDocs, Material, mkdocstrings), only for the targets that build the site.
+$(BIN)/mkdocs: pyproject.toml | install
+	$(BIN)/pip install --quiet -e '.[docs]'
 	touch $@
 
 $(DATA)/train.de.gz: | install
@@ -48,5 +53,16 @@ lint: install
 bench: install $(DATA)/train.de.gz
 	$(BIN)/python benchmarks/translate_speed.py --model $(DEMO_RUN)/averaged --data $(DATA)
 
+# The site, into site/: offline (no fonts, no CDN), and --strict, so that a broken link, a
+# missing page or a docstring the API reference cannot read fails the build.
+docs: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@if grep -rElq '<(script|link)[^>]* (src|href)="(https?:)?//[^"]*(\.js|\.css|shim)"' site; then \
+		echo "error: these pages load scripts or styles from the network:"; \
+		grep -rEl '<(script|link)[^>]* (src|href)="(https?:)?//[^"]*(\.js|\.css|shim)"' site; exit 1; fi
+
+docs-serve: $(BIN)/mkdocs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache site
