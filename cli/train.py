@@ -183,6 +183,23 @@ def train(
         ),
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
+    label_smoothing: Annotated[
+        float | None,
+        typer.Option(help="Epsilon of label-smoothed cross-entropy (default 0.1; 0 = none)."),
+    ] = None,
+    clip_norm: Annotated[
+        float | None,
+        typer.Option(
+            help="Clip the gradient's L2 norm to this (0 = no clipping; default 1.0, base/big 0)."
+        ),
+    ] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(
+            help="Leave out training pairs with more tokens than this on either side "
+            "(default 200, base/big 256; with --data, at most the folder's nmt prepare --max-len)."
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
@@ -260,6 +277,9 @@ def train(
             "batch_tokens": batch_tokens,
             "lr": lr,
             "warmup_steps": warmup_steps,
+            "label_smoothing": label_smoothing,
+            "clip_norm": clip_norm,
+            "max_len": max_len,
             "lr_schedule": lr_schedule,
             "max_steps": max_steps,
             "max_epochs": max_epochs,
