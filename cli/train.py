@@ -172,7 +172,13 @@ def train(
     vocab_size: VocabSize = None,
     src_vocab_size: SrcVocabSize = None,
     tgt_vocab_size: TgtVocabSize = None,
-    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Padded tokens per batch on each process: sentences × the longest side "
+            "(+ BOS/EOS) among them."
+        ),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps.")] = None,
     lr_schedule: Annotated[
@@ -214,7 +220,20 @@ def train(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     accum: Annotated[
-        int | None, typer.Option(help="Accumulate gradients of N batches per update.")
+        int | None,
+        typer.Option(
+            help="Accumulate gradients of N batches per update on each process (fairseq's "
+            "--update-freq)."
+        ),
+    ] = None,
+    update_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Padded tokens per update over all processes, in --batch-tokens' unit "
+            "(sentences × their longer side's length; Marian's --mini-batch-words): each "
+            "process accumulates max(1, round(N / (processes × batch tokens))) batches, so an "
+            "update is the same size on 1 GPU as on 8. Replaces --accum; base/big: 24576."
+        ),
     ] = None,
     tensorboard: Annotated[
         bool | None,
@@ -231,7 +250,7 @@ def train(
         bool,
         typer.Option(
             "--reset-data-position",
-            help="On resume with another batch size, seed, accum, process count or corpus: "
+            help="On resume with another batch size, seed, processes × accum or corpus: "
             "continue the weights from the start of a new epoch instead of refusing.",
         ),
     ] = False,
@@ -291,6 +310,7 @@ def train(
             "dtype": dtype,
             "seed": seed,
             "accum": accum,
+            "update_tokens": update_tokens,
             "tensorboard": tensorboard,
             "compile": compile_step,
             "dist_timeout": dist_timeout,

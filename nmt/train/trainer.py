@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -77,12 +78,15 @@ class Trainer:
         dist_env: DistEnv | None = None,
         valid_sets: list[ValidSet] | None = None,
     ):
+        self.dist = dist_env or DistEnv()
+        self.observer = observer if observer and self.dist.is_main else TrainObserver()
+        # From here on, accum is this job's: update_tokens turned into batches per process.
+        self.update_tokens = train_cfg.update_tokens
+        train_cfg = replace(train_cfg, accum=train_cfg.update_accum(self.dist.world_size))
         self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
         self.train_data = train_data
         direction = f"{train_cfg.src_lang}-{train_cfg.tgt_lang}"
         self.valid_sets = valid_sets or [ValidSet(direction, tokenizer, valid_data, *valid_text)]
-        self.dist = dist_env or DistEnv()
-        self.observer = observer if observer and self.dist.is_main else TrainObserver()
         self.device = resolve_device(train_cfg.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -121,6 +125,12 @@ class Trainer:
         self.feed = UpdateFeed(train_data, train_cfg, self.dist, self.device)
         self.corpus_fingerprint: str | None = None  # see data_order()
         self.steps_per_epoch = self.feed.steps_per_epoch
+        if self.update_tokens:
+            per_update = self.dist.world_size * train_cfg.accum * train_cfg.batch_tokens
+            self.observer.on_message(
+                f"update_tokens={self.update_tokens:,}: accum {train_cfg.accum} on each of "
+                f"{self.dist.world_size} process(es), {per_update:,} padded tokens per update"
+            )
 
     def epoch_steps(self, epoch: int) -> RankSteps:
         """This rank's updates of ``epoch`` (:meth:`nmt.train.feed.UpdateFeed.steps`)."""
@@ -375,7 +385,9 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------
     def data_order(self) -> dict[str, int | str]:
         """What decides the order of the batches, and so what the saved position in an
-        epoch means: batch size, seed, accumulation, process count and the corpus."""
+        epoch means: batch size, seed, batches per update (processes × accum: update ``i``
+        takes the plan's batches ``i × W × A`` to ``(i + 1) × W × A - 1`` whichever way they
+        are shared out) and the corpus."""
         c = self.cfg
         if self.corpus_fingerprint is None:  # once: the corpus does not change in a run
             self.corpus_fingerprint = corpus_fingerprint(self.train_data)
@@ -383,8 +395,7 @@ class Trainer:
             "batching": BATCHING_VERSION,
             "batch_tokens": c.batch_tokens,
             "seed": c.seed,
-            "accum": c.accum,
-            "world_size": self.dist.world_size,
+            "batches_per_update": self.dist.world_size * c.accum,
             "corpus": self.corpus_fingerprint,
         }
 
@@ -398,7 +409,14 @@ class Trainer:
             self.scaler,
             self.state,
             self.dist,
-            {"data_order": self.data_order()},
+            {
+                "data_order": self.data_order(),
+                "update": {
+                    "update_tokens": self.update_tokens,
+                    "accum": self.cfg.accum,
+                    "world_size": self.dist.world_size,
+                },
+            },
         )
 
     def load_resume(self, path: Path, reset_data_position: bool = False) -> None:
