@@ -221,8 +221,10 @@ class Trainer:
         scale.
 
         Returns:
-            (loss, nll, grad_norm, target tokens) of this process's batches, losses per
-            token; ``None`` when the gradient was not finite and the update was skipped.
+            (loss, nll, grad_norm, target tokens) of the update over all processes: the
+            losses are per token, the summed losses of every process (all-reduced) over
+            ``global_tokens``, not this process's share; ``None`` when the gradient was not
+            finite and the update was skipped.
         """
         batches = [b.to(self.device) for b in step_batches]
         n = sum(b.n_tgt_tokens for b in batches)
@@ -248,6 +250,9 @@ class Trainer:
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.dist.enabled:  # what is logged is the global batch's mean, not this share's
+            total_loss, total_nll = sum_across([total_loss, total_nll], self.dist, self.device)
+            n = global_tokens or int(sum_across([float(n)], self.dist, self.device)[0])
         return total_loss / n, total_nll / n, grad_norm, n
 
     def autocast(self):  # type: ignore[no-untyped-def]
