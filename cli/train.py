@@ -219,6 +219,21 @@ def train(
         str | None, typer.Option(help="auto, fp32, bf16 or fp16 (autocast; fp16 loss-scaled).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    valid_autocast: Annotated[
+        bool | None,
+        typer.Option(
+            "--valid-autocast/--no-valid-autocast",
+            help="Validate under the training dtype's autocast (default), or in float32.",
+        ),
+    ] = None,
+    tf32: Annotated[
+        bool | None,
+        typer.Option(
+            "--tf32/--no-tf32",
+            help="On CUDA, let float32 matrix products use TF32 tensor cores (default on; "
+            "Ampere and newer).",
+        ),
+    ] = None,
     accum: Annotated[
         int | None,
         typer.Option(
@@ -309,6 +324,8 @@ def train(
             "device": device,
             "dtype": dtype,
             "seed": seed,
+            "valid_autocast": valid_autocast,
+            "tf32": tf32,
             "accum": accum,
             "update_tokens": update_tokens,
             "tensorboard": tensorboard,

@@ -184,6 +184,12 @@ class TrainConfig:
             ``torch.cuda.is_bf16_supported(including_emulation=False)``; fp16 with the scaler
             on other GPUs; fp32 on other CPUs
             (:func:`nmt.device.cpu_has_native_bf16`).
+        valid_autocast: run validation (the loss and the search for BLEU) under the
+            training dtype's autocast, as training runs; False validates in float32.
+        tf32: on CUDA, let float32 matrix products and cuDNN convolutions use TF32 tensor
+            cores (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.
+            allow_tf32``; Ampere and newer: a 10-bit mantissa for the products, float32
+            accumulation); False keeps them in full float32. No effect on CPU.
         log_every: write a training record to ``metrics.jsonl`` every this many updates.
         accum: batches whose gradients are accumulated into one update on each process (a
             larger effective batch without the memory; fairseq's ``--update-freq``). Used
@@ -230,6 +236,8 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"
     dtype: str = "auto"
+    valid_autocast: bool = True
+    tf32: bool = True
     log_every: int = 50
     accum: int = 1
     update_tokens: int = 0

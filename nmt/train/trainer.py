@@ -25,7 +25,7 @@ from nmt.data.batching import BATCHING_VERSION, RankSteps
 from nmt.data.multilingual import ValidSet
 from nmt.data.parallel import Batch, Corpus, ParallelData
 from nmt.data.tokenizer import Tokenizer
-from nmt.device import pick_dtype, resolve_device
+from nmt.device import pick_dtype, resolve_device, set_tf32
 from nmt.errors import ConfigError, TrainingError
 from nmt.model import checkpoint as ckpt
 from nmt.model.onednn import use_onednn_training
@@ -91,6 +91,7 @@ class Trainer:
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = pick_dtype(train_cfg, self.device)
+        set_tf32(self.device, train_cfg.tf32)
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
         random.seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
@@ -155,6 +156,7 @@ class Trainer:
                 s.step, s.elapsed_s, c.max_steps, c.max_epochs, c.max_minutes, self.steps_per_epoch
             )
         )
+        self.run_log.write(self.precision_record())
         bad_in_row = window_tokens = 0
         window_start, window_wait = time.monotonic(), 0.0
         reason: str | None = None
@@ -262,6 +264,20 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
+    def precision_record(self) -> dict[str, str | int | bool]:
+        """``metrics.jsonl``'s record of the dtypes a run computes in: training's autocast,
+        validation's, and whether CUDA may use TF32 for float32 products."""
+        train_dtype = str(self.amp_dtype or torch.float32).removeprefix("torch.")
+        cuda = self.device.type == "cuda"
+        return {
+            "type": "precision",
+            "step": self.state.step,
+            "train_dtype": train_dtype,
+            "valid_dtype": train_dtype if self.cfg.valid_autocast else "float32",
+            "tf32": cuda and torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_tf32": cuda and torch.backends.cudnn.allow_tf32,
+        }
+
     # --- stopping -----------------------------------------------------------------------
     def out_of_budget(self) -> str | None:
         """Why training should stop now (a budget or patience, :func:`nmt.train.schedule.
@@ -342,7 +358,8 @@ class Trainer:
 
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> ValidResult:
-        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
+        """Loss, perplexity, BLEU and chrF on the valid set (under the training dtype's
+        autocast unless ``valid_autocast`` is off); keeps ``model.safetensors`` as
         the best by BLEU and updates the early-stopping counters. Every process takes a
         share (:mod:`nmt.train.validation`) and all reach the same scores and counters; all must
         call this."""
@@ -352,13 +369,14 @@ class Trainer:
         tokens = 0
         directions: dict[str, dict[str, float]] = {}
         for v in self.valid_sets:
-            sums = valid_loss(
-                self.model, v.data, c.batch_tokens, c.label_smoothing, self.device, self.dist
-            )
+            with self.autocast() if c.valid_autocast else nullcontext():  # as training runs
+                sums = valid_loss(
+                    self.model, v.data, c.batch_tokens, c.label_smoothing, self.device, self.dist
+                )
+                hyps = search_output(
+                    self.model, v.tokenizer, v.src, c.valid_beam_size, c.batch_tokens, self.dist
+                )
             loss, nll, tokens = loss + sums[0], nll + sums[1], tokens + sums[2]
-            hyps = search_output(
-                self.model, v.tokenizer, v.src, c.valid_beam_size, c.batch_tokens, self.dist
-            )
             scores = bleu_chrf(hyps, v.refs)
             directions[v.name] = {"bleu": scores["bleu"].score, "chrf": scores["chrf"].score}
         self.model.train()
