@@ -14,10 +14,11 @@ from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidd
 from nmt.config_file import resolve
 from nmt.data.multilingual import parse_pairs
 from nmt.data.store import read_meta
-from nmt.data.vocab import check_vocab_sizes, vocab_options
+from nmt.data.vocab import check_vocab_layout, check_vocab_sizes, vocab_options
 from nmt.model.checkpoint import read_config
 from nmt.train.run import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train.run import train as run_training
+from nmt.train.run_folder import check_init_folder
 
 
 class RichObserver(TrainObserver):
@@ -294,11 +295,16 @@ def train(
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
     # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
     # disagrees with it is an error in nmt.train.run).
+    if init_from is not None:
+        check_init_folder(init_from)
     model_base = read_config(init_from)["model"] if init_from is not None else None
     sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
+    typed_size = any(v is not None for v in (vocab_size, src_vocab_size, tgt_vocab_size))
     for folder, option in ((data, "--data"), (init_from, "--init-from")):
-        if folder is not None:  # its vocabulary is the model's: a size given must agree
-            check_vocab_sizes(folder, sizes, option)
+        if folder is not None:  # its vocabulary is the model's: a layout or size given must agree
+            check_vocab_layout(folder, vocab_layout, option)
+            if typed_size:  # not the default sizes of --vocab-layout separate
+                check_vocab_sizes(folder, sizes, option)
     model_cfg, train_cfg = resolve(
         preset,
         config,
