@@ -183,7 +183,8 @@ def test_update_tokens_makes_the_same_updates_on_one_and_two_processes_and_resum
 def test_two_processes_log_once_and_log_the_global_mean_loss(update_runs):
     """A 2-process run prints its start-up lines once (rank 0), and its logged training
     loss is the mean over both processes' target tokens: the one-process run of the same
-    updates logs the same losses (rank 0's share alone was about 1% away)."""
+    updates logs the same losses (rank 0's share alone is the loss of half of each update's
+    batches, not the update's)."""
     (one_dir, one_done), (two_dir, two_done) = update_runs["one"], update_runs["two"]
     for line in ("training pairs from", "update_tokens=2,048: accum 1 on each of 2"):
         assert two_done.stderr.count(line) == 1, two_done.stderr[-3000:]
