@@ -193,6 +193,7 @@ def training_summary(run: Path, peak_tflops: float | None) -> dict[str, Any]:
             records.append(json.loads(line))
         except json.JSONDecodeError:  # the last line of a run killed while writing it
             pass
+    precision = next((r for r in records if r["type"] == "precision"), None)
     windows = [r for r in records if r["type"] == "train"]
     valid = [r for r in records if r["type"] == "valid"]
     if not windows:
@@ -210,6 +211,7 @@ def training_summary(run: Path, peak_tflops: float | None) -> dict[str, Any]:
         "log_every": config["train"]["log_every"],
         "batch_tokens": config["train"]["batch_tokens"],
         "windows": [(r["step"], round(r["tgt_tokens_per_s"])) for r in windows],
+        "precision": precision,
         "steady_windows": len(steady) if len(windows) > 1 else 0,
         "tgt_tokens_per_s": tok_s,
         "data_wait_share": statistics.median(r.get("data_wait_share", 0.0) for r in steady),
@@ -327,11 +329,27 @@ def train_table(train: dict[str, Any], device: str, peak: float | None) -> list[
         f"| peak dense bf16 ({device}) | {f'{peak:g} TFLOP/s' if peak else 'n/a'} |",
         f"| **MFU** | **{mfu_text}** |",
         f"| valid BLEU at the end (greedy) | {bleu} |",
+        f"| {PRECISION_ROW} | {precision_text(train.get('precision'))} |",
         "",
         f"Target tokens/s by window: {windows}.",
         "",
         FORMULA + ".",
     ]
+
+
+PRECISION_ROW = "training / validation dtype; TF32 for float32 matmul, cuDNN"
+
+
+def precision_text(record: dict[str, Any] | None) -> str:
+    """The run's ``precision`` record (:meth:`nmt.train.trainer.Trainer.precision_record`) in
+    one cell: validation should run in the training dtype, TF32 be on for float32 work."""
+    if record is None:
+        return "not recorded (a run of an nmt from before the record)"
+    on = {True: "on", False: "off"}
+    return (
+        f"{record['train_dtype']} / {record['valid_dtype']}; TF32 {on[record['tf32']]}, "
+        f"{on[record['cudnn_tf32']]}"
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -17,7 +17,8 @@
 #             their times (benchmarks/sdpa_kernels.py).
 # train-base: nmt train --preset base --dtype bf16 for 300 updates on Multi30k, one
 #             validation on 200 sentences at the end.
-# report:     target tokens/s and model FLOPs utilisation, the table (benchmarks/gpu_check.py).
+# report:     target tokens/s and model FLOPs utilisation, the dtypes train-base trained and
+#             validated in and whether TF32 was on, the table (benchmarks/gpu_check.py).
 #
 # Exit status: 0 when every step passed, 1 when one failed or timed out (the table is still
 # written), 2 without a CUDA device ("no CUDA device" said at once), 64 for a wrong command

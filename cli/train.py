@@ -14,10 +14,11 @@ from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidd
 from nmt.config_file import resolve
 from nmt.data.multilingual import parse_pairs
 from nmt.data.store import read_meta
-from nmt.data.vocab import check_vocab_sizes, vocab_options
+from nmt.data.vocab import check_vocab_layout, check_vocab_sizes, vocab_options
 from nmt.model.checkpoint import read_config
 from nmt.train.run import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train.run import train as run_training
+from nmt.train.run_folder import check_init_folder
 
 
 class RichObserver(TrainObserver):
@@ -172,7 +173,13 @@ def train(
     vocab_size: VocabSize = None,
     src_vocab_size: SrcVocabSize = None,
     tgt_vocab_size: TgtVocabSize = None,
-    batch_tokens: Annotated[int | None, typer.Option(help="Padded tokens per batch.")] = None,
+    batch_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Padded tokens per batch on each process: sentences × the longest side "
+            "(+ BOS/EOS) among them."
+        ),
+    ] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     warmup_steps: Annotated[int | None, typer.Option(help="Linear warm-up steps.")] = None,
     lr_schedule: Annotated[
@@ -183,6 +190,23 @@ def train(
         ),
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
+    label_smoothing: Annotated[
+        float | None,
+        typer.Option(help="Epsilon of label-smoothed cross-entropy (default 0.1; 0 = none)."),
+    ] = None,
+    clip_norm: Annotated[
+        float | None,
+        typer.Option(
+            help="Clip the gradient's L2 norm to this (0 = no clipping; default 1.0, base/big 0)."
+        ),
+    ] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(
+            help="Leave out training pairs with more tokens than this on either side "
+            "(default 200, base/big 256; with --data, at most the folder's nmt prepare --max-len)."
+        ),
+    ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
@@ -196,8 +220,36 @@ def train(
         str | None, typer.Option(help="auto, fp32, bf16 or fp16 (autocast; fp16 loss-scaled).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    valid_autocast: Annotated[
+        bool | None,
+        typer.Option(
+            "--valid-autocast/--no-valid-autocast",
+            help="Validate under the training dtype's autocast (default), or in float32.",
+        ),
+    ] = None,
+    tf32: Annotated[
+        bool | None,
+        typer.Option(
+            "--tf32/--no-tf32",
+            help="On CUDA, let float32 matrix products use TF32 tensor cores (default on; "
+            "Ampere and newer).",
+        ),
+    ] = None,
     accum: Annotated[
-        int | None, typer.Option(help="Accumulate gradients of N batches per update.")
+        int | None,
+        typer.Option(
+            help="Accumulate gradients of N batches per update on each process (fairseq's "
+            "--update-freq)."
+        ),
+    ] = None,
+    update_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="Padded tokens per update over all processes, in --batch-tokens' unit "
+            "(sentences × their longer side's length; Marian's --mini-batch-words): each "
+            "process accumulates max(1, round(N / (processes × batch tokens))) batches, so an "
+            "update is the same size on 1 GPU as on 8. Replaces --accum; base/big: 24576."
+        ),
     ] = None,
     tensorboard: Annotated[
         bool | None,
@@ -214,7 +266,7 @@ def train(
         bool,
         typer.Option(
             "--reset-data-position",
-            help="On resume with another batch size, seed, accum, process count or corpus: "
+            help="On resume with another batch size, seed, processes × accum or corpus: "
             "continue the weights from the start of a new epoch instead of refusing.",
         ),
     ] = False,
@@ -243,11 +295,16 @@ def train(
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
     # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
     # disagrees with it is an error in nmt.train.run).
+    if init_from is not None:
+        check_init_folder(init_from)
     model_base = read_config(init_from)["model"] if init_from is not None else None
     sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
+    typed_size = any(v is not None for v in (vocab_size, src_vocab_size, tgt_vocab_size))
     for folder, option in ((data, "--data"), (init_from, "--init-from")):
-        if folder is not None:  # its vocabulary is the model's: a size given must agree
-            check_vocab_sizes(folder, sizes, option)
+        if folder is not None:  # its vocabulary is the model's: a layout or size given must agree
+            check_vocab_layout(folder, vocab_layout, option)
+            if typed_size:  # not the default sizes of --vocab-layout separate
+                check_vocab_sizes(folder, sizes, option)
     model_cfg, train_cfg = resolve(
         preset,
         config,
@@ -260,6 +317,9 @@ def train(
             "batch_tokens": batch_tokens,
             "lr": lr,
             "warmup_steps": warmup_steps,
+            "label_smoothing": label_smoothing,
+            "clip_norm": clip_norm,
+            "max_len": max_len,
             "lr_schedule": lr_schedule,
             "max_steps": max_steps,
             "max_epochs": max_epochs,
@@ -270,7 +330,10 @@ def train(
             "device": device,
             "dtype": dtype,
             "seed": seed,
+            "valid_autocast": valid_autocast,
+            "tf32": tf32,
             "accum": accum,
+            "update_tokens": update_tokens,
             "tensorboard": tensorboard,
             "compile": compile_step,
             "dist_timeout": dist_timeout,

@@ -129,18 +129,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The training recipe each preset carries (under the config file and the flags). `small` is
 # the Multi30k CPU recipe (the TrainConfig defaults). `base` and `big` carry the GPU recipes
 # of fairseq's WMT'14 en-de Transformers (Vaswani et al. 2017; Ott et al. 2018, "Scaling
-# Neural Machine Translation"): ~4k tokens per batch × accum 6 ≈ 25k tokens per update on one
-# GPU (with N GPUs, divide accum by N), inverse square root schedule with 4,000 warm-up
-# updates, peak lr 7e-4 (base) / 5e-4 (big), label smoothing 0.1, no gradient clipping.
+# Neural Machine Translation"): ~4k tokens per batch and ~25k tokens per update
+# (update_tokens: accum 6 on one GPU, 3 on two, 1 on eight), inverse square root schedule
+# with 4,000 warm-up updates, peak lr 7e-4 (base) / 5e-4 (big), label smoothing 0.1, no
+# gradient clipping.
 PRESET_RECIPES: dict[str, dict[str, Any]] = {
     "tiny": {},
     "small": {},
     "base": dict(
-        batch_tokens=4096, accum=6, lr=7e-4, warmup_steps=4000, clip_norm=0.0,
+        batch_tokens=4096, update_tokens=24576, lr=7e-4, warmup_steps=4000, clip_norm=0.0,
         eval_every=2000, save_every=1000, max_len=256,
     ),
     "big": dict(
-        batch_tokens=4096, accum=6, lr=5e-4, warmup_steps=4000, clip_norm=0.0,
+        batch_tokens=4096, update_tokens=24576, lr=5e-4, warmup_steps=4000, clip_norm=0.0,
         eval_every=2000, save_every=1000, max_len=256,
     ),
 }  # fmt: skip
@@ -183,9 +184,21 @@ class TrainConfig:
             ``torch.cuda.is_bf16_supported(including_emulation=False)``; fp16 with the scaler
             on other GPUs; fp32 on other CPUs
             (:func:`nmt.device.cpu_has_native_bf16`).
+        valid_autocast: run validation (the loss and the search for BLEU) under the
+            training dtype's autocast, as training runs; False validates in float32.
+        tf32: on CUDA, let float32 matrix products and cuDNN convolutions use TF32 tensor
+            cores (``torch.backends.cuda.matmul.allow_tf32``, ``torch.backends.cudnn.
+            allow_tf32``; Ampere and newer: a 10-bit mantissa for the products, float32
+            accumulation); False keeps them in full float32. No effect on CPU.
         log_every: write a training record to ``metrics.jsonl`` every this many updates.
-        accum: batches whose gradients are accumulated into one update (a larger effective
-            batch without the memory).
+        accum: batches whose gradients are accumulated into one update on each process (a
+            larger effective batch without the memory; fairseq's ``--update-freq``). Used
+            when ``update_tokens`` is 0.
+        update_tokens: padded tokens per update over all processes, in ``batch_tokens``'
+            unit (Marian's ``--mini-batch-words``), as papers report the batch size: each
+            process accumulates ``max(1, round(update_tokens / (world_size ×
+            batch_tokens)))`` batches (:meth:`update_accum`), so that an update is the same
+            size on 1 GPU as on 8. 0 = use ``accum``.
         tensorboard: also write TensorBoard event files to ``DIR/tensorboard`` (needs the
             ``tensorboard`` package).
         compile: run the training forward/backward through ``torch.compile`` (dynamic
@@ -223,8 +236,11 @@ class TrainConfig:
     seed: int = 1
     device: str = "auto"
     dtype: str = "auto"
+    valid_autocast: bool = True
+    tf32: bool = True
     log_every: int = 50
     accum: int = 1
+    update_tokens: int = 0
     tensorboard: bool = False
     compile: bool = False
     onednn: bool = False
@@ -239,7 +255,9 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
         if self.accum < 1 or self.log_every < 1 or self.save_every < 1:
             raise ConfigError("accum, log_every and save_every must be at least 1")
-        for name in ("warmup_steps", "max_steps", "max_epochs", "patience", "eval_every"):
+        for name in (
+            "warmup_steps", "max_steps", "max_epochs", "patience", "eval_every", "update_tokens"
+        ):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must not be negative")
         if not 0 <= self.max_minutes < math.inf:
@@ -290,6 +308,14 @@ class TrainConfig:
             raise ConfigError(f"adam_betas={list(self.adam_betas)} must be two numbers in [0, 1)")
         if not self.lr < math.inf:
             raise ConfigError(f"lr={self.lr} must be finite")
+
+    def update_accum(self, world_size: int) -> int:
+        """Batches each of ``world_size`` processes accumulates into one update: ``accum``,
+        or with ``update_tokens`` set, ``max(1, round(update_tokens / (world_size ×
+        batch_tokens)))`` (Python's round: halves go to the even number)."""
+        if not self.update_tokens:
+            return self.accum
+        return max(1, round(self.update_tokens / (world_size * self.batch_tokens)))
 
 
 @dataclass(frozen=True)

@@ -115,12 +115,16 @@ def resolve(
 ) -> tuple[ModelConfig, TrainConfig]:
     """Merge preset, config file and flags (flags win) into validated configs.
 
+    ``accum`` and ``update_tokens`` both set the size of an update: one given in a layer
+    (flags over file over preset) replaces the other of the layers below.
+
     ``None`` values in the override dicts mean "not given" and are ignored. ``model_base``
     (fine-tuning: the initial model's config) replaces the preset's model values when no
     preset is named, by flag or by the file.
 
     Raises:
-        ConfigError: unknown preset or key, or an invalid value.
+        ConfigError: unknown preset or key, an invalid value, or ``accum`` and
+            ``update_tokens`` given together in one layer.
     """
     file_data = read_toml(config_file) if config_file else {}
     name = preset_name or file_data.get("preset") or "small"
@@ -128,9 +132,23 @@ def resolve(
     model_values = dict(model_base) if model_base is not None and not named else preset(name)
     model_values.update(file_data.get("model", {}))
     model_values.update({k: v for k, v in model_overrides.items() if v is not None})
-    train_values = dict(PRESET_RECIPES[name])
-    train_values.update(file_data.get("train", {}))
-    train_values.update({k: v for k, v in train_overrides.items() if v is not None})
+    train_values: dict[str, Any] = {}
+    for layer in (
+        PRESET_RECIPES[name],
+        file_data.get("train", {}),
+        {k: v for k, v in train_overrides.items() if v is not None},
+    ):
+        if layer.get("update_tokens") and "accum" in layer:
+            raise ConfigError(
+                f"accum={layer['accum']} and update_tokens={layer['update_tokens']} both set "
+                "the size of an update: give one of them (--accum or --update-tokens)"
+            )
+        train_values.update(layer)
+        # accum and update_tokens say one thing (the update's size): the higher layer's wins.
+        if "accum" in layer and "update_tokens" not in layer:
+            train_values.pop("update_tokens", None)
+        if "update_tokens" in layer and "accum" not in layer:
+            train_values.pop("accum", None)
     where = str(config_file) if config_file else "config"
     model_cfg = from_dict(ModelConfig, model_values, f"{where} [model]")
     train_cfg = from_dict(TrainConfig, train_values, f"{where} [train]")

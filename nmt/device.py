@@ -1,5 +1,6 @@
-"""Where and in which dtype to compute: the device (:func:`resolve_device`) and the training
-autocast dtype (:func:`pick_dtype`, with the CPU check :func:`cpu_has_native_bf16`)."""
+"""Where and in which dtype to compute: the device (:func:`resolve_device`), the training
+autocast dtype (:func:`pick_dtype`, with the CPU check :func:`cpu_has_native_bf16`) and
+TF32 for float32 products on CUDA (:func:`set_tf32`)."""
 
 from __future__ import annotations
 
@@ -75,3 +76,15 @@ def pick_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """On a CUDA ``device``, allow (or forbid) TF32 tensor-core products for float32 work:
+    ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` (process
+    wide, as torch keeps them). TF32 rounds the inputs of a product to a 10-bit mantissa and
+    accumulates in float32 (NVIDIA Ampere and newer; older GPUs ignore it). Nothing changes
+    on other devices."""
+    if device.type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -352,3 +352,31 @@ def test_languages_with_pairs_are_a_usage_error(tiny_corpus: tuple[Path, Path], 
     assert result.exit_code == 2 and "each pair names its languages" in result.output
     assert "--src-lang/--tgt-lang" in result.output
     assert not (tmp_path / "ml").exists()
+
+
+def test_clip_norm_label_smoothing_and_max_len_flags_win_over_the_config_file(
+    tmp_path: Path, corpus: tuple[Path, Path], monkeypatch
+) -> None:
+    """--clip-norm, --label-smoothing and --max-len reach the resolved TrainConfig: a flag
+    over the TOML file's value, the file's value over the default, the default otherwise."""
+    calls = []
+
+    def fake_train(train, valid, out, model_cfg, train_cfg, *args, **flags):  # type: ignore[no-untyped-def]
+        calls.append(train_cfg)
+        return SimpleNamespace(dist=SimpleNamespace(is_main=False)), "done"
+
+    monkeypatch.setattr(cli.train, "run_training", fake_train)
+    config = tmp_path / "run.toml"
+    config.write_text(
+        "[train]\nclip_norm = 5.0\nlabel_smoothing = 0.2\nmax_len = 100\n", encoding="utf-8"
+    )
+    base = train_args(*corpus, tmp_path / "run", "--preset", "tiny")
+    flags = ("--clip-norm", "0.5", "--label-smoothing", "0.05", "--max-len", "64")
+    for args in ([*base, *flags], [*base, "--config", config, *flags]):
+        assert invoke(*args).exit_code == 0
+    assert invoke(*base, "--config", config, "--max-len", "80").exit_code == 0
+    assert invoke(*base).exit_code == 0
+    given = [(c.clip_norm, c.label_smoothing, c.max_len) for c in calls]
+    assert given == [(0.5, 0.05, 64), (0.5, 0.05, 64), (5.0, 0.2, 80), (1.0, 0.1, 200)]
+    result = invoke(*base, "--label-smoothing", "1.5")
+    assert_one_line_error(result, "label_smoothing=1.5")

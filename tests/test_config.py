@@ -237,10 +237,31 @@ def test_presets_carry_their_training_recipes_under_the_file_and_the_flags(
     _, small = resolve("small", None, {}, {})
     assert small == TrainConfig()  # the Multi30k CPU recipe is the defaults
     _, base = resolve("base", None, {}, {})
-    assert (base.lr, base.warmup_steps, base.batch_tokens, base.accum) == (7e-4, 4000, 4096, 6)
+    assert (base.lr, base.warmup_steps, base.batch_tokens) == (7e-4, 4000, 4096)
+    assert [base.update_accum(n) for n in (1, 2, 4, 8)] == [6, 3, 2, 1]  # ~25k tokens
     assert base.clip_norm == 0.0 and base.lr_schedule == "inverse_sqrt"
     big_model, big = resolve("big", None, {}, {})
     assert (big.lr, big_model.dropout) == (5e-4, 0.3)
     path = write_toml(tmp_path, 'preset = "base"\n[train]\nwarmup_steps = 8000\n')
     _, mixed = resolve(None, path, {}, {"lr": 1e-3})
-    assert (mixed.lr, mixed.warmup_steps, mixed.accum) == (1e-3, 8000, 6)
+    assert (mixed.lr, mixed.warmup_steps, mixed.update_accum(1)) == (1e-3, 8000, 6)
+
+
+def test_update_tokens_sets_accum_per_process_count_and_replaces_a_lower_layers_accum(
+    tmp_path: Path,
+) -> None:
+    """--update-tokens N: max(1, round(N / (world_size × batch_tokens))) batches per process;
+    accum and update_tokens given in a higher layer (flag > file > preset) replace the other
+    one of the layers below, and both in one layer is an error."""
+    cfg = TrainConfig(batch_tokens=4000, update_tokens=32000)
+    assert [cfg.update_accum(n) for n in (1, 2, 3, 8, 16, 64)] == [8, 4, 3, 1, 1, 1]
+    assert TrainConfig(accum=3).update_accum(8) == 3  # without update_tokens: accum as given
+    _, flagged = resolve("base", None, {}, {"accum": 2})
+    assert (flagged.update_tokens, flagged.update_accum(4)) == (0, 2)
+    path = write_toml(tmp_path, 'preset = "tiny"\n[train]\naccum = 4\n')
+    _, by_flag = resolve(None, path, {}, {"update_tokens": 8192})
+    assert (by_flag.accum, by_flag.update_accum(2)) == (1, 2)  # the file's accum replaced
+    with pytest.raises(ConfigError, match="accum=2 and update_tokens=8192 both set"):
+        resolve(None, None, {}, {"accum": 2, "update_tokens": 8192})
+    with pytest.raises(ConfigError, match="update_tokens=-1 must not be negative"):
+        TrainConfig(update_tokens=-1)

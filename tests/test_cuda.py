@@ -300,3 +300,44 @@ def test_ctranslate2_on_cuda_agrees_with_torch(
     # At the length limit CTranslate2 adds no EOS score and ours does: not compared there.
     limits = dict(zip(found_torch, engine.limits([len(src) for src in found_torch])))
     assert_greedy_agree(reference, found_torch, found_ct2, CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL, limits)
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_follows_the_setting_for_float32_work_on_cuda(
+    tf32: bool, tmp_path: Path, spm_model: Path, tiny_corpus, tiny_model_config, tiny_train_config
+) -> None:
+    """A float32 run on CUDA turns TF32 on for matrix products and cuDNN (train.tf32, the
+    default) or off (--no-tf32), and records it in its precision record."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+        cfg = tiny_train_config(device="cuda", dtype="fp32", tf32=tf32)
+        trainer = make_trainer(tmp_path, spm_model, tiny_corpus, tiny_model_config(), cfg)
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        record = trainer.precision_record()
+        assert (record["tf32"], record["cudnn_tf32"], record["valid_dtype"]) == (
+            tf32, tf32, "float32",
+        )  # fmt: skip
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_validation_runs_under_the_training_dtypes_autocast_on_cuda(
+    tmp_path: Path, spm_model: Path, tiny_corpus, tiny_model_config, tiny_train_config
+) -> None:
+    """A bf16 run on the GPU validates (loss and search) under CUDA bf16 autocast."""
+    tokenizer = Tokenizer(spm_model)
+    src, tgt = read_parallel(tiny_corpus[1], "de", "en")
+    data = encode_parallel(tokenizer, src[:8], tgt[:8], 200)
+    cfg = tiny_train_config(device="cuda", dtype="bf16")
+    trainer = Trainer(tmp_path, tiny_model_config(), cfg, tokenizer, data, data, (src[:8], tgt[:8]))
+    seen: list[tuple[bool, torch.dtype]] = []
+    trainer.model.encoder_layers[0].register_forward_pre_hook(
+        lambda module, args: seen.append(
+            (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        )
+    )
+    result = trainer.validate()
+    assert len(seen) >= 2 and set(seen) == {(True, torch.bfloat16)}
+    assert math.isfinite(result.loss)

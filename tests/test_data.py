@@ -139,3 +139,46 @@ def test_prefetcher_stops_its_thread_when_the_consumer_stops_early() -> None:
                 break
     assert not items.thread.is_alive()
     assert len(produced) <= 5 + 1 + 2 + 1  # at most depth items (and one in hand) ahead
+
+
+def collate_one_by_one(data, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # type: ignore[no-untyped-def]
+    """The collation before it was vectorised, sentence by sentence: the reference."""
+    pairs = [data.pair(int(i)) for i in indices]
+    width_src = max(len(s) for s, _ in pairs) + 1
+    width_tgt = max(len(t) for _, t in pairs) + 1
+    src = torch.full((len(pairs), width_src), PAD_ID, dtype=torch.int64)
+    tgt_in = torch.full((len(pairs), width_tgt), PAD_ID, dtype=torch.int64)
+    tgt_out = torch.full((len(pairs), width_tgt), PAD_ID, dtype=torch.int64)
+    for row, (s, t) in enumerate(pairs):
+        src[row, : len(s) + 1] = torch.tensor([*map(int, s), EOS_ID])
+        tgt_in[row, : len(t) + 1] = torch.tensor([BOS_ID, *map(int, t)])
+        tgt_out[row, : len(t) + 1] = torch.tensor([*map(int, t), EOS_ID])
+    return src, tgt_in, tgt_out, sum(len(t) + 1 for _, t in pairs)
+
+
+def test_vectorised_collate_gives_the_tensors_of_sentence_by_sentence_collation(
+    tmp_path: Path, spm_model: Path, tokenizer: Tokenizer, multi30k, corpus_writer
+) -> None:
+    """The prepared store's batches (every batch of a real epoch plan of 2,000 Multi30k
+    pairs, the whole store and a max_len-filtered view of it), an in-memory corpus's and a
+    multilingual corpus's equal, id for id, what sentence-by-sentence collation gives."""
+    from nmt.data.batching import make_batches
+    from nmt.data.multilingual import MultiCorpus
+    from nmt.data.store import open_store, prepare
+
+    de, en = multi30k("train", "de", 2000), multi30k("train", "en", 2000)
+    prepare(corpus_writer(tmp_path / "train", de, en), tmp_path / "d", "de", "en",
+            spm_path=spm_model)  # fmt: skip
+    stores = [open_store(tmp_path / "d", 200), open_store(tmp_path / "d", 16)]
+    assert stores[0].index is None and stores[1].index is not None  # both paths of gather
+    in_memory = encode_parallel(tokenizer, de[:300], en[:300], 200)
+    multi = MultiCorpus([stores[1], in_memory], [5, 6], temperature=1.0, seed=1)
+    for corpus in (*stores, in_memory, multi):
+        plan = make_batches(corpus.src_lens, corpus.tgt_lens, 500, seed=3)
+        assert len(plan) > 3
+        for indices in [*plan, plan[0].tolist(), [len(corpus) - 1, 0, 7, 7]]:
+            batch = collate(corpus, indices)
+            src, tgt_in, tgt_out, n_tokens = collate_one_by_one(corpus, indices)
+            assert torch.equal(batch.src, src) and torch.equal(batch.tgt_in, tgt_in)
+            assert torch.equal(batch.tgt_out, tgt_out) and batch.n_tgt_tokens == n_tokens
+            assert batch.src.dtype == batch.tgt_in.dtype == torch.int64

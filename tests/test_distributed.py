@@ -129,3 +129,71 @@ def test_two_processes_take_the_per_token_mean_over_the_global_batch(corpus, tmp
     assert two.keys() == one.keys()
     worst = max(float((two[k] - one[k]).abs().max()) for k in one)
     assert worst < 1e-5, f"largest weight difference {worst:.2e}"
+
+
+@pytest.fixture(scope="module")
+def update_runs(corpus, tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """12 updates of --update-tokens 2048 at --batch-tokens 1024 (dropout 0, every update
+    logged): ``one`` on one process (accum 2), ``two`` on two (accum 1)."""
+    train, valid = corpus
+    folder = tmp_path_factory.mktemp("update-tokens")
+    config = folder / "log.toml"
+    config.write_text("[train]\nlog_every = 1\n", encoding="utf-8")
+    recipe = ("--eval-every", "100", "--config", str(config), *UPDATE_RECIPE)
+    return {
+        name: (folder / name, nmt_train(folder / name, train, valid, 12, procs, 1024, *recipe))
+        for name, procs in (("one", 1), ("two", 2))
+    }
+
+
+UPDATE_RECIPE = ("--dropout", "0", "--update-tokens", "2048")
+
+
+def test_update_tokens_makes_the_same_updates_on_one_and_two_processes_and_resumes_across(
+    corpus, update_runs, tmp_path
+):
+    """--update-tokens 2048 at --batch-tokens 1024 is accum 2 on one process and accum 1 on
+    two: the same plan batches in every update, so the same updates (dropout 0, float32). A
+    run started on one process resumes on two (processes × accum unchanged) and ends where
+    the uninterrupted run ends.
+
+    Tolerance: the two paths add the same float32 gradients in two ways (one buffer, or
+    gloo's sum of two), which came out bit for bit equal here on CPU; another reduction order
+    (NCCL's ring) would differ by ~1e-7 relative per update, and through Adam at lr 3e-3 over
+    12 updates 1e-5 bounds that, as for the --accum test above.
+    """
+    train, valid = corpus
+    (one_dir, _), (two_dir, _) = update_runs["one"], update_runs["two"]
+    saved = load_resume(one_dir / RESUME_FILE)
+    assert saved["update"] == {"update_tokens": 2048, "accum": 2, "world_size": 1}
+    assert load_resume(two_dir / RESUME_FILE)["update"]["accum"] == 1
+    recipe = ("--eval-every", "100", *UPDATE_RECIPE)
+    nmt_train(tmp_path / "moved", train, valid, 6, 1, 1024, *recipe)
+    nmt_train(tmp_path / "moved", train, valid, 12, 2, 1024, *recipe)  # resumed on two
+    moved = load_resume(tmp_path / "moved" / RESUME_FILE)
+    assert (moved["state"]["step"], moved["update"]["world_size"]) == (12, 2)
+    one = load_weights(one_dir / "last.safetensors")
+    for other in (two_dir, tmp_path / "moved"):
+        weights = load_weights(other / "last.safetensors")
+        assert weights.keys() == one.keys()
+        worst = max(float((weights[k] - one[k]).abs().max()) for k in one)
+        assert worst < 1e-5, f"{other.name}: largest weight difference {worst:.2e}"
+
+
+def test_two_processes_log_once_and_log_the_global_mean_loss(update_runs):
+    """A 2-process run prints its start-up lines once (rank 0), and its logged training
+    loss is the mean over both processes' target tokens: the one-process run of the same
+    updates logs the same losses (rank 0's share alone is the loss of half of each update's
+    batches, not the update's)."""
+    (one_dir, one_done), (two_dir, two_done) = update_runs["one"], update_runs["two"]
+    for line in ("training pairs from", "update_tokens=2,048: accum 1 on each of 2"):
+        assert two_done.stderr.count(line) == 1, two_done.stderr[-3000:]
+    assert one_done.stderr.count("update_tokens=2,048: accum 2 on each of 1") == 1
+
+    def losses(run: Path) -> list[float]:
+        lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+    one, two = losses(one_dir), losses(two_dir)
+    assert len(one) == len(two) == 12
+    assert two == pytest.approx(one, rel=1e-5)

@@ -124,6 +124,8 @@ def write_gpu_run(out: Path, run: Path, data: Path, model_cfg) -> None:  # type:
         {"type": "train", "step": 50 * (i + 1), "tgt_tokens_per_s": v, "data_wait_share": 0.01}
         for i, v in enumerate(speeds)
     ] + [{"type": "valid", "step": 300, "bleu": 12.345}]
+    records.insert(0, {"type": "precision", "step": 0, "train_dtype": "bfloat16",
+                       "valid_dtype": "bfloat16", "tf32": True, "cudnn_tf32": True})  # fmt: skip
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -160,6 +162,8 @@ def test_report_from_what_a_gpu_run_leaves(
         f"{100 * train['mfu']:.3g}% |",
         f"| **MFU** | **{100 * train['mfu']:.3g}%** |",
         "| valid BLEU at the end (greedy) | 12.35 |",
+        "| training / validation dtype; TF32 for float32 matmul, cuDNN | bfloat16 / bfloat16; "
+        "TF32 on, on |",
         "| target tokens/s (median of 5 50-update windows after the first) | 110,000 |",
         "### Training `base` (bf16, 8192 tokens per batch, 300 updates, de→en)",
     ):

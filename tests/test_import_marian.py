@@ -467,3 +467,28 @@ def test_serve_takes_the_marian_target_tag_per_request(
         assert {"code": "de", "name": "German", "targets": ["en", "fra"]} in client.get(
             "/languages"
         ).json()
+
+
+def test_fine_tuning_an_imported_model_is_refused_saying_so(
+    imported: Path, tmp_path: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """--init-from an imported OPUS-MT model failed with "pad_id=...: leave pad_id at its
+    default", a setting the user never touched; it is refused as what it is, before anything
+    is written, on the command line and in the library."""
+    from conftest import make_tiny_train_config, write_corpus
+
+    from nmt.train.run import train
+
+    prefix = write_corpus(tmp_path / "pairs", *pairs)
+    out = tmp_path / "ft"
+    args = ["train", "--train", str(prefix), "--valid", str(prefix), "--device", "cpu",
+            "--init-from", str(imported), "--max-steps", "1", "-o", str(out)]  # fmt: skip
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 1, done.output
+    message = " ".join(done.stderr.split())
+    assert f"--init-from {imported} is an imported Marian/OPUS-MT model" in message
+    assert "cannot fine-tune it yet" in message and "pad_id" not in message
+    model_cfg = load_model(imported)[0].cfg
+    with pytest.raises(ConfigError, match="is an imported Marian/OPUS-MT model"):
+        train(prefix, prefix, out, model_cfg, make_tiny_train_config(), init_from=imported)
+    assert not out.exists()

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_model_config, make_tiny_train_config
 
 from nmt.config import DecodeConfig
+from nmt.data.parallel import encode_parallel, read_parallel
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
 from nmt.evaluate.score import corpus_scores
 from nmt.model.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, load_weights
 from nmt.train.run import StepStats, TrainObserver, inverse_sqrt_lr, train
+from nmt.train.trainer import Trainer
 
 
 def test_inverse_sqrt_schedule() -> None:
@@ -462,9 +465,10 @@ def test_resume_refuses_another_batch_order_unless_told(
     changed = tiny_train_config(max_steps=10, batch_tokens=999)
     with pytest.raises(ConfigError, match=r"batch_tokens=1000, this run gives 999.*--reset-data"):
         run(out, tiny_corpus, spm_model, model_cfg, changed)
-    for field, value in (("seed", 2), ("accum", 2)):
-        with pytest.raises(ConfigError, match=rf"{field}=1, this run gives {value}"):
-            run(out, tiny_corpus, spm_model, model_cfg, tiny_train_config(**{field: value}))
+    with pytest.raises(ConfigError, match=r"seed=1, this run gives 2"):
+        run(out, tiny_corpus, spm_model, model_cfg, tiny_train_config(seed=2))
+    with pytest.raises(ConfigError, match=r"updates were 1 batches each.*this run's are 2"):
+        run(out, tiny_corpus, spm_model, model_cfg, tiny_train_config(update_tokens=2000))
     assert torch.load(out / "resume.pt", weights_only=True)["state"]["step"] == 5  # untouched
     recorder = Recorder()
     train(
@@ -574,3 +578,63 @@ def test_a_validation_set_that_fits_nothing_is_refused(
             tiny_corpus[0], valid, tmp_path / "run", tiny_model_config(),
             tiny_train_config(max_steps=2), spm_path=spm_model,
         )  # fmt: skip
+
+
+def validation_trainer(tmp_path: Path, spm_model: Path, tiny_corpus, **train) -> Trainer:  # type: ignore[no-untyped-def]
+    """A Trainer of the tiny preset with 8 of the tiny corpus's validation pairs."""
+    tokenizer = Tokenizer(spm_model)
+    src, tgt = read_parallel(tiny_corpus[1], "de", "en")
+    pairs = (src[:8], tgt[:8])
+    data = encode_parallel(tokenizer, *pairs, 200)
+    return Trainer(
+        tmp_path, make_tiny_model_config(), make_tiny_train_config(**train), tokenizer, data,
+        data, pairs,
+    )  # fmt: skip
+
+
+def autocast_seen(trainer: Trainer) -> list[tuple[bool, torch.dtype]]:
+    """Validate once; the CPU autocast state at every encoder call of it (the loss's and
+    the search's)."""
+    seen: list[tuple[bool, torch.dtype]] = []
+    trainer.model.encoder_layers[0].register_forward_pre_hook(
+        lambda module, args: seen.append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        )
+    )
+    trainer.validate()
+    return seen
+
+
+def test_validation_runs_under_the_training_dtypes_autocast(
+    tmp_path: Path, tiny_corpus, spm_model: Path
+) -> None:
+    """A bf16 run validates (teacher-forced loss and the search for BLEU) under bf16
+    autocast, as it trains; valid_autocast=False validates in float32, and the precision
+    record of metrics.jsonl says which."""
+    bf16 = validation_trainer(tmp_path / "a", spm_model, tiny_corpus, dtype="bf16")
+    seen = autocast_seen(bf16)
+    assert len(seen) >= 2 and set(seen) == {(True, torch.bfloat16)}
+    assert bf16.precision_record()["valid_dtype"] == "bfloat16"
+    plain = validation_trainer(
+        tmp_path / "b", spm_model, tiny_corpus, dtype="bf16", valid_autocast=False
+    )
+    assert {enabled for enabled, _ in autocast_seen(plain)} == {False}
+    record = plain.precision_record()
+    assert (record["train_dtype"], record["valid_dtype"], record["tf32"]) == (
+        "bfloat16", "float32", False,
+    )  # fmt: skip
+
+
+@pytest.mark.kernels
+def test_validation_loss_under_bf16_autocast_is_float32s_within_bf16_rounding(
+    tmp_path: Path, tiny_corpus, spm_model: Path
+) -> None:
+    """The same weights validated under bf16 autocast and in float32: teacher-forced loss
+    within 2% (bf16 keeps 8 mantissa bits; the tiny model's loss moved 0.1-0.5% here)."""
+    losses = [
+        validation_trainer(tmp_path / str(a), spm_model, tiny_corpus, dtype="bf16",
+                           valid_autocast=a).validate().loss
+        for a in (True, False)
+    ]  # fmt: skip
+    assert losses[0] != losses[1]
+    assert losses[0] == pytest.approx(losses[1], rel=0.02)

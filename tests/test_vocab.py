@@ -302,3 +302,45 @@ def test_server_labels_attention_with_each_sides_pieces(separate_run: Path, pair
             tokenizer.piece(i) for i in tokenizer.encode_target([out["text"]])[0]
         ]
         assert out["text"] == pairs[1][0]
+
+
+def test_init_from_with_another_vocab_layout_is_refused_naming_both(
+    vocab_dir: Path, spm_model: Path, pairs, corpus_writer, tmp_path: Path
+) -> None:
+    """--vocab-layout joint with --init-from a separate-vocabulary model was ignored (the run
+    trained with separate vocabularies); separate with a joint model said it had "a 0-piece
+    vocabulary". Both are refused, naming the typed layout and the folder's; nothing is
+    written. With the folder's own layout, fine-tuning starts."""
+    prefix = corpus_writer(tmp_path / "pairs", *pairs)
+    common = ["train", "--train", str(prefix), "--valid", str(prefix), "--device", "cpu",
+              "--dtype", "fp32", "--max-steps", "1", "--eval-every", "1",
+              "--preset", "tiny"]  # fmt: skip
+    separate, joint = tmp_path / "separate", tmp_path / "joint"
+    for out, spm, layout in ((separate, vocab_dir, "separate"), (joint, spm_model, "joint")):
+        done = CliRunner().invoke(
+            app, [*common, "--spm", str(spm), "--vocab-layout", layout, "-o", str(out)]
+        )
+        assert done.exit_code == 0, done.output
+    for model, layout, have in ((separate, "joint", "separate"), (joint, "separate", "joint")):
+        out = tmp_path / f"from-{have}"
+        args = [*common[:-2], "--init-from", str(model), "--vocab-layout", layout, "-o", str(out)]
+        done = CliRunner().invoke(app, args)
+        assert done.exit_code == 1, done.output
+        message = " ".join(done.stderr.split())
+        assert f"--vocab-layout {layout}, but the --init-from folder {model} has a {have} " in (
+            message
+        )
+        assert "0-piece" not in message and not out.exists()
+    out = tmp_path / "same"
+    args = [
+        *common[:-2],
+        "--init-from",
+        str(separate),
+        "--vocab-layout",
+        "separate",
+        "-o",
+        str(out),
+    ]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    assert read_config(out)["model"]["src_vocab_size"] == SRC_VOCAB

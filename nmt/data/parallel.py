@@ -127,6 +127,10 @@ class Batch:
         )
 
 
+# One side of a batch: (total,) ids of its sentences one after another, (count,) lengths.
+Ragged = tuple[np.ndarray, np.ndarray]
+
+
 def pad(
     seqs: Sequence[Sequence[int] | np.ndarray],
     prefix: int | None = None,
@@ -138,27 +142,69 @@ def pad(
 
     ``seqs`` may hold lists or numpy arrays (rows of a memory-mapped store).
     """
+    return pad_ragged(*ragged(seqs), prefix, suffix, pad_id)
+
+
+def ragged(seqs: Sequence[Sequence[int] | np.ndarray]) -> Ragged:
+    """Id sequences as one flat ``(total,)`` int64 array and their ``(count,)`` lengths."""
+    lens = np.array([len(s) for s in seqs], dtype=np.int64)
+    flat = [np.asarray(s, dtype=np.int64) for s in seqs if len(s)]
+    return (np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)), lens
+
+
+def gather_pairs(data: Corpus, indices: Sequence[int] | np.ndarray) -> tuple[Ragged, Ragged]:
+    """The source and target ids of the examples at ``indices``, each side as one flat
+    array and the sentences' lengths: a corpus with a vectorised ``gather`` (the prepared
+    store, :meth:`nmt.data.prepared.ParallelStore.gather`) answers in a few numpy calls;
+    others are asked pair by pair."""
+    gather = getattr(data, "gather", None)
+    if gather is not None:
+        return gather(np.asarray(indices, dtype=np.int64))  # type: ignore[no-any-return]
+    pairs = [data.pair(int(i)) for i in indices]
+    return ragged([s for s, _ in pairs]), ragged([t for _, t in pairs])
+
+
+def pad_ragged(
+    ids: np.ndarray,
+    lens: np.ndarray,
+    prefix: int | None = None,
+    suffix: int | None = None,
+    pad_id: int = PAD_ID,
+) -> torch.Tensor:
+    """:func:`pad` of sentences given as one flat array, without a loop over them.
+
+    Args:
+        ids: ``(total,)`` ids of the sentences one after another; lens: ``(count,)`` their
+            lengths (``total = lens.sum()``).
+        prefix / suffix: an id put before / after every sentence (BOS, EOS), if given.
+
+    Returns:
+        ``(count, max(lens) + [prefix] + [suffix])`` int64, right-padded with ``pad_id``.
+    """
+    lens = np.asarray(lens, dtype=np.int64)
     start = int(prefix is not None)
-    width = max(len(s) for s in seqs) + start + int(suffix is not None)
-    out = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    for row, seq in enumerate(seqs):
-        out[row, start : start + len(seq)] = seq
-        if prefix is not None:
-            out[row, 0] = prefix
-        if suffix is not None:
-            out[row, start + len(seq)] = suffix
+    width = int(lens.max(initial=0)) + start + int(suffix is not None)
+    out = np.full((len(lens), width), pad_id, dtype=np.int64)
+    rows = np.repeat(np.arange(len(lens)), lens)  # (total,) the sentence of each id
+    firsts = np.cumsum(lens) - lens  # (count,) where each sentence starts in ids
+    cols = np.arange(len(rows)) - np.repeat(firsts, lens) + start  # (total,) its column
+    out[rows, cols] = ids
+    if prefix is not None:
+        out[:, 0] = prefix
+    if suffix is not None:
+        out[np.arange(len(lens)), lens + start] = suffix
     return torch.from_numpy(out)
 
 
 def collate(data: Corpus, indices: Sequence[int] | np.ndarray) -> Batch:
     """The padded :class:`Batch` of the examples at ``indices`` (ints or a ``(count,)``
-    integer array)."""
-    pairs = [data.pair(i) for i in indices]
-    tgt: list[Sequence[int] | np.ndarray] = [t for _, t in pairs]
-    src = pad([s for s, _ in pairs], suffix=EOS_ID)
-    tgt_in = pad(tgt, prefix=BOS_ID)
-    tgt_out = pad(tgt, suffix=EOS_ID)
-    return Batch(src, tgt_in, tgt_out, int(sum(len(t) + 1 for t in tgt)))
+    integer array), built with array operations over the whole batch (:func:`gather_pairs`,
+    :func:`pad_ragged`), not sentence by sentence."""
+    (src_ids, src_lens), (tgt_ids, tgt_lens) = gather_pairs(data, indices)
+    src = pad_ragged(src_ids, src_lens, suffix=EOS_ID)
+    tgt_in = pad_ragged(tgt_ids, tgt_lens, prefix=BOS_ID)
+    tgt_out = pad_ragged(tgt_ids, tgt_lens, suffix=EOS_ID)
+    return Batch(src, tgt_in, tgt_out, int(tgt_lens.sum()) + len(tgt_lens))
 
 
 T = TypeVar("T")

@@ -66,14 +66,25 @@ class TokenStore:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.ids[self.offsets[i] : self.offsets[i + 1]]
 
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sentences at ``rows`` in one pass: ``(total,)`` int64 ids, one sentence after
+        another, and ``(count,)`` int64 lengths."""
+        starts = self.offsets[rows]
+        lens = self.offsets[rows + 1] - starts
+        # Position of every id in the store: its sentence's start plus its place in it.
+        firsts = np.cumsum(lens) - lens
+        where = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(starts - firsts, lens)
+        return self.ids[where].astype(np.int64), lens.astype(np.int64)
+
 
 class ParallelStore:
     """Sentence pairs of a data folder, restricted to those with both sides ≤ ``max_len``.
 
-    Implements the corpus interface of :func:`nmt.data.parallel.collate`: ``len()``, ``src_lens``,
-    ``tgt_lens`` and ``pair(i)``. Nothing of the corpus's size is held in memory when no
-    pair is left out (the usual case: ``filtered_at``, the ``max_len`` the folder was
-    prepared with, is at most ``max_len``); otherwise the kept pairs' row numbers.
+    Implements the corpus interface of :func:`nmt.data.parallel.collate`: ``len()``,
+    ``src_lens``, ``tgt_lens``, ``pair(i)`` and the vectorised ``gather(indices)``. Nothing
+    of the corpus's size is held in memory when no pair is left out (the usual case:
+    ``filtered_at``, the ``max_len`` the folder was prepared with, is at most ``max_len``);
+    otherwise the kept pairs' row numbers.
 
     Attributes:
         dropped: pairs of the store left out by ``max_len``.
@@ -118,6 +129,15 @@ class ParallelStore:
         """The source and target ids of pair ``i``."""
         row = i if self.index is None else self.index[i]
         return self.src[row], self.tgt[row]
+
+    def gather(
+        self, indices: np.ndarray
+    ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """The pairs at ``indices`` (``(count,)`` int) at once, for
+        :func:`nmt.data.parallel.collate`: ``((src_ids, src_lens), (tgt_ids, tgt_lens))``, each
+        side's ids flat ``(total,)`` int64 (:meth:`TokenStore.gather`)."""
+        rows = indices if self.index is None else self.index[indices].astype(np.int64)
+        return self.src.gather(rows), self.tgt.gather(rows)
 
 
 def read_meta(data_dir: str | Path) -> dict[str, Any]:

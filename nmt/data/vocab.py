@@ -141,6 +141,26 @@ def check_vocab_sizes(folder: str | Path, asked: dict[str, int | None], option: 
             )
 
 
+def check_vocab_layout(folder: str | Path, layout: str | None, option: str) -> None:
+    """Check a ``--vocab-layout`` typed on the command line (``None`` = not typed) against
+    the vocabulary of ``folder`` (a ``--data`` or ``--init-from`` folder), which the model
+    must take: one that disagrees was silently ignored (joint asked of a separate folder) or
+    reported as a size problem (separate asked of a joint one).
+
+    Raises:
+        ConfigError: the layouts differ (both named, with ``option``'s folder and the way out).
+    """
+    have = vocab_layout(folder)
+    if layout is None or layout == have or have == "marian":  # an imported model: its own check
+        return
+    redo = "prepare the data again with it" if option == "--data" else "train a new model"
+    raise ConfigError(
+        f"--vocab-layout {layout}, but the {option} folder {folder} has a {have} vocabulary "
+        f"({', '.join(LAYOUT_FILES[have])}), which the model takes: drop --vocab-layout, or "
+        f"{redo}"
+    )
+
+
 def vocab_layout(folder: str | Path) -> str:
     """The layout of the tokenizer files in ``folder``: ``joint``, ``separate`` or ``marian``.
 

@@ -110,6 +110,6 @@ def too_few_batches(pairs: int, cfg: TrainConfig, world_size: int) -> str:
     return (
         f"an epoch of {pairs:,} training pairs at batch_tokens={cfg.batch_tokens} makes fewer "
         f"than the {need} batches one update needs ({world_size} process(es) × accum="
-        f"{cfg.accum}), so training could never take a step: lower --accum or "
-        "--batch-tokens, use fewer processes, or train on more data"
+        f"{cfg.accum}), so training could never take a step: lower --accum (or "
+        "--update-tokens) or --batch-tokens, use fewer processes, or train on more data"
     )

@@ -118,7 +118,8 @@ def changed_data_order(
     saved: dict[str, Any], now: dict[str, int | str], path: Path, epoch: int
 ) -> str | None:
     """Compare the batch order a checkpoint was saved with (its ``data_order``: batch
-    tokens, seed, accumulation, process count, corpus) with this run's.
+    tokens, seed, batches per update = processes × accum, corpus) with this run's. Another
+    process count with the same batches per update is the same order.
 
     Returns:
         ``None`` when nothing changed, else the message of the error to raise: the first
@@ -126,11 +127,23 @@ def changed_data_order(
         folder, ``--overwrite``).
     """
     # A checkpoint from before the record used the first batch order (version 1).
-    before = saved.get("data_order") or {"batching": 1}
+    before = dict(saved.get("data_order") or {"batching": 1})
+    if "accum" in before and "world_size" in before:  # recorded apart before update_tokens
+        before["batches_per_update"] = before.pop("accum") * before.pop("world_size")
     changed = [k for k in before if k in now and before[k] != now[k]]
     if not changed:
         return None
     field = changed[0]
+    if field == "batches_per_update":
+        return (
+            f"{path}: the run's updates were {before[field]} batches each (processes × accum), "
+            f"this run's are {now[field]}; the saved position in epoch {epoch} would then "
+            "point into other updates. Resume with processes × accum = "
+            f"{before[field]} (the same --update-tokens, or --accum {before[field]} divided "
+            "by the number of processes), or pass --reset-data-position to continue the "
+            "weights from the start of a new epoch, or start a new run folder (--overwrite "
+            "replaces this one)"
+        )
     return (
         f"{path}: the run was trained with {field}={before[field]!r}, this run gives "
         f"{now[field]!r}; the saved position in epoch {epoch} would then point into another "

@@ -261,6 +261,8 @@ def _train(
     init_weights: Path | None = None,
 ) -> tuple[Trainer, str]:
     """:func:`train` once the input is checked and the process group (if any) is joined."""
+    if not env.is_main:  # rank 0 tells what the run does, once for the job
+        observer = TrainObserver()
     # checked before rank 0 writes anything
     resume = not overwrite and (out_dir / ckpt.RESUME_FILE).is_file()
     error: NMTError | None = None

@@ -209,6 +209,26 @@ def first_difference(a: ModelConfig, b: ModelConfig, skip: tuple[str, ...]) -> s
 TUNABLE = ("dropout", "attention_dropout", "activation_dropout")
 
 
+def check_init_folder(init_from: Path) -> None:
+    """Refuse an ``--init-from`` folder nmt cannot train from, before its config is read
+    (an imported Marian model's special ids would otherwise be reported as settings the
+    user never touched).
+
+    Raises:
+        ConfigError: an imported Marian/OPUS-MT model (``nmt import marian``), named, with
+            why and what to do instead.
+    """
+    if vocab_layout(init_from) == "marian":
+        raise ConfigError(
+            f"--init-from {init_from} is an imported Marian/OPUS-MT model ({VOCAB_FILE} over "
+            f"{SOURCE_SPM} and {TARGET_SPM}): nmt cannot fine-tune it yet. Training encodes "
+            "with nmt's SentencePiece layouts and special ids (pad 0, BOS 2, EOS 3), not "
+            "Marian's vocabulary and ids; fine-tune it with Marian or Hugging Face "
+            "transformers and import the result with nmt import marian, or translate with it "
+            "as it is"
+        )
+
+
 def init_model_config(
     init_from: Path, given: ModelConfig, spm_path: str | Path | None
 ) -> ModelConfig:
@@ -221,15 +241,10 @@ def init_model_config(
             differs from the folder's (both named).
         CheckpointError: not a model folder.
     """
+    check_init_folder(init_from)
     saved_cfg = from_dict(
         ModelConfig, ckpt.read_config(init_from)["model"], str(init_from / ckpt.CONFIG_FILE)
     )
-    if vocab_layout(init_from) == "marian":
-        raise ConfigError(
-            f"--init-from {init_from} is an imported Marian model ({VOCAB_FILE} over "
-            f"{SOURCE_SPM} and {TARGET_SPM}); training from it is not supported yet: "
-            "the training data is encoded with one joint SentencePiece model"
-        )
     # The vocabulary is the SentencePiece model's, checked below.
     check_layout(saved_cfg, given, f"--init-from {init_from}")
     name = first_difference(saved_cfg, given, skip=(*TUNABLE, *VOCAB_SIZES))

@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from nmt.data.batching import BATCHING_VERSION, RankSteps
 from nmt.data.multilingual import ValidSet
 from nmt.data.parallel import Batch, Corpus, ParallelData
 from nmt.data.tokenizer import Tokenizer
-from nmt.device import pick_dtype, resolve_device
+from nmt.device import pick_dtype, resolve_device, set_tf32
 from nmt.errors import ConfigError, TrainingError
 from nmt.model import checkpoint as ckpt
 from nmt.model.onednn import use_onednn_training
@@ -77,16 +78,20 @@ class Trainer:
         dist_env: DistEnv | None = None,
         valid_sets: list[ValidSet] | None = None,
     ):
+        self.dist = dist_env or DistEnv()
+        self.observer = observer if observer and self.dist.is_main else TrainObserver()
+        # From here on, accum is this job's: update_tokens turned into batches per process.
+        self.update_tokens = train_cfg.update_tokens
+        train_cfg = replace(train_cfg, accum=train_cfg.update_accum(self.dist.world_size))
         self.out_dir, self.cfg, self.tokenizer = out_dir, train_cfg, tokenizer
         self.train_data = train_data
         direction = f"{train_cfg.src_lang}-{train_cfg.tgt_lang}"
         self.valid_sets = valid_sets or [ValidSet(direction, tokenizer, valid_data, *valid_text)]
-        self.dist = dist_env or DistEnv()
-        self.observer = observer if observer and self.dist.is_main else TrainObserver()
         self.device = resolve_device(train_cfg.device)
         if self.device.type == "cuda" and self.dist.enabled:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.amp_dtype = pick_dtype(train_cfg, self.device)
+        set_tf32(self.device, train_cfg.tf32)
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank
         random.seed(train_cfg.seed)
         self.model = Transformer(model_cfg).to(self.device)
@@ -121,6 +126,12 @@ class Trainer:
         self.feed = UpdateFeed(train_data, train_cfg, self.dist, self.device)
         self.corpus_fingerprint: str | None = None  # see data_order()
         self.steps_per_epoch = self.feed.steps_per_epoch
+        if self.update_tokens:
+            per_update = self.dist.world_size * train_cfg.accum * train_cfg.batch_tokens
+            self.observer.on_message(
+                f"update_tokens={self.update_tokens:,}: accum {train_cfg.accum} on each of "
+                f"{self.dist.world_size} process(es), {per_update:,} padded tokens per update"
+            )
 
     def epoch_steps(self, epoch: int) -> RankSteps:
         """This rank's updates of ``epoch`` (:meth:`nmt.train.feed.UpdateFeed.steps`)."""
@@ -145,6 +156,7 @@ class Trainer:
                 s.step, s.elapsed_s, c.max_steps, c.max_epochs, c.max_minutes, self.steps_per_epoch
             )
         )
+        self.run_log.write(self.precision_record())
         bad_in_row = window_tokens = 0
         window_start, window_wait = time.monotonic(), 0.0
         reason: str | None = None
@@ -211,8 +223,10 @@ class Trainer:
         scale.
 
         Returns:
-            (loss, nll, grad_norm, target tokens) of this process's batches, losses per
-            token; ``None`` when the gradient was not finite and the update was skipped.
+            (loss, nll, grad_norm, target tokens) of the update over all processes: the
+            losses are per token, the summed losses of every process (all-reduced) over
+            ``global_tokens``, not this process's share; ``None`` when the gradient was not
+            finite and the update was skipped.
         """
         batches = [b.to(self.device) for b in step_batches]
         n = sum(b.n_tgt_tokens for b in batches)
@@ -238,6 +252,9 @@ class Trainer:
             return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.dist.enabled:  # what is logged is the global batch's mean, not this share's
+            total_loss, total_nll = sum_across([total_loss, total_nll], self.dist, self.device)
+            n = global_tokens or int(sum_across([float(n)], self.dist, self.device)[0])
         return total_loss / n, total_nll / n, grad_norm, n
 
     def autocast(self):  # type: ignore[no-untyped-def]
@@ -246,6 +263,20 @@ class Trainer:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def precision_record(self) -> dict[str, str | int | bool]:
+        """``metrics.jsonl``'s record of the dtypes a run computes in: training's autocast,
+        validation's, and whether CUDA may use TF32 for float32 products."""
+        train_dtype = str(self.amp_dtype or torch.float32).removeprefix("torch.")
+        cuda = self.device.type == "cuda"
+        return {
+            "type": "precision",
+            "step": self.state.step,
+            "train_dtype": train_dtype,
+            "valid_dtype": train_dtype if self.cfg.valid_autocast else "float32",
+            "tf32": cuda and torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_tf32": cuda and torch.backends.cudnn.allow_tf32,
+        }
 
     # --- stopping -----------------------------------------------------------------------
     def out_of_budget(self) -> str | None:
@@ -327,7 +358,8 @@ class Trainer:
 
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> ValidResult:
-        """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
+        """Loss, perplexity, BLEU and chrF on the valid set (under the training dtype's
+        autocast unless ``valid_autocast`` is off); keeps ``model.safetensors`` as
         the best by BLEU and updates the early-stopping counters. Every process takes a
         share (:mod:`nmt.train.validation`) and all reach the same scores and counters; all must
         call this."""
@@ -337,13 +369,14 @@ class Trainer:
         tokens = 0
         directions: dict[str, dict[str, float]] = {}
         for v in self.valid_sets:
-            sums = valid_loss(
-                self.model, v.data, c.batch_tokens, c.label_smoothing, self.device, self.dist
-            )
+            with self.autocast() if c.valid_autocast else nullcontext():  # as training runs
+                sums = valid_loss(
+                    self.model, v.data, c.batch_tokens, c.label_smoothing, self.device, self.dist
+                )
+                hyps = search_output(
+                    self.model, v.tokenizer, v.src, c.valid_beam_size, c.batch_tokens, self.dist
+                )
             loss, nll, tokens = loss + sums[0], nll + sums[1], tokens + sums[2]
-            hyps = search_output(
-                self.model, v.tokenizer, v.src, c.valid_beam_size, c.batch_tokens, self.dist
-            )
             scores = bleu_chrf(hyps, v.refs)
             directions[v.name] = {"bleu": scores["bleu"].score, "chrf": scores["chrf"].score}
         self.model.train()
@@ -375,7 +408,9 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------
     def data_order(self) -> dict[str, int | str]:
         """What decides the order of the batches, and so what the saved position in an
-        epoch means: batch size, seed, accumulation, process count and the corpus."""
+        epoch means: batch size, seed, batches per update (processes × accum: update ``i``
+        takes the plan's batches ``i × W × A`` to ``(i + 1) × W × A - 1`` whichever way they
+        are shared out) and the corpus."""
         c = self.cfg
         if self.corpus_fingerprint is None:  # once: the corpus does not change in a run
             self.corpus_fingerprint = corpus_fingerprint(self.train_data)
@@ -383,8 +418,7 @@ class Trainer:
             "batching": BATCHING_VERSION,
             "batch_tokens": c.batch_tokens,
             "seed": c.seed,
-            "accum": c.accum,
-            "world_size": self.dist.world_size,
+            "batches_per_update": self.dist.world_size * c.accum,
             "corpus": self.corpus_fingerprint,
         }
 
@@ -398,7 +432,14 @@ class Trainer:
             self.scaler,
             self.state,
             self.dist,
-            {"data_order": self.data_order()},
+            {
+                "data_order": self.data_order(),
+                "update": {
+                    "update_tokens": self.update_tokens,
+                    "accum": self.cfg.accum,
+                    "world_size": self.dist.world_size,
+                },
+            },
         )
 
     def load_resume(self, path: Path, reset_data_position: bool = False) -> None:
