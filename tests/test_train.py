@@ -574,3 +574,20 @@ def test_a_validation_set_that_fits_nothing_is_refused(
             tiny_corpus[0], valid, tmp_path / "run", tiny_model_config(),
             tiny_train_config(max_steps=2), spm_path=spm_model,
         )  # fmt: skip
+
+
+def test_a_max_len_above_the_data_folders_is_refused(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """The prepared store holds no pair longer than `nmt prepare --max-len`: a larger
+    training max_len (the base preset's 256 over prepare's 200) was silently ignored."""
+    from nmt.data.store import prepare
+
+    prepare(tiny_corpus[0], tmp_path / "data", "de", "en", valid_prefix=tiny_corpus[1],
+            spm_path=spm_model, max_len=50)  # fmt: skip
+    cfg = tiny_train_config(max_steps=2, max_len=60)
+    with pytest.raises(ConfigError, match=r"max_len=60 .* max_len=50 .*nmt prepare --max-len 60"):
+        train(None, None, tmp_path / "run", tiny_model_config(), cfg, data_dir=tmp_path / "data")
+    assert not (tmp_path / "run").exists()
+    cfg = tiny_train_config(max_steps=2, max_len=40, eval_every=2, save_every=2)  # below: fine
+    train(None, None, tmp_path / "run", tiny_model_config(), cfg, data_dir=tmp_path / "data")

@@ -131,6 +131,24 @@ def check_pairs(train_cfg: TrainConfig, model_cfg: ModelConfig, prefix: str | Pa
     corpus_files(prefix, train_cfg.pairs)
 
 
+def check_data_max_len(data_dir: str | Path, meta: dict[str, Any], max_len: int) -> None:
+    """Refuse a training ``max_len`` above the one ``nmt prepare`` filtered the data folder
+    at: the prepared store holds no longer pairs, so the larger value would be silently
+    ignored.
+
+    Raises:
+        ConfigError: naming both values and the two ways out.
+    """
+    prepared = meta.get("filter", {}).get("max_len")
+    if prepared is not None and max_len > prepared:
+        raise ConfigError(
+            f"max_len={max_len} is above the max_len={prepared} that {data_dir} was prepared "
+            f"with (it holds no longer pairs): prepare the data again with `nmt prepare "
+            f"--max-len {max_len}`, or train with max_len={prepared} (--max-len {prepared}, or "
+            "max_len in the config file's [train] table)"
+        )
+
+
 def train(
     train_prefix: str | Path | None,
     valid_prefix: str | Path | None,
@@ -198,6 +216,7 @@ def train(
                 f"{data_dir} holds {langs[0]}→{langs[1]} but training asks for "
                 f"{train_cfg.src_lang}→{train_cfg.tgt_lang}; fix --src-lang/--tgt-lang"
             )
+        check_data_max_len(data_dir, meta, train_cfg.max_len)
         if init_from is not None:
             check_same_vocab(
                 [Path(init_from), Path(data_dir)],
