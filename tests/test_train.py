@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -298,8 +299,9 @@ def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
 
 
 def test_data_folder_checks(
-    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
-) -> None:
+    tmp_path: Path, tiny_corpus, spm_model: Path, tagged_spm: Path, tiny_model_config,
+    tiny_train_config,
+) -> None:  # fmt: skip
     from nmt.data.store import prepare
     from nmt.errors import ConfigError
 
@@ -312,12 +314,40 @@ def test_data_folder_checks(
         train(
             None, tiny_corpus[1], tmp_path / "run", model_cfg, reverse, data_dir=tmp_path / "data"
         )
-    with pytest.raises(ConfigError, match="--spm cannot be combined with --data"):
-        train(None, tiny_corpus[1], tmp_path / "run", model_cfg, cfg, spm_model,
+    with pytest.raises(ConfigError, match=rf"--spm {tagged_spm} is not the SentencePiece"):
+        train(None, tiny_corpus[1], tmp_path / "run", model_cfg, cfg, tagged_spm,
               data_dir=tmp_path / "data")  # fmt: skip
     with pytest.raises(ConfigError, match="either a corpus prefix"):
         train(tiny_corpus[0], tiny_corpus[1], tmp_path / "run", model_cfg, cfg,
               data_dir=tmp_path / "data")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_spm_beside_data_is_accepted_when_it_is_the_folders_own(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """`--spm` names the model the data folder was prepared with (the file, or a folder
+    holding it): nothing to disagree about, so it is accepted (it was refused)."""
+    from nmt.data.store import prepare
+
+    prepare(tiny_corpus[0], tmp_path / "data", "de", "en", spm_path=spm_model)
+    cfg = tiny_train_config(max_steps=1, eval_every=1, save_every=1)
+    for n, spm in enumerate((spm_model, spm_model.parent)):
+        out = tmp_path / f"run{n}"
+        train(None, tiny_corpus[1], out, tiny_model_config(), cfg, spm, data_dir=tmp_path / "data")
+        assert (out / SPM_FILE).read_bytes() == spm_model.read_bytes()
+
+
+def test_tensorboard_without_the_package_is_refused_before_anything_is_written(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The check came when the run log opened, after config.json and spm.model were
+    written, and named `tensorboard = true` instead of the flag."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    cfg = tiny_train_config(max_steps=2, tensorboard=True)
+    with pytest.raises(ConfigError, match=r"--tensorboard .*pip install tensorboard"):
+        train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
     assert not (tmp_path / "run").exists()
 
 

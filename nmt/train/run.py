@@ -30,7 +30,7 @@ from nmt.data.multilingual import (
 )
 from nmt.data.parallel import Corpus, encode_parallel, read_parallel
 from nmt.data.textio import corpus_path
-from nmt.data.vocab import check_same_vocab, load_tokenizer
+from nmt.data.vocab import JOINT_SPM, check_same_vocab, load_tokenizer
 from nmt.device import resolve_device
 from nmt.errors import ConfigError, InputError, NMTError, TrainingError
 from nmt.model import checkpoint as ckpt
@@ -41,6 +41,7 @@ from nmt.train.log import (  # re-exported: the training API lives under nmt.tra
     StepStats,
     TrainObserver,
     ValidResult,
+    check_tensorboard,
 )
 from nmt.train.run_folder import (  # noqa: F401 - prepare_run and describe re-exported
     RUN_FILES,
@@ -149,6 +150,28 @@ def check_data_max_len(data_dir: str | Path, meta: dict[str, Any], max_len: int)
         )
 
 
+def check_data_spm(spm_path: str | Path, data_dir: str | Path) -> None:
+    """Accept ``--spm`` beside ``--data`` only when it is the data folder's own SentencePiece
+    model(s) (a joint ``.model`` file, or a folder), byte for byte.
+
+    Raises:
+        ConfigError: another model: the data was encoded with the folder's, so the ids would
+            not match it.
+    """
+    spm_path, data_dir = Path(spm_path), Path(data_dir)
+    why = (
+        f"--spm {spm_path} is not the SentencePiece model {data_dir} was encoded with: drop "
+        "--spm (a data folder brings its own), or prepare the data with `nmt prepare --spm "
+        f"{spm_path}`"
+    )
+    if spm_path.is_file():
+        joint = data_dir / JOINT_SPM
+        if not joint.is_file() or joint.read_bytes() != spm_path.read_bytes():
+            raise ConfigError(why)
+        return
+    check_same_vocab([data_dir, spm_path], why)
+
+
 def train(
     train_prefix: str | Path | None,
     valid_prefix: str | Path | None,
@@ -204,6 +227,8 @@ def train(
         spm_path, init_weights = init_from, init_from / ckpt.WEIGHTS_FILE  # its SentencePiece
         ckpt.load_weights(init_weights)  # readable, before anything is written
     check_fits(model_cfg, train_cfg)
+    if train_cfg.tensorboard:
+        check_tensorboard()  # before anything is written, not when the run log opens
     if (train_prefix is None) == (data_dir is None):
         raise ConfigError("give either a corpus prefix (--train) or a data folder (--data)")
     if train_cfg.pairs:
@@ -224,10 +249,8 @@ def train(
                 f"prepare the data with --spm {init_from}",
             )
         elif spm_path is not None:
-            raise ConfigError(
-                f"--spm cannot be combined with --data: {data_dir} was encoded with its own "
-                "SentencePiece model(s)"
-            )
+            check_data_spm(spm_path, data_dir)
+            spm_path = None  # the data folder's, the very same
         source = ("data", str(data_dir))
         if valid_prefix is None and meta["valid_pairs"]:
             valid_prefix = Path(data_dir) / "valid"  # the copy nmt prepare --valid made
