@@ -187,7 +187,13 @@ def train(
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N updates.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N updates.")] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Write resume.pt and a step checkpoint every N updates (with --lr-schedule "
+            "linear the step checkpoints are spread over the last 20% of the run instead)."
+        ),
+    ] = None,
     patience: Annotated[
         int | None, typer.Option(help="Stop after N validations without a better BLEU.")
     ] = None,

@@ -176,7 +176,9 @@ class TrainConfig:
         valid_beam_size: beam used for validation BLEU (1 = greedy).
         max_len: training pairs longer than this (tokens, either side) are skipped.
         keep_checkpoints: how many step checkpoints to keep for averaging.
-        save_every: write a resume checkpoint every this many updates.
+        save_every: write a resume checkpoint every this many updates, and a step
+            checkpoint too, except under a linear schedule with a known end (see
+            ``lr_schedule``: its step checkpoints are spread over the end of the budget).
         dtype: ``fp32``, ``bf16`` autocast, or ``fp16`` autocast with a gradient scaler;
             ``auto`` = bf16 where it is native: on CPUs whose flags include AVX512-BF16 or AMX
             (and oneDNN is not capped below them by ``ONEDNN_MAX_CPU_ISA``), and on GPUs where
@@ -274,6 +276,14 @@ class TrainConfig:
             raise ConfigError(
                 "lr_schedule='linear' decays to 0 at the end of the budget: set max_steps, "
                 "max_epochs or max_minutes"
+            )
+        if self.lr_schedule == "linear" and self.max_steps and self.warmup_steps >= self.max_steps:
+            # Refused, not warned about: the run would warm up and stop, and never do the
+            # decay it was asked for (an inverse_sqrt run only warns, see schedule_notes).
+            raise ConfigError(
+                f"warmup_steps={self.warmup_steps} is not below max_steps={self.max_steps}: "
+                "the linear schedule would never reach its peak lr nor decay; lower "
+                f"--warmup-steps (e.g. to {max(self.max_steps // 10, 1)}) or raise --max-steps"
             )
         if self.src_lang == self.tgt_lang and not self.pairs:
             raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}")

@@ -43,6 +43,20 @@ def test_linear_schedule_needs_a_budget() -> None:
         TrainConfig(lr_schedule="cosine", max_steps=10)
 
 
+def test_a_warm_up_as_long_as_the_run_is_refused_or_warned_about(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """The default 500 warm-up updates with --max-steps 300: the peak rate is never reached
+    and the linear schedule never decays. Refused where the config shows it (linear with
+    max_steps); warned about at the start otherwise (an inverse_sqrt smoke test)."""
+    with pytest.raises(ConfigError, match=r"warmup_steps=500 is not below max_steps=300"):
+        TrainConfig(lr_schedule="linear", max_steps=300)
+    cfg = tiny_train_config(max_steps=3, warmup_steps=50, eval_every=3, save_every=3)
+    recorder = run(tmp_path / "run", tiny_corpus, spm_model, tiny_model_config(), cfg)
+    warning = "warning: warmup_steps=50 is not below the 3 updates"
+    assert any(m.startswith(warning) for m in recorder.messages)
+
+
 def records(out: Path, kind: str) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["type"] == kind]
@@ -55,6 +69,7 @@ def test_max_steps_budget_decays_to_zero_and_spreads_checkpoints(
         max_steps=40, warmup_steps=4, lr=2e-3, lr_schedule="linear", log_every=1, save_every=100
     )
     recorder = run(tmp_path / "run", tiny_corpus, spm_model, tiny_model_config(), cfg)
+    assert any("instead of written every save_every=100" in m for m in recorder.messages)
     lrs = [s.lr for s in recorder.steps]
     assert lrs == pytest.approx([linear_decay_lr(k, 2e-3, 4, 40) for k in range(1, 41)])
     assert lrs[-1] == 0.0

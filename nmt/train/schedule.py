@@ -83,6 +83,30 @@ def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
     return 0 <= end - step <= every * (keep - 1) and (end - step) % every == 0
 
 
+def schedule_notes(cfg: TrainConfig, steps_per_epoch: int) -> list[str]:
+    """What a run should be told at its start about its schedule: a warm-up at least as
+    long as its step or epoch budget (the peak rate is never reached; a linear schedule
+    with ``max_steps`` is refused earlier, by :class:`~nmt.config.TrainConfig`), and where a
+    linear schedule keeps its step checkpoints instead of every ``save_every`` updates."""
+    notes = []
+    end = min((n for n in (cfg.max_steps, cfg.max_epochs * steps_per_epoch) if n), default=0)
+    if end and cfg.warmup_steps >= end:
+        notes.append(
+            f"warning: warmup_steps={cfg.warmup_steps} is not below the {end} updates of this "
+            f"run: the learning rate rises all along and never reaches its peak lr={cfg.lr:g}"
+            + ("" if cfg.lr_schedule != "linear" else ", and never decays")
+            + "; lower --warmup-steps"
+        )
+    if cfg.lr_schedule == "linear":
+        notes.append(
+            f"lr_schedule=linear: the {cfg.keep_checkpoints} step checkpoints are spread over "
+            f"the last {AVERAGE_SHARE:.0%} of the planned updates (for nmt average) instead of "
+            f"written every save_every={cfg.save_every}; resume.pt is still written every "
+            f"{cfg.save_every} updates"
+        )
+    return notes
+
+
 def budget_reason(cfg: TrainConfig, state: Any) -> str | None:
     """Why training should stop after ``state.step`` updates (``state``: a
     :class:`nmt.train.resume.TrainState`): ``max_steps``, ``max_epochs``, ``max_minutes``, the

@@ -40,7 +40,13 @@ from nmt.train.resume import (
     load_resume,
     save_resume,
 )
-from nmt.train.schedule import budget_reason, checkpoint_due, learning_rate, planned_steps
+from nmt.train.schedule import (
+    budget_reason,
+    checkpoint_due,
+    learning_rate,
+    planned_steps,
+    schedule_notes,
+)
 from nmt.train.validation import bleu_chrf, search_output, valid_loss
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
@@ -140,6 +146,8 @@ class Trainer:
         """
         s, c = self.state, self.cfg
         self.model.train()
+        for note in schedule_notes(c, self.steps_per_epoch):
+            self.observer.on_message(note)
         self.observer.on_start(
             RunStart(
                 s.step, s.elapsed_s, c.max_steps, c.max_epochs, c.max_minutes, self.steps_per_epoch
