@@ -28,6 +28,7 @@ class RichObserver(TrainObserver):
         self.task: TaskID | None = None  # set in on_start
         self.history: list[ValidResult] = []
         self.by_time = False
+        self.step_info = ""  # the last update's part of the status line
 
     def on_start(self, start: RunStart) -> None:
         total: int | None = None
@@ -44,20 +45,25 @@ class RichObserver(TrainObserver):
         )
 
     def on_step(self, s: StepStats) -> None:
-        info = (
+        self.step_info = (
             f"step {s.step} ep {s.epoch} loss {s.loss:.3f} lr {s.lr:.2e} "
             f"|g| {s.grad_norm:.2f} {s.tgt_tokens_per_s:,.0f} tok/s"
         )
-        if self.history:
-            info += (
-                f" BLEU {self.history[-1].bleu:.2f} (best {max(h.bleu for h in self.history):.2f})"
-            )
         completed = round(s.elapsed_s) if self.by_time else s.step
         if self.task is not None:
-            self.progress.update(self.task, completed=completed, info=info)
+            self.progress.update(self.task, completed=completed, info=self.status())
+
+    def status(self) -> str:
+        """The status line: the last update's numbers and the latest validation's BLEU."""
+        if not self.history:
+            return self.step_info
+        best = max(h.bleu for h in self.history)
+        return f"{self.step_info} BLEU {self.history[-1].bleu:.2f} (best {best:.2f})"
 
     def on_validate(self, r: ValidResult) -> None:
         self.history.append(r)
+        if self.task is not None:  # a validation follows its step's update: show its BLEU now
+            self.progress.update(self.task, info=self.status())
         mark = " [green]best[/]" if r.best else ""
         self.progress.console.print(
             f"valid step {r.step}: loss {r.loss:.3f} ppl {r.ppl:.2f} BLEU {r.bleu:.2f} "
@@ -90,6 +96,13 @@ def summary_table(trainer: Trainer, reason: str, history: list[ValidResult]) -> 
     if history:
         best = max(history, key=lambda h: h.bleu)
         table.add_row("best valid BLEU", f"{best.bleu:.2f} (step {best.step})")
+        chosen = [h for h in history if h.best]
+        if chosen and trainer.cfg.patience_metric != "bleu":
+            h = chosen[-1]
+            table.add_row(
+                f"model.safetensors (best {trainer.cfg.patience_metric})",
+                f"step {h.step}: loss {h.loss:.3f}, BLEU {h.bleu:.2f}, chrF {h.chrf:.2f}",
+            )
         table.add_row("last valid loss / ppl", f"{history[-1].loss:.3f} / {history[-1].ppl:.2f}")
         table.add_row("BLEU signature", best.bleu_signature)
     if s.skipped_steps:
@@ -195,7 +208,15 @@ def train(
         ),
     ] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Stop after N validations without a better BLEU.")
+        int | None,
+        typer.Option(help="Stop after N validations without a better --patience-metric."),
+    ] = None,
+    patience_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="bleu (default), chrf or loss: what --patience follows and model.safetensors "
+            "is chosen by (fairseq's --best-checkpoint-metric)."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[
@@ -273,6 +294,7 @@ def train(
             "eval_every": eval_every,
             "save_every": save_every,
             "patience": patience,
+            "patience_metric": patience_metric,
             "device": device,
             "dtype": dtype,
             "seed": seed,

@@ -146,6 +146,9 @@ PRESET_RECIPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+PATIENCE_METRICS = ("bleu", "chrf", "loss")  # fairseq's --best-checkpoint-metric
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe.
@@ -172,7 +175,11 @@ class TrainConfig:
             clipping (as in fairseq and Marian).
         max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
         eval_every: validate every this many updates (and at the end).
-        patience: stop after this many validations without a better BLEU (0 = never).
+        patience: stop after this many validations without a better ``patience_metric``
+            (0 = never).
+        patience_metric: what early stopping and the choice of ``model.safetensors`` follow:
+            validation ``bleu`` (default), ``chrf`` or teacher-forced ``loss`` (as fairseq's
+            ``--best-checkpoint-metric``); ``loss`` suits short runs whose BLEU is still 0.
         valid_beam_size: beam used for validation BLEU (1 = greedy).
         max_len: training pairs longer than this (tokens, either side) are skipped.
         keep_checkpoints: how many step checkpoints to keep for averaging.
@@ -218,6 +225,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     eval_every: int = 500
     patience: int = 0
+    patience_metric: str = "bleu"
     valid_beam_size: int = 1
     max_len: int = 200
     keep_checkpoints: int = 5
@@ -267,6 +275,11 @@ class TrainConfig:
             raise ConfigError(f"device={self.device!r}: choose one of auto, cpu, cuda, cuda:N")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype={self.dtype!r}: choose one of auto, fp32, bf16, fp16")
+        if self.patience_metric not in PATIENCE_METRICS:
+            raise ConfigError(
+                f"patience_metric={self.patience_metric!r}: choose one of "
+                f"{', '.join(PATIENCE_METRICS)}"
+            )
         if self.lr_schedule not in ("inverse_sqrt", "linear"):
             raise ConfigError(
                 f"lr_schedule={self.lr_schedule!r}: choose one of inverse_sqrt, linear"

@@ -352,3 +352,33 @@ def test_languages_with_pairs_are_a_usage_error(tiny_corpus: tuple[Path, Path], 
     assert result.exit_code == 2 and "each pair names its languages" in result.output
     assert "--src-lang/--tgt-lang" in result.output
     assert not (tmp_path / "ml").exists()
+
+
+def test_the_status_line_shows_the_new_validations_bleu() -> None:
+    """The validation of step N follows step N's status update: the line kept showing the
+    previous validation's BLEU under the new one's printed result."""
+    from nmt.train.run import RunStart, StepStats, ValidResult
+
+    observer = cli.train.RichObserver()
+    observer.on_start(RunStart(0, 0.0, 10, 0, 0.0, 5))
+    try:
+        for step, bleu in ((5, 1.5), (10, 7.25)):
+            observer.on_step(StepStats(step, 1, 3.0, 2.9, 1e-3, 1.0, 100.0, 1.0, 0))
+            observer.on_validate(ValidResult(step, 3.0, 18.2, bleu, 20.0, "sig", True, 0.1))
+            info = observer.progress.tasks[0].fields["info"]
+            assert info.startswith(f"step {step} ") and f"BLEU {bleu:.2f} (best {bleu:.2f})" in info
+    finally:
+        observer.stop()
+
+
+def test_patience_metric_reaches_the_config(monkeypatch, corpus: tuple[Path, Path], tmp_path: Path):
+    calls = []
+    not_main = SimpleNamespace(dist=SimpleNamespace(is_main=False))
+    monkeypatch.setattr(
+        cli.train, "run_training", lambda *args, **kw: calls.append(args[4]) or (not_main, "")
+    )
+    result = invoke(*train_args(*corpus, tmp_path / "run", "--patience-metric", "loss"))
+    assert result.exit_code == 0, result.output
+    assert calls[0].patience_metric == "loss"
+    result = invoke(*train_args(*corpus, tmp_path / "run", "--patience-metric", "ter"))
+    assert_one_line_error(result, "patience_metric='ter'", "bleu, chrf, loss")

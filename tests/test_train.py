@@ -276,6 +276,28 @@ def test_patience_stops_after_validations_without_a_better_bleu(
     assert [r["best"] for r in records if r["type"] == "valid"] == [True, False, False]
 
 
+def test_patience_metric_loss_follows_the_falling_loss_where_bleu_stays_at_zero(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """A short run's BLEU stays 0.00 while its loss falls: patience on BLEU stopped it at
+    the third validation; on the loss it runs on, and model.safetensors is the lowest-loss
+    validation's (fairseq's --best-checkpoint-metric loss)."""
+    cfg = tiny_train_config(eval_every=2, patience=2, max_steps=8, patience_metric="loss")
+    trainer, reason = train(
+        *tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model
+    )
+    assert reason == "reached max_steps=8"
+    valid = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    valid = [r for r in valid if r["type"] == "valid"]
+    losses = [r["loss"] for r in valid]
+    assert [r["step"] for r in valid] == [2, 4, 6, 8] and losses == sorted(losses, reverse=True)
+    assert [r["best"] for r in valid] == [True] * 4  # each validation's loss is lower
+    assert trainer.state.best_metric == pytest.approx(-losses[-1])
+    best = load_weights(tmp_path / "run" / "model.safetensors")
+    last = load_weights(tmp_path / "run" / "last.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)  # the step-8 weights
+
+
 def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
     tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
 ) -> None:

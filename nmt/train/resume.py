@@ -8,6 +8,7 @@ same next batch, same dropout masks.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,10 @@ class TrainState:
     Attributes:
         step: updates done; epoch: the current epoch (1-based); batch_in_epoch: updates of
             this epoch already done (the position in its batch order).
-        best_bleu / bad_validations: the best validation BLEU and the validations since it
-            (early stopping).
+        best_bleu: the best validation BLEU.
+        best_metric / bad_validations: the best value of the metric early stopping follows
+            (``patience_metric``; the loss negated, so that higher is better) and the
+            validations since it.
         elapsed_s: training seconds (validation and checkpoints included, start-up not).
         skipped_steps: updates skipped for a non-finite gradient.
         planned_steps: the end of a linear schedule's time budget (0 = not known yet).
@@ -39,6 +42,7 @@ class TrainState:
     batch_in_epoch: int = 0
     best_bleu: float = -1.0
     bad_validations: int = 0
+    best_metric: float = -math.inf
     elapsed_s: float = 0.0
     skipped_steps: int = 0
     planned_steps: int = 0
@@ -111,7 +115,10 @@ def load_resume(
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     random.setstate((3, tuple(data["python_rng"]), None))
-    return TrainState(**data["state"]), data
+    state = TrainState(**data["state"])
+    if "best_metric" not in data["state"]:  # saved before patience_metric: BLEU was followed
+        state.best_metric = state.best_bleu
+    return state, data
 
 
 def changed_data_order(

@@ -13,6 +13,8 @@ from nmt.config import TrainConfig
 # of the updates before it.
 AVERAGE_SHARE = 0.2
 
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "loss": "validation loss"}  # patience_metric
+
 
 def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
     """Linear warm-up to ``peak`` over ``warmup_steps``, then decay with 1/sqrt(step).
@@ -124,5 +126,6 @@ def budget_reason(cfg: TrainConfig, state: Any) -> str | None:
             f"{c.max_minutes:g} (the learning rate has decayed to 0)"
         )
     if c.patience and s.bad_validations >= c.patience:
-        return f"no BLEU improvement in {c.patience} validations (patience)"
+        what = METRIC_NAMES[c.patience_metric]
+        return f"no {what} improvement in {c.patience} validations (patience)"
     return None

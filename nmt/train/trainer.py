@@ -67,7 +67,7 @@ class Trainer:
         valid_sets: a multilingual run's validation sets, one per direction
             (:mod:`nmt.data.multilingual`), instead of ``valid_data``/``valid_text``: the loss is
             over all of them, BLEU and chrF are each direction's and their mean, and the
-            best checkpoint follows the mean BLEU.
+            best checkpoint follows the mean BLEU or chrF (or the loss over all).
     """
 
     def __init__(
@@ -336,9 +336,9 @@ class Trainer:
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> ValidResult:
         """Loss, perplexity, BLEU and chrF on the valid set; keeps ``model.safetensors`` as
-        the best by BLEU and updates the early-stopping counters. Every process takes a
-        share (:mod:`nmt.train.validation`) and all reach the same scores and counters; all must
-        call this."""
+        the best by ``patience_metric`` and updates the early-stopping counters. Every process
+        takes a share (:mod:`nmt.train.validation`) and all reach the same scores and counters;
+        all must call this."""
         start = time.monotonic()
         c = self.cfg
         loss = nll = 0.0
@@ -358,9 +358,11 @@ class Trainer:
         loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
         bleu = sum(d["bleu"] for d in directions.values()) / len(directions)
         chrf = sum(d["chrf"] for d in directions.values()) / len(directions)
-        best = bleu > self.state.best_bleu
+        self.state.best_bleu = max(self.state.best_bleu, bleu)
+        followed = {"bleu": bleu, "chrf": chrf, "loss": -loss}[c.patience_metric]
+        best = followed > self.state.best_metric  # higher is better: the loss is negated
         if best:
-            self.state.best_bleu, self.state.bad_validations = bleu, 0
+            self.state.best_metric, self.state.bad_validations = followed, 0
             if self.dist.is_main:
                 ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
         else:
