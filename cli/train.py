@@ -198,7 +198,14 @@ def train(
     dropout: Annotated[float | None, typer.Option(help="Dropout rate.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after this many minutes of wall-clock time, counted from the start of "
+            "the training loop (waits for batches, validation, checkpoints and skipped "
+            "updates included; start-up and data preparation not), summed over resumes."
+        ),
+    ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N updates.")] = None,
     save_every: Annotated[
         int | None,

@@ -166,14 +166,18 @@ class TrainConfig:
         lr_schedule: after the warm-up, ``inverse_sqrt`` decays with 1/sqrt(step) (Vaswani
             et al. 2017, eq. 3); ``linear`` decays linearly to 0 at the end of the budget
             (Li et al. 2020): ``max_steps``, else ``max_epochs`` × updates per epoch, else the
-            updates that ``max_minutes`` allows, extrapolated once from the time per update
-            (validation included) at the first validation after the warm-up and kept in
-            ``resume.pt``. With a planned end, the kept step checkpoints are spread over its
-            last 20% (:data:`nmt.train.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
+            updates that ``max_minutes`` allows, extrapolated from the time per update
+            (validation included) at every validation after the warm-up, the decay
+            continuing from the current rate towards the new end, and kept in ``resume.pt``.
+            With a planned end, the kept step checkpoints are spread over its last 20%
+            (:data:`nmt.train.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
         label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
         clip_norm: the gradient's L2 norm is clipped to this (Pascanu et al. 2013); 0 = no
             clipping (as in fairseq and Marian).
         max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
+            ``max_minutes`` is wall-clock time from the start of the training loop (waits for
+            batches, validation, checkpoints and skipped updates included), summed over
+            resumes.
         eval_every: validate every this many updates (and at the end).
         patience: stop after this many validations without a better ``patience_metric``
             (0 = never).

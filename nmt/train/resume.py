@@ -32,9 +32,14 @@ class TrainState:
         best_metric / bad_validations: the best value of the metric early stopping follows
             (``patience_metric``; the loss negated, so that higher is better) and the
             validations since it.
-        elapsed_s: training seconds (validation and checkpoints included, start-up not).
+        elapsed_s: wall-clock seconds of the training loops of this run and the starts it
+            resumed (waits for batches, validation and checkpoints included, start-up not).
         skipped_steps: updates skipped for a non-finite gradient.
         planned_steps: the end of a linear schedule's time budget (0 = not known yet).
+        plan_step / plan_lr / plan_elapsed_s / plan_minutes: the update, learning rate and
+            ``elapsed_s`` at the latest time plan (the linear decay runs from that rate at
+            that update to 0 at the end; 0 = no plan yet) and the ``max_minutes`` planned
+            for (:meth:`nmt.train.trainer.Trainer.plan_time_budget`).
     """
 
     step: int = 0
@@ -46,6 +51,10 @@ class TrainState:
     elapsed_s: float = 0.0
     skipped_steps: int = 0
     planned_steps: int = 0
+    plan_step: int = 0
+    plan_lr: float = 0.0
+    plan_elapsed_s: float = 0.0
+    plan_minutes: float = 0.0
 
 
 def save_resume(

@@ -64,12 +64,26 @@ def planned_steps(step: int, elapsed_s: float, budget_s: float) -> int:
     return step + int(remaining / (elapsed_s / step))
 
 
-def learning_rate(cfg: TrainConfig, step: int, end: int) -> float:
-    """The learning rate of 1-based update ``step`` under ``cfg.lr_schedule``; ``end`` is the
-    last update of a linear schedule's budget (0 = not known yet)."""
-    if cfg.lr_schedule == "linear":
+def learning_rate(
+    cfg: TrainConfig, step: int, end: int, anchor: tuple[int, float] | None = None
+) -> float:
+    """The learning rate of 1-based update ``step`` under ``cfg.lr_schedule``.
+
+    Args:
+        end: the last update of a linear schedule's budget (0 = not known yet).
+        anchor: ``(update, rate)`` of a linear schedule's latest time plan: from there the
+            rate falls linearly to 0 at ``end`` (so that a re-planned end keeps it
+            continuous); ``None``: from the peak at the end of the warm-up
+            (:func:`linear_decay_lr`).
+    """
+    if cfg.lr_schedule != "linear":
+        return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+    if anchor is None:
         return linear_decay_lr(step, cfg.lr, cfg.warmup_steps, end)
-    return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+    start, rate = anchor
+    if end <= start:
+        return 0.0
+    return rate * min(1.0, max(0.0, (end - step) / (end - start)))
 
 
 def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
