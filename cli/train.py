@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import TaskID, TextColumn
@@ -15,7 +15,8 @@ from nmt.config_file import resolve
 from nmt.data.multilingual import parse_pairs
 from nmt.data.store import read_meta
 from nmt.data.vocab import check_vocab_sizes, vocab_options
-from nmt.model.checkpoint import read_config
+from nmt.errors import NMTError
+from nmt.model.checkpoint import RESUME_FILE, read_config
 from nmt.train.run import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train.run import train as run_training
 
@@ -108,6 +109,19 @@ def summary_table(trainer: Trainer, reason: str, history: list[ValidResult]) -> 
     if s.skipped_steps:
         table.add_row("skipped updates (NaN/inf)", str(s.skipped_steps))
     return table
+
+
+def resumed_config(out: Path) -> dict[str, Any] | None:
+    """The recorded ``config.json`` of a run folder that ``nmt train`` would resume (it
+    holds ``resume.pt``), or ``None`` (a new run, or no readable record: the library then
+    says what is wrong with the folder)."""
+    if not (out / RESUME_FILE).is_file():
+        return None
+    try:
+        config = read_config(out)
+    except NMTError:
+        return None
+    return config if isinstance(config.get("train"), dict) and "model" in config else None
 
 
 @handle_errors
@@ -275,9 +289,13 @@ def train(
     if data is not None and src_lang is None and tgt_lang is None:
         meta = read_meta(data)  # a data folder knows its languages
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
-    # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
-    # disagrees with it is an error in nmt.train.run).
+    # Resuming: the run's recorded config stands in for the preset's and the defaults (a
+    # flag that disagrees with it is an error in nmt.train.run). Fine-tuning: the initial
+    # model's config stands in for the preset's (a shape flag that disagrees with it too).
+    recorded = resumed_config(out) if not overwrite else None
     model_base = read_config(init_from)["model"] if init_from is not None else None
+    if recorded is not None:
+        model_base = recorded["model"]
     sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
     for folder, option in ((data, "--data"), (init_from, "--init-from")):
         if folder is not None:  # its vocabulary is the model's: a size given must agree
@@ -311,6 +329,7 @@ def train(
             "dist_timeout": dist_timeout,
         },
         model_base,
+        recorded["train"] if recorded is not None else None,
     )
     observer = RichObserver()
     try:

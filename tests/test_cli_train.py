@@ -382,3 +382,37 @@ def test_patience_metric_reaches_the_config(monkeypatch, corpus: tuple[Path, Pat
     assert calls[0].patience_metric == "loss"
     result = invoke(*train_args(*corpus, tmp_path / "run", "--patience-metric", "ter"))
     assert_one_line_error(result, "patience_metric='ter'", "bleu, chrf, loss")
+
+
+def test_a_resumed_run_keeps_its_recorded_settings(
+    tmp_path: Path, corpus: tuple[Path, Path], spm_model: Path, monkeypatch
+) -> None:
+    """Trained with --lr-schedule linear --max-steps 100 --warmup-steps 20, stopped with
+    Ctrl-C, run again without --lr-schedule: it went on with inverse_sqrt (lr 4.47e-4 at step
+    100 instead of 0) and rewrote config.json, without a word. The recorded value is kept; a
+    flag that gives another one is an error naming both."""
+    out = tmp_path / "run"
+    same = train_args(
+        *corpus, out, "--preset", "tiny", "--spm", spm_model, "--max-steps", "100",
+        "--warmup-steps", "20", "--lr", "1e-3", "--eval-every", "100", "--save-every", "100",
+        "--batch-tokens", "300", "--dtype", "fp32",
+    )  # fmt: skip
+    on_step = cli.train.RichObserver.on_step
+
+    def ctrl_c_at_step_10(self, stats) -> None:  # type: ignore[no-untyped-def]
+        on_step(self, stats)
+        if stats.step == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli.train.RichObserver, "on_step", ctrl_c_at_step_10)
+        result = invoke(*same, "--lr-schedule", "linear")
+    assert result.exit_code == 130, result.output
+    result = invoke(*same, "--lr-schedule", "inverse_sqrt")
+    assert_one_line_error(result, "lr_schedule='linear', this command gives 'inverse_sqrt'")
+    result = invoke(*same)  # without --lr-schedule
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["train"]["lr_schedule"] == "linear"
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").open(encoding="utf-8")]
+    assert [r["lr"] for r in logged if r["type"] == "train" and r["step"] == 100] == [0.0]

@@ -8,6 +8,8 @@ same next batch, same dropout masks.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nmt.errors import ConfigError
 from nmt.model import checkpoint as ckpt
 from nmt.train.distributed import DistEnv, gather_objects
 
@@ -154,6 +157,43 @@ def changed_data_order(
         "or pass --reset-data-position to continue the weights from the start of a new "
         "epoch, or start a new run folder (--overwrite replaces this one)"
     )
+
+
+# What a resumed run may change (see check_same_recipe): its budgets, how often it
+# validates, saves and logs, and the machine it runs on. The batch order's settings are
+# checked against resume.pt instead (changed_data_order, with --reset-data-position).
+MAY_CHANGE_ON_RESUME = (
+    "max_steps", "max_epochs", "max_minutes", "patience", "eval_every", "save_every",
+    "log_every", "keep_checkpoints", "device", "dtype", "compile", "onednn", "dist_timeout",
+    "tensorboard",
+)  # fmt: skip
+DATA_ORDER = ("batch_tokens", "seed", "accum")
+
+
+def check_same_recipe(out_dir: Path, train_cfg: Any) -> None:
+    """Refuse to resume the run in ``out_dir`` with a training recipe (``train_cfg``, a
+    :class:`~nmt.config.TrainConfig`) other than the one its ``config.json`` records, but for
+    :data:`MAY_CHANGE_ON_RESUME` and the batch order's settings (:data:`DATA_ORDER`,
+    checked by :func:`changed_data_order`). A setting the record lacks (a run of an older
+    nmt) is not compared.
+
+    Raises:
+        ConfigError: the first differing setting, both values and the ways out.
+    """
+    path = out_dir / ckpt.CONFIG_FILE
+    recorded = ckpt.read_config(out_dir).get("train", {})
+    given = json.loads(json.dumps(dataclasses.asdict(train_cfg)))  # tuples as JSON lists
+    for name, was in recorded.items():
+        if name in MAY_CHANGE_ON_RESUME or name in DATA_ORDER or name not in given:
+            continue
+        if given[name] != was:
+            raise ConfigError(
+                f"{path}: the run was trained with {name}={was!r}, this command gives "
+                f"{given[name]!r} (--{name.replace('_', '-')} or the config file); a resumed "
+                "run keeps its recorded settings: resume without the option, or start a new "
+                "run folder (--overwrite replaces this one). Only "
+                f"{', '.join(MAY_CHANGE_ON_RESUME)} may change on resume"
+            )
 
 
 def corpus_fingerprint(data: Any) -> str:

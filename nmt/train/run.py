@@ -43,6 +43,7 @@ from nmt.train.log import (  # re-exported: the training API lives under nmt.tra
     ValidResult,
     check_tensorboard,
 )
+from nmt.train.resume import check_same_recipe
 from nmt.train.run_folder import (  # noqa: F401 - prepare_run and describe re-exported
     RUN_FILES,
     check_run_folder,
@@ -261,6 +262,8 @@ def train(
                 corpus_path(train_prefix, lang)  # type: ignore[arg-type]
         source = ("train", str(train_prefix))
     check_run_folder(out_dir, source, valid_prefix, init_from, overwrite)
+    if not overwrite and (out_dir / ckpt.RESUME_FILE).is_file():
+        check_same_recipe(out_dir, train_cfg)
     # Check the input that is read whole before anything is written into the run folder.
     valid_text = read_valid(valid_prefix, train_cfg)
     if spm_path is not None:  # checks the file(s) and special ids before the folder is made
