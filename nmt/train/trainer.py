@@ -160,7 +160,10 @@ class Trainer:
         # The budget is wall-clock time from here: waits for batches, the stop check's
         # all-reduce, skipped updates, validation and checkpoints all count.
         self.loop_start = (self.clock(), s.elapsed_s)
-        if c.lr_schedule == "linear" and s.planned_steps and s.plan_minutes != c.max_minutes:
+        # (plan_minutes is 0 in a resume.pt of an nmt before re-planning: its plan stands
+        # until the next validation re-plans)
+        changed = s.plan_minutes and s.plan_minutes != c.max_minutes
+        if c.lr_schedule == "linear" and s.planned_steps and changed:
             self.replan_changed_budget()
         for batches in self.feed.updates(self.state):
             self.count_time()
