@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import TaskID, TextColumn
@@ -15,7 +15,8 @@ from nmt.config_file import resolve
 from nmt.data.multilingual import parse_pairs
 from nmt.data.store import read_meta
 from nmt.data.vocab import check_vocab_layout, check_vocab_sizes, vocab_options
-from nmt.model.checkpoint import read_config
+from nmt.errors import NMTError
+from nmt.model.checkpoint import RESUME_FILE, read_config
 from nmt.train.run import RunStart, StepStats, Trainer, TrainObserver, ValidResult
 from nmt.train.run import train as run_training
 from nmt.train.run_folder import check_init_folder
@@ -29,6 +30,7 @@ class RichObserver(TrainObserver):
         self.task: TaskID | None = None  # set in on_start
         self.history: list[ValidResult] = []
         self.by_time = False
+        self.step_info = ""  # the last update's part of the status line
 
     def on_start(self, start: RunStart) -> None:
         total: int | None = None
@@ -45,20 +47,25 @@ class RichObserver(TrainObserver):
         )
 
     def on_step(self, s: StepStats) -> None:
-        info = (
+        self.step_info = (
             f"step {s.step} ep {s.epoch} loss {s.loss:.3f} lr {s.lr:.2e} "
             f"|g| {s.grad_norm:.2f} {s.tgt_tokens_per_s:,.0f} tok/s"
         )
-        if self.history:
-            info += (
-                f" BLEU {self.history[-1].bleu:.2f} (best {max(h.bleu for h in self.history):.2f})"
-            )
         completed = round(s.elapsed_s) if self.by_time else s.step
         if self.task is not None:
-            self.progress.update(self.task, completed=completed, info=info)
+            self.progress.update(self.task, completed=completed, info=self.status())
+
+    def status(self) -> str:
+        """The status line: the last update's numbers and the latest validation's BLEU."""
+        if not self.history:
+            return self.step_info
+        best = max(h.bleu for h in self.history)
+        return f"{self.step_info} BLEU {self.history[-1].bleu:.2f} (best {best:.2f})"
 
     def on_validate(self, r: ValidResult) -> None:
         self.history.append(r)
+        if self.task is not None:  # a validation follows its step's update: show its BLEU now
+            self.progress.update(self.task, info=self.status())
         mark = " [green]best[/]" if r.best else ""
         self.progress.console.print(
             f"valid step {r.step}: loss {r.loss:.3f} ppl {r.ppl:.2f} BLEU {r.bleu:.2f} "
@@ -91,11 +98,31 @@ def summary_table(trainer: Trainer, reason: str, history: list[ValidResult]) -> 
     if history:
         best = max(history, key=lambda h: h.bleu)
         table.add_row("best valid BLEU", f"{best.bleu:.2f} (step {best.step})")
+        chosen = [h for h in history if h.best]
+        if chosen and trainer.cfg.patience_metric != "bleu":
+            h = chosen[-1]
+            table.add_row(
+                f"model.safetensors (best {trainer.cfg.patience_metric})",
+                f"step {h.step}: loss {h.loss:.3f}, BLEU {h.bleu:.2f}, chrF {h.chrf:.2f}",
+            )
         table.add_row("last valid loss / ppl", f"{history[-1].loss:.3f} / {history[-1].ppl:.2f}")
         table.add_row("BLEU signature", best.bleu_signature)
     if s.skipped_steps:
         table.add_row("skipped updates (NaN/inf)", str(s.skipped_steps))
     return table
+
+
+def resumed_config(out: Path) -> dict[str, Any] | None:
+    """The recorded ``config.json`` of a run folder that ``nmt train`` would resume (it
+    holds ``resume.pt``), or ``None`` (a new run, or no readable record: the library then
+    says what is wrong with the folder)."""
+    if not (out / RESUME_FILE).is_file():
+        return None
+    try:
+        config = read_config(out)
+    except NMTError:
+        return None
+    return config if isinstance(config.get("train"), dict) and "model" in config else None
 
 
 @handle_errors
@@ -209,11 +236,32 @@ def train(
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many updates.")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Stop after this many epochs.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes.")] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after this many minutes of wall-clock time, counted from the start of "
+            "the training loop (waits for batches, validation, checkpoints and skipped "
+            "updates included; start-up and data preparation not), summed over resumes."
+        ),
+    ] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N updates.")] = None,
-    save_every: Annotated[int | None, typer.Option(help="Checkpoint every N updates.")] = None,
+    save_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Write resume.pt and a step checkpoint every N updates (with --lr-schedule "
+            "linear the step checkpoints are spread over the last 20% of the run instead)."
+        ),
+    ] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Stop after N validations without a better BLEU.")
+        int | None,
+        typer.Option(help="Stop after N validations without a better --patience-metric."),
+    ] = None,
+    patience_metric: Annotated[
+        str | None,
+        typer.Option(
+            help="bleu (default), chrf or loss: what --patience follows and model.safetensors "
+            "is chosen by (fairseq's --best-checkpoint-metric)."
+        ),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[
@@ -293,11 +341,15 @@ def train(
     if data is not None and src_lang is None and tgt_lang is None:
         meta = read_meta(data)  # a data folder knows its languages
         src_lang, tgt_lang = meta["src_lang"], meta["tgt_lang"]
-    # Fine-tuning: the initial model's config stands in for the preset's (a shape flag that
-    # disagrees with it is an error in nmt.train.run).
+    # Resuming: the run's recorded config stands in for the preset's and the defaults (a
+    # flag that disagrees with it is an error in nmt.train.run). Fine-tuning: the initial
+    # model's config stands in for the preset's (a shape flag that disagrees with it too).
+    recorded = resumed_config(out) if not overwrite else None
     if init_from is not None:
         check_init_folder(init_from)
     model_base = read_config(init_from)["model"] if init_from is not None else None
+    if recorded is not None:
+        model_base = recorded["model"]
     sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
     typed_size = any(v is not None for v in (vocab_size, src_vocab_size, tgt_vocab_size))
     for folder, option in ((data, "--data"), (init_from, "--init-from")):
@@ -327,6 +379,7 @@ def train(
             "eval_every": eval_every,
             "save_every": save_every,
             "patience": patience,
+            "patience_metric": patience_metric,
             "device": device,
             "dtype": dtype,
             "seed": seed,
@@ -339,6 +392,7 @@ def train(
             "dist_timeout": dist_timeout,
         },
         model_base,
+        recorded["train"] if recorded is not None else None,
     )
     observer = RichObserver()
     try:

@@ -147,6 +147,9 @@ PRESET_RECIPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+PATIENCE_METRICS = ("bleu", "chrf", "loss")  # fairseq's --best-checkpoint-metric
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training recipe.
@@ -164,20 +167,30 @@ class TrainConfig:
         lr_schedule: after the warm-up, ``inverse_sqrt`` decays with 1/sqrt(step) (Vaswani
             et al. 2017, eq. 3); ``linear`` decays linearly to 0 at the end of the budget
             (Li et al. 2020): ``max_steps``, else ``max_epochs`` × updates per epoch, else the
-            updates that ``max_minutes`` allows, extrapolated once from the time per update
-            (validation included) at the first validation after the warm-up and kept in
-            ``resume.pt``. With a planned end, the kept step checkpoints are spread over its
-            last 20% (:data:`nmt.train.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
+            updates that ``max_minutes`` allows, extrapolated from the time per update
+            (validation included) at every validation after the warm-up, the decay
+            continuing from the current rate towards the new end, and kept in ``resume.pt``.
+            With a planned end, the kept step checkpoints are spread over its last 20%
+            (:data:`nmt.train.schedule.AVERAGE_SHARE`), ready for ``nmt average``.
         label_smoothing: epsilon of label-smoothed cross-entropy (Szegedy et al. 2016).
         clip_norm: the gradient's L2 norm is clipped to this (Pascanu et al. 2013); 0 = no
             clipping (as in fairseq and Marian).
         max_steps / max_epochs / max_minutes: whichever comes first ends training (0 = no limit).
+            ``max_minutes`` is wall-clock time from the start of the training loop (waits for
+            batches, validation, checkpoints and skipped updates included), summed over
+            resumes.
         eval_every: validate every this many updates (and at the end).
-        patience: stop after this many validations without a better BLEU (0 = never).
+        patience: stop after this many validations without a better ``patience_metric``
+            (0 = never).
+        patience_metric: what early stopping and the choice of ``model.safetensors`` follow:
+            validation ``bleu`` (default), ``chrf`` or teacher-forced ``loss`` (as fairseq's
+            ``--best-checkpoint-metric``); ``loss`` suits short runs whose BLEU is still 0.
         valid_beam_size: beam used for validation BLEU (1 = greedy).
         max_len: training pairs longer than this (tokens, either side) are skipped.
         keep_checkpoints: how many step checkpoints to keep for averaging.
-        save_every: write a resume checkpoint every this many updates.
+        save_every: write a resume checkpoint every this many updates, and a step
+            checkpoint too, except under a linear schedule with a known end (see
+            ``lr_schedule``: its step checkpoints are spread over the end of the budget).
         dtype: ``fp32``, ``bf16`` autocast, or ``fp16`` autocast with a gradient scaler;
             ``auto`` = bf16 where it is native: on CPUs whose flags include AVX512-BF16 or AMX
             (and oneDNN is not capped below them by ``ONEDNN_MAX_CPU_ISA``), and on GPUs where
@@ -229,6 +242,7 @@ class TrainConfig:
     max_minutes: float = 0.0
     eval_every: int = 500
     patience: int = 0
+    patience_metric: str = "bleu"
     valid_beam_size: int = 1
     max_len: int = 200
     keep_checkpoints: int = 5
@@ -283,6 +297,11 @@ class TrainConfig:
             raise ConfigError(f"device={self.device!r}: choose one of auto, cpu, cuda, cuda:N")
         if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"dtype={self.dtype!r}: choose one of auto, fp32, bf16, fp16")
+        if self.patience_metric not in PATIENCE_METRICS:
+            raise ConfigError(
+                f"patience_metric={self.patience_metric!r}: choose one of "
+                f"{', '.join(PATIENCE_METRICS)}"
+            )
         if self.lr_schedule not in ("inverse_sqrt", "linear"):
             raise ConfigError(
                 f"lr_schedule={self.lr_schedule!r}: choose one of inverse_sqrt, linear"
@@ -292,6 +311,14 @@ class TrainConfig:
             raise ConfigError(
                 "lr_schedule='linear' decays to 0 at the end of the budget: set max_steps, "
                 "max_epochs or max_minutes"
+            )
+        if self.lr_schedule == "linear" and self.max_steps and self.warmup_steps >= self.max_steps:
+            # Refused, not warned about: the run would warm up and stop, and never do the
+            # decay it was asked for (an inverse_sqrt run only warns, see schedule_notes).
+            raise ConfigError(
+                f"warmup_steps={self.warmup_steps} is not below max_steps={self.max_steps}: "
+                "the linear schedule would never reach its peak lr nor decay; lower "
+                f"--warmup-steps (e.g. to {max(self.max_steps // 10, 1)}) or raise --max-steps"
             )
         if self.src_lang == self.tgt_lang and not self.pairs:
             raise ConfigError(f"src_lang and tgt_lang are both {self.src_lang!r}")

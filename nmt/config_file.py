@@ -112,6 +112,7 @@ def resolve(
     model_overrides: dict[str, Any],
     train_overrides: dict[str, Any],
     model_base: dict[str, Any] | None = None,
+    train_base: dict[str, Any] | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
     """Merge preset, config file and flags (flags win) into validated configs.
 
@@ -119,8 +120,10 @@ def resolve(
     (flags over file over preset) replaces the other of the layers below.
 
     ``None`` values in the override dicts mean "not given" and are ignored. ``model_base``
-    (fine-tuning: the initial model's config) replaces the preset's model values when no
-    preset is named, by flag or by the file.
+    (fine-tuning: the initial model's config; resuming: the run's) replaces the preset's
+    model values when no preset is named, by flag or by the file. ``train_base`` (resuming:
+    the run's recorded recipe) replaces the preset's recipe and the defaults, so that a
+    setting not given again keeps the run's value.
 
     Raises:
         ConfigError: unknown preset or key, an invalid value, or ``accum`` and
@@ -132,9 +135,8 @@ def resolve(
     model_values = dict(model_base) if model_base is not None and not named else preset(name)
     model_values.update(file_data.get("model", {}))
     model_values.update({k: v for k, v in model_overrides.items() if v is not None})
-    train_values: dict[str, Any] = {}
+    train_values = dict(PRESET_RECIPES[name]) if train_base is None else dict(train_base)
     for layer in (
-        PRESET_RECIPES[name],
         file_data.get("train", {}),
         {k: v for k, v in train_overrides.items() if v is not None},
     ):

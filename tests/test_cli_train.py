@@ -380,3 +380,67 @@ def test_clip_norm_label_smoothing_and_max_len_flags_win_over_the_config_file(
     assert given == [(0.5, 0.05, 64), (0.5, 0.05, 64), (5.0, 0.2, 80), (1.0, 0.1, 200)]
     result = invoke(*base, "--label-smoothing", "1.5")
     assert_one_line_error(result, "label_smoothing=1.5")
+
+
+def test_the_status_line_shows_the_new_validations_bleu() -> None:
+    """The validation of step N follows step N's status update: the line kept showing the
+    previous validation's BLEU under the new one's printed result."""
+    from nmt.train.run import RunStart, StepStats, ValidResult
+
+    observer = cli.train.RichObserver()
+    observer.on_start(RunStart(0, 0.0, 10, 0, 0.0, 5))
+    try:
+        for step, bleu in ((5, 1.5), (10, 7.25)):
+            observer.on_step(StepStats(step, 1, 3.0, 2.9, 1e-3, 1.0, 100.0, 1.0, 0))
+            observer.on_validate(ValidResult(step, 3.0, 18.2, bleu, 20.0, "sig", True, 0.1))
+            info = observer.progress.tasks[0].fields["info"]
+            assert info.startswith(f"step {step} ") and f"BLEU {bleu:.2f} (best {bleu:.2f})" in info
+    finally:
+        observer.stop()
+
+
+def test_patience_metric_reaches_the_config(monkeypatch, corpus: tuple[Path, Path], tmp_path: Path):
+    calls = []
+    not_main = SimpleNamespace(dist=SimpleNamespace(is_main=False))
+    monkeypatch.setattr(
+        cli.train, "run_training", lambda *args, **kw: calls.append(args[4]) or (not_main, "")
+    )
+    result = invoke(*train_args(*corpus, tmp_path / "run", "--patience-metric", "loss"))
+    assert result.exit_code == 0, result.output
+    assert calls[0].patience_metric == "loss"
+    result = invoke(*train_args(*corpus, tmp_path / "run", "--patience-metric", "ter"))
+    assert_one_line_error(result, "patience_metric='ter'", "bleu, chrf, loss")
+
+
+def test_a_resumed_run_keeps_its_recorded_settings(
+    tmp_path: Path, corpus: tuple[Path, Path], spm_model: Path, monkeypatch
+) -> None:
+    """Trained with --lr-schedule linear --max-steps 100 --warmup-steps 20, stopped with
+    Ctrl-C, run again without --lr-schedule: it went on with inverse_sqrt (lr 4.47e-4 at step
+    100 instead of 0) and rewrote config.json, without a word. The recorded value is kept; a
+    flag that gives another one is an error naming both."""
+    out = tmp_path / "run"
+    same = train_args(
+        *corpus, out, "--preset", "tiny", "--spm", spm_model, "--max-steps", "100",
+        "--warmup-steps", "20", "--lr", "1e-3", "--eval-every", "100", "--save-every", "100",
+        "--batch-tokens", "300", "--dtype", "fp32",
+    )  # fmt: skip
+    on_step = cli.train.RichObserver.on_step
+
+    def ctrl_c_at_step_10(self, stats) -> None:  # type: ignore[no-untyped-def]
+        on_step(self, stats)
+        if stats.step == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cli.train.RichObserver, "on_step", ctrl_c_at_step_10)
+        result = invoke(*same, "--lr-schedule", "linear")
+    assert result.exit_code == 130, result.output
+    result = invoke(*same, "--lr-schedule", "inverse_sqrt")
+    assert_one_line_error(result, "lr_schedule='linear', this command gives 'inverse_sqrt'")
+    result = invoke(*same)  # without --lr-schedule
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["train"]["lr_schedule"] == "linear"
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").open(encoding="utf-8")]
+    assert [r["lr"] for r in logged if r["type"] == "train" and r["step"] == 100] == [0.0]

@@ -1,11 +1,13 @@
-"""nmt.train.schedule and the budget it follows: the linear decay, the time plan made once and kept
-in resume.pt, and step checkpoints spread over the end of the budget."""
+"""nmt.train.schedule and the budget it follows: the linear decay, the time plan re-made at every
+validation and kept in resume.pt, and step checkpoints spread over the end of the budget."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from test_train import Recorder, run
 
 from nmt.config import TrainConfig
 from nmt.errors import ConfigError
+from nmt.model.checkpoint import load_weights
 from nmt.train.run import StepStats, train
 from nmt.train.schedule import linear_decay_lr, planned_steps
 
@@ -43,6 +46,20 @@ def test_linear_schedule_needs_a_budget() -> None:
         TrainConfig(lr_schedule="cosine", max_steps=10)
 
 
+def test_a_warm_up_as_long_as_the_run_is_refused_or_warned_about(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """The default 500 warm-up updates with --max-steps 300: the peak rate is never reached
+    and the linear schedule never decays. Refused where the config shows it (linear with
+    max_steps); warned about at the start otherwise (an inverse_sqrt smoke test)."""
+    with pytest.raises(ConfigError, match=r"warmup_steps=500 is not below max_steps=300"):
+        TrainConfig(lr_schedule="linear", max_steps=300)
+    cfg = tiny_train_config(max_steps=3, warmup_steps=50, eval_every=3, save_every=3)
+    recorder = run(tmp_path / "run", tiny_corpus, spm_model, tiny_model_config(), cfg)
+    warning = "warning: warmup_steps=50 is not below the 3 updates"
+    assert any(m.startswith(warning) for m in recorder.messages)
+
+
 def records(out: Path, kind: str) -> list[dict]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["type"] == kind]
@@ -55,6 +72,7 @@ def test_max_steps_budget_decays_to_zero_and_spreads_checkpoints(
         max_steps=40, warmup_steps=4, lr=2e-3, lr_schedule="linear", log_every=1, save_every=100
     )
     recorder = run(tmp_path / "run", tiny_corpus, spm_model, tiny_model_config(), cfg)
+    assert any("instead of written every save_every=100" in m for m in recorder.messages)
     lrs = [s.lr for s in recorder.steps]
     assert lrs == pytest.approx([linear_decay_lr(k, 2e-3, 4, 40) for k in range(1, 41)])
     assert lrs[-1] == 0.0
@@ -76,28 +94,120 @@ class StopAt(Recorder):
             os.kill(os.getpid(), signal.SIGTERM)  # train() turns it into a clean stop
 
 
-def test_time_budget_is_planned_once_and_kept_on_resume(
-    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
-) -> None:
-    """The plan is made at the first validation after warm-up and, on resume, read back from
-    resume.pt instead of being made again; the rate follows it exactly."""
-    out, peak = tmp_path / "run", 1e-3
+def fake_time(monkeypatch: pytest.MonkeyPatch, seconds) -> None:  # type: ignore[no-untyped-def]
+    """Run the training loop on a clock that reads ``seconds(step)`` after ``step`` updates
+    (a feed of a chosen speed, without real waits), and skip validation: the plan is made at
+    validation steps all the same, and these tests are about the schedule."""
+    from nmt.train.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "clock", lambda self: seconds(self.state.step))
+    monkeypatch.setattr(Trainer, "validate", lambda self: None)
+
+
+def test_the_time_plan_follows_a_feed_that_changes_speed(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Updates take 1 s, then 0.5 s from update 20, then 1 s again from update 60; the budget
+    is 2 minutes. A plan made once at the start (120 updates) ended the decay at 100 s; re-planned
+    at every validation from the latest speed, the decay ends when the budget does (within
+    2%: here at 120 s, update 140), and the rate stays continuous through every re-plan."""
+
+    def seconds(step: int) -> float:
+        return min(step, 20) + 0.5 * (min(max(step, 20), 60) - 20) + max(step - 60, 0)
+
+    fake_time(monkeypatch, seconds)
+    peak, out = 1e-3, tmp_path / "run"
     cfg = tiny_train_config(
-        max_minutes=60, max_steps=0, lr=peak, warmup_steps=6, eval_every=10,
-        lr_schedule="linear", log_every=1, save_every=100,
+        max_minutes=2, max_steps=0, lr=peak, warmup_steps=4, eval_every=5, lr_schedule="linear",
+        save_every=1000, log_every=1000, batch_tokens=300,
     )  # fmt: skip
-    steps = []
-    for stop in (14, 24):  # the stop is seen before the next update
-        observer = StopAt(stop)
-        train(*tiny_corpus, out, tiny_model_config(), cfg, spm_path=spm_model, observer=observer)
-        steps += observer.steps
-    assert [s.step for s in steps] == list(range(1, 25))
+    recorder = run(out, tiny_corpus, spm_model, tiny_model_config(), cfg)
+    lrs = [s.lr for s in recorder.steps]
+    ended = next(s.step for s in recorder.steps if s.step > 4 and s.lr == 0.0)
+    assert abs(seconds(ended) - 120) <= 0.02 * 120, (ended, seconds(ended))
+    assert recorder.steps[-1].step == ended  # and training stopped there
+    assert all(b <= a for a, b in zip(lrs[4:], lrs[5:]))  # no jump up at a re-plan ...
+    assert max(a - b for a, b in zip(lrs[4:], lrs[5:])) < peak / 40  # ... nor down
     plans = records(out, "plan")
-    assert [p["step"] for p in plans] == [10]  # once, at the first validation after warm-up
-    planned = plans[0]["planned_steps"]
-    assert planned > 100  # an hour holds far more updates than the first 10 took (even on
-    # a loaded machine: the plan was 782 with four test runs sharing 2 cores)
-    assert torch.load(out / "resume.pt", weights_only=True)["state"]["planned_steps"] == planned
-    expected = [linear_decay_lr(k, peak, 6, planned if k > 10 else 0) for k in range(1, 25)]
-    assert [s.lr for s in steps] == pytest.approx(expected, rel=1e-12)
-    assert steps[-1].lr < peak  # decaying towards the planned end
+    assert [p["step"] for p in plans] == list(range(5, ended + 1, 5))
+    assert {p["planned_steps"] for p in plans} == {120, 220, 140}  # each speed's extrapolation
+
+
+def test_a_changed_max_minutes_on_resume_is_re_planned(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Stopped at update 12 of a 1-minute plan (1 s per update), resumed with
+    --max-minutes 2: the plan is made again at once for the new budget (it was ignored, the
+    stored plan winning), the rate continuing from where it was."""
+    fake_time(monkeypatch, float)
+    out, peak = tmp_path / "run", 1e-3
+    values = dict(
+        max_steps=0, lr=peak, warmup_steps=4, eval_every=5, lr_schedule="linear", log_every=1000,
+        save_every=1000, batch_tokens=300,
+    )  # fmt: skip
+    first = StopAt(12)  # the stop is seen before the next update
+    train(*tiny_corpus, out, tiny_model_config(), tiny_train_config(max_minutes=1, **values),
+          spm_path=spm_model, observer=first)  # fmt: skip
+    second = StopAt(14)
+    train(*tiny_corpus, out, tiny_model_config(), tiny_train_config(max_minutes=2, **values),
+          spm_path=spm_model, observer=second)  # fmt: skip
+    assert [s.step for s in first.steps + second.steps] == list(range(1, 15))
+    assert any("max_minutes changed from 1 to 2" in m for m in second.messages)
+    plans = [(p["step"], p["planned_steps"]) for p in records(out, "plan")]
+    assert plans == [(5, 60), (10, 60), (12, 120)]
+    lr12 = first.steps[-1].lr
+    assert lr12 == pytest.approx(peak * (60 - 12) / (60 - 5))  # decaying from update 5
+    assert second.steps[0].lr == pytest.approx(lr12 * (120 - 13) / (120 - 12), rel=1e-12)
+
+
+CRASH_AT_THE_PLAN = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from conftest import make_tiny_model_config, make_tiny_train_config
+from nmt.train.run import train
+from nmt.train.trainer import Trainer
+Trainer.clock = lambda self: float(self.state.step)
+Trainer.validate = lambda self: None
+save = Trainer.save_resume
+def save_then_die(self):
+    save(self)
+    if self.state.step == 6:  # the plan step's save: die before anything else
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer.save_resume = save_then_die
+cfg = make_tiny_train_config(**{CFG})
+train(sys.argv[2], sys.argv[3], sys.argv[4], make_tiny_model_config(), cfg, spm_path=sys.argv[5])
+"""
+
+
+def test_a_crash_right_after_the_plan_steps_save_resumes_exactly(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The plan step (6: the first validation after the warm-up) is also a save step. Its
+    resume.pt was written before the plan, so a run killed there resumed at the peak rate
+    until the next validation planned again. Now it holds the plan: a child killed with
+    SIGKILL right after that save and resumed ends as the uninterrupted run (bit for bit)."""
+    fake_time(monkeypatch, float)  # 1 s per update: 30 updates in the half minute
+    values = dict(
+        max_minutes=0.5, max_steps=0, lr=1e-3, warmup_steps=4, eval_every=6,
+        lr_schedule="linear", save_every=6, log_every=1000, batch_tokens=300,
+    )  # fmt: skip
+    cfg = tiny_train_config(**values)
+    straight = run(tmp_path / "straight", tiny_corpus, spm_model, tiny_model_config(), cfg)
+    assert straight.steps[-1].step == 30
+    crashed = tmp_path / "crashed"
+    script = CRASH_AT_THE_PLAN.replace("{CFG}", repr(values))
+    child = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent), *map(str, tiny_corpus),
+         str(crashed), str(spm_model)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    state = torch.load(crashed / "resume.pt", weights_only=True)["state"]
+    assert (state["step"], state["planned_steps"]) == (6, 30)  # the plan is in it
+    resumed = run(crashed, tiny_corpus, spm_model, tiny_model_config(), cfg)
+    assert [s.lr for s in resumed.steps] == [s.lr for s in straight.steps[6:]]
+    a, b = (load_weights(tmp_path / name / "last.safetensors") for name in ("straight", "crashed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

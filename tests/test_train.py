@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -278,6 +279,28 @@ def test_patience_stops_after_validations_without_a_better_bleu(
     assert [r["best"] for r in records if r["type"] == "valid"] == [True, False, False]
 
 
+def test_patience_metric_loss_follows_the_falling_loss_where_bleu_stays_at_zero(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """A short run's BLEU stays 0.00 while its loss falls: patience on BLEU stopped it at
+    the third validation; on the loss it runs on, and model.safetensors is the lowest-loss
+    validation's (fairseq's --best-checkpoint-metric loss)."""
+    cfg = tiny_train_config(eval_every=2, patience=2, max_steps=8, patience_metric="loss")
+    trainer, reason = train(
+        *tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model
+    )
+    assert reason == "reached max_steps=8"
+    valid = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    valid = [r for r in valid if r["type"] == "valid"]
+    losses = [r["loss"] for r in valid]
+    assert [r["step"] for r in valid] == [2, 4, 6, 8] and losses == sorted(losses, reverse=True)
+    assert [r["best"] for r in valid] == [True] * 4  # each validation's loss is lower
+    assert trainer.state.best_metric == pytest.approx(-losses[-1])
+    best = load_weights(tmp_path / "run" / "model.safetensors")
+    last = load_weights(tmp_path / "run" / "last.safetensors")
+    assert all(torch.equal(best[k], last[k]) for k in best)  # the step-8 weights
+
+
 def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
     tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
 ) -> None:
@@ -301,8 +324,9 @@ def test_training_from_a_prepared_folder_equals_training_from_the_prefix(
 
 
 def test_data_folder_checks(
-    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
-) -> None:
+    tmp_path: Path, tiny_corpus, spm_model: Path, tagged_spm: Path, tiny_model_config,
+    tiny_train_config,
+) -> None:  # fmt: skip
     from nmt.data.store import prepare
     from nmt.errors import ConfigError
 
@@ -315,12 +339,40 @@ def test_data_folder_checks(
         train(
             None, tiny_corpus[1], tmp_path / "run", model_cfg, reverse, data_dir=tmp_path / "data"
         )
-    with pytest.raises(ConfigError, match="--spm cannot be combined with --data"):
-        train(None, tiny_corpus[1], tmp_path / "run", model_cfg, cfg, spm_model,
+    with pytest.raises(ConfigError, match=rf"--spm {tagged_spm} is not the SentencePiece"):
+        train(None, tiny_corpus[1], tmp_path / "run", model_cfg, cfg, tagged_spm,
               data_dir=tmp_path / "data")  # fmt: skip
     with pytest.raises(ConfigError, match="either a corpus prefix"):
         train(tiny_corpus[0], tiny_corpus[1], tmp_path / "run", model_cfg, cfg,
               data_dir=tmp_path / "data")  # fmt: skip
+    assert not (tmp_path / "run").exists()
+
+
+def test_spm_beside_data_is_accepted_when_it_is_the_folders_own(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """`--spm` names the model the data folder was prepared with (the file, or a folder
+    holding it): nothing to disagree about, so it is accepted (it was refused)."""
+    from nmt.data.store import prepare
+
+    prepare(tiny_corpus[0], tmp_path / "data", "de", "en", spm_path=spm_model)
+    cfg = tiny_train_config(max_steps=1, eval_every=1, save_every=1)
+    for n, spm in enumerate((spm_model, spm_model.parent)):
+        out = tmp_path / f"run{n}"
+        train(None, tiny_corpus[1], out, tiny_model_config(), cfg, spm, data_dir=tmp_path / "data")
+        assert (out / SPM_FILE).read_bytes() == spm_model.read_bytes()
+
+
+def test_tensorboard_without_the_package_is_refused_before_anything_is_written(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The check came when the run log opened, after config.json and spm.model were
+    written, and named `tensorboard = true` instead of the flag."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    cfg = tiny_train_config(max_steps=2, tensorboard=True)
+    with pytest.raises(ConfigError, match=r"--tensorboard .*pip install tensorboard"):
+        train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
     assert not (tmp_path / "run").exists()
 
 
@@ -638,3 +690,20 @@ def test_validation_loss_under_bf16_autocast_is_float32s_within_bf16_rounding(
     ]  # fmt: skip
     assert losses[0] != losses[1]
     assert losses[0] == pytest.approx(losses[1], rel=0.02)
+
+
+def test_a_max_len_above_the_data_folders_is_refused(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """The prepared store holds no pair longer than `nmt prepare --max-len`: a larger
+    training max_len (the base preset's 256 over prepare's 200) was silently ignored."""
+    from nmt.data.store import prepare
+
+    prepare(tiny_corpus[0], tmp_path / "data", "de", "en", valid_prefix=tiny_corpus[1],
+            spm_path=spm_model, max_len=50)  # fmt: skip
+    cfg = tiny_train_config(max_steps=2, max_len=60)
+    with pytest.raises(ConfigError, match=r"max_len=60 .* max_len=50 .*nmt prepare --max-len 60"):
+        train(None, None, tmp_path / "run", tiny_model_config(), cfg, data_dir=tmp_path / "data")
+    assert not (tmp_path / "run").exists()
+    cfg = tiny_train_config(max_steps=2, max_len=40, eval_every=2, save_every=2)  # below: fine
+    train(None, None, tmp_path / "run", tiny_model_config(), cfg, data_dir=tmp_path / "data")

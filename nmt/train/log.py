@@ -115,16 +115,28 @@ class RunLog:
             self.tensorboard.close()
 
 
+def check_tensorboard() -> None:
+    """Check that TensorBoard logs can be written (called before a run writes anything).
+
+    Raises:
+        ConfigError: the ``tensorboard`` package is not installed (the flag named).
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "--tensorboard (tensorboard = true in the config file) needs the tensorboard "
+            "package: pip install tensorboard, or drop the flag"
+        ) from None
+
+
 def open_tensorboard(out_dir: Path):  # type: ignore[no-untyped-def]
     """A TensorBoard writer for ``out_dir/tensorboard``.
 
     Raises:
         ConfigError: the ``tensorboard`` package is not installed.
     """
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError(
-            "tensorboard = true needs the tensorboard package: pip install tensorboard"
-        ) from None
+    check_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
     return SummaryWriter(str(out_dir / "tensorboard"))

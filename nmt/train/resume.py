@@ -8,6 +8,9 @@ same next batch, same dropout masks.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nmt.errors import ConfigError
 from nmt.model import checkpoint as ckpt
 from nmt.train.distributed import DistEnv, gather_objects
 
@@ -27,11 +31,18 @@ class TrainState:
     Attributes:
         step: updates done; epoch: the current epoch (1-based); batch_in_epoch: updates of
             this epoch already done (the position in its batch order).
-        best_bleu / bad_validations: the best validation BLEU and the validations since it
-            (early stopping).
-        elapsed_s: training seconds (validation and checkpoints included, start-up not).
+        best_bleu: the best validation BLEU.
+        best_metric / bad_validations: the best value of the metric early stopping follows
+            (``patience_metric``; the loss negated, so that higher is better) and the
+            validations since it.
+        elapsed_s: wall-clock seconds of the training loops of this run and the starts it
+            resumed (waits for batches, validation and checkpoints included, start-up not).
         skipped_steps: updates skipped for a non-finite gradient.
         planned_steps: the end of a linear schedule's time budget (0 = not known yet).
+        plan_step / plan_lr / plan_elapsed_s / plan_minutes: the update, learning rate and
+            ``elapsed_s`` at the latest time plan (the linear decay runs from that rate at
+            that update to 0 at the end; 0 = no plan yet) and the ``max_minutes`` planned
+            for (:meth:`nmt.train.trainer.Trainer.plan_time_budget`).
     """
 
     step: int = 0
@@ -39,9 +50,14 @@ class TrainState:
     batch_in_epoch: int = 0
     best_bleu: float = -1.0
     bad_validations: int = 0
+    best_metric: float = -math.inf
     elapsed_s: float = 0.0
     skipped_steps: int = 0
     planned_steps: int = 0
+    plan_step: int = 0
+    plan_lr: float = 0.0
+    plan_elapsed_s: float = 0.0
+    plan_minutes: float = 0.0
 
 
 def save_resume(
@@ -111,7 +127,10 @@ def load_resume(
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     random.setstate((3, tuple(data["python_rng"]), None))
-    return TrainState(**data["state"]), data
+    state = TrainState(**data["state"])
+    if "best_metric" not in data["state"]:  # saved before patience_metric: BLEU was followed
+        state.best_metric = state.best_bleu
+    return state, data
 
 
 def changed_data_order(
@@ -151,6 +170,43 @@ def changed_data_order(
         "or pass --reset-data-position to continue the weights from the start of a new "
         "epoch, or start a new run folder (--overwrite replaces this one)"
     )
+
+
+# What a resumed run may change (see check_same_recipe): its budgets, how often it
+# validates, saves and logs, and the machine it runs on. The batch order's settings are
+# checked against resume.pt instead (changed_data_order, with --reset-data-position).
+MAY_CHANGE_ON_RESUME = (
+    "max_steps", "max_epochs", "max_minutes", "patience", "eval_every", "save_every",
+    "log_every", "keep_checkpoints", "device", "dtype", "compile", "onednn", "dist_timeout",
+    "tensorboard",
+)  # fmt: skip
+DATA_ORDER = ("batch_tokens", "seed", "accum")
+
+
+def check_same_recipe(out_dir: Path, train_cfg: Any) -> None:
+    """Refuse to resume the run in ``out_dir`` with a training recipe (``train_cfg``, a
+    :class:`~nmt.config.TrainConfig`) other than the one its ``config.json`` records, but for
+    :data:`MAY_CHANGE_ON_RESUME` and the batch order's settings (:data:`DATA_ORDER`,
+    checked by :func:`changed_data_order`). A setting the record lacks (a run of an older
+    nmt) is not compared.
+
+    Raises:
+        ConfigError: the first differing setting, both values and the ways out.
+    """
+    path = out_dir / ckpt.CONFIG_FILE
+    recorded = ckpt.read_config(out_dir).get("train", {})
+    given = json.loads(json.dumps(dataclasses.asdict(train_cfg)))  # tuples as JSON lists
+    for name, was in recorded.items():
+        if name in MAY_CHANGE_ON_RESUME or name in DATA_ORDER or name not in given:
+            continue
+        if given[name] != was:
+            raise ConfigError(
+                f"{path}: the run was trained with {name}={was!r}, this command gives "
+                f"{given[name]!r} (--{name.replace('_', '-')} or the config file); a resumed "
+                "run keeps its recorded settings: resume without the option, or start a new "
+                "run folder (--overwrite replaces this one). Only "
+                f"{', '.join(MAY_CHANGE_ON_RESUME)} may change on resume"
+            )
 
 
 def corpus_fingerprint(data: Any) -> str:

@@ -30,7 +30,7 @@ from nmt.data.multilingual import (
 )
 from nmt.data.parallel import Corpus, encode_parallel, read_parallel
 from nmt.data.textio import corpus_path
-from nmt.data.vocab import check_same_vocab, load_tokenizer
+from nmt.data.vocab import JOINT_SPM, check_same_vocab, load_tokenizer
 from nmt.device import resolve_device
 from nmt.errors import ConfigError, InputError, NMTError, TrainingError
 from nmt.model import checkpoint as ckpt
@@ -41,7 +41,9 @@ from nmt.train.log import (  # re-exported: the training API lives under nmt.tra
     StepStats,
     TrainObserver,
     ValidResult,
+    check_tensorboard,
 )
+from nmt.train.resume import check_same_recipe
 from nmt.train.run_folder import (  # noqa: F401 - prepare_run and describe re-exported
     RUN_FILES,
     check_run_folder,
@@ -131,6 +133,46 @@ def check_pairs(train_cfg: TrainConfig, model_cfg: ModelConfig, prefix: str | Pa
     corpus_files(prefix, train_cfg.pairs)
 
 
+def check_data_max_len(data_dir: str | Path, meta: dict[str, Any], max_len: int) -> None:
+    """Refuse a training ``max_len`` above the one ``nmt prepare`` filtered the data folder
+    at: the prepared store holds no longer pairs, so the larger value would be silently
+    ignored.
+
+    Raises:
+        ConfigError: naming both values and the two ways out.
+    """
+    prepared = meta.get("filter", {}).get("max_len")
+    if prepared is not None and max_len > prepared:
+        raise ConfigError(
+            f"max_len={max_len} is above the max_len={prepared} that {data_dir} was prepared "
+            f"with (it holds no longer pairs): prepare the data again with `nmt prepare "
+            f"--max-len {max_len}`, or train with max_len={prepared} (--max-len {prepared}, or "
+            "max_len in the config file's [train] table)"
+        )
+
+
+def check_data_spm(spm_path: str | Path, data_dir: str | Path) -> None:
+    """Accept ``--spm`` beside ``--data`` only when it is the data folder's own SentencePiece
+    model(s) (a joint ``.model`` file, or a folder), byte for byte.
+
+    Raises:
+        ConfigError: another model: the data was encoded with the folder's, so the ids would
+            not match it.
+    """
+    spm_path, data_dir = Path(spm_path), Path(data_dir)
+    why = (
+        f"--spm {spm_path} is not the SentencePiece model {data_dir} was encoded with: drop "
+        "--spm (a data folder brings its own), or prepare the data with `nmt prepare --spm "
+        f"{spm_path}`"
+    )
+    if spm_path.is_file():
+        joint = data_dir / JOINT_SPM
+        if not joint.is_file() or joint.read_bytes() != spm_path.read_bytes():
+            raise ConfigError(why)
+        return
+    check_same_vocab([data_dir, spm_path], why)
+
+
 def train(
     train_prefix: str | Path | None,
     valid_prefix: str | Path | None,
@@ -186,6 +228,8 @@ def train(
         spm_path, init_weights = init_from, init_from / ckpt.WEIGHTS_FILE  # its SentencePiece
         ckpt.load_weights(init_weights)  # readable, before anything is written
     check_fits(model_cfg, train_cfg)
+    if train_cfg.tensorboard:
+        check_tensorboard()  # before anything is written, not when the run log opens
     if (train_prefix is None) == (data_dir is None):
         raise ConfigError("give either a corpus prefix (--train) or a data folder (--data)")
     if train_cfg.pairs:
@@ -198,6 +242,7 @@ def train(
                 f"{data_dir} holds {langs[0]}→{langs[1]} but training asks for "
                 f"{train_cfg.src_lang}→{train_cfg.tgt_lang}; fix --src-lang/--tgt-lang"
             )
+        check_data_max_len(data_dir, meta, train_cfg.max_len)
         if init_from is not None:
             check_same_vocab(
                 [Path(init_from), Path(data_dir)],
@@ -205,10 +250,8 @@ def train(
                 f"prepare the data with --spm {init_from}",
             )
         elif spm_path is not None:
-            raise ConfigError(
-                f"--spm cannot be combined with --data: {data_dir} was encoded with its own "
-                "SentencePiece model(s)"
-            )
+            check_data_spm(spm_path, data_dir)
+            spm_path = None  # the data folder's, the very same
         source = ("data", str(data_dir))
         if valid_prefix is None and meta["valid_pairs"]:
             valid_prefix = Path(data_dir) / "valid"  # the copy nmt prepare --valid made
@@ -219,6 +262,8 @@ def train(
                 corpus_path(train_prefix, lang)  # type: ignore[arg-type]
         source = ("train", str(train_prefix))
     check_run_folder(out_dir, source, valid_prefix, init_from, overwrite)
+    if not overwrite and (out_dir / ckpt.RESUME_FILE).is_file():
+        check_same_recipe(out_dir, train_cfg)
     # Check the input that is read whole before anything is written into the run folder.
     valid_text = read_valid(valid_prefix, train_cfg)
     if spm_path is not None:  # checks the file(s) and special ids before the folder is made

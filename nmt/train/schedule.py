@@ -13,6 +13,8 @@ from nmt.config import TrainConfig
 # of the updates before it.
 AVERAGE_SHARE = 0.2
 
+METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "loss": "validation loss"}  # patience_metric
+
 
 def inverse_sqrt_lr(step: int, peak: float, warmup_steps: int) -> float:
     """Linear warm-up to ``peak`` over ``warmup_steps``, then decay with 1/sqrt(step).
@@ -62,12 +64,26 @@ def planned_steps(step: int, elapsed_s: float, budget_s: float) -> int:
     return step + int(remaining / (elapsed_s / step))
 
 
-def learning_rate(cfg: TrainConfig, step: int, end: int) -> float:
-    """The learning rate of 1-based update ``step`` under ``cfg.lr_schedule``; ``end`` is the
-    last update of a linear schedule's budget (0 = not known yet)."""
-    if cfg.lr_schedule == "linear":
+def learning_rate(
+    cfg: TrainConfig, step: int, end: int, anchor: tuple[int, float] | None = None
+) -> float:
+    """The learning rate of 1-based update ``step`` under ``cfg.lr_schedule``.
+
+    Args:
+        end: the last update of a linear schedule's budget (0 = not known yet).
+        anchor: ``(update, rate)`` of a linear schedule's latest time plan: from there the
+            rate falls linearly to 0 at ``end`` (so that a re-planned end keeps it
+            continuous); ``None``: from the peak at the end of the warm-up
+            (:func:`linear_decay_lr`).
+    """
+    if cfg.lr_schedule != "linear":
+        return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+    if anchor is None:
         return linear_decay_lr(step, cfg.lr, cfg.warmup_steps, end)
-    return inverse_sqrt_lr(step, cfg.lr, cfg.warmup_steps)
+    start, rate = anchor
+    if end <= start:
+        return 0.0
+    return rate * min(1.0, max(0.0, (end - step) / (end - start)))
 
 
 def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
@@ -81,6 +97,30 @@ def checkpoint_due(cfg: TrainConfig, step: int, end: int) -> bool:
     keep = cfg.keep_checkpoints
     every = max(1, round(end * AVERAGE_SHARE / max(keep - 1, 1)))
     return 0 <= end - step <= every * (keep - 1) and (end - step) % every == 0
+
+
+def schedule_notes(cfg: TrainConfig, steps_per_epoch: int) -> list[str]:
+    """What a run should be told at its start about its schedule: a warm-up at least as
+    long as its step or epoch budget (the peak rate is never reached; a linear schedule
+    with ``max_steps`` is refused earlier, by :class:`~nmt.config.TrainConfig`), and where a
+    linear schedule keeps its step checkpoints instead of every ``save_every`` updates."""
+    notes = []
+    end = min((n for n in (cfg.max_steps, cfg.max_epochs * steps_per_epoch) if n), default=0)
+    if end and cfg.warmup_steps >= end:
+        notes.append(
+            f"warning: warmup_steps={cfg.warmup_steps} is not below the {end} updates of this "
+            f"run: the learning rate rises all along and never reaches its peak lr={cfg.lr:g}"
+            + ("" if cfg.lr_schedule != "linear" else ", and never decays")
+            + "; lower --warmup-steps"
+        )
+    if cfg.lr_schedule == "linear":
+        notes.append(
+            f"lr_schedule=linear: the {cfg.keep_checkpoints} step checkpoints are spread over "
+            f"the last {AVERAGE_SHARE:.0%} of the planned updates (for nmt average) instead of "
+            f"written every save_every={cfg.save_every}; resume.pt is still written every "
+            f"{cfg.save_every} updates"
+        )
+    return notes
 
 
 def budget_reason(cfg: TrainConfig, state: Any) -> str | None:
@@ -100,5 +140,6 @@ def budget_reason(cfg: TrainConfig, state: Any) -> str | None:
             f"{c.max_minutes:g} (the learning rate has decayed to 0)"
         )
     if c.patience and s.bad_validations >= c.patience:
-        return f"no BLEU improvement in {c.patience} validations (patience)"
+        what = METRIC_NAMES[c.patience_metric]
+        return f"no {what} improvement in {c.patience} validations (patience)"
     return None

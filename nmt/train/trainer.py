@@ -41,7 +41,13 @@ from nmt.train.resume import (
     load_resume,
     save_resume,
 )
-from nmt.train.schedule import budget_reason, checkpoint_due, learning_rate, planned_steps
+from nmt.train.schedule import (
+    budget_reason,
+    checkpoint_due,
+    learning_rate,
+    planned_steps,
+    schedule_notes,
+)
 from nmt.train.validation import bleu_chrf, search_output, valid_loss
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
@@ -62,7 +68,7 @@ class Trainer:
         valid_sets: a multilingual run's validation sets, one per direction
             (:mod:`nmt.data.multilingual`), instead of ``valid_data``/``valid_text``: the loss is
             over all of them, BLEU and chrF are each direction's and their mean, and the
-            best checkpoint follows the mean BLEU.
+            best checkpoint follows the mean BLEU or chrF (or the loss over all).
     """
 
     def __init__(
@@ -121,6 +127,7 @@ class Trainer:
             weight_decay=train_cfg.weight_decay,
         )
         self.state = TrainState()
+        self.loop_start = (0.0, 0.0)  # (clock, state.elapsed_s) when run() began its loop
         self.stop_signal: int | None = None
         self.run_log = RunLog(out_dir, train_cfg.tensorboard, enabled=self.dist.is_main)
         self.feed = UpdateFeed(train_data, train_cfg, self.dist, self.device)
@@ -151,6 +158,8 @@ class Trainer:
         """
         s, c = self.state, self.cfg
         self.model.train()
+        for note in schedule_notes(c, self.steps_per_epoch):
+            self.observer.on_message(note)
         self.observer.on_start(
             RunStart(
                 s.step, s.elapsed_s, c.max_steps, c.max_epochs, c.max_minutes, self.steps_per_epoch
@@ -160,13 +169,21 @@ class Trainer:
         bad_in_row = window_tokens = 0
         window_start, window_wait = time.monotonic(), 0.0
         reason: str | None = None
+        # The budget is wall-clock time from here: waits for batches, the stop check's
+        # all-reduce, skipped updates, validation and checkpoints all count.
+        self.loop_start = (self.clock(), s.elapsed_s)
+        # (plan_minutes is 0 in a resume.pt of an nmt before re-planning: its plan stands
+        # until the next validation re-plans)
+        changed = s.plan_minutes and s.plan_minutes != c.max_minutes
+        if c.lr_schedule == "linear" and s.planned_steps and changed:
+            self.replan_changed_budget()
         for batches in self.feed.updates(self.state):
+            self.count_time()
             reason, tokens = self.check_stop(sum(b.n_tgt_tokens for b in batches))
             if reason is not None:
                 s.batch_in_epoch -= 1  # not trained: a resumed run starts with it
                 break
-            tick = time.monotonic()
-            lr = learning_rate(c, s.step + 1, self.budget_steps())
+            lr = learning_rate(c, s.step + 1, self.budget_steps(), self.decay_anchor())
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             result = self.train_step(batches, tokens)
@@ -174,7 +191,7 @@ class Trainer:
                 bad_in_row = self.skipped_update(bad_in_row)
                 continue
             bad_in_row, s.step = 0, s.step + 1
-            s.elapsed_s += time.monotonic() - tick
+            self.count_time()
             # log
             window_tokens += tokens
             window_s = max(time.monotonic() - window_start, 1e-9)
@@ -188,19 +205,19 @@ class Trainer:
                 self.run_log.write({"type": "train", **vars(stats)})
                 window_tokens, window_start = 0, time.monotonic()
                 window_wait = self.feed.wait_s
-            # validate and checkpoint (their time counts towards the budget too)
-            tick = time.monotonic()
+            # validate, (re-)plan a time budget, then checkpoint: resume.pt holds the plan
             validated = s.step % c.eval_every == 0
             if validated:
                 self.validate()
+            timed = c.lr_schedule == "linear" and c.max_minutes
+            if timed and validated and s.step >= c.warmup_steps:
+                self.count_time()
+                self.plan_time_budget()
             if checkpoint_due(c, s.step, self.budget_steps()):
                 self.save_step_checkpoint()
             if s.step % c.save_every == 0:
+                self.count_time()
                 self.save_resume()
-            s.elapsed_s += time.monotonic() - tick
-            timed = c.lr_schedule == "linear" and c.max_minutes and not s.planned_steps
-            if timed and validated and s.step >= c.warmup_steps:
-                self.plan_time_budget()
         self.finish()
         assert reason is not None  # updates() never ends: only a stop reason leaves the loop
         return reason
@@ -334,6 +351,16 @@ class Trainer:
         )
 
     # --- the schedule's budget ----------------------------------------------------------
+    def clock(self) -> float:
+        """Seconds of a monotonic wall clock (a method, so that tests can slow time down)."""
+        return time.monotonic()
+
+    def count_time(self) -> None:
+        """Set ``state.elapsed_s``: the seconds before this start plus the wall-clock time
+        since the loop began (:meth:`run`)."""
+        start, before = self.loop_start
+        self.state.elapsed_s = before + self.clock() - start
+
     def budget_steps(self) -> int:
         """The last update of a linear schedule: the smallest of ``max_steps``, ``max_epochs``
         × updates per epoch and the plan for ``max_minutes`` (0 = not known yet)."""
@@ -341,28 +368,69 @@ class Trainer:
         ends = [n for n in (c.max_steps, c.max_epochs * self.steps_per_epoch, s.planned_steps) if n]
         return min(ends, default=0)
 
-    def plan_time_budget(self) -> None:
-        """Turn ``max_minutes`` into a number of updates, once, from rank 0's time per update
-        so far (validation and checkpoints included), shared with every rank; kept in
-        ``resume.pt`` so that a resumed run follows the same schedule."""
+    def decay_anchor(self) -> tuple[int, float] | None:
+        """``(update, learning rate)`` the linear decay runs from since the last time plan
+        (``None`` before one: from the end of the warm-up at the peak rate)."""
         s = self.state
-        plan = planned_steps(s.step, s.elapsed_s, self.cfg.max_minutes * 60)
-        shared = sum_across([float(plan if self.dist.is_main else 0)], self.dist, self.device)
-        s.planned_steps = int(shared[0])
-        self.run_log.write({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
-        self.observer.on_message(
-            f"time budget: {s.planned_steps} updates fit into max_minutes="
-            f"{self.cfg.max_minutes:g} at {s.elapsed_s / s.step:.2f} s per update so far; "
-            "the learning rate decays linearly to 0 by then"
+        return (s.plan_step, s.plan_lr) if s.plan_step else None
+
+    def plan_time_budget(self) -> None:
+        """(Re-)plan ``max_minutes`` as a number of updates, at every validation after the
+        warm-up: the seconds left divided by rank 0's time per update since the last plan
+        (the whole run's before the first; validation and checkpoints included), shared with
+        every rank. The decay restarts from the current rate (it stays continuous) towards
+        the new end; the plan is kept in ``resume.pt``.
+
+        Re-planning follows the wall clock, so the decay ends when the time does even when
+        updates get faster or slower as the run goes (a plan made once ended 10% early in
+        ``make demo``).
+        """
+        c, s = self.cfg, self.state
+        lr_now = learning_rate(c, s.step, self.budget_steps(), self.decay_anchor())
+        recent = s.step > s.plan_step > 0 and s.elapsed_s > s.plan_elapsed_s
+        since = (s.plan_step, s.plan_elapsed_s) if recent else (0, 0.0)
+        plan = planned_steps(
+            s.step - since[0], s.elapsed_s - since[1], c.max_minutes * 60 - since[1]
         )
+        plan += since[0]
+        shared = sum_across(
+            [float(plan if self.dist.is_main else 0), s.elapsed_s if self.dist.is_main else 0.0],
+            self.dist,
+            self.device,
+        )
+        s.planned_steps, s.plan_step, s.plan_lr = int(shared[0]), s.step, lr_now
+        s.plan_elapsed_s, s.plan_minutes = shared[1], c.max_minutes
+        self.run_log.write({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
+        per_update = (s.elapsed_s - since[1]) / max(s.step - since[0], 1)
+        self.observer.on_message(
+            f"time budget: {s.planned_steps} updates fit into max_minutes={c.max_minutes:g} "
+            f"at {per_update:.2f} s per update lately; the learning rate decays linearly from "
+            f"{lr_now:.2e} to 0 by then"
+        )
+
+    def replan_changed_budget(self) -> None:
+        """On resume with another ``max_minutes`` than the one planned for: re-plan at once
+        from the new budget (or, with none left, decay towards the step or epoch budget),
+        the rate continuing from where the run stopped."""
+        c, s = self.cfg, self.state
+        self.observer.on_message(
+            f"max_minutes changed from {s.plan_minutes:g} to {c.max_minutes:g} since the last "
+            "plan: re-planning the linear decay"
+        )
+        if not c.max_minutes:
+            lr_now = learning_rate(c, s.step, self.budget_steps(), self.decay_anchor())
+            s.planned_steps, s.plan_minutes = 0, 0.0
+            s.plan_step, s.plan_lr, s.plan_elapsed_s = s.step, lr_now, s.elapsed_s
+            return
+        self.plan_time_budget()
 
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> ValidResult:
         """Loss, perplexity, BLEU and chrF on the valid set (under the training dtype's
-        autocast unless ``valid_autocast`` is off); keeps ``model.safetensors`` as
-        the best by BLEU and updates the early-stopping counters. Every process takes a
-        share (:mod:`nmt.train.validation`) and all reach the same scores and counters; all must
-        call this."""
+        autocast unless ``valid_autocast`` is off); keeps ``model.safetensors`` as the best by
+        ``patience_metric`` and updates the early-stopping counters. Every process takes a
+        share (:mod:`nmt.train.validation`) and all reach the same scores and counters; all
+        must call this."""
         start = time.monotonic()
         c = self.cfg
         loss = nll = 0.0
@@ -383,9 +451,11 @@ class Trainer:
         loss, nll = loss / max(tokens, 1), nll / max(tokens, 1)
         bleu = sum(d["bleu"] for d in directions.values()) / len(directions)
         chrf = sum(d["chrf"] for d in directions.values()) / len(directions)
-        best = bleu > self.state.best_bleu
+        self.state.best_bleu = max(self.state.best_bleu, bleu)
+        followed = {"bleu": bleu, "chrf": chrf, "loss": -loss}[c.patience_metric]
+        best = followed > self.state.best_metric  # higher is better: the loss is negated
         if best:
-            self.state.best_bleu, self.state.bad_validations = bleu, 0
+            self.state.best_metric, self.state.bad_validations = followed, 0
             if self.dist.is_main:
                 ckpt.save_weights(self.out_dir / ckpt.WEIGHTS_FILE, self.model, self.state.step)
         else:
