@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from nmt.errors import ConfigError, InputError, NMTError
 
-CATALOG_PATH = Path(__file__).resolve().parents[1] / "data" / "catalog.json"
+CATALOG_PATH = Path(__file__).resolve().parents[2] / "data" / "catalog.json"
 CHUNK_BYTES = 1 << 20
 DOWNLOAD_TIMEOUT_S = 60.0
 
