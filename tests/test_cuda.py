@@ -26,6 +26,7 @@ from agreement import (
     forced_log_probs,
     translate_recorded,
 )
+from skips import skip, skipif
 from test_train import Recorder
 
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
@@ -40,10 +41,7 @@ from nmt.train.run import Trainer, train
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(
-        not torch.cuda.is_available(),
-        reason=f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__})",
-    ),
+    skipif(not torch.cuda.is_available(), "cuda", f"torch {torch.__version__}"),
 ]
 
 # Translation on the GPU against the CPU float32 model: (mean absolute difference of the
@@ -179,7 +177,7 @@ def test_one_rank_nccl_group_runs_a_ddp_update(
     code that runs is the code of a multi-GPU run, without needing a second GPU.
     """
     if not dist.is_nccl_available():
-        pytest.skip(f"this torch build ({torch.__version__}) has no NCCL")
+        skip("cuda-build", f"torch {torch.__version__} has no NCCL")
     model_cfg, cfg = tiny_model_config(dropout=0.0), tiny_train_config(device="cuda")
     plain = make_trainer(tmp_path, spm_model, tiny_corpus, model_cfg, cfg)
     batches = plain.collate_step(plain.epoch_steps(1)[0])
@@ -278,17 +276,17 @@ def test_ctranslate2_on_cuda_agrees_with_torch(
     """The float32 CTranslate2 export translating on CUDA: greedy outputs equal torch's on
     CPU or diverge only at a near-tie. Skipped, with the reason, where the installed
     CTranslate2 wheel cannot use the GPU."""
-    ct2 = pytest.importorskip(
-        "ctranslate2", reason="ctranslate2 is not installed (bring its wheel to test it on CUDA)"
-    )
+    import ctranslate2 as ct2  # the ctranslate2 extra
+
     try:
         gpus = ct2.get_cuda_device_count()
     except Exception as exc:  # a wheel built for another CUDA may raise rather than say 0
-        pytest.skip(f"ctranslate2 {ct2.__version__} cannot query CUDA: {exc}")
+        skip("cuda-build", f"ctranslate2 {ct2.__version__} cannot query CUDA: {exc}")
     if gpus == 0:
-        pytest.skip(
+        skip(
+            "cuda-build",
             f"ctranslate2 {ct2.__version__} sees no CUDA device (a CPU-only wheel, or one "
-            "built for another CUDA version than this machine's driver)"
+            "built for another CUDA version than this machine's driver)",
         )
     engine = CT2Translator.load(
         export_ctranslate2(cuda_run, tmp_path / "ct2"), DecodeConfig(beam_size=1), device="cuda"

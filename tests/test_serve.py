@@ -24,8 +24,6 @@ from serve_client import REPO, ServerProcess, request, serving
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.search import length_penalty
 
-pytest.importorskip("fastapi", reason="nmt serve needs the serve extra: pip install -e '.[serve]'")
-
 MAX_LINES, MAX_CHARS = 8, 600
 
 
