@@ -1,5 +1,6 @@
 """The suite's own rules (``conftest.py``, ``skips.py``): Multi30k is found in one of three
-places or the run stops at once naming them, and a skip outside the allow-list fails.
+places or the run stops at once naming them, and a skip outside the allow-list fails; and
+``junit_summary.py``, which counts a run's outcomes for ``.ci/run``.
 
 The runs are real pytest processes on a copy of the suite's machinery (conftest, skips,
 cpu_profile, pyproject.toml) in a temporary repository, beside which there is no ``shared/``,
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 from conftest import MULTI30K_ENV, REPO, find_multi30k
+from junit_summary import read_counts, summary
+from skips import reason
 
 MACHINERY = ("conftest.py", "skips.py", "cpu_profile.py")
 
@@ -104,18 +107,28 @@ def test_mark():
     fake_multi30k(repo / "data" / "multi30k")
     whole = "import pytest\n\npytest.importorskip('no_such_module_for_nmt_tests')\n"
     (repo / "tests" / "test_whole.py").write_text(whole, encoding="utf-8")
-    done = run_pytest(repo, "--continue-on-collection-errors")
+    report = tmp_path / "report.xml"
+    done = run_pytest(repo, "--continue-on-collection-errors", f"--junitxml={report}")
     output = done.stdout + done.stderr
     assert done.returncode == 1, output
-    summary = output.strip().splitlines()[-1]
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (\w+)", summary)}
+    last = output.strip().splitlines()[-1]
+    found = {k: int(n) for n, k in re.findall(r"(\d+) (\w+)", last)}
     # The skipif mark fails in setup, an error like the module's collection.
-    assert counts == {"failed": 2, "passed": 1, "skipped": 1, "errors": 2}, summary
+    assert found == {"failed": 2, "passed": 1, "skipped": 1, "errors": 2}, last
     assert "SKIPPED [1] tests/test_it.py" in output and "[cuda] needs a CUDA GPU" in output
     for name in ("test_bare", "test_importorskip"):
         assert f"FAILED tests/test_it.py::{name}" in output, output
     assert "not in the allow-list of tests/skips.py" in output
     assert "ERROR tests/test_it.py::test_mark" in output and "ERROR tests/test_whole.py" in output
+
+    # .ci/run's summary of the same run, from its junit report.
+    counts = read_counts(report)
+    assert (counts.passed, counts.failed, counts.errors) == (1, 2, 2)
+    assert counts.skipped == {reason("cuda"): 1}
+    assert summary("native", report, "1").startswith(
+        f"native (exit 1): 1 passed, 2 failed, 2 errors, 1 skipped\n    - 1: {reason('cuda')}"
+    )
+    assert "no test report" in summary("avx2", tmp_path / "absent.xml", "4")
 
 
 def test_a_set_variable_is_the_only_place_looked_at(tmp_path: Path) -> None:
@@ -135,7 +148,7 @@ def test_a_set_variable_is_the_only_place_looked_at(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["cuda", "chromium"])
 def test_allowed_skip_reasons_name_their_key(key: str) -> None:
-    from skips import allowed_key, reason
+    from skips import allowed_key
 
     assert allowed_key(f"Skipped: {reason(key, 'detail')}") == key
     assert allowed_key("Skipped: [nothing] x") is None and allowed_key("no key") is None
