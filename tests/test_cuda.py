@@ -12,7 +12,6 @@ differently, and stays well below what the injected bugs measured there gave.
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -153,13 +152,6 @@ def test_resume_on_cuda_continues_the_uninterrupted_run(
         assert resumed.scaler.get_scale() == straight.scaler.get_scale()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_one_rank_nccl_group_runs_a_ddp_update(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -168,7 +160,7 @@ def test_one_rank_nccl_group_runs_a_ddp_update(
     tiny_model_config,
     tiny_train_config,
 ) -> None:
-    """A one-process NCCL group, joined through MASTER_ADDR/MASTER_PORT as torchrun sets them,
+    """A one-process NCCL group (MASTER_ADDR/MASTER_PORT and RANK set as torchrun sets them),
     runs the trainer's DDP path: the model wrapped in DistributedDataParallel on ``cuda:0``,
     one update whose loss and gradients are the plain trainer's (averaging over one rank
     changes nothing), the stop check's all-reduce and save_resume's object gather over NCCL.
@@ -183,12 +175,15 @@ def test_one_rank_nccl_group_runs_a_ddp_update(
     batches = plain.collate_step(plain.epoch_steps(1)[0])
     expected = plain.train_step(batches)
     assert expected is not None
-    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    # The group's store on a port the system picks and this process holds: no free port found,
+    # released and bound again later, by when another process may have taken it.
+    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port)}
     for name, value in {**environment, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
     torch.cuda.set_device(0)
     dist.init_process_group(
-        "nccl", init_method="env://", rank=0, world_size=1, device_id=torch.device("cuda", 0)
+        "nccl", store=store, rank=0, world_size=1, device_id=torch.device("cuda", 0)
     )
     try:
         assert dist.get_backend() == "nccl" and dist.get_world_size() == 1
