@@ -26,7 +26,12 @@ def serve(
         ),
     ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = D.host,
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = D.port,
+    port: Annotated[
+        int,
+        typer.Option(
+            help="Port to listen on; 0 = a free port, which the 'listening on' line names."
+        ),
+    ] = D.port,
     engine: Annotated[
         str,
         typer.Option(
@@ -79,5 +84,11 @@ def serve(
             f"serving {m.id}: {m.src_lang}->{m.tgt_lang} ({m.engine}) from {m.folder}",
             highlight=False,
         )
-    err_console.print(f"page at http://{host}:{port}/, API at /docs", highlight=False)
-    run_server(models, cfg, log_level)
+
+    def listening(url: str) -> None:
+        # One unwrapped line that scripts and the tests read for the port (--port 0).
+        err_console.print(
+            f"listening on {url} (page at /, API at /docs)", highlight=False, soft_wrap=True
+        )
+
+    run_server(models, cfg, log_level, on_listening=listening)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# What nmt serve prints on stderr once its port is bound and listening.
+LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 @contextlib.contextmanager
@@ -40,13 +42,6 @@ def serving(models: dict[str, Any], workers: int = 1, max_wait_ms: float = 0.0) 
             if model.batcher is not None:
                 model.batcher.close()
         pool.shutdown()
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(
@@ -73,26 +68,28 @@ def request(
 
 
 class ServerProcess:
-    """``nmt serve ARGS`` in a subprocess on 127.0.0.1 and a free port.
+    """``nmt serve ARGS --port 0`` in a subprocess on 127.0.0.1: the server binds a free port
+    itself and names it in its ``listening on`` line, which :meth:`wait_ready` reads (no
+    port found free here and bound later, by when another process may have taken it).
 
     Use as a context manager; leaving it sends SIGTERM (if still running) and waits.
     ``launcher`` replaces ``python -m cli`` (a benchmark's variant of the server).
     """
 
     def __init__(self, args: list[str], log: Path, launcher: list[str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = ""  # http://127.0.0.1:PORT, once wait_ready has read it
         self.log_path = log
         path = [str(REPO), os.environ.get("PYTHONPATH", "")]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
         cmd = [*(launcher or [sys.executable, "-m", "cli"]), "serve", *args, "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--log-level", "warning"]
+        cmd += ["--port", "0", "--log-level", "warning"]
         self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
         self.signalled = False
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self.log, stderr=self.log)
 
     def wait_ready(self, timeout: float = 180.0) -> ServerProcess:
-        """Poll ``GET /health`` until it answers.
+        """Read the server's URL from its ``listening on`` line, then poll ``GET /health``
+        until it answers.
 
         Raises:
             RuntimeError: the process exited or did not answer in time (with its log).
@@ -103,8 +100,11 @@ class ServerProcess:
                 raise RuntimeError(
                     f"nmt serve exited with {self.proc.returncode}:\n{self.output()}"
                 )
+            if not self.url:
+                found = LISTENING.search(self.log_path.read_text(errors="replace"))
+                self.url = found.group(1) if found else ""
             try:
-                if request(self.url + "/health", timeout=2)[0] == 200:
+                if self.url and request(self.url + "/health", timeout=2)[0] == 200:
                     return self
             except OSError:
                 pass

@@ -1,7 +1,7 @@
 """Tests of the dataset catalog, fetching with sha256 checks, and the ``nmt data`` commands.
 
-The Multi30k tests copy from the shared mirror folder (no network); downloads are tested with
-``file://`` URLs in a small catalog written by the test.
+The Multi30k tests copy from the tests' Multi30k folder (conftest; no network); downloads are
+tested with ``file://`` URLs in a small catalog written by the test.
 """
 
 from __future__ import annotations
@@ -22,14 +22,10 @@ from cli import data as data_cli
 from nmt.data.catalog import ChecksumError, DownloadError, get_dataset, load_catalog, sha256_file
 from nmt.errors import ConfigError, InputError
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
 MULTI30K_FILES = sorted(
     f"{split}.{lang}.gz"
     for split in ("train", "val", "test_2016_flickr")
     for lang in ("de", "en", "fr", "cs")
-)
-needs_mirror = pytest.mark.skipif(
-    not MIRROR.is_dir(), reason=f"Multi30k mirror folder {MIRROR} is absent"
 )
 
 
@@ -53,14 +49,18 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def mirror_copy(tmp_path: Path) -> Path:
+def mirror(multi30k_dir: Path) -> Path:
+    """The tests' Multi30k folder (conftest), a mirror of the catalog's Multi30k files."""
+    return multi30k_dir
+
+
+@pytest.fixture
+def mirror_copy(tmp_path: Path, mirror: Path) -> Path:
     """A writable copy of the Multi30k mirror."""
-    if not MIRROR.is_dir():
-        pytest.skip(f"Multi30k mirror folder {MIRROR} is absent")
     copy = tmp_path / "mirror"
     copy.mkdir()
     for name in MULTI30K_FILES:
-        shutil.copyfile(MIRROR / name, copy / name)
+        shutil.copyfile(mirror / name, copy / name)
     return copy
 
 
@@ -99,11 +99,10 @@ def test_catalog_lists_multi30k_with_four_languages_and_twelve_files() -> None:
         )
 
 
-@needs_mirror
-def test_catalog_digests_and_sizes_match_the_mirror() -> None:
+def test_catalog_digests_and_sizes_match_the_mirror(mirror: Path) -> None:
     for file in load_catalog()["multi30k"].files:
-        assert sha256_file(MIRROR / file.name) == file.sha256, file.name
-        assert (MIRROR / file.name).stat().st_size == file.bytes, file.name
+        assert sha256_file(mirror / file.name) == file.sha256, file.name
+        assert (mirror / file.name).stat().st_size == file.bytes, file.name
 
 
 def test_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:
@@ -136,37 +135,38 @@ def test_unknown_dataset_lists_the_valid_names(tmp_path: Path) -> None:
 # Fetching from a mirror -----------------------------------------------------------------------
 
 
-@needs_mirror
 def test_get_from_mirror_gives_the_twelve_files_with_their_digests(
-    tmp_path: Path, no_network: None
+    tmp_path: Path, no_network: None, mirror: Path
 ) -> None:
     out = tmp_path / "out"
     calls: list[tuple[str, int, int | None]] = []
-    paths = get_dataset("multi30k", out, mirror=MIRROR, progress=lambda *a: calls.append(a))
+    paths = get_dataset("multi30k", out, mirror=mirror, progress=lambda *a: calls.append(a))
     assert sorted(p.name for p in paths) == MULTI30K_FILES
     assert sorted(p.name for p in out.iterdir()) == MULTI30K_FILES
     for file in load_catalog()["multi30k"].files:
         assert sha256_file(out / file.name) == file.sha256
-        assert (out / file.name).read_bytes() == (MIRROR / file.name).read_bytes()
+        assert (out / file.name).read_bytes() == (mirror / file.name).read_bytes()
         assert (file.name, file.bytes, file.bytes) in calls  # the last report of each file
 
 
-@needs_mirror
-def test_second_get_skips_files_that_are_already_intact(tmp_path: Path, no_network: None) -> None:
+def test_second_get_skips_files_that_are_already_intact(
+    tmp_path: Path, no_network: None, mirror: Path
+) -> None:
     out = tmp_path / "out"
-    get_dataset("multi30k", out, mirror=MIRROR)
+    get_dataset("multi30k", out, mirror=mirror)
     for path in out.iterdir():
         os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an mtime a rewrite would change
     before = {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir()}
-    paths = get_dataset("multi30k", out, mirror=MIRROR)
+    paths = get_dataset("multi30k", out, mirror=mirror)
     assert sorted(p.name for p in paths) == MULTI30K_FILES
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.iterdir()} == before
 
 
-@needs_mirror
-def test_second_get_needs_neither_mirror_nor_network(tmp_path: Path, no_network: None) -> None:
+def test_second_get_needs_neither_mirror_nor_network(
+    tmp_path: Path, no_network: None, mirror: Path
+) -> None:
     out = tmp_path / "out"
-    get_dataset("multi30k", out, mirror=MIRROR)
+    get_dataset("multi30k", out, mirror=mirror)
     assert sorted(p.name for p in get_dataset("multi30k", out)) == MULTI30K_FILES
 
 
@@ -279,11 +279,10 @@ def _cli() -> typer.Typer:
     return app
 
 
-@needs_mirror
-def test_cli_get_from_mirror(tmp_path: Path, no_network: None) -> None:
+def test_cli_get_from_mirror(tmp_path: Path, no_network: None, mirror: Path) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        _cli(), ["data", "get", "multi30k", "-o", str(out), "--mirror", str(MIRROR)]
+        _cli(), ["data", "get", "multi30k", "-o", str(out), "--mirror", str(mirror)]
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == MULTI30K_FILES
@@ -291,11 +290,12 @@ def test_cli_get_from_mirror(tmp_path: Path, no_network: None) -> None:
     assert "12 files of multi30k" in result.stderr
 
 
-@needs_mirror
-def test_cli_mirror_defaults_to_the_environment_variable(tmp_path: Path, no_network: None) -> None:
+def test_cli_mirror_defaults_to_the_environment_variable(
+    tmp_path: Path, no_network: None, mirror: Path
+) -> None:
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        _cli(), ["data", "get", "multi30k", "-o", str(out)], env={data_cli.MIRROR_ENV: str(MIRROR)}
+        _cli(), ["data", "get", "multi30k", "-o", str(out)], env={data_cli.MIRROR_ENV: str(mirror)}
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == MULTI30K_FILES

@@ -21,8 +21,6 @@ from nmt.evaluate.score import (
 )
 from nmt.evaluate.significance import paired_test
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
-
 
 def _app() -> typer.Typer:
     """``cli.main.app`` once every command module it registers exists, else a stand-in."""
@@ -55,11 +53,8 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ref_lines() -> list[str]:
-    path = DATA / "test_2016_flickr.en.gz"
-    if not path.is_file():
-        pytest.skip(f"Multi30k data not found at {DATA} (needs {path.name})")
-    return read_text(path)
+def ref_lines(multi30k_dir: Path) -> list[str]:
+    return read_text(multi30k_dir / "test_2016_flickr.en.gz")
 
 
 @pytest.fixture

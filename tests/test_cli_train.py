@@ -323,9 +323,7 @@ def test_sigterm_while_preparing_leaves_no_half_written_folder(
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
-    if proc.returncode == 0:
-        pytest.skip("the preparation finished before the signal arrived")
-    assert proc.returncode == 130, stderr[-2000:]
+    assert proc.returncode == 130, stderr[-2000:]  # 0: it finished before the signal arrived
     assert not out.exists() and not list(tmp_path.glob("**/.prepare-*"))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from cpu_profile import AVX2_PROFILE, describe, probe
+from skips import skip
 
 pytestmark = pytest.mark.kernels
 
@@ -32,7 +33,7 @@ def cpu_flags() -> set[str]:
 
 def test_the_avx2_profile_reaches_every_library() -> None:
     if "avx2" not in cpu_flags():
-        pytest.skip("this CPU has no AVX2")
+        skip("no-avx2")
     report = probe(AVX2_PROFILE)
     print(describe(report))
     assert report["aten"] == "AVX2"

@@ -12,7 +12,6 @@ differently, and stays well below what the injected bugs measured there gave.
 from __future__ import annotations
 
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from agreement import (
     forced_log_probs,
     translate_recorded,
 )
+from skips import skip, skipif
 from test_train import Recorder
 
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
@@ -40,10 +40,7 @@ from nmt.train.run import Trainer, train
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(
-        not torch.cuda.is_available(),
-        reason=f"no CUDA device: torch.cuda.is_available() is False (torch {torch.__version__})",
-    ),
+    skipif(not torch.cuda.is_available(), "cuda", f"torch {torch.__version__}"),
 ]
 
 # Translation on the GPU against the CPU float32 model: (mean absolute difference of the
@@ -155,13 +152,6 @@ def test_resume_on_cuda_continues_the_uninterrupted_run(
         assert resumed.scaler.get_scale() == straight.scaler.get_scale()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_one_rank_nccl_group_runs_a_ddp_update(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -170,7 +160,7 @@ def test_one_rank_nccl_group_runs_a_ddp_update(
     tiny_model_config,
     tiny_train_config,
 ) -> None:
-    """A one-process NCCL group, joined through MASTER_ADDR/MASTER_PORT as torchrun sets them,
+    """A one-process NCCL group (MASTER_ADDR/MASTER_PORT and RANK set as torchrun sets them),
     runs the trainer's DDP path: the model wrapped in DistributedDataParallel on ``cuda:0``,
     one update whose loss and gradients are the plain trainer's (averaging over one rank
     changes nothing), the stop check's all-reduce and save_resume's object gather over NCCL.
@@ -179,18 +169,21 @@ def test_one_rank_nccl_group_runs_a_ddp_update(
     code that runs is the code of a multi-GPU run, without needing a second GPU.
     """
     if not dist.is_nccl_available():
-        pytest.skip(f"this torch build ({torch.__version__}) has no NCCL")
+        skip("cuda-build", f"torch {torch.__version__} has no NCCL")
     model_cfg, cfg = tiny_model_config(dropout=0.0), tiny_train_config(device="cuda")
     plain = make_trainer(tmp_path, spm_model, tiny_corpus, model_cfg, cfg)
     batches = plain.collate_step(plain.epoch_steps(1)[0])
     expected = plain.train_step(batches)
     assert expected is not None
-    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    # The group's store on a port the system picks and this process holds: no free port found,
+    # released and bound again later, by when another process may have taken it.
+    store = dist.TCPStore("127.0.0.1", 0, world_size=1, is_master=True)
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port)}
     for name, value in {**environment, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
     torch.cuda.set_device(0)
     dist.init_process_group(
-        "nccl", init_method="env://", rank=0, world_size=1, device_id=torch.device("cuda", 0)
+        "nccl", store=store, rank=0, world_size=1, device_id=torch.device("cuda", 0)
     )
     try:
         assert dist.get_backend() == "nccl" and dist.get_world_size() == 1
@@ -278,17 +271,17 @@ def test_ctranslate2_on_cuda_agrees_with_torch(
     """The float32 CTranslate2 export translating on CUDA: greedy outputs equal torch's on
     CPU or diverge only at a near-tie. Skipped, with the reason, where the installed
     CTranslate2 wheel cannot use the GPU."""
-    ct2 = pytest.importorskip(
-        "ctranslate2", reason="ctranslate2 is not installed (bring its wheel to test it on CUDA)"
-    )
+    import ctranslate2 as ct2  # the ctranslate2 extra
+
     try:
         gpus = ct2.get_cuda_device_count()
     except Exception as exc:  # a wheel built for another CUDA may raise rather than say 0
-        pytest.skip(f"ctranslate2 {ct2.__version__} cannot query CUDA: {exc}")
+        skip("cuda-build", f"ctranslate2 {ct2.__version__} cannot query CUDA: {exc}")
     if gpus == 0:
-        pytest.skip(
+        skip(
+            "cuda-build",
             f"ctranslate2 {ct2.__version__} sees no CUDA device (a CPU-only wheel, or one "
-            "built for another CUDA version than this machine's driver)"
+            "built for another CUDA version than this machine's driver)",
         )
     engine = CT2Translator.load(
         export_ctranslate2(cuda_run, tmp_path / "ct2"), DecodeConfig(beam_size=1), device="cuda"

@@ -6,14 +6,13 @@ outputs that differ from our search's only where two tokens were within float32 
 each other (``agreement.py``), and beam-5 outputs with a chrF above 90 against ours; its int8
 export must score within a stated distance of the float32 one. The model is barely trained,
 so its distributions have near-ties: exact strings would compare the CPU's kernels, not the
-engines (STYLE, "Tests that can fail" 12). Tests that need ``ctranslate2`` are skipped when it
-is not installed; the missing-dependency error is tested without it.
+engines (STYLE, "Tests that can fail" 12). ``ctranslate2`` is needed (``make install`` installs
+the extra); the missing-dependency error is tested with its import made to fail.
 """
 
 from __future__ import annotations
 
 import builtins
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -35,6 +34,7 @@ from agreement import (
     record_hypotheses,
     teacher_forced_log_probs,
 )
+from conftest import read_multi30k
 from cpu_profile import ct2_int8_is_exact
 from typer.testing import CliRunner
 
@@ -52,7 +52,6 @@ from nmt.model.checkpoint import FORMAT_VERSION, SPM_FILE, load_model, save_weig
 from nmt.model.transformer import Transformer
 from nmt.train.run import train
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 TRAIN_LINES, VALID_LINES, TEST_LINES = 2000, 20, 200
 # Beam 5: chrF of CTranslate2's outputs against ours, best and 5-best lists. Identical
 # outputs give 100 (all 200 were identical, AVX-512 and AVX2); a transposed or doubled
@@ -66,15 +65,6 @@ BEAM_CHRF = 90.0
 INT8_MEAN_ERROR = {True: 0.05, False: 0.3}  # by ct2_int8_is_exact
 
 
-def read_multi30k(split: str, lang: str, n: int) -> list[str]:
-    """The first ``n`` lines of ``SPLIT.LANG.gz`` (skips the test when the data is absent)."""
-    path = DATA / f"{split}.{lang}.gz"
-    if not path.is_file():
-        pytest.skip(f"Multi30k data not found at {DATA} (needs {path.name})")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for _, line in zip(range(n), f)]
-
-
 def write_pairs(prefix: Path, de: list[str], en: list[str]) -> Path:
     for lang, lines in (("de", de), ("en", en)):
         Path(f"{prefix}.{lang}").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
@@ -83,13 +73,15 @@ def write_pairs(prefix: Path, de: list[str], en: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def ct2() -> Any:
-    return pytest.importorskip("ctranslate2", reason="ctranslate2 not installed (nmt[ctranslate2])")
+    import ctranslate2  # the ctranslate2 extra, which make install installs
+
+    return ctranslate2
 
 
 @pytest.fixture(scope="module")
-def run_dir(ct2: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(ct2: Any, tmp_path_factory: pytest.TempPathFactory, multi30k_dir: Path) -> Path:
     """The tiny preset trained for 300 steps on 2000 Multi30k de→en pairs (1000 pieces);
-    only CTranslate2 tests use it, so it is not trained when they are skipped."""
+    only CTranslate2 tests use it, so it is not trained when none of them is selected."""
     folder = tmp_path_factory.mktemp("export-run")
     train_prefix = write_pairs(
         folder / "train",
@@ -115,7 +107,7 @@ def exported(ct2: Any, run_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def test_lines() -> list[str]:
+def test_lines(multi30k_dir: Path) -> list[str]:
     return read_multi30k("val", "de", TEST_LINES)
 
 

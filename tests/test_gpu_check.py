@@ -4,15 +4,19 @@ script's "no CUDA device" exit."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
+from skips import skipif
 
 from nmt.config import TrainConfig
 from nmt.config_file import to_dict
@@ -20,8 +24,22 @@ from nmt.data.store import prepare
 from nmt.model.transformer import Transformer
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import gpu_check  # noqa: E402  (a script of benchmarks/, not a package)
+
+
+@pytest.fixture(scope="module")
+def gpu_check() -> Iterator[ModuleType]:
+    """benchmarks/gpu_check.py (a script, not a package; it imports its neighbour
+    sdpa_kernels), imported with benchmarks/ on sys.path for this module's tests only: the
+    path and both modules are gone again afterwards."""
+    added = [name for name in ("gpu_check", "sdpa_kernels") if name not in sys.modules]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        try:
+            yield importlib.import_module("gpu_check")
+        finally:
+            for name in added:
+                sys.modules.pop(name, None)
+
 
 # The tiny preset (d_model 64, ffn 256, 2+2 layers, pre-norm) with 1000 pieces, by hand:
 # encoder layer = qkv 64·192+192 + out 64·64+64 + fc1 64·256+256 + fc2 256·64+64 + 2 LayerNorms
@@ -49,11 +67,11 @@ TINY_TGT_PARAMS = 133_632 - 16_640 + 64_000
         ("Some Future GPU", None),
     ],
 )
-def test_peak_bf16_by_device_name(name: str, peak: float | None) -> None:
+def test_peak_bf16_by_device_name(gpu_check: ModuleType, name: str, peak: float | None) -> None:
     assert gpu_check.peak_bf16_tflops(name) == peak
 
 
-def test_flop_formulas_on_numbers_worked_by_hand() -> None:
+def test_flop_formulas_on_numbers_worked_by_hand(gpu_check: ModuleType) -> None:
     # 6 × (10 params × 100 source tokens + 20 × 200 target tokens) = 30,000, plus attention
     assert gpu_check.training_flops(10, 20, 100, 200, 7.0) == 30_007.0
     # d_model 4, 1 encoder and 2 decoder layers, one sentence of S=3, T=2 positions:
@@ -64,7 +82,9 @@ def test_flop_formulas_on_numbers_worked_by_hand() -> None:
     assert gpu_check.mfu(494.5e12, None) is None
 
 
-def test_parameters_split_into_source_and_target_side(tiny_model_config) -> None:
+def test_parameters_split_into_source_and_target_side(
+    gpu_check: ModuleType, tiny_model_config
+) -> None:
     cfg = tiny_model_config()
     assert gpu_check.param_split(cfg) == (TINY_SRC_PARAMS, TINY_TGT_PARAMS)
     # every parameter counted once: the embedding only as the output projection
@@ -82,7 +102,7 @@ def expected_flops_per_target_token(src_lens: np.ndarray, tgt_lens: np.ndarray) 
     return float((dense + attention) / t.sum())
 
 
-def test_flops_per_target_token(tiny_model_config) -> None:
+def test_flops_per_target_token(gpu_check: ModuleType, tiny_model_config) -> None:
     src, tgt = np.array([5, 9, 20]), np.array([6, 7, 25])
     per_token, share = gpu_check.flops_per_target_token(tiny_model_config(), src, tgt)
     assert per_token == pytest.approx(expected_flops_per_target_token(src, tgt), rel=1e-12)
@@ -130,7 +150,7 @@ def write_gpu_run(out: Path, run: Path, data: Path, model_cfg) -> None:  # type:
 
 
 def test_report_from_what_a_gpu_run_leaves(
-    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, capsys
+    gpu_check: ModuleType, tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, capsys
 ) -> None:
     data = tmp_path / "data"
     prepare(tiny_corpus[0], data, "de", "en", spm_path=spm_model)
@@ -171,7 +191,7 @@ def test_report_from_what_a_gpu_run_leaves(
     assert "6 × (N_src × source tokens + N_tgt × target tokens)" in table
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@skipif(torch.cuda.is_available(), "gpu-present")
 def test_the_script_says_no_cuda_device_and_fails(tmp_path: Path) -> None:
     script = BENCHMARKS / "gpu_check.sh"
     env = {**os.environ, "PYTHON": sys.executable}

@@ -6,7 +6,7 @@ SentencePiece models trained on Multi30k lines (de for the source, en for the ta
 saves it with ``save_pretrained`` and imports it. A random model has flat distributions full of
 near-ties; a large random ``final_logits_bias`` makes them peaked, so that both
 implementations' searches pick the same tokens wherever float32 rounding does not decide.
-Skipped with the reason when ``transformers`` (the ``hf`` extra) is not installed.
+Needs ``transformers`` (the ``hf`` extra, which ``make install`` installs).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 from serve_client import serving
 from typer.testing import CliRunner
 
@@ -34,10 +35,6 @@ from nmt.errors import CheckpointError, ConfigError
 from nmt.interop.import_marian import import_marian
 from nmt.model.checkpoint import load_model, load_weights
 from nmt.model.transformer import Transformer
-
-transformers = pytest.importorskip(
-    "transformers", reason="transformers is not installed (pip install -e '.[hf]')"
-)
 
 SPM_LINES, SPM_VOCAB = 2000, 400
 N_PAIRS = 40  # Multi30k validation pairs compared
@@ -370,7 +367,8 @@ def test_ctranslate2_export_of_imported_model(
     """Swish, the output bias, the [sin | cos] table, vocab.json and the <pad> decoder start
     all reach CTranslate2: its teacher-forced log-probabilities equal ours to 1e-4 and its
     greedy outputs equal ours (the logits are peaked: no float32 near-ties decide)."""
-    ct2 = pytest.importorskip("ctranslate2", reason="ctranslate2 is not installed")
+    import ctranslate2 as ct2
+
     from nmt.decode.ct2 import CT2Translator
     from nmt.interop.export import export_ctranslate2
 
@@ -447,7 +445,6 @@ def test_serve_takes_the_marian_target_tag_per_request(
 ) -> None:
     """nmt serve on a multi-target Marian import: tgt_lang (or LibreTranslate's target) fra
     puts >>fra<< first, as --tgt-lang does; without it the line goes in as written."""
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from nmt.serve.registry import load_models
 
     models = load_models([f"m={imported}"], "torch", "cpu")

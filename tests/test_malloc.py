@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from skips import skip, skipif
 
 # In a fresh process: run SETUP (the start of training tunes malloc), then allocate 4 MiB with
 # malloc and ask mallinfo2 how many blocks are mmapped. glibc's default mmap threshold starts
@@ -49,12 +50,12 @@ def probe(setup: str = TRAINING, **env: str) -> dict:
         text=True,
     )
     if out.returncode != 0 and "mallinfo2" in out.stderr:
-        pytest.skip("this C library has no mallinfo2 (glibc < 2.33 or not glibc)")
+        skip("glibc", "this C library has no mallinfo2")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@skipif(not sys.platform.startswith("linux"), "glibc", "not Linux")
 def test_training_raises_the_mmap_threshold() -> None:
     tuned = probe()
     assert tuned["applied"] == {
@@ -65,7 +66,7 @@ def test_training_raises_the_mmap_threshold() -> None:
     assert tuned["mmapped"] == 0  # the 4 MiB block came from the heap
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@skipif(not sys.platform.startswith("linux"), "glibc", "not Linux")
 @pytest.mark.parametrize("env", [{"NMT_MALLOC_TUNING": "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"}])
 def test_off_switch_and_glibc_variables_leave_malloc_alone(env: dict[str, str]) -> None:
     untouched = probe(**env)
@@ -73,7 +74,7 @@ def test_off_switch_and_glibc_variables_leave_malloc_alone(env: dict[str, str]) 
     assert untouched["mmapped"] == 1  # glibc's default: a 4 MiB block is mmapped
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+@skipif(not sys.platform.startswith("linux"), "glibc", "not Linux")
 def test_translation_keeps_glibc_defaults() -> None:
     """Importing the whole CLI (every command's module, nmt.train.run included) and loading the
     translation code tunes nothing: only training starts it."""

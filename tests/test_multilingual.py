@@ -64,7 +64,6 @@ def test_target_language_is_required_and_checked(both_ways: Path) -> None:
 def test_ctranslate2_export_translates_into_the_chosen_language(
     both_ways: Path, tmp_path: Path, short_pairs
 ) -> None:
-    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
     from nmt.decode.ct2 import CT2Translator
     from nmt.interop.export import export_ctranslate2
 
@@ -198,8 +197,6 @@ def test_serve_picks_the_target_language_on_the_ctranslate2_engine(
 ) -> None:
     """The exported two-way model, served by CTranslate2: each request's tgt_lang picks the
     direction (greedy reproduces the pairs learned by heart)."""
-    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from nmt.interop.export import export_ctranslate2
     from nmt.serve.registry import load_models
 

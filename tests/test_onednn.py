@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from agreement import assert_float32_agree, translate_recorded
+from skips import skipif
 from test_model import cached_log_probs, full_log_probs, padded_src, random_tgt
 from torch import nn
 
@@ -18,7 +19,7 @@ from nmt.decode.translate import Translator, for_inference
 from nmt.model.onednn import OneDNNLinear, available, use_onednn
 
 pytestmark = [
-    pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear"),
+    skipif(not available(), "onednn"),
     pytest.mark.kernels,
 ]
 

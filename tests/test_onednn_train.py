@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from skips import skipif
 from test_train import run
 from torch import nn
 
@@ -16,7 +17,7 @@ from nmt.model.onednn import TrainableOneDNNLinear, available, linear, use_onedn
 
 pytestmark = [
     pytest.mark.kernels,
-    pytest.mark.skipif(not available(), reason="this torch build has no oneDNN linear"),
+    skipif(not available(), "onednn"),
 ]
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import multi30k_file
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
@@ -27,15 +28,15 @@ from nmt.evaluate.score import (
 )
 from nmt.evaluate.significance import paired_test
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
 SACREBLEU = Path(sys.executable).parent / "sacrebleu"
 
 
+pytestmark = pytest.mark.usefixtures("multi30k_dir")  # Multi30k, or the run stops at once
+
+
 def _lines(name: str) -> list[str]:
-    path = DATA / f"{name}.gz"
-    if not path.is_file():
-        pytest.skip(f"Multi30k data not found at {DATA} (needs {path.name})")
-    return read_text(path)
+    """The lines of the Multi30k file ``NAME.gz``, read by ``read_text``."""
+    return read_text(multi30k_file(f"{name}.gz"))
 
 
 def drop_words(lines: list[str], every: int, offset: int = 0) -> list[str]:
@@ -54,8 +55,9 @@ def hyp(ref: list[str]) -> list[str]:
 
 
 def _sacrebleu_cli(*args: str | Path, env: dict[str, str] | None = None) -> list | dict:
-    if not SACREBLEU.is_file():
-        pytest.skip(f"the sacrebleu command is not installed next to {sys.executable}")
+    assert SACREBLEU.is_file(), (
+        f"sacrebleu (a dependency) installs no command next to {sys.executable}"
+    )
     run = subprocess.run(
         [str(SACREBLEU), *map(str, args), "-f", "json", "-q"],
         capture_output=True,
@@ -82,7 +84,7 @@ def test_read_text_strips_only_the_line_end(tmp_path: Path) -> None:
 
 def test_read_text_reads_gzip_like_gzip_does() -> None:
     lines = _lines("val.de")
-    with gzip.open(DATA / "val.de.gz", "rt", encoding="utf-8", newline="\n") as f:
+    with gzip.open(multi30k_file("val.de.gz"), "rt", encoding="utf-8", newline="\n") as f:
         assert lines == [line.rstrip("\n") for line in f]
     assert len(lines) == 1014
 
@@ -177,13 +179,11 @@ def test_tokenizer_list_comes_from_sacrebleu() -> None:
 
 
 def test_tokenizer_with_a_missing_optional_package_is_a_clear_error(
-    ref: list[str], hyp: list[str]
+    ref: list[str], hyp: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("sacrebleu.tokenizers.tokenizer_ja_mecab")
     from sacrebleu.tokenizers import tokenizer_ja_mecab
 
-    if tokenizer_ja_mecab.MeCab is not None:
-        pytest.skip("MeCab is installed, so ja-mecab works")
+    monkeypatch.setattr(tokenizer_ja_mecab, "MeCab", None)  # as without sacrebleu[ja]
     with pytest.raises(ConfigError, match=r"ja-mecab.*sacrebleu\[ja\]"):
         corpus_scores(hyp, [ref], ["bleu"], ScoreOptions(tokenize="ja-mecab"))
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from agreement import BEAM_NORMALIZED_TOL
@@ -23,8 +23,6 @@ from serve_client import REPO, ServerProcess, request, serving
 
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.search import length_penalty
-
-pytest.importorskip("fastapi", reason="nmt serve needs the serve extra: pip install -e '.[serve]'")
 
 MAX_LINES, MAX_CHARS = 8, 600
 
@@ -72,6 +70,26 @@ def test_health_models_docs_and_page(server: ServerProcess, tiny_run: Path) -> N
     assert "/v1/translate" in request(server.url + "/openapi.json")[1]["paths"]
     status, page = request(server.url + "/")
     assert status == 200 and 'id="heatmap"' in page and "https://" not in page  # no CDN
+
+
+def test_port_0_is_a_free_port_named_on_stderr_and_a_taken_one_is_refused(
+    server: ServerProcess, tiny_run: Path
+) -> None:
+    """The fixture's server was started with --port 0: its ``listening on`` line named a
+    port it answers on. Another server asked for that port exits 1 with an error naming it
+    and saying to give another --port (0 takes a free one); it used to print a message
+    about paths, permissions and disk space."""
+    port = urlsplit(server.url).port
+    assert server.url == f"http://127.0.0.1:{port}" and port != 0
+    assert f"listening on {server.url} (page at /, API at /docs)" in server.output()
+    cmd = [sys.executable, "-m", "cli", "serve", "-m", f"tiny={tiny_run}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    stderr = " ".join(done.stderr.split())
+    assert done.returncode == 1, stderr[-2000:]
+    assert f"cannot listen on host=127.0.0.1 port={port}: Address already in use" in stderr
+    assert "give another --port (0 takes a free one)" in stderr
+    assert request(server.url + "/health")[0] == 200  # the first server is untouched
 
 
 def test_one_at_a_time_equals_nmt_translate(

@@ -14,16 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from serve_client import ServerProcess, request
-
-pytest.importorskip("fastapi", reason="nmt serve needs the serve extra: pip install -e '.[serve]'")
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from skips import skip
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -32,7 +29,10 @@ CHROMEDRIVER = shutil.which("chromedriver")
 def headless_chromium() -> Any:
     """A selenium driver for the installed Chromium (no download), headless."""
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("headless Chromium not installed: apt-get install chromium chromium-driver")
+        skip(
+            "chromium",
+            f"chromium {CHROMIUM or 'not found'}, chromedriver {CHROMEDRIVER or 'not found'}",
+        )
     options = Options()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
@@ -130,7 +130,6 @@ def test_page_translates_with_a_ctranslate2_model(
 ) -> None:
     """A CTranslate2 export gives no attention: the page does not ask for it (every click was
     answered 422), shows the translation, and leaves the attention buttons disabled."""
-    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
     from nmt.interop.export import export_ctranslate2
 
     export_ctranslate2(tiny_run, tmp_path / "ct2")

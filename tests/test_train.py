@@ -258,10 +258,29 @@ def test_accumulated_update_equals_one_update_on_the_joined_batch(
 def test_tensorboard_logs_when_asked(
     tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
 ) -> None:
-    pytest.importorskip("tensorboard")
+    """Every number of metrics.jsonl (training and validation records) is a TensorBoard
+    scalar ``TYPE/KEY`` at the record's step, read back from the event file by TensorBoard's
+    own reader (float32, as TensorBoard stores it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     cfg = tiny_train_config(max_steps=4, log_every=2, eval_every=4, tensorboard=True)
     train(*tiny_corpus, tmp_path / "run", tiny_model_config(), cfg, spm_path=spm_model)
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    expected: dict[str, list[tuple[int, float]]] = {}
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "best"):
+                expected.setdefault(f"{record['type']}/{key}", []).append((record["step"], value))
+    assert {"train/loss", "valid/loss", "valid/bleu"} <= set(expected)
+    assert [step for step, _ in expected["train/loss"]] == [2, 4]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == sorted(expected)
+    for tag, points in expected.items():
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6), tag
 
 
 def test_patience_stops_after_validations_without_a_better_bleu(
@@ -480,8 +499,9 @@ def test_compiled_training_step_matches_eager(
     compiling on 2 CPU cores): the logged losses match the eager run's."""
     import shutil
 
-    if not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("torch.compile on CPU needs a C compiler (cc/gcc), none found")
+    assert shutil.which("cc") or shutil.which("gcc"), (
+        "torch.compile on CPU needs a C compiler: apt-get install gcc (.ci/run does)"
+    )
     losses = {}
     for compiled in (False, True):
         cfg = tiny_train_config(compile=compiled, max_steps=4, log_every=2, eval_every=4)

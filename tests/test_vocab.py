@@ -178,7 +178,8 @@ def test_average_keeps_both_models(separate_run: Path, tmp_path: Path, pairs) ->
 def test_ctranslate2_export_has_both_vocabularies(
     separate_run: Path, tmp_path: Path, pairs
 ) -> None:
-    ct2 = pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
+    import ctranslate2 as ct2
+
     from nmt.decode.ct2 import CT2Translator
     from nmt.interop.export import export_ctranslate2
 
@@ -287,7 +288,6 @@ def test_cli_prepare_separate(tmp_path: Path, spm_text, corpus_writer) -> None:
 def test_server_labels_attention_with_each_sides_pieces(separate_run: Path, pairs) -> None:
     """nmt serve's attention labels: source pieces from the source model (Cyrillic), target
     pieces from the target model."""
-    pytest.importorskip("fastapi", reason="the serve extra is not installed")
     from nmt.serve.registry import load_models
 
     models = load_models([f"sep={separate_run}"], "torch", "cpu")

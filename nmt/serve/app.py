@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
-from nmt.errors import MissingDependencyError
+from nmt.errors import ConfigError, MissingDependencyError
 
 try:
     import uvicorn
@@ -65,6 +66,7 @@ log = logging.getLogger("uvicorn.error")
 
 
 MAX_ATTENTION_VALUES = 2_000_000  # ~15 MB of JSON: what one answer may carry of attention
+LISTEN_BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default)
 
 
 def check_attention_size(results: list[LineResult]) -> None:
@@ -255,21 +257,76 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(models: dict[str, ServedModel], cfg: ServeConfig, log_level: str = "info") -> None:
-    """Serve ``models`` until SIGTERM/SIGINT, then finish the requests in flight and return.
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``(host, port)`` and listening; ``port`` 0 takes a free port,
+    which ``sock.getsockname()[1]`` then gives. Binding here, before uvicorn starts, is what
+    lets ``nmt serve --port 0`` say which port it has without a race: a port found free and
+    released would be free for anyone until the server bound it.
 
     Raises:
-        OSError: the address is in use.
+        ConfigError: the address is in use or cannot be had (a host that does not resolve or
+            is not this machine's), naming ``host`` and ``port``.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)  # connections wait in the backlog until uvicorn accepts
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot listen on host={host} port={port}: {reason}; give another --port (0 takes "
+            "a free one) or --host"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_url(host: str, sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a socket from :func:`listen` (``[HOST]`` for IPv6), with the
+    host as given and the port the socket has."""
+    port = sock.getsockname()[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def run_server(
+    models: dict[str, ServedModel],
+    cfg: ServeConfig,
+    log_level: str = "info",
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``models`` until SIGTERM/SIGINT, then finish the requests in flight and return.
+
+    Args:
+        models: the loaded models (:func:`nmt.serve.registry.load_models`).
+        cfg: where to listen (``port`` 0: a free port) and the batching limits.
+        log_level: uvicorn's log level.
+        on_listening: called with ``http://HOST:PORT`` once the port is bound and listening
+            (the port chosen when ``cfg.port`` is 0), before the first request is accepted.
+
+    Raises:
+        ConfigError: the address is in use or cannot be had (before any batcher starts).
     """
     from nmt.serve.registry import start_batchers
 
-    pool = start_batchers(models, cfg.workers, cfg.batch_tokens, cfg.max_wait_ms)
-    app = create_app(models, cfg)
-    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=log_level)
+    sock = listen(cfg.host, cfg.port)
     try:
-        DrainingServer(config, models).run()
+        pool = start_batchers(models, cfg.workers, cfg.batch_tokens, cfg.max_wait_ms)
+        app = create_app(models, cfg)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app, host=cfg.host, port=port, log_level=log_level, backlog=LISTEN_BACKLOG
+        )
+        if on_listening is not None:
+            on_listening(server_url(cfg.host, sock))
+        try:
+            DrainingServer(config, models).run(sockets=[sock])
+        finally:
+            for m in models.values():
+                if m.batcher is not None:
+                    m.batcher.close(timeout=cfg.timeout_s)
+            pool.shutdown(wait=True)
     finally:
-        for m in models.values():
-            if m.batcher is not None:
-                m.batcher.close(timeout=cfg.timeout_s)
-        pool.shutdown(wait=True)
+        sock.close()
