@@ -16,19 +16,26 @@ with gaps of a tenth of a nat and more.
 Beam search is compared per sentence on the normalized score of the best hypothesis (a
 different but equally good hypothesis is allowed), or over a whole test set by chrF between
 the two outputs.
+
+Every tolerance that compares two paths is listed in ``tests/README.md`` with the bug its
+companion test injects (the helpers at the end of this module), the gap that bug makes and the
+gap the kernels make. The checks here print the gaps they see (``pytest -s``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sacrebleu
 import torch
 import torch.nn.functional as F
 
-from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.decode.forced import normalized
 from nmt.decode.search import Hypothesis
+from nmt.model.checkpoint import load_model, save_weights
 from nmt.model.transformer import Transformer
 
 Found = dict[tuple[int, ...], list[Hypothesis]]
@@ -40,7 +47,8 @@ Limits = dict[tuple[int, ...], int]  # a source's length limit (tokens before EO
 # FLOAT32_TIE; a transposed or doubled weight made them diverge at gaps of 0.1-5 nats, most
 # above 1e-3. Identical outputs must score within SCORE_TOL per token (EOS counted). Beam
 # search may keep another hypothesis where candidates were near-tied; its normalized score
-# must then be within BEAM_NORMALIZED_TOL of the other's.
+# must then be within BEAM_NORMALIZED_TOL of the other's. Their companions (tests/README.md):
+# a batch whose cross-attention reads the padding, log-probabilities rounded to bfloat16.
 FLOAT32_TIE, SCORE_TOL, BEAM_NORMALIZED_TOL = 1e-3, 1e-4, 0.05
 
 
@@ -100,18 +108,21 @@ def assert_float32_agree(
 @torch.inference_mode()
 def forced_log_probs(model: Transformer, src_ids: list[int], tokens: list[int]) -> torch.Tensor:
     """``(len(tokens) + 1, vocab)`` float32 log-probabilities (on the CPU) of the next token
-    after BOS and after each prefix of ``tokens``, by teacher-forced decoding on the model's
-    device (``src_ids`` without EOS)."""
+    after the decoder's start token and after each prefix of ``tokens``, by teacher-forced
+    decoding on the model's device (``src_ids`` without EOS; the model's own special ids, so
+    an imported Marian model's too)."""
     device = next(model.parameters()).device
-    memory, src_mask = model.encode(torch.tensor([[*src_ids, EOS_ID]], device=device))
-    hidden = model.decode(torch.tensor([[BOS_ID, *tokens]], device=device), memory, src_mask)
+    bos, eos = model.cfg.bos_id, model.cfg.eos_id
+    memory, src_mask = model.encode(torch.tensor([[*src_ids, eos]], device=device))
+    hidden = model.decode(torch.tensor([[bos, *tokens]], device=device), memory, src_mask)
     return F.log_softmax(model.logits(hidden)[0].float(), -1).cpu()
 
 
 def tie_gap(model: Transformer, src_ids: list[int], a: list[int], b: list[int]) -> float:
     """How far apart, in ``model``'s log-probabilities, are the two tokens that greedy outputs
     ``a`` and ``b`` (without EOS) chose at the first position where they differ; 0 if equal."""
-    a, b = [*a, EOS_ID], [*b, EOS_ID]
+    eos = model.cfg.eos_id
+    a, b = [*a, eos], [*b, eos]
     t = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
     if t is None:
         return 0.0
@@ -130,23 +141,33 @@ def assert_greedy_agree(
     """Greedy outputs ``a`` and ``b`` of the same sources agree: identical tokens with scores
     within ``score_tol`` per token (EOS counted), or a first difference that is a near-tie
     (:func:`tie_gap` below ``tie``) in ``model`` (the float32 reference). Returns how many
-    outputs are identical.
+    outputs are identical, and prints the largest gaps seen (``pytest -s``), the figures of
+    the table above.
 
     ``limits``: each source's length limit, when ``b`` is CTranslate2's search: it ends a
     hypothesis at the limit without EOS's log-probability, which ours adds (README), so the
     scores of identical outputs that reach it are not compared."""
     assert a.keys() == b.keys() and a
-    bad, same = [], 0
+    bad, same, score_gap, ties = [], 0, 0.0, []
     for src in a:
         ha, hb = a[src][0], b[src][0]
         if ha.tokens == hb.tokens:
             same += 1
             if limits is not None and len(ha.tokens) == limits[src]:
                 continue
-            if abs(ha.score - hb.score) > score_tol * (len(ha.tokens) + 1):
+            gap = abs(ha.score - hb.score) / (len(ha.tokens) + 1)
+            score_gap = max(score_gap, gap)
+            if gap > score_tol:
                 bad.append(f"{list(src)}: same tokens, scores {ha.score:.6f} vs {hb.score:.6f}")
-        elif (gap := tie_gap(model, list(src), ha.tokens, hb.tokens)) > tie:
-            bad.append(f"{list(src)}: {ha.tokens} vs {hb.tokens} diverge at a gap of {gap:.4g}")
+        else:
+            ties.append(gap := tie_gap(model, list(src), ha.tokens, hb.tokens))
+            if gap > tie:
+                bad.append(f"{list(src)}: {ha.tokens} vs {hb.tokens} diverge at a gap of {gap:.4g}")
+    print(
+        f"greedy agreement: {same}/{len(a)} identical, score gap <= {score_gap:.2g}/token "
+        f"(tol {score_tol:g}); {len(ties)} diverge at gaps {sorted(round(t, 5) for t in ties)[:8]}"
+        f" (tie {tie:g})"
+    )
     assert not bad, f"{len(bad)} of {len(a)} outputs disagree beyond rounding:\n" + "\n".join(
         bad[:10]
     )
@@ -158,20 +179,56 @@ def assert_beam_agree(a: Found, b: Found, normalized_tol: float, score_tol: floa
     with scores within ``score_tol`` per token (EOS counted), or other tokens whose
     normalized scores are within ``normalized_tol`` (an equally good hypothesis, kept by one
     search and pruned by the other where two candidates were near-tied). Returns how many are
-    identical."""
+    identical, and prints the largest gaps seen (``pytest -s``)."""
     assert a.keys() == b.keys() and a
-    bad, same = [], 0
+    bad, same, score_gap, normalized_gap = [], 0, 0.0, 0.0
     for src in a:
         ha, hb = a[src][0], b[src][0]
         if ha.tokens == hb.tokens:
             same += 1
-            ok = abs(ha.score - hb.score) <= score_tol * (len(ha.tokens) + 1)
+            gap = abs(ha.score - hb.score) / (len(ha.tokens) + 1)
+            score_gap, ok = max(score_gap, gap), gap <= score_tol
         else:
-            ok = abs(ha.normalized - hb.normalized) <= normalized_tol
+            gap = abs(ha.normalized - hb.normalized)
+            normalized_gap, ok = max(normalized_gap, gap), gap <= normalized_tol
         if not ok:
-            bad.append(f"{list(src)}: {ha} vs {hb}")
+            what = "same tokens, scores" if ha.tokens == hb.tokens else "other tokens, normalized"
+            bad.append(f"{list(src)}: {what} {ha} vs {hb}")
+    print(
+        f"beam agreement: {same}/{len(a)} identical, score gap <= {score_gap:.2g}/token "
+        f"(tol {score_tol:g}); normalized gap of the others <= {normalized_gap:.3g} "
+        f"(tol {normalized_tol:g})"
+    )
     assert not bad, f"{len(bad)} of {len(a)} best hypotheses disagree:\n" + "\n".join(bad[:10])
     return same
+
+
+def found_from_answers(
+    tokenizer: Any, sources: list[list[int]], answers: list[tuple[str, float]], alpha: float
+) -> Found:
+    """:data:`Found` for answers known only as ``(text, score)`` (a server's, Hugging Face's):
+    each source's ids (without EOS) to its answer, as a hypothesis of the target ids of
+    ``text`` (``tokenizer.encode_target``) whose normalized score is ``score`` over the GNMT
+    length penalty of ``alpha`` (Wu et al. 2016), EOS counted, as nmt's beam search ranks."""
+    found: Found = {}
+    for src, (_, score), tokens in zip(
+        sources, answers, tokenizer.encode_target([text for text, _ in answers])
+    ):
+        found[tuple(src)] = [Hypothesis(tokens, score, normalized(score, len(tokens), alpha))]
+    return found
+
+
+def assert_scores_agree(
+    lengths: list[int], a: list[tuple[float, float]], b: list[tuple[float, float]]
+) -> None:
+    """Two paths' ``score_targets`` results (log-probability, normalized score) for the same
+    pairs agree within :data:`SCORE_TOL` per token; ``lengths``: each target's tokens, EOS
+    counted. Prints the largest gap per token seen (``pytest -s``)."""
+    assert len(a) == len(b) == len(lengths) and a
+    gaps = [max(abs(x - y) for x, y in zip(sa, sb)) / n for sa, sb, n in zip(a, b, lengths)]
+    print(f"forced scores: gap <= {max(gaps):.2g}/token (tol {SCORE_TOL:g})")
+    bad = [(i, sa, sb) for i, (sa, sb, g) in enumerate(zip(a, b, gaps)) if g > SCORE_TOL]
+    assert not bad, f"{len(bad)} of {len(a)} forced scores disagree: {bad[:5]}"
 
 
 def chrf(hyps: list[str], refs: list[str]) -> float:
@@ -181,9 +238,60 @@ def chrf(hyps: list[str], refs: list[str]) -> float:
 
 def teacher_forced_log_probs(model: Transformer, src: list[int], tgt: list[int]) -> torch.Tensor:
     """``(len(tgt) + 1,)`` log-probabilities of ``tgt`` and EOS given ``src`` (ids without
-    EOS), teacher-forced through the whole-prefix path (:meth:`Transformer.decode`), nmt's
-    special ids."""
+    EOS), teacher-forced through the whole-prefix path (:meth:`Transformer.decode`), the
+    model's own special ids."""
+    eos = model.cfg.eos_id
+    logp = forced_log_probs(model, src, tgt)
+    return logp.gather(1, torch.tensor([*tgt, eos])[:, None])[:, 0]
+
+
+def mean_log_prob_error(
+    reference: Transformer, model: Transformer, src: list[list[int]], tgt: list[list[int]]
+) -> float:
+    """The mean absolute difference between ``model``'s and the float32 ``reference``'s
+    teacher-forced log-probabilities of the tokens of ``tgt`` and EOS given ``src`` (ids
+    without EOS), over all tokens of all pairs: how far a low-precision path (bf16, fp16,
+    int8, another device) is from float32."""
+    eos = reference.cfg.eos_id
+    errors = []
+    for s, t in zip(src, tgt):
+        labels = torch.tensor([*t, eos])[:, None]
+        exact, approx = (forced_log_probs(m, s, t).gather(1, labels) for m in (reference, model))
+        errors.append((exact - approx).abs().flatten().numpy())
+    return float(np.concatenate(errors).mean())
+
+
+# The bugs that the companion tests inject, to show that each tolerance above fails them.
+
+
+def doubled_weight_copy(model_dir: Path, out: Path) -> Path:
+    """A doubled scale: ``model_dir``'s weights with the first decoder layer's self-attention
+    output projection times 2, written to ``out`` (a weights file for ``weights=``)."""
+    model, _ = load_model(model_dir)
     with torch.no_grad():
-        states = model(torch.tensor([src + [EOS_ID]]), torch.tensor([[BOS_ID] + tgt]))
-        logp = torch.log_softmax(model.logits(states[0]).float(), -1)
-    return logp.gather(1, torch.tensor(tgt + [EOS_ID])[:, None])[:, 0]
+        model.decoder_layers[0].self_attn.out_proj.weight.mul_(2.0)
+    save_weights(out, model)
+    return out
+
+
+def inject_padding_read(monkeypatch: Any, model: Any) -> None:
+    """A wrong mask: ``model``'s cross-attention reads the source padding (the mask that
+    ``encode`` returns is all True), which changes only the sentences of a padded batch."""
+    encode = model.encode
+
+    def reading_padding(src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        memory, src_mask = encode(src)
+        return memory, torch.ones_like(src_mask)
+
+    monkeypatch.setattr(model, "encode", reading_padding)
+
+
+def inject_bf16_log_probs(monkeypatch: Any, model: Any) -> None:
+    """A cast left in: each decoding step's log-probabilities rounded to bfloat16, which
+    moves scores by ~1e-2 but seldom the argmax."""
+    decode_step = model.decode_step
+
+    def rounded(tokens: torch.Tensor, cache: Any) -> torch.Tensor:
+        return decode_step(tokens, cache).bfloat16().float()
+
+    monkeypatch.setattr(model, "decode_step", rounded)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -22,7 +21,8 @@ from agreement import (
     BEAM_NORMALIZED_TOL,
     assert_beam_agree,
     assert_greedy_agree,
-    forced_log_probs,
+    doubled_weight_copy,
+    mean_log_prob_error,
     translate_recorded,
 )
 from skips import skip, skipif
@@ -30,7 +30,7 @@ from test_train import Recorder
 
 from nmt.config import DecodeConfig, ModelConfig, TrainConfig
 from nmt.data.parallel import encode_parallel, read_parallel
-from nmt.data.tokenizer import EOS_ID, Tokenizer
+from nmt.data.tokenizer import Tokenizer
 from nmt.decode.ct2 import CT2Translator
 from nmt.decode.translate import DTYPES, Translator
 from nmt.interop.export import export_ctranslate2
@@ -236,14 +236,7 @@ def test_translation_on_cuda_agrees_with_float32(
     gpu = Translator.load(cuda_run, DecodeConfig(beam_size=1), device="cuda", dtype=dtype)
     assert gpu.device.type == "cuda" and gpu.model.embed.weight.dtype == DTYPES[dtype]
     src, tgt = (gpu.tokenizer.encode(multi30k("val", lang, 200)) for lang in ("de", "en"))
-    errors = []
-    for s, t in zip(src, tgt):
-        labels = torch.tensor([*t, EOS_ID])[:, None]
-        exact, approx = (
-            forced_log_probs(m, s, t).gather(1, labels) for m in (reference, gpu.model)
-        )
-        errors.append((exact - approx).abs().flatten().numpy())
-    error = float(np.concatenate(errors).mean())
+    error = mean_log_prob_error(reference, gpu.model, src, tgt)
     print(f"cuda {dtype}: mean per-token log-probability difference {error:.2g}")
     assert error <= mean_error
 
@@ -252,6 +245,27 @@ def test_translation_on_cuda_agrees_with_float32(
     _, found_gpu = translate_recorded(gpu, lines)
     same = assert_greedy_agree(reference, found_cpu, found_gpu, tie, score_tol=mean_error)
     print(f"cuda {dtype}: {same}/{len(lines)} greedy outputs identical to the CPU's")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_gpu_bounds_fail_a_doubled_weight(
+    dtype: str, cuda_run: Path, multi30k, lines: list[str], tmp_path: Path
+) -> None:
+    """GPU_TOLERANCES' companion: one attention weight doubled (a doubled scale) in the model
+    on the GPU takes the mean error past its bound and greedy divergences past its tie."""
+    mean_error, tie = GPU_TOLERANCES[dtype]
+    reference, _ = load_model(cuda_run)
+    weights = doubled_weight_copy(cuda_run, tmp_path / "doubled.safetensors")
+    decode = DecodeConfig(beam_size=1)
+    gpu = Translator.load(cuda_run, decode, device="cuda", dtype=dtype, weights=weights)
+    src, tgt = (gpu.tokenizer.encode(multi30k("val", lang, 200)) for lang in ("de", "en"))
+    error = mean_log_prob_error(reference, gpu.model, src, tgt)
+    print(f"cuda {dtype}, one weight doubled: mean difference {error:.2g}")
+    assert error > mean_error
+    _, found_cpu = translate_recorded(Translator.load(cuda_run, decode, device="cpu"), lines)
+    _, found_gpu = translate_recorded(gpu, lines)
+    with pytest.raises(AssertionError, match="diverge at a gap"):
+        assert_greedy_agree(reference, found_cpu, found_gpu, tie, score_tol=mean_error)
 
 
 def test_beam_search_on_cuda_agrees_with_the_cpu(cuda_run: Path, lines: list[str]) -> None:
@@ -293,6 +307,20 @@ def test_ctranslate2_on_cuda_agrees_with_torch(
     # At the length limit CTranslate2 adds no EOS score and ours does: not compared there.
     limits = dict(zip(found_torch, engine.limits([len(src) for src in found_torch])))
     assert_greedy_agree(reference, found_torch, found_ct2, CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL, limits)
+
+    # The companion of CT2_CUDA_TIE and CT2_CUDA_SCORE_TOL: an export of the model with one
+    # attention weight doubled (a doubled scale) disagrees beyond them.
+    doubled = doubled_weight_copy(cuda_run, tmp_path / "doubled.safetensors")
+    bugged = CT2Translator.load(
+        export_ctranslate2(cuda_run, tmp_path / "ct2-doubled", weights=doubled),
+        DecodeConfig(beam_size=1),
+        device="cuda",
+    )
+    _, found_bugged = translate_recorded(bugged, lines)
+    with pytest.raises(AssertionError, match="disagree beyond rounding"):
+        assert_greedy_agree(
+            reference, found_torch, found_bugged, CT2_CUDA_TIE, CT2_CUDA_SCORE_TOL, limits
+        )
 
 
 @pytest.mark.parametrize("tf32", [True, False])

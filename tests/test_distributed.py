@@ -1,8 +1,10 @@
 """Data-parallel training through torchrun with the gloo backend on CPU.
 
 Two processes train, validate, checkpoint and resume: the resumed run ends with the weights of
-an uninterrupted one, bit for bit, and its loss curve matches one process that sees about the
-same data per update (twice the batch) within tolerance.
+an uninterrupted one, bit for bit. Two processes against one (two numeric paths, marked
+``kernels``) are compared where they do the same arithmetic: 2 processes × accum 1 against
+1 process × accum 2 over the same batches, weights within DDP_WEIGHT_TOL, a bound that a wrong
+all-reduce divisor exceeds (its companion injects it, through ``tests/bugged_nmt.py``).
 """
 
 from __future__ import annotations
@@ -19,15 +21,31 @@ import torch
 from nmt.model.checkpoint import RESUME_FILE, load_resume, load_weights
 
 STEPS = 24
+# 2 processes × accum 1 against 1 process × accum 2, 12 updates, dropout 0, float32: the
+# largest weight difference. The mean of the processes' means (a wrong all-reduce divisor) was
+# 1e-4 away when this check was written; the kernels' gap is not measured yet (the runs timed
+# out on a loaded machine; tests/README.md).
+DDP_WEIGHT_TOL = 1e-5
 
 
 def nmt_train(
-    out: Path, train: Path, valid: Path, steps: int, procs: int, batch_tokens: int, *extra: str
+    out: Path,
+    train: Path,
+    valid: Path,
+    steps: int,
+    procs: int,
+    batch_tokens: int,
+    *extra: str,
+    bug: str | None = None,
 ):
     """Run ``nmt train`` (under torchrun when ``procs`` > 1) with the test recipe and
     ``extra`` options (``--eval-every`` among them replaces the recipe's: an option given
-    twice is an error); returns the completed process."""
-    launcher = [sys.executable, "-m", "cli"]
+    twice is an error), with ``bug`` (``tests/bugged_nmt.py``) injected when given; returns
+    the completed process."""
+    program = (
+        ["-m", "cli"] if bug is None else [str(Path(__file__).with_name("bugged_nmt.py")), bug]
+    )
+    launcher = [sys.executable, *program]
     if procs > 1:
         launcher = [
             sys.executable,
@@ -36,8 +54,7 @@ def nmt_train(
             "--standalone",
             "--nproc_per_node",
             str(procs),
-            "-m",
-            "cli",
+            *program,
         ]
     args = [
         "train",
@@ -89,7 +106,7 @@ def corpus(tmp_path_factory, multi30k, corpus_writer) -> tuple[Path, Path]:
     return train, valid
 
 
-def test_two_gloo_processes_train_resume_and_follow_the_single_process_curve(corpus, tmp_path):
+def test_two_gloo_processes_train_validate_and_resume(corpus, tmp_path):
     train, valid = corpus
     run = tmp_path / "ddp"
     nmt_train(run, train, valid, STEPS // 2, procs=2, batch_tokens=1024)
@@ -104,31 +121,51 @@ def test_two_gloo_processes_train_resume_and_follow_the_single_process_curve(cor
     resumed, expected = (load_weights(r / "last.safetensors") for r in (run, straight))
     assert resumed.keys() == expected.keys()
     assert [k for k in expected if not torch.equal(resumed[k], expected[k])] == []
-
-    # One process with twice the batch sees about the same data per update.
-    nmt_train(tmp_path / "one", train, valid, STEPS, procs=1, batch_tokens=2048)
-    ddp, one = valid_records(run), valid_records(tmp_path / "one")
-    assert [r["step"] for r in ddp] == [r["step"] for r in one] == [12, 24]
+    ddp = valid_records(run)
+    assert [r["step"] for r in ddp] == [12, 24]
     uniform = torch.log(torch.tensor(500.0)).item()  # loss of a uniform guess
-    for a, b in zip(ddp, one):
-        assert a["loss"] < uniform - 0.5 and b["loss"] < uniform - 0.5  # both learned
-        assert a["loss"] == pytest.approx(b["loss"], rel=0.05)
+    assert all(r["loss"] < uniform - 0.5 for r in ddp)  # it learned
+    assert [r["loss"] for r in ddp] == [r["loss"] for r in valid_records(straight)]
 
 
-def test_two_processes_take_the_per_token_mean_over_the_global_batch(corpus, tmp_path):
+NO_DROPOUT = ("--dropout", "0", "--eval-every", "100")
+
+
+@pytest.fixture(scope="module")
+def one_process_accum_2(corpus, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The weights of 1 process × accum 2 after 12 updates of 1024-token batches, dropout 0."""
+    out = tmp_path_factory.mktemp("one-process") / "run"
+    nmt_train(out, *corpus, 12, 1, 1024, *NO_DROPOUT, "--accum", "2")
+    return load_weights(out / "last.safetensors")
+
+
+def largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"2 processes against 1: largest weight difference {worst:.2e} (tol {DDP_WEIGHT_TOL})")
+    return worst
+
+
+@pytest.mark.kernels
+def test_two_processes_take_the_per_token_mean_over_the_global_batch(
+    corpus, tmp_path, one_process_accum_2
+):
     """2 processes × accum 1 make the same updates as 1 process × accum 2 over the same
     batches (dropout 0, float32): the gradient is the mean over all target tokens of the
-    global batch, not the mean of each process's mean (which was 1e-4 away after 12
-    updates)."""
-    train, valid = corpus
-    no_dropout = ("--dropout", "0", "--eval-every", "100")
-    nmt_train(tmp_path / "two", train, valid, 12, 2, 1024, *no_dropout)
-    nmt_train(tmp_path / "one", train, valid, 12, 1, 1024, *no_dropout, "--accum", "2")
-    two, one = (load_weights(tmp_path / r / "last.safetensors") for r in ("two", "one"))
+    global batch, not the mean of each process's mean."""
+    nmt_train(tmp_path / "two", *corpus, 12, 2, 1024, *NO_DROPOUT)
     assert load_resume(tmp_path / "two" / RESUME_FILE)["state"]["step"] == 12
-    assert two.keys() == one.keys()
-    worst = max(float((two[k] - one[k]).abs().max()) for k in one)
-    assert worst < 1e-5, f"largest weight difference {worst:.2e}"
+    two = load_weights(tmp_path / "two" / "last.safetensors")
+    assert largest_difference(two, one_process_accum_2) < DDP_WEIGHT_TOL
+
+
+@pytest.mark.kernels
+def test_ddp_bound_fails_a_mean_of_means(corpus, tmp_path, one_process_accum_2):
+    """DDP_WEIGHT_TOL's companion: each process divides by its own tokens (a wrong all-reduce
+    divisor)."""
+    nmt_train(tmp_path / "two", *corpus, 12, 2, 1024, *NO_DROPOUT, bug="mean_of_means")
+    two = load_weights(tmp_path / "two" / "last.safetensors")
+    assert largest_difference(two, one_process_accum_2) > DDP_WEIGHT_TOL
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from agreement import (
+    assert_float32_agree,
+    assert_scores_agree,
+    chrf,
+    found_from_answers,
+    translate_recorded,
+)
 from serve_client import serving
 from typer.testing import CliRunner
 
@@ -27,7 +34,7 @@ from nmt.data.parallel import ParallelData
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
-from nmt.model.checkpoint import load_weights
+from nmt.model.checkpoint import load_model, load_weights
 from nmt.train.run import train
 
 
@@ -61,9 +68,12 @@ def test_target_language_is_required_and_checked(both_ways: Path) -> None:
     assert result.stdout.strip()
 
 
+@pytest.mark.kernels
 def test_ctranslate2_export_translates_into_the_chosen_language(
     both_ways: Path, tmp_path: Path, short_pairs
 ) -> None:
+    """The export with --tgt-lang de: the torch engine's forced scores, its greedy outputs
+    (compared as two numeric paths, ``agreement.py``), and German (chrF against the pairs)."""
     from nmt.decode.ct2 import CT2Translator
     from nmt.interop.export import export_ctranslate2
 
@@ -72,9 +82,13 @@ def test_ctranslate2_export_translates_into_the_chosen_language(
     de, en = short_pairs
     ct2 = CT2Translator.load(exported, DecodeConfig(beam_size=1), device="cpu", tgt_lang="de")
     ours = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang="de")
-    for (lp, _), (lp2, _) in zip(ct2.score_targets(en, de), ours.score_targets(en, de)):
-        assert lp == pytest.approx(lp2, abs=1e-3)
-    assert [t.text for t in ct2.translate(en)] == de  # learned by heart: no near-ties
+    lengths = [len(t) + 1 for t in ours.tokenizer.encode_target(de)]
+    assert_scores_agree(lengths, list(ct2.score_targets(en, de)), list(ours.score_targets(en, de)))
+    translations, found_ct2 = translate_recorded(ct2, en)
+    _, found_ours = translate_recorded(ours, en)
+    limits = dict(zip(found_ours, ct2.limits([len(src) for src in found_ours])))
+    assert_float32_agree(load_model(both_ways)[0], 1, found_ours, found_ct2, limits)
+    assert chrf([t.text for t in translations], de) > 90  # learned by heart, in German
 
 
 def test_tagged_tokenizer_prepends_the_tag(tagged_spm: Path) -> None:
@@ -192,20 +206,32 @@ def test_tgt_lang_of_a_one_pair_model_must_be_its_own(tiny_run: Path) -> None:
         Translator.load(tiny_run, device="cpu", tgt_lang="fr")
 
 
+@pytest.mark.kernels
 def test_serve_picks_the_target_language_on_the_ctranslate2_engine(
     both_ways: Path, tmp_path: Path, short_pairs
 ) -> None:
     """The exported two-way model, served by CTranslate2: each request's tgt_lang picks the
-    direction (greedy reproduces the pairs learned by heart)."""
+    direction: greedy outputs that agree with the torch engine's (``agreement.py``) and reproduce
+    the pairs learned by heart (chrF)."""
     from nmt.interop.export import export_ctranslate2
     from nmt.serve.registry import load_models
 
     exported = export_ctranslate2(both_ways, tmp_path / "ct2")
     models = load_models([f"m={exported}"], "ctranslate2", "cpu")
     assert models["m"].engine == "ctranslate2"
+    model = load_model(both_ways)[0]
     with serving(models) as client:
         de, en = short_pairs
         for src, tgt_lang, ref in ((de, "en", en), (en, "de", de)):
-            body = {"src": src, "tgt_lang": tgt_lang, "beam_size": 1}
-            answer = client.post("/v1/translate", json=body).json()
-            assert [t["text"] for t in answer["translations"]] == ref
+            body = {"src": src, "tgt_lang": tgt_lang, "beam_size": 1, "return_scores": True}
+            answer = client.post("/v1/translate", json=body).json()["translations"]
+            ours = Translator.load(
+                both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang=tgt_lang
+            )
+            _, found_ours = translate_recorded(ours, src)
+            tokenizer = ours.tokenizer
+            served = found_from_answers(
+                tokenizer, tokenizer.encode(src), [(t["text"], t["score"]) for t in answer], 1.0
+            )
+            assert_float32_agree(model, 1, found_ours, served)
+            assert chrf([t["text"] for t in answer], ref) > 90  # the language asked for

@@ -18,11 +18,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from agreement import BEAM_NORMALIZED_TOL
+from agreement import BEAM_NORMALIZED_TOL, SCORE_TOL, assert_beam_agree, found_from_answers
 from serve_client import REPO, ServerProcess, request, serving
 
+from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
-from nmt.decode.search import length_penalty
+from nmt.model.checkpoint import SPM_FILE
 
 MAX_LINES, MAX_CHARS = 8, 600
 
@@ -251,13 +252,15 @@ def test_a_chunked_body_over_the_limit_gets_413(server: ServerProcess) -> None:
     assert request(server.url + "/v1/translate", {"src": ["Ein Hund."]})[0] == 200
 
 
+@pytest.mark.kernels
 def test_64_concurrent_clients_all_answered(
     server: ServerProcess, lines: list[str], spm_model: Path
 ) -> None:
     """64 clients × 10 requests (a bounded loop on 127.0.0.1): every answer arrives, and each
-    agrees with the lone answer for its line: the same text with a score within 1e-3, or an
-    equally good hypothesis (normalized score within BEAM_NORMALIZED_TOL) kept where batching
-    changed the rounding of a near-tie."""
+    agrees with the lone answer for its line as ``agreement.assert_beam_agree`` compares two
+    numeric paths: the same text with the same score, or an equally good hypothesis
+    (normalized score within BEAM_NORMALIZED_TOL) kept where batching changed the rounding of
+    a near-tie."""
     lone = [translate(server, [line], return_scores=True)["translations"][0] for line in lines]
     tokenizer = Tokenizer(spm_model)
     answers: list[tuple[int, int, Any]] = []
@@ -283,15 +286,18 @@ def test_64_concurrent_clients_all_answered(
         b for _, s, b in answers if s != 200
     ][:3]
 
-    def normalized(t: dict[str, Any]) -> float:
-        return t["score"] / length_penalty(len(tokenizer.encode([t["text"]])[0]) + 1, 1.0)
+    def found(answered: list[tuple[int, Any]]) -> Any:
+        texts = [(t["text"], t["score"]) for _, t in answered]
+        ids = tokenizer.encode([lines[i] for i, _ in answered])
+        return found_from_answers(tokenizer, ids, texts, DecodeConfig().length_penalty)
 
+    by_line: list[list[Any]] = [[] for _ in lines]
     for i, _, body in answers:
-        (t,) = body["translations"]
-        if t["text"] == lone[i]["text"]:
-            assert abs(t["score"] - lone[i]["score"]) <= 1e-3
-        else:
-            assert abs(normalized(t) - normalized(lone[i])) <= BEAM_NORMALIZED_TOL, (t, lone[i])
+        by_line[i].append(body["translations"][0])
+    for k in range(max(map(len, by_line))):  # each line's k-th answer against its lone one
+        concurrent = [(i, a[k]) for i, a in enumerate(by_line) if len(a) > k]
+        alone = found([(i, lone[i]) for i, _ in concurrent])
+        assert_beam_agree(alone, found(concurrent), BEAM_NORMALIZED_TOL, SCORE_TOL)
     assert request(server.url + "/health")[1]["queued"] == 0
 
 
@@ -442,13 +448,16 @@ def test_sampling_and_target_prefixes_per_request(
     assert status == 422 and "prefix: 1 prefixes for 2 src lines" in body["error"]["message"]
 
 
-def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[str]) -> None:
+@pytest.mark.kernels
+def test_a_long_request_is_split_over_the_workers(
+    tiny_run: Path, multi30k: Callable[..., list[str]]
+) -> None:
     """In process, two workers: a 24-line request runs as two batches of 12 consecutive
-    lines (a lone long request keeps both workers busy) and answers what one batch does, in
-    order; a 4-line request stays one batch."""
+    lines (a lone long request keeps both workers busy) and answers, in order, what one batch
+    does: batches of other shapes, so compared as two numeric paths (``agreement.py``)."""
     from nmt.serve.registry import load_models
 
-    src = (lines * 24)[:24]
+    src = multi30k("val", "de", 24)
     answers, batches = [], []
     for workers in (1, 2):
         models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
@@ -466,9 +475,17 @@ def test_a_long_request_is_split_over_the_workers(tiny_run: Path, lines: list[st
             client.post("/v1/translate", json={"src": src[:4]})
             batches.append(calls)
     assert batches == [[24, 4], [12, 12, 4]]
-    assert [t["text"] for t in answers[1]] == [t["text"] for t in answers[0]]
-    for a, b in zip(answers[0], answers[1]):
-        assert abs(a["score"] - b["score"]) <= 1e-4 * (1 + len(a["text"].split()))
+    tokenizer = Tokenizer(tiny_run / SPM_FILE)
+    one_batch, two_batches = (
+        found_from_answers(
+            tokenizer,
+            tokenizer.encode(src),
+            [(t["text"], t["score"]) for t in answer],
+            DecodeConfig().length_penalty,
+        )
+        for answer in answers
+    )
+    assert_beam_agree(one_batch, two_batches, BEAM_NORMALIZED_TOL, SCORE_TOL)
 
 
 def test_a_multilingual_model_translates_into_the_language_each_request_names(

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from agreement import (
@@ -21,13 +20,16 @@ from agreement import (
     assert_float32_agree,
     assert_greedy_agree,
     assert_in_order,
-    forced_log_probs,
+    doubled_weight_copy,
+    inject_bf16_log_probs,
+    inject_padding_read,
+    mean_log_prob_error,
     record_hypotheses,
     translate_recorded,
 )
 
 from nmt.config import DecodeConfig
-from nmt.data.tokenizer import EOS_ID, Tokenizer
+from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator, cpu_workers, length_batches, worker_pool
 from nmt.errors import ConfigError, InputError
 from nmt.model.checkpoint import SPM_FILE, load_model
@@ -243,14 +245,7 @@ def test_bf16_and_int8_stay_close_to_float32(
     assert fast.model.embed.weight.dtype == (torch.bfloat16 if dtype == "bf16" else torch.float32)
     tokenizer = fast.tokenizer
     src, tgt = (tokenizer.encode(multi30k("val", lang, 200)) for lang in ("de", "en"))
-    errors = []
-    for s, t in zip(src, tgt):
-        labels = torch.tensor([*t, EOS_ID])[:, None]
-        exact, approx = (
-            forced_log_probs(m, s, t).gather(1, labels) for m in (reference, fast.model)
-        )
-        errors.append((exact - approx).abs().flatten().numpy())
-    error = float(np.concatenate(errors).mean())
+    error = mean_log_prob_error(reference, fast.model, src, tgt)
     print(f"{quantize or dtype}: mean per-token log-probability difference {error:.4f}")
     assert error <= mean_error
 
@@ -258,6 +253,68 @@ def test_bf16_and_int8_stay_close_to_float32(
     _, found_fast = translate_recorded(fast, lines)
     same = assert_greedy_agree(reference, found_exact, found_fast, tie, score_tol=mean_error)
     print(f"{quantize or dtype}: {same}/{len(lines)} greedy outputs identical")
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("dtype, quantize", [("bf16", None), ("fp32", "int8")])
+def test_low_precision_bounds_fail_a_doubled_weight(
+    tiny_run: Path,
+    multi30k,
+    lines: list[str],
+    tmp_path: Path,
+    dtype: str,
+    quantize: str | None,
+) -> None:
+    """LOW_PRECISION's companion: one attention weight doubled before the cast or the
+    quantization (a doubled scale) takes the mean error past its bound and makes greedy
+    outputs diverge beyond its tie."""
+    mean_error, tie = LOW_PRECISION[quantize or dtype]
+    reference, _ = load_model(tiny_run)
+    bugged = Translator.load(
+        tiny_run, DecodeConfig(beam_size=1), device="cpu", dtype=dtype, quantize=quantize,
+        weights=doubled_weight_copy(tiny_run, tmp_path / "doubled.safetensors"),
+    )  # fmt: skip
+    src, tgt = (bugged.tokenizer.encode(multi30k("val", lang, 200)) for lang in ("de", "en"))
+    error = mean_log_prob_error(reference, bugged.model, src, tgt)
+    print(f"{quantize or dtype} with a doubled weight: mean difference {error:.4f}")
+    assert error > mean_error
+    _, found_exact = translate_recorded(load(tiny_run, beam_size=1), lines)
+    _, found_bugged = translate_recorded(bugged, lines)
+    with pytest.raises(AssertionError, match="diverge at a gap"):
+        assert_greedy_agree(reference, found_exact, found_bugged, tie, score_tol=mean_error)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_float32_agreement_fails_a_wrong_padding_mask(
+    tiny_run: Path, lines: list[str], beam_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The companion of FLOAT32_TIE (greedy) and BEAM_NORMALIZED_TOL (beam): a batch whose
+    cross-attention reads the padding (a wrong mask) against each sentence alone; outputs
+    diverge beyond the tie, or beam search keeps hypotheses further apart than the
+    normalized tolerance."""
+    batched = load(tiny_run, beam_size=beam_size, batch_size=64)
+    inject_padding_read(monkeypatch, batched.model)
+    _, found_batched = translate_recorded(batched, lines)
+    _, found_alone = translate_recorded(load(tiny_run, beam_size=beam_size, batch_size=1), lines)
+    expected = "diverge at a gap" if beam_size == 1 else "other tokens, normalized"
+    with pytest.raises(AssertionError, match=expected):
+        assert_agree(tiny_run, beam_size, found_batched, found_alone)
+
+
+@pytest.mark.kernels
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_float32_scores_fail_log_probs_rounded_to_bf16(
+    tiny_run: Path, lines: list[str], beam_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SCORE_TOL's companion: the same outputs, but scores summed from log-probabilities
+    rounded to bfloat16 (a cast left in) are further from float32's than the tolerance."""
+    bugged = load(tiny_run, beam_size=beam_size)
+    inject_bf16_log_probs(monkeypatch, bugged.model)
+    _, found_bugged = translate_recorded(bugged, lines)
+    _, found_exact = translate_recorded(load(tiny_run, beam_size=beam_size), lines)
+    with pytest.raises(AssertionError, match="same tokens, scores"):
+        assert_agree(tiny_run, beam_size, found_exact, found_bugged)
 
 
 def test_invalid_inference_settings_are_refused(tiny_run: Path) -> None:
