@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.console import err_console, handle_errors
 from nmt.decode.loading import ENGINES
-from nmt.serve.config import ServeConfig
+from nmt.serve.config import ServeConfig, read_api_keys
 from nmt.serve.registry import load_models
 
 D = ServeConfig  # the defaults
@@ -63,6 +64,26 @@ def serve(
             "worker per CPU thread, 1 = one batch at a time on all threads."
         ),
     ] = D.workers,
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            help="Lines waiting for a batch at most, per model; more gets 503 with Retry-After."
+        ),
+    ] = D.max_queue,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File of API keys, one per line: the translation routes then need one "
+            "(Authorization: Bearer KEY, X-API-Key, or LibreTranslate's api_key)."
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A browser origin allowed to call the API (e.g. https://app.example.com, "
+            "or * for any); repeat for several."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: /v1/translate, LibreTranslate's /translate, a page at /."""
@@ -77,8 +98,11 @@ def serve(
         max_chars=max_chars,
         timeout_s=timeout_s,
         workers=workers,
+        max_queue=max_queue,
+        api_keys=read_api_keys(api_key_file) if api_key_file is not None else frozenset(),
+        cors_origins=tuple(cors_origin or ()),
     )
-    models = load_models(model, engine, device, batch_tokens)
+    models = load_models(model, engine, device, batch_tokens, workers)
     for m in models.values():
         err_console.print(
             f"serving {m.id}: {m.src_lang}->{m.tgt_lang} ({m.engine}) from {m.folder}",

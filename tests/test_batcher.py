@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from nmt.serve.batcher import Batcher, BatcherClosedError
+from nmt.serve.batcher import Batcher, BatcherClosedError, QueueFullError
 
 # Far longer than any test: a job that waited for companions would wait this long, so only
 # not waiting lets a test finish, and no assertion bounds how fast a loaded machine must be.
@@ -141,7 +141,9 @@ def test_free_workers_split_the_queue_instead_of_one_taking_it_all() -> None:
     with batcher.cond:  # the dispatcher cannot take anything before all 8 are queued
         futures = [batcher.submit("k", i, 1) for i in range(8)]
     run.wait_entered(2)
-    assert batcher.stats() == {"queued": 0, "running": 2, "batches": 2}
+    assert batcher.stats() == {
+        "queued": 0, "queued_lines": 0, "running": 2, "batches": 2, "alive": 1, "draining": 0
+    }  # fmt: skip
     run.gate.set()
     assert [f.result(RESULT_S) for f in futures] == [2 * i for i in range(8)]
     assert sorted(len(p) for _, p in run.batches) == [4, 4]
@@ -161,11 +163,59 @@ def test_a_batch_takes_its_share_of_the_running_work_too() -> None:
     with batcher.cond:
         rest = [batcher.submit("k", i, 1) for i in range(6)]
     run.wait_entered(2)
-    assert batcher.stats() == {"queued": 2, "running": 2, "batches": 2}
+    stats = batcher.stats()
+    assert (stats["queued"], stats["running"], stats["batches"]) == (2, 2, 2)
     run.gate.set()
     assert busy.result(RESULT_S) == 200
     assert [f.result(RESULT_S) for f in rest] == [2 * i for i in range(6)]
     later = [p for _, p in run.batches if 100 not in p]  # recorded in any order
     assert [0, 1, 2, 3] in later
     assert sorted(x for p in later if p != [0, 1, 2, 3] for x in p) == [4, 5]
+    batcher.close()
+
+
+def test_the_queue_holds_at_most_max_queue_lines_and_running_ones_do_not_count() -> None:
+    """A job that would pass ``max_queue`` waiting lines is refused, whole (a request's
+    parts all or none); running lines leave room; a cancelled job's lines are freed."""
+    run = Recorder()
+    batcher = Batcher(run, ThreadPoolExecutor(1), 1, 100, 60_000, max_queue=5)
+    run.gate.clear()
+    busy = batcher.submit("a", 0, 1, lines=5)  # alone: runs at once, not queued
+    run.wait_entered(1)
+    waiting = batcher.submit("a", 1, 1, lines=3)
+    with pytest.raises(QueueFullError, match="3 lines are waiting; the queue holds 5"):
+        batcher.submit_many("a", [(2, 1, 1), (3, 1, 2)])
+    assert batcher.stats()["queued_lines"] == 3  # nothing of the refused parts was queued
+    kept = batcher.submit_many("a", [(4, 1, 1), (5, 1, 1)])
+    with pytest.raises(QueueFullError):
+        batcher.submit("a", 6, 1, lines=1)
+    assert waiting.cancel()
+    assert batcher.submit("a", 7, 1, lines=3) is not None
+    run.gate.set()
+    batcher.drain()
+    assert busy.result(RESULT_S) == 0 and [f.result(RESULT_S) for f in kept] == [8, 10]
+    batcher.close()
+
+
+def test_an_exception_returned_for_one_job_fails_that_job_alone() -> None:
+    def run(key: Hashable, payloads: list[Any]) -> list[Any]:
+        return [ValueError(p) if p < 0 else p for p in payloads]
+
+    batcher = Batcher(run, ThreadPoolExecutor(1), 1, 100, 200)
+    with batcher.cond:
+        futures = [batcher.submit("a", p, 1) for p in (1, -2, 3)]
+    assert futures[0].result(5) == 1 and futures[2].result(5) == 3
+    with pytest.raises(ValueError, match="-2"):
+        futures[1].result(5)
+    batcher.close()
+
+
+def test_observe_sees_each_batch_size_as_it_is_dispatched() -> None:
+    run = Recorder()
+    seen: list[tuple[int, int]] = []
+    batcher = Batcher(run, ThreadPoolExecutor(1), 1, 100, 200, observe=lambda *s: seen.append(s))
+    with batcher.cond:
+        futures = [batcher.submit("a", i, 4, lines=2) for i in range(3)]
+    [f.result(5) for f in futures]
+    assert seen == [(6, 12)]
     batcher.close()

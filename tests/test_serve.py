@@ -51,7 +51,10 @@ def translate(server: ServerProcess, src: list[str], **options: Any) -> dict[str
 def test_health_models_docs_and_page(server: ServerProcess, tiny_run: Path) -> None:
     status, health = request(server.url + "/health")
     assert status == 200 and health.pop("batches") >= 0
-    assert health == {"status": "ok", "models": ["tiny"], "queued": 0, "running": 0}
+    assert health == {
+        "status": "ok", "models": ["tiny"], "queued": 0, "queued_lines": 0, "running": 0,
+        "problems": [],
+    }  # fmt: skip
     status, body = request(server.url + "/v1/models")
     (model,) = body["models"]
     assert (model["id"], model["src_lang"], model["tgt_lang"], model["engine"]) == (
@@ -351,38 +354,6 @@ def test_timeout_then_sigterm_with_requests_in_flight(
         proc.stop()
 
 
-def test_an_internal_error_is_answered_500_and_the_server_goes_on(
-    tiny_run: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """In process (a real server cannot be made to fail on purpose): a search that raises
-    answers 500 with its message, on both APIs, and the next request is translated; the
-    server's log has the traceback."""
-    from nmt.serve.registry import ServedModel, load_models
-
-    models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
-    calls: list[int] = []
-
-    def fail_every_other(options: Any, works: list[Any]) -> Any:
-        calls.append(len(works))
-        if len(calls) % 2:
-            raise RuntimeError("device lost")
-        return ServedModel.run(models["tiny"], options, works)
-
-    models["tiny"].run = fail_every_other  # type: ignore[method-assign]
-    with serving(models) as client:
-        answer = client.post("/v1/translate", json={"src": ["Ein Hund."]})
-        assert answer.status_code == 500
-        assert answer.json() == {
-            "error": {"code": "internal", "message": "RuntimeError: device lost"}
-        }
-        assert client.post("/v1/translate", json={"src": ["Ein Hund."]}).status_code == 200
-        answer = client.post("/translate", json={"q": "Ein Hund.", "target": "en"})
-        assert (answer.status_code, answer.json()) == (500, {"error": "RuntimeError: device lost"})
-        assert client.post("/translate", json={"q": "Ein Hund.", "target": "en"}).status_code == 200
-    logged = [r for r in caplog.records if r.name == "uvicorn.error" and r.exc_info]
-    assert len(logged) == 2 and all("device lost" in str(r.exc_info[1]) for r in logged)  # type: ignore[index]
-
-
 def test_a_prefix_longer_than_the_model_outputs_gets_422(tiny_run: Path) -> None:
     """Refused before it is queued, naming the prefix, as ``nmt translate --target-prefix``
     refuses it; it once reached the search, which raised (500) for every request in its
@@ -402,24 +373,37 @@ def test_a_prefix_longer_than_the_model_outputs_gets_422(tiny_run: Path) -> None
         )
 
 
-def test_attention_is_refused_past_its_size_limit(
+def test_attention_is_refused_past_its_size_limit_before_it_is_computed(
     tiny_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An answer carrying more attention weights than the limit is a 413 naming the size (a
-    long line at 16-best once answered 196 MB of JSON); the same request without attention
-    is answered."""
-    import nmt.serve.app
+    long line at 16-best once answered 196 MB of JSON), and no attention is computed for it
+    (the size is known from the hypotheses' lengths; it was computed, per hypothesis, before
+    the check); the same request without attention is answered."""
+    import nmt.serve.registry
+    import nmt.serve.work
     from nmt.serve.registry import load_models
 
-    monkeypatch.setattr(nmt.serve.app, "MAX_ATTENTION_VALUES", 100)
+    monkeypatch.setattr(nmt.serve.work, "MAX_ATTENTION_VALUES", 100)
+    computed: list[int] = []
+    real = nmt.serve.registry.cross_attention
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nmt.serve.registry, "cross_attention", counting)
     models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
-    with serving(models) as client:
+    with serving(models, workers=2) as client:
         asked = {"src": ["Ein Hund läuft."], "beam_size": 4, "nbest": 4}
         answer = client.post("/v1/translate", json={**asked, "return_attention": True})
         assert answer.status_code == 413, answer.json()
         message = answer.json()["error"]["message"]
         assert message.startswith("return_attention: ") and "at most 100 in one answer" in message
+        assert computed == []
         assert client.post("/v1/translate", json=asked).status_code == 200
+        answer = client.post("/v1/translate", json={**asked, "return_alignment": True})
+        assert answer.status_code == 200 and len(computed) == 4  # alignment alone: no limit
 
 
 def test_sampling_and_target_prefixes_per_request(
@@ -523,7 +507,7 @@ def test_a_multilingual_model_translates_into_the_language_each_request_names(
         lt = client.post("/translate", json={"q": de[1], "source": "auto", "target": "en"})
         assert lt.json() == {
             "translatedText": beam5["en"][1],
-            "detectedLanguage": {"confidence": 100.0, "language": "de"},
+            "detectedLanguage": {"confidence": 0.0, "language": "de"},
         }
         lt = client.post("/translate", json={"q": de[0], "source": "de", "target": "fr"})
         assert lt.status_code == 400 and "de->en, en->de" in lt.json()["error"]

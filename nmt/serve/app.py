@@ -1,20 +1,28 @@
 """``nmt serve``: the HTTP app (FastAPI) and the server that runs it (uvicorn).
 
-Routes: ``GET /`` (the web page, ``nmt/serve/static/index.html``), ``GET /health``,
-``GET /v1/models``, ``POST /v1/translate``, the LibreTranslate-compatible ``POST /translate``
-and ``GET /languages`` (:mod:`nmt.serve.libretranslate`), and the OpenAPI page at ``/docs``.
-Requests are translated through each model's dynamic batcher (:mod:`nmt.serve.registry`,
+Routes: ``GET /`` (the web page, ``nmt/serve/static/index.html``), ``GET /health``
+(readiness), ``GET /metrics`` (Prometheus, :mod:`nmt.serve.metrics`), ``GET /v1/models``,
+``POST /v1/translate``, the LibreTranslate-compatible ``POST /translate`` and ``GET
+/languages`` (:mod:`nmt.serve.libretranslate`), and the OpenAPI page at ``/docs``. Requests
+are translated through each model's dynamic batcher (:mod:`nmt.serve.registry`,
 :mod:`nmt.serve.batcher`).
 
-Errors: every ``/v1`` error is ``{"error": {"code", "message"}}`` with the field named in the
-message: 400 malformed JSON, 422 a wrong type or value, 404 an unknown model or route, 413 too
-many lines or characters, 504 over ``timeout_s``, 503 while shutting down, 500 an internal
-error (the server keeps serving). On SIGTERM the server stops accepting connections, runs
-what is queued without waiting for companions, answers the requests in flight and exits.
+Every answer carries the request's id (``X-Request-ID``, :mod:`nmt.serve.context`). With API
+keys (``--api-key-file``), the translation routes need one: ``Authorization: Bearer KEY`` or
+``X-API-Key: KEY`` (LibreTranslate's ``api_key`` field too); 401 without, 403 for a wrong
+one. ``--cors-origin`` lets pages of those origins call the API (Starlette's CORS middleware).
 
-FastAPI, uvicorn and fastapi-offline (the ``/docs`` page's files, served by nmt rather than a
-CDN) are the optional ``serve`` extra; importing this module without them raises
-:class:`~nmt.errors.MissingDependencyError` saying how to install them.
+Errors: every ``/v1`` error is ``{"error": {"code", "message"}}`` with the field named in the
+message: 400 malformed JSON, 401/403 no or a wrong API key, 422 a wrong type or value, 404 an
+unknown model or route, 413 too many lines or characters, 503 queue full (with
+``Retry-After``) or shutting down, 504 over ``timeout_s``, 500 an internal error (a generic
+message with the request id; the traceback goes to the log, and the server keeps serving).
+On SIGTERM the server stops accepting connections, runs what is queued without waiting for
+companions, answers the requests in flight and exits.
+
+FastAPI, uvicorn, fastapi-offline (the ``/docs`` page's files, served by nmt rather than a
+CDN) and prometheus-client are the optional ``serve`` extra; importing this module without
+them raises :class:`~nmt.errors.MissingDependencyError` saying how to install them.
 """
 
 from __future__ import annotations
@@ -30,23 +38,29 @@ from typing import Any
 from nmt.errors import ConfigError, MissingDependencyError
 
 try:
+    import prometheus_client  # noqa: F401 - checked here, used by nmt.serve.metrics
     import uvicorn
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from fastapi_offline import FastAPIOffline
     from starlette.exceptions import HTTPException
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingDependencyError(
-        f"nmt serve needs FastAPI, uvicorn and fastapi-offline ({exc.name} is missing): "
-        "pip install 'nmt[serve]'"
+        f"nmt serve needs FastAPI, uvicorn, fastapi-offline and prometheus-client ({exc.name} "
+        "is missing): pip install 'nmt[serve]'"
     ) from None
 
 from nmt import __version__
 from nmt.decode.attention import Attention
+from nmt.serve import work as work_limits
+from nmt.serve.auth import check_api_key, presented_key
 from nmt.serve.body import LIBRETRANSLATE_ROUTES, BodyLimit
 from nmt.serve.config import ServeConfig
+from nmt.serve.context import RequestContext
 from nmt.serve.errors import STATUS_CODES, ApiError, error_response, validation_message
+from nmt.serve.metrics import Metrics
 from nmt.serve.registry import LineResult, ServedModel
 from nmt.serve.schema import (
     AttentionOut,
@@ -60,32 +74,13 @@ from nmt.serve.schema import (
     TranslationOut,
 )
 from nmt.serve.service import Service
+from nmt.serve.work import AttentionTooLargeError, check_attention_size
 
 # uvicorn's own error log: an internal error's traceback lands beside its access line.
 log = logging.getLogger("uvicorn.error")
 
 
-MAX_ATTENTION_VALUES = 2_000_000  # ~15 MB of JSON: what one answer may carry of attention
 LISTEN_BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default)
-
-
-def check_attention_size(results: list[LineResult]) -> None:
-    """Refuse an answer whose attention matrices would hold more than
-    :data:`MAX_ATTENTION_VALUES` numbers: a 1.5 KB request (a long line, 16-best) once
-    answered 196 MB of JSON, built on the event loop.
-
-    Raises:
-        ApiError: 413, with the size and what to change.
-    """
-    values = sum(h.attention.weights.numel() for r in results for h in r.hyps if h.attention)
-    if values > MAX_ATTENTION_VALUES:
-        raise ApiError(
-            413,
-            "too_much_attention",
-            f"return_attention: {values:,} weights (layers × heads × target × source pieces, "
-            f"over every line and n-best hypothesis); at most {MAX_ATTENTION_VALUES:,} in one "
-            "answer: send fewer or shorter lines, a lower nbest, or return_alignment alone",
-        )
 
 
 def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) -> AttentionOut:
@@ -127,12 +122,20 @@ def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
     )
 
 
+KEY_FIELDS = "Authorization: Bearer KEY or X-API-Key: KEY"
+
+
 def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -> FastAPI:
     """The FastAPI app serving ``models`` (their batchers started:
-    :func:`nmt.serve.registry.start_batchers`)."""
+    :func:`nmt.serve.registry.start_batchers`); the batchers report their batches' sizes
+    to the app's metrics from now on."""
     from nmt.serve.libretranslate import add_libretranslate_routes
 
-    service = Service(models, cfg or ServeConfig())
+    metrics = Metrics(models)
+    for m in models.values():
+        if m.batcher is not None:
+            m.batcher.observe = metrics.batch_observer(m.id)
+    service = Service(models, cfg or ServeConfig(), metrics)
     # /docs and /redoc from files nmt serves: FastAPI's own pages load theirs from a CDN and
     # stay blank offline (FastAPIOffline is FastAPI with those two pages replaced).
     app = FastAPIOffline(
@@ -141,14 +144,26 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         description="Neural machine translation: REST API, LibreTranslate-compatible routes "
         "and a web page that shows cross-attention.",
     )
+    app.state.metrics = metrics
+    # Added innermost first: CORS answers preflights and adds its headers to every answer,
+    # the 413 of BodyLimit included; RequestContext, outermost, sees every answer.
     app.add_middleware(BodyLimit, limit=service.cfg.max_body_bytes)
+    if service.cfg.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(service.cfg.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContext, metrics=metrics)
     errors: dict[int | str, dict[str, Any]] = {
-        s: {"model": ErrorResponse} for s in (400, 404, 413, 422, 500, 503, 504)
+        s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 422, 500, 503, 504)
     }
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -164,27 +179,45 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
             return JSONResponse({"error": message}, status_code=exc.status_code)
         return error_response(exc.status_code, code, message)
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+    async def api_key(request: Request) -> None:
+        check_api_key(service.cfg.api_keys, presented_key(request.headers), KEY_FIELDS)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(resources.files("nmt.serve").joinpath("static/index.html").read_text())
 
-    @app.get("/health")
-    async def health() -> HealthResponse:
-        stats = [m.batcher.stats() for m in models.values() if m.batcher is not None]
-        return HealthResponse(
-            status="ok",
+    @app.get("/health", responses={503: {"model": HealthResponse}})
+    async def health() -> JSONResponse:
+        """Readiness: 200 when every model has a running batcher (loaded, its dispatcher
+        and worker pool alive, not shutting down), else 503 with the reasons."""
+        problems = []
+        stats = []
+        for m in models.values():
+            if m.batcher is None:
+                problems.append(f"{m.id}: not started")
+                continue
+            stats.append(m.batcher.stats())
+            if stats[-1]["draining"]:
+                problems.append(f"{m.id}: shutting down")
+            elif not stats[-1]["alive"]:
+                problems.append(f"{m.id}: its batcher has stopped")
+        answer = HealthResponse(
+            status="unavailable" if problems else "ok",
             models=list(models),
             queued=sum(s["queued"] for s in stats),
+            queued_lines=sum(s["queued_lines"] for s in stats),
             running=sum(s["running"] for s in stats),
             batches=sum(s["batches"] for s in stats),
+            problems=problems,
         )
+        return JSONResponse(answer.model_dump(), status_code=503 if problems else 200)
 
-    @app.get("/v1/models")
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/models", dependencies=[Depends(api_key)])
     async def list_models() -> ModelsResponse:
         return ModelsResponse(
             models=[
@@ -201,7 +234,12 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
             ]
         )
 
-    @app.post("/v1/translate", response_model_exclude_none=True, responses=errors)
+    @app.post(
+        "/v1/translate",
+        response_model_exclude_none=True,
+        responses=errors,
+        dependencies=[Depends(api_key)],
+    )
     async def translate(req: TranslateRequest) -> TranslateResponse:
         """Translate ``src`` line by line; dynamic batching shares the search with concurrent
         requests that use the same decoding options."""
@@ -219,10 +257,23 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         if req.prefix is not None:
             service.check_lines(req.prefix, "prefix")
         results = await service.translate(
-            model, req.src, req.options(), attention, req.prefix, req.seed, req.tgt_lang
+            model,
+            req.src,
+            req.options(),
+            attention,
+            req.prefix,
+            req.seed,
+            req.tgt_lang,
+            req.return_attention,
         )
-        if req.return_attention:
-            check_attention_size(results)
+        if req.return_attention:  # the parts of a split request were checked each alone
+            values = sum(
+                h.attention.weights.numel() for r in results for h in r.hyps if h.attention
+            )
+            try:
+                check_attention_size(values, work_limits.MAX_ATTENTION_VALUES)
+            except AttentionTooLargeError as exc:
+                raise ApiError(413, "too_much_attention", str(exc)) from None
         return TranslateResponse(
             translations=[translation_out(r, req) for r in results],
             model=model.id,
@@ -313,11 +364,17 @@ def run_server(
 
     sock = listen(cfg.host, cfg.port)
     try:
-        pool = start_batchers(models, cfg.workers, cfg.batch_tokens, cfg.max_wait_ms)
+        pool = start_batchers(models, cfg.workers, cfg.batch_tokens, cfg.max_wait_ms, cfg.max_queue)
         app = create_app(models, cfg)
         port = sock.getsockname()[1]
+        # No uvicorn access log: RequestContext logs each request once, with its id.
         config = uvicorn.Config(
-            app, host=cfg.host, port=port, log_level=log_level, backlog=LISTEN_BACKLOG
+            app,
+            host=cfg.host,
+            port=port,
+            log_level=log_level,
+            backlog=LISTEN_BACKLOG,
+            access_log=False,
         )
         if on_listening is not None:
             on_listening(server_url(cfg.host, sock))

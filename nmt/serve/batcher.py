@@ -20,13 +20,18 @@ most ``batch_tokens`` source tokens, as Triton's dynamic batcher and CTranslate2
   (closed-loop clients otherwise settle into one large batch on one worker and small,
   inefficient ones on the other, the same clients each time; docs/benchmarks.md);
 - a job cancelled while still queued (its request timed out) is dropped;
+- the queue holds at most ``max_queue`` lines (jobs waiting, not running): a job that would
+  pass it is refused with :class:`QueueFullError` (the server answers 503 and Retry-After),
+  so that what waits, and how long it waits, stays bounded under overload;
 - a batch that raises runs again one job at a time, so that only the jobs that fail alone
   get the error (one request's bad input does not fail the requests that shared its batch);
+  ``run`` may also return an exception in place of one job's result: that job alone fails;
 - :meth:`Batcher.drain` stops all waiting (shutdown: queued jobs are dispatched at once, and
   no job is accepted any more); :meth:`Batcher.close` also ends the dispatcher thread.
 
 The batcher knows nothing of translation (torch-free): ``run(key, payloads)`` is called on a
-worker thread and returns one result per payload.
+worker thread and returns one result per payload; ``observe(lines, tokens)``, when given, is
+called with each batch's size as it is dispatched (the server's metrics).
 """
 
 from __future__ import annotations
@@ -39,19 +44,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RunBatch = Callable[[Hashable, list[Any]], Sequence[Any]]
+Observe = Callable[[int, int], None]
 
 
 class BatcherClosedError(RuntimeError):
     """A job was submitted after :meth:`Batcher.drain` or :meth:`Batcher.close`."""
 
 
+class QueueFullError(RuntimeError):
+    """A job would pass the queue's limit of lines (:attr:`Batcher.max_queue`)."""
+
+
 @dataclass
 class Job:
-    """One request's work: ``payload`` (opaque to the batcher) of ``tokens`` source tokens."""
+    """One request's work: ``payload`` (opaque to the batcher) of ``tokens`` source tokens
+    in ``lines`` lines."""
 
     key: Hashable
     payload: Any
     tokens: int
+    lines: int = 1
     future: Future[Any] = field(default_factory=Future)
     arrival: float = field(default_factory=time.monotonic)  # seconds, time.monotonic()
 
@@ -66,9 +78,12 @@ class Batcher:
         workers: batches run at once at most (the executor's threads).
         batch_tokens: source tokens per batch at most (a larger single job runs alone).
         max_wait_ms: how long the oldest queued job waits for companions, in milliseconds.
+        max_queue: lines waiting at most (running ones not counted); ``None`` = no limit.
+        observe: called as ``observe(lines, tokens)`` with each batch as it is dispatched.
 
     Raises:
-        ValueError: ``workers`` or ``batch_tokens`` below 1, or negative ``max_wait_ms``.
+        ValueError: ``workers``, ``batch_tokens`` or ``max_queue`` below 1, or negative
+            ``max_wait_ms``.
     """
 
     def __init__(
@@ -78,14 +93,17 @@ class Batcher:
         workers: int,
         batch_tokens: int,
         max_wait_ms: float,
+        max_queue: int | None = None,
+        observe: Observe | None = None,
     ):
-        if workers < 1 or batch_tokens < 1 or max_wait_ms < 0:
+        if workers < 1 or batch_tokens < 1 or max_wait_ms < 0 or (max_queue or 1) < 1:
             raise ValueError(
-                f"workers={workers} and batch_tokens={batch_tokens} must be at least 1, "
-                f"max_wait_ms={max_wait_ms} at least 0"
+                f"workers={workers}, batch_tokens={batch_tokens} and max_queue={max_queue} "
+                f"must be at least 1, max_wait_ms={max_wait_ms} at least 0"
             )
         self.run, self.executor, self.workers = run, executor, workers
         self.batch_tokens, self.max_wait = batch_tokens, max_wait_ms / 1000.0
+        self.max_queue, self.observe = max_queue, observe
         self.queue: list[Job] = []
         self.running = 0  # batches running now
         self.running_tokens = 0  # their source tokens
@@ -95,37 +113,58 @@ class Batcher:
         self.thread = threading.Thread(target=self._dispatch_loop, name="nmt-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, key: Hashable, payload: Any, tokens: int) -> Future[Any]:
-        """Queue a job; its future gets ``run``'s result for ``payload`` (or its exception).
+    def submit(self, key: Hashable, payload: Any, tokens: int, lines: int = 1) -> Future[Any]:
+        """Queue a job of ``lines`` lines; its future gets ``run``'s result for ``payload``
+        (or its exception).
 
         Cancel the future to drop the job while it is still queued.
 
         Raises:
             BatcherClosedError: the batcher is draining or closed.
+            QueueFullError: the queue cannot take ``lines`` more lines (``max_queue``).
         """
-        job = Job(key, payload, tokens)
-        with self.cond:
-            if self.draining:
-                raise BatcherClosedError("the server is shutting down")
-            self.queue.append(job)
-            self.cond.notify_all()
-        return job.future
+        return self.submit_many(key, [(payload, tokens, lines)])[0]
 
-    def submit_many(self, key: Hashable, jobs: Sequence[tuple[Any, int]]) -> list[Future[Any]]:
-        """Queue several ``(payload, tokens)`` jobs at once (the parts of one request), so
-        that the batcher sees them together and free workers take a part each.
+    def submit_many(self, key: Hashable, jobs: Sequence[tuple[Any, int, int]]) -> list[Future[Any]]:
+        """Queue several ``(payload, tokens, lines)`` jobs at once (the parts of one
+        request), all or none, so that the batcher sees them together and free workers take
+        a part each.
 
         Raises:
             BatcherClosedError: the batcher is draining or closed.
+            QueueFullError: the queue cannot take their lines (``max_queue``).
         """
-        with self.cond:  # re-entrant: submit() takes it too
-            return [self.submit(key, payload, tokens) for payload, tokens in jobs]
+        new = [Job(key, payload, tokens, lines) for payload, tokens, lines in jobs]
+        with self.cond:
+            if self.draining:
+                raise BatcherClosedError("the server is shutting down")
+            if self.max_queue is not None:
+                self._drop_cancelled()
+                queued = sum(j.lines for j in self.queue)
+                asked = sum(j.lines for j in new)
+                if queued + asked > self.max_queue:
+                    raise QueueFullError(
+                        f"{queued} lines are waiting; the queue holds {self.max_queue} "
+                        f"(--max-queue) and this request has {asked}"
+                    )
+            self.queue += new
+            self.cond.notify_all()
+        return [j.future for j in new]
 
     def stats(self) -> dict[str, int]:
-        """``queued`` jobs, ``running`` batches and ``batches`` dispatched so far."""
+        """``queued`` jobs and their ``queued_lines``, ``running`` batches, ``batches``
+        dispatched so far, ``alive``: 1 while the dispatcher thread runs, and ``draining``: 1
+        once :meth:`drain` or :meth:`close` was called."""
         with self.cond:
-            queued = sum(not j.future.cancelled() for j in self.queue)
-            return {"queued": queued, "running": self.running, "batches": self.batches}
+            waiting = [j for j in self.queue if not j.future.cancelled()]
+            return {
+                "queued": len(waiting),
+                "queued_lines": sum(j.lines for j in waiting),
+                "running": self.running,
+                "batches": self.batches,
+                "alive": int(self.thread.is_alive()),
+                "draining": int(self.draining),
+            }
 
     def drain(self) -> None:
         """Stop waiting for companions and accept no new job; queued jobs still run."""
@@ -151,6 +190,8 @@ class Batcher:
                 self.running += 1
                 self.running_tokens += sum(j.tokens for j in batch)
                 self.batches += 1
+            if self.observe is not None and batch:
+                self.observe(sum(j.lines for j in batch), sum(j.tokens for j in batch))
             try:
                 self.executor.submit(self._run_batch, batch)
             except RuntimeError as exc:  # the executor was shut down
@@ -223,7 +264,10 @@ class Batcher:
             self._finish(batch, exc)
             return
         for job, result in zip(batch, results):
-            job.future.set_result(result)
+            if isinstance(result, BaseException):  # this job's own error (run's choice)
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
         self._finish(batch, None)
 
     def _finish(self, batch: list[Job], exc: BaseException | None) -> None:

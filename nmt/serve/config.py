@@ -8,7 +8,9 @@ command line read them without loading a model.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from nmt.config import DecodeConfig
 from nmt.errors import ConfigError
@@ -28,6 +30,12 @@ class ServeConfig:
         max_lines / max_chars: the most lines, and characters over all lines, in one request.
         timeout_s: a request not answered within this many seconds gets 504.
         workers: translation worker threads, as ``nmt translate --workers``.
+        max_queue: lines waiting for a batch at most, per model; a request that would pass
+            it gets 503 with ``Retry-After`` (at least ``max_lines``, so that every request
+            the server accepts can be queued).
+        api_keys: the keys a client must send (:func:`read_api_keys`); empty = none needed.
+        cors_origins: the browser origins allowed to call the API (``*`` = any); empty =
+            no CORS headers (a page on another origin cannot read the answers).
     """
 
     host: str = "127.0.0.1"
@@ -38,6 +46,9 @@ class ServeConfig:
     max_chars: int = 20000
     timeout_s: float = 30.0
     workers: int = 0
+    max_queue: int = 4096
+    api_keys: frozenset[str] = frozenset()
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "max_lines", "max_chars"):
@@ -54,6 +65,11 @@ class ServeConfig:
             raise ConfigError(f"workers={self.workers} must be >= 0 (0 = one per core)")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port={self.port} must be between 0 and 65535")
+        if self.max_queue < self.max_lines:
+            raise ConfigError(
+                f"max_queue={self.max_queue} must be at least max_lines={self.max_lines}: a "
+                "request of max_lines lines could never be queued; raise --max-queue"
+            )
 
     @property
     def max_body_bytes(self) -> int:
@@ -62,6 +78,37 @@ class ServeConfig:
         character outside the BMP), 64 bytes of quotes and commas per line, and 64 KiB for
         the rest."""
         return 2 * 12 * self.max_chars + 64 * self.max_lines + 65536
+
+
+KEY = re.compile(r"^[\x21-\x7e]{8,256}$")  # visible ASCII, no spaces: safe in a header
+
+
+def read_api_keys(path: str | Path) -> frozenset[str]:
+    """The API keys in ``path`` (``nmt serve --api-key-file``): one per line, 8 to 256
+    visible ASCII characters; blank lines and lines starting with ``#`` are skipped.
+
+    Raises:
+        ConfigError: the file cannot be read, a line is not a usable key (naming the file
+            and line, never the key), or it holds no key.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--api-key-file {path}: cannot read it ({exc})") from None
+    keys = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        if not KEY.match(key):
+            raise ConfigError(
+                f"{path}:{number}: not a usable API key; a key is 8 to 256 visible ASCII "
+                "characters without spaces, one per line"
+            )
+        keys.add(key)
+    if not keys:
+        raise ConfigError(f"--api-key-file {path}: no key in it; write one key per line")
+    return frozenset(keys)
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,45 @@
 """The errors of ``nmt serve``'s ``/v1`` routes: ``{"error": {"code", "message"}}`` with the
-field named in the message (:class:`ApiError`, :func:`error_response`), and pydantic's
-validation errors turned into that form (:func:`validation_message`).
+field named in the message (:class:`ApiError`, :func:`error_response`), pydantic's
+validation errors turned into that form (:func:`validation_message`), and the one message of
+an internal error (:func:`internal_message`), which names the request id, never the
+exception's text.
 """
 
 from __future__ import annotations
+
+from contextvars import ContextVar
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
+# The id of the request being answered (nmt.serve.context.RequestContext sets it).
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
 
 class ApiError(Exception):
-    """An error answered as ``{"error": {"code", "message"}}`` with HTTP ``status``."""
+    """An error answered as ``{"error": {"code", "message"}}`` with HTTP ``status`` and
+    extra response ``headers`` (e.g. ``Retry-After``)."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def internal_message() -> str:
+    """What a 500 answers: no exception text (it can carry paths, tensors or other clients'
+    input), only the request id, by which the traceback is found in the server's log."""
+    return f"internal error; the server's log has its details under request id {request_id.get()}"
 
 
 def validation_message(exc: RequestValidationError) -> tuple[int, str, str]:

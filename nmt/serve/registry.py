@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
-from collections.abc import Hashable
-from concurrent.futures import Executor, Future
+import threading
+from collections.abc import Hashable, Iterator
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,14 @@ from nmt.model.checkpoint import WEIGHTS_FILE, read_config
 from nmt.model.transformer import Transformer
 from nmt.serve.batcher import Batcher
 from nmt.serve.config import DecodeOptions
-from nmt.serve.work import SPLIT_LINES, Work, joined, split_work, work_tokens
+from nmt.serve.work import (
+    SPLIT_LINES,
+    Work,
+    check_attention_size,
+    joined,
+    split_work,
+    work_tokens,
+)
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHAPE_KEYS = ("d_model", "n_heads", "ffn_dim", "n_encoder_layers", "n_decoder_layers", "vocab_size")
@@ -102,7 +110,9 @@ class ServedModel:
     tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
     default_tgt: str | None = None
     batcher: Batcher | None = None
+    dropped_lines: int = 0  # lines left out of a running batch: their request had timed out
     _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tokenizer_for(self, tgt_lang: str | None) -> Tokenizer:
         """The source tokenizer that translates into ``tgt_lang``, or into ``default_tgt``
@@ -172,14 +182,15 @@ class ServedModel:
 
         Raises:
             BatcherClosedError: the server is shutting down.
+            QueueFullError: the queue cannot take these lines (``--max-queue``).
         """
         assert self.batcher is not None, "start_batchers() first"
         n_parts = min(self.batcher.workers, len(work.ids) // SPLIT_LINES)
         if n_parts < 2:
-            return self.batcher.submit(options, work, work_tokens(work))
+            return self.batcher.submit(options, work, work_tokens(work), len(work.ids))
         parts = split_work(work, n_parts)
-        futures = self.batcher.submit_many(options, [(p, work_tokens(p)) for p in parts])
-        return joined(futures)
+        jobs = [(p, work_tokens(p), len(p.ids)) for p in parts]
+        return joined(self.batcher.submit_many(options, jobs))
 
     def translator_for(self, options: DecodeOptions) -> BaseTranslator:
         """A translator sharing the loaded model but searching with ``options``.
@@ -203,10 +214,20 @@ class ServedModel:
             self._per_options[options] = translator
         return self._per_options[options]
 
-    def run(self, options: Hashable, works: list[Work]) -> list[list[LineResult]]:
-        """Search the lines of several requests as one batch (on a worker thread)."""
+    def run(self, options: Hashable, works: list[Work]) -> list[Any]:
+        """Search the lines of several requests as one batch (on a worker thread): one list
+        of :class:`LineResult` per work, or the exception that fails that work alone
+        (:class:`~nmt.serve.work.AttentionTooLargeError`, ``CancelledError`` for a work whose
+        request timed out).
+
+        The lines of a work cancelled meanwhile (:attr:`Work.cancelled`) are left out of the
+        search where the engine allows (:meth:`search_live`), and its attention is not
+        computed. The attention's size is checked from the hypotheses' lengths before it is
+        computed.
+        """
         assert isinstance(options, DecodeOptions)
         translator = self.translator_for(options)
+        owner = [w for w in works for _ in w.ids]
         ids = [x for w in works for x in w.ids]
         prefixes = None
         if any(w.prefixes is not None for w in works):
@@ -214,15 +235,82 @@ class ServedModel:
         seeds = [x for w in works for x in (w.seeds or [])] if options.sampling else None
         request = Request(translator.decode, prefixes, seeds)
         found: list[list[Hypothesis]] = [[] for _ in ids]
-        for rows, hyps in translator.search_rows(ids, request):
+        for rows, hyps in self.search_live(translator, ids, request, owner):
             for row, h in zip(rows, hyps):
                 found[row] = h
-        results, start = [], 0
+        results: list[Any] = []
+        start = 0
         for w in works:
-            lines = zip(w.ids, w.truncated, found[start : start + len(w.ids)])
-            results.append([self.line_result(s, t, h, w.attention) for s, t, h in lines])
+            part = found[start : start + len(w.ids)]
             start += len(w.ids)
+            results.append(self.work_result(w, part))
         return results
+
+    def work_result(self, w: Work, found: list[list[Hypothesis]]) -> Any:
+        """``w``'s line results from its hypotheses, or the exception that fails it."""
+        if w.cancelled.is_set():
+            return CancelledError()
+        if w.max_attention is not None:
+            try:
+                check_attention_size(self.attention_values(w.ids, found), w.max_attention)
+            except Exception as exc:
+                return exc
+        lines = zip(w.ids, w.truncated, found)
+        return [self.line_result(s, t, h, w.attention) for s, t, h in lines]
+
+    def attention_values(self, ids: list[list[int]], found: list[list[Hypothesis]]) -> int:
+        """How many weights the attention of these hypotheses holds: layers × heads × (target
+        + EOS) × (source + EOS) each, as :func:`cross_attention` returns them."""
+        model = self.translator.model if isinstance(self.translator, Translator) else None
+        if not isinstance(model, Transformer):
+            return 0
+        per_pair = model.cfg.n_decoder_layers * model.cfg.n_heads
+        return sum(
+            per_pair * (len(h.tokens) + 1) * (len(src) + 1)
+            for src, hyps in zip(ids, found)
+            for h in hyps
+        )
+
+    def search_live(
+        self, translator: BaseTranslator, ids: list[list[int]], request: Request, owner: list[Work]
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        """``translator.search_rows`` over the rows whose work (``owner[row]``) is not
+        cancelled; yields ``(rows, hypotheses)`` with rows indexing ``ids``.
+
+        The torch engine, loaded with one worker, searches its length batches one at a time
+        on this thread: before each, the rows of works cancelled meanwhile are left out (the
+        engine is asked again for the rows still wanted, and only its next batch is run; the
+        batches stay those it would have made, longest first). CTranslate2 queues all its
+        batches at once, so its rows are chosen once, before the search.
+        """
+        one_at_a_time = isinstance(translator, Translator) and translator.workers == 1
+        wanted = [r for r, x in enumerate(ids) if x]  # empty lines are not searched
+        while wanted:
+            live = [r for r in wanted if not owner[r].cancelled.is_set()]
+            self.count_dropped(len(wanted) - len(live))
+            if not live:
+                return
+            sub = Request(
+                request.decode,
+                None if request.prefixes is None else [request.prefixes[r] for r in live],
+                None if request.seeds is None else [request.seeds[r] for r in live],
+            )
+            batches = translator.search_rows([ids[r] for r in live], sub)
+            searched: set[int] = set()
+            for rows, hyps in batches:
+                searched.update(live[r] for r in rows)
+                yield [live[r] for r in rows], hyps
+                if one_at_a_time:
+                    break
+            getattr(batches, "close", lambda: None)()  # the generator's next batch is not run
+            if not one_at_a_time or not searched:
+                return
+            wanted = [r for r in live if r not in searched]
+
+    def count_dropped(self, lines: int) -> None:
+        if lines:
+            with self._lock:
+                self.dropped_lines += lines
 
     def line_result(
         self, src_ids: list[int], truncated: bool, hyps: list[Hypothesis], attention: bool
@@ -281,11 +369,16 @@ def file_sha256(path: Path) -> str:
 
 
 def load_model_entry(
-    model_id: str, folder: Path, engine: str, device: str, batch_tokens: int
+    model_id: str, folder: Path, engine: str, device: str, batch_tokens: int, workers: int = 0
 ) -> ServedModel:
     """Load one model folder (torch or CTranslate2) for serving; a multilingual model
     serves all its pairs, each request choosing its target language, and an imported
     multi-target Marian model its ``>>lang<<`` tags besides its plain input.
+
+    ``workers`` is the server's (``nmt serve --workers``, 0 = one per CPU thread): a
+    CTranslate2 model runs that many batches at once (its ``inter_threads``), one per worker
+    thread of :func:`start_batchers`, instead of one at a time; the torch engine searches on
+    the server's worker threads themselves (loaded with one worker).
 
     Raises:
         ConfigError / CheckpointError / MissingDependencyError: as
@@ -296,7 +389,9 @@ def load_model_entry(
     pairs = list((read_export_info(folder) if exported else read_config(folder)).get("pairs") or [])
     langs = target_langs(pairs)
     first = langs[0] if len(langs) > 1 else None  # each request chooses (tokenizers)
-    translator = load_translator(folder, decode, engine, device, workers=1, tgt_lang=first)
+    translator = load_translator(
+        folder, decode, engine, device, workers=workers if exported else 1, tgt_lang=first
+    )
     if isinstance(translator, CT2Translator):
         info, weights, name = read_export_info(folder), folder / CT2_WEIGHTS, "ctranslate2"
     else:
@@ -331,9 +426,14 @@ def load_model_entry(
 
 
 def load_models(
-    specs: list[str], engine: str = "auto", device: str = "auto", batch_tokens: int = 4096
+    specs: list[str],
+    engine: str = "auto",
+    device: str = "auto",
+    batch_tokens: int = 4096,
+    workers: int = 0,
 ) -> dict[str, ServedModel]:
-    """Load every ``-m`` spec (:func:`parse_model_specs`), by id, in the order given.
+    """Load every ``-m`` spec (:func:`parse_model_specs`), by id, in the order given, for a
+    server of ``workers`` worker threads (:func:`load_model_entry`).
 
     Raises:
         ConfigError: bad specs; CheckpointError: a folder that is not a model folder.
@@ -342,18 +442,23 @@ def load_models(
     for model_id, folder in parse_model_specs(specs):
         if not folder.is_dir():
             raise ConfigError(f"-m {folder}: not a folder")
-        models[model_id] = load_model_entry(model_id, folder, engine, device, batch_tokens)
+        models[model_id] = load_model_entry(model_id, folder, engine, device, batch_tokens, workers)
     return models
 
 
 def start_batchers(
-    models: dict[str, ServedModel], workers: int, batch_tokens: int, max_wait_ms: float
+    models: dict[str, ServedModel],
+    workers: int,
+    batch_tokens: int,
+    max_wait_ms: float,
+    max_queue: int | None = None,
 ) -> Executor:
     """Give each model a :class:`Batcher` over one worker pool shared by all models.
 
     Args:
         workers: translation worker threads, as ``nmt translate --workers`` (0 = one
             single-threaded worker per CPU thread; on a GPU: 1).
+        max_queue: lines each model's queue holds at most (``None``: no limit).
 
     Returns:
         The pool (shut it down after closing the batchers).
@@ -365,5 +470,5 @@ def start_batchers(
     n, threads = (1, 1) if on_gpu else cpu_workers(workers)
     pool = worker_pool(n, threads)
     for m in models.values():
-        m.batcher = Batcher(m.run, pool, n, batch_tokens, max_wait_ms)
+        m.batcher = Batcher(m.run, pool, n, batch_tokens, max_wait_ms, max_queue)
     return pool

@@ -188,18 +188,30 @@ class ModelsResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: str
+    """``GET /health``: 200 with status ``ok`` when ready to translate, else 503 with status
+    ``unavailable`` and the ``problems``."""
+
+    status: str = Field(description="ok, or unavailable (answered with 503).")
     models: list[str]
-    queued: int = Field(description="Requests waiting for a batch, all models.")
+    queued: int = Field(description="Requests (or parts of one) waiting for a batch, all models.")
+    queued_lines: int = Field(description="Lines waiting for a batch, all models (--max-queue).")
     running: int = Field(description="Batches being translated now, all models.")
     batches: int = Field(description="Batches dispatched since the server started, all models.")
+    problems: list[str] = Field(default_factory=list, description="Why it is not ready.")
 
 
 class LibreTranslateResponse(BaseModel):
     """LibreTranslate's ``POST /translate`` answer."""
 
     translatedText: str | list[str]
-    detectedLanguage: dict[str, Any] | None = None
+    alternatives: list[str] | list[list[str]] | None = Field(
+        default=None, description="With alternatives: N, the next-best distinct translations."
+    )
+    detectedLanguage: dict[str, Any] | None = Field(
+        default=None,
+        description="With source auto: the model's source language, confidence 0 (assumed; "
+        "nmt detects no language).",
+    )
 
 
 class LibreTranslateError(BaseModel):

@@ -7,22 +7,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from nmt.errors import NMTError
-from nmt.serve.batcher import BatcherClosedError
+from nmt.serve import work as work_limits
+from nmt.serve.batcher import BatcherClosedError, QueueFullError
 from nmt.serve.config import DecodeOptions, ServeConfig
-from nmt.serve.errors import ApiError
+from nmt.serve.errors import ApiError, internal_message, request_id
+from nmt.serve.metrics import Metrics
 from nmt.serve.registry import LineResult, ServedModel
+from nmt.serve.work import AttentionTooLargeError
+
+RETRY_AFTER_S = 1  # what a 503 asks a client to wait: queued lines go in about that time
 
 # uvicorn's own error log: an internal error's traceback lands beside its access line.
 log = logging.getLogger("uvicorn.error")
 
 
 class Service:
-    """The served models and limits, and the one way every route translates."""
+    """The served models and limits, and the one way every route translates (counting
+    what it translates in ``metrics``)."""
 
-    def __init__(self, models: dict[str, ServedModel], cfg: ServeConfig):
-        self.models, self.cfg = models, cfg
+    def __init__(self, models: dict[str, ServedModel], cfg: ServeConfig, metrics: Metrics):
+        self.models, self.cfg, self.metrics = models, cfg, metrics
 
     def model(self, model_id: str | None) -> ServedModel:
         """The model ``model_id`` (the first one served when ``None``).
@@ -90,12 +97,19 @@ class Service:
         prefixes: list[str] | None = None,
         seed: int | None = None,
         tgt_lang: str | None = None,
+        return_attention: bool = False,
     ) -> list[LineResult]:
         """Translate through the model's batcher into ``tgt_lang``, within ``timeout_s``.
+        ``attention``: compute each output's attention; ``return_attention``: the answer
+        carries it, so its size is checked (before it is computed).
+
+        A request over the timeout is given up: its work is cancelled, so that a batch not
+        yet at its lines leaves them out and its result is discarded.
 
         Raises:
-            ApiError: 422 invalid options or target language, 503 shutting down, 504 over the
-                timeout, 500 an internal error.
+            ApiError: 422 invalid options or target language, 413 too much attention, 503
+                queue full (with ``Retry-After``) or shutting down, 504 over the timeout,
+                500 an internal error (logged with its traceback and the request id).
         """
         try:
             translator = model.translator_for(options)  # validates them before queueing
@@ -114,19 +128,36 @@ class Service:
             work = model.encode(lines, prefixes, seed, options.sampling, tgt_lang, attention)
         except NMTError as exc:
             raise ApiError(422, "invalid_field", str(exc)) from None
+        if return_attention:
+            work = replace(work, max_attention=work_limits.MAX_ATTENTION_VALUES)
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
         try:
             future = model.submit(work, options)
         except BatcherClosedError as exc:
             raise ApiError(503, "shutting_down", str(exc)) from None
+        except QueueFullError as exc:
+            raise ApiError(
+                503, "queue_full", f"server busy: {exc}; retry after {RETRY_AFTER_S} s", retry
+            ) from None
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.cfg.timeout_s)
+            results = await asyncio.wait_for(asyncio.wrap_future(future), self.cfg.timeout_s)
         except asyncio.TimeoutError:
+            work.cancelled.set()
             raise ApiError(
                 504,
                 "timeout",
                 f"not translated within {self.cfg.timeout_s:g} s (--timeout-s); send fewer "
                 "lines or retry",
             ) from None
+        except AttentionTooLargeError as exc:
+            raise ApiError(413, "too_much_attention", str(exc)) from None
         except Exception as exc:  # a bug or a device error: answered, and the server goes on
-            log.error("translating %d lines failed", len(lines), exc_info=exc)
-            raise ApiError(500, "internal", f"{type(exc).__name__}: {exc}") from None
+            log.error(
+                "translating %d lines failed (request id %s)",
+                len(lines),
+                request_id.get(),
+                exc_info=exc,
+            )
+            raise ApiError(500, "internal", internal_message()) from None
+        self.metrics.translated(model.id, results)
+        return results
