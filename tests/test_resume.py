@@ -3,13 +3,24 @@ writing a checkpoint, and exact resume under bf16 autocast."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+import torch
+from conftest import make_tiny_model_config, make_tiny_train_config
 from test_schedule import StopAt
 
+from nmt.fileio import KILL_AT_ENV, KILL_POINTS
 from nmt.model import checkpoint as ckpt
-from nmt.model.checkpoint import load_resume
+from nmt.model.checkpoint import load_resume, load_weights
 from nmt.train.run import train
+
+TESTS = Path(__file__).resolve().parent
 
 
 def test_sigterm_writes_resume_pt_before_last_safetensors(
@@ -33,3 +44,71 @@ def test_sigterm_writes_resume_pt_before_last_safetensors(
     assert reason == "interrupted by signal SIGTERM"
     assert written == [ckpt.RESUME_FILE, "last.safetensors"]
     assert load_resume(tmp_path / "run" / ckpt.RESUME_FILE)["state"]["step"] == 3
+
+
+KILL_RECIPE = dict(eval_every=1000, save_every=2)  # resume.pt (and last.safetensors) every 2
+
+
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory, tiny_corpus, spm_model: Path) -> Path:
+    """A run folder stopped at step 4 (its last resume.pt and last.safetensors are step 4's)."""
+    out = tmp_path_factory.mktemp("four") / "run"
+    cfg = make_tiny_train_config(max_steps=4, **KILL_RECIPE)
+    train(*tiny_corpus, out, make_tiny_model_config(), cfg, spm_path=spm_model)
+    return out
+
+
+@pytest.fixture(scope="module")
+def eight_steps(tmp_path_factory, tiny_corpus, spm_model: Path) -> dict[str, torch.Tensor]:
+    """The weights of the same run trained to step 8 without a stop."""
+    out = tmp_path_factory.mktemp("eight") / "run"
+    cfg = make_tiny_train_config(max_steps=8, **KILL_RECIPE)
+    train(*tiny_corpus, out, make_tiny_model_config(), cfg, spm_path=spm_model)
+    return load_weights(out / "last.safetensors")
+
+
+CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from conftest import make_tiny_model_config, make_tiny_train_config
+from nmt.train.run import train
+train(sys.argv[2], sys.argv[3], sys.argv[4], make_tiny_model_config(),
+      make_tiny_train_config(max_steps=8, eval_every=1000, save_every=2), spm_path=sys.argv[5])
+"""
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+@pytest.mark.parametrize("name", [ckpt.RESUME_FILE, "last.safetensors"])
+def test_a_process_killed_while_writing_a_checkpoint_leaves_the_previous_one(
+    tmp_path: Path, tiny_corpus, spm_model: Path, four_steps: Path, eight_steps, name, point
+) -> None:
+    """A child process continues the step-4 run towards step 8 and kills itself with SIGKILL
+    (``NMT_TEST_KILL_AT``, :mod:`nmt.fileio`) at its first write of ``name`` (step 6's): in
+    the middle of the data, after the data but before the fsync, or after the fsync but
+    before the rename. What was there before still loads (resume.pt is written before
+    last.safetensors, so a kill in the latter finds step 6's resume.pt complete), and the
+    run resumes to step 8 with the weights of a run that was never stopped."""
+    out = tmp_path / "run"
+    shutil.copytree(four_steps, out)
+    # The child computes steps 5-6 when the kill comes after resume.pt: with this process's
+    # thread count, so that its float sums are the ones the uninterrupted run made here.
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, KILL_AT_ENV: f"{name}:{point}", "OMP_NUM_THREADS": threads}
+    env["PYTHONPATH"] = str(TESTS.parent)
+    args = [str(TESTS), *map(str, tiny_corpus), str(out), str(spm_model)]
+    child = subprocess.run([sys.executable, "-c", CHILD, *args], env=env, capture_output=True,
+                           text=True, timeout=600)  # fmt: skip
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    (left,) = out.glob(f".{name}.*.tmp")  # the temporary file of the write that was killed
+    if point == "mid-write":
+        assert 0 < left.stat().st_size < (four_steps / name).stat().st_size
+    assert (out / "last.safetensors").read_bytes() == (four_steps / "last.safetensors").read_bytes()
+    load_weights(out / "last.safetensors")
+    expected_step = 4 if name == ckpt.RESUME_FILE else 6
+    assert load_resume(out / ckpt.RESUME_FILE)["state"]["step"] == expected_step
+
+    cfg = make_tiny_train_config(max_steps=8, **KILL_RECIPE)
+    _, reason = train(*tiny_corpus, out, make_tiny_model_config(), cfg, spm_path=spm_model)
+    assert reason == "reached max_steps=8"
+    resumed = load_weights(out / "last.safetensors")
+    assert [k for k in eight_steps if not torch.equal(eight_steps[k], resumed[k])] == []
