@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from nmt.errors import CheckpointError
 
@@ -58,7 +58,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     try:
         os.chmod(tmp, mode)  # mkstemp makes 0600: the old file's mode, or the usual one
         with os.fdopen(fd, "wb") as f:
-            write(_DyingFile(f) if kill_at == "mid-write" else f)
+            write(cast(BinaryIO, _DyingFile(f)) if kill_at == "mid-write" else f)
             f.flush()
             if kill_at == "before-fsync":
                 _kill_self()
