@@ -3,6 +3,7 @@ writing a checkpoint, and exact resume under bf16 autocast."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 from conftest import make_tiny_model_config, make_tiny_train_config
 from test_schedule import StopAt
+from test_train import run
 
 from nmt.fileio import KILL_AT_ENV, KILL_POINTS
 from nmt.model import checkpoint as ckpt
@@ -112,3 +114,40 @@ def test_a_process_killed_while_writing_a_checkpoint_leaves_the_previous_one(
     assert reason == "reached max_steps=8"
     resumed = load_weights(out / "last.safetensors")
     assert [k for k in eight_steps if not torch.equal(eight_steps[k], resumed[k])] == []
+
+
+def test_bf16_training_on_the_cpu_resumes_exactly(
+    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config
+) -> None:
+    """bf16 autocast trains on every CPU (oneDNN computes bf16 products natively with
+    AVX512-BF16 or AMX and emulates them elsewhere, e.g. on an AVX2-only Zen 3), and a run
+    stopped by SIGTERM at step 4 and resumed to 10 ends with the weights of 10 straight steps.
+
+    Tolerance: none (bit for bit). Autocast rounds each product's inputs to bf16, but the
+    master weights, gradients and Adam moments stay float32 and resume.pt stores them
+    exactly, and the same kernels on the same shapes with the same thread count give the
+    same bits, emulated or not: a difference would be state that the resume lost (dropout's
+    RNG, the batch position, the optimizer), not bf16 rounding.
+    """
+    model_cfg = tiny_model_config(dropout=0.1, attention_dropout=0.1)
+    cfg = tiny_train_config(dtype="bf16", max_steps=10, eval_every=1000, save_every=1000)
+    run(tmp_path / "straight", tiny_corpus, spm_model, model_cfg, cfg)
+    split = tmp_path / "split"
+    first = StopAt(4)
+    trainer, reason = train(*tiny_corpus, split, model_cfg, cfg, spm_path=spm_model,
+                            observer=first)  # fmt: skip
+    assert reason == "interrupted by signal SIGTERM" and [s.step for s in first.steps] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert trainer.amp_dtype == torch.bfloat16
+    with trainer.autocast():  # the products really are bf16
+        assert trainer.model.logits(torch.zeros(1, 1, model_cfg.d_model)).dtype == torch.bfloat16
+    second = run(split, tiny_corpus, spm_model, model_cfg, cfg)
+    assert [s.step for s in second.steps] == list(range(5, 11))
+    assert all(math.isfinite(s.loss) for s in first.steps + second.steps)
+    expected = load_weights(tmp_path / "straight" / "last.safetensors")
+    resumed = load_weights(split / "last.safetensors")
+    assert [k for k in expected if not torch.equal(expected[k], resumed[k])] == []
