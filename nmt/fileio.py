@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from nmt.errors import CheckpointError
 
@@ -40,9 +41,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     replaced keeps its permissions (a private 0600 output stays private), and a symbolic link
     is written through (its target is replaced, the link stays).
 
+    Tests kill the process at a fixed point of the write through :data:`KILL_AT_ENV`.
+
     Raises:
         OSError: ``path`` is a folder, or cannot be written (before anything is written).
     """
+    kill_at = _kill_point(Path(path).name) if KILL_AT_ENV in os.environ else None
     path = Path(path)
     if path.is_symlink():
         path = path.resolve()
@@ -54,14 +58,62 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     try:
         os.chmod(tmp, mode)  # mkstemp makes 0600: the old file's mode, or the usual one
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            write(cast(BinaryIO, _DyingFile(f)) if kill_at == "mid-write" else f)
             f.flush()
+            if kill_at == "before-fsync":
+                _kill_self()
             os.fsync(f.fileno())
+        if kill_at == "before-rename":
+            _kill_self()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+# Test-only: ``NAME:POINT`` makes the process kill itself with SIGKILL while writing the file
+# named NAME (e.g. ``resume.pt``), at POINT, one of KILL_POINTS: after half of the first write
+# call past 4 KiB (a partial temporary file), after the last write and flush but before the
+# fsync, or after the fsync but before the rename. Read only when the variable is set.
+KILL_AT_ENV = "NMT_TEST_KILL_AT"
+KILL_POINTS = ("mid-write", "before-fsync", "before-rename")
+_MID_WRITE_BYTES = 4096
+
+
+def _kill_point(name: str) -> str | None:
+    """The point of :data:`KILL_AT_ENV` at which a write of file ``name`` dies, if any."""
+    target, _, point = os.environ[KILL_AT_ENV].rpartition(":")
+    if point not in KILL_POINTS:
+        raise ValueError(
+            f"{KILL_AT_ENV}={os.environ[KILL_AT_ENV]!r}: POINT is one of {KILL_POINTS}"
+        )
+    return point if target == name else None
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _DyingFile:
+    """A binary file that kills the process in the middle of the write call that takes it
+    past :data:`_MID_WRITE_BYTES`, having written (and flushed) half of that call's bytes."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.written = f, 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if self.written + len(view) <= _MID_WRITE_BYTES:
+            self.written += len(view)
+            return self.f.write(view)
+        self.f.write(view[: max(1, len(view) // 2)])
+        self.f.flush()
+        _kill_self()
+        raise AssertionError("unreachable: the process was killed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
 
 
 @contextmanager

@@ -232,3 +232,37 @@ def test_resume_of_another_format_or_garbage(tmp_path: Path) -> None:
         load_resume(tmp_path / "junk.pt")
     with pytest.raises(CheckpointError):
         load_resume(tmp_path / "absent.pt")
+
+
+def test_resume_checkpoint_is_streamed_into_the_file_not_built_in_memory(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``torch.save`` writes into the temporary file piece by piece: no single write holds
+    more than the largest tensor. Built in a BytesIO first, the whole checkpoint was one
+    write (and a second copy of it in memory: 3.4 GB for ``big`` with a 32k vocabulary)."""
+    from nmt.model import checkpoint
+
+    sizes: list[int] = []
+
+    class Recording:
+        def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+            self.f = f
+
+        def write(self, data) -> int:  # type: ignore[no-untyped-def]
+            sizes.append(memoryview(data).nbytes)
+            return self.f.write(data)
+
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(self.f, name)
+
+    real = checkpoint.atomic_write
+    monkeypatch.setattr(
+        checkpoint, "atomic_write", lambda path, write: real(path, lambda f: write(Recording(f)))
+    )
+    tensors = {f"w{i}": torch.full((256, 256), float(i)) for i in range(8)}  # 256 KiB each
+    save_resume(tmp_path / RESUME_FILE, {"format_version": FORMAT_VERSION, "model": tensors})
+    total = (tmp_path / RESUME_FILE).stat().st_size
+    assert sum(sizes) == total > 8 * 256 * 1024
+    assert max(sizes) <= 256 * 1024  # one tensor at most
+    loaded = load_resume(tmp_path / RESUME_FILE)["model"]
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())

@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 import cli.translate
 from cli.main import app
 from nmt.config import DecodeConfig
+from nmt.data.parallel import pad
+from nmt.data.tokenizer import EOS_ID
+from nmt.decode.forced import forced_scores
 from nmt.decode.translate import Translation, Translator
 from nmt.errors import InputError
 from nmt.evaluate.score import corpus_scores
@@ -86,7 +89,7 @@ def test_scores_and_nbest_formats(tiny_run: Path, tmp_path: Path, inputs: list[s
     result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--scores", "--device", "cpu")
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert len(rows) == 3 and all(len(r) == 2 and float(r[0]) < 0 for r in rows)
+    assert len(rows) == 3 and all(len(r) == 2 for r in rows)
     result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--nbest", "2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()]
@@ -276,6 +279,26 @@ def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: lis
     assert_one_line_error(result, "alignment_layer=5", "choose 0 to 1")
 
 
+@pytest.mark.kernels
+def test_scores_are_the_teacher_forced_log_probabilities_of_the_output(
+    tiny_run: Path, tmp_path: Path, inputs: list[str]
+) -> None:
+    """``--scores`` prints each output's log-probability: the model's teacher-forced score of
+    that output (EOS included), computed here apart from the search that found it, within
+    the 4 printed decimals and float32 noise (incremental against full decoding, other batch
+    shapes: ~1e-5 per token; a dropped token or EOS moves it by far more)."""
+    lines = inputs[1:6]
+    src = write_input(tmp_path / "in.de", lines)
+    result = invoke(src, "-m", tiny_run, "--beam-size", "3", "--scores", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(rows) == len(lines)
+    translator = Translator.load(tiny_run, DecodeConfig(beam_size=3), device="cpu")
+    forced = [logp for logp, _ in translator.score_targets(lines, [text for _, text in rows])]
+    assert [float(score) for score, _ in rows] == pytest.approx(forced, abs=1e-3)
+    assert all(logp < 0 for logp in forced)
+
+
 def test_score_target_prints_one_score_pair_per_line(
     tiny_run: Path, tmp_path: Path, inputs: list[str]
 ) -> None:
@@ -284,7 +307,18 @@ def test_score_target_prints_one_score_pair_per_line(
     result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", targets)
     assert result.exit_code == 0, result.output
     rows = [line.split("\t") for line in result.stdout.splitlines()]
-    assert len(rows) == 4 and all(len(r) == 2 and float(r[0]) < 0 for r in rows)
+    assert len(rows) == 4 and all(len(r) == 2 for r in rows)
+    # Each pair: the model's teacher-forced log-probability of the target (EOS included),
+    # and that over the GNMT penalty ((5 + n) / 6) ** 1.0 of its n pieces plus EOS (Wu et al.
+    # 2016).
+    translator = Translator.load(tiny_run, device="cpu")
+    given = ["A man.", "", "Two dogs play.", "A woman"]
+    ids = translator.tokenizer.encode_target(given)
+    source = pad(translator.tokenizer.encode(inputs[1:5]), suffix=EOS_ID)
+    forced = forced_scores(translator.model, source, ids)
+    for (logp, norm), want, target in zip(rows, forced, ids):
+        assert float(logp) == pytest.approx(want, abs=1e-4) and want < 0
+        assert float(norm) == pytest.approx(want / ((5 + len(target) + 1) / 6), abs=1e-4)
     short = write_input(tmp_path / "short.en", ["A man."])
     result = invoke(src, "-m", tiny_run, "--device", "cpu", "--score-target", short)
     assert_one_line_error(result, f"{short}:2", "no target for input line 2")

@@ -17,7 +17,6 @@ leaves the old file intact.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +122,13 @@ def load_model(
 
 
 def save_resume(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomically write a resume checkpoint (tensors, numbers, strings, lists and dicts only)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+    """Atomically write a resume checkpoint (tensors, numbers, strings, lists and dicts only).
+
+    ``torch.save`` streams into the temporary file (:func:`~nmt.fileio.atomic_write`): no
+    copy of the whole checkpoint is built in memory first (3.4 GB for ``big`` with a 32k
+    vocabulary; ``benchmarks/checkpoint_write.py`` times both ways).
+    """
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_resume(path: str | Path) -> dict[str, Any]:

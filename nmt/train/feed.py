@@ -52,11 +52,14 @@ class UpdateFeed:
         if self.steps_per_epoch == 0:
             raise ConfigError(too_few_batches(len(train_data), cfg, dist.world_size))
         self.prefetched: Prefetcher[list[Batch]] | None = None
+        self.waited_before_s = 0.0  # the finished epochs' waits (each has its own Prefetcher)
 
     @property
     def wait_s(self) -> float:
-        """Seconds the loop has waited for batches in the current epoch."""
-        return self.prefetched.wait_s if self.prefetched is not None else 0.0
+        """Seconds the loop has waited for batches since this feed started, over every epoch
+        (never decreasing, so that differences between two readings are waits)."""
+        current = self.prefetched.wait_s if self.prefetched is not None else 0.0
+        return self.waited_before_s + current
 
     def steps(self, epoch: int) -> RankSteps:
         """This rank's updates of ``epoch``, in order: each a list of ``accum`` batches of
@@ -95,10 +98,13 @@ class UpdateFeed:
             steps = self.steps(state.epoch)
             first = state.batch_in_epoch
             ahead = (self.collate(steps[i]) for i in range(first, len(steps)))
-            with Prefetcher(ahead, PREFETCH_STEPS) as self.prefetched:
-                for batches in self.prefetched:
+            with Prefetcher(ahead, PREFETCH_STEPS) as prefetched:
+                self.prefetched = prefetched
+                for batches in prefetched:
                     state.batch_in_epoch += 1
                     yield batches
+            self.waited_before_s += prefetched.wait_s
+            self.prefetched = None
             state.epoch += 1
             state.batch_in_epoch = 0
 

@@ -1,7 +1,7 @@
 """Exact resume: the counters of a run (:class:`TrainState`) and the resume checkpoint that
 holds them with the model, optimizer, loss scaler and every process's RNG state.
 
-``resume.pt`` is written atomically after ``last.safetensors`` (:mod:`nmt.model.checkpoint`), so
+``resume.pt`` is written atomically (:mod:`nmt.model.checkpoint`), then ``last.safetensors``, so
 an interrupted run continues exactly where an uninterrupted one would be: same weights,
 same next batch, same dropout masks.
 """
@@ -69,8 +69,11 @@ def save_resume(
     dist: DistEnv,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write ``last.safetensors`` and ``resume.pt`` (atomically, weights first).
+    """Write ``resume.pt``, then ``last.safetensors`` (each atomically).
 
+    ``resume.pt`` comes first because it is what a resume needs (it holds the weights too):
+    a stop on SIGTERM must finish it before the job scheduler's SIGKILL (torchrun's comes
+    30 s later), and ``last.safetensors`` is a copy of its weights for ``nmt translate``.
     Every process must call this: each one's RNG state is gathered, so that dropout after a
     resume continues exactly as it would have; only the main process writes.
     """
@@ -83,7 +86,6 @@ def save_resume(
     )
     if not dist.is_main:
         return
-    ckpt.save_weights(out_dir / "last.safetensors", model, state.step)  # type: ignore[arg-type]
     ckpt.save_resume(
         out_dir / ckpt.RESUME_FILE,
         {
@@ -98,6 +100,7 @@ def save_resume(
             **(extra or {}),
         },
     )
+    ckpt.save_weights(out_dir / "last.safetensors", model, state.step)  # type: ignore[arg-type]
 
 
 def load_resume(

@@ -493,7 +493,7 @@ class Trainer:
         }
 
     def save_resume(self) -> None:
-        """Write ``last.safetensors`` and ``resume.pt`` (:func:`nmt.train.resume.save_resume`; all
+        """Write ``resume.pt`` and ``last.safetensors`` (:func:`nmt.train.resume.save_resume`; all
         ranks must call it), with :meth:`data_order`."""
         save_resume(
             self.out_dir,
