@@ -42,6 +42,10 @@ Limits = dict[tuple[int, ...], int]  # a source's length limit (tokens before EO
 # search may keep another hypothesis where candidates were near-tied; its normalized score
 # must then be within BEAM_NORMALIZED_TOL of the other's.
 FLOAT32_TIE, SCORE_TOL, BEAM_NORMALIZED_TOL = 1e-3, 1e-4, 0.05
+# Cross-attention weights (probabilities in [0, 1]) of one output computed in batches of
+# different shapes: float32 rounding moves them by about 1e-7; 1e-4 is far below the gap
+# between the weights of two different sentences or layers (a tenth and more).
+ATTENTION_TOL = 1e-4
 
 
 def record_hypotheses(translator: Any) -> Found:

@@ -14,11 +14,8 @@ import pytest
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data.parallel import pad
-from nmt.data.tokenizer import BOS_ID, EOS_ID
 from nmt.decode.alignment import (
     check_layer,
-    cross_attention,
     default_layer,
     pharaoh,
     piece_words,
@@ -55,34 +52,6 @@ def test_layer_choice() -> None:
     assert check_layer(None, 6) == 4 and check_layer(5, 6) == 5
     with pytest.raises(ConfigError, match="choose 0 to 2"):
         check_layer(3, 3)
-
-
-@pytest.mark.parametrize("pre_norm", [True, False])
-def test_attention_is_what_the_layer_computes(random_model, pre_norm: bool) -> None:
-    """With one head, the returned weights times the values, through ``out_proj``, give the
-    cross-attention output the decoder computes (captured by a hook), for every target row of
-    a padded batch: the weights are the model's, not a look-alike."""
-    model = random_model(n_heads=1, n_decoder_layers=3, pre_norm=pre_norm)
-    src = pad([[5, 6, 7, 8], [9, 10]], suffix=EOS_ID)
-    targets = [[11, 12, 13], [14]]
-    seen: list[torch.Tensor] = []
-    cross = model.decoder_layers[1].cross_attn
-    hook = cross.register_forward_hook(lambda m, i, out: seen.append(out))
-    memory, src_mask = model.encode(src)
-    with torch.no_grad():
-        model.decode(pad([[BOS_ID, *t] for t in targets]), memory, src_mask)
-    hook.remove()
-    attention = cross_attention(model, src, targets, 1)  # (2, 4, 5)
-    assert attention.shape == (2, 4, 5)
-    _, v = cross.project_kv(memory)  # (2, 1, 5, d_model)
-    with torch.no_grad():
-        rebuilt = cross.out_proj(attention @ v[:, 0])
-    for row, t in enumerate(targets):
-        n = len(t) + 1
-        torch.testing.assert_close(rebuilt[row, :n], seen[0][row, :n], atol=1e-5, rtol=1e-4)
-        assert torch.allclose(attention[row, :n].sum(-1), torch.ones(n))
-    assert attention[1, :, 3:].abs().max() == 0  # source padding gets nothing
-    assert attention[1, 2:].abs().max() == 0  # nor do rows past the target
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,14 @@ Align and Translate with Transformer Models").
 
 Garg et al. found the attention of the penultimate decoder layer, averaged over its heads, the
 one that aligns best in a model trained without alignment supervision. For a translation the
-search found, :func:`cross_attention` runs that layer teacher-forced over the whole output (the
-same computation as the search's incremental steps, within float32 rounding) and returns its
-head-averaged attention; :func:`word_alignment` sums it from SentencePiece pieces to the
-whitespace words of the input line and of the output and links every target word to the source
-word it attends to most. The attention row that *predicts* target piece ``j`` (the decoder
-position whose input is piece ``j - 1``) aligns piece ``j``, as in fairseq's
-``--print-alignment`` and Marian's ``--alignment``.
+search found, :func:`nmt.decode.attention.cross_attention` runs the decoder teacher-forced over
+the whole output (the same computation as the search's incremental steps, within float32
+rounding) and returns that layer's attention, which is averaged over its heads;
+:func:`word_alignment` sums it from SentencePiece pieces to the whitespace words of the input
+line and of the output and links every target word to the source word it attends to most.
+The attention row that *predicts* target piece ``j`` (the decoder position whose input is
+piece ``j - 1``) aligns piece ``j``, as in fairseq's ``--print-alignment`` and Marian's
+``--alignment``.
 
 The output is the Pharaoh format of Moses and fast_align: ``i-j`` pairs, 0-based source word
 ``i`` and target word ``j``, one pair per target word, in target order.
@@ -17,16 +18,11 @@ The output is the Pharaoh format of Moses and fast_align: ``i-j`` pairs, 0-based
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import cast
 
 import torch
 
-from nmt.data.parallel import pad
 from nmt.errors import ConfigError
-from nmt.model.layers import DecoderLayer, MultiHeadAttention
-from nmt.model.transformer import Transformer
 
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
 
@@ -50,60 +46,6 @@ def check_layer(layer: int | None, n_layers: int) -> int:
             f"{n_layers - 1} (default: the penultimate, {default_layer(n_layers)})"
         )
     return layer
-
-
-@torch.inference_mode()
-def cross_attention(
-    model: Transformer, src: torch.Tensor, targets: Sequence[Sequence[int]], layer: int
-) -> torch.Tensor:
-    """Head-averaged cross-attention of decoder layer ``layer`` over teacher-forced targets.
-
-    Args:
-        src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded.
-        targets: each sentence's target ids without BOS and EOS.
-        layer: 0-based decoder layer.
-
-    Returns:
-        ``(batch, tgt_len + 1, src_len)`` float32 attention probabilities; row ``j`` is the
-        step that predicts target token ``j`` (the last real row predicts EOS). Rows past a
-        sentence's length and columns of source padding are 0.
-    """
-    cfg = model.cfg
-    memory, src_mask = model.encode(src)
-    tgt_in = pad([[cfg.bos_id, *t] for t in targets], pad_id=cfg.pad_id)  # (batch, tgt_len + 1)
-    tgt_in = tgt_in.to(src.device)
-    x = model.embed_tokens(tgt_in)
-    layers = [cast(DecoderLayer, m) for m in model.decoder_layers]
-    for decoder_layer in layers[:layer]:
-        x = decoder_layer(x, memory, src_mask)
-    chosen = layers[layer]
-    # Padding at the end of a target is harmless: causal self-attention never reads ahead.
-    x = chosen.self_block(x, lambda h: chosen.self_attn(h, causal=True))
-    h = chosen.cross_block.norm(x) if chosen.cross_block.pre_norm else x
-    probs = attention_weights(chosen.cross_attn, h, memory, src_mask).mean(1)
-    return probs.masked_fill((tgt_in == cfg.pad_id)[:, :, None], 0.0)
-
-
-def attention_weights(
-    attn: MultiHeadAttention, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """``softmax(q kᵀ / sqrt(head_dim))`` of a cross-attention layer (Vaswani et al. 2017,
-    eq. 1), masked as SDPA masks; what :func:`cross_attention` averages over heads and
-    :func:`nmt.decode.attention.cross_attention` shows per layer and head.
-
-    Args:
-        x: ``(batch, tgt_len, d_model)`` the layer's (normalized) input.
-        memory: ``(batch, src_len, d_model)``; mask: ``(batch, 1, 1, src_len)`` bool, True =
-            attend.
-
-    Returns:
-        ``(batch, n_heads, tgt_len, src_len)`` float32 (computed in float32 whatever the
-        model's dtype).
-    """
-    q = attn.split_heads(attn.q_proj(x))[0]  # (batch, n_heads, tgt_len, head_dim)
-    k, _ = attn.project_kv(memory)  # (batch, n_heads, src_len, head_dim)
-    scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(attn.head_dim)
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 def piece_words(pieces: Sequence[str], n_words: int) -> list[int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.alignment import piece_words, word_alignment
@@ -268,6 +270,16 @@ class BaseTranslator:
             ConfigError: this engine cannot score given translations.
         """
         raise ConfigError("scoring given translations is not supported by this engine")
+
+    def cross_attention(self, src: list[list[int]], targets: list[list[int]]) -> list[torch.Tensor]:
+        """Cross-attention of each source (ids without EOS) translated into its target (ids
+        without BOS and EOS): one ``(n_layers, n_heads, len(target) + 1, len(source) + 1)``
+        float32 tensor per row (:func:`nmt.decode.attention.cross_attention`).
+
+        Raises:
+            ConfigError: this engine does not give attention (only the torch engine does).
+        """
+        raise ConfigError("cross-attention needs the torch engine")
 
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None

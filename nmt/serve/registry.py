@@ -31,7 +31,7 @@ from nmt.data.multilingual import (
     target_langs,
 )
 from nmt.data.tokenizer import Tokenizer
-from nmt.decode.attention import Attention, cross_attention
+from nmt.decode.attention import Attention
 from nmt.decode.ct2 import CT2Translator
 from nmt.decode.ct2_folder import CT2_WEIGHTS, is_ctranslate2_dir, read_export_info
 from nmt.decode.engine import Request
@@ -41,7 +41,6 @@ from nmt.decode.search import Hypothesis
 from nmt.decode.translate import BaseTranslator, Translator, cpu_workers, worker_pool
 from nmt.errors import ConfigError, InputError
 from nmt.model.checkpoint import WEIGHTS_FILE, read_config
-from nmt.model.transformer import Transformer
 from nmt.serve.batcher import Batcher
 from nmt.serve.config import DecodeOptions
 from nmt.serve.work import SPLIT_LINES, Work, joined, split_work, work_tokens
@@ -217,25 +216,44 @@ class ServedModel:
         for rows, hyps in translator.search_rows(ids, request):
             for row, h in zip(rows, hyps):
                 found[row] = h
+        attention = self.attention(works, found)
         results, start = [], 0
         for w in works:
-            lines = zip(w.ids, w.truncated, found[start : start + len(w.ids)])
-            results.append([self.line_result(s, t, h, w.attention) for s, t, h in lines])
-            start += len(w.ids)
+            end = start + len(w.ids)
+            lines = zip(w.ids, w.truncated, found[start:end], attention[start:end])
+            results.append([self.line_result(*line) for line in lines])
+            start = end
         return results
 
+    def attention(
+        self, works: list[Work], found: list[list[Hypothesis]]
+    ) -> list[list[Attention] | None]:
+        """The cross-attention of every hypothesis of the lines whose request asked for it
+        (``None`` for the others), in one batched pass over the batch's outputs
+        (:meth:`nmt.decode.engine.BaseTranslator.cross_attention`)."""
+        asked = [w.attention for w in works for _ in w.ids]
+        ids = [x for w in works for x in w.ids]
+        pairs = [(r, h.tokens) for r, hyps in enumerate(found) if asked[r] for h in hyps]
+        weights = iter(
+            self.translator.cross_attention([ids[r] for r, _ in pairs], [t for _, t in pairs])
+        )
+        return [
+            [Attention.of(next(weights)) for _ in hyps] if asked[r] else None
+            for r, hyps in enumerate(found)
+        ]
+
     def line_result(
-        self, src_ids: list[int], truncated: bool, hyps: list[Hypothesis], attention: bool
+        self,
+        src_ids: list[int],
+        truncated: bool,
+        hyps: list[Hypothesis],
+        attention: list[Attention] | None,
     ) -> LineResult:
-        tokenizer = self.translator.tokenizer
-        texts = tokenizer.decode([h.tokens for h in hyps])
-        out = []
-        for text, h in zip(texts, hyps):
-            att = None
-            model = self.translator.model if isinstance(self.translator, Translator) else None
-            if attention and isinstance(model, Transformer):  # not an ensemble
-                att = cross_attention(model, src_ids, h.tokens)
-            out.append(Hyp(text, h.score, self.pieces(h.tokens), att))
+        texts = self.translator.tokenizer.decode([h.tokens for h in hyps])
+        out = [
+            Hyp(text, h.score, self.pieces(h.tokens), None if attention is None else attention[i])
+            for i, (text, h) in enumerate(zip(texts, hyps))
+        ]
         return LineResult(self.pieces(src_ids, source=True), out, truncated)
 
     def pieces(self, ids: list[int], source: bool = False) -> list[str]:
