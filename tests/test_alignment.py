@@ -7,13 +7,19 @@ on a model trained on Multi30k a sentence whose word order changes aligns as a p
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 import torch
 
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, ModelConfig
+from nmt.data.marian_vocab import MarianVocabulary
+from nmt.data.multilingual import TaggedTokenizer, for_target
+from nmt.data.tokenizer import Tokenizer, train_tokenizer
+from nmt.data.vocab import SeparateTokenizer, load_tokenizer, train_vocab
 from nmt.decode.alignment import (
     check_layer,
     default_layer,
@@ -23,6 +29,7 @@ from nmt.decode.alignment import (
 )
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
+from nmt.model.transformer import Transformer
 
 
 def test_pieces_map_to_whitespace_words() -> None:
@@ -135,3 +142,106 @@ def test_reordered_sentence_aligns_as_a_person_would(trained_run: Path, multi30k
     assert src[links[0]] == "Der" and src[links[1]] == "Mann", result
     lines = multi30k("test_2016_flickr", "de", 50)
     assert_one_link_per_target_word(lines, list(translator.translate(lines, decode)))
+
+
+def uniform_translator(tokenizer: Tokenizer, unk_only: bool = False, **ids: int) -> Translator:
+    """A random model over ``tokenizer``'s vocabulary whose cross-attention queries are 0:
+    every target piece then attends equally to every source piece (and EOS), so summed into
+    words, each target word links to the source word of the most pieces, the first of those
+    on a tie (argmax). ``unk_only``: its output is ``<unk>`` at every step."""
+    src_size = tokenizer.src_vocab_size
+    cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        src_vocab_size=src_size if src_size != tokenizer.vocab_size else 0,
+        d_model=32,
+        n_heads=4,
+        ffn_dim=64,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_positions=128,
+        output_bias=unk_only,
+        **ids,
+    )
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for layer in model.decoder_layers:
+            layer.cross_attn.q_proj.weight.zero_()
+            layer.cross_attn.q_proj.bias.zero_()
+        if model.output_bias is not None:
+            model.output_bias[tokenizer.unk_id] = 100.0
+    decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=6, alignment=True)
+    return Translator(model, tokenizer, decode)
+
+
+def most_pieces(sp: spm.SentencePieceProcessor, line: str) -> int:
+    """The first whitespace word of ``line`` with the most pieces of ``sp``."""
+    counts = [len(sp.Encode(word, out_type=str)) for word in line.split()]
+    return counts.index(max(counts))
+
+
+def marian_folder(folder: Path, spm_text: dict[str, list[str]]) -> Path:
+    """vocab.json (``</s>`` 0, ``<unk>`` 1, both models' pieces, ``>>fra<<``, ``<pad>`` last)
+    over source.spm (German, 300 pieces) and target.spm (English, 200): an imported Marian
+    model's vocabulary."""
+    pieces = ["</s>", "<unk>"]
+    for name, lang, size in (("source.spm", "de", 300), ("target.spm", "en", 200)):
+        train_tokenizer(spm_text[lang], folder / name, size)
+        sp = spm.SentencePieceProcessor(model_file=str(folder / name))
+        pieces += [p for p in map(sp.IdToPiece, range(4, sp.GetPieceSize())) if p not in pieces]
+    vocab = {p: i for i, p in enumerate([*pieces, ">>fra<<", "<pad>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def layouts(
+    tmp_path_factory: pytest.TempPathFactory, spm_model: Path, tagged_spm: Path, spm_text
+) -> dict[str, tuple[Tokenizer, spm.SentencePieceProcessor, dict[str, int]]]:
+    """Each vocabulary layout's tokenizer, the SentencePiece model of its source side, and the
+    model's special ids: joint, separate (German 300 pieces, English 200), a multilingual
+    model's source tagged <2en>, an imported Marian model, and that one with --tgt-lang."""
+    folder = tmp_path_factory.mktemp("layouts")
+    train_vocab(spm_text["de"], spm_text["en"], folder, 200, 300)
+    separate = load_tokenizer(folder)
+    assert isinstance(separate, SeparateTokenizer)
+    marian = MarianVocabulary(marian_folder(tmp_path_factory.mktemp("marian"), spm_text))
+    marian_ids = {"pad_id": marian.pad_id, "bos_id": marian.bos_id, "eos_id": marian.eos_id}
+    joint = Tokenizer(spm_model)
+    return {
+        "joint": (joint, joint.sp, {}),
+        "separate": (separate, separate.source.sp, {}),
+        "tagged": (TaggedTokenizer(Tokenizer(tagged_spm), "en"), Tokenizer(tagged_spm).sp, {}),
+        "marian": (marian, marian.sp, marian_ids),
+        "marian-tgt-lang": (for_target(marian, [], "fra"), marian.sp, marian_ids),
+    }
+
+
+@pytest.mark.parametrize("layout", ["joint", "separate", "tagged", "marian", "marian-tgt-lang"])
+def test_source_words_are_read_with_the_source_pieces_without_the_tag(
+    layouts, layout: str, lines: list[str]
+) -> None:
+    """Attention spread evenly over the source pieces links every target word to the source
+    word of the most pieces. A separate layout's source ids were read with the target's
+    pieces (other words), and an added tag was source word 0 (every index one too far)."""
+    tokenizer, source_sp, ids = layouts[layout]
+    translator = uniform_translator(tokenizer, **ids)
+    results = list(translator.translate(lines[:8], target_prefixes=["A man in a blue"] * 8))
+    for line, r in zip(lines, results):
+        n_tgt = len(r.text.split())
+        assert n_tgt >= 5, r
+        assert r.alignment == [(most_pieces(source_sp, line), j) for j in range(n_tgt)], line
+
+
+@pytest.mark.parametrize("layout", ["joint", "separate", "tagged", "marian"])
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_an_output_that_detokenizes_to_nothing_has_no_links(
+    layouts, layout: str, beam_size: int, lines: list[str]
+) -> None:
+    """Only <unk> pieces: the text is empty and so is the alignment (it raised IndexError)."""
+    tokenizer, _, ids = layouts[layout]
+    translator = uniform_translator(tokenizer, unk_only=True, **ids)
+    decode = DecodeConfig(beam_size=beam_size, max_len_a=0.0, max_len_b=4, alignment=True)
+    results = list(translator.translate(lines[:3], decode))
+    assert [(r.text, r.alignment) for r in results] == [("", [])] * 3

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
 
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
@@ -84,6 +85,42 @@ def word_alignment(
     src_index = torch.tensor(src_words)[None, :].expand(len(tgt_words), -1)
     by_word.index_put_((tgt_index, src_index), att, accumulate=True)
     return [(int(i), j) for j, i in enumerate(by_word.argmax(1).tolist())]
+
+
+def line_alignment(
+    tokenizer: Tokenizer,
+    line: str,
+    src_ids: Sequence[int],
+    tgt_ids: Sequence[int],
+    text: str,
+    attention: torch.Tensor,
+) -> list[tuple[int, int]]:
+    """Word alignment of one translation: the whitespace words of ``line`` and of ``text``.
+
+    Source pieces are read with the tokenizer's source side (a separate or Marian layout has
+    two), target pieces with its target side; a target-language tag the tokenizer put before
+    the line (``tokenizer.n_tag_ids``; not one written in the line) is no word of it, and its
+    attention is left out.
+
+    Args:
+        tokenizer: the tokenizer that encoded ``line`` into ``src_ids`` and decodes outputs.
+        src_ids: the source as searched, without EOS (a tag first, if any).
+        tgt_ids: the output ids, without BOS and EOS; ``text``: their detokenized text.
+        attention: ``(>= len(tgt_ids), >= len(src_ids))`` head-averaged attention, a row
+            per target piece and a column per source id (:func:`nmt.decode.attention.
+            cross_attention`; the EOS row and column are ignored).
+
+    Returns:
+        :func:`word_alignment`'s pairs; ``[]`` when ``line`` or ``text`` has no word (an
+        output of ``<unk>`` only detokenizes to nothing).
+    """
+    tag = tokenizer.n_tag_ids
+    n_src, n_tgt = len(line.split()), len(text.split())
+    if not n_src or not n_tgt or len(src_ids) <= tag or not tgt_ids:
+        return []
+    src_words = piece_words([tokenizer.source_piece(i) for i in src_ids[tag:]], n_src)
+    tgt_words = piece_words([tokenizer.piece(i) for i in tgt_ids], n_tgt)
+    return word_alignment(attention[:, tag:], src_words, tgt_words)
 
 
 def pharaoh(links: Sequence[tuple[int, int]]) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
-from nmt.decode.alignment import piece_words, word_alignment
+from nmt.decode.alignment import line_alignment
 from nmt.decode.forced import normalized
 from nmt.decode.sampling import fresh_seed, sentence_seed
 from nmt.decode.search import Hypothesis
@@ -211,12 +211,9 @@ class BaseTranslator:
         links = None
         best = hyps[0]
         if d.alignment and best.attention is not None:
-            links = []
-            if best.tokens:
-                piece = self.tokenizer.piece
-                src_words = piece_words([piece(i) for i in src_ids], len(line.split()))
-                tgt_words = piece_words([piece(i) for i in best.tokens], len(texts[0].split()))
-                links = word_alignment(best.attention, src_words, tgt_words)
+            links = line_alignment(
+                self.tokenizer, line, src_ids, best.tokens, texts[0], best.attention
+            )
         normalized = [h.normalized for h in hyps]
         return Translation(texts[0], best.score, nbest, truncated, links, normalized)
 
