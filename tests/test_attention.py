@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from agreement import ATTENTION_TOL
+from serve_client import ServerProcess, request
 
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import BOS_ID, EOS_ID
@@ -93,3 +97,48 @@ def test_hard_alignment_takes_the_penultimate_layers_mean_argmax_without_eos() -
     weights[1, 1] = torch.tensor([[0, 1, 0, 0], [0, 0, 0.4, 0.6], [1, 0, 0, 0], [0, 0, 0, 1.0]])
     # Target piece 1 attends most to EOS (0.6): the alignment takes the best real piece, 2.
     assert hard_alignment(weights) == [(1, 0), (2, 1), (0, 2)]
+
+
+@pytest.mark.kernels
+def test_concurrent_requests_on_two_workers_get_their_own_attention(
+    tiny_run: Path, multi30k: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """``nmt serve --workers 2``, the real process: 16 clients send, at once, one-line requests
+    with attention (their lines differ in length) and two-line requests without. Every
+    answer is a 200, and each answer's weights equal those of the same line sent alone
+    (within float32 rounding across batch shapes). With forward hooks on the shared model, the
+    two workers captured each other's tensors: a 500, or weights of another sentence."""
+    pytest.importorskip("fastapi", reason="nmt serve needs the serve extra")
+    lines = multi30k("val", "de", 8)
+    args = ["-m", f"tiny={tiny_run}", "--workers", "2", "--max-wait-ms", "2"]
+    with ServerProcess(args, tmp_path / "server.log") as server:
+        url = server.url + "/v1/translate"
+
+        def attention(i: int) -> tuple[int, Any]:
+            return request(url, {"src": [lines[i]], "return_attention": True, "beam_size": 2})
+
+        def plain(i: int) -> tuple[int, Any]:
+            return request(url, {"src": [lines[i], lines[i - 1]], "beam_size": 2})
+
+        lone = [attention(i)[1]["translations"][0]["attention"] for i in range(len(lines))]
+        jobs = [(f, i) for _ in range(6) for i in range(len(lines)) for f in (attention, plain)]
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(
+                pool.map(lambda job: (job[0] is attention, job[1], job[0](job[1])), jobs)
+            )
+    bad = [body for _, _, (status, body) in answers if status != 200]
+    assert not bad, bad[:3]
+    compared = 0
+    for with_attention, i, (_, body) in answers:
+        t = body["translations"][0]
+        if not with_attention:
+            assert "attention" not in t or t["attention"] is None
+            continue
+        att = t["attention"]
+        assert att["src_pieces"] == lone[i]["src_pieces"]
+        if att["tgt_pieces"] != lone[i]["tgt_pieces"]:
+            continue  # batching flipped a near-tie of the search (tests/agreement.py)
+        compared += 1
+        got, alone = torch.tensor(att["weights"]), torch.tensor(lone[i]["weights"])
+        torch.testing.assert_close(got, alone, atol=ATTENTION_TOL, rtol=0)
+    assert compared >= 0.75 * len(jobs) / 2
