@@ -214,8 +214,8 @@ class ServedModel:
         request = Request(translator.decode, prefixes, seeds)
         found: list[list[Hypothesis]] = [[] for _ in ids]
         for rows, hyps in translator.search_rows(ids, request):
-            for row, h in zip(rows, hyps):
-                found[row] = h
+            for row, h in zip(rows, hyps, strict=True):
+                found[row] = [] if h[0].failure else h  # no output: answered as an empty line
         attention = self.attention(works, found)
         results, start = [], 0
         for w in works:
