@@ -7,18 +7,21 @@ on a model trained on Multi30k a sentence whose word order changes aligns as a p
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 import torch
 
-from nmt.config import DecodeConfig
-from nmt.data.parallel import pad
-from nmt.data.tokenizer import BOS_ID, EOS_ID
+from nmt.config import DecodeConfig, ModelConfig
+from nmt.data.marian_vocab import MarianVocabulary
+from nmt.data.multilingual import TaggedTokenizer, for_target
+from nmt.data.tokenizer import Tokenizer, train_tokenizer
+from nmt.data.vocab import SeparateTokenizer, load_tokenizer, train_vocab
 from nmt.decode.alignment import (
     check_layer,
-    cross_attention,
     default_layer,
     pharaoh,
     piece_words,
@@ -26,6 +29,7 @@ from nmt.decode.alignment import (
 )
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
+from nmt.model.transformer import Transformer
 
 
 def test_pieces_map_to_whitespace_words() -> None:
@@ -55,34 +59,6 @@ def test_layer_choice() -> None:
     assert check_layer(None, 6) == 4 and check_layer(5, 6) == 5
     with pytest.raises(ConfigError, match="choose 0 to 2"):
         check_layer(3, 3)
-
-
-@pytest.mark.parametrize("pre_norm", [True, False])
-def test_attention_is_what_the_layer_computes(random_model, pre_norm: bool) -> None:
-    """With one head, the returned weights times the values, through ``out_proj``, give the
-    cross-attention output the decoder computes (captured by a hook), for every target row of
-    a padded batch: the weights are the model's, not a look-alike."""
-    model = random_model(n_heads=1, n_decoder_layers=3, pre_norm=pre_norm)
-    src = pad([[5, 6, 7, 8], [9, 10]], suffix=EOS_ID)
-    targets = [[11, 12, 13], [14]]
-    seen: list[torch.Tensor] = []
-    cross = model.decoder_layers[1].cross_attn
-    hook = cross.register_forward_hook(lambda m, i, out: seen.append(out))
-    memory, src_mask = model.encode(src)
-    with torch.no_grad():
-        model.decode(pad([[BOS_ID, *t] for t in targets]), memory, src_mask)
-    hook.remove()
-    attention = cross_attention(model, src, targets, 1)  # (2, 4, 5)
-    assert attention.shape == (2, 4, 5)
-    _, v = cross.project_kv(memory)  # (2, 1, 5, d_model)
-    with torch.no_grad():
-        rebuilt = cross.out_proj(attention @ v[:, 0])
-    for row, t in enumerate(targets):
-        n = len(t) + 1
-        torch.testing.assert_close(rebuilt[row, :n], seen[0][row, :n], atol=1e-5, rtol=1e-4)
-        assert torch.allclose(attention[row, :n].sum(-1), torch.ones(n))
-    assert attention[1, :, 3:].abs().max() == 0  # source padding gets nothing
-    assert attention[1, 2:].abs().max() == 0  # nor do rows past the target
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +142,106 @@ def test_reordered_sentence_aligns_as_a_person_would(trained_run: Path, multi30k
     assert src[links[0]] == "Der" and src[links[1]] == "Mann", result
     lines = multi30k("test_2016_flickr", "de", 50)
     assert_one_link_per_target_word(lines, list(translator.translate(lines, decode)))
+
+
+def uniform_translator(tokenizer: Tokenizer, unk_only: bool = False, **ids: int) -> Translator:
+    """A random model over ``tokenizer``'s vocabulary whose cross-attention queries are 0:
+    every target piece then attends equally to every source piece (and EOS), so summed into
+    words, each target word links to the source word of the most pieces, the first of those
+    on a tie (argmax). ``unk_only``: its output is ``<unk>`` at every step."""
+    src_size = tokenizer.src_vocab_size
+    cfg = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        src_vocab_size=src_size if src_size != tokenizer.vocab_size else 0,
+        d_model=32,
+        n_heads=4,
+        ffn_dim=64,
+        n_encoder_layers=1,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_positions=128,
+        output_bias=unk_only,
+        **ids,
+    )
+    torch.manual_seed(0)
+    model = Transformer(cfg).eval()
+    with torch.no_grad():
+        for layer in model.decoder_layers:
+            layer.cross_attn.q_proj.weight.zero_()
+            layer.cross_attn.q_proj.bias.zero_()
+        if model.output_bias is not None:
+            model.output_bias[tokenizer.unk_id] = 100.0
+    decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=6, alignment=True)
+    return Translator(model, tokenizer, decode)
+
+
+def most_pieces(sp: spm.SentencePieceProcessor, line: str) -> int:
+    """The first whitespace word of ``line`` with the most pieces of ``sp``."""
+    counts = [len(sp.Encode(word, out_type=str)) for word in line.split()]
+    return counts.index(max(counts))
+
+
+def marian_folder(folder: Path, spm_text: dict[str, list[str]]) -> Path:
+    """vocab.json (``</s>`` 0, ``<unk>`` 1, both models' pieces, ``>>fra<<``, ``<pad>`` last)
+    over source.spm (German, 300 pieces) and target.spm (English, 200): an imported Marian
+    model's vocabulary."""
+    pieces = ["</s>", "<unk>"]
+    for name, lang, size in (("source.spm", "de", 300), ("target.spm", "en", 200)):
+        train_tokenizer(spm_text[lang], folder / name, size)
+        sp = spm.SentencePieceProcessor(model_file=str(folder / name))
+        pieces += [p for p in map(sp.IdToPiece, range(4, sp.GetPieceSize())) if p not in pieces]
+    vocab = {p: i for i, p in enumerate([*pieces, ">>fra<<", "<pad>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def layouts(
+    tmp_path_factory: pytest.TempPathFactory, spm_model: Path, tagged_spm: Path, spm_text
+) -> dict[str, tuple[Tokenizer, spm.SentencePieceProcessor, dict[str, int]]]:
+    """Each vocabulary layout's tokenizer, the SentencePiece model of its source side, and the
+    model's special ids: joint, separate (German 300 pieces, English 200), a multilingual
+    model's source tagged <2en>, an imported Marian model, and that one with --tgt-lang."""
+    folder = tmp_path_factory.mktemp("layouts")
+    train_vocab(spm_text["de"], spm_text["en"], folder, 200, 300)
+    separate = load_tokenizer(folder)
+    assert isinstance(separate, SeparateTokenizer)
+    marian = MarianVocabulary(marian_folder(tmp_path_factory.mktemp("marian"), spm_text))
+    marian_ids = {"pad_id": marian.pad_id, "bos_id": marian.bos_id, "eos_id": marian.eos_id}
+    joint = Tokenizer(spm_model)
+    return {
+        "joint": (joint, joint.sp, {}),
+        "separate": (separate, separate.source.sp, {}),
+        "tagged": (TaggedTokenizer(Tokenizer(tagged_spm), "en"), Tokenizer(tagged_spm).sp, {}),
+        "marian": (marian, marian.sp, marian_ids),
+        "marian-tgt-lang": (for_target(marian, [], "fra"), marian.sp, marian_ids),
+    }
+
+
+@pytest.mark.parametrize("layout", ["joint", "separate", "tagged", "marian", "marian-tgt-lang"])
+def test_source_words_are_read_with_the_source_pieces_without_the_tag(
+    layouts, layout: str, lines: list[str]
+) -> None:
+    """Attention spread evenly over the source pieces links every target word to the source
+    word of the most pieces. A separate layout's source ids were read with the target's
+    pieces (other words), and an added tag was source word 0 (every index one too far)."""
+    tokenizer, source_sp, ids = layouts[layout]
+    translator = uniform_translator(tokenizer, **ids)
+    results = list(translator.translate(lines[:8], target_prefixes=["A man in a blue"] * 8))
+    for line, r in zip(lines, results):
+        n_tgt = len(r.text.split())
+        assert n_tgt >= 5, r
+        assert r.alignment == [(most_pieces(source_sp, line), j) for j in range(n_tgt)], line
+
+
+@pytest.mark.parametrize("layout", ["joint", "separate", "tagged", "marian"])
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_an_output_that_detokenizes_to_nothing_has_no_links(
+    layouts, layout: str, beam_size: int, lines: list[str]
+) -> None:
+    """Only <unk> pieces: the text is empty and so is the alignment (it raised IndexError)."""
+    tokenizer, _, ids = layouts[layout]
+    translator = uniform_translator(tokenizer, unk_only=True, **ids)
+    decode = DecodeConfig(beam_size=beam_size, max_len_a=0.0, max_len_b=4, alignment=True)
+    results = list(translator.translate(lines[:3], decode))
+    assert [(r.text, r.alignment) for r in results] == [("", [])] * 3

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from agreement import (
+    SCORE_TOL,
     Found,
     assert_float32_agree,
     assert_greedy_agree,
@@ -28,7 +29,7 @@ from agreement import (
     translate_recorded,
 )
 
-from nmt.config import DecodeConfig
+from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator, cpu_workers, length_batches, worker_pool
 from nmt.errors import ConfigError, InputError
@@ -324,3 +325,48 @@ def test_invalid_inference_settings_are_refused(tiny_run: Path) -> None:
         Translator.load(tiny_run, device="cpu", dtype="float8")
     with pytest.raises(ConfigError, match="only choice is int8"):
         Translator.load(tiny_run, device="cpu", quantize="int4")
+
+
+@pytest.mark.parametrize(
+    "decode",
+    [
+        DecodeConfig(beam_size=1),
+        DecodeConfig(beam_size=3, nbest=2),
+        DecodeConfig(beam_size=1, sampling_topk=0, seed=1),
+    ],
+    ids=["greedy", "beam", "sampling"],
+)
+def test_a_sentence_without_output_keeps_its_place_with_a_warning(
+    tokenizer: Tokenizer, decode: DecodeConfig
+) -> None:
+    """A random model whose source embedding of one piece is NaN: the sentence holding it
+    gets NaN log-probabilities, so its search never reaches EOS (beam, sampling) or ends
+    with a NaN score (greedy); the others translate normally. Every line keeps exactly its
+    own result: that one empty, with the reason and a warning naming its line. (Greedy and
+    sampling dropped it, so the next line got its neighbour's output; beam search left no
+    hypothesis, and hyps[0] raised IndexError.)"""
+    lines = ["Ein Mann schläft .", "Eine Frau singt .", "", "Ein Hund läuft ."]
+    (woman,) = [i for i in tokenizer.encode(lines[1:2])[0] if i not in tokenizer.encode(lines)[0]][
+        :1
+    ]
+    cfg = dict(d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1, n_decoder_layers=1)
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
+                    dropout=0.0, max_positions=64, **cfg)
+    ).eval()  # fmt: skip
+    decode = replace(decode, max_len_a=0.0, max_len_b=5)
+    alone = [Translator(model, tokenizer, decode).translate_chunk([line], i + 1)[0]
+             for i, line in enumerate(lines)]  # fmt: skip
+    with torch.no_grad():
+        model.src_embed.weight[woman] = float("nan")
+    with pytest.warns(RuntimeWarning, match="input line 2: the search") as caught:
+        results = list(Translator(model, tokenizer, decode).translate(lines))
+    assert len(caught) == 1 and len(results) == 4
+    failed = results[1]
+    assert (failed.text, failed.score, failed.failure) == ("", float("-inf"), failed.failure)
+    assert failed.failure and failed.nbest == [("", float("-inf"))] * decode.nbest
+    for i in (0, 2, 3):  # each alone, as in this batch (the batch differs only by padding)
+        assert results[i].failure is None
+        assert results[i].text == alone[i].text
+        assert abs(results[i].score - alone[i].score) <= SCORE_TOL * 6

@@ -98,7 +98,8 @@ def pair_prefix(prefix: str | Path, pair: str) -> str:
 class TaggedTokenizer(Tokenizer):
     """A tokenizer whose sources start with a target-language tag id.
 
-    ``encode`` and ``pieces`` prepend the tag; everything else is the wrapped tokenizer's.
+    ``encode`` and ``pieces`` prepend the tag (``n_tag_ids`` = 1: the tag is no word of the
+    line); everything else is the wrapped tokenizer's.
 
     Args:
         base: the model's tokenizer; lang: the target language.
@@ -122,6 +123,7 @@ class TaggedTokenizer(Tokenizer):
         if self.tag not in vocabulary:
             raise ConfigError(f"{base.path}: the vocabulary has no {self.tag} tag")
         self.tag_id = vocabulary.index(self.tag)
+        self.n_tag_ids = 1
 
     @property
     def vocab_size(self) -> int:

@@ -3,13 +3,14 @@ Align and Translate with Transformer Models").
 
 Garg et al. found the attention of the penultimate decoder layer, averaged over its heads, the
 one that aligns best in a model trained without alignment supervision. For a translation the
-search found, :func:`cross_attention` runs that layer teacher-forced over the whole output (the
-same computation as the search's incremental steps, within float32 rounding) and returns its
-head-averaged attention; :func:`word_alignment` sums it from SentencePiece pieces to the
-whitespace words of the input line and of the output and links every target word to the source
-word it attends to most. The attention row that *predicts* target piece ``j`` (the decoder
-position whose input is piece ``j - 1``) aligns piece ``j``, as in fairseq's
-``--print-alignment`` and Marian's ``--alignment``.
+search found, :func:`nmt.decode.attention.cross_attention` runs the decoder teacher-forced over
+the whole output (the same computation as the search's incremental steps, within float32
+rounding) and returns that layer's attention, which is averaged over its heads;
+:func:`word_alignment` sums it from SentencePiece pieces to the whitespace words of the input
+line and of the output and links every target word to the source word it attends to most.
+The attention row that *predicts* target piece ``j`` (the decoder position whose input is
+piece ``j - 1``) aligns piece ``j``, as in fairseq's ``--print-alignment`` and Marian's
+``--alignment``.
 
 The output is the Pharaoh format of Moses and fast_align: ``i-j`` pairs, 0-based source word
 ``i`` and target word ``j``, one pair per target word, in target order.
@@ -17,16 +18,12 @@ The output is the Pharaoh format of Moses and fast_align: ``i-j`` pairs, 0-based
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import cast
 
 import torch
 
-from nmt.data.parallel import pad
+from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
-from nmt.model.layers import DecoderLayer, MultiHeadAttention
-from nmt.model.transformer import Transformer
 
 WORD_START = "\u2581"  # SentencePiece's "▁": the piece begins a whitespace word
 
@@ -50,60 +47,6 @@ def check_layer(layer: int | None, n_layers: int) -> int:
             f"{n_layers - 1} (default: the penultimate, {default_layer(n_layers)})"
         )
     return layer
-
-
-@torch.inference_mode()
-def cross_attention(
-    model: Transformer, src: torch.Tensor, targets: Sequence[Sequence[int]], layer: int
-) -> torch.Tensor:
-    """Head-averaged cross-attention of decoder layer ``layer`` over teacher-forced targets.
-
-    Args:
-        src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded.
-        targets: each sentence's target ids without BOS and EOS.
-        layer: 0-based decoder layer.
-
-    Returns:
-        ``(batch, tgt_len + 1, src_len)`` float32 attention probabilities; row ``j`` is the
-        step that predicts target token ``j`` (the last real row predicts EOS). Rows past a
-        sentence's length and columns of source padding are 0.
-    """
-    cfg = model.cfg
-    memory, src_mask = model.encode(src)
-    tgt_in = pad([[cfg.bos_id, *t] for t in targets], pad_id=cfg.pad_id)  # (batch, tgt_len + 1)
-    tgt_in = tgt_in.to(src.device)
-    x = model.embed_tokens(tgt_in)
-    layers = [cast(DecoderLayer, m) for m in model.decoder_layers]
-    for decoder_layer in layers[:layer]:
-        x = decoder_layer(x, memory, src_mask)
-    chosen = layers[layer]
-    # Padding at the end of a target is harmless: causal self-attention never reads ahead.
-    x = chosen.self_block(x, lambda h: chosen.self_attn(h, causal=True))
-    h = chosen.cross_block.norm(x) if chosen.cross_block.pre_norm else x
-    probs = attention_weights(chosen.cross_attn, h, memory, src_mask).mean(1)
-    return probs.masked_fill((tgt_in == cfg.pad_id)[:, :, None], 0.0)
-
-
-def attention_weights(
-    attn: MultiHeadAttention, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """``softmax(q kᵀ / sqrt(head_dim))`` of a cross-attention layer (Vaswani et al. 2017,
-    eq. 1), masked as SDPA masks; what :func:`cross_attention` averages over heads and
-    :func:`nmt.decode.attention.cross_attention` shows per layer and head.
-
-    Args:
-        x: ``(batch, tgt_len, d_model)`` the layer's (normalized) input.
-        memory: ``(batch, src_len, d_model)``; mask: ``(batch, 1, 1, src_len)`` bool, True =
-            attend.
-
-    Returns:
-        ``(batch, n_heads, tgt_len, src_len)`` float32 (computed in float32 whatever the
-        model's dtype).
-    """
-    q = attn.split_heads(attn.q_proj(x))[0]  # (batch, n_heads, tgt_len, head_dim)
-    k, _ = attn.project_kv(memory)  # (batch, n_heads, src_len, head_dim)
-    scores = (q @ k.transpose(-1, -2)).float() / math.sqrt(attn.head_dim)
-    return scores.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 def piece_words(pieces: Sequence[str], n_words: int) -> list[int]:
@@ -142,6 +85,42 @@ def word_alignment(
     src_index = torch.tensor(src_words)[None, :].expand(len(tgt_words), -1)
     by_word.index_put_((tgt_index, src_index), att, accumulate=True)
     return [(int(i), j) for j, i in enumerate(by_word.argmax(1).tolist())]
+
+
+def line_alignment(
+    tokenizer: Tokenizer,
+    line: str,
+    src_ids: Sequence[int],
+    tgt_ids: Sequence[int],
+    text: str,
+    attention: torch.Tensor,
+) -> list[tuple[int, int]]:
+    """Word alignment of one translation: the whitespace words of ``line`` and of ``text``.
+
+    Source pieces are read with the tokenizer's source side (a separate or Marian layout has
+    two), target pieces with its target side; a target-language tag the tokenizer put before
+    the line (``tokenizer.n_tag_ids``; not one written in the line) is no word of it, and its
+    attention is left out.
+
+    Args:
+        tokenizer: the tokenizer that encoded ``line`` into ``src_ids`` and decodes outputs.
+        src_ids: the source as searched, without EOS (a tag first, if any).
+        tgt_ids: the output ids, without BOS and EOS; ``text``: their detokenized text.
+        attention: ``(>= len(tgt_ids), >= len(src_ids))`` head-averaged attention, a row
+            per target piece and a column per source id (:func:`nmt.decode.attention.
+            cross_attention`; the EOS row and column are ignored).
+
+    Returns:
+        :func:`word_alignment`'s pairs; ``[]`` when ``line`` or ``text`` has no word (an
+        output of ``<unk>`` only detokenizes to nothing).
+    """
+    tag = tokenizer.n_tag_ids
+    n_src, n_tgt = len(line.split()), len(text.split())
+    if not n_src or not n_tgt or len(src_ids) <= tag or not tgt_ids:
+        return []
+    src_words = piece_words([tokenizer.source_piece(i) for i in src_ids[tag:]], n_src)
+    tgt_words = piece_words([tokenizer.piece(i) for i in tgt_ids], n_tgt)
+    return word_alignment(attention[:, tag:], src_words, tgt_words)
 
 
 def pharaoh(links: Sequence[tuple[int, int]]) -> str:

@@ -1,31 +1,73 @@
-"""Cross-attention of a translation, and the hard alignment read from it.
+"""Cross-attention of translations, and the hard piece alignment read from it.
 
 Search does not keep attention weights (SDPA never forms them, and keeping them for every
-beam would cost memory for nothing), so they are recomputed for the chosen output by one
-teacher-forced pass: the decoder reads BOS + the output tokens, and each decoder layer's
-cross-attention weights ``softmax(q kᵀ / sqrt(head_dim))`` over the source (Vaswani et al.
-2017, eq. 1) are formed from the queries and keys that layer computed. Row ``t`` is the
-attention of the step that predicted target token ``t`` (the last row: the step that
-predicted EOS); the columns are the source pieces and the source's EOS.
+beam would cost memory for nothing), so they are recomputed for the chosen outputs by one
+batched, teacher-forced decoder pass: the decoder reads BOS + each output, and the layers
+asked for return their cross-attention weights ``softmax(q kᵀ / sqrt(head_dim))`` over the
+source (Vaswani et al. 2017, eq. 1) from that forward pass
+(:meth:`nmt.model.transformer.Transformer.decode_with_attention`). No hook is registered and
+nothing is stored on the model, so threads sharing one model (the server's workers) may call
+it at once. Row ``t`` is the attention of the step that predicted target token ``t`` (the last
+row: the step that predicted EOS); the columns are the source pieces and the source's EOS.
 
-The hard alignment links each target piece to the source piece with the most attention,
+:func:`cross_attention` is the one place attention is computed: ``nmt translate --alignment``
+(word level, :mod:`nmt.decode.alignment`), the server's ``return_attention`` and
+``return_alignment`` and its web page (piece level, :class:`Attention`) all read it.
+
+The hard piece alignment links each target piece to the source piece with the most attention,
 averaged over the heads of the penultimate decoder layer (as ``nmt translate --alignment``
-reads it by default: :func:`nmt.decode.alignment.default_layer`, Garg et al. 2019) and EOS
-excluded. An untrained or a
-non-alignment-trained model's attention is a soft, approximate alignment, not a word
-aligner's output.
+reads it by default: :func:`nmt.decode.alignment.default_layer`, Garg et al. 2019), EOS
+excluded. An untrained or a non-alignment-trained model's attention is a soft, approximate
+alignment, not a word aligner's output.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
 import torch
 
-from nmt.decode.alignment import attention_weights, default_layer
-from nmt.model.layers import DecoderLayer, MultiHeadAttention
+from nmt.data.parallel import pad
+from nmt.decode.alignment import default_layer
 from nmt.model.transformer import Transformer
+
+
+@torch.inference_mode()
+def cross_attention(
+    model: Transformer,
+    src: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+    layers: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Cross-attention weights of ``model`` translating each source into its target.
+
+    Args:
+        src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded with PAD.
+        targets: each row's target ids without BOS and EOS.
+        layers: the 0-based decoder layers to return, in this order (default: all).
+
+    Returns:
+        ``(batch, len(layers), n_heads, tgt_len + 1, src_len)`` float32 on ``src``'s device,
+        ``tgt_len`` the longest target; each real row sums to 1. Rows past a target's EOS
+        row and columns of source padding are 0.
+
+    Raises:
+        IndexError: a layer the model does not have
+            (:func:`nmt.decode.alignment.check_layer` checks user input first).
+    """
+    cfg = model.cfg
+    chosen = list(range(cfg.n_decoder_layers)) if layers is None else list(layers)
+    if any(not 0 <= i < cfg.n_decoder_layers for i in chosen):
+        raise IndexError(f"layers {chosen}: the model has {cfg.n_decoder_layers} decoder layers")
+    memory, src_mask = model.encode(src)
+    # BOS may be PAD's id (imported Marian models): real rows are counted, not read from ids.
+    tgt_in = pad([[cfg.bos_id, *t] for t in targets], pad_id=cfg.pad_id).to(src.device)
+    _, by_layer = model.decode_with_attention(tgt_in, memory, src_mask, set(chosen))
+    weights = torch.stack([by_layer[i] for i in chosen], 1)  # (batch, L, H, tgt_len + 1, src)
+    lengths = torch.tensor([len(t) + 1 for t in targets], device=src.device)
+    past = torch.arange(tgt_in.size(1), device=src.device)[None, :] >= lengths[:, None]
+    return weights.masked_fill(past[:, None, None, :, None], 0.0)
 
 
 @dataclass(frozen=True)
@@ -42,44 +84,15 @@ class Attention:
     weights: torch.Tensor
     alignment: list[tuple[int, int]]
 
+    @classmethod
+    def of(cls, weights: torch.Tensor) -> Attention:
+        """The attention of ``weights`` ``(n_layers, n_heads, tgt_len, src_len)`` with its
+        :func:`hard_alignment`."""
+        return cls(weights, hard_alignment(weights))
+
     def pharaoh(self) -> str:
         """The alignment as ``"src-tgt"`` pairs separated by spaces (``"0-0 1-2 ..."``)."""
         return " ".join(f"{s}-{t}" for s, t in self.alignment)
-
-
-@torch.inference_mode()
-def cross_attention(model: Transformer, src_ids: list[int], tgt_ids: list[int]) -> Attention:
-    """Cross-attention weights of ``model`` translating ``src_ids`` into ``tgt_ids``.
-
-    Args:
-        src_ids: source ids without EOS (as searched; EOS is appended here).
-        tgt_ids: target ids without BOS and EOS (a hypothesis' ``tokens``).
-
-    Returns:
-        :class:`Attention` with weights ``(n_layers, n_heads, len(tgt_ids) + 1,
-        len(src_ids) + 1)``.
-    """
-    device = next(model.parameters()).device
-    src = torch.tensor([[*src_ids, model.cfg.eos_id]], device=device)
-    tgt_in = torch.tensor([[model.cfg.bos_id, *tgt_ids]], device=device)
-    captured: list[torch.Tensor] = []
-
-    def capture(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        attn = cast(MultiHeadAttention, module)
-        captured.append(attention_weights(attn, args[0], kwargs["memory"], kwargs["mask"]))
-
-    hooks = [
-        cast(DecoderLayer, layer).cross_attn.register_forward_pre_hook(capture, with_kwargs=True)
-        for layer in model.decoder_layers
-    ]
-    try:
-        memory, src_mask = model.encode(src)
-        model.decode(tgt_in, memory, src_mask)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    weights = torch.stack([w[0] for w in captured]).float().cpu()  # (L, H, T, S)
-    return Attention(weights, hard_alignment(weights))
 
 
 def hard_alignment(weights: torch.Tensor) -> list[tuple[int, int]]:

@@ -6,17 +6,23 @@ engine's search (:class:`BaseTranslator`; engines: :mod:`nmt.decode.translate`,
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
-from nmt.decode.alignment import piece_words, word_alignment
+from nmt.decode.alignment import line_alignment
 from nmt.decode.forced import normalized
 from nmt.decode.sampling import fresh_seed, sentence_seed
 from nmt.decode.search import Hypothesis
 from nmt.decode.streaming import available_chunks, length_batches, paired
 from nmt.errors import ConfigError, InputError
+
+NAN_SCORE = "the search's best output has a NaN score (an overflow in the model?)"
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,9 @@ class Translation:
         alignment: with ``DecodeConfig.alignment``, ``(source word, target word)`` pairs
             (0-based whitespace words of the input line and of ``text``), one per target
             word (:mod:`nmt.decode.alignment`); else ``None``.
+        failure: why the line has no translation although it is not empty (its search
+            found no output ending in EOS, or one of NaN score): ``text`` is then empty,
+            ``score`` ``-inf``, and a ``RuntimeWarning`` names the line; else ``None``.
     """
 
     text: str
@@ -41,6 +50,7 @@ class Translation:
     truncated: bool = False
     alignment: list[tuple[int, int]] | None = None
     nbest_normalized: list[float] = field(default_factory=list)
+    failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -157,8 +167,15 @@ class BaseTranslator:
         )
         results: list[Translation] = [empty] * len(lines)
         for rows, hyps_of_rows in self.search_rows(ids, request):
-            for row, hyps in zip(rows, hyps_of_rows):
+            for row, hyps in zip(rows, hyps_of_rows, strict=True):
                 results[row] = self.result(lines[row], ids[row], hyps, d, truncated[row])
+        for row, r in enumerate(results):
+            if r.failure is not None:
+                warnings.warn(
+                    f"input line {first_line + row}: {r.failure}; its translation is empty",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return results
 
     def source_ids(self, lines: list[str], first_line: int) -> tuple[list[list[int]], list[bool]]:
@@ -204,17 +221,20 @@ class BaseTranslator:
     ) -> Translation:
         """The :class:`Translation` of one line from its hypotheses (best first); with
         ``d.alignment``, the word alignment from the best one's ``attention``."""
+        best = hyps[0]
+        failure = best.failure or (NAN_SCORE if math.isnan(best.score) else None)
+        if failure is not None:
+            inf = float("-inf")
+            nothing = [("", inf)] * d.nbest
+            return Translation("", inf, nothing, truncated, [] if d.alignment else None,
+                               [inf] * d.nbest, failure)  # fmt: skip
         texts = self.tokenizer.decode([h.tokens for h in hyps])
         nbest = [(t, h.score) for t, h in zip(texts, hyps)]
         links = None
-        best = hyps[0]
         if d.alignment and best.attention is not None:
-            links = []
-            if best.tokens:
-                piece = self.tokenizer.piece
-                src_words = piece_words([piece(i) for i in src_ids], len(line.split()))
-                tgt_words = piece_words([piece(i) for i in best.tokens], len(texts[0].split()))
-                links = word_alignment(best.attention, src_words, tgt_words)
+            links = line_alignment(
+                self.tokenizer, line, src_ids, best.tokens, texts[0], best.attention
+            )
         normalized = [h.normalized for h in hyps]
         return Translation(texts[0], best.score, nbest, truncated, links, normalized)
 
@@ -268,6 +288,16 @@ class BaseTranslator:
             ConfigError: this engine cannot score given translations.
         """
         raise ConfigError("scoring given translations is not supported by this engine")
+
+    def cross_attention(self, src: list[list[int]], targets: list[list[int]]) -> list[torch.Tensor]:
+        """Cross-attention of each source (ids without EOS) translated into its target (ids
+        without BOS and EOS): one ``(n_layers, n_heads, len(target) + 1, len(source) + 1)``
+        float32 tensor per row (:func:`nmt.decode.attention.cross_attention`).
+
+        Raises:
+            ConfigError: this engine does not give attention (only the torch engine does).
+        """
+        raise ConfigError("cross-attention needs the torch engine")
 
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None

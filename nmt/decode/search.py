@@ -49,13 +49,27 @@ class Hypothesis:
         score: log-probability of ``tokens`` followed by EOS (natural log).
         normalized: ``score`` divided by the length penalty (what beam search ranks by).
         attention: ``(len(tokens) + 1, src_len)`` cross-attention that aligns it, when asked
-            for (:func:`nmt.decode.alignment.cross_attention`); else ``None``.
+            for (:meth:`nmt.decode.translate.Translator.with_attention`); else ``None``.
+        failure: why search found no output for its sentence (:func:`no_output`), else
+            ``None``.
     """
 
     tokens: list[int]
     score: float
     normalized: float
     attention: torch.Tensor | None = None
+    failure: str | None = None
+
+
+NO_EOS = "the search found no output ending in EOS (non-finite log-probabilities?)"
+
+
+def no_output(reason: str = NO_EOS) -> Hypothesis:
+    """What search returns for a sentence it found nothing for (no hypothesis reached EOS:
+    NaN log-probabilities from an overflow, a sampling temperature so low that the
+    probabilities are not finite), so that every sentence of a batch keeps its result:
+    no tokens, score ``-inf``, and the ``reason``."""
+    return Hypothesis([], float("-inf"), float("-inf"), failure=reason)
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -132,7 +146,8 @@ def greedy_search(
 
     Returns:
         One :class:`Hypothesis` per sentence, in batch order (``normalized`` = ``score``, the
-        model's log-probability of the output and EOS).
+        model's log-probability of the output and EOS); :func:`no_output` for a sentence
+        that never chose EOS.
     """
     memory, src_mask = model.encode(src)
     cache = model.init_cache(memory, src_mask)
@@ -170,7 +185,7 @@ def greedy_search(
             alive, tokens, history, scores = alive[keep], tokens[keep], history[keep], scores[keep]
             shortest = int(limits[alive].min())
             cache.reorder(keep)
-    return [r for r in results if r is not None]
+    return [no_output() if r is None else r for r in results]
 
 
 def mask_specials(logp: torch.Tensor, pad_id: int = PAD_ID, bos_id: int = BOS_ID) -> torch.Tensor:
@@ -367,10 +382,11 @@ def beam_search(
             the search continues from each, and scores include the prefix's log-probability.
 
     Returns:
-        For each sentence (batch order), its ``nbest`` best hypotheses, best first.
+        For each sentence (batch order), its ``nbest`` best hypotheses, best first; for a
+        sentence none of whose hypotheses reached EOS, :func:`no_output` alone.
     """
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
     state: BeamState | None = beam_init(model, src, max_len_a, max_len_b, prefix)
     while state is not None:
         state = beam_step(model, state, finished, beam_size, length_penalty_alpha)
-    return [sorted(f, key=lambda h: -h.normalized)[:nbest] for f in finished]
+    return [sorted(f, key=lambda h: -h.normalized)[:nbest] or [no_output()] for f in finished]

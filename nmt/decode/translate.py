@@ -25,7 +25,8 @@ from nmt.data.multilingual import for_target
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import check_same_vocab, load_tokenizer
-from nmt.decode.alignment import check_layer, cross_attention
+from nmt.decode.alignment import check_layer
+from nmt.decode.attention import cross_attention
 from nmt.decode.engine import BaseTranslator, Request, Translation
 from nmt.decode.ensemble import Ensemble
 from nmt.decode.forced import forced_scores
@@ -253,7 +254,7 @@ class Translator(BaseTranslator):
 
         Returns:
             The nbest lists of each sentence; with ``decode.alignment``, the best hypothesis
-            carries its cross-attention (:func:`nmt.decode.alignment.cross_attention`).
+            carries its cross-attention (:meth:`with_attention`).
         """
         d = decode or self.decode
         prefix = None if prefixes is None else prefix_tensor(prefixes, src.device)
@@ -301,14 +302,41 @@ class Translator(BaseTranslator):
     def with_attention(
         self, src: torch.Tensor, nbest: list[list[Hypothesis]], d: DecodeConfig
     ) -> list[list[Hypothesis]]:
-        """``nbest`` with each best hypothesis' cross-attention attached (one teacher-forced
-        decoder pass over the batch's best outputs)."""
-        model = self.model
-        if isinstance(model, Ensemble):
-            raise ConfigError("alignment reads one model's attention: not with an ensemble")
-        layer = check_layer(d.alignment_layer, model.cfg.n_decoder_layers)
-        attention = cross_attention(model, src, [h[0].tokens for h in nbest], layer)
+        """``nbest`` with each best hypothesis' cross-attention attached: the alignment
+        layer's, averaged over its heads, ``(len(tokens) + 1, src_len)`` on the CPU (one
+        teacher-forced decoder pass over the batch's best outputs,
+        :func:`nmt.decode.attention.cross_attention`)."""
+        layer = check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
+        weights = cross_attention(self.single_model(), src, [h[0].tokens for h in nbest], [layer])
+        attention = weights[:, 0].mean(1)  # (batch, tgt_len + 1, src_len)
         return [
             [replace(h[0], attention=a[: len(h[0].tokens) + 1].cpu()), *h[1:]]
             for h, a in zip(nbest, attention)
         ]
+
+    def cross_attention(self, src: list[list[int]], targets: list[list[int]]) -> list[torch.Tensor]:
+        """Cross-attention of every decoder layer and head for each source (ids without EOS)
+        translated into its target (ids without BOS and EOS), in one batched teacher-forced
+        pass (:func:`nmt.decode.attention.cross_attention`).
+
+        Returns:
+            One ``(n_layers, n_heads, len(target) + 1, len(source) + 1)`` float32 tensor on
+            the CPU per row (EOS last on both sides).
+
+        Raises:
+            ConfigError: an ensemble (attention is read from one model).
+        """
+        if not src:
+            return []
+        weights = cross_attention(self.single_model(), self.source_batch(src), targets).cpu()
+        return [w[:, :, : len(t) + 1, : len(s) + 1] for w, s, t in zip(weights, src, targets)]
+
+    def single_model(self) -> Transformer:
+        """The model, when it is one.
+
+        Raises:
+            ConfigError: an ensemble (attention is read from one model).
+        """
+        if isinstance(self.model, Ensemble):
+            raise ConfigError("alignment reads one model's attention: not with an ensemble")
+        return self.model

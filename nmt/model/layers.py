@@ -116,11 +116,42 @@ class MultiHeadAttention(nn.Module):
         """
         if self.cross:
             assert memory is not None
-            q = self.split_heads(self.q_proj(x))[0]
-            k, v = self.project_kv(memory)
-            return self.attend(q, k, v, mask, causal=False)
+            return self.cross_attend(x, memory, mask)[0]
         q, k, v = self.split_heads(self.qkv_proj(x))
         return self.attend(q, k, v, mask, causal)
+
+    def cross_attend(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        mask: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cross-attention from ``x`` over ``memory``, and its weights when asked for.
+
+        The output comes from SDPA, as without weights. The weights are computed beside it
+        from the same queries and keys, ``softmax(q kᵀ / sqrt(head_dim))`` (Vaswani et al.
+        2017, eq. 1) in float32 whatever the model's dtype, with masked columns 0 (as SDPA
+        masks them); they are returned, not kept, so concurrent calls share nothing.
+
+        Args:
+            x: ``(batch, tgt_len, d_model)`` the (normalized) queries' input.
+            memory: ``(batch, src_len, d_model)``.
+            mask: ``(batch, 1, 1, src_len)`` bool, True = attend.
+
+        Returns:
+            ``(batch, tgt_len, d_model)``, and weights ``(batch, n_heads, tgt_len, src_len)``
+            float32 (each row sums to 1) or ``None``.
+        """
+        q = self.split_heads(self.q_proj(x))[0]  # (batch, n_heads, tgt_len, head_dim)
+        k, v = self.project_kv(memory)  # (batch, n_heads, src_len, head_dim)
+        out = self.attend(q, k, v, mask, causal=False)
+        if not need_weights:
+            return out, None
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return out, scores.softmax(-1)  # (batch, n_heads, tgt_len, src_len)
 
 
 class FeedForward(nn.Module):
@@ -189,8 +220,23 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         memory: torch.Tensor,
         src_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """``x``: ``(batch, tgt_len, d_model)``; ``memory``: ``(batch, src_len, d_model)``."""
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x``: ``(batch, tgt_len, d_model)``; ``memory``: ``(batch, src_len, d_model)``;
+        ``src_mask``: ``(batch, 1, 1, src_len)`` bool.
+
+        Returns:
+            ``(batch, tgt_len, d_model)``, and with ``need_weights`` the cross-attention
+            weights ``(batch, n_heads, tgt_len, src_len)`` float32
+            (:meth:`MultiHeadAttention.cross_attend`), else ``None``.
+        """
         x = self.self_block(x, lambda h: self.self_attn(h, causal=True))
-        x = self.cross_block(x, lambda h: self.cross_attn(h, mask=src_mask, memory=memory))
-        return self.ffn_block(x, self.ffn)
+        weights: list[torch.Tensor | None] = []  # local to this call: nothing shared
+
+        def cross(h: torch.Tensor) -> torch.Tensor:
+            out, w = self.cross_attn.cross_attend(h, memory, src_mask, need_weights)
+            weights.append(w)
+            return out
+
+        x = self.cross_block(x, cross)
+        return self.ffn_block(x, self.ffn), weights[0]

@@ -14,6 +14,7 @@ cross-attention keys and values with one ``kv_proj``: one matrix product instead
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import cast
 
 import torch
@@ -131,10 +132,31 @@ class Transformer(nn.Module):
             ``(batch, tgt_len, d_model)`` final decoder states; :meth:`logits` maps them to the
             vocabulary (kept apart so that training projects only non-pad positions).
         """
+        return self.decode_with_attention(tgt_in, memory, src_mask, ())[0]
+
+    def decode_with_attention(
+        self,
+        tgt_in: torch.Tensor,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor,
+        layers: Collection[int] | None = None,
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """:meth:`decode`, also returning the cross-attention weights of decoder ``layers``
+        (0-based; ``None`` = all), computed beside SDPA only for those layers
+        (:meth:`nmt.model.layers.MultiHeadAttention.cross_attend`). Nothing is kept on the
+        modules, so threads may call it on one shared model.
+
+        Returns:
+            The states as :meth:`decode`, and by layer the weights ``(batch, n_heads,
+            tgt_len, src_len)`` float32, 0 on source padding.
+        """
         x = self.embed_tokens(tgt_in)
-        for layer in self.decoder_layers:
-            x = layer(x, memory, src_mask)
-        return self.decoder_norm(x)
+        weights = {}
+        for i, layer in enumerate(self.decoder_layers):
+            x, w = layer(x, memory, src_mask, layers is None or i in layers)
+            if w is not None:
+                weights[i] = w
+        return self.decoder_norm(x), weights
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """``(batch, src_len)``, ``(batch, tgt_len)`` → ``(batch, tgt_len, d_model)`` states."""

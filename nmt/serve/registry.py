@@ -32,7 +32,7 @@ from nmt.data.multilingual import (
     target_langs,
 )
 from nmt.data.tokenizer import Tokenizer
-from nmt.decode.attention import Attention, cross_attention
+from nmt.decode.attention import Attention
 from nmt.decode.ct2 import CT2Translator
 from nmt.decode.ct2_folder import CT2_WEIGHTS, is_ctranslate2_dir, read_export_info
 from nmt.decode.engine import Request
@@ -236,18 +236,28 @@ class ServedModel:
         request = Request(translator.decode, prefixes, seeds)
         found: list[list[Hypothesis]] = [[] for _ in ids]
         for rows, hyps in self.search_live(translator, ids, request, owner):
-            for row, h in zip(rows, hyps):
-                found[row] = h
-        results: list[Any] = []
-        start = 0
+            for row, h in zip(rows, hyps, strict=True):
+                found[row] = [] if h[0].failure else h  # no output: answered as an empty line
+        spans, start = [], 0
         for w in works:
-            part = found[start : start + len(w.ids)]
+            spans.append((start, start + len(w.ids)))
             start += len(w.ids)
-            results.append(self.work_result(w, part))
+        failures = [self.work_failure(w, found[a:b]) for w, (a, b) in zip(works, spans)]
+        asked = [w.attention and f is None for w, f in zip(works, failures)]
+        attention = self.attention(works, found, asked)
+        results: list[Any] = []
+        for w, (a, b), failure in zip(works, spans, failures):
+            if failure is not None:
+                results.append(failure)
+                continue
+            lines = zip(w.ids, w.truncated, found[a:b], attention[a:b])
+            results.append([self.line_result(*line) for line in lines])
         return results
 
-    def work_result(self, w: Work, found: list[list[Hypothesis]]) -> Any:
-        """``w``'s line results from its hypotheses, or the exception that fails it."""
+    def work_failure(self, w: Work, found: list[list[Hypothesis]]) -> Exception | None:
+        """What fails ``w`` alone: ``CancelledError`` once its request timed out, or the
+        attention it asks for being too large (checked from the outputs' lengths, before any
+        attention is computed); ``None`` otherwise."""
         if w.cancelled.is_set():
             return CancelledError()
         if w.max_attention is not None:
@@ -255,8 +265,26 @@ class ServedModel:
                 check_attention_size(self.attention_values(w.ids, found), w.max_attention)
             except Exception as exc:
                 return exc
-        lines = zip(w.ids, w.truncated, found)
-        return [self.line_result(s, t, h, w.attention) for s, t, h in lines]
+        return None
+
+    def attention(
+        self, works: list[Work], found: list[list[Hypothesis]], asked: list[bool]
+    ) -> list[list[Attention] | None]:
+        """The cross-attention of every hypothesis of the lines of the works that ask for it
+        (``asked``, one flag per work; ``None`` for the other lines), in one batched pass over
+        the batch's outputs (:meth:`nmt.decode.engine.BaseTranslator.cross_attention`)."""
+        wanted = [a for w, a in zip(works, asked) for _ in w.ids]
+        ids = [x for w in works for x in w.ids]
+        pairs = [(r, h.tokens) for r, hyps in enumerate(found) if wanted[r] for h in hyps]
+        if not pairs:
+            return [None for _ in found]
+        weights = iter(
+            self.translator.cross_attention([ids[r] for r, _ in pairs], [t for _, t in pairs])
+        )
+        return [
+            [Attention.of(next(weights)) for _ in hyps] if wanted[r] else None
+            for r, hyps in enumerate(found)
+        ]
 
     def attention_values(self, ids: list[list[int]], found: list[list[Hypothesis]]) -> int:
         """How many weights the attention of these hypotheses holds: layers × heads × (target
@@ -313,17 +341,17 @@ class ServedModel:
                 self.dropped_lines += lines
 
     def line_result(
-        self, src_ids: list[int], truncated: bool, hyps: list[Hypothesis], attention: bool
+        self,
+        src_ids: list[int],
+        truncated: bool,
+        hyps: list[Hypothesis],
+        attention: list[Attention] | None,
     ) -> LineResult:
-        tokenizer = self.translator.tokenizer
-        texts = tokenizer.decode([h.tokens for h in hyps])
-        out = []
-        for text, h in zip(texts, hyps):
-            att = None
-            model = self.translator.model if isinstance(self.translator, Translator) else None
-            if attention and isinstance(model, Transformer):  # not an ensemble
-                att = cross_attention(model, src_ids, h.tokens)
-            out.append(Hyp(text, h.score, self.pieces(h.tokens), att))
+        texts = self.translator.tokenizer.decode([h.tokens for h in hyps])
+        out = [
+            Hyp(text, h.score, self.pieces(h.tokens), None if attention is None else attention[i])
+            for i, (text, h) in enumerate(zip(texts, hyps))
+        ]
         return LineResult(self.pieces(src_ids, source=True), out, truncated)
 
     def pieces(self, ids: list[int], source: bool = False) -> list[str]:
