@@ -99,6 +99,11 @@ def test_hard_alignment_takes_the_penultimate_layers_mean_argmax_without_eos() -
     assert hard_alignment(weights) == [(1, 0), (2, 1), (0, 2)]
 
 
+# The server writes weights with 4 decimals: two roundings of the same value computed in two
+# batch shapes can land 1e-4 apart on top of the arithmetic's own difference.
+JSON_ROUNDING = 1e-4
+
+
 @pytest.mark.kernels
 def test_concurrent_requests_on_two_workers_get_their_own_attention(
     tiny_run: Path, multi30k: Callable[..., list[str]], tmp_path: Path
@@ -108,7 +113,6 @@ def test_concurrent_requests_on_two_workers_get_their_own_attention(
     answer is a 200, and each answer's weights equal those of the same line sent alone
     (within float32 rounding across batch shapes). With forward hooks on the shared model, the
     two workers captured each other's tensors: a 500, or weights of another sentence."""
-    pytest.importorskip("fastapi", reason="nmt serve needs the serve extra")
     lines = multi30k("val", "de", 8)
     args = ["-m", f"tiny={tiny_run}", "--workers", "2", "--max-wait-ms", "2"]
     with ServerProcess(args, tmp_path / "server.log") as server:
@@ -140,5 +144,5 @@ def test_concurrent_requests_on_two_workers_get_their_own_attention(
             continue  # batching flipped a near-tie of the search (tests/agreement.py)
         compared += 1
         got, alone = torch.tensor(att["weights"]), torch.tensor(lone[i]["weights"])
-        torch.testing.assert_close(got, alone, atol=ATTENTION_TOL, rtol=0)
+        torch.testing.assert_close(got, alone, atol=ATTENTION_TOL + JSON_ROUNDING, rtol=0)
     assert compared >= 0.75 * len(jobs) / 2
