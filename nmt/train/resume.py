@@ -181,9 +181,9 @@ def changed_data_order(
 MAY_CHANGE_ON_RESUME = (
     "max_steps", "max_epochs", "max_minutes", "patience", "eval_every", "save_every",
     "log_every", "keep_checkpoints", "device", "dtype", "compile", "onednn", "dist_timeout",
-    "tensorboard",
+    "tensorboard", "valid_autocast", "tf32",
 )  # fmt: skip
-DATA_ORDER = ("batch_tokens", "seed", "accum")
+DATA_ORDER = ("batch_tokens", "seed", "accum", "update_tokens")
 
 
 def check_same_recipe(out_dir: Path, train_cfg: Any) -> None:
