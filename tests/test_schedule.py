@@ -173,7 +173,7 @@ Trainer.validate = lambda self: None
 save = Trainer.save_resume
 def save_then_die(self):
     save(self)
-    if self.state.step == 6:  # the plan step's save: die before anything else
+    if sys.argv[6] == "die" and self.state.step == 6:  # the plan step's save: die at once
         os.kill(os.getpid(), signal.SIGKILL)
 Trainer.save_resume = save_then_die
 cfg = make_tiny_train_config(**{CFG})
@@ -182,32 +182,37 @@ train(sys.argv[2], sys.argv[3], sys.argv[4], make_tiny_model_config(), cfg, spm_
 
 
 def test_a_crash_right_after_the_plan_steps_save_resumes_exactly(
-    tmp_path: Path, tiny_corpus, spm_model: Path, tiny_model_config, tiny_train_config,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    tmp_path: Path, tiny_corpus, spm_model: Path
+) -> None:
     """The plan step (6: the first validation after the warm-up) is also a save step. Its
     resume.pt was written before the plan, so a run killed there resumed at the peak rate
     until the next validation planned again. Now it holds the plan: a child killed with
     SIGKILL right after that save and resumed ends as the uninterrupted run (bit for bit)."""
-    fake_time(monkeypatch, float)  # 1 s per update: 30 updates in the half minute
+    # The children's clock reads 1 s per update: 30 updates in the half minute.
     values = dict(
         max_minutes=0.5, max_steps=0, lr=1e-3, warmup_steps=4, eval_every=6,
         lr_schedule="linear", save_every=6, log_every=1000, batch_tokens=300,
     )  # fmt: skip
-    cfg = tiny_train_config(**values)
-    straight = run(tmp_path / "straight", tiny_corpus, spm_model, tiny_model_config(), cfg)
-    assert straight.steps[-1].step == 30
-    crashed = tmp_path / "crashed"
     script = CRASH_AT_THE_PLAN.replace("{CFG}", repr(values))
-    child = subprocess.run(
-        [sys.executable, "-c", script, str(Path(__file__).parent), *map(str, tiny_corpus),
-         str(crashed), str(spm_model)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert child.returncode == -signal.SIGKILL, child.stderr
+
+    def child(out: Path, mode: str) -> subprocess.CompletedProcess:
+        # Every run in a fresh process of its own: the same threads and kernels for all three
+        # (this pytest process may carry state from earlier tests), so they agree bit for bit.
+        return subprocess.run(
+            [sys.executable, "-c", script, str(Path(__file__).parent), *map(str, tiny_corpus),
+             str(out), str(spm_model), mode],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    done = child(straight, "run")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(straight / "resume.pt", weights_only=True)["state"]["step"] == 30
+    died = child(crashed, "die")
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
     state = torch.load(crashed / "resume.pt", weights_only=True)["state"]
     assert (state["step"], state["planned_steps"]) == (6, 30)  # the plan is in it
-    resumed = run(crashed, tiny_corpus, spm_model, tiny_model_config(), cfg)
-    assert [s.lr for s in resumed.steps] == [s.lr for s in straight.steps[6:]]
-    a, b = (load_weights(tmp_path / name / "last.safetensors") for name in ("straight", "crashed"))
+    done = child(crashed, "run")  # resumed
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (load_weights(folder / "last.safetensors") for folder in (straight, crashed))
     assert all(torch.equal(a[k], b[k]) for k in a)
