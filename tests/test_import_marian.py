@@ -45,7 +45,7 @@ from nmt.data.vocab import load_tokenizer
 from nmt.decode.forced import normalized
 from nmt.decode.search import Hypothesis, beam_search, greedy_search, length_penalty
 from nmt.decode.translate import Translator
-from nmt.errors import CheckpointError, ConfigError
+from nmt.errors import CheckpointError, ConfigError, InputError
 from nmt.interop.import_marian import import_marian
 from nmt.model.checkpoint import load_model, load_weights
 from nmt.model.transformer import Transformer
@@ -493,30 +493,83 @@ def test_tgt_lang_puts_the_marian_target_tag_first(
         Translator.load(imported, device="cpu", tgt_lang="deu")
 
 
+@pytest.fixture(scope="module")
+def two_targets(imported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The imported model with a second target tag, >>deu<< (a piece of vocab.json renamed:
+    the weights stay those of the import)."""
+    folder = tmp_path_factory.mktemp("two-targets") / "model"
+    shutil.copytree(imported, folder)
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    renamed = {(">>deu<<" if i == 5 else p): i for p, i in vocab.items()}
+    (folder / "vocab.json").write_text(json.dumps(renamed, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
 def test_serve_takes_the_marian_target_tag_per_request(
-    imported: Path, pairs: tuple[list[str], list[str]]
+    imported: Path, two_targets: Path, pairs: tuple[list[str], list[str]]
 ) -> None:
-    """nmt serve on a multi-target Marian import: tgt_lang (or LibreTranslate's target) fra
-    puts >>fra<< first, as --tgt-lang does; without it the line goes in as written."""
+    """nmt serve on a multi-target Marian import: the pairs are the tags' languages (not
+    None-None), tgt_lang (or LibreTranslate's target) puts its tag first, as --tgt-lang does,
+    and a request without one whose lines carry none is refused, naming the choices."""
     from nmt.serve.registry import load_models
 
-    models = load_models([f"m={imported}"], "torch", "cpu")
+    models = load_models([f"m={imported}", f"two={two_targets}"], "torch", "cpu")
     model, tag = models["m"], MarianVocabulary(imported).ids[TAG]
     src = pairs[0][:2]
-    assert [x[0] for x in model.encode(src, tgt_lang="fra").ids] == [tag, tag]
-    assert model.encode(src).ids == Translator.load(imported, device="cpu").tokenizer.encode(src)
-    assert all(x[0] != tag for x in model.encode(src).ids)
+    d = model.decode_config(replace_options(beam_size=1))
+    assert [x[0] for x in model.encode(src, d, tgt_lang="fra").ids] == [tag, tag]
+    assert model.encode(src, d).ids == model.encode(src, d, tgt_lang="fra").ids  # its one tag
     with serving(models) as client:
-        assert client.get("/v1/models").json()["models"][0]["pairs"] == ["de-en", "de-fra"]
-        body = {"src": src, "beam_size": 1, "tgt_lang": "fra"}
+        listed = {m["id"]: m for m in client.get("/v1/models").json()["models"]}
+        assert listed["m"]["pairs"] == ["de-fra"] and listed["m"]["src_lang"] == "de"
+        assert sorted(listed["two"]["pairs"]) == ["de-deu", "de-fra"]
+        body = {"src": src, "beam_size": 1, "tgt_lang": "fra", "model": "two"}
         assert client.post("/v1/translate", json=body).status_code == 200
-        wrong = client.post("/v1/translate", json={**body, "tgt_lang": "deu"})
-        assert wrong.status_code == 422 and "translates into en, fra" in wrong.text
+        wrong = client.post("/v1/translate", json={**body, "tgt_lang": "en"})
+        assert wrong.status_code == 422 and "translates into deu, fra" in wrong.text
+        untagged = client.post("/v1/translate", json={"src": src, "model": "two"})
+        assert untagged.status_code == 422, untagged.text
+        message = untagged.json()["error"]["message"]
+        assert "deu, fra" in message and "tgt_lang" in message
+        inline = {"src": [f"{TAG} {s}" for s in src], "model": "two", "beam_size": 1}
+        by_field = client.post("/v1/translate", json=body).json()["translations"]
+        assert client.post("/v1/translate", json=inline).json()["translations"] == by_field
         lt = client.post("/translate", json={"q": src[0], "source": "de", "target": "fra"})
         assert lt.status_code == 200 and isinstance(lt.json()["translatedText"], str)
-        assert {"code": "de", "name": "German", "targets": ["en", "fra"]} in client.get(
-            "/languages"
-        ).json()
+        languages = client.get("/languages").json()
+        assert {"code": "de", "name": "German", "targets": ["fra", "deu"]} in languages
+        assert "None" not in json.dumps(languages) + json.dumps(listed)
+
+
+def replace_options(**options: Any) -> Any:
+    from nmt.serve.config import DecodeOptions
+
+    return DecodeOptions(**options)
+
+
+def test_target_tags_of_a_line_and_of_tgt_lang_are_one(
+    two_targets: Path, pairs: tuple[list[str], list[str]]
+) -> None:
+    """A multi-target model: a line without a tag and no --tgt-lang is refused naming
+    --tgt-lang and the choices (CLI and library); a line that starts with >>fra<< and
+    --tgt-lang fra keeps one tag; with --tgt-lang deu it is refused, naming the line."""
+    decode = DecodeConfig(beam_size=1, max_len_a=0, max_len_b=MAX_NEW)
+    plain = Translator.load(two_targets, decode, device="cpu", workers=1)
+    fra = Translator.load(two_targets, decode, device="cpu", workers=1, tgt_lang="fra")
+    deu = Translator.load(two_targets, decode, device="cpu", workers=1, tgt_lang="deu")
+    src = pairs[0][:3]
+    with pytest.raises(InputError, match="input line 1: the model translates into deu, fra; "
+                       "choose one with --tgt-lang"):  # fmt: skip
+        list(plain.translate(src))
+    tagged = [f"{TAG} {s}" for s in src]
+    assert fra.encode(tagged, decode).ids == fra.encode(src, decode).ids
+    assert plain.encode(tagged, decode).ids == fra.encode(src, decode).ids
+    with pytest.raises(InputError, match="input line 2 starts with the target tag >>fra<<"):
+        list(deu.translate([src[0], tagged[1]]))
+    result = CliRunner().invoke(app, ["translate", "-m", str(two_targets)], input=f"{src[0]}\n")
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "--tgt-lang" in message and "deu, fra" in message, message
 
 
 def test_fine_tuning_an_imported_model_is_refused_saying_so(

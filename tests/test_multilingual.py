@@ -33,7 +33,7 @@ from nmt.data.multilingual import (
 from nmt.data.parallel import ParallelData
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator
-from nmt.errors import ConfigError
+from nmt.errors import ConfigError, InputError
 from nmt.model.checkpoint import load_model, load_weights
 from nmt.train.run import train
 
@@ -55,9 +55,20 @@ def test_one_model_translates_both_ways_by_the_tag(both_ways: Path, short_pairs)
     assert valid["bleu"] == pytest.approx(100.0)
 
 
-def test_target_language_is_required_and_checked(both_ways: Path) -> None:
-    with pytest.raises(ConfigError, match="translates into de, en: choose one with --tgt-lang"):
-        Translator.load(both_ways, device="cpu")
+def test_target_language_is_required_and_checked(both_ways: Path, short_pairs) -> None:
+    """Without --tgt-lang, a line of a model of several target languages must carry its tag
+    (one piece, as --tgt-lang puts it); a line without one is refused, naming the choices; a
+    line with a tag and --tgt-lang of another language is refused; the same tag is kept once."""
+    de, en = short_pairs
+    untagged = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu")
+    with pytest.raises(InputError, match="input line 2: the model translates into de, en; "
+                       "choose one with --tgt-lang"):  # fmt: skip
+        list(untagged.translate(["<2en> " + de[0], de[1]]))
+    assert [t.text for t in untagged.translate([f"<2en> {s}" for s in de])] == en
+    to_en = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang="en")
+    assert [t.text for t in to_en.translate([f"<2en> {s}" for s in de])] == en  # one tag
+    with pytest.raises(InputError, match="input line 1 starts with the target tag <2de>"):
+        list(to_en.translate([f"<2de> {de[0]}"]))
     with pytest.raises(ConfigError, match="--tgt-lang fr: the model translates into de, en only"):
         Translator.load(both_ways, device="cpu", tgt_lang="fr")
     runner = CliRunner()
@@ -66,6 +77,55 @@ def test_target_language_is_required_and_checked(both_ways: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip()
+    refused = runner.invoke(app, ["translate", "-m", str(both_ways)], input="A dog.\n")
+    assert refused.exit_code == 1 and "--tgt-lang" in refused.stderr, refused.output
+
+
+BLANKS = ["", "   ", "<2en>"]  # no text: an empty translation whatever the tag
+
+
+def test_blank_lines_stay_empty_under_a_target_tag(both_ways: Path, short_pairs) -> None:
+    """A blank line of a tagged model is not searched: its id list held the tag alone, and the
+    model invented a sentence for it. The Python API, the CLI, the server and LibreTranslate's
+    "a\\n\\nb" all give an empty output (score 0) and translate the other lines as alone."""
+    from nmt.serve.registry import load_models
+
+    de, en = short_pairs
+    to_en = Translator.load(both_ways, DecodeConfig(beam_size=1), device="cpu", tgt_lang="en")
+    results = list(to_en.translate([de[0], *BLANKS, de[1]]))
+    assert [(t.text, t.score) for t in results[1:-1]] == [("", 0.0)] * len(BLANKS)
+    assert results[0].text and results[-1].text
+    runner = CliRunner()
+    out = runner.invoke(
+        app, ["translate", "-m", str(both_ways), "--tgt-lang", "en", "--beam-size", "1"],
+        input=f"{de[0]}\n\n{de[1]}\n",
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert [bool(line) for line in out.stdout.split("\n")[:3]] == [True, False, True]
+    models = load_models([f"m={both_ways}"], "torch", "cpu")
+    with serving(models) as client:
+        body = {"src": [de[0], *BLANKS], "tgt_lang": "en", "beam_size": 1, "return_scores": True}
+        answer = client.post("/v1/translate", json=body).json()["translations"]
+        assert [(t["text"], t["score"]) for t in answer[1:]] == [("", 0.0)] * len(BLANKS)
+        assert answer[0]["text"]
+        lt = {"q": f"{de[0]}\n\n{de[1]}", "source": "de", "target": "en"}
+        text = client.post("/translate", json=lt).json()["translatedText"]
+        assert text.split("\n")[1] == "" and len(text.split("\n")) == 3
+
+
+def test_blank_lines_stay_empty_on_the_ctranslate2_engine(
+    both_ways: Path, tmp_path: Path, short_pairs
+) -> None:
+    """The same on the CTranslate2 engine: a blank line under a tag gives an empty output."""
+    from nmt.decode.ct2 import CT2Translator
+    from nmt.interop.export import export_ctranslate2
+
+    de, en = short_pairs
+    exported = export_ctranslate2(both_ways, tmp_path / "ct2")
+    ct2 = CT2Translator.load(exported, DecodeConfig(beam_size=1), device="cpu", tgt_lang="en")
+    results = list(ct2.translate([de[0], *BLANKS, de[1]]))
+    assert [(t.text, t.score) for t in results[1:-1]] == [("", 0.0)] * len(BLANKS)
+    assert results[0].text and results[-1].text
 
 
 @pytest.mark.kernels

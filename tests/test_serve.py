@@ -367,7 +367,7 @@ def test_a_prefix_longer_than_the_model_outputs_gets_422(tiny_run: Path) -> None
         )
         assert answer.status_code == 422, answer.json()
         message = answer.json()["error"]["message"]
-        assert message.startswith("prefix[1]: ") and "at most 1023" in message
+        assert message.startswith("target prefix of line 2 ") and "at most 1023" in message
         assert (
             client.post("/v1/translate", json={"src": ["a"], "prefix": ["dog"]}).status_code == 200
         )

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data.multilingual import for_target
+from nmt.data.multilingual import Targets, for_target
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import load_tokenizer
 from nmt.decode.ct2_folder import import_ctranslate2, read_export_info
@@ -133,8 +133,9 @@ class CT2Translator(BaseTranslator):
         chunk_lines: int = 2000,
         max_positions: int = 1024,
         strict: bool = False,
+        targets: Targets | None = None,
     ):
-        super().__init__(tokenizer, decode, chunk_lines, max_positions, strict)
+        super().__init__(tokenizer, decode, chunk_lines, max_positions, strict, targets)
         self.translator = translator
         self.max_tgt_tokens = max_positions - 1  # as nmt.decode.search.max_lengths' cap
         self.pieces = tokenizer.vocabulary()  # target pieces by id
@@ -196,8 +197,10 @@ class CT2Translator(BaseTranslator):
             ) from None
         max_positions = int(info["model"]["max_positions"])
         pairs, model_tgt = info.get("pairs") or [], info.get("tgt_lang")
-        tokenizer = for_target(load_tokenizer(folder), pairs, tgt_lang, model_tgt)
-        return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
+        base = load_tokenizer(folder)
+        tokenizer = for_target(base, pairs, tgt_lang, model_tgt)
+        targets = Targets(base, pairs, info.get("src_lang"), model_tgt)
+        return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict, targets)
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raises :class:`ConfigError` for what only the torch engine does: alignment (from a

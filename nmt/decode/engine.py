@@ -1,21 +1,26 @@
-"""What every translation engine shares: lines in, one :class:`Translation` per line out, in
-order; tokenization, truncation and empty lines; batches of similar length handed to the
-engine's search (:class:`BaseTranslator`; engines: :mod:`nmt.decode.translate`,
-:mod:`nmt.decode.ct2`).
+"""Lines in, one :class:`Translation` per line out, in order, written once for every engine
+(:class:`BaseTranslator`, on top of :class:`~nmt.decode.backend.Backend`; engines:
+:mod:`nmt.decode.translate`, :mod:`nmt.decode.ct2`): tokenization and target tags, truncation,
+empty lines, streaming, results. ``nmt translate``, the Python API and ``nmt serve`` (which
+batches already encoded rows of several requests: :meth:`BaseTranslator.encode`,
+:meth:`BaseTranslator.search_encoded`, :meth:`BaseTranslator.results`) all go through it.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from nmt.config import DecodeConfig
+from nmt.data.multilingual import Targets, checked_tags
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.alignment import line_alignment
+from nmt.decode.attention import Attention
+from nmt.decode.backend import Request
 from nmt.decode.forced import normalized
 from nmt.decode.sampling import fresh_seed, sentence_seed
 from nmt.decode.search import Hypothesis
@@ -42,6 +47,11 @@ class Translation:
         failure: why the line has no translation although it is not empty (its search
             found no output ending in EOS, or one of NaN score): ``text`` is then empty,
             ``score`` ``-inf``, and a ``RuntimeWarning`` names the line; else ``None``.
+        src_tokens: the source ids searched (after any tag and cut; ``[]`` for an empty line).
+        tokens: the target ids of each n-best hypothesis (``[]``: none, an empty or failed
+            line).
+        attention: when asked for (:meth:`BaseTranslator.results`), the cross-attention of
+            each of them (:class:`~nmt.decode.attention.Attention`); else ``None``.
     """
 
     text: str
@@ -51,35 +61,46 @@ class Translation:
     alignment: list[tuple[int, int]] | None = None
     nbest_normalized: list[float] = field(default_factory=list)
     failure: str | None = None
+    src_tokens: list[int] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    attention: list[Attention] | None = None
 
 
 @dataclass(frozen=True)
-class Request:
-    """One call's search settings and per-sentence inputs, for :meth:`BaseTranslator.search_rows`.
+class Encoded:
+    """Lines as the engines search them (:meth:`BaseTranslator.encode`).
 
     Attributes:
-        decode: the settings of this call.
-        prefixes: target-prefix ids of each row (``[]`` = none), or ``None`` for no prefixes.
-        seeds: each row's sampling seed (:func:`nmt.decode.sampling.sentence_seed`) when sampling.
+        ids: source ids of each line, without EOS, tagged and cut; ``[]`` for a line of no
+            text (not searched: its translation is empty).
+        truncated: which lines were cut to the model's limit.
+        prefixes: target-prefix ids of each line (``[]`` = none), or ``None``.
+        seeds: each line's sampling seed when sampling, else ``None``.
     """
 
-    decode: DecodeConfig
+    ids: list[list[int]]
+    truncated: list[bool]
     prefixes: list[list[int]] | None = None
     seeds: list[int] | None = None
 
 
 class BaseTranslator:
-    """What every engine shares: streaming, tokenization, truncation, empty lines, order.
-
-    Subclasses implement :meth:`search_rows`, and :meth:`check_options` for what they cannot do.
+    """Lines in, translations out, on top of an engine's search (the
+    :class:`~nmt.decode.backend.Backend` methods its subclass implements: :meth:`search_rows`,
+    :meth:`check_options`, :meth:`forced_scores`, :meth:`cross_attention`).
 
     Args:
-        tokenizer: the model's SentencePiece model; decode: default search settings (each
-            call of :meth:`translate` may pass its own).
+        tokenizer: the tokenizer of a call that names no target language (tagged for the
+            target chosen at load, if any); decode: default search settings (each call may
+            pass its own).
         chunk_lines: input lines translated together at most (bounds memory).
         max_positions: the model's position limit; sources are cut to one less (EOS).
         strict: raise :class:`InputError` for a source longer than that instead of cutting.
+        targets: the model's target languages and their tokenizers (default: the one of
+            ``tokenizer``).
     """
+
+    lazy_batches = False  # search_rows runs a batch only when asked for the next one
 
     def __init__(
         self,
@@ -88,16 +109,19 @@ class BaseTranslator:
         chunk_lines: int,
         max_positions: int,
         strict: bool = False,
+        targets: Targets | None = None,
     ):
         self.tokenizer = tokenizer
         self.decode = decode or DecodeConfig()
         self.chunk_lines = chunk_lines
         self.max_src_tokens = max_positions - 1  # room for EOS
         self.strict = strict
+        self.targets = targets or Targets(tokenizer, [], None, None)
 
     def options(self, decode: DecodeConfig | None, prefixes: bool = False) -> DecodeConfig:
-        """The settings of one call: ``decode``, else the loaded ones; a sampling call without
-        a seed gets a fresh one here, shared by all its sentences.
+        """The settings of one call, validated here for every caller: ``decode``, else the
+        loaded ones; a sampling call without a seed gets a fresh one here, shared by all
+        its sentences.
 
         Raises:
             ConfigError: a setting this engine or model cannot apply (:meth:`check_options`),
@@ -112,12 +136,22 @@ class BaseTranslator:
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raise :class:`ConfigError` for settings this engine cannot apply (none here)."""
 
+    def tokenizer_for(self, tgt_lang: str | None) -> Tokenizer:
+        """The source tokenizer that translates into ``tgt_lang`` (``None``: the one chosen
+        at load).
+
+        Raises:
+            ConfigError: a language the model does not translate into (names them).
+        """
+        return self.tokenizer if tgt_lang is None else self.targets.tokenizer(tgt_lang)
+
     def translate(
         self,
         lines: Iterable[str],
         decode: DecodeConfig | None = None,
         target_prefixes: Iterable[str] | None = None,
         prefix_source: str = "target prefixes",
+        tgt_lang: str | None = None,
     ) -> Iterator[Translation]:
         """Translate ``lines`` (without newlines), yielding one result per line, in order.
 
@@ -126,24 +160,25 @@ class BaseTranslator:
             target_prefixes: one per line (an empty string = none): each translation starts
                 with it, teacher-forced, and the search continues from there.
             prefix_source: what to call the prefixes in errors (e.g. their file's name).
+            tgt_lang: the target language (default: the one chosen at load).
 
         Raises:
-            InputError: with ``strict``, a line longer than the model allows (line number
-                counted from 1 over all of ``lines``); prefixes not one per line.
-            ConfigError: settings the engine cannot apply.
+            InputError: see :meth:`encode` (line numbers counted from 1 over all of
+                ``lines``); prefixes not one per line.
+            ConfigError: settings the engine cannot apply, or an unknown ``tgt_lang``.
         """
         d = self.options(decode, target_prefixes is not None)
         first = 1
         if target_prefixes is None:
             for chunk in available_chunks(lines, self.chunk_lines):
-                yield from self.translate_chunk(chunk, first, d)
+                yield from self.translate_chunk(chunk, first, d, None, tgt_lang)
                 first += len(chunk)
             return
         for pairs in available_chunks(
             paired(lines, target_prefixes, prefix_source), self.chunk_lines
         ):
             chunk, prefixes = [p[0] for p in pairs], [p[1] for p in pairs]
-            yield from self.translate_chunk(chunk, first, d, prefixes)
+            yield from self.translate_chunk(chunk, first, d, prefixes, tgt_lang)
             first += len(chunk)
 
     def translate_chunk(
@@ -152,23 +187,13 @@ class BaseTranslator:
         first_line: int = 1,
         decode: DecodeConfig | None = None,
         target_prefixes: list[str] | None = None,
+        tgt_lang: str | None = None,
     ) -> list[Translation]:
         """Translate a list of lines held in memory (``first_line``: number of ``lines[0]``);
         arguments as :meth:`translate`."""
         d = self.options(decode, target_prefixes is not None)
-        ids, truncated = self.source_ids(lines, first_line)
-        prefixes = None if target_prefixes is None else self.prefix_ids(target_prefixes, first_line)
-        seeds = None
-        if d.sampling and d.seed is not None:
-            seeds = [sentence_seed(d.seed, first_line + i) for i in range(len(lines))]
-        request = Request(d, prefixes, seeds)
-        empty = Translation(
-            "", 0.0, [("", 0.0)] * d.nbest, False, [] if d.alignment else None, [0.0] * d.nbest
-        )
-        results: list[Translation] = [empty] * len(lines)
-        for rows, hyps_of_rows in self.search_rows(ids, request):
-            for row, hyps in zip(rows, hyps_of_rows, strict=True):
-                results[row] = self.result(lines[row], ids[row], hyps, d, truncated[row])
+        enc = self.encode(lines, d, first_line, target_prefixes, tgt_lang)
+        results = self.results(enc, self.search_encoded(enc, d), d, lines)
         for row, r in enumerate(results):
             if r.failure is not None:
                 warnings.warn(
@@ -178,13 +203,29 @@ class BaseTranslator:
                 )
         return results
 
-    def source_ids(self, lines: list[str], first_line: int) -> tuple[list[list[int]], list[bool]]:
-        """Token ids of ``lines`` cut to the model's limit, and which were cut.
+    def encode(
+        self,
+        lines: list[str],
+        d: DecodeConfig,
+        first_line: int = 1,
+        target_prefixes: list[str] | None = None,
+        tgt_lang: str | None = None,
+    ) -> Encoded:
+        """The one way lines become what the engines search: source ids for ``tgt_lang``
+        (:meth:`tokenizer_for`) with exactly one target tag where the model needs one and
+        none for a line of no text (:func:`nmt.data.multilingual.checked_tags`), cut to the
+        model's limit; target-prefix ids; each line's sampling seed (from ``d.seed`` and its
+        line number, :func:`nmt.decode.sampling.sentence_seed`) when ``d`` samples.
 
         Raises:
-            InputError: with ``strict``, a line longer than the limit (names the line).
+            InputError: with ``strict``, a line longer than the limit; a prefix longer than
+                the model can output; a line with two different target tags or, for a model
+                of several target languages, none (each names the line, counted from
+                ``first_line``).
+            ConfigError: an unknown ``tgt_lang``.
         """
-        ids = self.tokenizer.encode(lines)
+        tokenizer = self.tokenizer_for(tgt_lang)
+        ids = checked_tags(tokenizer.encode(lines), tokenizer, self.targets.tags, first_line)
         too_long = [len(x) > self.max_src_tokens for x in ids]
         if self.strict and any(too_long):
             i = too_long.index(True)
@@ -192,17 +233,108 @@ class BaseTranslator:
                 f"input line {first_line + i} has {len(ids[i])} tokens, the model takes at most "
                 f"{self.max_src_tokens}; shorten it, or drop --strict to cut it with a warning"
             )
-        return [x[: self.max_src_tokens] for x in ids], too_long
+        prefixes = None
+        if target_prefixes is not None:
+            prefixes = self.prefix_ids(target_prefixes, first_line, tokenizer=tokenizer)
+        seeds = None
+        if d.sampling and d.seed is not None:
+            seeds = [sentence_seed(d.seed, first_line + i) for i in range(len(lines))]
+        return Encoded([x[: self.max_src_tokens] for x in ids], too_long, prefixes, seeds)
+
+    def search_encoded(
+        self, enc: Encoded, d: DecodeConfig, live: Callable[[int], bool] | None = None
+    ) -> list[list[Hypothesis]]:
+        """The n-best list of each row of ``enc`` (``[]`` for an empty row or one left out).
+
+        ``live``: with it, a row for which it turns false is left out of the search where
+        the engine allows: before each batch when the engine searches its batches lazily
+        (:attr:`lazy_batches`: the batches stay those it would have made, longest first),
+        else once before the search (``nmt serve`` drops the lines of requests that timed
+        out).
+        """
+        found: list[list[Hypothesis]] = [[] for _ in enc.ids]
+        wanted = [r for r, x in enumerate(enc.ids) if x]
+        while wanted:
+            rows = wanted if live is None else [r for r in wanted if live(r)]
+            if not rows:
+                break
+            sub = Request(
+                d,
+                None if enc.prefixes is None else [enc.prefixes[r] for r in rows],
+                None if enc.seeds is None else [enc.seeds[r] for r in rows],
+            )
+            batches = self.search_rows([enc.ids[r] for r in rows], sub)
+            searched: set[int] = set()
+            for batch, hyps in batches:
+                for r, h in zip(batch, hyps, strict=True):
+                    found[rows[r]] = h
+                    searched.add(rows[r])
+                if live is not None and self.lazy_batches:
+                    break
+            getattr(batches, "close", lambda: None)()  # the generator's next batch is not run
+            if live is None or not self.lazy_batches or not searched:
+                break
+            wanted = [r for r in rows if r not in searched]
+        return found
+
+    def results(
+        self,
+        enc: Encoded,
+        found: list[list[Hypothesis]],
+        d: DecodeConfig,
+        lines: list[str] | None = None,
+        attention: list[bool] | None = None,
+    ) -> list[Translation]:
+        """One :class:`Translation` per row of ``enc`` from its hypotheses (``found``, as
+        :meth:`search_encoded` gives them; an empty list: an empty translation).
+
+        Args:
+            lines: the source lines (needed for ``d.alignment``'s word alignment).
+            attention: rows whose hypotheses get their cross-attention
+                (:meth:`cross_attention`, one batched pass over all of them).
+        """
+        weights = self.hypothesis_attention(enc.ids, found, attention)
+        return [
+            self.result(
+                "" if lines is None else lines[r], enc.ids[r], hyps, d, enc.truncated[r],
+                weights[r],
+            ) if hyps else self.empty_result(d, enc.truncated[r])
+            for r, hyps in enumerate(found)
+        ]  # fmt: skip
+
+    def hypothesis_attention(
+        self, ids: list[list[int]], found: list[list[Hypothesis]], asked: list[bool] | None
+    ) -> list[list[Attention] | None]:
+        """The cross-attention of every hypothesis of the ``asked`` rows (``None`` for the
+        others), in one batched pass (:meth:`cross_attention`)."""
+        if asked is None or not any(asked):
+            return [None for _ in found]
+        pairs = [(r, h.tokens) for r, hyps in enumerate(found) if asked[r] for h in hyps]
+        weights = iter(self.cross_attention([ids[r] for r, _ in pairs], [t for _, t in pairs]))
+        return [
+            [Attention.of(next(weights)) for _ in hyps] if asked[r] else None
+            for r, hyps in enumerate(found)
+        ]
+
+    @staticmethod
+    def empty_result(d: DecodeConfig, truncated: bool = False) -> Translation:
+        """The translation of a line of no text (or one left out): empty, score 0."""
+        alignment = [] if d.alignment else None
+        return Translation("", 0.0, [("", 0.0)] * d.nbest, truncated, alignment, [0.0] * d.nbest)
 
     def prefix_ids(
-        self, prefixes: list[str], first_line: int, what: str = "target prefix"
+        self,
+        prefixes: list[str],
+        first_line: int,
+        what: str = "target prefix",
+        tokenizer: Tokenizer | None = None,
     ) -> list[list[int]]:
         """Token ids of target prefixes or targets (an empty line = ``[]``).
 
         Raises:
             InputError: one longer than the model can output (names the line).
         """
-        ids = self.tokenizer.encode_target(prefixes)
+        ids = (tokenizer or self.tokenizer).encode_target(prefixes)
         for i, x in enumerate(ids):
             if len(x) > self.max_src_tokens:
                 raise InputError(
@@ -218,6 +350,7 @@ class BaseTranslator:
         hyps: list[Hypothesis],
         d: DecodeConfig,
         truncated: bool = False,
+        attention: list[Attention] | None = None,
     ) -> Translation:
         """The :class:`Translation` of one line from its hypotheses (best first); with
         ``d.alignment``, the word alignment from the best one's ``attention``."""
@@ -227,7 +360,7 @@ class BaseTranslator:
             inf = float("-inf")
             nothing = [("", inf)] * d.nbest
             return Translation("", inf, nothing, truncated, [] if d.alignment else None,
-                               [inf] * d.nbest, failure)  # fmt: skip
+                               [inf] * d.nbest, failure, src_ids)  # fmt: skip
         texts = self.tokenizer.decode([h.tokens for h in hyps])
         nbest = [(t, h.score) for t, h in zip(texts, hyps)]
         links = None
@@ -236,7 +369,25 @@ class BaseTranslator:
                 self.tokenizer, line, src_ids, best.tokens, texts[0], best.attention
             )
         normalized = [h.normalized for h in hyps]
-        return Translation(texts[0], best.score, nbest, truncated, links, normalized)
+        tokens = [h.tokens for h in hyps]
+        return Translation(
+            texts[0],
+            best.score,
+            nbest,
+            truncated,
+            links,
+            normalized,
+            None,
+            src_ids,
+            tokens,
+            attention,
+        )
+
+    def pieces(self, ids: list[int], source: bool = False) -> list[str]:
+        """The pieces of target (or ``source``) ``ids`` followed by ``</s>`` (the labels of
+        their attention)."""
+        piece = self.tokenizer.source_piece if source else self.tokenizer.piece
+        return [piece(i) for i in [*ids, self.tokenizer.eos_id]]
 
     def score_targets(
         self,
@@ -270,7 +421,7 @@ class BaseTranslator:
         for pairs in available_chunks(
             paired(lines, targets, target_source, "target"), self.chunk_lines
         ):
-            src_ids, _ = self.source_ids([p[0] for p in pairs], first)
+            src_ids = self.encode([p[0] for p in pairs], d, first).ids
             tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
             scores = [0.0] * len(pairs)
             for rows in self.row_batches(src_ids, list(range(len(pairs))), d):

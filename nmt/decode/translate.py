@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data.multilingual import for_target
+from nmt.data.multilingual import Targets, for_target
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import check_same_vocab, load_tokenizer
@@ -143,8 +143,10 @@ class Translator(BaseTranslator):
         chunk_lines: int = 2000,
         strict: bool = False,
         workers: int = 1,
+        targets: Targets | None = None,
     ):
-        super().__init__(tokenizer, decode, chunk_lines, model.cfg.max_positions, strict)
+        max_positions = model.cfg.max_positions
+        super().__init__(tokenizer, decode, chunk_lines, max_positions, strict, targets)
         self.model = model if isinstance(model, Ensemble) else model.eval()
         first = model.models[0] if isinstance(model, Ensemble) else model
         self.device = next(first.parameters()).device
@@ -152,6 +154,7 @@ class Translator(BaseTranslator):
             cpu_workers(workers) if self.device.type == "cpu" else (1, 0)
         )
         self.pool: ThreadPoolExecutor | None = None
+        self.lazy_batches = self.workers == 1  # searched one batch at a time, when asked
 
     @classmethod
     def load(
@@ -179,8 +182,10 @@ class Translator(BaseTranslator):
                 oneDNN on CPU).
             workers: see :class:`Translator` (default: one per CPU thread).
             ensemble_weights: one per folder (default: equal, summing to 1).
-            tgt_lang: the target language of a multilingual model (tagged sources,
-                :func:`nmt.data.multilingual.for_target`); may be left out when it has one.
+            tgt_lang: the target language of a multilingual model or a multi-target Marian
+                import (tagged sources, :func:`nmt.data.multilingual.for_target`): the one
+                of a call that names none; left out for a model of several, each line
+                carries its tag (or each call names its language).
 
         Raises:
             CheckpointError: a file is missing or of another format version.
@@ -198,15 +203,17 @@ class Translator(BaseTranslator):
         models = [for_inference(model, dtype, quantize, onednn) for model, _ in loaded]
         config = loaded[0][1]
         pairs = config.get("pairs") or []
-        tokenizer = for_target(load_tokenizer(folders[0]), pairs, tgt_lang, config.get("tgt_lang"))
+        base, model_tgt = load_tokenizer(folders[0]), config.get("tgt_lang")
+        tokenizer = for_target(base, pairs, tgt_lang, model_tgt)
+        targets = Targets(base, pairs, config.get("src_lang"), model_tgt)
         check_same_vocab(
             [Path(f) for f in folders], "the models of an ensemble need one vocabulary"
         )
         if len(models) == 1 and ensemble_weights is None:
-            return cls(models[0], tokenizer, decode, chunk_lines, strict, workers)
+            return cls(models[0], tokenizer, decode, chunk_lines, strict, workers, targets)
         n = len(models)
         ensemble = Ensemble(models, list(ensemble_weights or [1.0 / n] * n))
-        return cls(ensemble, tokenizer, decode, chunk_lines, strict, workers)
+        return cls(ensemble, tokenizer, decode, chunk_lines, strict, workers, targets)
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raises :class:`ConfigError` for an alignment layer the model does not have."""

@@ -54,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from nmt import __version__
 from nmt.decode.attention import Attention
+from nmt.decode.engine import Translation
 from nmt.serve import work as work_limits
 from nmt.serve.auth import check_api_key, presented_key
 from nmt.serve.body import LIBRETRANSLATE_ROUTES, BodyLimit
@@ -61,7 +62,7 @@ from nmt.serve.config import ServeConfig
 from nmt.serve.context import RequestContext
 from nmt.serve.errors import STATUS_CODES, ApiError, error_response, validation_message
 from nmt.serve.metrics import Metrics
-from nmt.serve.registry import LineResult, ServedModel
+from nmt.serve.registry import ServedModel
 from nmt.serve.schema import (
     AttentionOut,
     ErrorResponse,
@@ -93,20 +94,22 @@ def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) 
     )
 
 
-def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
+def translation_out(r: Translation, req: TranslateRequest, model: ServedModel) -> TranslationOut:
     """One line's JSON: text, and what the request asked for."""
-    if not r.hyps:  # an empty line: an empty output, also as its one n-best entry
-        empty = [HypothesisOut(text="", score=0.0)] if req.nbest > 1 else None
-        return TranslationOut(text="", score=0.0 if req.return_scores else None, nbest=empty)
+    if not r.tokens:  # an empty line, or one whose search found nothing: an empty output
+        empty = [HypothesisOut(text="", score=0.0)] if req.nbest > 1 and not r.failure else None
+        score = 0.0 if req.return_scores and not r.failure else None
+        return TranslationOut(text="", score=score, nbest=empty, failure=r.failure)
+    src_pieces = model.translator.pieces(r.src_tokens, source=True)
     hyps = []
-    for h in r.hyps:
-        att = h.attention
+    for i, ((text, score), tokens) in enumerate(zip(r.nbest, r.tokens)):
+        att = None if r.attention is None else r.attention[i]
         hyps.append(
             HypothesisOut(
-                text=h.text,
-                score=h.score,
+                text=text,
+                score=score,
                 alignment=att.pharaoh() if att and req.return_alignment else None,
-                attention=attention_out(att, r.src_pieces, h.pieces)
+                attention=attention_out(att, src_pieces, model.translator.pieces(tokens))
                 if att and req.return_attention
                 else None,
             )
@@ -267,15 +270,13 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
             req.return_attention,
         )
         if req.return_attention:  # the parts of a split request were checked each alone
-            values = sum(
-                h.attention.weights.numel() for r in results for h in r.hyps if h.attention
-            )
+            values = sum(a.weights.numel() for r in results for a in r.attention or [])
             try:
                 check_attention_size(values, work_limits.MAX_ATTENTION_VALUES)
             except AttentionTooLargeError as exc:
                 raise ApiError(413, "too_much_attention", str(exc)) from None
         return TranslateResponse(
-            translations=[translation_out(r, req) for r in results],
+            translations=[translation_out(r, req, model) for r in results],
             model=model.id,
             time_ms=round((time.perf_counter() - start) * 1000, 3),
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nmt.config import DecodeConfig
@@ -127,3 +127,21 @@ class DecodeOptions:
     def sampling(self) -> bool:
         """Whether these options sample instead of searching (top-k other than 1)."""
         return self.sampling_topk != 1
+
+    def config(self, base: DecodeConfig, seed: int | None = None) -> DecodeConfig:
+        """``base`` (the served model's settings) searched with these options and sampling
+        ``seed``; a new value per call, never a copy of the engine kept per options.
+
+        Raises:
+            ConfigError: options that do not go together (``nbest`` above ``beam_size``).
+        """
+        return replace(
+            base,
+            beam_size=self.beam_size,
+            nbest=self.nbest,
+            length_penalty=self.length_penalty,
+            sampling_topk=self.sampling_topk,
+            sampling_topp=self.sampling_topp,
+            sampling_temperature=self.sampling_temperature,
+            seed=seed,
+        )

@@ -31,10 +31,11 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from nmt.decode.engine import Translation
 from nmt.serve.auth import check_api_key, presented_key
 from nmt.serve.config import DecodeOptions
 from nmt.serve.errors import ApiError, internal_message, request_id
-from nmt.serve.registry import LineResult, ServedModel
+from nmt.serve.registry import ServedModel
 from nmt.serve.schema import MAX_BEAM, Language, LibreTranslateError, LibreTranslateResponse
 from nmt.serve.service import Service
 
@@ -155,20 +156,20 @@ def decode_options(fields: dict[str, Any]) -> tuple[DecodeOptions, int]:
     return DecodeOptions(beam_size=max(default.beam_size, n + 1), nbest=n + 1), n
 
 
-def joined_texts(results: list[LineResult], split: list[list[str]], rank: int) -> list[str]:
+def joined_texts(results: list[Translation], split: list[list[str]], rank: int) -> list[str]:
     """Each text's lines joined back, from each line's ``rank``-th hypothesis (its best when
     it has fewer)."""
     out, start = [], 0
     for parts in split:
         lines = results[start : start + len(parts)]
         out.append(
-            "\n".join(r.hyps[min(rank, len(r.hyps) - 1)].text if r.hyps else "" for r in lines)
+            "\n".join(r.nbest[min(rank, len(r.nbest) - 1)][0] if r.nbest else r.text for r in lines)
         )
         start += len(parts)
     return out
 
 
-def alternatives_of(results: list[LineResult], split: list[list[str]], n: int) -> list[list[str]]:
+def alternatives_of(results: list[Translation], split: list[list[str]], n: int) -> list[list[str]]:
     """Up to ``n`` alternatives of each text: the texts made of the lines' 2nd, 3rd...
     hypotheses, without repeats (pieces that detokenize alike) or the translation itself."""
     ranked = [joined_texts(results, split, rank) for rank in range(n + 1)]

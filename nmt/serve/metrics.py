@@ -25,8 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from nmt.decode.engine import Translation
 from nmt.serve.batcher import Observe
-from nmt.serve.registry import LineResult, ServedModel
+from nmt.serve.registry import ServedModel
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 LINE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -109,11 +110,11 @@ class Metrics:
 
         return observe
 
-    def translated(self, model_id: str, results: list[LineResult]) -> None:
+    def translated(self, model_id: str, results: list[Translation]) -> None:
         """Count the lines of one answered request and the pieces of their best outputs."""
         self.lines.labels(model_id).inc(len(results))
-        src = sum(len(r.src_pieces) - 1 for r in results if r.hyps)
-        tgt = sum(len(r.hyps[0].pieces) - 1 for r in results if r.hyps)
+        src = sum(len(r.src_tokens) for r in results if r.tokens)
+        tgt = sum(len(r.tokens[0]) for r in results if r.tokens)
         self.tokens.labels(model_id, "src").inc(src)
         self.tokens.labels(model_id, "tgt").inc(tgt)
 

@@ -5,7 +5,9 @@ serves several side by side. (In ``nmt translate`` a repeated ``-m`` means an en
 ``ID=`` form keeps the two apart.) Each model's requests go through its own
 :class:`~nmt.serve.batcher.Batcher`, keyed by the decoding options, so that only requests asking for
 the same search share a batch; the batches run on worker threads shared by all models, as
-``nmt translate --workers`` runs them (:func:`nmt.decode.translate.cpu_workers`).
+``nmt translate --workers`` runs them (:func:`nmt.decode.translate.cpu_workers`). A request's
+lines are encoded, searched and turned into results by the engine's own functions
+(:class:`nmt.decode.engine.BaseTranslator`), as ``nmt translate``'s are.
 
 This module is torch-side and HTTP-free; :mod:`nmt.serve.app` turns its results into JSON. The
 server's limits and a request's decoding options are in :mod:`nmt.serve.config`.
@@ -13,34 +15,23 @@ server's limits and a request's decoding options are in :mod:`nmt.serve.config`.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nmt.config import DecodeConfig
-from nmt.data.multilingual import (
-    TaggedTokenizer,
-    for_target,
-    marian_target_langs,
-    split_pair,
-    target_langs,
-)
-from nmt.data.tokenizer import Tokenizer
-from nmt.decode.attention import Attention
 from nmt.decode.ct2 import CT2Translator
 from nmt.decode.ct2_folder import CT2_WEIGHTS, is_ctranslate2_dir, read_export_info
-from nmt.decode.engine import Request
+from nmt.decode.engine import Encoded, Translation
 from nmt.decode.loading import load_translator
-from nmt.decode.sampling import fresh_seed, sentence_seed
 from nmt.decode.search import Hypothesis
 from nmt.decode.translate import BaseTranslator, Translator, cpu_workers, worker_pool
-from nmt.errors import ConfigError, InputError
+from nmt.errors import ConfigError
 from nmt.model.checkpoint import WEIGHTS_FILE, read_config
 from nmt.model.transformer import Transformer
 from nmt.serve.batcher import Batcher
@@ -58,28 +49,6 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHAPE_KEYS = ("d_model", "n_heads", "ffn_dim", "n_encoder_layers", "n_decoder_layers", "vocab_size")
 
 
-@dataclass(frozen=True)
-class Hyp:
-    """One output hypothesis: detokenized ``text``, ``score`` (log-probability, natural log,
-    EOS included), its target ``pieces`` and, when asked for, its :class:`Attention`."""
-
-    text: str
-    score: float
-    pieces: list[str]
-    attention: Attention | None = None
-
-
-@dataclass(frozen=True)
-class LineResult:
-    """The result for one source line: its ``src_pieces`` (as searched, after any cut),
-    the hypotheses best first (one unless ``nbest`` > 1; none for an empty line), and
-    whether the line was cut to the model's length limit."""
-
-    src_pieces: list[str]
-    hyps: list[Hyp]
-    truncated: bool
-
-
 @dataclass
 class ServedModel:
     """A loaded model under its id.
@@ -90,12 +59,10 @@ class ServedModel:
             multilingual model's are comma-separated lists).
         shape: the model's size (``d_model``, ``n_heads``, layers, ``vocab_size``...).
         sha256: hex digest of the weights file.
-        translator: the loaded translator (its own decode settings unused).
-        pairs: the directions it translates, ``(src, tgt)``.
-        tokenizers: the source tokenizer of each target language (a multilingual model's
-            tag it with ``<2tgt>``, :mod:`nmt.data.multilingual`); every request chooses one.
-        default_tgt: the target language of a request that names none: the model's only
-            one, or a Marian import's own (its plain input); ``None`` when it has several.
+        translator: the loaded engine; every request is encoded, searched and turned into
+            :class:`~nmt.decode.engine.Translation` objects by it, with its own options.
+        pairs: the directions it translates, ``(src, tgt)``
+            (:attr:`nmt.data.multilingual.Targets.directions`).
     """
 
     id: str
@@ -107,73 +74,43 @@ class ServedModel:
     sha256: str
     translator: BaseTranslator
     pairs: list[tuple[str, str]] = field(default_factory=list)
-    tokenizers: dict[str, Tokenizer] = field(default_factory=dict)
-    default_tgt: str | None = None
     batcher: Batcher | None = None
     dropped_lines: int = 0  # lines left out of a running batch: their request had timed out
-    _per_options: dict[Hashable, BaseTranslator] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def tokenizer_for(self, tgt_lang: str | None) -> Tokenizer:
-        """The source tokenizer that translates into ``tgt_lang``, or into ``default_tgt``
-        when none is named.
+    def decode_config(self, options: DecodeOptions, seed: int | None = None) -> DecodeConfig:
+        """The engine's settings searched with a request's ``options`` (and sampling
+        ``seed``), validated by the engine (:meth:`~nmt.decode.engine.BaseTranslator.options`,
+        the one check of every caller); sampling without a seed gets a fresh one.
 
         Raises:
-            ConfigError: no ``tgt_lang`` for a model of several target languages, or one not
-                of the model's (the message names the field and the choices).
+            ConfigError: settings the engine or model cannot apply, naming them.
         """
-        lang = tgt_lang or self.default_tgt
-        choices = ", ".join(self.tokenizers)
-        if lang is None:
-            raise ConfigError(
-                f"tgt_lang: model {self.id!r} translates into {choices}; choose one with tgt_lang"
-            )
-        if lang not in self.tokenizers:
-            raise ConfigError(
-                f"tgt_lang: model {self.id!r} translates into {choices}, not {lang!r}"
-            )
-        return self.tokenizers[lang]
+        return self.translator.options(options.config(self.translator.decode, seed))
 
     def encode(
         self,
         lines: list[str],
+        d: DecodeConfig,
         prefixes: list[str] | None = None,
-        seed: int | None = None,
-        sampling: bool = False,
         tgt_lang: str | None = None,
         attention: bool = False,
     ) -> Work:
-        """Tokenize ``lines`` for ``tgt_lang`` (:meth:`tokenizer_for`) and their target
-        ``prefixes`` (``""`` = none); sources longer than the model allows are cut (and
-        marked). When ``sampling``, each line gets its own seed from ``seed`` (a fresh one
-        when ``None``) and its 1-based line number, as ``nmt translate --seed`` gives it.
+        """A request's lines as the batcher takes them, encoded by the engine's one function
+        (:meth:`nmt.decode.engine.BaseTranslator.encode`: tags, cut, empty lines, prefixes,
+        per-line seeds from ``d.seed``, as ``nmt translate --seed`` gives them).
         ``attention``: the results carry each output's cross-attention.
 
         Raises:
-            ConfigError: see :meth:`tokenizer_for`.
-            InputError: a prefix longer than the model can output (names ``prefix[i]``).
+            ConfigError / InputError: see the engine's ``encode`` (a target language the
+                model lacks, a line without the tag the model needs, a prefix too long).
         """
-        tokenizer = self.tokenizer_for(tgt_lang)
-        ids = tokenizer.encode(lines)
-        limit = self.translator.max_src_tokens
-        prefix_ids = None
         if prefixes is not None:
-            prefix_ids = [tokenizer.encode_target([p])[0] if p else [] for p in prefixes]
-            for i, x in enumerate(prefix_ids):
-                if len(x) > limit:  # the search could not force it (nmt translate refuses it too)
-                    raise InputError(
-                        f"prefix[{i}]: {len(x)} tokens; the model outputs at most {limit}; "
-                        "shorten it"
-                    )
-        seeds = None
-        if sampling:
-            base = fresh_seed() if seed is None else seed
-            seeds = [sentence_seed(base, line) for line in range(1, len(lines) + 1)]
-        return Work(
-            [x[:limit] for x in ids], [len(x) > limit for x in ids], attention, prefix_ids, seeds
-        )
+            self.translator.check_options(d, prefixes=True)
+        enc = self.translator.encode(lines, d, 1, prefixes, tgt_lang)
+        return Work(enc.ids, enc.truncated, attention, enc.prefixes, enc.seeds)
 
-    def submit(self, work: Work, options: DecodeOptions) -> Future[list[LineResult]]:
+    def submit(self, work: Work, options: DecodeOptions) -> Future[list[Translation]]:
         """Queue ``work`` for the dynamic batcher; the future gets one result per line.
 
         A request of at least :data:`SPLIT_LINES` lines per worker is queued as one part per
@@ -192,67 +129,42 @@ class ServedModel:
         jobs = [(p, work_tokens(p), len(p.ids)) for p in parts]
         return joined(self.batcher.submit_many(options, jobs))
 
-    def translator_for(self, options: DecodeOptions) -> BaseTranslator:
-        """A translator sharing the loaded model but searching with ``options``.
-
-        Raises:
-            ConfigError: invalid options (e.g. ``nbest`` above ``beam_size``), naming them.
-        """
-        if options not in self._per_options:
-            decode = DecodeConfig(
-                beam_size=options.beam_size,
-                nbest=options.nbest,
-                length_penalty=options.length_penalty,
-                sampling_topk=options.sampling_topk,
-                sampling_topp=options.sampling_topp,
-                sampling_temperature=options.sampling_temperature,
-                batch_tokens=self.translator.decode.batch_tokens,
-            )
-            self.translator.check_options(decode, prefixes=False)
-            translator = copy.copy(self.translator)
-            translator.decode = decode
-            self._per_options[options] = translator
-        return self._per_options[options]
-
     def run(self, options: Hashable, works: list[Work]) -> list[Any]:
-        """Search the lines of several requests as one batch (on a worker thread): one list
-        of :class:`LineResult` per work, or the exception that fails that work alone
-        (:class:`~nmt.serve.work.AttentionTooLargeError`, ``CancelledError`` for a work whose
-        request timed out).
+        """Search the lines of several requests as one batch (on a worker thread), through
+        the engine (:meth:`~nmt.decode.engine.BaseTranslator.search_encoded` and
+        :meth:`~nmt.decode.engine.BaseTranslator.results`): one list of
+        :class:`~nmt.decode.engine.Translation` per work, or the exception that fails that
+        work alone (:class:`~nmt.serve.work.AttentionTooLargeError`, ``CancelledError`` for
+        a work whose request timed out).
 
         The lines of a work cancelled meanwhile (:attr:`Work.cancelled`) are left out of the
-        search where the engine allows (:meth:`search_live`), and its attention is not
-        computed. The attention's size is checked from the hypotheses' lengths before it is
-        computed.
+        search where the engine allows, and its attention is not computed. The attention's
+        size is checked from the hypotheses' lengths before it is computed.
         """
         assert isinstance(options, DecodeOptions)
-        translator = self.translator_for(options)
+        d = options.config(self.translator.decode)  # validated when the request came in
         owner = [w for w in works for _ in w.ids]
-        ids = [x for w in works for x in w.ids]
         prefixes = None
         if any(w.prefixes is not None for w in works):
             prefixes = [p for w in works for p in (w.prefixes or [[] for _ in w.ids])]
         seeds = [x for w in works for x in (w.seeds or [])] if options.sampling else None
-        request = Request(translator.decode, prefixes, seeds)
-        found: list[list[Hypothesis]] = [[] for _ in ids]
-        for rows, hyps in self.search_live(translator, ids, request, owner):
-            for row, h in zip(rows, hyps, strict=True):
-                found[row] = [] if h[0].failure else h  # no output: answered as an empty line
+        enc = Encoded([x for w in works for x in w.ids], [t for w in works for t in w.truncated],
+                      prefixes, seeds)  # fmt: skip
+        found = self.translator.search_encoded(enc, d, lambda r: not owner[r].cancelled.is_set())
+        self.count_dropped(sum(1 for x, h in zip(enc.ids, found) if x and not h))
         spans, start = [], 0
         for w in works:
             spans.append((start, start + len(w.ids)))
             start += len(w.ids)
         failures = [self.work_failure(w, found[a:b]) for w, (a, b) in zip(works, spans)]
         asked = [w.attention and f is None for w, f in zip(works, failures)]
-        attention = self.attention(works, found, asked)
-        results: list[Any] = []
-        for w, (a, b), failure in zip(works, spans, failures):
-            if failure is not None:
-                results.append(failure)
-                continue
-            lines = zip(w.ids, w.truncated, found[a:b], attention[a:b])
-            results.append([self.line_result(*line) for line in lines])
-        return results
+        translations = self.translator.results(
+            enc, found, d, attention=[a for w, a in zip(works, asked) for _ in w.ids]
+        )
+        return [
+            failure if failure is not None else translations[a:b]
+            for failure, (a, b) in zip(failures, spans)
+        ]
 
     def work_failure(self, w: Work, found: list[list[Hypothesis]]) -> Exception | None:
         """What fails ``w`` alone: ``CancelledError`` once its request timed out, or the
@@ -267,25 +179,6 @@ class ServedModel:
                 return exc
         return None
 
-    def attention(
-        self, works: list[Work], found: list[list[Hypothesis]], asked: list[bool]
-    ) -> list[list[Attention] | None]:
-        """The cross-attention of every hypothesis of the lines of the works that ask for it
-        (``asked``, one flag per work; ``None`` for the other lines), in one batched pass over
-        the batch's outputs (:meth:`nmt.decode.engine.BaseTranslator.cross_attention`)."""
-        wanted = [a for w, a in zip(works, asked) for _ in w.ids]
-        ids = [x for w in works for x in w.ids]
-        pairs = [(r, h.tokens) for r, hyps in enumerate(found) if wanted[r] for h in hyps]
-        if not pairs:
-            return [None for _ in found]
-        weights = iter(
-            self.translator.cross_attention([ids[r] for r, _ in pairs], [t for _, t in pairs])
-        )
-        return [
-            [Attention.of(next(weights)) for _ in hyps] if wanted[r] else None
-            for r, hyps in enumerate(found)
-        ]
-
     def attention_values(self, ids: list[list[int]], found: list[list[Hypothesis]]) -> int:
         """How many weights the attention of these hypotheses holds: layers × heads × (target
         + EOS) × (source + EOS) each, as :func:`cross_attention` returns them."""
@@ -299,67 +192,10 @@ class ServedModel:
             for h in hyps
         )
 
-    def search_live(
-        self, translator: BaseTranslator, ids: list[list[int]], request: Request, owner: list[Work]
-    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
-        """``translator.search_rows`` over the rows whose work (``owner[row]``) is not
-        cancelled; yields ``(rows, hypotheses)`` with rows indexing ``ids``.
-
-        The torch engine, loaded with one worker, searches its length batches one at a time
-        on this thread: before each, the rows of works cancelled meanwhile are left out (the
-        engine is asked again for the rows still wanted, and only its next batch is run; the
-        batches stay those it would have made, longest first). CTranslate2 queues all its
-        batches at once, so its rows are chosen once, before the search.
-        """
-        one_at_a_time = isinstance(translator, Translator) and translator.workers == 1
-        wanted = [r for r, x in enumerate(ids) if x]  # empty lines are not searched
-        while wanted:
-            live = [r for r in wanted if not owner[r].cancelled.is_set()]
-            self.count_dropped(len(wanted) - len(live))
-            if not live:
-                return
-            sub = Request(
-                request.decode,
-                None if request.prefixes is None else [request.prefixes[r] for r in live],
-                None if request.seeds is None else [request.seeds[r] for r in live],
-            )
-            batches = translator.search_rows([ids[r] for r in live], sub)
-            searched: set[int] = set()
-            for rows, hyps in batches:
-                searched.update(live[r] for r in rows)
-                yield [live[r] for r in rows], hyps
-                if one_at_a_time:
-                    break
-            getattr(batches, "close", lambda: None)()  # the generator's next batch is not run
-            if not one_at_a_time or not searched:
-                return
-            wanted = [r for r in live if r not in searched]
-
     def count_dropped(self, lines: int) -> None:
         if lines:
             with self._lock:
                 self.dropped_lines += lines
-
-    def line_result(
-        self,
-        src_ids: list[int],
-        truncated: bool,
-        hyps: list[Hypothesis],
-        attention: list[Attention] | None,
-    ) -> LineResult:
-        texts = self.translator.tokenizer.decode([h.tokens for h in hyps])
-        out = [
-            Hyp(text, h.score, self.pieces(h.tokens), None if attention is None else attention[i])
-            for i, (text, h) in enumerate(zip(texts, hyps))
-        ]
-        return LineResult(self.pieces(src_ids, source=True), out, truncated)
-
-    def pieces(self, ids: list[int], source: bool = False) -> list[str]:
-        """SentencePiece pieces of target (or ``source``) ``ids`` followed by ``</s>`` (the
-        attention's labels)."""
-        tokenizer = self.translator.tokenizer
-        piece = tokenizer.source_piece if source else tokenizer.piece
-        return [piece(i) for i in [*ids, tokenizer.eos_id]]
 
 
 def parse_model_specs(specs: list[str]) -> list[tuple[str, Path]]:
@@ -400,8 +236,9 @@ def load_model_entry(
     model_id: str, folder: Path, engine: str, device: str, batch_tokens: int, workers: int = 0
 ) -> ServedModel:
     """Load one model folder (torch or CTranslate2) for serving; a multilingual model
-    serves all its pairs, each request choosing its target language, and an imported
-    multi-target Marian model its ``>>lang<<`` tags besides its plain input.
+    serves all its pairs, and an imported multi-target Marian model its ``>>lang<<`` tags'
+    languages, each request choosing its target language
+    (:class:`nmt.data.multilingual.Targets`).
 
     ``workers`` is the server's (``nmt serve --workers``, 0 = one per CPU thread): a
     CTranslate2 model runs that many batches at once (its ``inter_threads``), one per worker
@@ -414,43 +251,18 @@ def load_model_entry(
     """
     decode = DecodeConfig(batch_tokens=batch_tokens)
     exported = engine != "torch" and is_ctranslate2_dir(folder)
-    pairs = list((read_export_info(folder) if exported else read_config(folder)).get("pairs") or [])
-    langs = target_langs(pairs)
-    first = langs[0] if len(langs) > 1 else None  # each request chooses (tokenizers)
-    translator = load_translator(
-        folder, decode, engine, device, workers=workers if exported else 1, tgt_lang=first
-    )
+    translator = load_translator(folder, decode, engine, device, workers=workers if exported else 1)
     if isinstance(translator, CT2Translator):
         info, weights, name = read_export_info(folder), folder / CT2_WEIGHTS, "ctranslate2"
     else:
         info, weights, name = read_config(folder), folder / WEIGHTS_FILE, "torch"
     shape = {k: info["model"][k] for k in SHAPE_KEYS if k in info["model"]}
-    src_lang, tgt_lang = str(info.get("src_lang")), str(info.get("tgt_lang"))
-    tokenizer = translator.tokenizer
-    directions, tokenizers = [(src_lang, tgt_lang)], {tgt_lang: tokenizer}
-    default: str | None = tgt_lang
-    if pairs:
-        default = langs[0] if len(langs) == 1 else None
-        base = tokenizer.base if isinstance(tokenizer, TaggedTokenizer) else tokenizer
-        directions = [split_pair(p) for p in pairs]
-        tokenizers = {lang: for_target(base, pairs, lang) for lang in langs}
-    for lang in marian_target_langs(tokenizer):  # a multi-target Marian import
-        if lang not in tokenizers:
-            directions.append((src_lang, lang))
-            tokenizers[lang] = for_target(tokenizer, [], lang)
+    directions = translator.targets.directions
+    src_lang, tgt_lang = (",".join(dict.fromkeys(d[i] for d in directions)) for i in (0, 1))
     return ServedModel(
-        model_id,
-        folder,
-        name,
-        src_lang,
-        tgt_lang,
-        shape,
-        file_sha256(weights),
-        translator,
+        model_id, folder, name, src_lang, tgt_lang, shape, file_sha256(weights), translator,
         directions,
-        tokenizers,
-        default,
-    )
+    )  # fmt: skip
 
 
 def load_models(

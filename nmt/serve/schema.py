@@ -152,6 +152,10 @@ class TranslationOut(BaseModel):
     truncated: bool | None = Field(
         default=None, description="True when the line was cut to the limit."
     )
+    failure: str | None = Field(
+        default=None,
+        description="Why a non-empty line has no translation (its search found no output).",
+    )
 
 
 class TranslateResponse(BaseModel):

@@ -9,13 +9,14 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from nmt.decode.engine import Translation
 from nmt.errors import NMTError
 from nmt.serve import work as work_limits
 from nmt.serve.batcher import BatcherClosedError, QueueFullError
 from nmt.serve.config import DecodeOptions, ServeConfig
 from nmt.serve.errors import ApiError, internal_message, request_id
 from nmt.serve.metrics import Metrics
-from nmt.serve.registry import LineResult, ServedModel
+from nmt.serve.registry import ServedModel
 from nmt.serve.work import AttentionTooLargeError
 
 RETRY_AFTER_S = 1  # what a 503 asks a client to wait: queued lines go in about that time
@@ -98,7 +99,7 @@ class Service:
         seed: int | None = None,
         tgt_lang: str | None = None,
         return_attention: bool = False,
-    ) -> list[LineResult]:
+    ) -> list[Translation]:
         """Translate through the model's batcher into ``tgt_lang``, within ``timeout_s``.
         ``attention``: compute each output's attention; ``return_attention``: the answer
         carries it, so its size is checked (before it is computed).
@@ -112,9 +113,7 @@ class Service:
                 500 an internal error (logged with its traceback and the request id).
         """
         try:
-            translator = model.translator_for(options)  # validates them before queueing
-            if prefixes is not None:
-                translator.check_options(translator.decode, prefixes=True)
+            d = model.decode_config(options, seed)  # validated once, before queueing
         except NMTError as exc:
             raise ApiError(422, "invalid_field", str(exc)) from None
         if prefixes is not None and len(prefixes) != len(lines):
@@ -125,7 +124,7 @@ class Service:
                 "line ('' = none)",
             )
         try:
-            work = model.encode(lines, prefixes, seed, options.sampling, tgt_lang, attention)
+            work = model.encode(lines, d, prefixes, tgt_lang, attention)
         except NMTError as exc:
             raise ApiError(422, "invalid_field", str(exc)) from None
         if return_attention:
