@@ -572,6 +572,21 @@ def test_target_tags_of_a_line_and_of_tgt_lang_are_one(
     assert "--tgt-lang" in message and "deu, fra" in message, message
 
 
+def test_language_codes_of_an_import_without_them(tmp_path: Path) -> None:
+    """tokenizer_config.json without source_lang/target_lang: the codes of the OPUS-MT name
+    (the hub's, or the folder's), else "und", never None."""
+    from nmt.data.multilingual import Targets
+    from nmt.interop.import_marian import model_langs
+
+    assert model_langs({}, "Helsinki-NLP/opus-mt-en-ROMANCE") == ("en", "ROMANCE")
+    assert model_langs({}, None, "models--Helsinki-NLP--opus-mt-de-en") == ("de", "en")
+    assert model_langs({"source_lang": "fr"}, "opus-mt-de-en") == ("fr", "en")
+    assert model_langs({}, None, "my-model") == (None, None)
+    spm = tmp_path / "spm.model"
+    train_tokenizer(["ein hund", "a dog"] * 50, spm, 30)
+    assert Targets(load_tokenizer(spm), [], None, None).directions == [("und", "und")]
+
+
 def test_fine_tuning_an_imported_model_is_refused_saying_so(
     imported: Path, tmp_path: Path, pairs: tuple[list[str], list[str]]
 ) -> None:

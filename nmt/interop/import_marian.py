@@ -25,6 +25,7 @@ become the norms of the self-attention, cross-attention and feed-forward blocks.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -198,6 +199,21 @@ def check_tokenizer_config(path: Path) -> dict[str, Any]:
     return config
 
 
+LANG = r"([A-Za-z]+(?:_[A-Za-z]+)?)"  # de, ROMANCE, zh_CN
+OPUS_MT_NAME = re.compile(rf"opus-mt-(?:tc-[a-z]+-)?{LANG}-{LANG}$")
+
+
+def model_langs(tok_config: dict[str, Any], *names: str | None) -> tuple[str | None, str | None]:
+    """The source and target language of an imported model: ``tokenizer_config.json``'s
+    ``source_lang`` / ``target_lang``, else those of an OPUS-MT name among ``names``
+    (``Helsinki-NLP/opus-mt-de-en``, a hub cache folder ``models--Helsinki-NLP--opus-mt-de-en``);
+    ``None`` when neither says."""
+    found = [OPUS_MT_NAME.search(n) for n in names if n]
+    match = next((m for m in found if m is not None), None)
+    src, tgt = tok_config.get("source_lang"), tok_config.get("target_lang")
+    return src or (match and match.group(1)), tgt or (match and match.group(2))
+
+
 def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     """The tensors of ``model.safetensors``, else of ``pytorch_model.bin`` (loaded with
     ``weights_only=True``: no code runs), with a ``model.`` prefix removed.
@@ -318,6 +334,8 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, force: bool = False) 
     if wrong:
         raise CheckpointError(f"{src}: tensors of other shapes than config.json says: {wrong[:5]}")
     model.load_state_dict(state)
+    name = hf_config.get("_name_or_path")
+    langs = model_langs(tok_config, name if isinstance(name, str) else None, Path(hf_dir).name)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir(parents=True)
     try:
@@ -328,8 +346,8 @@ def import_marian(hf_dir: str | Path, out_dir: str | Path, force: bool = False) 
             tmp / ckpt.CONFIG_FILE,
             {
                 "format_version": ckpt.FORMAT_VERSION,
-                "src_lang": tok_config.get("source_lang"),
-                "tgt_lang": tok_config.get("target_lang"),
+                "src_lang": langs[0],
+                "tgt_lang": langs[1],
                 "model": to_dict(cfg),
                 "imported_from": {
                     "format": "marian",
