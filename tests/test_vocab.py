@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from agreement import SCORE_TOL, assert_scores_agree, teacher_forced_log_probs
+from agreement import (
+    SCORE_TOL,
+    assert_float32_agree,
+    assert_scores_agree,
+    record_hypotheses,
+    teacher_forced_log_probs,
+)
 from serve_client import serving
 from typer.testing import CliRunner
 
@@ -206,6 +212,44 @@ def test_ctranslate2_export_has_both_vocabularies(
         list(engine.score_targets(*pairs)),
         list(torch_engine.score_targets(*pairs)),
     )
+
+
+@pytest.mark.kernels
+def test_ctranslate2_outputs_no_special_piece_where_torch_masks_it(
+    separate_run: Path, tmp_path: Path, multi30k
+) -> None:
+    """Greedy, --max-len-a 0 --max-len-b 20, on lines the model never saw: CTranslate2 alone
+    emitted <s> (hypotheses starting "<s> <s>") where our search masks PAD and BOS. Both
+    engines now apply that constraint: no output holds them, and both agree
+    (``agreement.py``: the same tokens with the same scores, or a first difference at a
+    float32 near-tie)."""
+    import ctranslate2 as ct2
+
+    from nmt.decode.ct2 import CT2Translator
+    from nmt.interop.export import export_ctranslate2
+
+    exported = export_ctranslate2(separate_run, tmp_path / "ct2")
+    tokenizer = load_tokenizer(separate_run)
+    lines = cyrillic(multi30k("test_2016_flickr", "de", 48))
+    specials = {tokenizer.pad_id, tokenizer.bos_id}
+    unconstrained = ct2.Translator(str(exported), device="cpu").translate_batch(
+        [[tokenizer.source_piece(i) for i in x] for x in tokenizer.encode(lines)],
+        beam_size=1,
+        max_decoding_length=20,
+    )
+    special_pieces = {tokenizer.piece(i) for i in specials}
+    assert any(special_pieces & set(r.hypotheses[0]) for r in unconstrained)  # the case arises
+    decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=20)
+    engines = (
+        CT2Translator.load(exported, decode, device="cpu"),
+        Translator.load(separate_run, decode, device="cpu"),
+    )
+    theirs, mine = (record_hypotheses(engine) for engine in engines)
+    for engine in engines:
+        assert len(list(engine.translate(lines))) == len(lines)
+    assert not any(specials & set(h.tokens) for hyps in theirs.values() for h in hyps)
+    limits = dict(zip(mine, engines[0].limits([len(s) for s in mine])))
+    assert_float32_agree(load_model(separate_run)[0], 1, mine, theirs, limits)
 
 
 def test_fine_tuning_keeps_the_separate_vocabularies(

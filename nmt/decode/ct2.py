@@ -39,9 +39,17 @@ How our search maps onto ``Translator.translate_batch``:
   sentence that reaches its length limit with fewer places left than candidates on the last
   step, CTranslate2 keeps the best-scored of those candidates, while we keep the ones ending with
   EOS first (CTranslate2 counts them as long as the ones it cuts there, which we end one step
-  later); and our search never outputs PAD or BOS (:func:`nmt.decode.search.mask_specials`)
-  while CTranslate2 may (``suppress_sequences`` would renormalize the scores and break the
-  agreement above; a trained model gives those tokens no mass anyway).
+  later).
+- Output constraints: neither engine outputs PAD or BOS. Ours removes them from each step's
+  choices without renormalizing (:func:`nmt.decode.search.mask_specials`), so that a score is
+  the model's log-probability of the output (what ``--score-target`` gives); CTranslate2's
+  ``suppress_sequences`` renormalizes over the other tokens (a trained model gave them
+  1.5e-3 nats over a 9-token sentence). So a sentence is searched as before, and only one
+  whose hypotheses hold PAD or BOS (an untrained model's, or a separate vocabulary's) is
+  searched again with them suppressed, its hypotheses then scored by ``score_batch``
+  (:meth:`CT2Translator.constrained`): greedy search then chooses as ours does, with our
+  scores; beam search compares beams by renormalized scores there, which can rank them
+  otherwise where their suppressed masses differ.
 """
 
 from __future__ import annotations
@@ -141,6 +149,7 @@ class CT2Translator(BaseTranslator):
         self.pieces = tokenizer.vocabulary()  # target pieces by id
         self.src_pieces = tokenizer.source_vocabulary()  # the same list for a joint vocabulary
         self.piece_ids = {piece: i for i, piece in enumerate(self.pieces)}
+        self.specials = {tokenizer.pad_id, tokenizer.bos_id}  # never output (both engines)
 
     @classmethod
     def load(
@@ -324,7 +333,37 @@ class CT2Translator(BaseTranslator):
             pending.append((limit, rows, src, forced, self.submit(src, limit, d, forced)))
         for limit, rows, src, forced, results in pending:
             offsets = self.prefix_log_probs(src, forced)
-            yield limit, rows, self._collect(results, limit, d, offsets)
+            found = self._collect(results, limit, d, offsets)
+            again = [
+                i for i, h in enumerate(found) if any(self.specials & set(x.tokens) for x in h)
+            ]
+            if again:
+                redo = None if forced is None else [forced[i] for i in again]
+                for i, hyps in zip(
+                    again, self.constrained([src[i] for i in again], limit, d, redo)
+                ):
+                    found[i] = hyps
+            yield limit, rows, found
+
+    def constrained(
+        self, src: list[list[int]], limit: int, d: DecodeConfig, prefixes: list[list[int]] | None
+    ) -> list[list[Hypothesis]]:
+        """:meth:`search` with PAD and BOS suppressed (the torch engine's output constraint),
+        each hypothesis scored by :meth:`token_log_probs` (the model's log-probability, not
+        CTranslate2's renormalized one; EOS counted where the hypothesis ends with it),
+        best first by the GNMT-normalized score."""
+        found = []
+        for x, result in zip(src, self.submit(src, limit, d, prefixes, suppress=True)):
+            seqs = [[self.piece_ids[p] for p in h] for h in result.result().hypotheses]
+            ended = [bool(t) and t[-1] == self.tokenizer.eos_id for t in seqs]
+            tokens = [t[:-1] if e else t for t, e in zip(seqs, ended)]
+            hyps = []
+            for t, e, lps in zip(tokens, ended, self.token_log_probs([x] * len(tokens), tokens)):
+                score = float(sum(lps if e else lps[:-1]))
+                lp = length_penalty(len(t) + 1, d.length_penalty) if d.beam_size > 1 else 1.0
+                hyps.append(Hypothesis(t, score, score / lp))
+            found.append(sorted(hyps, key=lambda h: -h.normalized))
+        return found
 
     def search(
         self,
@@ -357,8 +396,10 @@ class CT2Translator(BaseTranslator):
         limit: int,
         d: DecodeConfig,
         prefixes: list[list[int]] | None = None,
+        suppress: bool = False,
     ) -> list[Any]:
-        """Queue a batch for CTranslate2's workers; one ``AsyncTranslationResult`` per source."""
+        """Queue a batch for CTranslate2's workers; one ``AsyncTranslationResult`` per source.
+        ``suppress``: PAD and BOS are never output (CTranslate2's ``suppress_sequences``)."""
         target_prefix = None
         if prefixes is not None and any(prefixes):
             target_prefix = [[self.pieces[i] for i in p] for p in prefixes]
@@ -374,6 +415,9 @@ class CT2Translator(BaseTranslator):
             return_scores=True,
             return_end_token=True,
             asynchronous=True,
+            suppress_sequences=[[self.pieces[i]] for i in sorted(self.specials)]
+            if suppress
+            else None,
         )
 
     def prefix_log_probs(
