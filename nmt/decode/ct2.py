@@ -1,7 +1,7 @@
 """Translation through a CTranslate2 model folder written by ``nmt export``.
 
 :class:`CT2Translator` has the interface of :class:`nmt.decode.translate.Translator` (lines in,
-:class:`~nmt.decode.engine.Translation` out, one per line, in order) and the same tokenization,
+:class:`~nmt.decode.results.Translation` out, one per line, in order) and the same tokenization,
 truncation, length limit and hypothesis ranking; only the search runs in CTranslate2 (Klein et
 al. 2020). ``ctranslate2`` is an optional dependency, imported only when it is used.
 

@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from nmt import __version__
 from nmt.decode.attention import Attention
-from nmt.decode.engine import Translation
+from nmt.decode.results import Translation
 from nmt.serve import work as work_limits
 from nmt.serve.auth import check_api_key, presented_key
 from nmt.serve.body import LIBRETRANSLATE_ROUTES, BodyLimit

@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from nmt.decode.engine import Translation
+from nmt.decode.results import Translation
 from nmt.serve.auth import check_api_key, presented_key
 from nmt.serve.config import DecodeOptions
 from nmt.serve.errors import ApiError, internal_message, request_id

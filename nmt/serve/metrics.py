@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from nmt.decode.engine import Translation
+from nmt.decode.results import Translation
 from nmt.serve.batcher import Observe
 from nmt.serve.registry import ServedModel
 

@@ -27,8 +27,8 @@ from typing import Any
 from nmt.config import DecodeConfig
 from nmt.decode.ct2 import CT2Translator
 from nmt.decode.ct2_folder import CT2_WEIGHTS, is_ctranslate2_dir, read_export_info
-from nmt.decode.engine import Encoded, Translation
 from nmt.decode.loading import load_translator
+from nmt.decode.results import Encoded, Translation
 from nmt.decode.search import Hypothesis
 from nmt.decode.translate import BaseTranslator, Translator, cpu_workers, worker_pool
 from nmt.errors import ConfigError
@@ -60,7 +60,7 @@ class ServedModel:
         shape: the model's size (``d_model``, ``n_heads``, layers, ``vocab_size``...).
         sha256: hex digest of the weights file.
         translator: the loaded engine; every request is encoded, searched and turned into
-            :class:`~nmt.decode.engine.Translation` objects by it, with its own options.
+            :class:`~nmt.decode.results.Translation` objects by it, with its own options.
         pairs: the directions it translates, ``(src, tgt)``
             (:attr:`nmt.data.multilingual.Targets.directions`).
     """
@@ -133,7 +133,7 @@ class ServedModel:
         """Search the lines of several requests as one batch (on a worker thread), through
         the engine (:meth:`~nmt.decode.engine.BaseTranslator.search_encoded` and
         :meth:`~nmt.decode.engine.BaseTranslator.results`): one list of
-        :class:`~nmt.decode.engine.Translation` per work, or the exception that fails that
+        :class:`~nmt.decode.results.Translation` per work, or the exception that fails that
         work alone (:class:`~nmt.serve.work.AttentionTooLargeError`, ``CancelledError`` for
         a work whose request timed out).
 

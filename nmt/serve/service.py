@@ -9,7 +9,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
-from nmt.decode.engine import Translation
+from nmt.decode.results import Translation
 from nmt.errors import NMTError
 from nmt.serve import work as work_limits
 from nmt.serve.batcher import BatcherClosedError, QueueFullError
