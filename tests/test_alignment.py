@@ -17,7 +17,7 @@ import torch
 
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.marian_vocab import MarianVocabulary
-from nmt.data.multilingual import TaggedTokenizer, for_target
+from nmt.data.targets import TaggedTokenizer, for_target
 from nmt.data.tokenizer import Tokenizer, train_tokenizer
 from nmt.data.vocab import SeparateTokenizer, load_tokenizer, train_vocab
 from nmt.decode.alignment import (

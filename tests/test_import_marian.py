@@ -575,7 +575,7 @@ def test_target_tags_of_a_line_and_of_tgt_lang_are_one(
 def test_language_codes_of_an_import_without_them(tmp_path: Path) -> None:
     """tokenizer_config.json without source_lang/target_lang: the codes of the OPUS-MT name
     (the hub's, or the folder's), else "und", never None."""
-    from nmt.data.multilingual import Targets
+    from nmt.data.targets import Targets
     from nmt.interop.import_marian import model_langs
 
     assert model_langs({}, "Helsinki-NLP/opus-mt-en-ROMANCE") == ("en", "ROMANCE")

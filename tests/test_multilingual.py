@@ -23,14 +23,13 @@ from cli.main import app
 from nmt.config import DecodeConfig
 from nmt.data.multilingual import (
     MultiCorpus,
-    TaggedTokenizer,
     epoch_counts,
-    for_target,
     pair_prefix,
     parse_pairs,
     sampling_probabilities,
 )
 from nmt.data.parallel import ParallelData
+from nmt.data.targets import TaggedTokenizer, for_target
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError, InputError

@@ -36,7 +36,7 @@ class Tokenizer:
 
     pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
     # Source ids that encode() puts before a line's own: a target-language tag that is not
-    # in the line (nmt.data.multilingual.TaggedTokenizer); none here.
+    # in the line (nmt.data.targets.TaggedTokenizer); none here.
     n_tag_ids = 0
 
     def __init__(self, model_path: str | Path):

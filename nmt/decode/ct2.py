@@ -62,7 +62,7 @@ from typing import Any
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data.multilingual import Targets, for_target
+from nmt.data.targets import Targets, for_target
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import load_tokenizer
 from nmt.decode.ct2_folder import import_ctranslate2, read_export_info
@@ -172,7 +172,7 @@ class CT2Translator(BaseTranslator):
                 (0 = :func:`ct2_threads` picks).
             compute_type: CTranslate2 compute type (``default`` = as exported).
             tgt_lang: the target language of a multilingual model
-                (:func:`nmt.data.multilingual.for_target`).
+                (:func:`nmt.data.targets.for_target`).
 
         Raises:
             MissingDependencyError: ctranslate2 is not installed.

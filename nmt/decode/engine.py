@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data.multilingual import Targets, checked_tags
+from nmt.data.targets import Targets, checked_tags
 from nmt.data.tokenizer import Tokenizer
 from nmt.decode.alignment import line_alignment
 from nmt.decode.attention import Attention
@@ -158,7 +158,7 @@ class BaseTranslator:
     ) -> Encoded:
         """The one way lines become what the engines search: source ids for ``tgt_lang``
         (:meth:`tokenizer_for`) with exactly one target tag where the model needs one and
-        none for a line of no text (:func:`nmt.data.multilingual.checked_tags`), cut to the
+        none for a line of no text (:func:`nmt.data.targets.checked_tags`), cut to the
         model's limit; target-prefix ids; each line's sampling seed (from ``d.seed`` and its
         line number, :func:`nmt.decode.sampling.sentence_seed`) when ``d`` samples.
 

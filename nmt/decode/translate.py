@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from nmt.config import DecodeConfig
-from nmt.data.multilingual import Targets, for_target
 from nmt.data.parallel import pad
+from nmt.data.targets import Targets, for_target
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import check_same_vocab, load_tokenizer
 from nmt.decode.alignment import check_layer
@@ -183,7 +183,7 @@ class Translator(BaseTranslator):
             workers: see :class:`Translator` (default: one per CPU thread).
             ensemble_weights: one per folder (default: equal, summing to 1).
             tgt_lang: the target language of a multilingual model or a multi-target Marian
-                import (tagged sources, :func:`nmt.data.multilingual.for_target`): the one
+                import (tagged sources, :func:`nmt.data.targets.for_target`): the one
                 of a call that names none; left out for a model of several, each line
                 carries its tag (or each call names its language).
 

@@ -62,7 +62,7 @@ class ServedModel:
         translator: the loaded engine; every request is encoded, searched and turned into
             :class:`~nmt.decode.results.Translation` objects by it, with its own options.
         pairs: the directions it translates, ``(src, tgt)``
-            (:attr:`nmt.data.multilingual.Targets.directions`).
+            (:attr:`nmt.data.targets.Targets.directions`).
     """
 
     id: str
@@ -238,7 +238,7 @@ def load_model_entry(
     """Load one model folder (torch or CTranslate2) for serving; a multilingual model
     serves all its pairs, and an imported multi-target Marian model its ``>>lang<<`` tags'
     languages, each request choosing its target language
-    (:class:`nmt.data.multilingual.Targets`).
+    (:class:`nmt.data.targets.Targets`).
 
     ``workers`` is the server's (``nmt serve --workers``, 0 = one per CPU thread): a
     CTranslate2 model runs that many batches at once (its ``inter_threads``), one per worker
