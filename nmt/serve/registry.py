@@ -78,15 +78,18 @@ class ServedModel:
     dropped_lines: int = 0  # lines left out of a running batch: their request had timed out
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def decode_config(self, options: DecodeOptions, seed: int | None = None) -> DecodeConfig:
+    def decode_config(
+        self, options: DecodeOptions, seed: int | None = None, prefixes: bool = False
+    ) -> DecodeConfig:
         """The engine's settings searched with a request's ``options`` (and sampling
-        ``seed``), validated by the engine (:meth:`~nmt.decode.engine.BaseTranslator.options`,
-        the one check of every caller); sampling without a seed gets a fresh one.
+        ``seed``; ``prefixes``: it forces target prefixes), validated by the engine
+        (:meth:`~nmt.decode.engine.BaseTranslator.options`, the one check of every caller);
+        sampling without a seed gets a fresh one.
 
         Raises:
             ConfigError: settings the engine or model cannot apply, naming them.
         """
-        return self.translator.options(options.config(self.translator.decode, seed))
+        return self.translator.options(options.config(self.translator.decode, seed), prefixes)
 
     def encode(
         self,
@@ -105,8 +108,6 @@ class ServedModel:
             ConfigError / InputError: see the engine's ``encode`` (a target language the
                 model lacks, a line without the tag the model needs, a prefix too long).
         """
-        if prefixes is not None:
-            self.translator.check_options(d, prefixes=True)
         enc = self.translator.encode(lines, d, 1, prefixes, tgt_lang)
         return Work(enc.ids, enc.truncated, attention, enc.prefixes, enc.seeds)
 

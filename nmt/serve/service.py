@@ -113,7 +113,7 @@ class Service:
                 500 an internal error (logged with its traceback and the request id).
         """
         try:
-            d = model.decode_config(options, seed)  # validated once, before queueing
+            d = model.decode_config(options, seed, prefixes is not None)  # checked once
         except NMTError as exc:
             raise ApiError(422, "invalid_field", str(exc)) from None
         if prefixes is not None and len(prefixes) != len(lines):
