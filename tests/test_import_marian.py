@@ -40,6 +40,7 @@ from cli.main import app
 from nmt.config import DecodeConfig
 from nmt.data.marian_vocab import MarianVocabulary
 from nmt.data.parallel import pad
+from nmt.data.targets import TaggedTokenizer
 from nmt.data.tokenizer import train_tokenizer
 from nmt.data.vocab import load_tokenizer
 from nmt.decode.forced import normalized
@@ -406,7 +407,8 @@ def test_default_options_keep_the_model_as_before(random_model: Any) -> None:
 
 def test_translator_loads_imported_folder(imported: Path) -> None:
     translator = Translator.load(imported, device="cpu", workers=1)
-    assert isinstance(translator.tokenizer, MarianVocabulary)
+    tokenizer = translator.tokenizer  # tagged with the model's one target tag, >>fra<<
+    assert isinstance(tokenizer, TaggedTokenizer) and isinstance(tokenizer.base, MarianVocabulary)
     assert len(list(translator.translate(["Ein Hund.", ""]))) == 2
 
 
@@ -572,7 +574,7 @@ def test_target_tags_of_a_line_and_of_tgt_lang_are_one(
     assert "--tgt-lang" in message and "deu, fra" in message, message
 
 
-def test_language_codes_of_an_import_without_them(tmp_path: Path) -> None:
+def test_language_codes_of_an_import_without_them(tokenizer: Any) -> None:
     """tokenizer_config.json without source_lang/target_lang: the codes of the OPUS-MT name
     (the hub's, or the folder's), else "und", never None."""
     from nmt.data.targets import Targets
@@ -582,9 +584,7 @@ def test_language_codes_of_an_import_without_them(tmp_path: Path) -> None:
     assert model_langs({}, None, "models--Helsinki-NLP--opus-mt-de-en") == ("de", "en")
     assert model_langs({"source_lang": "fr"}, "opus-mt-de-en") == ("fr", "en")
     assert model_langs({}, None, "my-model") == (None, None)
-    spm = tmp_path / "spm.model"
-    train_tokenizer(["ein hund", "a dog"] * 50, spm, 30)
-    assert Targets(load_tokenizer(spm), [], None, None).directions == [("und", "und")]
+    assert Targets(tokenizer, [], None, None).directions == [("und", "und")]
 
 
 def test_fine_tuning_an_imported_model_is_refused_saying_so(
