@@ -10,6 +10,7 @@ trained on the wrong text) would not.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ from nmt.data.vocab import (
 )
 from nmt.decode.translate import Translator
 from nmt.errors import ConfigError
-from nmt.model.checkpoint import load_model, load_weights, read_config
+from nmt.model.checkpoint import WEIGHTS_FILE, load_model, load_weights, read_config, save_weights
+from nmt.model.transformer import Transformer
 from nmt.train.average import average_run
 from nmt.train.run import train
 
@@ -218,9 +220,9 @@ def test_ctranslate2_export_has_both_vocabularies(
 def test_ctranslate2_outputs_no_special_piece_where_torch_masks_it(
     separate_run: Path, tmp_path: Path, multi30k
 ) -> None:
-    """Greedy, --max-len-a 0 --max-len-b 20, on lines the model never saw: CTranslate2 alone
-    emitted <s> (hypotheses starting "<s> <s>") where our search masks PAD and BOS. Both
-    engines now apply that constraint: no output holds them, and both agree
+    """An untrained separate-vocabulary model, greedy, --max-len-a 0 --max-len-b 20:
+    CTranslate2 alone output "<s> <s> ..." (41 of these 48 lines) where our search masks PAD
+    and BOS. Both engines now apply that constraint: no output holds them, and both agree
     (``agreement.py``: the same tokens with the same scores, or a first difference at a
     float32 near-tie)."""
     import ctranslate2 as ct2
@@ -228,8 +230,12 @@ def test_ctranslate2_outputs_no_special_piece_where_torch_masks_it(
     from nmt.decode.ct2 import CT2Translator
     from nmt.interop.export import export_ctranslate2
 
-    exported = export_ctranslate2(separate_run, tmp_path / "ct2")
-    tokenizer = load_tokenizer(separate_run)
+    folder = tmp_path / "untrained"
+    shutil.copytree(separate_run, folder, ignore=shutil.ignore_patterns("checkpoints", "*.pt"))
+    torch.manual_seed(0)
+    save_weights(folder / WEIGHTS_FILE, Transformer(load_model(separate_run)[0].cfg))
+    exported = export_ctranslate2(folder, tmp_path / "ct2")
+    tokenizer = load_tokenizer(folder)
     lines = cyrillic(multi30k("test_2016_flickr", "de", 48))
     specials = {tokenizer.pad_id, tokenizer.bos_id}
     unconstrained = ct2.Translator(str(exported), device="cpu").translate_batch(
@@ -242,14 +248,14 @@ def test_ctranslate2_outputs_no_special_piece_where_torch_masks_it(
     decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=20)
     engines = (
         CT2Translator.load(exported, decode, device="cpu"),
-        Translator.load(separate_run, decode, device="cpu"),
+        Translator.load(folder, decode, device="cpu"),
     )
     theirs, mine = (record_hypotheses(engine) for engine in engines)
     for engine in engines:
         assert len(list(engine.translate(lines))) == len(lines)
     assert not any(specials & set(h.tokens) for hyps in theirs.values() for h in hyps)
     limits = dict(zip(mine, engines[0].limits([len(s) for s in mine])))
-    assert_float32_agree(load_model(separate_run)[0], 1, mine, theirs, limits)
+    assert_float32_agree(load_model(folder)[0], 1, mine, theirs, limits)
 
 
 def test_fine_tuning_keeps_the_separate_vocabularies(
