@@ -138,7 +138,7 @@ class BaseTranslator:
         arguments as :meth:`translate`."""
         d = self.options(decode, target_prefixes is not None)
         enc = self.encode(lines, d, first_line, target_prefixes, tgt_lang)
-        results = self.results(enc, self.search_encoded(enc, d), d, lines)
+        results = self.results(enc, self.searched(enc, d), d, lines)
         for row, r in enumerate(results):
             if r.failure is not None:
                 warnings.warn(
@@ -189,7 +189,15 @@ class BaseTranslator:
     def search_encoded(
         self, enc: Encoded, d: DecodeConfig, live: Callable[[int], bool] | None = None
     ) -> list[list[Hypothesis]]:
-        """The n-best list of each row of ``enc`` (``[]`` for an empty row or one left out).
+        """The n-best list of each row of ``enc`` (``[]`` for an empty row or one left out):
+        :meth:`searched`'s batches, collected."""
+        return self.collected(enc, self.searched(enc, d, live))
+
+    def searched(
+        self, enc: Encoded, d: DecodeConfig, live: Callable[[int], bool] | None = None
+    ) -> Iterator[tuple[list[int], list[list[Hypothesis]]]]:
+        """Search the non-empty rows of ``enc``; yields ``(rows of enc, n-best lists)`` per
+        batch as the engine finishes it.
 
         ``live``: with it, a row for which it turns false is left out of the search where
         the engine allows: before each batch when the engine searches its batches lazily
@@ -197,12 +205,11 @@ class BaseTranslator:
         else once before the search (``nmt serve`` drops the lines of requests that timed
         out).
         """
-        found: list[list[Hypothesis]] = [[] for _ in enc.ids]
         wanted = [r for r, x in enumerate(enc.ids) if x]
         while wanted:
             rows = wanted if live is None else [r for r in wanted if live(r)]
             if not rows:
-                break
+                return
             sub = Request(
                 d,
                 None if enc.prefixes is None else [enc.prefixes[r] for r in rows],
@@ -211,33 +218,43 @@ class BaseTranslator:
             batches = self.search_rows([enc.ids[r] for r in rows], sub)
             searched: set[int] = set()
             for batch, hyps in batches:
-                for r, h in zip(batch, hyps, strict=True):
-                    found[rows[r]] = h
-                    searched.add(rows[r])
+                yield [rows[r] for r in batch], hyps
+                searched.update(rows[r] for r in batch)
                 if live is not None and self.lazy_batches:
                     break
             getattr(batches, "close", lambda: None)()  # the generator's next batch is not run
             if live is None or not self.lazy_batches or not searched:
-                break
+                return
             wanted = [r for r in rows if r not in searched]
-        return found
 
     def results(
         self,
         enc: Encoded,
-        found: list[list[Hypothesis]],
+        found: list[list[Hypothesis]] | Iterable[tuple[list[int], list[list[Hypothesis]]]],
         d: DecodeConfig,
         lines: list[str] | None = None,
         attention: list[bool] | None = None,
     ) -> list[Translation]:
-        """One :class:`Translation` per row of ``enc`` from its hypotheses (``found``, as
-        :meth:`search_encoded` gives them; an empty list: an empty translation).
+        """One :class:`Translation` per row of ``enc`` from its hypotheses: ``found`` as
+        :meth:`search_encoded` gives them (an empty list: an empty translation), or
+        :meth:`searched`'s batches, each turned into results as it arrives (while the
+        engine's workers search the next ones).
 
         Args:
             lines: the source lines (needed for ``d.alignment``'s word alignment).
             attention: rows whose hypotheses get their cross-attention
                 (:meth:`cross_attention`, one batched pass over all of them).
         """
+        if not isinstance(found, list):
+            if attention is not None:
+                found = self.collected(enc, found)
+            else:  # streamed: results made while the search goes on
+                out = [self.empty_result(d, t) for t in enc.truncated]
+                for rows, hyps_of_rows in found:
+                    for r, hyps in zip(rows, hyps_of_rows, strict=True):
+                        line = "" if lines is None else lines[r]
+                        out[r] = self.result(line, enc.ids[r], hyps, d, enc.truncated[r])
+                return out
         weights = self.hypothesis_attention(enc.ids, found, attention)
         return [
             self.result(
@@ -246,6 +263,17 @@ class BaseTranslator:
             ) if hyps else self.empty_result(d, enc.truncated[r])
             for r, hyps in enumerate(found)
         ]  # fmt: skip
+
+    @staticmethod
+    def collected(
+        enc: Encoded, batches: Iterable[tuple[list[int], list[list[Hypothesis]]]]
+    ) -> list[list[Hypothesis]]:
+        """Each row's n-best list from :meth:`searched`'s batches (``[]`` for the others)."""
+        found: list[list[Hypothesis]] = [[] for _ in enc.ids]
+        for rows, hyps in batches:
+            for r, h in zip(rows, hyps, strict=True):
+                found[r] = h
+        return found
 
     def hypothesis_attention(
         self, ids: list[list[int]], found: list[list[Hypothesis]], asked: list[bool] | None
