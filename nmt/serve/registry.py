@@ -414,7 +414,8 @@ def load_model_entry(
     """
     decode = DecodeConfig(batch_tokens=batch_tokens)
     exported = engine != "torch" and is_ctranslate2_dir(folder)
-    pairs = list((read_export_info(folder) if exported else read_config(folder)).get("pairs") or [])
+    info = read_export_info(folder) if is_ctranslate2_dir(folder) else read_config(folder)
+    pairs = list(info.get("pairs") or [])  # an export given to torch: load_translator says so
     langs = target_langs(pairs)
     first = langs[0] if len(langs) > 1 else None  # each request chooses (tokenizers)
     translator = load_translator(
