@@ -117,8 +117,11 @@ def test_one_at_a_time_equals_nmt_translate(
         assert abs(score - float(printed)) <= 1e-4  # the log-probability, 4 decimals
 
 
-def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[str]) -> None:
-    body = translate(server, ["", lines[0]], return_attention=True, return_alignment=True)
+def test_empty_lines_attention_and_piece_alignment(server: ServerProcess, lines: list[str]) -> None:
+    """The server's alignment links piece positions, so it is called ``piece_alignment``
+    (``nmt translate --alignment`` links words); the old ``return_alignment`` still gives
+    the same pairs under the old name."""
+    body = translate(server, ["", lines[0]], return_attention=True, return_piece_alignment=True)
     empty, t = body["translations"]
     assert empty == {"text": ""} and body["model"] == "tiny" and body["time_ms"] > 0
     att = t["attention"]
@@ -128,9 +131,12 @@ def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[
     assert att["src_pieces"][-1] == att["tgt_pieces"][-1] == "</s>"
     for head in att["weights"][-1]:
         assert len(head) == tgt_len and all(abs(sum(row) - 1) < 1e-2 for row in head)
-    pairs = [tuple(map(int, p.split("-"))) for p in t["alignment"].split()]
+    assert "alignment" not in t
+    pairs = [tuple(map(int, p.split("-"))) for p in t["piece_alignment"].split()]
     assert [j for _, j in pairs] == list(range(tgt_len - 1))
     assert all(0 <= i < src_len - 1 for i, _ in pairs)
+    (old,) = translate(server, [lines[0]], return_alignment=True)["translations"]
+    assert old["alignment"] == t["piece_alignment"] and "piece_alignment" not in old
     # With n-best, an empty line has its n-best list too (clients read t["nbest"]).
     empty, t = translate(server, ["  ", lines[0]], beam_size=3, nbest=2)["translations"]
     assert empty["nbest"] == [{"text": "", "score": 0.0}] and len(t["nbest"]) == 2
@@ -402,7 +408,7 @@ def test_attention_is_refused_past_its_size_limit_before_it_is_computed(
         assert message.startswith("return_attention: ") and "at most 100 in one answer" in message
         assert computed == []
         assert client.post("/v1/translate", json=asked).status_code == 200
-        answer = client.post("/v1/translate", json={**asked, "return_alignment": True})
+        answer = client.post("/v1/translate", json={**asked, "return_piece_alignment": True})
         assert answer.status_code == 200 and computed == [4]  # alignment alone: no limit
 
 

@@ -105,6 +105,7 @@ def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
             HypothesisOut(
                 text=h.text,
                 score=h.score,
+                piece_alignment=att.pharaoh() if att and req.return_piece_alignment else None,
                 alignment=att.pharaoh() if att and req.return_alignment else None,
                 attention=attention_out(att, r.src_pieces, h.pieces)
                 if att and req.return_attention
@@ -116,6 +117,7 @@ def translation_out(r: LineResult, req: TranslateRequest) -> TranslationOut:
         text=best.text,
         score=best.score if req.return_scores else None,
         nbest=hyps if req.nbest > 1 else None,
+        piece_alignment=best.piece_alignment,
         alignment=best.alignment,
         attention=best.attention,
         truncated=True if r.truncated else None,
@@ -246,14 +248,14 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         start = time.perf_counter()
         model = service.model(req.model)
         service.check_lines(req.src, "src")
-        if (req.return_attention or req.return_alignment) and model.engine != "torch":
+        attention = req.return_attention or req.return_piece_alignment or req.return_alignment
+        if attention and model.engine != "torch":
             raise ApiError(
                 422,
                 "invalid_field",
-                f"return_attention/return_alignment: model {model.id!r} runs on {model.engine}; "
-                "attention needs the torch engine",
+                f"return_attention/return_piece_alignment: model {model.id!r} runs on "
+                f"{model.engine}; attention needs the torch engine",
             )
-        attention = req.return_attention or req.return_alignment
         if req.prefix is not None:
             service.check_lines(req.prefix, "prefix")
         results = await service.translate(
