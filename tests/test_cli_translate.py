@@ -276,7 +276,7 @@ def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: lis
     result = invoke(src, *args, "--target-prefix", short)
     assert_one_line_error(result, f"{short}:3", "no target prefix for input line 3")
     result = invoke(src, *args, "--alignment", "--alignment-layer", "5")
-    assert_one_line_error(result, "alignment_layer=5", "choose 0 to 1")
+    assert_one_line_error(result, "--alignment-layer 5: the model has 2", "choose 0 to 1")
 
 
 @pytest.mark.kernels

@@ -91,7 +91,7 @@ def test_port_0_is_a_free_port_named_on_stderr_and_a_taken_one_is_refused(
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     stderr = " ".join(done.stderr.split())
     assert done.returncode == 1, stderr[-2000:]
-    assert f"cannot listen on host=127.0.0.1 port={port}: Address already in use" in stderr
+    assert f"cannot listen on --host 127.0.0.1 --port {port}: Address already in use" in stderr
     assert "give another --port (0 takes a free one)" in stderr
     assert request(server.url + "/health")[0] == 200  # the first server is untouched
 
