@@ -116,7 +116,7 @@ def test_invalid_value(tmp_path: Path, corpus: tuple[Path, Path]) -> None:
     result = invoke(*train_args(*corpus, out, "--dropout", "1.5"))
     assert_one_line_error(result, "--dropout 1.5")
     result = invoke(*train_args(*corpus, out, "--dtype", "fp8"))
-    assert_one_line_error(result, "dtype='fp8'", "auto, fp32, bf16, fp16")
+    assert_one_line_error(result, "--dtype 'fp8'", "auto, fp32, bf16, fp16")
     assert not out.exists()
 
 
