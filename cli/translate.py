@@ -79,6 +79,56 @@ def format_result(
     return f"{t.score:.4f}\t{text}" if scores else text
 
 
+def check_output_options(
+    nbest: int,
+    nbest_format: str | None,
+    scores: bool,
+    alignment: bool,
+    score_target: Path | None,
+    ref: list[Path] | None,
+    target_prefix: Path | None,
+) -> None:
+    """Refuse options that the asked output would ignore (``nbest_format``: ``None`` when
+    not given), before the model loads.
+
+    Raises:
+        ConfigError: ``--nbest-format`` without ``--nbest`` N > 1; ``--scores`` with
+            ``--nbest`` (its lines carry the log-probability already); ``--nbest``,
+            ``--alignment``, ``--ref`` or ``--target-prefix`` with ``--score-target``
+            (which prints scores of given translations, one line each).
+    """
+    if nbest_format is not None and nbest_format not in NBEST_FORMATS:
+        raise ConfigError(
+            f"--nbest-format {nbest_format}: choose one of {', '.join(NBEST_FORMATS)}"
+        )
+    if score_target is not None:
+        ignored = [
+            flag
+            for flag, given in (
+                (f"--nbest {nbest}", nbest > 1),
+                ("--nbest-format", nbest_format is not None),
+                ("--alignment", alignment),
+                ("--ref", bool(ref)),
+                ("--target-prefix", target_prefix is not None),
+            )
+            if given
+        ]
+        if ignored:
+            raise ConfigError(
+                "--score-target prints the log-probability and normalised score of the given "
+                f"translations, one line each: drop {', '.join(ignored)}"
+            )
+    if nbest_format is not None and nbest == 1:
+        raise ConfigError(
+            f"--nbest-format {nbest_format} formats --nbest N lists (N > 1): add --nbest N or "
+            "drop --nbest-format"
+        )
+    if scores and nbest > 1:
+        raise ConfigError(
+            f"--nbest {nbest} lines carry each hypothesis's log-probability already: drop --scores"
+        )
+
+
 @handle_errors
 def translate(
     model: Annotated[
@@ -127,8 +177,11 @@ def translate(
         ),
     ] = 1,
     nbest_format: Annotated[
-        str, typer.Option(help="tsv (see --nbest) or moses: id ||| text ||| features ||| score.")
-    ] = "tsv",
+        str | None,
+        typer.Option(
+            help="tsv (see --nbest) or moses: id ||| text ||| features ||| score [default: tsv]."
+        ),
+    ] = None,
     scores: Annotated[
         bool, typer.Option("--scores", help="Prefix each line with its log-probability and a tab.")
     ] = False,
@@ -227,6 +280,7 @@ def translate(
     ] = None,
 ) -> None:
     """Translate a file or stdin with batched beam search (or sample, with --sampling-topk)."""
+    check_output_options(nbest, nbest_format, scores, alignment, score_target, ref, target_prefix)
     if sampling_topk not in (None, 1) and beam_size is None:
         beam_size = 1  # a sample is one output: no beam unless asked for (then an error)
     default = DecodeConfig()
@@ -271,16 +325,8 @@ def translate(
         else parse_weights(ensemble_weights, len(models)),
         tgt_lang=tgt_lang,
     )
-    if nbest_format not in NBEST_FORMATS:
-        raise ConfigError(
-            f"--nbest-format {nbest_format}: choose one of {', '.join(NBEST_FORMATS)}"
-        )
     rendered: Iterator[tuple[str, Translation | None]]
     if score_target is not None:
-        if ref or prefixes is not None:
-            raise ConfigError(
-                "--score-target scores given translations: drop --ref and --target-prefix"
-            )
         targets = iter_lines(score_target)
         scored = translator.score_targets(lines, targets, None, str(score_target))
         rendered = ((f"{s:.4f}\t{n:.4f}", None) for s, n in scored)
@@ -291,7 +337,7 @@ def translate(
             else translator.translate(lines, None, prefixes, str(target_prefix))
         )
         rendered = (
-            (format_result(t, nbest, scores, number, nbest_format), t)
+            (format_result(t, nbest, scores, number, nbest_format or "tsv"), t)
             for number, t in enumerate(results, start=1)
         )
     hyps: list[str] = []

@@ -402,11 +402,15 @@ class DecodeConfig:
             raise ConfigError(
                 f"nbest={self.nbest} must be between 1 and beam_size={self.beam_size}"
             )
-        if not 0 <= self.max_len_a <= MAX_LEN_A or self.max_len_b < 1:  # NaN fails too
+        if not 0 <= self.max_len_a <= MAX_LEN_A:  # NaN fails too
             raise ConfigError(
-                f"max_len_a={self.max_len_a} must be in [0, {MAX_LEN_A}] and "
-                f"max_len_b={self.max_len_b} at least 1 (the output is capped at the model's "
-                "max_positions anyway)"
+                f"max_len_a={self.max_len_a} must be in [0, {MAX_LEN_A}] (the output is capped "
+                "at the model's max_positions anyway)"
+            )
+        if self.max_len_b < 1:
+            raise ConfigError(
+                f"max_len_b={self.max_len_b} must be at least 1 (room for EOS; the output is "
+                "a * src_len + b tokens at most)"
             )
         if not math.isfinite(self.length_penalty):
             raise ConfigError(f"length_penalty={self.length_penalty} must be a finite number")

@@ -24,6 +24,7 @@ gap the kernels make. The checks here print the gaps they see (``pytest -s``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,11 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
+import nmt.decode.sampling as sampling
+import nmt.decode.translate as translate
 from nmt.decode.forced import normalized
-from nmt.decode.search import Hypothesis
+from nmt.decode.sampling import sampling_probs, uniforms
+from nmt.decode.search import Hypothesis, mask_specials
 from nmt.model.checkpoint import load_model, save_weights
 from nmt.model.transformer import Transformer
 
@@ -132,6 +136,74 @@ def tie_gap(model: Transformer, src_ids: list[int], a: list[int], b: list[int]) 
         return 0.0
     logp = forced_log_probs(model, src_ids, a[:t])[t]
     return abs(float(logp[a[t]] - logp[b[t]]))
+
+
+# A seeded sample drawn in batches of two shapes: each row draws the same uniform numbers
+# (test_sampling.py checks that exactly), so two samples of one line can differ only where a
+# draw fell within the log-probabilities' float32 rounding (FLOAT32 ~5e-6 per token, far less
+# in probability) of a boundary of the cumulative distribution between the two tokens chosen.
+SAMPLE_BOUNDARY_TOL = 1e-4
+
+
+def sample_boundary_gap(
+    model: Transformer, src_ids: list[int], stream_seed: int, a: list[int], b: list[int]
+) -> float:
+    """How close the uniform number that drew the first differing token of two samples ``a``
+    and ``b`` (without EOS) of one source came to a boundary of the cumulative distribution
+    between their two tokens, in ``model``'s teacher-forced distribution (sampling from all
+    tokens, temperature 1); ``stream_seed`` is the line's
+    (:func:`nmt.decode.sampling.sentence_seed`). 0 if the samples are equal."""
+    eos = model.cfg.eos_id
+    a, b = [*a, eos], [*b, eos]
+    t = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    if t is None:
+        return 0.0
+    logp = mask_specials(forced_log_probs(model, src_ids, a[:t])[t : t + 1].clone())
+    cdf = sampling_probs(logp, 0, 1.0, 1.0)[0].cumsum(0)
+    u = float(uniforms([stream_seed], t + 1)[0, t])
+    lo, hi = sorted((a[t], b[t]))
+    return float((cdf[lo:hi] - u).abs().min())
+
+
+class SamplingRecord:
+    """What the sampler drew, recorded through ``monkeypatch`` while translations run (any
+    engine path, any number of worker threads). By each searched source's ids (without
+    EOS): ``seeds``, the seed of its stream, and ``samples``, the sample drawn. By each
+    stream's seed: ``draws``, the uniform number each of its steps used, ``{step: u}``, as
+    handed to :func:`nmt.decode.sampling.draw`."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        self.seeds: dict[tuple[int, ...], int] = {}
+        self.samples: dict[tuple[int, ...], Hypothesis] = {}
+        self.draws: dict[int, dict[int, float]] = {}
+        here = threading.local()  # the rows of the step running in this thread
+        sample, chooser, draw = sampling.sample, sampling.sample_chooser, sampling.draw
+
+        def sampling_batch(model: Any, src: torch.Tensor, seeds: list[int], *a: Any) -> Any:
+            eos, pad = model.cfg.eos_id, model.cfg.pad_id
+            found = sample(model, src, seeds, *a)
+            for row, seed, h in zip(src.tolist(), seeds, found, strict=True):
+                ids = tuple(x for x in row if x not in (eos, pad))
+                self.seeds[ids], self.samples[ids] = seed, h
+            return found
+
+        def sample_chooser(seeds: list[int], *a: Any) -> Any:
+            choose = chooser(seeds, *a)
+
+            def choosing(logp: torch.Tensor, sentence: torch.Tensor, step: int) -> torch.Tensor:
+                here.rows, here.step = [seeds[s] for s in sentence.tolist()], step
+                return choose(logp, sentence, step)
+
+            return choosing
+
+        def drawing(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+            for seed, x in zip(here.rows, u.tolist(), strict=True):
+                self.draws.setdefault(seed, {})[here.step] = x
+            return draw(probs, u)
+
+        monkeypatch.setattr(translate, "sample", sampling_batch)
+        monkeypatch.setattr(sampling, "sample_chooser", sample_chooser)
+        monkeypatch.setattr(sampling, "draw", drawing)
 
 
 def assert_greedy_agree(

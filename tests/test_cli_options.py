@@ -5,6 +5,7 @@ with a deprecation warning."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,91 @@ def test_an_os_error_is_one_line_not_a_traceback(tiny_run: Path, tmp_path: Path)
     result = runner.invoke(app, ["average", "-m", str(tiny_run), "-o", str(out), "--last", "1"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert f"error: {out}: Not a directory; check the path" in " ".join(result.output.split())
+
+
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "cli.md"
+
+
+def expand(cell: str) -> list[str]:
+    """The options a table cell names: `--max-len-a/-b` is --max-len-a and --max-len-b."""
+    names: list[str] = []
+    for code in re.findall(r"`([^`]+)`", cell):
+        first, *rest = code.split()[0].split("/")
+        if not first.startswith("-"):
+            continue
+        names.append(first)
+        stem = first[: first.rindex("-")]
+        names += [stem + r[r.index("-", 1) :] if r.count("-") > 1 else stem + r for r in rest]
+    return names
+
+
+def top_level(cell: str) -> list[str]:
+    """``a (x, y), b`` split at the commas outside parentheses."""
+    parts, depth, current = [], 0, ""
+    for ch in cell:
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    return [*parts, current.strip()] if current.strip() else parts
+
+
+def table_claims() -> list[tuple[str, str]]:
+    """``(command, option)`` for every command that the option table of docs/reference/cli.md
+    says takes an option: a command alone takes all of its row's options, ``command
+    (`--a`, `--b`)`` only those; commands separated by ";" are read as by ",", and words
+    that are not commands ("the same fields in serve's requests") are left out."""
+    every = commands()
+    claims = []
+    text = TABLE.read_text(encoding="utf-8").split("## Options across commands")[1]
+    for row in text.split("<!--")[0].splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in ("meaning", "---"):
+            continue
+        options = expand(cells[1])
+        for entry in top_level(cells[2].replace(";", ",")):
+            name = entry.split(" (")[0].strip()
+            if name not in every:
+                continue
+            inner = re.search(r"\((.*)\)", entry)
+            named = expand(inner.group(1)) if inner else []
+            for option in named if named and named[0].startswith("--") else options:
+                claims.append((name, option))
+    return claims
+
+
+def test_the_option_table_lists_only_options_the_commands_have() -> None:
+    """docs/reference/cli.md's "Options across commands" table claims an option for a
+    command only where the command takes it (it listed --dtype and --batch-size for serve)."""
+    every = commands()
+    claims = table_claims()
+    assert ("serve", "--device") in claims and ("translate", "--max-len-b") in claims
+    wrong = [
+        (name, option)
+        for name, option in claims
+        if not any(option in p.opts for p in every[name].params)
+    ]
+    assert wrong == []
+
+
+def test_config_errors_are_rendered_in_the_flags_typed() -> None:
+    """The CLI renders a ConfigError (written in the library's field names) in the command's
+    flags; ``nmt train``, which also reads a config file, renames only the options typed, so
+    that an error in a file's value keeps the file's key."""
+    from cli.console import flag_names, option_flags
+    from cli.train import train
+    from cli.translate import translate
+
+    flags = option_flags(translate, {})
+    assert flags["beam_size"] == "--beam-size" and flags["quantize"] == "--quantization"
+    message = "nbest=5 must be between 1 and beam_size=2; set sampling_topk to 0"
+    assert flag_names(message, flags) == (
+        "--nbest 5 must be between 1 and --beam-size 2; set --sampling-topk to 0"
+    )
+    assert flag_names("/runs/max_len_a/x: model folder", flags) == "/runs/max_len_a/x: model folder"
+    typed = option_flags(train, {"lr": 0.5})
+    assert flag_names("lr=0.5 must be finite; batch_tokens=3", typed) == (
+        "--lr 0.5 must be finite; batch_tokens=3"
+    )

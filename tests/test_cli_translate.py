@@ -276,7 +276,7 @@ def test_alignment_and_target_prefix(tiny_run: Path, tmp_path: Path, inputs: lis
     result = invoke(src, *args, "--target-prefix", short)
     assert_one_line_error(result, f"{short}:3", "no target prefix for input line 3")
     result = invoke(src, *args, "--alignment", "--alignment-layer", "5")
-    assert_one_line_error(result, "alignment_layer=5", "choose 0 to 1")
+    assert_one_line_error(result, "--alignment-layer 5: the model has 2", "choose 0 to 1")
 
 
 @pytest.mark.kernels
@@ -376,3 +376,65 @@ def test_weights_by_name_are_the_model_folders(
         shutil.copy(tiny_run / file, tmp_path / "bare" / file)
     result = invoke(src, "-m", "bare", "--device", "cpu")
     assert_one_line_error(result, "error: bare/model.safetensors: weights file not found")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--nbest-format", "moses"], "--nbest-format moses formats --nbest N lists (N > 1)"),
+        (["--nbest-format", "tsv", "--beam-size", "2"], "--nbest-format tsv formats --nbest N"),
+        (["--beam-size", "3", "--nbest", "2", "--scores"], "--nbest 2 lines carry each"),
+        (["--nbest", "2", "--beam-size", "2", "--score-target", "in.de"], "drop --nbest 2"),
+        (["--alignment", "--score-target", "in.de"], "drop --alignment"),
+        (["--nbest-format", "xml", "--nbest", "2"], "--nbest-format xml: choose one of tsv"),
+    ],
+)
+def test_options_the_output_would_ignore_are_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    """An option that the asked output would not use is an error naming it, before any
+    model loads (no model folder exists here), not a silent no-op."""
+    monkeypatch.chdir(tmp_path)
+    write_input(tmp_path / "in.de", ["Ein Hund."])
+    result = invoke("in.de", "-m", tmp_path / "no-model", *args)
+    assert_one_line_error(result, message)
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "internal"),
+    [
+        (["--beam-size", "2", "--nbest", "5"], "--nbest 5 must be between 1 and --beam-size 2",
+         "nbest="),
+        (["--max-len-b", "0"], "--max-len-b 0 must be at least 1", "max_len_a"),
+        (["--max-len-a", "-1"], "--max-len-a -1.0 must be in [0, 1000.0]", "max_len_b"),
+        (["--sampling-topk", "0", "--beam-size", "4"],
+         "--sampling-topk 0 draws one output per sentence: set --beam-size 1 (it is 4)",
+         "beam_size"),
+        (["--sampling-topp", "0.5"], "--sampling-topp and --sampling-temperature apply only "
+         "when sampling: set --sampling-topk to 0", "sampling_"),
+    ],
+)  # fmt: skip
+def test_setting_errors_name_the_flags_typed(
+    tmp_path: Path, args: list[str], message: str, internal: str
+) -> None:
+    """A setting refused by the library is reported in the command's option names, and a
+    flag is blamed only for its own value."""
+    src = write_input(tmp_path / "in.de", ["Ein Hund."])
+    result = invoke(src, "-m", tmp_path / "no-model", *args)
+    assert_one_line_error(result, message)
+    assert internal not in result.stderr
+
+
+def test_quantization_errors_name_quantization(tiny_run: Path, tmp_path: Path) -> None:
+    src = write_input(tmp_path / "in.de", ["Ein Hund."])
+    result = invoke(src, "-m", tiny_run, "--device", "cpu", "--quantization", "int16")
+    assert_one_line_error(result, "--quantization 'int16': the only choice is int8")
+    assert "quantize" not in result.stderr
+
+
+def test_a_missing_weights_name_names_the_folder_looked_in(tiny_run: Path, tmp_path: Path) -> None:
+    src = write_input(tmp_path / "in.de", ["Ein Hund."])
+    result = invoke(src, "-m", tiny_run, "--device", "cpu", "--weights", "best.safetensors")
+    assert_one_line_error(
+        result, f"best.safetensors: weights file not found in {tiny_run}", "model.safetensors"
+    )

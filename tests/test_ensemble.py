@@ -20,7 +20,7 @@ from nmt.data.parallel import pad
 from nmt.data.tokenizer import EOS_ID, train_tokenizer
 from nmt.decode.ensemble import parse_weights
 from nmt.decode.forced import forced_scores
-from nmt.decode.search import max_lengths
+from nmt.decode.search import length_penalty, max_lengths
 from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError, ConfigError
 from nmt.model.checkpoint import SPM_FILE
@@ -83,13 +83,18 @@ def test_ensemble_score_is_the_weighted_sum_of_the_models_scores(
         checked += len(h.tokens) == limit
         assert a != pytest.approx(b, abs=1e-2)  # the two models disagree
     print(f"{checked} of {len(best)} outputs reached the length limit")
-    scored = [
-        s
-        for s, _ in ensemble.score_targets(
-            lines, ensemble.tokenizer.decode([h.tokens for h in best])
-        )
-    ]
+    # Scoring given translations (--score-target): the ensemble's log-probability of each
+    # text is the weighted sum of each model's own --score-target of it, and its normalised
+    # score is that log-probability under the length penalty.
+    texts = ensemble.tokenizer.decode([h.tokens for h in best])
+    scored = list(ensemble.score_targets(lines, texts))
+    alone = [list(Translator.load(m, device="cpu").score_targets(lines, texts)) for m in two_models]
     assert len(scored) == len(lines)
+    for (score, norm), (a, _), (b, _), text in zip(scored, *alone, texts):
+        n = len(ensemble.tokenizer.encode([text])[0])
+        assert score == pytest.approx(0.3 * a + 0.7 * b, abs=1e-4 * (n + 1))
+        assert norm == pytest.approx(score / length_penalty(n + 1, 1.0), rel=1e-6)
+        assert a != pytest.approx(b, abs=1e-2)
 
 
 def test_different_vocabularies_name_both_files(

@@ -704,3 +704,37 @@ def test_missing_ctranslate2_gives_install_hint(
     result = CliRunner().invoke(app, ["export", "-m", str(tmp_path), "-o", str(tmp_path / "o")])
     assert result.exit_code == 1 and INSTALL_HINT in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_an_export_given_to_the_torch_engine_is_named_as_one(
+    exported: Path, tmp_path: Path
+) -> None:
+    """``--engine torch`` on a CTranslate2 folder says it is an export and which engine reads
+    it (it reported "written with model format version None": CTranslate2's own
+    config.json has no nmt format version), in the CLI and in the server."""
+    from cli.main import app
+    from nmt.serve.registry import load_models
+
+    src = tmp_path / "in.de"
+    src.write_text("Ein Hund.\n", encoding="utf-8")
+    args = ["translate", str(src), "-m", str(exported), "--engine", "torch", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert f"{exported} is a CTranslate2 export" in result.stderr
+    assert "--engine ctranslate2 (or auto)" in result.stderr
+    assert "format version" not in result.stderr
+    with pytest.raises(ConfigError, match="is a CTranslate2 export"):
+        load_models([f"x={exported}"], "torch", "cpu")
+
+
+def test_export_weights_by_name_names_the_folder_looked_in(run_dir: Path, tmp_path: Path) -> None:
+    from cli.main import app
+
+    out = tmp_path / "o"
+    args = ["export", "-m", str(run_dir), "-o", str(out), "--weights", "best.safetensors"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    error = " ".join(result.stderr.split())  # rich wraps long lines
+    assert f"best.safetensors: weights file not found in {run_dir}" in error
+    assert "model.safetensors" in error  # what the folder holds
+    assert not out.exists()

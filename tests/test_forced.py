@@ -7,14 +7,17 @@ text, a translation is re-encoded by SentencePiece, and scores as its re-encoded
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from agreement import inject_padding_read
 
 from nmt.config import DecodeConfig
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import EOS_ID
 from nmt.decode.forced import forced_scores, normalized
-from nmt.decode.search import length_penalty, max_lengths
+from nmt.decode.search import Hypothesis, length_penalty, max_lengths
 from nmt.decode.translate import Translator
 from nmt.errors import InputError
 
@@ -24,20 +27,48 @@ def lines(multi30k) -> list[str]:
     return multi30k("test_2016_flickr", "de", 16)
 
 
-@pytest.mark.kernels
-def test_forced_score_equals_the_score_search_reported(tiny_run: Path, lines: list[str]) -> None:
+FORCED_TOL = 1e-4  # per token (EOS counted): agreement.SCORE_TOL
+
+
+def searched(tiny_run: Path, lines: list[str]) -> tuple[Translator, torch.Tensor, list[Hypothesis]]:
+    """The tiny run's beam-4 best hypotheses of ``lines``, searched as one padded batch."""
     translator = Translator.load(tiny_run, DecodeConfig(beam_size=4), device="cpu", workers=1)
     src = pad(translator.tokenizer.encode(lines), suffix=EOS_ID)
+    return translator, src, [h[0] for h in translator.search(src)]
+
+
+def per_token_gaps(model: Any, src: torch.Tensor, best: list[Hypothesis]) -> list[float]:
+    forced = forced_scores(model, src, [h.tokens for h in best])
+    return [abs(s - h.score) / (len(h.tokens) + 1) for s, h in zip(forced, best, strict=True)]
+
+
+@pytest.mark.kernels
+def test_forced_score_equals_the_score_search_reported(tiny_run: Path, lines: list[str]) -> None:
+    translator, src, best = searched(tiny_run, lines)
     limits = max_lengths(src, 1.5, 10, translator.model.cfg.max_positions - 1).tolist()
-    best = [h[0] for h in translator.search(src)]
     forced = forced_scores(translator.model, src, [h.tokens for h in best])
     checked = 0
     for h, score, limit in zip(best, forced, limits):
         # Those cut at the limit too: search forces EOS there with its own log-probability.
-        assert score == pytest.approx(h.score, abs=1e-4 * (len(h.tokens) + 1))
+        assert score == pytest.approx(h.score, abs=FORCED_TOL * (len(h.tokens) + 1))
         assert normalized(score, len(h.tokens), 1.0) == pytest.approx(h.normalized, abs=1e-3)
         checked += len(h.tokens) == limit
     print(f"{checked} of {len(best)} outputs reached the length limit")
+    print(f"forced vs search: kernels {max(per_token_gaps(translator.model, src, best)):.2g}")
+
+
+@pytest.mark.kernels
+def test_forced_bound_fails_a_scorer_that_reads_the_source_padding(
+    tiny_run: Path, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Companion of FORCED_TOL (tests/README.md): a scorer whose cross-attention reads the
+    source padding (a wrong mask, agreement.inject_padding_read) scores the padded
+    sentences of the batch otherwise than search did, and the check fails."""
+    translator, src, best = searched(tiny_run, lines)
+    inject_padding_read(monkeypatch, translator.model)
+    gaps = per_token_gaps(translator.model, src, best)
+    print(f"forced vs search, padding read: bug {max(gaps):.2g} per token")
+    assert max(gaps) > FORCED_TOL
 
 
 def test_score_targets_scores_the_text_as_sentencepiece_encodes_it(

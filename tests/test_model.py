@@ -232,3 +232,30 @@ def test_reordered_cache_equals_recomputing_the_reordered_prefixes(random_model)
         cache.reorder(index)
         new = torch.randint(4, VOCAB, (index.numel(), 1), generator=gen)
         history = torch.cat([history[index], new], 1)
+
+
+@torch.no_grad()
+def test_cached_bound_fails_a_cache_that_forgets_on_growth(
+    random_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Companion of the 1e-5 bound of cached against full decoding (tests/README.md): a
+    self-attention cache that, when it grows by a chunk, drops what it held (the new chunk
+    replaces the old keys and values instead of extending them) changes every step after
+    the first growth, and the check fails."""
+    from nmt.model.cache import LayerCache
+
+    append = LayerCache.append
+
+    def forgetting(self: LayerCache, k: torch.Tensor, v: torch.Tensor):  # type: ignore[no-untyped-def]
+        if self.self_k is not None and self.length == self.self_k.size(2):
+            self.self_k, self.self_v, self.length = None, None, 0
+        return append(self, k, v)
+
+    model = random_model()
+    src, tgt_in = padded_src([7, 3, 11, 1]), random_tgt(4, 2 * CACHE_CHUNK + 3)
+    full = full_log_probs(model, src, tgt_in)
+    kernels = float((cached_log_probs(model, src, tgt_in) - full).abs().max())
+    monkeypatch.setattr(LayerCache, "append", forgetting)
+    bug = float((cached_log_probs(model, src, tgt_in) - full).abs().max())
+    print(f"cached vs full: kernels {kernels:.2g}, bug {bug:.2g}")
+    assert kernels <= 1e-5 < bug

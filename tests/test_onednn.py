@@ -36,6 +36,23 @@ def test_linear_equals_f_linear(shape: tuple[int, ...], with_bias: bool) -> None
     torch.testing.assert_close(out, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
+def test_linear_bound_fails_a_weight_packed_in_bf16() -> None:
+    """Companion of the 1e-5 bound above (tests/README.md): a weight rounded to bfloat16 when
+    packed for oneDNN (a precision bug that leaves outputs plausible) moves the outputs by
+    about 1e-2, and the check fails."""
+    gen = torch.Generator().manual_seed(0)
+    w, b, x = (
+        torch.randn(96, 48, generator=gen),
+        torch.randn(96, generator=gen),
+        torch.randn(7, 48, generator=gen),
+    )
+    want = F.linear(x, w, b)
+    kernels = float((OneDNNLinear(w, b)(x) - want).abs().max())
+    bug = float((OneDNNLinear(w.bfloat16().float(), b)(x) - want).abs().max())
+    print(f"oneDNN vs F.linear: kernels {kernels:.2g}, bug {bug:.2g}")
+    assert kernels <= 1e-5 * (1 + float(want.abs().max())) < bug
+
+
 def test_swapped_model_decodes_as_before(random_model) -> None:
     """Every linear layer and the tied output projection are swapped, and full and cached
     decoding give the log-probabilities of the unswapped model."""

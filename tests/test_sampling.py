@@ -8,12 +8,21 @@ samples whatever the batches and worker threads, and different seeds give differ
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from agreement import Found, forced_log_probs, record_hypotheses
+from agreement import (
+    SAMPLE_BOUNDARY_TOL,
+    SCORE_TOL,
+    Found,
+    SamplingRecord,
+    record_hypotheses,
+    sample_boundary_gap,
+)
 
+import nmt.decode.sampling as sampling
 from nmt.config import DecodeConfig
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import EOS_ID
@@ -103,19 +112,27 @@ def sampled(tiny_run: Path, lines: list[str], seed: int, **load) -> tuple[list[s
     return [t.text for t in translator.translate(lines)], found
 
 
-def boundary_gap(translator: Translator, line: int, seed: int, src: list[int], a, b) -> float:  # type: ignore[no-untyped-def]
-    """How close the uniform that drew the first differing token of two samples ``a`` and
-    ``b`` came to the cumulative-probability boundary between their two tokens, in the
-    float32 reference model's teacher-forced distribution (0 if the samples are equal)."""
-    a, b = [*a, EOS_ID], [*b, EOS_ID]
-    t = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
-    if t is None:
-        return 0.0
-    logp = mask_specials(forced_log_probs(translator.model, src, a[:t])[t : t + 1])
-    cdf = sampling_probs(logp, 0, 1.0, 1.0)[0].cumsum(0)
-    u = float(uniforms([sentence_seed(seed, line)], t + 1)[0, t])
-    lo, hi = sorted((a[t], b[t]))
-    return float((cdf[lo:hi] - u).abs().min())
+def gaps_against_alone(
+    tiny_run: Path, lines: list[str], found: Found
+) -> tuple[list[float], list[float]]:
+    """Samples ``found`` in batches (seed 5) against the same lines sampled one at a time:
+    per line, :func:`agreement.sample_boundary_gap`, and for the identical samples the score
+    difference per token (EOS counted)."""
+    decode = DecodeConfig(beam_size=1, sampling_topk=0, seed=5, batch_size=1)
+    alone = Translator.load(tiny_run, decode, device="cpu", workers=1)
+    found_alone = record_hypotheses(alone)
+    assert len(list(alone.translate(lines))) == len(lines)
+    gaps, score_gaps = [], []
+    for line, src in enumerate(alone.tokenizer.encode(lines), start=1):
+        a, b = found[tuple(src)][0], found_alone[tuple(src)][0]
+        gaps.append(
+            sample_boundary_gap(alone.model, src, sentence_seed(5, line), a.tokens, b.tokens)
+        )
+        if a.tokens == b.tokens:
+            score_gaps.append(abs(a.score - b.score) / (len(a.tokens) + 1))
+    worst = max(score_gaps, default=0.0)
+    print(f"boundary gaps: max {max(gaps):.3g}; per-token score gaps of equal samples: {worst:.3g}")
+    return gaps, score_gaps
 
 
 @pytest.mark.kernels
@@ -125,18 +142,69 @@ def test_same_seed_same_samples_whatever_the_batches_and_workers(
     """A file of 5 batches sampled by 3 worker threads, twice, gives the same samples; one
     sentence at a time in one thread gives the same ones too, except where a draw fell
     within float32 rounding of a boundary of the cumulative distribution (the batch's shape
-    changes the rounding of the log-probabilities, as in agreement.py)."""
+    changes the rounding of the log-probabilities, as in agreement.py); identical samples
+    score the same within SCORE_TOL per token."""
     first, found = sampled(tiny_run, lines, 5, workers=3)
     again, _ = sampled(tiny_run, lines, 5, workers=3)
     assert first == again
-    decode = DecodeConfig(beam_size=1, sampling_topk=0, seed=5, batch_size=1)
-    alone = Translator.load(tiny_run, decode, device="cpu", workers=1)
-    found_alone = record_hypotheses(alone)
-    assert len([t.text for t in alone.translate(lines)]) == len(lines)
-    ids = alone.tokenizer.encode(lines)
-    for line, src in enumerate(ids, start=1):
-        a, b = found[tuple(src)][0].tokens, found_alone[tuple(src)][0].tokens
-        assert boundary_gap(alone, line, 5, src, a, b) < 1e-4, (line, a, b)
+    gaps, score_gaps = gaps_against_alone(tiny_run, lines, found)
+    assert max(gaps) < SAMPLE_BOUNDARY_TOL
+    assert max(score_gaps) <= SCORE_TOL
+
+
+@pytest.mark.kernels
+def test_boundary_bound_fails_draws_that_follow_the_batch_row(
+    tiny_run: Path, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Companion of SAMPLE_BOUNDARY_TOL (tests/README.md): a sampler that gives row r of the
+    batch still searching the r-th stream, instead of its sentence's, draws other numbers
+    for a sentence once a neighbour above it has finished; the check above must fail."""
+
+    def by_row(seeds: list[int], steps: int, topk: int, topp: float, temperature: float):  # type: ignore[no-untyped-def]
+        u = uniforms(seeds, steps)
+
+        def choose(logp: torch.Tensor, sentence: torch.Tensor, step: int) -> torch.Tensor:
+            probs = sampling_probs(logp, topk, topp, temperature)
+            return draw(probs, u[: len(sentence), step].to(probs.device))
+
+        return choose
+
+    monkeypatch.setattr(sampling, "sample_chooser", by_row)
+    _, found = sampled(tiny_run, lines, 5, workers=1)
+    gaps, _ = gaps_against_alone(tiny_run, lines, found)
+    assert max(gaps) >= SAMPLE_BOUNDARY_TOL
+
+
+def test_a_row_of_uniforms_is_its_seeds_stream_whatever_the_others() -> None:
+    many = uniforms([3, sentence_seed(7, 2), 11], 40)
+    assert torch.equal(many[1], uniforms([sentence_seed(7, 2)], 40)[0])
+    assert torch.equal(uniforms([11], 10)[0], many[2, :10])  # a longer stream starts the same
+    assert sentence_seed(7, 2) not in (sentence_seed(7, 1), sentence_seed(8, 2))
+
+
+def test_each_line_draws_the_same_numbers_whatever_the_batches_and_workers(
+    tiny_run: Path, lines: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What holds exactly, whatever the batch composition and worker threads: line L of a
+    call seeded with S draws, at step t, the t-th number of the stream seeded with
+    ``sentence_seed(S, L)``, so the random numbers of a row do not depend on its batch
+    neighbours (the samples themselves may still differ at a near-boundary draw, above)."""
+    decode = DecodeConfig(beam_size=1, sampling_topk=0, seed=5)
+    ids = Translator.load(tiny_run, decode, device="cpu", workers=1).tokenizer.encode(lines)
+    assert len(set(map(tuple, ids))) == len(ids)
+    for batch_size, workers in ((1, 1), (4, 3), (64, 1)):
+        with monkeypatch.context() as patch:
+            record = SamplingRecord(patch)
+            decode = replace(decode, batch_size=batch_size)
+            translator = Translator.load(tiny_run, decode, device="cpu", workers=workers)
+            assert len(list(translator.translate(lines))) == len(lines)
+        steps = translator.model.cfg.max_positions
+        for line, src in enumerate(ids, start=1):
+            seed = record.seeds[tuple(src)]
+            assert seed == sentence_seed(5, line), (batch_size, line)
+            stream = uniforms([seed], steps)[0].tolist()
+            drawn = record.draws[seed]
+            assert drawn == {t: stream[t] for t in range(len(drawn))}, (batch_size, line)
 
 
 def test_different_seeds_give_different_samples(tiny_run: Path, lines: list[str]) -> None:

@@ -18,12 +18,22 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
-from agreement import BEAM_NORMALIZED_TOL, SCORE_TOL, assert_beam_agree, found_from_answers
+from agreement import (
+    BEAM_NORMALIZED_TOL,
+    SAMPLE_BOUNDARY_TOL,
+    SCORE_TOL,
+    SamplingRecord,
+    assert_beam_agree,
+    found_from_answers,
+    record_hypotheses,
+    sample_boundary_gap,
+)
 from serve_client import REPO, ServerProcess, request, serving
 
 from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
-from nmt.model.checkpoint import SPM_FILE
+from nmt.decode.translate import Translator
+from nmt.model.checkpoint import SPM_FILE, load_model
 
 MAX_LINES, MAX_CHARS = 8, 600
 
@@ -91,7 +101,7 @@ def test_port_0_is_a_free_port_named_on_stderr_and_a_taken_one_is_refused(
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     stderr = " ".join(done.stderr.split())
     assert done.returncode == 1, stderr[-2000:]
-    assert f"cannot listen on host=127.0.0.1 port={port}: Address already in use" in stderr
+    assert f"cannot listen on --host 127.0.0.1 --port {port}: Address already in use" in stderr
     assert "give another --port (0 takes a free one)" in stderr
     assert request(server.url + "/health")[0] == 200  # the first server is untouched
 
@@ -117,8 +127,11 @@ def test_one_at_a_time_equals_nmt_translate(
         assert abs(score - float(printed)) <= 1e-4  # the log-probability, 4 decimals
 
 
-def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[str]) -> None:
-    body = translate(server, ["", lines[0]], return_attention=True, return_alignment=True)
+def test_empty_lines_attention_and_piece_alignment(server: ServerProcess, lines: list[str]) -> None:
+    """The server's alignment links piece positions, so it is called ``piece_alignment``
+    (``nmt translate --alignment`` links words); the old ``return_alignment`` still gives
+    the same pairs under the old name."""
+    body = translate(server, ["", lines[0]], return_attention=True, return_piece_alignment=True)
     empty, t = body["translations"]
     assert empty == {"text": ""} and body["model"] == "tiny" and body["time_ms"] > 0
     att = t["attention"]
@@ -128,9 +141,12 @@ def test_empty_lines_attention_and_alignment(server: ServerProcess, lines: list[
     assert att["src_pieces"][-1] == att["tgt_pieces"][-1] == "</s>"
     for head in att["weights"][-1]:
         assert len(head) == tgt_len and all(abs(sum(row) - 1) < 1e-2 for row in head)
-    pairs = [tuple(map(int, p.split("-"))) for p in t["alignment"].split()]
+    assert "alignment" not in t
+    pairs = [tuple(map(int, p.split("-"))) for p in t["piece_alignment"].split()]
     assert [j for _, j in pairs] == list(range(tgt_len - 1))
     assert all(0 <= i < src_len - 1 for i, _ in pairs)
+    (old,) = translate(server, [lines[0]], return_alignment=True)["translations"]
+    assert old["alignment"] == t["piece_alignment"] and "piece_alignment" not in old
     # With n-best, an empty line has its n-best list too (clients read t["nbest"]).
     empty, t = translate(server, ["  ", lines[0]], beam_size=3, nbest=2)["translations"]
     assert empty["nbest"] == [{"text": "", "score": 0.0}] and len(t["nbest"]) == 2
@@ -278,13 +294,8 @@ def test_64_concurrent_clients_all_answered(
             with lock:
                 answers.append((i, status, body))
 
-    batches = request(server.url + "/health")[1]["batches"]
-    start = time.monotonic()
     with ThreadPoolExecutor(64) as pool:
         list(pool.map(client, range(64)))
-    assert time.monotonic() - start < 300
-    # Dynamic batching: the 640 requests shared batches (the count is what /health reports).
-    assert 1 <= request(server.url + "/health")[1]["batches"] - batches < 640
     assert len(answers) == 640 and all(status == 200 for _, status, _ in answers), [
         b for _, s, b in answers if s != 200
     ][:3]
@@ -402,34 +413,136 @@ def test_attention_is_refused_past_its_size_limit_before_it_is_computed(
         assert message.startswith("return_attention: ") and "at most 100 in one answer" in message
         assert computed == []
         assert client.post("/v1/translate", json=asked).status_code == 200
-        answer = client.post("/v1/translate", json={**asked, "return_alignment": True})
+        answer = client.post("/v1/translate", json={**asked, "return_piece_alignment": True})
         assert answer.status_code == 200 and computed == [4]  # alignment alone: no limit
 
 
-def test_sampling_and_target_prefixes_per_request(
-    server: ServerProcess, lines: list[str], tiny_run: Path, tmp_path: Path
-) -> None:
+def test_sampling_and_target_prefixes_per_request(server: ServerProcess, lines: list[str]) -> None:
     """The decoding options of nmt translate reach the server per request: a seeded sample
-    is the same sample again and equals ``nmt translate --sampling-topk --seed`` on the same
-    lines; another seed draws other samples; a prefix starts the output."""
+    is the same sample again (the same request alone: the same batch); another seed draws
+    other samples (against nmt translate: the next test); a prefix starts the output."""
     src = lines[:6]
     sampled = [t["text"] for t in translate(server, src, sampling_topk=0, seed=7)["translations"]]
     again = [t["text"] for t in translate(server, src, sampling_topk=0, seed=7)["translations"]]
     other = [t["text"] for t in translate(server, src, sampling_topk=0, seed=8)["translations"]]
     assert sampled == again and sampled != other
-    source = tmp_path / "src.de"
-    source.write_text("\n".join(src) + "\n", encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-m", "cli", "translate", str(source), "-m", str(tiny_run),
-         "--sampling-topk", "0", "--seed", "7", "--workers", "1"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == sampled
     prefixed = translate(server, src[:2], prefix=["A dog", ""], beam_size=2)["translations"]
     assert prefixed[0]["text"].startswith("A dog")
     status, body = request(server.url + "/v1/translate", {"src": src[:2], "prefix": ["A"]})
     assert status == 422 and "prefix: 1 prefixes for 2 src lines" in body["error"]["message"]
+
+
+@pytest.mark.kernels
+def test_a_seeded_request_draws_what_nmt_translate_draws(
+    tiny_run: Path,
+    multi30k: Callable[..., list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In process: 24 lines sent in one request to a server of two workers (two batches of
+    12) and given to ``nmt translate --seed 7`` (one batch of 24). Line i of both draws from
+    the stream of ``sentence_seed(7, i)``; the samples are the same, or differ first at a
+    draw within float rounding of a boundary of the distribution (the batches' shapes
+    differ: agreement.SAMPLE_BOUNDARY_TOL), and identical samples score the same."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from nmt.decode.sampling import sentence_seed
+    from nmt.serve.registry import load_models
+
+    src = multi30k("val", "de", 24)
+    tokenizer = Tokenizer(tiny_run / SPM_FILE)
+    ids = [tuple(x) for x in tokenizer.encode(src)]
+    assert len(set(ids)) == len(ids)
+    records = []
+    with monkeypatch.context() as patch:
+        records.append(SamplingRecord(patch))
+        models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
+        with serving(models, workers=2) as client:
+            body = {"src": src, "sampling_topk": 0, "seed": 7}
+            answer = client.post("/v1/translate", json=body)
+            assert answer.status_code == 200, answer.json()
+    source = tmp_path / "src.de"
+    source.write_text("\n".join(src) + "\n", encoding="utf-8")
+    with monkeypatch.context() as patch:
+        records.append(SamplingRecord(patch))
+        args = ["translate", str(source), "-m", str(tiny_run), "--device", "cpu"]
+        done = CliRunner().invoke(app, [*args, "--sampling-topk", "0", "--seed", "7"])
+        assert done.exit_code == 0, done.output
+    served, command = records
+    assert [served.seeds[x] for x in ids] == [sentence_seed(7, i) for i in range(1, 25)]
+    assert [command.seeds[x] for x in ids] == [served.seeds[x] for x in ids]
+    model = load_model(tiny_run)[0]
+    for x in ids:
+        a, b = served.samples[x], command.samples[x]
+        gap = sample_boundary_gap(model, list(x), served.seeds[x], a.tokens, b.tokens)
+        assert gap < SAMPLE_BOUNDARY_TOL, (a.tokens, b.tokens)
+        if a.tokens == b.tokens:
+            assert abs(a.score - b.score) <= SCORE_TOL * (len(a.tokens) + 1)
+    texts = [t["text"] for t in answer.json()["translations"]]
+    assert texts == tokenizer.decode([served.samples[x].tokens for x in ids])
+
+
+@pytest.mark.kernels
+def test_requests_that_arrive_while_the_worker_is_busy_share_one_batch(
+    tiny_run: Path, lines: list[str]
+) -> None:
+    """In process, one worker, held busy by a first request (an event, not a timer): eight
+    one-line requests sent meanwhile queue up, and once the worker is free they are searched
+    as one batch of eight lines, each answered with its own line's translation."""
+    from nmt.serve.registry import load_models
+
+    models = load_models([f"tiny={tiny_run}"], "torch", "cpu")
+    served = models["tiny"]
+    run, calls = served.run, []
+    started, release, queued = threading.Event(), threading.Event(), threading.Event()
+
+    def gated(options: Any, works: list[Any]) -> Any:
+        calls.append(sum(len(w.ids) for w in works))
+        if len(calls) == 1:
+            started.set()
+            assert release.wait(120), "the eight requests never queued"
+        return run(options, works)
+
+    served.run = gated  # type: ignore[method-assign]
+    src = lines[:9]
+    with serving(models, workers=1, max_wait_ms=0.0) as client, ThreadPoolExecutor(9) as pool:
+        batcher = served.batcher
+        submit_many = batcher.submit_many
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            futures = submit_many(*args, **kwargs)
+            if batcher.stats()["queued"] == len(src) - 1:
+                queued.set()
+            return futures
+
+        batcher.submit_many = counting  # type: ignore[method-assign]
+
+        def post(line: str) -> Any:
+            body = {"src": [line], "beam_size": 2, "return_scores": True}
+            return client.post("/v1/translate", json=body)
+
+        first = pool.submit(post, src[0])
+        assert started.wait(120)
+        rest = [pool.submit(post, line) for line in src[1:]]
+        assert queued.wait(120), batcher.stats()
+        release.set()
+        answers = [f.result() for f in [first, *rest]]
+    assert calls == [1, len(src) - 1]
+    assert all(a.status_code == 200 for a in answers)
+    # Each answer is its own line's: compared with the line searched alone, as two numeric
+    # paths (a batch of eight against a batch of one, agreement.py).
+    alone = Translator.load(tiny_run, DecodeConfig(beam_size=2), device="cpu", workers=1)
+    found = record_hypotheses(alone)
+    assert len(list(alone.translate(src))) == len(src)
+    tokenizer = Tokenizer(tiny_run / SPM_FILE)
+    shared = found_from_answers(
+        tokenizer,
+        tokenizer.encode(src),
+        [(t["text"], t["score"]) for a in answers for t in a.json()["translations"]],
+        DecodeConfig().length_penalty,
+    )
+    assert_beam_agree(found, shared, BEAM_NORMALIZED_TOL, SCORE_TOL)
 
 
 @pytest.mark.kernels

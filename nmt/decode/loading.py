@@ -48,7 +48,8 @@ def load_translator(
         tgt_lang: the target language of a multilingual model (:mod:`nmt.data.multilingual`).
 
     Raises:
-        ConfigError: unknown engine, or ``weights`` with the ctranslate2 engine.
+        ConfigError: unknown engine, ``weights`` with the ctranslate2 engine, or a
+            CTranslate2 export given to the torch engine.
         MissingDependencyError: ctranslate2 asked for (or detected) but not installed.
         CheckpointError: a file is missing or of another format version.
     """
@@ -75,6 +76,12 @@ def load_translator(
                 tgt_lang=tgt_lang,
             )
         folder = folder[0]
+    if engine == "torch" and is_ctranslate2_dir(folder):
+        raise ConfigError(
+            f"{folder} is a CTranslate2 export (written by nmt export): translate it with "
+            "--engine ctranslate2 (or auto), or give the torch engine the model folder that "
+            "nmt export read"
+        )
     if engine == "torch" or (engine == "auto" and not is_ctranslate2_dir(folder)):
         return Translator.load(
             folder, decode, device, weights, chunk_lines, strict, dtype, quantize, workers,

@@ -103,6 +103,12 @@ def load_model(
         path = Path(weights)
         if len(path.parts) == 1 and (folder / path).exists():
             path = folder / path
+        elif len(path.parts) == 1 and not path.is_file():
+            found = sorted(p.name for p in folder.glob("*.safetensors"))
+            raise CheckpointError(
+                f"{weights}: weights file not found in {folder} (nor as a path from the "
+                f"current folder); {folder} holds {', '.join(found) or 'no .safetensors file'}"
+            )
     state = load_weights(path)
     model = Transformer(model_cfg)
     shapes = {k: v.shape for k, v in model.state_dict().items()}

@@ -108,6 +108,7 @@ def translation_out(r: Translation, req: TranslateRequest, model: ServedModel) -
             HypothesisOut(
                 text=text,
                 score=score,
+                piece_alignment=att.pharaoh() if att and req.return_piece_alignment else None,
                 alignment=att.pharaoh() if att and req.return_alignment else None,
                 attention=attention_out(att, src_pieces, model.translator.pieces(tokens))
                 if att and req.return_attention
@@ -119,6 +120,7 @@ def translation_out(r: Translation, req: TranslateRequest, model: ServedModel) -
         text=best.text,
         score=best.score if req.return_scores else None,
         nbest=hyps if req.nbest > 1 else None,
+        piece_alignment=best.piece_alignment,
         alignment=best.alignment,
         attention=best.attention,
         truncated=True if r.truncated else None,
@@ -249,14 +251,14 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         start = time.perf_counter()
         model = service.model(req.model)
         service.check_lines(req.src, "src")
-        if (req.return_attention or req.return_alignment) and model.engine != "torch":
+        attention = req.return_attention or req.return_piece_alignment or req.return_alignment
+        if attention and model.engine != "torch":
             raise ApiError(
                 422,
                 "invalid_field",
-                f"return_attention/return_alignment: model {model.id!r} runs on {model.engine}; "
-                "attention needs the torch engine",
+                f"return_attention/return_piece_alignment: model {model.id!r} runs on "
+                f"{model.engine}; attention needs the torch engine",
             )
-        attention = req.return_attention or req.return_alignment
         if req.prefix is not None:
             service.check_lines(req.prefix, "prefix")
         results = await service.translate(

@@ -79,9 +79,16 @@ class TranslateRequest(BaseModel):
         "the search continues from it.",
     )
     return_scores: bool = Field(default=False, description="Add each output's log-probability.")
+    return_piece_alignment: bool = Field(
+        default=False,
+        description="Add piece_alignment: the hard alignment of pieces, 'src-tgt' pairs of "
+        "piece positions (from attention; nmt translate --alignment gives words instead).",
+    )
     return_alignment: bool = Field(
         default=False,
-        description="Add the hard alignment of pieces, 'src-tgt' pairs (from attention).",
+        json_schema_extra={"deprecated": True},
+        description="Deprecated: write return_piece_alignment. Adds the same piece pairs "
+        "under the old name alignment.",
     )
     return_attention: bool = Field(
         default=False,
@@ -135,7 +142,8 @@ class HypothesisOut(BaseModel):
 
     text: str
     score: float = Field(description="Log-probability of the output (natural log, EOS included).")
-    alignment: str | None = None
+    piece_alignment: str | None = None
+    alignment: str | None = Field(default=None, json_schema_extra={"deprecated": True})
     attention: AttentionOut | None = None
 
 
@@ -145,8 +153,15 @@ class TranslationOut(BaseModel):
     text: str
     score: float | None = None
     nbest: list[HypothesisOut] | None = None
+    piece_alignment: str | None = Field(
+        default=None,
+        description="'src-tgt' pairs of piece positions (return_piece_alignment), e.g. '0-0 1-2'.",
+    )
     alignment: str | None = Field(
-        default=None, description="'src-tgt' piece pairs, e.g. '0-0 1-2'."
+        default=None,
+        json_schema_extra={"deprecated": True},
+        description="Deprecated: the same piece pairs as piece_alignment, given only for the "
+        "old return_alignment.",
     )
     attention: AttentionOut | None = None
     truncated: bool | None = Field(

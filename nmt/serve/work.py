@@ -76,7 +76,7 @@ def check_attention_size(values: int, limit: int) -> None:
         raise AttentionTooLargeError(
             f"return_attention: {values:,} weights (layers × heads × target × source pieces, "
             f"over every line and n-best hypothesis); at most {limit:,} in one "
-            "answer: send fewer or shorter lines, a lower nbest, or return_alignment alone"
+            "answer: send fewer or shorter lines, a lower nbest, or return_piece_alignment alone"
         )
 
 
