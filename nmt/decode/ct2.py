@@ -60,6 +60,7 @@ from nmt.data.vocab import load_tokenizer
 from nmt.decode.ct2_folder import import_ctranslate2, read_export_info
 from nmt.decode.engine import BaseTranslator, Request
 from nmt.decode.search import Hypothesis, length_penalty
+from nmt.decode.shortlist import VMAP_FILE
 from nmt.decode.translate import cpu_workers
 from nmt.errors import CheckpointError, ConfigError
 
@@ -123,6 +124,9 @@ class CT2Translator(BaseTranslator):
         max_positions: the model's position table size (sources are cut to one less, as in
             :class:`nmt.decode.translate.Translator`).
         strict: raise for an over-long source instead of cutting it.
+        vmap: the folder's vocabulary map (``vmap.txt``, written by ``nmt export`` from a
+            shortlist), which ``DecodeConfig.shortlist`` makes CTranslate2 use; ``None`` if
+            it has none.
     """
 
     def __init__(
@@ -133,9 +137,11 @@ class CT2Translator(BaseTranslator):
         chunk_lines: int = 2000,
         max_positions: int = 1024,
         strict: bool = False,
+        vmap: Path | None = None,
     ):
         super().__init__(tokenizer, decode, chunk_lines, max_positions, strict)
         self.translator = translator
+        self.vmap = vmap
         self.max_tgt_tokens = max_positions - 1  # as nmt.decode.search.max_lengths' cap
         self.pieces = tokenizer.vocabulary()  # target pieces by id
         self.src_pieces = tokenizer.source_vocabulary()  # the same list for a joint vocabulary
@@ -197,11 +203,22 @@ class CT2Translator(BaseTranslator):
         max_positions = int(info["model"]["max_positions"])
         pairs, model_tgt = info.get("pairs") or [], info.get("tgt_lang")
         tokenizer = for_target(load_tokenizer(folder), pairs, tgt_lang, model_tgt)
-        return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict)
+        vmap = folder / VMAP_FILE
+        return cls(
+            translator, tokenizer, decode, chunk_lines, max_positions, strict,
+            vmap if vmap.is_file() else None,
+        )  # fmt: skip
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raises :class:`ConfigError` for what only the torch engine does: alignment (from a
-        decoder layer chosen per call) and sampling (one seeded generator per sentence)."""
+        decoder layer chosen per call) and sampling (one seeded generator per sentence); and
+        for ``shortlist`` where the folder has no vocabulary map."""
+        if d.shortlist and self.vmap is None:
+            raise ConfigError(
+                "shortlist (--shortlist): this CTranslate2 folder has no vocabulary map "
+                f"({VMAP_FILE}); build a shortlist in the model folder (nmt shortlist) and "
+                "export it again, or drop --shortlist"
+            )
         asked = [
             name
             for name, on in (
@@ -371,6 +388,7 @@ class CT2Translator(BaseTranslator):
             return_scores=True,
             return_end_token=True,
             asynchronous=True,
+            use_vmap=d.shortlist,
         )
 
     def prefix_log_probs(
