@@ -373,3 +373,18 @@ def test_ctranslate2_with_the_vocabulary_map_agrees_with_torch(
         if theirs[x][0].tokens == full[x][0].tokens
     ]
     assert gaps and max(gaps) > 100 * SCORE_TOL
+
+
+@pytest.mark.kernels
+def test_an_ensemble_restricts_every_model_to_the_same_candidates(
+    folder: Path, lines: list[str]
+) -> None:
+    """An ensemble of the model with itself (weights 0.5, 0.5) sums two equal distributions
+    renormalized over the same candidates: the single model's shortlist search."""
+    decode = DecodeConfig(beam_size=4, batch_size=64, shortlist=True)
+    single = Translator.load(folder, decode, device="cpu")
+    pair = Translator.load([folder, folder], decode, device="cpu")
+    found = [record_hypotheses(t) for t in (single, pair)]
+    for t in (single, pair):
+        list(t.translate(lines[:12]))
+    assert_float32_agree(load_model(folder)[0], 4, *found)
