@@ -24,7 +24,7 @@ best)`` int32 target ids, best first, -1 where a source piece has fewer, and ``a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +149,9 @@ def build_shortlist(
         The shortlist, as saved.
 
     Raises:
-        ConfigError: ``best`` < 1 or ``frequent`` < 0, or a multilingual model (its sources
-            are tagged per direction; build shortlists for one language pair).
+        ConfigError: ``best`` < 1 or ``frequent`` < 0, a config without languages, or a
+            multilingual model (its sources are tagged per direction; build shortlists for
+            one language pair).
         InputError: a corpus file missing, not UTF-8, of another line count, or empty.
         CheckpointError: the folder has no readable config or SentencePiece model.
     """
@@ -165,7 +166,12 @@ def build_shortlist(
         )
     cfg = from_dict(ModelConfig, config["model"], f"{folder / CONFIG_FILE} [model]")
     tokenizer = load_tokenizer(folder)
-    src_lang, tgt_lang = config["src_lang"], config["tgt_lang"]
+    src_lang, tgt_lang = config.get("src_lang"), config.get("tgt_lang")
+    if not src_lang or not tgt_lang:
+        raise ConfigError(
+            f"{folder / CONFIG_FILE}: no src_lang/tgt_lang, which name the corpus files "
+            "PREFIX.SRC and PREFIX.TGT; add them to the file"
+        )
     total = count_lines(corpus_path(train_prefix, src_lang))
     counts = _count(tokenizer, iter_parallel(train_prefix, src_lang, tgt_lang), total, progress)
     if counts.pairs == 0:
@@ -225,7 +231,7 @@ class _Counts:
 
 def _count(
     tokenizer: Tokenizer,
-    pairs: Any,
+    pairs: Iterable[tuple[str, str]],
     total: int,
     progress: ProgressFn | None,
 ) -> _Counts:
@@ -282,7 +288,8 @@ def save_shortlist(folder: str | Path, shortlist: Shortlist) -> None:
 
 
 def load_shortlist(folder: str | Path, cfg: ModelConfig) -> Shortlist:
-    """The shortlist of a model folder, checked against its model.
+    """The shortlist of a model folder, checked against its model (whose PAD, BOS and EOS
+    ids are always candidates, whatever the file says).
 
     Raises:
         CheckpointError: no shortlist in the folder (says how to build one), an unreadable
@@ -305,7 +312,8 @@ def load_shortlist(folder: str | Path, cfg: ModelConfig) -> Shortlist:
             f"model has {rows} source and {cfg.vocab_size} target pieces); "
             + MISSING_HINT.format(folder=folder)
         )
-    return Shortlist(candidates, always, info)
+    specials = torch.tensor([cfg.pad_id, cfg.bos_id, cfg.eos_id])  # search needs their columns
+    return Shortlist(candidates, torch.unique(torch.cat([always, specials])), info)
 
 
 def write_vmap(shortlist: Shortlist, tokenizer: Tokenizer, path: str | Path) -> None:
