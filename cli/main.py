@@ -42,6 +42,7 @@ def _register() -> None:
         prepare,
         score,
         serve,
+        shortlist,
         train,
         translate,
     )
@@ -57,6 +58,7 @@ def _register() -> None:
         export.export
     )  # CTranslate2 export (nmt.interop.export)
     app.command("serve", cls=CheckedCommand)(serve.serve)  # HTTP server (the serve extra)
+    app.command("shortlist", cls=CheckedCommand)(shortlist.shortlist)  # nmt.decode.shortlist
     app.add_typer(data.app, name="data")
     app.add_typer(import_model.app, name="import")  # other toolkits' models (nmt.import_*)
 

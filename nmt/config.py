@@ -367,6 +367,10 @@ class DecodeConfig:
         sampling_temperature: logits are divided by it before sampling.
         seed: sampling seed; each sentence draws from its own generator seeded from it and
             the sentence's line number (``None`` = a fresh seed for each call).
+        shortlist: search each batch over the target pieces its sources make likely (the
+            model folder's vocabulary shortlist, :mod:`nmt.decode.shortlist`), not the whole
+            vocabulary: faster, and the same output wherever the full search's tokens are
+            candidates. Search only (not sampling, not scoring given translations).
     """
 
     beam_size: int = 5
@@ -382,6 +386,7 @@ class DecodeConfig:
     sampling_topp: float = 1.0
     sampling_temperature: float = 1.0
     seed: int | None = None
+    shortlist: bool = False
 
     @property
     def sampling(self) -> bool:
@@ -425,6 +430,11 @@ class DecodeConfig:
         if not 0.0 < self.sampling_temperature < math.inf:  # NaN fails too
             raise ConfigError(
                 f"sampling_temperature={self.sampling_temperature} must be positive and finite"
+            )
+        if self.sampling and self.shortlist:
+            raise ConfigError(
+                "shortlist (--shortlist) restricts search to a batch's likely target pieces; "
+                "sampling (--sampling-topk) draws from the whole vocabulary: drop one of them"
             )
         if self.sampling and self.beam_size != 1:
             raise ConfigError(

@@ -68,6 +68,7 @@ from nmt.data.vocab import load_tokenizer
 from nmt.decode.ct2_folder import import_ctranslate2, read_export_info
 from nmt.decode.engine import BaseTranslator, Request
 from nmt.decode.search import Hypothesis, length_penalty
+from nmt.decode.shortlist import VMAP_FILE
 from nmt.decode.translate import cpu_workers
 from nmt.errors import CheckpointError, ConfigError
 
@@ -131,6 +132,9 @@ class CT2Translator(BaseTranslator):
         max_positions: the model's position table size (sources are cut to one less, as in
             :class:`nmt.decode.translate.Translator`).
         strict: raise for an over-long source instead of cutting it.
+        vmap: the folder's vocabulary map (``vmap.txt``, written by ``nmt export`` from a
+            shortlist), which ``DecodeConfig.shortlist`` makes CTranslate2 use; ``None`` if
+            it has none.
     """
 
     def __init__(
@@ -142,9 +146,11 @@ class CT2Translator(BaseTranslator):
         max_positions: int = 1024,
         strict: bool = False,
         targets: Targets | None = None,
+        vmap: Path | None = None,
     ):
         super().__init__(tokenizer, decode, chunk_lines, max_positions, strict, targets)
         self.translator = translator
+        self.vmap = vmap
         self.max_tgt_tokens = max_positions - 1  # as nmt.decode.search.max_lengths' cap
         self.pieces = tokenizer.vocabulary()  # target pieces by id
         self.src_pieces = tokenizer.source_vocabulary()  # the same list for a joint vocabulary
@@ -209,11 +215,22 @@ class CT2Translator(BaseTranslator):
         base = load_tokenizer(folder)
         tokenizer = for_target(base, pairs, tgt_lang, model_tgt)
         targets = Targets(base, pairs, info.get("src_lang"), model_tgt)
-        return cls(translator, tokenizer, decode, chunk_lines, max_positions, strict, targets)
+        vmap = folder / VMAP_FILE
+        return cls(
+            translator, tokenizer, decode, chunk_lines, max_positions, strict, targets,
+            vmap if vmap.is_file() else None,
+        )  # fmt: skip
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
         """Raises :class:`ConfigError` for what only the torch engine does: alignment (from a
-        decoder layer chosen per call) and sampling (one seeded generator per sentence)."""
+        decoder layer chosen per call) and sampling (one seeded generator per sentence); and
+        for ``shortlist`` where the folder has no vocabulary map."""
+        if d.shortlist and self.vmap is None:
+            raise ConfigError(
+                "shortlist (--shortlist): this CTranslate2 folder has no vocabulary map "
+                f"({VMAP_FILE}); build a shortlist in the model folder (nmt shortlist) and "
+                "export it again, or drop --shortlist"
+            )
         asked = [
             name
             for name, on in (
@@ -418,6 +435,7 @@ class CT2Translator(BaseTranslator):
             suppress_sequences=[[self.pieces[i]] for i in sorted(self.specials)]
             if suppress
             else None,
+            use_vmap=d.shortlist,
         )
 
     def prefix_log_probs(

@@ -387,9 +387,15 @@ class BaseTranslator:
         Raises:
             InputError: not one target per line, or a line too long (``strict``) or a target
                 longer than the model can output.
-            ConfigError: an engine that cannot score (:meth:`forced_scores`).
+            ConfigError: an engine that cannot score (:meth:`forced_scores`), or a
+                ``shortlist`` setting (scores are over the whole vocabulary).
         """
         d = decode or self.decode
+        if d.shortlist:
+            raise ConfigError(
+                "shortlist (--shortlist) restricts search's output vocabulary; scoring given "
+                "translations (--score-target) needs the whole vocabulary: drop --shortlist"
+            )
         first = 1
         for pairs in available_chunks(
             paired(lines, targets, target_source, "target"), self.chunk_lines

@@ -83,10 +83,22 @@ class Ensemble:
         encoded = [m.encode(src) for m in self.models]
         return [memory for memory, _ in encoded], encoded[0][1]
 
-    def init_cache(self, memories: list[torch.Tensor], src_mask: torch.Tensor) -> EnsembleCache:
-        """Every model's cross-attention keys/values, projected once per sentence."""
+    def init_cache(
+        self,
+        memories: list[torch.Tensor],
+        src_mask: torch.Tensor,
+        *,
+        vocab_ids: torch.Tensor | None = None,
+    ) -> EnsembleCache:
+        """Every model's cross-attention keys/values, projected once per sentence; with
+        ``vocab_ids`` (a shortlist), every model's output restricted to those ids, each
+        normalized over them before the weighted sum (as Marian's ensembles with a
+        shortlist)."""
         return EnsembleCache(
-            [m.init_cache(memory, src_mask) for m, memory in zip(self.models, memories)]
+            [
+                m.init_cache(memory, src_mask, vocab_ids=vocab_ids)
+                for m, memory in zip(self.models, memories)
+            ]
         )
 
     def decode_step(self, tokens: torch.Tensor, cache: EnsembleCache) -> torch.Tensor:

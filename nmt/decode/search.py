@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from nmt.decode.shortlist import OutputVocab
 
 
 class Cache(Protocol):
@@ -136,13 +137,17 @@ def greedy_search(
     max_len_b: int = 10,
     prefix: torch.Tensor | None = None,
     choose: Chooser | None = None,
+    vocab_ids: torch.Tensor | None = None,
 ) -> list[Hypothesis]:
     """Pick the most probable token at each step (or the one ``choose`` picks).
 
     Args:
         src: ``(batch, src_len)`` int64 source ids ending in EOS, right-padded.
         prefix: ``(batch, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`).
-        choose: picks each row's token instead of the argmax (:mod:`nmt.decode.sampling`).
+        choose: picks each row's token instead of the argmax (:mod:`nmt.decode.sampling`);
+            it gets and returns columns of the log-probabilities (:class:`OutputVocab`).
+        vocab_ids: ``(n,)`` sorted target ids to search over (a vocabulary shortlist,
+            including the special tokens and every prefix id); ``None`` = all.
 
     Returns:
         One :class:`Hypothesis` per sentence, in batch order (``normalized`` = ``score``, the
@@ -150,9 +155,10 @@ def greedy_search(
         that never chose EOS.
     """
     memory, src_mask = model.encode(src)
-    cache = model.init_cache(memory, src_mask)
-    cfg = model.cfg
+    cache = init_cache(model, memory, src_mask, vocab_ids)
+    cfg, out = model.cfg, OutputVocab.of(vocab_ids, model.cfg)
     limits = max_lengths(src, max_len_a, max_len_b, cfg.max_positions - 1, prefix, cfg.pad_id)
+    prefix = out.columns(prefix)
     batch = src.size(0)
     alive = torch.arange(batch, device=src.device)  # original sentence index of each row
     tokens = torch.full((batch,), cfg.bos_id, dtype=torch.long, device=src.device)
@@ -161,17 +167,18 @@ def greedy_search(
     results: list[Hypothesis | None] = [None] * batch
     shortest = int(limits.min())  # steps before it need no limit check
     for step in range(int(limits.max()) + 1):
-        logp = mask_specials(model.decode_step(tokens, cache), cfg.pad_id, cfg.bos_id)
+        logp = mask_specials(model.decode_step(tokens, cache), out.pad, out.bos)
         if prefix is not None and step < prefix.size(1):
             force_tokens(logp, prefix[alive, step])
         if step >= shortest:
             forced = limits[alive] <= step
-            logp[forced] = _only_eos(logp[forced], cfg.eos_id)
+            logp[forced] = _only_eos(logp[forced], out.eos)
         if choose is None:
             best_logp, tokens = logp.max(-1)
         else:
             tokens = choose(logp, alive, step)
             best_logp = logp.gather(1, tokens[:, None])[:, 0]
+        tokens = out.tokens(tokens)
         scores = scores + best_logp
         history = torch.cat([history, tokens[:, None]], 1)
         done = tokens == cfg.eos_id
@@ -186,6 +193,17 @@ def greedy_search(
             shortest = int(limits[alive].min())
             cache.reorder(keep)
     return [no_output() if r is None else r for r in results]
+
+
+def init_cache(
+    model: Decoder, memory: Any, src_mask: torch.Tensor, vocab_ids: torch.Tensor | None
+) -> Any:
+    """``model.init_cache``; with the output ids ``vocab_ids`` of a shortlist, called with
+    them (``init_cache(..., vocab_ids=...)``, which :class:`~nmt.model.transformer.Transformer`
+    and :class:`~nmt.decode.ensemble.Ensemble` take; a :class:`Decoder` need not)."""
+    if vocab_ids is None:
+        return model.init_cache(memory, src_mask)
+    return cast(Any, model).init_cache(memory, src_mask, vocab_ids=vocab_ids)
 
 
 def mask_specials(logp: torch.Tensor, pad_id: int = PAD_ID, bos_id: int = BOS_ID) -> torch.Tensor:
@@ -222,6 +240,8 @@ class BeamState:
         prefix: ``(n, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`).
         shortest: ``min(limits)``, kept in Python so that steps before it skip the limit
             check (a tensor comparison and a read back).
+        out: the target ids the log-probabilities' columns stand for (``prefix`` holds
+            columns; ``history`` ids); ``None`` = the whole vocabulary.
     """
 
     sentence: torch.Tensor
@@ -232,6 +252,7 @@ class BeamState:
     cache: Cache
     prefix: torch.Tensor | None = None
     shortest: int = 0
+    out: OutputVocab | None = None
 
     def __post_init__(self) -> None:
         self.shortest = int(self.limits.min()) if self.limits.numel() else 0
@@ -243,11 +264,13 @@ def beam_init(
     max_len_a: float,
     max_len_b: int,
     prefix: torch.Tensor | None = None,
+    vocab_ids: torch.Tensor | None = None,
 ) -> BeamState:
     """Encode once; the first step runs one decoder row per sentence (as CTranslate2 does),
     since all beams would start from the same BOS; :func:`beam_step` then widens to the beam.
-    While a sentence's ``prefix`` lasts, its beams are teacher-forced (one live hypothesis)."""
-    batch, cfg = src.size(0), model.cfg
+    While a sentence's ``prefix`` lasts, its beams are teacher-forced (one live hypothesis).
+    ``vocab_ids``: see :func:`greedy_search`."""
+    batch, cfg, out = src.size(0), model.cfg, OutputVocab.of(vocab_ids, model.cfg)
     memory, src_mask = model.encode(src)
     return BeamState(
         sentence=torch.arange(batch, device=src.device),
@@ -255,8 +278,9 @@ def beam_init(
         history=torch.empty(batch, 0, dtype=torch.long, device=src.device),
         limits=max_lengths(src, max_len_a, max_len_b, cfg.max_positions - 1, prefix, cfg.pad_id),
         n_finished=torch.zeros(batch, dtype=torch.long, device=src.device),
-        cache=model.init_cache(memory, src_mask),
-        prefix=prefix,
+        cache=init_cache(model, memory, src_mask, vocab_ids),
+        prefix=out.columns(prefix),
+        out=out,
     )
 
 
@@ -277,18 +301,19 @@ def beam_step(
         if step
         else torch.full((n,), cfg.bos_id, dtype=torch.long, device=state.scores.device)
     )
-    logp = mask_specials(model.decode_step(last, state.cache), cfg.pad_id, cfg.bos_id)
+    out = state.out or OutputVocab.of(None, cfg)
+    logp = mask_specials(model.decode_step(last, state.cache), out.pad, out.bos)
     if state.prefix is not None and step < state.prefix.size(1):
         force_tokens(logp, state.prefix[:, step].repeat_interleave(width))
     logp = logp.view(n, width, -1)
-    vocab = logp.size(-1)
+    vocab = logp.size(-1)  # columns: the whole vocabulary or a shortlist's ids
     forced = state.limits <= step if step >= state.shortest else None
     if forced is not None:
-        logp[forced] = _only_eos(logp[forced].view(-1, vocab), cfg.eos_id).view(-1, width, vocab)
+        logp[forced] = _only_eos(logp[forced].view(-1, vocab), out.eos).view(-1, width, vocab)
     candidates = logp.add_(state.scores[:, :, None]).view(n, -1)  # (n, width * vocab)
     n_cand = min(2 * beam_size, width * vocab)
     cand_scores, cand_index = candidates.topk(n_cand, dim=1)  # (n, 2 * beam)
-    cand_beam, cand_token = cand_index // vocab, cand_index % vocab
+    cand_beam, cand_token = cand_index // vocab, out.tokens(cand_index % vocab)
     is_eos = cand_token == cfg.eos_id
     some_full = _finalize(state, finished, cand_scores, cand_beam, is_eos, beam_size, alpha)
     # The best `beam` candidates that do not end: candidates are sorted, so topk over the
@@ -370,6 +395,7 @@ def beam_search(
     max_len_b: int = 10,
     nbest: int = 1,
     prefix: torch.Tensor | None = None,
+    vocab_ids: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Batched beam search (Sutskever et al. 2014; fairseq's 2×beam candidate scheme).
 
@@ -380,13 +406,14 @@ def beam_search(
         nbest: hypotheses returned per sentence (at most ``beam_size``).
         prefix: ``(batch, prefix_len)`` target prefixes to teacher-force (:func:`prefix_tensor`);
             the search continues from each, and scores include the prefix's log-probability.
+        vocab_ids: see :func:`greedy_search`.
 
     Returns:
         For each sentence (batch order), its ``nbest`` best hypotheses, best first; for a
         sentence none of whose hypotheses reached EOS, :func:`no_output` alone.
     """
     finished: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
-    state: BeamState | None = beam_init(model, src, max_len_a, max_len_b, prefix)
+    state: BeamState | None = beam_init(model, src, max_len_a, max_len_b, prefix, vocab_ids)
     while state is not None:
         state = beam_step(model, state, finished, beam_size, length_penalty_alpha)
     return [sorted(f, key=lambda h: -h.normalized)[:nbest] or [no_output()] for f in finished]

@@ -32,6 +32,7 @@ from nmt.decode.ensemble import Ensemble
 from nmt.decode.forced import forced_scores
 from nmt.decode.sampling import sample
 from nmt.decode.search import Hypothesis, beam_search, greedy_search, prefix_tensor
+from nmt.decode.shortlist import Shortlist, load_shortlist
 from nmt.decode.streaming import length_batches
 from nmt.device import resolve_device
 from nmt.errors import ConfigError
@@ -133,6 +134,9 @@ class Translator(BaseTranslator):
         workers: on CPU, batches searched at once by worker threads (:func:`cpu_workers`;
             0 = one single-threaded worker per CPU thread); 1 searches in the calling
             thread. GPUs always search one batch at a time.
+        folder: the model folder, whose vocabulary shortlist ``DecodeConfig.shortlist``
+            loads when first asked for (:mod:`nmt.decode.shortlist`; an ensemble uses its
+            first model's).
     """
 
     def __init__(
@@ -144,9 +148,12 @@ class Translator(BaseTranslator):
         strict: bool = False,
         workers: int = 1,
         targets: Targets | None = None,
+        folder: str | Path | None = None,
     ):
         max_positions = model.cfg.max_positions
         super().__init__(tokenizer, decode, chunk_lines, max_positions, strict, targets)
+        self.folder = None if folder is None else Path(folder)
+        self.shortlist: Shortlist | None = None
         self.model = model if isinstance(model, Ensemble) else model.eval()
         first = model.models[0] if isinstance(model, Ensemble) else model
         self.device = next(first.parameters()).device
@@ -210,17 +217,36 @@ class Translator(BaseTranslator):
             [Path(f) for f in folders], "the models of an ensemble need one vocabulary"
         )
         if len(models) == 1 and ensemble_weights is None:
-            return cls(models[0], tokenizer, decode, chunk_lines, strict, workers, targets)
+            return cls(
+                models[0], tokenizer, decode, chunk_lines, strict, workers, targets, folders[0]
+            )
         n = len(models)
         ensemble = Ensemble(models, list(ensemble_weights or [1.0 / n] * n))
-        return cls(ensemble, tokenizer, decode, chunk_lines, strict, workers, targets)
+        return cls(ensemble, tokenizer, decode, chunk_lines, strict, workers, targets, folders[0])
 
     def check_options(self, d: DecodeConfig, prefixes: bool) -> None:
-        """Raises :class:`ConfigError` for an alignment layer the model does not have."""
+        """Raises :class:`ConfigError` for an alignment layer the model does not have, and
+        :class:`CheckpointError` for ``shortlist`` where the model folder has none."""
+        if d.shortlist:
+            self.load_shortlist()
         if d.alignment:
             if isinstance(self.model, Ensemble):
                 raise ConfigError("alignment reads one model's attention: not with an ensemble")
             check_layer(d.alignment_layer, self.model.cfg.n_decoder_layers)
+
+    def load_shortlist(self) -> Shortlist:
+        """The model folder's vocabulary shortlist, loaded on first use.
+
+        Raises:
+            CheckpointError: the folder has none (the error says how to build one), or one
+                for another vocabulary.
+            ConfigError: a model given without its folder.
+        """
+        if self.shortlist is None:
+            if self.folder is None:
+                raise ConfigError("shortlist: load the model with Translator.load(folder)")
+            self.shortlist = load_shortlist(self.folder, self.model.cfg)
+        return self.shortlist
 
     def search_rows(
         self, ids: list[list[int]], request: Request | None = None
@@ -259,12 +285,16 @@ class Translator(BaseTranslator):
             seeds: each sentence's sampling seed (:func:`nmt.decode.sampling.sentence_seed`);
                 required when sampling.
 
+        With ``decode.shortlist``, the search runs over the batch's candidate target ids
+        (:meth:`nmt.decode.shortlist.Shortlist.batch_vocab`, prefixes included).
+
         Returns:
             The nbest lists of each sentence; with ``decode.alignment``, the best hypothesis
             carries its cross-attention (:meth:`with_attention`).
         """
         d = decode or self.decode
         prefix = None if prefixes is None else prefix_tensor(prefixes, src.device)
+        vocab_ids = self.load_shortlist().batch_vocab(src, prefixes) if d.shortlist else None
         if d.sampling:
             if seeds is None:
                 raise ValueError("sampling needs one seed per sentence")
@@ -281,7 +311,9 @@ class Translator(BaseTranslator):
             )
             nbest = [[h] for h in found]
         elif d.beam_size == 1:
-            found = greedy_search(self.model, src, d.max_len_a, d.max_len_b, prefix)
+            found = greedy_search(
+                self.model, src, d.max_len_a, d.max_len_b, prefix, vocab_ids=vocab_ids
+            )
             nbest = [[h] for h in found]
         else:
             nbest = beam_search(
@@ -293,6 +325,7 @@ class Translator(BaseTranslator):
                 d.max_len_b,
                 d.nbest,
                 prefix,
+                vocab_ids,
             )
         return self.with_attention(src, nbest, d) if d.alignment else nbest
 

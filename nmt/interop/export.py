@@ -29,7 +29,9 @@ The output folder holds CTranslate2's ``model.bin``, ``config.json`` and
 separate vocabularies), plus the tokenizer files (``spm.model``; ``spm.src.model`` and
 ``spm.tgt.model``; or an imported Marian model's ``vocab.json``, ``source.spm`` and
 ``target.spm``) and ``nmt.json`` (languages, model shape,
-quantization) so that ``nmt translate -m OUT`` needs nothing else.
+quantization) so that ``nmt translate -m OUT`` needs nothing else; and, when the model folder
+has a vocabulary shortlist (``nmt shortlist``), CTranslate2's vocabulary map ``vmap.txt``
+(:func:`nmt.decode.shortlist.write_vmap`), which ``nmt translate --shortlist`` uses.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import nn
 from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import load_tokenizer, tokenizer_files
 from nmt.decode.ct2_folder import EXPORT_INFO, import_ctranslate2
+from nmt.decode.shortlist import VMAP_FILE, load_shortlist, shortlist_path, write_vmap
 from nmt.errors import CheckpointError, ConfigError
 from nmt.fileio import check_output_folder
 from nmt.model.checkpoint import FORMAT_VERSION, load_model, write_json
@@ -112,6 +115,8 @@ def export_ctranslate2(
     tmp.mkdir(parents=True)
     try:
         spec.save(str(tmp))
+        if shortlist_path(model_dir).is_file():  # CTranslate2 reads it with use_vmap=True
+            write_vmap(load_shortlist(model_dir, model.cfg), tokenizer, tmp / VMAP_FILE)
         write_json(tmp / EXPORT_INFO, export_info(ct2, model_dir, config, quantization))
         replace_dir(tmp, out)
     except BaseException:

@@ -5,6 +5,7 @@ once per sentence, reordered as search keeps, moves and drops hypotheses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -71,12 +72,17 @@ class DecoderCache:
         rows_per_sentence: decoder rows of each sentence (1 for greedy search and for the
             first step of beam search, then ``beam_size``); a sentence's rows are adjacent.
         step: target positions decoded so far.
+        output: the output projection of this search, ``(rows, d_model)`` → ``(rows, n)``
+            logits, when it covers a subset of ``n`` target ids (a vocabulary shortlist,
+            :meth:`nmt.model.transformer.Transformer.output_rows`); ``None`` = the whole
+            vocabulary.
     """
 
     layers: list[LayerCache]
     src_mask: torch.Tensor
     rows_per_sentence: int = 1
     step: int = 0
+    output: Callable[[torch.Tensor], torch.Tensor] | None = None
     attn_mask: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:

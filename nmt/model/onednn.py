@@ -71,6 +71,12 @@ class OneDNNLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
+    def with_weight(self, weight: torch.Tensor, bias: torch.Tensor | None) -> OneDNNLinear:
+        """The same kind of layer for another weight: what
+        :meth:`nmt.model.transformer.Transformer.output_rows` packs the rows of a vocabulary
+        shortlist with, once per search."""
+        return OneDNNLinear(weight, bias)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
 

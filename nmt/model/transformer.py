@@ -13,8 +13,9 @@ cross-attention keys and values with one ``kv_proj``: one matrix product instead
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import cast
 
 import torch
@@ -163,8 +164,26 @@ class Transformer(nn.Module):
         memory, src_mask = self.encode(src)
         return self.decode(tgt_in, memory, src_mask)
 
+    def output_rows(self, vocab_ids: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The output projection restricted to target ids ``vocab_ids`` ``(n,)`` int64: the
+        rows of the tied weight (and of ``output_bias``) sliced once, ``(..., d_model)`` →
+        ``(..., n)`` logits, column ``j`` being token ``vocab_ids[j]``; computed by the same
+        kernel as the whole projection (``output_linear``'s ``with_weight``, else
+        ``F.linear``). As Marian's and CTranslate2's shortlists (:mod:`nmt.decode.shortlist`).
+        """
+        weight = self.embed.weight.index_select(0, vocab_ids)
+        bias = None if self.output_bias is None else self.output_bias.index_select(0, vocab_ids)
+        with_weight = getattr(self.output_linear, "with_weight", None)
+        if with_weight is not None:
+            return cast(Callable[[torch.Tensor], torch.Tensor], with_weight(weight, bias))
+        return functools.partial(F.linear, weight=weight, bias=bias)
+
     def init_cache(
-        self, memory: torch.Tensor, src_mask: torch.Tensor, rows_per_sentence: int = 1
+        self,
+        memory: torch.Tensor,
+        src_mask: torch.Tensor,
+        rows_per_sentence: int = 1,
+        vocab_ids: torch.Tensor | None = None,
     ) -> DecoderCache:
         """Project cross-attention keys/values once per sentence for incremental decoding.
 
@@ -172,12 +191,15 @@ class Transformer(nn.Module):
             memory: ``(sentences, src_len, d_model)``; src_mask: ``(sentences, 1, 1, src_len)``.
             rows_per_sentence: decoder rows per sentence; :meth:`decode_step` then takes
                 ``sentences * rows_per_sentence`` rows, each sentence's rows adjacent.
+            vocab_ids: ``(n,)`` sorted target ids that :meth:`decode_step` computes
+                log-probabilities for (:meth:`output_rows`); ``None`` = all.
         """
         layers = [
             LayerCache(*cast(DecoderLayer, layer).cross_attn.project_kv(memory))
             for layer in self.decoder_layers
         ]
-        return DecoderCache(layers, src_mask, rows_per_sentence)
+        output = None if vocab_ids is None else self.output_rows(vocab_ids)
+        return DecoderCache(layers, src_mask, rows_per_sentence, output=output)
 
     def decode_step(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """One incremental decoding step.
@@ -190,7 +212,9 @@ class Transformer(nn.Module):
         :func:`nmt.model.incremental.layer_step`.
 
         Returns:
-            ``(rows, vocab)`` float32 log-probabilities of the next token.
+            ``(rows, vocab)`` float32 log-probabilities of the next token; with a cache made
+            for a subset of the vocabulary (``init_cache(vocab_ids=...)``), ``(rows, n)``
+            log-probabilities normalized over that subset (:meth:`output_log_probs`).
 
         Raises:
             ValueError: the sequence would exceed ``cfg.max_positions``.
@@ -202,4 +226,15 @@ class Transformer(nn.Module):
         for layer, layer_cache in zip(self.decoder_layers, cache.layers):
             x = incremental.layer_step(layer, x, layer_cache, cache.attn_mask)  # type: ignore[arg-type]
         cache.step += 1
-        return F.log_softmax(self.logits(self.decoder_norm(x)).float(), dim=-1)
+        return self.output_log_probs(self.decoder_norm(x), cache.output)
+
+    def output_log_probs(
+        self, h: torch.Tensor, output: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``(rows, d_model)`` final decoder states → ``(rows, n)`` float32 log-probabilities:
+        over the whole vocabulary (``output`` ``None``, :meth:`logits`), or over the ``n`` ids
+        of a restricted projection (:meth:`output_rows`), the softmax then normalizing over
+        those ids alone, as Marian's and CTranslate2's shortlists do: ``log p(y) - log
+        sum_{y' in subset} p(y')`` of the whole vocabulary's ``p``."""
+        logits = self.logits(h) if output is None else output(h)
+        return F.log_softmax(logits.float(), dim=-1)
