@@ -210,7 +210,10 @@ def translate(
         typer.Option(help="fp32 (exact), bf16 (GPUs; on CPU no faster than fp32) or fp16 (GPU)."),
     ] = "fp32",
     quantization: Annotated[
-        str | None, typer.Option(help="int8: dynamically quantized linear layers (CPU).")
+        str | None,
+        typer.Option(
+            help="int8: int8 linear layers through oneDNN, activations quantized per call (CPU)."
+        ),
     ] = None,
     quantize: Annotated[str | None, hidden("--quantize")] = None,
     strict: Annotated[

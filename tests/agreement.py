@@ -344,8 +344,9 @@ def doubled_weight_copy(model_dir: Path, out: Path) -> Path:
     """A doubled scale: ``model_dir``'s weights with the first decoder layer's self-attention
     output projection times 2, written to ``out`` (a weights file for ``weights=``)."""
     model, _ = load_model(model_dir)
+    layer: Any = model.decoder_layers[0]
     with torch.no_grad():
-        model.decoder_layers[0].self_attn.out_proj.weight.mul_(2.0)
+        layer.self_attn.out_proj.weight.mul_(2.0)
     save_weights(out, model)
     return out
 

@@ -9,6 +9,7 @@ first difference at a near-tie of the float32 model (STYLE, "Tests that can fail
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator, cpu_workers, length_batches, worker_pool
 from nmt.errors import ConfigError, InputError
 from nmt.model.checkpoint import SPM_FILE, load_model
+from nmt.model.int8 import Int8Linear
 from nmt.model.transformer import Transformer
 
 
@@ -283,6 +285,44 @@ def test_low_precision_bounds_fail_a_doubled_weight(
     _, found_bugged = translate_recorded(bugged, lines)
     with pytest.raises(AssertionError, match="diverge at a gap"):
         assert_greedy_agree(reference, found_exact, found_bugged, tie, score_tol=mean_error)
+
+
+@pytest.mark.kernels
+def test_int8_bounds_fail_a_doubled_scale(tiny_run: Path, multi30k, lines: list[str]) -> None:
+    """LOW_PRECISION["int8"]'s companion inside the int8 path itself: one int8 layer's
+    per-channel scales doubled after quantization (the first decoder layer's self-attention
+    output projection) takes the mean error past its bound and makes greedy outputs diverge
+    beyond its tie."""
+    mean_error, tie = LOW_PRECISION["int8"]
+    reference, _ = load_model(tiny_run)
+    bugged = Translator.load(tiny_run, DecodeConfig(beam_size=1), device="cpu", quantize="int8")
+    layer = bugged.model.decoder_layers[0].self_attn.out_proj
+    assert isinstance(layer, Int8Linear)
+    layer.weight_scale.mul_(2.0)
+    src, tgt = (bugged.tokenizer.encode(multi30k("val", lang, 200)) for lang in ("de", "en"))
+    error = mean_log_prob_error(reference, bugged.model, src, tgt)
+    print(f"int8 with a doubled scale: mean difference {error:.4f}")
+    assert error > mean_error
+    _, found_exact = translate_recorded(load(tiny_run, beam_size=1), lines)
+    _, found_bugged = translate_recorded(bugged, lines)
+    with pytest.raises(AssertionError, match="diverge at a gap"):
+        assert_greedy_agree(reference, found_exact, found_bugged, tie, score_tol=mean_error)
+
+
+def test_int8_swaps_every_linear_layer_and_warns_nothing(tiny_run: Path, lines: list[str]) -> None:
+    """--quantization int8 quantizes every linear layer but the tied output projection
+    (float32), and neither loading nor translating warns (torch.ao.quantization's
+    quantize_dynamic, which it replaces, warned of its deprecation on every run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        translator = Translator.load(tiny_run, DecodeConfig(beam_size=2), "cpu", quantize="int8")
+        results = list(translator.translate(lines[:4]))
+    assert all(r.text for r in results)
+    model = translator.model
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    n_linear = sum(type(m) is torch.nn.Linear for m in load_model(tiny_run)[0].modules())
+    assert sum(isinstance(m, Int8Linear) for m in model.modules()) == n_linear > 0
+    assert not isinstance(model.output_linear, Int8Linear)
 
 
 @pytest.mark.kernels

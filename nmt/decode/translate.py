@@ -37,6 +37,7 @@ from nmt.decode.streaming import length_batches
 from nmt.device import resolve_device
 from nmt.errors import ConfigError
 from nmt.model.checkpoint import load_model
+from nmt.model.int8 import quantize_int8
 from nmt.model.onednn import use_onednn
 from nmt.model.transformer import Transformer
 
@@ -53,11 +54,11 @@ def for_inference(
 
     ``bf16`` halves the cost of the matrix products on GPUs (on our AVX512-BF16 CPU it was no
     faster than float32 through oneDNN, docs/benchmarks.md); ``fp16`` is for GPUs only;
-    ``quantize="int8"`` replaces the linear layers by dynamically quantized ones (CPU; Jacob
-    et al. 2018). Scores stay float32 either way (``decode_step`` returns float32
-    log-probabilities). On CPU, a float32 model computes its linear layers and output
-    projection with oneDNN (:mod:`nmt.model.onednn`), an int8 model its (float32) output
-    projection, unless ``onednn=False``.
+    ``quantize="int8"`` replaces the linear layers by int8 ones with dynamically quantized
+    activations (CPU, oneDNN: :func:`nmt.model.int8.quantize_int8`). Scores stay float32
+    either way (``decode_step`` returns float32 log-probabilities). On CPU, a float32 model
+    computes its linear layers and output projection with oneDNN (:mod:`nmt.model.onednn`),
+    an int8 model its (float32) output projection, unless ``onednn=False``.
 
     Raises:
         ConfigError: an unknown dtype or quantization, fp16 on CPU, or int8 on a GPU.
@@ -76,7 +77,7 @@ def for_inference(
         raise ConfigError(f"quantize={quantize!r}: the only choice is int8")
     if device.type != "cpu" or dtype != "fp32":
         raise ConfigError("--quantization int8 is for CPU and float32 weights; drop --dtype")
-    model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model = quantize_int8(model)
     return use_onednn(model, layers=False) if onednn else model
 
 
