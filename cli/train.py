@@ -178,7 +178,8 @@ def train(
         ),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Model preset: tiny, small, base, big (default small).")
+        str | None,
+        typer.Option(help="Model preset: tiny, small, base, big, student (default small)."),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with preset, [model] and [train] tables.")
@@ -333,6 +334,14 @@ def train(
         bool | None,
         typer.Option("--compile", help="torch.compile the training step (helps on GPUs)."),
     ] = None,
+    encoder_layers: Annotated[
+        int | None,
+        typer.Option(help="Encoder layers (default: the preset's; fairseq's --encoder-layers)."),
+    ] = None,
+    decoder_layers: Annotated[
+        int | None,
+        typer.Option(help="Decoder layers (default: the preset's; fairseq's --decoder-layers)."),
+    ] = None,
 ) -> None:
     """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
     options = dict(locals())  # the parameters, as given
@@ -363,6 +372,7 @@ def resolve_options(
     o: dict[str, Any],
     out: Path,
     vocab_folders: list[tuple[Path | None, str]],
+    default_preset: str | None = None,
 ) -> tuple[ModelConfig, TrainConfig]:
     """The model and training configs of ``nmt train``'s options ``o`` (by parameter name;
     a command that lacks one of them, e.g. ``nmt distill`` without ``--data``, leaves it out),
@@ -373,6 +383,8 @@ def resolve_options(
     Args:
         vocab_folders: ``(folder, option)`` whose vocabulary the model takes (``None`` = not
             given): a ``--vocab-layout`` or size typed must agree with it.
+        default_preset: the preset of a new run when neither a flag nor a config file names one
+            (``None``: the config default, small).
 
     Raises:
         typer.BadParameter: --src-lang/--tgt-lang beside --pairs. ConfigError: as
@@ -397,6 +409,8 @@ def resolve_options(
     if recorded is not None:
         model_base = recorded["model"]
     preset = o["preset"]
+    if preset is None and o["config"] is None and model_base is None:
+        preset = default_preset
     sizes = vocab_options(
         o["vocab_layout"], o["vocab_size"], o["src_vocab_size"], o["tgt_vocab_size"]
     )
@@ -410,7 +424,12 @@ def resolve_options(
     return resolve(
         preset,
         o["config"],
-        {**sizes, "dropout": o["dropout"]},
+        {
+            **sizes,
+            "dropout": o["dropout"],
+            "n_encoder_layers": o["encoder_layers"],
+            "n_decoder_layers": o["decoder_layers"],
+        },
         {
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,
