@@ -37,6 +37,7 @@ def _register() -> None:
     from cli import (  # noqa: I001 - one name per line
         average,
         data,
+        distill,
         export,
         import_model,
         prepare,
@@ -51,6 +52,7 @@ def _register() -> None:
     # CheckedCommand: a single-value option given twice is an error (cli.options).
     app.command("prepare", cls=CheckedCommand)(prepare.prepare)
     app.command("train", cls=CheckedCommand)(train.train)
+    app.command("distill", cls=CheckedCommand)(distill.distill)  # teacher → student
     app.command("translate", cls=CheckedCommand)(translate.translate)
     app.command("score", cls=CheckedCommand)(score.score)
     app.command("average", cls=CheckedCommand)(average.average)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ from rich.table import Table
 
 from cli.console import err_console, handle_errors, make_progress, sigterm_as_interrupt
 from cli.options import SrcVocabSize, TgtVocabSize, VocabLayout, VocabSize, hidden, renamed
+from nmt.config import ModelConfig, TrainConfig
 from nmt.config_file import resolve
 from nmt.data.multilingual import parse_pairs
 from nmt.data.store import read_meta
@@ -176,7 +178,8 @@ def train(
         ),
     ] = None,
     preset: Annotated[
-        str | None, typer.Option(help="Model preset: tiny, small, base, big (default small).")
+        str | None,
+        typer.Option(help="Model preset: tiny, small, base, big, student (default small)."),
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="TOML file with preset, [model] and [train] tables.")
@@ -331,9 +334,64 @@ def train(
         bool | None,
         typer.Option("--compile", help="torch.compile the training step (helps on GPUs)."),
     ] = None,
+    encoder_layers: Annotated[
+        int | None,
+        typer.Option(help="Encoder layers (default: the preset's; fairseq's --encoder-layers)."),
+    ] = None,
+    decoder_layers: Annotated[
+        int | None,
+        typer.Option(help="Decoder layers (default: the preset's; fairseq's --decoder-layers)."),
+    ] = None,
 ) -> None:
     """Train a Transformer on parallel text, validating with sacreBLEU as it goes."""
+    options = dict(locals())  # the parameters, as given
     out = renamed(output, out, "--output", "--out", required=True)
+    model_cfg, train_cfg = resolve_options(
+        options, out, [(data, "--data"), (init_from, "--init-from")]
+    )
+    run_reported(
+        out,
+        RichObserver(),
+        lambda observer: run_training(
+            train,
+            valid,
+            out,
+            model_cfg,
+            train_cfg,
+            spm,
+            observer,
+            data_dir=data,
+            reset_data_position=reset_data_position,
+            overwrite=overwrite,
+            init_from=init_from,
+        ),
+    )
+
+
+def resolve_options(
+    o: dict[str, Any],
+    out: Path,
+    vocab_folders: list[tuple[Path | None, str]],
+    default_preset: str | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training configs of ``nmt train``'s options ``o`` (by parameter name;
+    a command that lacks one of them, e.g. ``nmt distill`` without ``--data``, leaves it out),
+    for the run folder ``out``: flags over the config file over the preset over the defaults,
+    a resumed run's recorded config in place of the preset and defaults, and the initial
+    model's shape when fine-tuning.
+
+    Args:
+        vocab_folders: ``(folder, option)`` whose vocabulary the model takes (``None`` = not
+            given): a ``--vocab-layout`` or size typed must agree with it.
+        default_preset: the preset of a new run when neither a flag nor a config file names one
+            (``None``: the config default, small).
+
+    Raises:
+        typer.BadParameter: --src-lang/--tgt-lang beside --pairs. ConfigError: as
+            :func:`nmt.config_file.resolve`, and vocabulary options that disagree with a folder.
+    """
+    src_lang, tgt_lang, pairs, data = o["src_lang"], o["tgt_lang"], o.get("pairs"), o.get("data")
+    init_from = o.get("init_from")
     if pairs is not None and (src_lang is not None or tgt_lang is not None):
         raise typer.BadParameter(  # they were ignored, yet written into config.json
             "each pair names its languages: drop --src-lang/--tgt-lang", param_hint="--pairs"
@@ -344,72 +402,64 @@ def train(
     # Resuming: the run's recorded config stands in for the preset's and the defaults (a
     # flag that disagrees with it is an error in nmt.train.run). Fine-tuning: the initial
     # model's config stands in for the preset's (a shape flag that disagrees with it too).
-    recorded = resumed_config(out) if not overwrite else None
+    recorded = resumed_config(out) if not o["overwrite"] else None
     if init_from is not None:
         check_init_folder(init_from)
     model_base = read_config(init_from)["model"] if init_from is not None else None
     if recorded is not None:
         model_base = recorded["model"]
-    sizes = vocab_options(vocab_layout, vocab_size, src_vocab_size, tgt_vocab_size)
-    typed_size = any(v is not None for v in (vocab_size, src_vocab_size, tgt_vocab_size))
-    for folder, option in ((data, "--data"), (init_from, "--init-from")):
+    preset = o["preset"]
+    if preset is None and o["config"] is None and model_base is None:
+        preset = default_preset
+    sizes = vocab_options(
+        o["vocab_layout"], o["vocab_size"], o["src_vocab_size"], o["tgt_vocab_size"]
+    )
+    typed_size = any(o[k] is not None for k in ("vocab_size", "src_vocab_size", "tgt_vocab_size"))
+    for folder, option in vocab_folders:
         if folder is not None:  # its vocabulary is the model's: a layout or size given must agree
-            check_vocab_layout(folder, vocab_layout, option)
+            check_vocab_layout(folder, o["vocab_layout"], option)
             if typed_size:  # not the default sizes of --vocab-layout separate
                 check_vocab_sizes(folder, sizes, option)
-    model_cfg, train_cfg = resolve(
+    pair_temperature = o.get("pair_sampling_temperature")
+    return resolve(
         preset,
-        config,
-        {**sizes, "dropout": dropout},
+        o["config"],
+        {
+            **sizes,
+            "dropout": o["dropout"],
+            "n_encoder_layers": o["encoder_layers"],
+            "n_decoder_layers": o["decoder_layers"],
+        },
         {
             "src_lang": src_lang,
             "tgt_lang": tgt_lang,
             "pairs": parse_pairs(pairs) if pairs is not None else None,
-            "pair_sampling_temperature": pair_sampling_temperature,
-            "batch_tokens": batch_tokens,
-            "lr": lr,
-            "warmup_steps": warmup_steps,
-            "label_smoothing": label_smoothing,
-            "clip_norm": clip_norm,
-            "max_len": max_len,
-            "lr_schedule": lr_schedule,
-            "max_steps": max_steps,
-            "max_epochs": max_epochs,
-            "max_minutes": max_minutes,
-            "eval_every": eval_every,
-            "save_every": save_every,
-            "patience": patience,
-            "patience_metric": patience_metric,
-            "device": device,
-            "dtype": dtype,
-            "seed": seed,
-            "valid_autocast": valid_autocast,
-            "tf32": tf32,
-            "accum": accum,
-            "update_tokens": update_tokens,
-            "tensorboard": tensorboard,
-            "compile": compile_step,
-            "dist_timeout": dist_timeout,
+            "pair_sampling_temperature": pair_temperature,
+            **{name: o[name] for name in RECIPE_OPTIONS},
+            "compile": o["compile_step"],
         },
         model_base,
         recorded["train"] if recorded is not None else None,
     )
-    observer = RichObserver()
+
+
+# The options of nmt train that set the TrainConfig field of the same name.
+RECIPE_OPTIONS = (
+    "batch_tokens", "lr", "warmup_steps", "label_smoothing", "clip_norm", "max_len",
+    "lr_schedule", "max_steps", "max_epochs", "max_minutes", "eval_every", "save_every",
+    "patience", "patience_metric", "device", "dtype", "seed", "valid_autocast", "tf32",
+    "accum", "update_tokens", "tensorboard", "dist_timeout",
+)  # fmt: skip
+
+
+def run_reported(
+    out: Path, observer: RichObserver, run: Callable[[RichObserver], tuple[Trainer, str]]
+) -> None:
+    """Run ``run(observer)`` (a training) with SIGTERM as Ctrl+C, then print the summary on
+    stderr; a run stopped by a signal exits with status 130 after saying how to resume it."""
     try:
         with sigterm_as_interrupt():  # before the loop's own handlers: clean up, as Ctrl+C
-            trainer, reason = run_training(
-                train,
-                valid,
-                out,
-                model_cfg,
-                train_cfg,
-                spm,
-                observer,
-                data_dir=data,
-                reset_data_position=reset_data_position,
-                overwrite=overwrite,
-                init_from=init_from,
-            )
+            trainer, reason = run(observer)
     finally:
         observer.stop()
     if not trainer.dist.is_main:

@@ -43,6 +43,7 @@ def test_presets_have_the_documented_shapes() -> None:
         "small": (3, 3, 256, 4, 1024),
         "base": (6, 6, 512, 8, 2048),
         "big": (6, 6, 1024, 16, 4096),
+        "student": (4, 1, 256, 4, 1024),
     }
     assert list(PRESETS) == list(documented)
     for name, shape in documented.items():
