@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError, InputError
 
+WORD_START = "\u2581"  # SentencePiece's word-start piece
+
 
 def tag(lang: str) -> str:
     """The target-language tag of ``lang``: ``<2en>``."""
@@ -214,6 +216,12 @@ def checked_tags(
         if not tags:
             out.append(x)
             continue
+        if (
+            len(x) > tagged + 1
+            and x[tagged + 1] in tags
+            and (tokenizer.source_piece(x[tagged]) == WORD_START)
+        ):  # SentencePiece reads "<2en> text" as "▁", "<2en>", "▁text"
+            x = [*x[:tagged], *x[tagged + 1 :]]
         lead = tagged
         while lead < len(x) and x[lead] in tags:
             lead += 1
