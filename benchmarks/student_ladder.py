@@ -6,8 +6,8 @@ Given a teacher and a (distilled) student model folder, measures sentences/s, BL
 1. teacher, torch float32
 2. teacher, CTranslate2 float32
 3. student, torch float32
-4. student, torch float32 with its vocabulary shortlist (``--shortlist``; skipped with a note
-   when this nmt has no shortlist option or the folder has no shortlist)
+4. student, torch float32 with its vocabulary shortlist (``--shortlist``; left out with a note
+   when the folder has no ``shortlist.safetensors``: build one with ``nmt shortlist``)
 5. student, torch int8 (``--quantization int8``, :mod:`nmt.model.int8`)
 6. student, CTranslate2 float32
 7. student, CTranslate2 int8 (with the vocabulary map when the student has a shortlist)
@@ -43,7 +43,7 @@ import torch
 from nmt.config import DecodeConfig
 from nmt.data.parallel import corpus_path, read_lines
 from nmt.decode.loading import load_translator
-from nmt.errors import NMTError
+from nmt.decode.shortlist import SHORTLIST_FILE, VMAP_FILE
 from nmt.evaluate.score import corpus_scores
 from nmt.interop.export import export_ctranslate2
 
@@ -79,18 +79,12 @@ def cpu_name() -> str:
     return f"{get('Model name', '?')} (family {get('CPU family', '?')}, model {get('Model', '?')})"
 
 
-def has_shortlist_option() -> bool:
-    """Whether this nmt's search settings have a ``shortlist`` switch (``nmt translate
-    --shortlist``)."""
-    return "shortlist" in {f.name for f in dataclasses.fields(DecodeConfig)}
-
-
 def decode_for(row: Row, beam: int, args: argparse.Namespace) -> DecodeConfig:
     """The search settings of ``row`` at ``beam``."""
     decode = DecodeConfig(
         beam_size=beam, length_penalty=args.length_penalty, batch_size=args.batch_size
     )
-    return dataclasses.replace(decode, shortlist=True) if row.shortlist else decode  # type: ignore[call-arg]
+    return dataclasses.replace(decode, shortlist=True) if row.shortlist else decode
 
 
 def load_row(row: Row, beam: int, args: argparse.Namespace) -> Any:
@@ -117,26 +111,17 @@ def ladder(args: argparse.Namespace, tmp: Path) -> tuple[list[Row], list[str]]:
         Row("teacher", "ctranslate2", "float32", teacher_ct2),
         Row("student", "torch", "float32", student),
     ]
-    shortlist = Row("student", "torch", "float32", student, shortlist=True)
-    if not has_shortlist_option():
-        notes.append("no shortlist row: this nmt has no --shortlist")
+    if (student / SHORTLIST_FILE).is_file():
+        rows.append(Row("student", "torch", "float32", student, shortlist=True))
     else:
-        try:
-            load_row(shortlist, 1, args)
-            rows.append(shortlist)
-        except NMTError as e:
-            notes.append(f"no shortlist row: {e}")
+        notes.append(f"no shortlist row: {student} has no {SHORTLIST_FILE} (nmt shortlist)")
     rows += [
         Row("student", "torch", "int8", student, quantize="int8"),
         Row("student", "ctranslate2", "float32", student_ct2),
     ]
     int8 = Row("student", "ctranslate2", "int8", student_int8)
-    if any(r.shortlist for r in rows):  # with the vocabulary map nmt export wrote beside it
-        try:
-            load_row(dataclasses.replace(int8, shortlist=True), 1, args)
-            int8 = dataclasses.replace(int8, shortlist=True)
-        except NMTError as e:
-            notes.append(f"CTranslate2 int8 without its vocabulary map: {e}")
+    if (student_int8 / VMAP_FILE).is_file():  # nmt export wrote the shortlist beside it
+        int8 = dataclasses.replace(int8, shortlist=True)
     return [*rows, int8], notes
 
 

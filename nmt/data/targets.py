@@ -204,7 +204,8 @@ def checked_tags(
     - ``tokenizer`` prepends a tag and the line starts with one too: the same tag is kept
       once; another is refused.
     - An untagged ``tokenizer`` of a model with several target languages: each line must
-      start with one of its tags.
+      start with one of its tags. With one target language an untagged line is kept as it
+      is (loading gives such a model's tokenizer its one tag: :func:`for_target`).
 
     Raises:
         InputError: two different tags, or a line without one where one is needed (names
@@ -236,7 +237,7 @@ def checked_tags(
                     f"(--tgt-lang, tgt_lang) adds {tokenizer.source_piece(x[0])}: drop one"
                 )
             x = [x[0], *x[lead:]]
-        elif not tagged and lead == 0:
+        elif not tagged and lead == 0 and len(set(tags.values())) > 1:
             choices = ", ".join(sorted(set(tags.values())))
             raise InputError(
                 f"input line {number}: the model translates into {choices}; choose one with "

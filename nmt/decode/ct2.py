@@ -152,9 +152,9 @@ class CT2Translator(BaseTranslator):
         self.translator = translator
         self.vmap = vmap
         self.max_tgt_tokens = max_positions - 1  # as nmt.decode.search.max_lengths' cap
-        self.pieces = tokenizer.vocabulary()  # target pieces by id
-        self.src_pieces = tokenizer.source_vocabulary()  # the same list for a joint vocabulary
-        self.piece_ids = {piece: i for i, piece in enumerate(self.pieces)}
+        self.tgt_vocab = tokenizer.vocabulary()  # target pieces by id (not BaseTranslator.pieces)
+        self.src_vocab = tokenizer.source_vocabulary()  # the same list for a joint vocabulary
+        self.piece_ids = {piece: i for i, piece in enumerate(self.tgt_vocab)}
         self.specials = {tokenizer.pad_id, tokenizer.bos_id}  # never output (both engines)
 
     @classmethod
@@ -255,8 +255,8 @@ class CT2Translator(BaseTranslator):
         """CTranslate2's ``score_batch``: the log-probability of each target token given the
         source and the tokens before it, then of EOS, which it appends (ids without EOS)."""
         results = self.translator.score_batch(
-            [[self.src_pieces[i] for i in x] for x in src],
-            [[self.pieces[i] for i in t] for t in tgt],
+            [[self.src_vocab[i] for i in x] for x in src],
+            [[self.tgt_vocab[i] for i in t] for t in tgt],
             max_batch_size=len(src),
             max_input_length=0,
         )
@@ -419,9 +419,9 @@ class CT2Translator(BaseTranslator):
         ``suppress``: PAD and BOS are never output (CTranslate2's ``suppress_sequences``)."""
         target_prefix = None
         if prefixes is not None and any(prefixes):
-            target_prefix = [[self.pieces[i] for i in p] for p in prefixes]
+            target_prefix = [[self.tgt_vocab[i] for i in p] for p in prefixes]
         return self.translator.translate_batch(
-            [[self.src_pieces[i] for i in x] for x in src],
+            [[self.src_vocab[i] for i in x] for x in src],
             target_prefix=target_prefix,
             beam_size=d.beam_size,
             num_hypotheses=d.beam_size,
@@ -432,7 +432,7 @@ class CT2Translator(BaseTranslator):
             return_scores=True,
             return_end_token=True,
             asynchronous=True,
-            suppress_sequences=[[self.pieces[i]] for i in sorted(self.specials)]
+            suppress_sequences=[[self.tgt_vocab[i]] for i in sorted(self.specials)]
             if suppress
             else None,
             use_vmap=d.shortlist,
