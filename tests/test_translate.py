@@ -35,7 +35,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decode.translate import Translator, cpu_workers, length_batches, worker_pool
 from nmt.errors import ConfigError, InputError
 from nmt.model.checkpoint import SPM_FILE, load_model
-from nmt.model.int8 import Int8Linear
+from nmt.model.int8 import Int8Linear, quantize_int8
 from nmt.model.transformer import Transformer
 
 
@@ -410,3 +410,27 @@ def test_a_sentence_without_output_keeps_its_place_with_a_warning(
         assert results[i].failure is None
         assert results[i].text == alone[i].text
         assert abs(results[i].score - alone[i].score) <= SCORE_TOL * 6
+
+
+def test_a_nan_line_under_int8_fails_alone(tokenizer: Tokenizer) -> None:
+    """int8 quantizes a whole batch's activations with one scale: a NaN row (one piece's
+    embedding NaN) used to raise ValueError for the whole batch ("cannot convert float NaN
+    to integer"). Now that line alone is a failure with a warning and the others translate."""
+    lines = ["Ein Mann schläft .", "Eine Frau singt .", "Ein Hund läuft ."]
+    (woman,) = [i for i in tokenizer.encode(lines[1:2])[0] if i not in tokenizer.encode(lines)[0]][
+        :1
+    ]
+    cfg = dict(d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1, n_decoder_layers=1)
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
+                    dropout=0.0, max_positions=64, **cfg)
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model.src_embed.weight[woman] = float("nan")
+    model = quantize_int8(model)
+    decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=5)
+    with pytest.warns(RuntimeWarning, match="input line 2: the search"):
+        results = list(Translator(model, tokenizer, decode).translate(lines))
+    assert [r.failure is not None for r in results] == [False, True, False]
+    assert all(r.text for r in (results[0], results[2]))

@@ -27,6 +27,7 @@ stays float32, computed through oneDNN (:func:`nmt.model.onednn.use_onednn`).
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +94,16 @@ class Int8Linear(nn.Module):
             self.bias = None if bias is None else bias.detach().float().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(..., in_features)`` float32 → ``(..., out_features)`` float32. A row of
+        ``x`` holding NaN or inf (an fp16 overflow, a broken input) gives a NaN output row, as
+        float32 would, and does not spoil the shared activation scale of the other rows: the
+        search then reports that line as a failure instead of the whole batch raising."""
         lo, hi = (float(v) for v in torch.aminmax(x))  # scalars in Python: fewer tensor ops
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            finite = torch.isfinite(x)
+            bad_rows = ~finite.all(dim=-1, keepdim=True)
+            out = self(x.masked_fill(~finite, 0.0))
+            return out.masked_fill(bad_rows, math.nan)
         lo, hi = min(lo, 0.0), max(hi, 0.0)
         scale = max((hi - lo) / ACTIVATION_MAX, MIN_SCALE)
         zero_point = round(-lo / scale)
