@@ -150,6 +150,20 @@ def test_resume_with_another_teacher_or_beam_is_refused(
     assert before == after
 
 
+def test_a_teacher_of_another_direction_is_refused_before_anything_is_written(
+    tiny_run: Path, sources: Path, tmp_path: Path
+) -> None:
+    """The de→en teacher cannot make an en→de (or en→en) student's corpus: refused naming
+    the flag, with no manifest left behind (a corrected command then starts clean)."""
+    folder = tmp_path / DISTILLED
+    with pytest.raises(ConfigError, match="--tgt-lang de: the model translates into en"):
+        translate_corpus(teacher_of(tiny_run), sources, "en", "de", folder)
+    with pytest.raises(ConfigError, match="--src-lang en: the teacher .* translates from de"):
+        translate_corpus(teacher_of(tiny_run), sources, "en", "en", folder)
+    assert not folder.exists()
+    assert translate_corpus(teacher_of(tiny_run), sources, "de", "en", folder) == 4
+
+
 def test_empty_outputs_and_the_worst_scores_are_dropped(
     tmp_path: Path, tiny_run: Path, sources: Path, corpus_writer
 ) -> None:
@@ -217,6 +231,15 @@ def test_cli_reuses_translations_with_the_asked_shape(
     args[args.index("10")] = "20"
     other = runner.invoke(app, [str(a) for a in args])
     assert other.exit_code == 1 and "--overwrite" in other.stderr
+
+
+def test_cli_errors_name_the_flags_typed(tmp_path: Path) -> None:
+    """nmt distill's options come from a built signature; its errors still name the flag
+    (they said ``dropout=1.5``)."""
+    args = ["distill", "--distilled", str(tmp_path), "-o", str(tmp_path / "s"), "--dropout", "1.5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "--dropout 1.5 must be in [0, 1)" in " ".join(result.stderr.split())
 
 
 def test_train_takes_the_layer_counts(tmp_path: Path, tiny_corpus, spm_model: Path) -> None:

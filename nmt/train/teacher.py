@@ -240,7 +240,8 @@ def translate_corpus(
 
     Raises:
         ConfigError: the folder holds translations made with other settings (:func:`
-            check_same_translation`), or settings the engine cannot apply.
+            check_same_translation`), settings the engine cannot apply, or a teacher that
+            does not translate from ``src_lang`` into ``tgt_lang``.
         InputError: missing or unreadable files.
         CheckpointError: a teacher folder nmt cannot load.
     """
@@ -257,8 +258,6 @@ def translate_corpus(
         if not manifest["complete"]:
             write_json(folder / MANIFEST, {**manifest, "complete": True})
         return 0
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / MANIFEST, manifest)
     decode = DecodeConfig(beam_size=settings.beam_size, length_penalty=settings.length_penalty)
     models = [str(m) for m in settings.models]
     teacher = load_translator(
@@ -267,7 +266,17 @@ def translate_corpus(
         settings.resolved_engine,
         settings.device,
         chunk_lines=PROGRESS_LINES,
+        tgt_lang=tgt_lang,  # a teacher of several targets translates into the student's
     )
+    sources = {src for src, _ in teacher.targets.directions} - {"und"}
+    if sources and src_lang not in sources:
+        raise ConfigError(
+            f"--src-lang {src_lang}: the teacher {models[0]} translates from "
+            f"{', '.join(sorted(sources))}; give the student's direction with --src-lang and "
+            "--tgt-lang"
+        )
+    folder.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run leaves nothing
+    write_json(folder / MANIFEST, manifest)
     start_line = done * settings.chunk_lines
     what = "an ensemble of " + str(len(models)) if len(models) > 1 else models[0]
     observer.on_message(
