@@ -72,7 +72,8 @@ def option_flags(fn: Callable[..., Any], given: dict[str, Any]) -> dict[str, str
     from_file = "config" in signature.parameters
     flags: dict[str, str] = {}
     for name, param in signature.parameters.items():
-        metadata = getattr(hints.get(name), "__metadata__", ())
+        # A command built from a signature (nmt distill) has its options in __signature__.
+        metadata = getattr(hints.get(name, param.annotation), "__metadata__", ())
         info = next((m for m in metadata if isinstance(m, OptionInfo)), None)
         if info is None or info.hidden:
             continue

@@ -158,3 +158,5 @@ def distill(**options: Any) -> None:
 
 
 distill.__signature__ = inspect.Signature(_parameters())  # type: ignore[attr-defined]
+# handle_errors renders a ConfigError in the flags of the function it wraps: the same options.
+distill.__wrapped__.__signature__ = distill.__signature__  # type: ignore[attr-defined]
