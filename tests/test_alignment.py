@@ -234,6 +234,20 @@ def test_source_words_are_read_with_the_source_pieces_without_the_tag(
         assert r.alignment == [(most_pieces(source_sp, line), j) for j in range(n_tgt)], line
 
 
+def test_a_target_language_given_per_call_is_read_as_the_tag(layouts, lines: list[str]) -> None:
+    """An untagged Marian translator asked for ``tgt_lang="fra"`` in the call: its sources
+    get the tag, and the word alignment reads them with that call's tokenizer (it read them
+    with the untagged one, so the tag was source word 0 and every index one too far)."""
+    tokenizer, source_sp, ids = layouts["marian"]
+    translator = uniform_translator(tokenizer, **ids)
+    prefixes = ["A man in a blue"] * 8
+    results = list(translator.translate(lines[:8], target_prefixes=prefixes, tgt_lang="fra"))
+    for line, r in zip(lines, results):
+        n_tgt = len(r.text.split())
+        assert n_tgt >= 5, r
+        assert r.alignment == [(most_pieces(source_sp, line), j) for j in range(n_tgt)], line
+
+
 @pytest.mark.parametrize("layout", ["joint", "separate", "tagged", "marian"])
 @pytest.mark.parametrize("beam_size", [1, 2])
 def test_an_output_that_detokenizes_to_nothing_has_no_links(

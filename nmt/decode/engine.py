@@ -184,7 +184,8 @@ class BaseTranslator:
         seeds = None
         if d.sampling and d.seed is not None:
             seeds = [sentence_seed(d.seed, first_line + i) for i in range(len(lines))]
-        return Encoded([x[: self.max_src_tokens] for x in ids], too_long, prefixes, seeds)
+        cut = [x[: self.max_src_tokens] for x in ids]
+        return Encoded(cut, too_long, prefixes, seeds, tokenizer)
 
     def search_encoded(
         self, enc: Encoded, d: DecodeConfig, live: Callable[[int], bool] | None = None
@@ -253,13 +254,15 @@ class BaseTranslator:
                 for rows, hyps_of_rows in found:
                     for r, hyps in zip(rows, hyps_of_rows, strict=True):
                         line = "" if lines is None else lines[r]
-                        out[r] = self.result(line, enc.ids[r], hyps, d, enc.truncated[r])
+                        out[r] = self.result(
+                            line, enc.ids[r], hyps, d, enc.truncated[r], tokenizer=enc.tokenizer
+                        )
                 return out
         weights = self.hypothesis_attention(enc.ids, found, attention)
         return [
             self.result(
                 "" if lines is None else lines[r], enc.ids[r], hyps, d, enc.truncated[r],
-                weights[r],
+                weights[r], enc.tokenizer,
             ) if hyps else self.empty_result(d, enc.truncated[r])
             for r, hyps in enumerate(found)
         ]  # fmt: skip
@@ -324,9 +327,11 @@ class BaseTranslator:
         d: DecodeConfig,
         truncated: bool = False,
         attention: list[Attention] | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> Translation:
         """The :class:`Translation` of one line from its hypotheses (best first); with
-        ``d.alignment``, the word alignment from the best one's ``attention``."""
+        ``d.alignment``, the word alignment from the best one's ``attention``, reading the
+        source with ``tokenizer`` (the one that encoded it; default the engine's)."""
         best = hyps[0]
         failure = best.failure or (NAN_SCORE if math.isnan(best.score) else None)
         if failure is not None:
@@ -339,7 +344,7 @@ class BaseTranslator:
         links = None
         if d.alignment and best.attention is not None:
             links = line_alignment(
-                self.tokenizer, line, src_ids, best.tokens, texts[0], best.attention
+                tokenizer or self.tokenizer, line, src_ids, best.tokens, texts[0], best.attention
             )
         normalized = [h.normalized for h in hyps]
         tokens = [h.tokens for h in hyps]

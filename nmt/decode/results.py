@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nmt.data.tokenizer import Tokenizer
 from nmt.decode.attention import Attention
 
 NAN_SCORE = "the search's best output has a NaN score (an overflow in the model?)"
@@ -58,9 +59,12 @@ class Encoded:
         truncated: which lines were cut to the model's limit.
         prefixes: target-prefix ids of each line (``[]`` = none), or ``None``.
         seeds: each line's sampling seed when sampling, else ``None``.
+        tokenizer: the source tokenizer that encoded them (the call's target language:
+            word alignment reads its tag), or ``None`` for the engine's own.
     """
 
     ids: list[list[int]]
     truncated: list[bool]
     prefixes: list[list[int]] | None = None
     seeds: list[int] | None = None
+    tokenizer: Tokenizer | None = None
