@@ -367,6 +367,23 @@ def test_invalid_inference_settings_are_refused(tiny_run: Path) -> None:
         Translator.load(tiny_run, device="cpu", quantize="int4")
 
 
+def random_model_and_piece_of_line_2(
+    tokenizer: Tokenizer, lines: list[str]
+) -> tuple[Transformer, int]:
+    """A random 1+1-layer model (seed 0) and a source piece of ``lines[1]`` that the first
+    line does not hold (the piece whose embedding the NaN tests poison)."""
+    (piece,) = [i for i in tokenizer.encode(lines[1:2])[0] if i not in tokenizer.encode(lines)[0]][
+        :1
+    ]
+    cfg = dict(d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1, n_decoder_layers=1)
+    torch.manual_seed(0)
+    model = Transformer(
+        ModelConfig(vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
+                    dropout=0.0, max_positions=64, **cfg)
+    ).eval()  # fmt: skip
+    return model, piece
+
+
 @pytest.mark.parametrize(
     "decode",
     [
@@ -386,15 +403,7 @@ def test_a_sentence_without_output_keeps_its_place_with_a_warning(
     sampling dropped it, so the next line got its neighbour's output; beam search left no
     hypothesis, and hyps[0] raised IndexError.)"""
     lines = ["Ein Mann schläft .", "Eine Frau singt .", "", "Ein Hund läuft ."]
-    (woman,) = [i for i in tokenizer.encode(lines[1:2])[0] if i not in tokenizer.encode(lines)[0]][
-        :1
-    ]
-    cfg = dict(d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1, n_decoder_layers=1)
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
-                    dropout=0.0, max_positions=64, **cfg)
-    ).eval()  # fmt: skip
+    model, woman = random_model_and_piece_of_line_2(tokenizer, lines)
     decode = replace(decode, max_len_a=0.0, max_len_b=5)
     alone = [Translator(model, tokenizer, decode).translate_chunk([line], i + 1)[0]
              for i, line in enumerate(lines)]  # fmt: skip
@@ -417,15 +426,7 @@ def test_a_nan_line_under_int8_fails_alone(tokenizer: Tokenizer) -> None:
     embedding NaN) used to raise ValueError for the whole batch ("cannot convert float NaN
     to integer"). Now that line alone is a failure with a warning and the others translate."""
     lines = ["Ein Mann schläft .", "Eine Frau singt .", "Ein Hund läuft ."]
-    (woman,) = [i for i in tokenizer.encode(lines[1:2])[0] if i not in tokenizer.encode(lines)[0]][
-        :1
-    ]
-    cfg = dict(d_model=32, n_heads=4, ffn_dim=64, n_encoder_layers=1, n_decoder_layers=1)
-    torch.manual_seed(0)
-    model = Transformer(
-        ModelConfig(vocab_size=tokenizer.vocab_size, src_vocab_size=tokenizer.vocab_size,
-                    dropout=0.0, max_positions=64, **cfg)
-    ).eval()  # fmt: skip
+    model, woman = random_model_and_piece_of_line_2(tokenizer, lines)
     with torch.no_grad():
         model.src_embed.weight[woman] = float("nan")
     model = quantize_int8(model)
