@@ -427,6 +427,23 @@ def test_threads_default_to_parallel_batches(exported: Path, test_lines: list[st
     assert parallel.translate_chunk(lines) == serial.translate_chunk(lines)
 
 
+def test_loading_keeps_torch_threads(exported: Path) -> None:
+    """Creating a CTranslate2 translator sets the calling thread's OpenMP thread count to its
+    ``intra_threads`` (1 on CPU), which torch reads; loading puts torch's count back, so that
+    torch work after it in the same process (nmt distill's training after a CTranslate2
+    teacher, a torch model served beside it) keeps every core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        translator = CT2Translator.load(exported, device="cpu", inter_threads=2, intra_threads=1)
+        assert translator.translator.num_translators == 2
+        assert torch.get_num_threads() == 2
+        translator.translate_chunk(["Ein Hund läuft."])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def int8_errors(
     ct2: Any, exported: Path, int8: Path, tokenizer: Tokenizer, de: list[str], en: list[str]
 ) -> tuple[float, float]:

@@ -195,6 +195,10 @@ class CT2Translator(BaseTranslator):
         if name == "cuda" and ct2.get_cuda_device_count() == 0:
             raise ConfigError(f"device {device!r}: CTranslate2 sees no CUDA device here; use cpu")
         inter, intra = ct2_threads(name, inter_threads, intra_threads)
+        # Creating a Translator sets this thread's OpenMP thread count to ``intra`` (1 on CPU by
+        # default), which torch reads: put it back, or whatever runs torch in this process
+        # afterwards (nmt distill's training, a torch model served beside it) runs on one core.
+        threads = torch.get_num_threads()
         try:
             translator = ct2.Translator(
                 str(folder),
@@ -210,6 +214,8 @@ class CT2Translator(BaseTranslator):
                 f"{folder}: CTranslate2 could not load it ({first}); export it again with "
                 "nmt export"
             ) from None
+        finally:
+            torch.set_num_threads(threads)
         max_positions = int(info["model"]["max_positions"])
         pairs, model_tgt = info.get("pairs") or [], info.get("tgt_lang")
         base = load_tokenizer(folder)
