@@ -12,6 +12,10 @@ workers, read from ``/proc`` on Linux). Batching off is
 
     python benchmarks/serve_load.py --model runs/demo/averaged --data ../shared/data/multi30k
 
+``--engine ctranslate2`` (a folder written by ``nmt export``) times both the in-process
+reference and the server with CTranslate2 (``load_translator``, the function ``nmt translate``
+and ``nmt serve`` load models with).
+
 ``--clients 64 --lines-per-request 1 --batching on`` runs only the 64 single-line clients row
 (the in-process reference always runs).
 """
@@ -32,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from serve_client import ServerProcess, request  # noqa: E402
 
-from nmt.decode.translate import Translator  # noqa: E402
+from nmt.decode.loading import ENGINES, load_translator  # noqa: E402
 
 
 def read_lines(data: Path, n: int) -> list[str]:
@@ -110,6 +114,12 @@ def main() -> None:
         "--batching", default="on,off", help="on, off or on,off (batching off: --batch-tokens 1)."
     )
     parser.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="Engine of both the reference and the server.",
+    )
+    parser.add_argument(
         "--server-args",
         default="",
         help='More options for nmt serve, e.g. "--max-wait-ms 30 --workers 2".',
@@ -125,7 +135,7 @@ def main() -> None:
         parser.error(f"--batching {args.batching}: give on, off or on,off")
     lines = read_lines(args.data, 1000)
 
-    translator = Translator.load(args.model)
+    translator = load_translator(args.model, engine=args.engine)
     translator.translate(lines[:32])  # warm-up
 
     def file_rate() -> float:
@@ -134,7 +144,7 @@ def main() -> None:
         return len(lines) / (time.perf_counter() - start)
 
     before = file_rate()
-    one = Translator.load(args.model, workers=1)
+    one = load_translator(args.model, engine=args.engine, workers=1)
     alone = []
     for line in lines[:20]:
         t0 = time.perf_counter()
@@ -145,7 +155,14 @@ def main() -> None:
     for batching in args.batching.split(","):
         extra = modes[batching]
         log = Path(f"/tmp/serve_load_{batching}.log")
-        server_args = ["-m", f"bench={args.model}", *extra, *shlex.split(args.server_args)]
+        server_args = [
+            "-m",
+            f"bench={args.model}",
+            "--engine",
+            args.engine,
+            *extra,
+            *shlex.split(args.server_args),
+        ]
         launcher = shlex.split(args.launcher) or None
         with ServerProcess(server_args, log, launcher) as server:
             request(server.url + "/v1/translate", {"src": lines[:32]})  # warm-up
@@ -169,8 +186,9 @@ def main() -> None:
     after = file_rate()  # the machine's speed drifts: the reference is the mean of two runs
     reference = (before + after) / 2
     print(
-        f"nmt translate (in process, {len(lines)} lines, beam 5): {before:.1f} sentences/s "
-        f"before the server rows, {after:.1f} after (vs file: their mean, {reference:.1f})"
+        f"nmt translate (engine {args.engine}, in process, {len(lines)} lines, beam 5): "
+        f"{before:.1f} sentences/s before the server rows, {after:.1f} after "
+        f"(vs file: their mean, {reference:.1f})"
     )
     print(f"Translator.translate one line (workers=1): median {statistics.median(alone):.1f} ms")
     print(
