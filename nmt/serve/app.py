@@ -56,8 +56,9 @@ from nmt import __version__
 from nmt.decode.attention import Attention
 from nmt.decode.results import Translation
 from nmt.serve import work as work_limits
+from nmt.serve.asgi import LIBRETRANSLATE_ROUTES
 from nmt.serve.auth import check_api_key, presented_key
-from nmt.serve.body import LIBRETRANSLATE_ROUTES, BodyLimit
+from nmt.serve.body import BodyLimit
 from nmt.serve.config import ServeConfig
 from nmt.serve.context import RequestContext
 from nmt.serve.errors import STATUS_CODES, ApiError, error_response, validation_message
