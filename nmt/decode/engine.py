@@ -313,6 +313,7 @@ class BaseTranslator:
         targets: Iterable[str],
         decode: DecodeConfig | None = None,
         target_source: str = "targets",
+        tgt_lang: str | None = None,
     ) -> Iterator[tuple[float, float]]:
         """Score given translations instead of translating (forced decoding).
 
@@ -324,6 +325,8 @@ class BaseTranslator:
         Args:
             targets: one per line of ``lines`` (read from ``target_source``, named in errors).
             decode: its ``length_penalty`` and batch sizes apply.
+            tgt_lang: the target language (default: the one chosen at load): the sources are
+                encoded for it as :meth:`translate` encodes them (:meth:`encode`).
 
         Yields:
             ``(log-probability, length-normalised score)`` per line, in order (natural log,
@@ -332,8 +335,9 @@ class BaseTranslator:
         Raises:
             InputError: not one target per line, or a line too long (``strict``) or a target
                 longer than the model can output.
-            ConfigError: an engine that cannot score (:meth:`forced_scores`), or a
-                ``shortlist`` setting (scores are over the whole vocabulary).
+            ConfigError: an engine that cannot score (:meth:`forced_scores`), a
+                ``shortlist`` setting (scores are over the whole vocabulary), or an unknown
+                ``tgt_lang``.
         """
         d = decode or self.decode
         if d.shortlist:
@@ -341,12 +345,13 @@ class BaseTranslator:
                 "shortlist (--shortlist) restricts search's output vocabulary; scoring given "
                 "translations (--score-target) needs the whole vocabulary: drop --shortlist"
             )
+        tokenizer = self.tokenizer_for(tgt_lang)  # an unknown language fails before any line
         first = 1
         for pairs in available_chunks(
             paired(lines, targets, target_source, "target"), self.chunk_lines
         ):
-            src_ids = self.encode([p[0] for p in pairs], d, first).ids
-            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
+            src_ids = self.encode([p[0] for p in pairs], d, first, tgt_lang=tgt_lang).ids
+            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target", tokenizer)
             scores = [0.0] * len(pairs)
             for rows in self.row_batches(src_ids, list(range(len(pairs))), d):
                 found = self.forced_scores([src_ids[r] for r in rows], [tgt_ids[r] for r in rows])
