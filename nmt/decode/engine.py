@@ -254,14 +254,14 @@ class BaseTranslator:
                         line = "" if lines is None else lines[r]
                         out[r] = translation(
                             self.tokenizer, line, enc.ids[r], hyps, d, enc.truncated[r],
-                            src_tokenizer=enc.tokenizer,
+                            src_tokenizer=enc.tokenizer, tags=self.targets.tags,
                         )  # fmt: skip
                 return out
         weights = self.hypothesis_attention(enc.ids, found, attention)
         return [
             translation(
                 self.tokenizer, "" if lines is None else lines[r], enc.ids[r], hyps, d,
-                enc.truncated[r], weights[r], enc.tokenizer,
+                enc.truncated[r], weights[r], enc.tokenizer, self.targets.tags,
             ) if hyps else empty_result(d, enc.truncated[r])
             for r, hyps in enumerate(found)
         ]  # fmt: skip

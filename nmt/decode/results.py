@@ -6,7 +6,7 @@ line, made from a line's hypotheses (:func:`translation`, :func:`empty_result`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from nmt.config import DecodeConfig
@@ -101,11 +101,13 @@ def translation(
     truncated: bool = False,
     attention: list[Attention] | None = None,
     src_tokenizer: Tokenizer | None = None,
+    tags: Collection[int] = (),
 ) -> Translation:
     """The :class:`Translation` of one line from its hypotheses (best first), their texts
     decoded by ``tokenizer`` (the engine's); with ``d.alignment``, the word alignment from the
     best one's ``attention``, reading the source with ``src_tokenizer`` (the one that encoded
-    it; default ``tokenizer``)."""
+    it; default ``tokenizer``), whose target tags (``tags``, source ids) are no words
+    (:func:`nmt.decode.alignment.line_alignment`)."""
     best = hyps[0]
     failure = best.failure or (NAN_SCORE if math.isnan(best.score) else None)
     if failure is not None:
@@ -118,8 +120,9 @@ def translation(
     links = None
     if d.alignment and best.attention is not None:
         links = line_alignment(
-            src_tokenizer or tokenizer, line, src_ids, best.tokens, texts[0], best.attention
-        )
+            src_tokenizer or tokenizer, line, src_ids, best.tokens, texts[0], best.attention,
+            tags,
+        )  # fmt: skip
     normalized = [h.normalized for h in hyps]
     tokens = [h.tokens for h in hyps]
     return Translation(
