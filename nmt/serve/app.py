@@ -60,7 +60,13 @@ from nmt.serve.auth import check_api_key, presented_key
 from nmt.serve.body import BodyLimit
 from nmt.serve.config import ServeConfig
 from nmt.serve.context import RequestContext
-from nmt.serve.errors import STATUS_CODES, ApiError, error_response, validation_message
+from nmt.serve.errors import (
+    STATUS_CODES,
+    ApiError,
+    error_response,
+    request_id,
+    validation_message,
+)
 from nmt.serve.metrics import Metrics
 from nmt.serve.registry import ServedModel
 from nmt.serve.schema import (
@@ -113,7 +119,7 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
             allow_origins=list(service.cfg.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", "Deprecation", "Warning"],
         )
     app.add_middleware(RequestContext, metrics=metrics)
     errors: dict[int | str, dict[str, Any]] = {
@@ -199,10 +205,15 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         responses=errors,
         dependencies=[Depends(api_key)],
     )
-    async def translate(req: TranslateRequest) -> TranslateResponse:
+    async def translate(req: TranslateRequest, response: Response) -> TranslateResponse:
         """Translate ``src`` line by line; dynamic batching shares the search with concurrent
-        requests that use the same decoding options."""
+        requests that use the same decoding options. A deprecated field is answered as
+        before, with ``Deprecation`` and ``Warning`` headers and a line in the log."""
         start = time.perf_counter()
+        for message in req.deprecations():
+            response.headers["Deprecation"] = "true"
+            response.headers.append("Warning", f'299 - "{message}"')
+            log.warning("%s (request id %s)", message, request_id.get())
         model = service.model(req.model)
         service.check_lines(req.src, "src")
         attention = req.return_attention or req.return_piece_alignment or req.return_alignment
