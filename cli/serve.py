@@ -84,6 +84,15 @@ def serve(
             "or * for any); repeat for several."
         ),
     ] = None,
+    shortlist: Annotated[
+        bool,
+        typer.Option(
+            "--shortlist",
+            help="Search each batch over the target pieces its sources make likely, as nmt "
+            "translate --shortlist (each folder's shortlist from nmt shortlist; CTranslate2: "
+            "its vmap.txt); sampling requests are then refused.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve models over HTTP: /v1/translate, LibreTranslate's /translate, a page at /."""
@@ -102,10 +111,11 @@ def serve(
         api_keys=read_api_keys(api_key_file) if api_key_file is not None else frozenset(),
         cors_origins=tuple(cors_origin or ()),
     )
-    models = load_models(model, engine, device, batch_tokens, workers)
+    models = load_models(model, engine, device, batch_tokens, workers, shortlist)
     for m in models.values():
+        shortlisted = ", shortlist" if shortlist else ""
         err_console.print(
-            f"serving {m.id}: {m.src_lang}->{m.tgt_lang} ({m.engine}) from {m.folder}",
+            f"serving {m.id}: {m.src_lang}->{m.tgt_lang} ({m.engine}{shortlisted}) from {m.folder}",
             highlight=False,
         )
 

@@ -54,17 +54,18 @@ NBEST_FORMATS = ("tsv", "moses")
 
 
 def format_result(
-    t: Translation, nbest: int, scores: bool, number: int = 1, nbest_format: str = "tsv"
+    t: Translation, listed: bool, scores: bool, number: int = 1, nbest_format: str = "tsv"
 ) -> str:
     """The output lines of input line ``number`` (1-based).
 
     One line: the text (``--scores``: ``log-probability<TAB>text``), with an alignment
-    `` ||| `` and its Pharaoh pairs after it. With ``nbest`` > 1, one line per hypothesis:
+    `` ||| `` and its Pharaoh pairs after it. ``listed`` (an n-best list asked for:
+    :func:`nbest_listed`), one line per hypothesis:
     ``line<TAB>rank<TAB>score<TAB>log-probability<TAB>text`` (``score`` is the length-normalised
     score that ranked it), or, in Moses' format, ``id ||| text ||| LogProb= lp ||| score`` with
     ``id`` = ``number - 1`` (Moses counts sentences from 0).
     """
-    if nbest > 1:
+    if listed:
         normalized = t.nbest_normalized or [s for _, s in t.nbest]
         rows = zip(range(len(t.nbest)), t.nbest, normalized)
         if nbest_format == "moses":
@@ -79,8 +80,15 @@ def format_result(
     return f"{t.score:.4f}\t{text}" if scores else text
 
 
+def nbest_listed(nbest: int | None, nbest_format: str | None) -> bool:
+    """Whether the output is n-best lists: ``--nbest`` N > 1, or ``--nbest`` given with
+    ``--nbest-format`` (``--nbest 1 --nbest-format tsv``: the 1-best in that format);
+    ``nbest`` is ``None`` when ``--nbest`` is not given."""
+    return nbest is not None and (nbest > 1 or nbest_format is not None)
+
+
 def check_output_options(
-    nbest: int,
+    nbest: int | None,
     nbest_format: str | None,
     scores: bool,
     alignment: bool,
@@ -88,12 +96,12 @@ def check_output_options(
     ref: list[Path] | None,
     target_prefix: Path | None,
 ) -> None:
-    """Refuse options that the asked output would ignore (``nbest_format``: ``None`` when
-    not given), before the model loads.
+    """Refuse options that the asked output would ignore (``nbest`` / ``nbest_format``:
+    ``None`` when not given), before the model loads.
 
     Raises:
-        ConfigError: ``--nbest-format`` without ``--nbest`` N > 1; ``--scores`` with
-            ``--nbest`` (its lines carry the log-probability already); ``--nbest``,
+        ConfigError: ``--nbest-format`` without ``--nbest``; ``--scores`` with n-best
+            lines (:func:`nbest_listed`: they carry the log-probability already); ``--nbest``,
             ``--alignment``, ``--ref`` or ``--target-prefix`` with ``--score-target``
             (which prints scores of given translations, one line each).
     """
@@ -105,7 +113,7 @@ def check_output_options(
         ignored = [
             flag
             for flag, given in (
-                (f"--nbest {nbest}", nbest > 1),
+                (f"--nbest {nbest}", nbest is not None and nbest > 1),
                 ("--nbest-format", nbest_format is not None),
                 ("--alignment", alignment),
                 ("--ref", bool(ref)),
@@ -118,12 +126,12 @@ def check_output_options(
                 "--score-target prints the log-probability and normalised score of the given "
                 f"translations, one line each: drop {', '.join(ignored)}"
             )
-    if nbest_format is not None and nbest == 1:
+    if nbest_format is not None and nbest is None:
         raise ConfigError(
-            f"--nbest-format {nbest_format} formats --nbest N lists (N > 1): add --nbest N or "
-            "drop --nbest-format"
+            f"--nbest-format {nbest_format} formats --nbest N lists: add --nbest N (--nbest 1: "
+            "the best translation alone, in that format) or drop --nbest-format"
         )
-    if scores and nbest > 1:
+    if scores and nbest_listed(nbest, nbest_format):
         raise ConfigError(
             f"--nbest {nbest} lines carry each hypothesis's log-probability already: drop --scores"
         )
@@ -170,12 +178,13 @@ def translate(
     ] = DecodeConfig.batch_tokens,
     batch_size: Annotated[int, typer.Option(help="Sentences per batch.")] = DecodeConfig.batch_size,
     nbest: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Hypotheses per input: prints line<TAB>rank<TAB>score<TAB>log-probability<TAB>"
-            "text lines (score: length-normalised, what ranks them)."
+            "text lines (score: length-normalised, what ranks them); N > 1, or any N with "
+            "--nbest-format [default: 1, plain translations]."
         ),
-    ] = 1,
+    ] = None,
     nbest_format: Annotated[
         str | None,
         typer.Option(
@@ -300,7 +309,7 @@ def translate(
         length_penalty=length_penalty,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
-        nbest=nbest,
+        nbest=nbest or 1,
         batch_tokens=batch_tokens,
         batch_size=batch_size,
         alignment=alignment,
@@ -338,6 +347,7 @@ def translate(
         tgt_lang=tgt_lang,
     )
     rendered: Iterator[tuple[str, Translation | None]]
+    listed = nbest_listed(nbest, nbest_format)
     if score_target is not None:
         targets = iter_lines(score_target)
         scored = translator.score_targets(lines, targets, None, str(score_target))
@@ -349,7 +359,7 @@ def translate(
             else translator.translate(lines, None, prefixes, str(target_prefix))
         )
         rendered = (
-            (format_result(t, nbest, scores, number, nbest_format or "tsv"), t)
+            (format_result(t, listed, scores, number, nbest_format or "tsv"), t)
             for number, t in enumerate(results, start=1)
         )
     hyps: list[str] = []

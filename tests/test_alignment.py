@@ -17,7 +17,7 @@ import torch
 
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.marian_vocab import MarianVocabulary
-from nmt.data.targets import TaggedTokenizer, for_target
+from nmt.data.targets import TaggedTokenizer, Targets, for_target
 from nmt.data.tokenizer import Tokenizer, train_tokenizer
 from nmt.data.vocab import SeparateTokenizer, load_tokenizer, train_vocab
 from nmt.decode.alignment import (
@@ -144,11 +144,14 @@ def test_reordered_sentence_aligns_as_a_person_would(trained_run: Path, multi30k
     assert_one_link_per_target_word(lines, list(translator.translate(lines, decode)))
 
 
-def uniform_translator(tokenizer: Tokenizer, unk_only: bool = False, **ids: int) -> Translator:
+def uniform_translator(
+    tokenizer: Tokenizer, unk_only: bool = False, targets: Targets | None = None, **ids: int
+) -> Translator:
     """A random model over ``tokenizer``'s vocabulary whose cross-attention queries are 0:
     every target piece then attends equally to every source piece (and EOS), so summed into
     words, each target word links to the source word of the most pieces, the first of those
-    on a tie (argmax). ``unk_only``: its output is ``<unk>`` at every step."""
+    on a tie (argmax). ``unk_only``: its output is ``<unk>`` at every step; ``targets``: the
+    model's target languages (default: those of ``tokenizer``)."""
     src_size = tokenizer.src_vocab_size
     cfg = ModelConfig(
         vocab_size=tokenizer.vocab_size,
@@ -172,7 +175,7 @@ def uniform_translator(tokenizer: Tokenizer, unk_only: bool = False, **ids: int)
         if model.output_bias is not None:
             model.output_bias[tokenizer.unk_id] = 100.0
     decode = DecodeConfig(beam_size=1, max_len_a=0.0, max_len_b=6, alignment=True)
-    return Translator(model, tokenizer, decode)
+    return Translator(model, tokenizer, decode, targets=targets)
 
 
 def most_pieces(sp: spm.SentencePieceProcessor, line: str) -> int:
@@ -242,6 +245,27 @@ def test_a_target_language_given_per_call_is_read_as_the_tag(layouts, lines: lis
     translator = uniform_translator(tokenizer, **ids)
     prefixes = ["A man in a blue"] * 8
     results = list(translator.translate(lines[:8], target_prefixes=prefixes, tgt_lang="fra"))
+    for line, r in zip(lines, results):
+        n_tgt = len(r.text.split())
+        assert n_tgt >= 5, r
+        assert r.alignment == [(most_pieces(source_sp, line), j) for j in range(n_tgt)], line
+
+
+@pytest.mark.parametrize("layout", ["tagged", "marian", "marian-tgt-lang"])
+def test_a_tag_written_at_the_start_of_the_line_is_no_source_word(
+    layouts, layout: str, lines: list[str], tagged_spm: Path
+) -> None:
+    """Lines that start with their own target tag (``>>fra<< Ein Mann ...``), untagged by the
+    tokenizer or tagged with the same language too (``--tgt-lang fra``), align as the lines
+    without it: source word 0 is the first word after the tag. (The tag was source word 0,
+    every index one too far.) "tagged": a multilingual model's ``<2en>``, with ``<2en>``."""
+    tokenizer, source_sp, ids = layouts[layout]
+    targets, tag = None, ">>fra<<"
+    if layout == "tagged":
+        targets, tag = Targets(Tokenizer(tagged_spm), ["de-en", "en-de"], None, None), "<2en>"
+    translator = uniform_translator(tokenizer, targets=targets, **ids)
+    tagged = [f"{tag} {line}" for line in lines[:8]]
+    results = list(translator.translate(tagged, target_prefixes=["A man in a blue"] * 8))
     for line, r in zip(lines, results):
         n_tgt = len(r.text.split())
         assert n_tgt >= 5, r

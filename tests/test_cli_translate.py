@@ -111,6 +111,32 @@ def test_scores_and_nbest_formats(tiny_run: Path, tmp_path: Path, inputs: list[s
     assert [m[3] for m in moses] == [r[2] for r in rows]
 
 
+@pytest.mark.parametrize("nbest_format", ["tsv", "moses"])
+def test_an_explicit_nbest_1_with_a_format_writes_the_best_in_that_format(
+    tiny_run: Path, tmp_path: Path, inputs: list[str], nbest_format: str
+) -> None:
+    """``--nbest 1 --nbest-format F``: one n-best line per input, the best translation, in
+    format F (it was refused as if --nbest had not been given); ``--nbest 1`` alone gives
+    plain translations."""
+    src = write_input(tmp_path / "in.de", inputs[1:4])
+    base = [src, "-m", tiny_run, "--beam-size", "3", "--device", "cpu"]
+    plain = invoke(*base)
+    assert plain.exit_code == 0, plain.output
+    assert invoke(*base, "--nbest", "1").stdout == plain.stdout
+    listed = invoke(*base, "--nbest", "1", "--nbest-format", nbest_format)
+    assert listed.exit_code == 0, listed.output
+    texts = plain.stdout.splitlines()
+    if nbest_format == "tsv":
+        rows = [line.split("\t") for line in listed.stdout.splitlines()]
+        assert [(r[0], r[1], r[4]) for r in rows] == [
+            (str(n), "0", text) for n, text in enumerate(texts, start=1)
+        ]
+    else:
+        rows = [line.split(" ||| ") for line in listed.stdout.splitlines()]
+        assert [(r[0], r[1]) for r in rows] == [(str(n), text) for n, text in enumerate(texts)]
+        assert all(r[2].startswith("LogProb= ") for r in rows)
+
+
 class FakeTranslator:
     """Yields one result per line; optionally fails after ``fail_after`` lines."""
 
@@ -381,9 +407,10 @@ def test_weights_by_name_are_the_model_folders(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--nbest-format", "moses"], "--nbest-format moses formats --nbest N lists (N > 1)"),
+        (["--nbest-format", "moses"], "--nbest-format moses formats --nbest N lists: add"),
         (["--nbest-format", "tsv", "--beam-size", "2"], "--nbest-format tsv formats --nbest N"),
         (["--beam-size", "3", "--nbest", "2", "--scores"], "--nbest 2 lines carry each"),
+        (["--nbest", "1", "--nbest-format", "tsv", "--scores"], "--nbest 1 lines carry each"),
         (["--nbest", "2", "--beam-size", "2", "--score-target", "in.de"], "drop --nbest 2"),
         (["--alignment", "--score-target", "in.de"], "drop --alignment"),
         (["--nbest-format", "xml", "--nbest", "2"], "--nbest-format xml: choose one of tsv"),

@@ -15,11 +15,12 @@ from agreement import inject_padding_read
 
 from nmt.config import DecodeConfig
 from nmt.data.parallel import pad
-from nmt.data.tokenizer import EOS_ID
+from nmt.data.targets import Targets
+from nmt.data.tokenizer import EOS_ID, Tokenizer
 from nmt.decode.forced import forced_scores, normalized
 from nmt.decode.search import Hypothesis, length_penalty, max_lengths
 from nmt.decode.translate import Translator
-from nmt.errors import InputError
+from nmt.errors import ConfigError, InputError
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,27 @@ def test_score_targets_scores_the_text_as_sentencepiece_encodes_it(
     assert scored[0][0] < 0  # an empty target scores EOS alone
     with pytest.raises(InputError, match="refs.en:2: no target for input line 2"):
         list(translator.score_targets(lines[:3], texts[:1], target_source="refs.en"))
+
+
+def test_score_targets_tags_the_sources_for_the_target_language_each_call_names(
+    tagged_spm: Path, random_model: Any, spm_text: dict[str, list[str]]
+) -> None:
+    """One translator of a model of two target languages, loaded without one, scores given
+    translations for the language each call names (``score_targets(..., tgt_lang=)``, as
+    ``translate(..., tgt_lang=)``): its sources are tagged for it, so the scores are those
+    of lines carrying that tag themselves and of a translator loaded for that language, and
+    differ between the two languages. (The argument did not exist: a per-call language could
+    not be scored.)"""
+    base = Tokenizer(tagged_spm)
+    model = random_model(vocab_size=base.vocab_size)
+    targets = Targets(base, ["de-en", "en-de"], None, None)
+    untagged = Translator(model, base, targets=targets)
+    src, tgt = spm_text["de"][:4], spm_text["en"][:4]
+    scores = {lang: list(untagged.score_targets(src, tgt, tgt_lang=lang)) for lang in ("de", "en")}
+    for lang in ("de", "en"):  # the same ids in the same batch: the same numbers
+        assert scores[lang] == list(untagged.score_targets([f"<2{lang}> {x}" for x in src], tgt))
+        loaded = Translator(model, targets.tokenizer(lang), targets=targets)
+        assert scores[lang] == list(loaded.score_targets(src, tgt))
+    assert all(d != e for d, e in zip(scores["de"], scores["en"]))
+    with pytest.raises(ConfigError, match="tgt_lang fr"):
+        list(untagged.score_targets(src, tgt, tgt_lang="fr"))

@@ -43,8 +43,9 @@ from nmt.data.parallel import pad
 from nmt.data.targets import TaggedTokenizer
 from nmt.data.tokenizer import train_tokenizer
 from nmt.data.vocab import load_tokenizer
+from nmt.decode.beam import beam_search
 from nmt.decode.forced import normalized
-from nmt.decode.search import Hypothesis, beam_search, greedy_search, length_penalty
+from nmt.decode.search import Hypothesis, greedy_search, length_penalty
 from nmt.decode.translate import Translator
 from nmt.errors import CheckpointError, ConfigError, InputError
 from nmt.interop.import_marian import import_marian

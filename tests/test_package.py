@@ -56,6 +56,7 @@ def test_file_utilities_scoring_and_data_preparation_do_not_import_torch() -> No
         "nmt.decode.ct2_folder",
         "nmt.fileio",
         "nmt.evaluate.score",
+        "nmt.serve.asgi",
         "nmt.serve.body",
         "nmt.serve.config",
         "nmt.data.store",

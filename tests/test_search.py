@@ -1,4 +1,4 @@
-"""nmt.decode.search: greedy and beam search.
+"""nmt.decode.search and nmt.decode.beam: greedy and beam search.
 
 A hand-scripted decoder whose results are worked out by hand, beam 1 = greedy, batch
 invariance, reported score = forced-decoding score, length limits and n-best order.
@@ -17,9 +17,9 @@ from agreement import assert_float32_agree
 
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from nmt.decode.beam import beam_search
 from nmt.decode.search import (
     Hypothesis,
-    beam_search,
     greedy_search,
     length_penalty,
     max_lengths,

@@ -9,8 +9,12 @@ why, where they are missing.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import shutil
+import urllib.request
 from collections.abc import Callable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +22,12 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 from serve_client import ServerProcess, request
 from skips import skip
+
+from nmt.serve.auth import presented_key
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -42,11 +49,11 @@ def headless_chromium() -> Any:
 
 
 @contextlib.contextmanager
-def page(model: str, tmp_path: Path) -> Iterator[tuple[Any, ServerProcess, Any]]:
-    """``nmt serve -m MODEL`` (one worker) and headless Chromium on its page: yields
+def page(model: str, tmp_path: Path, *args: str) -> Iterator[tuple[Any, ServerProcess, Any]]:
+    """``nmt serve -m MODEL ARGS`` (one worker) and headless Chromium on its page: yields
     ``(driver, server, wait)``, a 60 s ``WebDriverWait``; both are stopped after."""
     driver = headless_chromium()
-    server = ServerProcess(["-m", model, "--workers", "1"], tmp_path / "log")
+    server = ServerProcess(["-m", model, "--workers", "1", *args], tmp_path / "log")
     try:
         server.wait_ready()
         driver.get(server.url + "/")
@@ -162,3 +169,55 @@ def test_the_openapi_page_renders_offline(tiny_run: Path, tmp_path: Path) -> Non
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info .title"))
         assert "nmt serve" in driver.find_element(By.CSS_SELECTOR, ".info .title").text
         wait.until(lambda d: "/v1/translate" in d.find_element(By.TAG_NAME, "body").text)
+
+
+def test_page_sends_the_api_key_it_is_given(
+    tiny_run: Path, multi30k: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    """With ``--api-key-file`` the page shows its API key field (the server refused to list
+    the models) and says why; a wrong key is reported as one; with the right key it lists
+    the models and translates, sending the key kept in sessionStorage. (It sent no key, so
+    every call was a 401 and the page could not translate at all.)"""
+    key = "page-key-0123456789"
+    (tmp_path / "keys.txt").write_text(key + "\n")
+    line = multi30k("val", "de", 1)[0]
+    with page(f"tiny={tiny_run}", tmp_path, "--api-key-file", str(tmp_path / "keys.txt")) as (
+        driver,
+        server,
+        wait,
+    ):
+        wait.until(lambda d: d.find_element(By.ID, "key-box").is_displayed())
+        assert "needs an API key" in driver.find_element(By.ID, "status").text
+        field = driver.find_element(By.ID, "api-key")
+        field.send_keys("wrong-key-0123456", Keys.TAB)  # a change event
+        wait.until(lambda d: "not valid" in d.find_element(By.ID, "status").text)
+        field.clear()
+        field.send_keys(key, Keys.TAB)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        assert driver.execute_script("return sessionStorage.getItem('nmt-api-key')") == key
+        source = driver.find_element(By.ID, "src")
+        source.clear()
+        source.send_keys(line)
+        driver.find_element(By.ID, "translate").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#output .translation"))
+        shown = driver.find_element(By.CSS_SELECTOR, "#output .translation").text
+        assert request(server.url + "/v1/translate", {"src": [line]})[0] == 401
+        # What the page asked for (beam 5), through the API with the key.
+        body = json.dumps({"src": [line], "beam_size": 5}).encode()
+        call = urllib.request.Request(server.url + "/v1/translate", body)
+        call.add_header("Content-Type", "application/json")
+        call.add_header("X-API-Key", key)
+        with urllib.request.urlopen(call, timeout=60) as res:
+            assert shown == json.loads(res.read())["translations"][0]["text"]
+
+
+def test_every_call_of_the_page_sends_the_api_key() -> None:
+    """Without a browser: every ``fetch`` of the page's script takes its headers from
+    ``apiHeaders``, which adds the key kept in sessionStorage as ``X-API-Key``, a header the
+    server reads (:func:`nmt.serve.auth.presented_key`)."""
+    html = resources.files("nmt.serve").joinpath("static/index.html").read_text()
+    script = html.split("<script>")[1].split("</script>")[0]
+    calls = re.findall(r"fetch\((.*?)\);", script, re.S)
+    assert len(calls) == 2 and all("headers: apiHeaders(" in c for c in calls), calls
+    assert '"X-API-Key": key' in script and "sessionStorage.getItem(KEY_ITEM)" in script
+    assert presented_key({"x-api-key": "some-key-0123"}) == "some-key-0123"

@@ -154,6 +154,30 @@ def test_cors_lets_the_configured_origin_in(guarded: ServerProcess, lines: list[
     assert "access-control-allow-origin" not in heads
 
 
+def test_a_deprecated_field_is_answered_with_a_deprecation_signal(
+    guarded: ServerProcess, lines: list[str]
+) -> None:
+    """``return_alignment`` (replaced by ``return_piece_alignment``) still answers its pairs,
+    now with ``Deprecation: true``, a ``Warning: 299`` naming the replacement (both exposed
+    to pages of the CORS origin) and a line in the server's log with the request id; it was
+    deprecated in the schema alone. A request without it has neither header."""
+    url = guarded.url + "/v1/translate"
+    body = {"src": lines[:1], "return_alignment": True}
+    status, heads, answer = call(url, body, {**AUTH, "Origin": ORIGIN, "X-Request-ID": "old-1"})
+    assert status == 200 and answer["translations"][0]["alignment"], answer
+    assert heads["deprecation"] == "true"
+    assert (
+        heads["warning"].startswith("299 - ") and "write return_piece_alignment" in heads["warning"]
+    ), heads
+    assert {"deprecation", "warning"} <= set(
+        heads["access-control-expose-headers"].lower().split(", ")
+    )
+    logged = [line for line in guarded.output().splitlines() if "old-1" in line]
+    assert any("return_alignment is deprecated" in line for line in logged), guarded.output()
+    status, heads, _ = call(url, {"src": lines[:1], "return_piece_alignment": True}, AUTH)
+    assert status == 200 and "deprecation" not in heads and "warning" not in heads
+
+
 def test_metrics_move_as_requests_arrive(guarded: ServerProcess, lines: list[str]) -> None:
     """One answered request of 3 lines and one refused (401) move the counters by exactly
     that: requests by route and status, errors, the latency histogram, a batch of 3 lines,

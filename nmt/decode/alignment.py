@@ -18,10 +18,11 @@ The output is the Pharaoh format of Moses and fast_align: ``i-j`` pairs, 0-based
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
+from nmt.data.targets import TaggedTokenizer
 from nmt.data.tokenizer import Tokenizer
 from nmt.errors import ConfigError
 
@@ -94,17 +95,22 @@ def line_alignment(
     tgt_ids: Sequence[int],
     text: str,
     attention: torch.Tensor,
+    tags: Collection[int] = (),
 ) -> list[tuple[int, int]]:
     """Word alignment of one translation: the whitespace words of ``line`` and of ``text``.
 
     Source pieces are read with the tokenizer's source side (a separate or Marian layout has
-    two), target pieces with its target side; a target-language tag the tokenizer put before
-    the line (``tokenizer.n_tag_ids``; not one written in the line) is no word of it, and its
-    attention is left out.
+    two), target pieces with its target side. A target-language tag is no word, whichever
+    way it came: neither the one the tokenizer puts before the line nor one written at the
+    line's start (``>>fra<< Ein Hund``, ``<2en> Ein Hund``, with or without the same
+    ``--tgt-lang``): source word 0 is the first word after it, and its attention is left out.
 
     Args:
         tokenizer: the tokenizer that encoded ``line`` into ``src_ids`` and decodes outputs.
-        src_ids: the source as searched, without EOS (a tag first, if any).
+        src_ids: the source as searched, without EOS (its tag first, if any:
+            :func:`nmt.data.targets.checked_tags` leaves one).
+        tags: the source ids of the model's target tags (``Targets.tags``); the tokenizer's
+            own tag counts too.
         tgt_ids: the output ids, without BOS and EOS; ``text``: their detokenized text.
         attention: ``(>= len(tgt_ids), >= len(src_ids))`` head-averaged attention, a row
             per target piece and a column per source id (:func:`nmt.decode.attention.
@@ -114,13 +120,25 @@ def line_alignment(
         :func:`word_alignment`'s pairs; ``[]`` when ``line`` or ``text`` has no word (an
         output of ``<unk>`` only detokenizes to nothing).
     """
-    tag = tokenizer.n_tag_ids
-    n_src, n_tgt = len(line.split()), len(text.split())
-    if not n_src or not n_tgt or len(src_ids) <= tag or not tgt_ids:
+    tag_ids = {*tags, *([tokenizer.tag_id] if isinstance(tokenizer, TaggedTokenizer) else [])}
+    lead = tokenizer.n_tag_ids
+    while lead < len(src_ids) and src_ids[lead] in tag_ids:
+        lead += 1
+    n_src, n_tgt = len(untagged(line, tokenizer, tag_ids).split()), len(text.split())
+    if not n_src or not n_tgt or len(src_ids) <= lead or not tgt_ids:
         return []
-    src_words = piece_words([tokenizer.source_piece(i) for i in src_ids[tag:]], n_src)
+    src_words = piece_words([tokenizer.source_piece(i) for i in src_ids[lead:]], n_src)
     tgt_words = piece_words([tokenizer.piece(i) for i in tgt_ids], n_tgt)
-    return word_alignment(attention[:, tag:], src_words, tgt_words)
+    return word_alignment(attention[:, lead:], src_words, tgt_words)
+
+
+def untagged(line: str, tokenizer: Tokenizer, tag_ids: Collection[int]) -> str:
+    """``line`` without the target tags written at its start (the pieces of ``tag_ids``)."""
+    pieces = [tokenizer.source_piece(i) for i in tag_ids]
+    rest = line.lstrip()
+    while found := next((p for p in pieces if rest.startswith(p)), None):
+        rest = rest[len(found) :].lstrip()
+    return rest
 
 
 def pharaoh(links: Sequence[tuple[int, int]]) -> str:

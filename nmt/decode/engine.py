@@ -8,7 +8,6 @@ batches already encoded rows of several requests: :meth:`BaseTranslator.encode`,
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -18,11 +17,10 @@ import torch
 from nmt.config import DecodeConfig
 from nmt.data.targets import Targets, checked_tags
 from nmt.data.tokenizer import Tokenizer
-from nmt.decode.alignment import line_alignment
 from nmt.decode.attention import Attention
 from nmt.decode.backend import Request
 from nmt.decode.forced import normalized
-from nmt.decode.results import NAN_SCORE, Encoded, Translation
+from nmt.decode.results import Encoded, Translation, collected, empty_result, translation
 from nmt.decode.sampling import fresh_seed, sentence_seed
 from nmt.decode.search import Hypothesis
 from nmt.decode.streaming import available_chunks, length_batches, paired
@@ -192,7 +190,7 @@ class BaseTranslator:
     ) -> list[list[Hypothesis]]:
         """The n-best list of each row of ``enc`` (``[]`` for an empty row or one left out):
         :meth:`searched`'s batches, collected."""
-        return self.collected(enc, self.searched(enc, d, live))
+        return collected(enc, self.searched(enc, d, live))
 
     def searched(
         self, enc: Encoded, d: DecodeConfig, live: Callable[[int], bool] | None = None
@@ -248,35 +246,25 @@ class BaseTranslator:
         """
         if not isinstance(found, list):
             if attention is not None:
-                found = self.collected(enc, found)
+                found = collected(enc, found)
             else:  # streamed: results made while the search goes on
-                out = [self.empty_result(d, t) for t in enc.truncated]
+                out = [empty_result(d, t) for t in enc.truncated]
                 for rows, hyps_of_rows in found:
                     for r, hyps in zip(rows, hyps_of_rows, strict=True):
                         line = "" if lines is None else lines[r]
-                        out[r] = self.result(
-                            line, enc.ids[r], hyps, d, enc.truncated[r], tokenizer=enc.tokenizer
-                        )
+                        out[r] = translation(
+                            self.tokenizer, line, enc.ids[r], hyps, d, enc.truncated[r],
+                            src_tokenizer=enc.tokenizer, tags=self.targets.tags,
+                        )  # fmt: skip
                 return out
         weights = self.hypothesis_attention(enc.ids, found, attention)
         return [
-            self.result(
-                "" if lines is None else lines[r], enc.ids[r], hyps, d, enc.truncated[r],
-                weights[r], enc.tokenizer,
-            ) if hyps else self.empty_result(d, enc.truncated[r])
+            translation(
+                self.tokenizer, "" if lines is None else lines[r], enc.ids[r], hyps, d,
+                enc.truncated[r], weights[r], enc.tokenizer, self.targets.tags,
+            ) if hyps else empty_result(d, enc.truncated[r])
             for r, hyps in enumerate(found)
         ]  # fmt: skip
-
-    @staticmethod
-    def collected(
-        enc: Encoded, batches: Iterable[tuple[list[int], list[list[Hypothesis]]]]
-    ) -> list[list[Hypothesis]]:
-        """Each row's n-best list from :meth:`searched`'s batches (``[]`` for the others)."""
-        found: list[list[Hypothesis]] = [[] for _ in enc.ids]
-        for rows, hyps in batches:
-            for r, h in zip(rows, hyps, strict=True):
-                found[r] = h
-        return found
 
     def hypothesis_attention(
         self, ids: list[list[int]], found: list[list[Hypothesis]], asked: list[bool] | None
@@ -291,12 +279,6 @@ class BaseTranslator:
             [Attention.of(next(weights)) for _ in hyps] if asked[r] else None
             for r, hyps in enumerate(found)
         ]
-
-    @staticmethod
-    def empty_result(d: DecodeConfig, truncated: bool = False) -> Translation:
-        """The translation of a line of no text (or one left out): empty, score 0."""
-        alignment = [] if d.alignment else None
-        return Translation("", 0.0, [("", 0.0)] * d.nbest, truncated, alignment, [0.0] * d.nbest)
 
     def prefix_ids(
         self,
@@ -319,48 +301,6 @@ class BaseTranslator:
                 )
         return ids
 
-    def result(
-        self,
-        line: str,
-        src_ids: list[int],
-        hyps: list[Hypothesis],
-        d: DecodeConfig,
-        truncated: bool = False,
-        attention: list[Attention] | None = None,
-        tokenizer: Tokenizer | None = None,
-    ) -> Translation:
-        """The :class:`Translation` of one line from its hypotheses (best first); with
-        ``d.alignment``, the word alignment from the best one's ``attention``, reading the
-        source with ``tokenizer`` (the one that encoded it; default the engine's)."""
-        best = hyps[0]
-        failure = best.failure or (NAN_SCORE if math.isnan(best.score) else None)
-        if failure is not None:
-            inf = float("-inf")
-            nothing = [("", inf)] * d.nbest
-            return Translation("", inf, nothing, truncated, [] if d.alignment else None,
-                               [inf] * d.nbest, failure, src_ids)  # fmt: skip
-        texts = self.tokenizer.decode([h.tokens for h in hyps])
-        nbest = [(t, h.score) for t, h in zip(texts, hyps)]
-        links = None
-        if d.alignment and best.attention is not None:
-            links = line_alignment(
-                tokenizer or self.tokenizer, line, src_ids, best.tokens, texts[0], best.attention
-            )
-        normalized = [h.normalized for h in hyps]
-        tokens = [h.tokens for h in hyps]
-        return Translation(
-            texts[0],
-            best.score,
-            nbest,
-            truncated,
-            links,
-            normalized,
-            None,
-            src_ids,
-            tokens,
-            attention,
-        )
-
     def pieces(self, ids: list[int], source: bool = False) -> list[str]:
         """The pieces of target (or ``source``) ``ids`` followed by ``</s>`` (the labels of
         their attention)."""
@@ -373,6 +313,7 @@ class BaseTranslator:
         targets: Iterable[str],
         decode: DecodeConfig | None = None,
         target_source: str = "targets",
+        tgt_lang: str | None = None,
     ) -> Iterator[tuple[float, float]]:
         """Score given translations instead of translating (forced decoding).
 
@@ -384,6 +325,8 @@ class BaseTranslator:
         Args:
             targets: one per line of ``lines`` (read from ``target_source``, named in errors).
             decode: its ``length_penalty`` and batch sizes apply.
+            tgt_lang: the target language (default: the one chosen at load): the sources are
+                encoded for it as :meth:`translate` encodes them (:meth:`encode`).
 
         Yields:
             ``(log-probability, length-normalised score)`` per line, in order (natural log,
@@ -392,8 +335,9 @@ class BaseTranslator:
         Raises:
             InputError: not one target per line, or a line too long (``strict``) or a target
                 longer than the model can output.
-            ConfigError: an engine that cannot score (:meth:`forced_scores`), or a
-                ``shortlist`` setting (scores are over the whole vocabulary).
+            ConfigError: an engine that cannot score (:meth:`forced_scores`), a
+                ``shortlist`` setting (scores are over the whole vocabulary), or an unknown
+                ``tgt_lang``.
         """
         d = decode or self.decode
         if d.shortlist:
@@ -401,12 +345,13 @@ class BaseTranslator:
                 "shortlist (--shortlist) restricts search's output vocabulary; scoring given "
                 "translations (--score-target) needs the whole vocabulary: drop --shortlist"
             )
+        tokenizer = self.tokenizer_for(tgt_lang)  # an unknown language fails before any line
         first = 1
         for pairs in available_chunks(
             paired(lines, targets, target_source, "target"), self.chunk_lines
         ):
-            src_ids = self.encode([p[0] for p in pairs], d, first).ids
-            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target")
+            src_ids = self.encode([p[0] for p in pairs], d, first, tgt_lang=tgt_lang).ids
+            tgt_ids = self.prefix_ids([p[1] for p in pairs], first, "target", tokenizer)
             scores = [0.0] * len(pairs)
             for rows in self.row_batches(src_ids, list(range(len(pairs))), d):
                 found = self.forced_scores([src_ids[r] for r in rows], [tgt_ids[r] for r in rows])

@@ -1,14 +1,19 @@
 """What the lines layer (:class:`nmt.decode.engine.BaseTranslator`) hands the engines and
 gives back: lines as encoded for search (:class:`Encoded`) and one :class:`Translation` per
-line.
+line, made from a line's hypotheses (:func:`translation`, :func:`empty_result`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
+from nmt.config import DecodeConfig
 from nmt.data.tokenizer import Tokenizer
+from nmt.decode.alignment import line_alignment
 from nmt.decode.attention import Attention
+from nmt.decode.search import Hypothesis
 
 NAN_SCORE = "the search's best output has a NaN score (an overflow in the model?)"
 
@@ -68,3 +73,67 @@ class Encoded:
     prefixes: list[list[int]] | None = None
     seeds: list[int] | None = None
     tokenizer: Tokenizer | None = None
+
+
+def collected(
+    enc: Encoded, batches: Iterable[tuple[list[int], list[list[Hypothesis]]]]
+) -> list[list[Hypothesis]]:
+    """Each row's n-best list from :meth:`searched`'s batches (``[]`` for the others)."""
+    found: list[list[Hypothesis]] = [[] for _ in enc.ids]
+    for rows, hyps in batches:
+        for r, h in zip(rows, hyps, strict=True):
+            found[r] = h
+    return found
+
+
+def empty_result(d: DecodeConfig, truncated: bool = False) -> Translation:
+    """The translation of a line of no text (or one left out): empty, score 0."""
+    alignment = [] if d.alignment else None
+    return Translation("", 0.0, [("", 0.0)] * d.nbest, truncated, alignment, [0.0] * d.nbest)
+
+
+def translation(
+    tokenizer: Tokenizer,
+    line: str,
+    src_ids: list[int],
+    hyps: list[Hypothesis],
+    d: DecodeConfig,
+    truncated: bool = False,
+    attention: list[Attention] | None = None,
+    src_tokenizer: Tokenizer | None = None,
+    tags: Collection[int] = (),
+) -> Translation:
+    """The :class:`Translation` of one line from its hypotheses (best first), their texts
+    decoded by ``tokenizer`` (the engine's); with ``d.alignment``, the word alignment from the
+    best one's ``attention``, reading the source with ``src_tokenizer`` (the one that encoded
+    it; default ``tokenizer``), whose target tags (``tags``, source ids) are no words
+    (:func:`nmt.decode.alignment.line_alignment`)."""
+    best = hyps[0]
+    failure = best.failure or (NAN_SCORE if math.isnan(best.score) else None)
+    if failure is not None:
+        inf = float("-inf")
+        nothing = [("", inf)] * d.nbest
+        return Translation("", inf, nothing, truncated, [] if d.alignment else None,
+                           [inf] * d.nbest, failure, src_ids)  # fmt: skip
+    texts = tokenizer.decode([h.tokens for h in hyps])
+    nbest = [(t, h.score) for t, h in zip(texts, hyps)]
+    links = None
+    if d.alignment and best.attention is not None:
+        links = line_alignment(
+            src_tokenizer or tokenizer, line, src_ids, best.tokens, texts[0], best.attention,
+            tags,
+        )  # fmt: skip
+    normalized = [h.normalized for h in hyps]
+    tokens = [h.tokens for h in hyps]
+    return Translation(
+        texts[0],
+        best.score,
+        nbest,
+        truncated,
+        links,
+        normalized,
+        None,
+        src_ids,
+        tokens,
+        attention,
+    )

@@ -27,11 +27,12 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.data.vocab import check_same_vocab, load_tokenizer
 from nmt.decode.alignment import check_layer
 from nmt.decode.attention import cross_attention
+from nmt.decode.beam import beam_search
 from nmt.decode.engine import BaseTranslator, Request, Translation
 from nmt.decode.ensemble import Ensemble
 from nmt.decode.forced import forced_scores
 from nmt.decode.sampling import sample
-from nmt.decode.search import Hypothesis, beam_search, greedy_search, prefix_tensor
+from nmt.decode.search import Hypothesis, greedy_search, prefix_tensor
 from nmt.decode.shortlist import Shortlist, load_shortlist
 from nmt.decode.streaming import length_batches
 from nmt.device import resolve_device

@@ -53,26 +53,29 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from None
 
 from nmt import __version__
-from nmt.decode.attention import Attention
-from nmt.decode.results import Translation
 from nmt.serve import work as work_limits
+from nmt.serve.answer import translation_out
+from nmt.serve.asgi import LIBRETRANSLATE_ROUTES
 from nmt.serve.auth import check_api_key, presented_key
-from nmt.serve.body import LIBRETRANSLATE_ROUTES, BodyLimit
+from nmt.serve.body import BodyLimit
 from nmt.serve.config import ServeConfig
 from nmt.serve.context import RequestContext
-from nmt.serve.errors import STATUS_CODES, ApiError, error_response, validation_message
+from nmt.serve.errors import (
+    STATUS_CODES,
+    ApiError,
+    error_response,
+    request_id,
+    validation_message,
+)
 from nmt.serve.metrics import Metrics
 from nmt.serve.registry import ServedModel
 from nmt.serve.schema import (
-    AttentionOut,
     ErrorResponse,
     HealthResponse,
-    HypothesisOut,
     ModelInfo,
     ModelsResponse,
     TranslateRequest,
     TranslateResponse,
-    TranslationOut,
 )
 from nmt.serve.service import Service
 from nmt.serve.work import AttentionTooLargeError, check_attention_size
@@ -82,49 +85,6 @@ log = logging.getLogger("uvicorn.error")
 
 
 LISTEN_BACKLOG = 2048  # connections waiting to be accepted (uvicorn's default)
-
-
-def attention_out(att: Attention, src_pieces: list[str], tgt_pieces: list[str]) -> AttentionOut:
-    w = att.weights
-    return AttentionOut(
-        src_pieces=src_pieces,
-        tgt_pieces=tgt_pieces,
-        shape=list(w.shape),
-        weights=w.double().round(decimals=4).tolist(),  # 4 decimals: a 3x smaller JSON
-    )
-
-
-def translation_out(r: Translation, req: TranslateRequest, model: ServedModel) -> TranslationOut:
-    """One line's JSON: text, and what the request asked for."""
-    if not r.tokens:  # an empty line, or one whose search found nothing: an empty output
-        empty = [HypothesisOut(text="", score=0.0)] if req.nbest > 1 and not r.failure else None
-        score = 0.0 if req.return_scores and not r.failure else None
-        return TranslationOut(text="", score=score, nbest=empty, failure=r.failure)
-    src_pieces = model.translator.pieces(r.src_tokens, source=True)
-    hyps = []
-    for i, ((text, score), tokens) in enumerate(zip(r.nbest, r.tokens)):
-        att = None if r.attention is None else r.attention[i]
-        hyps.append(
-            HypothesisOut(
-                text=text,
-                score=score,
-                piece_alignment=att.pharaoh() if att and req.return_piece_alignment else None,
-                alignment=att.pharaoh() if att and req.return_alignment else None,
-                attention=attention_out(att, src_pieces, model.translator.pieces(tokens))
-                if att and req.return_attention
-                else None,
-            )
-        )
-    best = hyps[0]
-    return TranslationOut(
-        text=best.text,
-        score=best.score if req.return_scores else None,
-        nbest=hyps if req.nbest > 1 else None,
-        piece_alignment=best.piece_alignment,
-        alignment=best.alignment,
-        attention=best.attention,
-        truncated=True if r.truncated else None,
-    )
 
 
 KEY_FIELDS = "Authorization: Bearer KEY or X-API-Key: KEY"
@@ -159,7 +119,7 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
             allow_origins=list(service.cfg.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
+            expose_headers=["X-Request-ID", "Retry-After", "Deprecation", "Warning"],
         )
     app.add_middleware(RequestContext, metrics=metrics)
     errors: dict[int | str, dict[str, Any]] = {
@@ -245,10 +205,15 @@ def create_app(models: dict[str, ServedModel], cfg: ServeConfig | None = None) -
         responses=errors,
         dependencies=[Depends(api_key)],
     )
-    async def translate(req: TranslateRequest) -> TranslateResponse:
+    async def translate(req: TranslateRequest, response: Response) -> TranslateResponse:
         """Translate ``src`` line by line; dynamic batching shares the search with concurrent
-        requests that use the same decoding options."""
+        requests that use the same decoding options. A deprecated field is answered as
+        before, with ``Deprecation`` and ``Warning`` headers and a line in the log."""
         start = time.perf_counter()
+        for message in req.deprecations():
+            response.headers["Deprecation"] = "true"
+            response.headers.append("Warning", f'299 - "{message}"')
+            log.warning("%s (request id %s)", message, request_id.get())
         model = service.model(req.model)
         service.check_lines(req.src, "src")
         attention = req.return_attention or req.return_piece_alignment or req.return_alignment

@@ -10,20 +10,10 @@ route (LibreTranslate's ``{"error": message}`` on its routes, ``{"error": {"code
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-LIBRETRANSLATE_ROUTES = ("/translate", "/languages")
+from nmt.serve.asgi import App, HttpMiddleware, Message, Receive, Scope, Send, send_error
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """ASGI middleware: HTTP requests whose body is larger than ``limit`` bytes get 413.
 
     A body with a declared ``Content-Length`` is judged by it (the server's HTTP parser holds
@@ -36,12 +26,10 @@ class BodyLimit:
     """
 
     def __init__(self, app: App, limit: int):
-        self.app, self.limit = app, limit
+        super().__init__(app)
+        self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None:
             if declared.isdigit() and int(declared) > self.limit:
@@ -80,11 +68,4 @@ class BodyLimit:
             f"body: larger than {self.limit:,} bytes; send fewer lines or characters "
             "(--max-lines, --max-chars)"
         )
-        if scope.get("path") in LIBRETRANSLATE_ROUTES:
-            payload: dict[str, Any] = {"error": message}
-        else:
-            payload = {"error": {"code": "too_large", "message": message}}
-        body = json.dumps(payload).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(scope, send, 413, "too_large", message)

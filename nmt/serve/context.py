@@ -17,16 +17,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.datastructures import MutableHeaders
 
-from nmt.serve.body import LIBRETRANSLATE_ROUTES, App, Message, Receive, Scope, Send
+from nmt.serve.asgi import App, HttpMiddleware, Message, Receive, Scope, Send, send_error
 from nmt.serve.errors import internal_message, request_id
 from nmt.serve.metrics import Metrics
 
@@ -45,7 +43,7 @@ def new_request_id(sent: bytes | None) -> str:
     return uuid.uuid4().hex
 
 
-class RequestContext:
+class RequestContext(HttpMiddleware):
     """ASGI middleware: request ids, the access log, request metrics and the last-resort 500.
 
     Args:
@@ -54,12 +52,10 @@ class RequestContext:
     """
 
     def __init__(self, app: App, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+        super().__init__(app)
+        self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = new_request_id(dict(scope.get("headers") or []).get(b"x-request-id"))
         token = request_id.set(rid)
         start = time.perf_counter()
@@ -81,7 +77,7 @@ class RequestContext:
             )
             status = 500
             if not started:
-                await self.internal_error(scope, send_with_id)
+                await send_error(scope, send_with_id, 500, "internal", internal_message())
         finally:
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", "other")
@@ -92,16 +88,3 @@ class RequestContext:
                 client[0], client[1], scope["method"], scope["path"], status, seconds * 1000, rid,
             )  # fmt: skip
             request_id.reset(token)
-
-    async def internal_error(self, scope: Scope, send: Send) -> None:
-        """Send the generic 500 answer, in the route's error format."""
-        message = internal_message()
-        payload: dict[str, Any]
-        if scope.get("path") in LIBRETRANSLATE_ROUTES:
-            payload = {"error": message}
-        else:
-            payload = {"error": {"code": "internal", "message": message}}
-        body = json.dumps(payload).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 500, "headers": headers})
-        await send({"type": "http.response.body", "body": body})

@@ -234,7 +234,13 @@ def file_sha256(path: Path) -> str:
 
 
 def load_model_entry(
-    model_id: str, folder: Path, engine: str, device: str, batch_tokens: int, workers: int = 0
+    model_id: str,
+    folder: Path,
+    engine: str,
+    device: str,
+    batch_tokens: int,
+    workers: int = 0,
+    shortlist: bool = False,
 ) -> ServedModel:
     """Load one model folder (torch or CTranslate2) for serving; a multilingual model
     serves all its pairs, and an imported multi-target Marian model its ``>>lang<<`` tags'
@@ -246,13 +252,20 @@ def load_model_entry(
     thread of :func:`start_batchers`, instead of one at a time; the torch engine searches on
     the server's worker threads themselves (loaded with one worker).
 
+    ``shortlist``: every request searches over the folder's vocabulary shortlist (a
+    CTranslate2 folder: its vocabulary map), as ``nmt translate --shortlist``; the settings
+    are the engine's (:meth:`~nmt.decode.engine.BaseTranslator.options`), which refuse what
+    a shortlist cannot apply to (sampling) for every request as for the command line.
+
     Raises:
         ConfigError / CheckpointError / MissingDependencyError: as
-            :func:`nmt.decode.loading.load_translator`.
+            :func:`nmt.decode.loading.load_translator`; with ``shortlist``, a folder without
+            a shortlist (or a CTranslate2 one without its vocabulary map).
     """
-    decode = DecodeConfig(batch_tokens=batch_tokens)
+    decode = DecodeConfig(batch_tokens=batch_tokens, shortlist=shortlist)
     exported = engine != "torch" and is_ctranslate2_dir(folder)
     translator = load_translator(folder, decode, engine, device, workers=workers if exported else 1)
+    translator.options(decode)  # a shortlist asked for is there (loaded now, not at a request)
     if isinstance(translator, CT2Translator):
         info, weights, name = read_export_info(folder), folder / CT2_WEIGHTS, "ctranslate2"
     else:
@@ -272,9 +285,11 @@ def load_models(
     device: str = "auto",
     batch_tokens: int = 4096,
     workers: int = 0,
+    shortlist: bool = False,
 ) -> dict[str, ServedModel]:
     """Load every ``-m`` spec (:func:`parse_model_specs`), by id, in the order given, for a
-    server of ``workers`` worker threads (:func:`load_model_entry`).
+    server of ``workers`` worker threads, each searching over its shortlist with
+    ``shortlist`` (:func:`load_model_entry`).
 
     Raises:
         ConfigError: bad specs; CheckpointError: a folder that is not a model folder.
@@ -283,7 +298,9 @@ def load_models(
     for model_id, folder in parse_model_specs(specs):
         if not folder.is_dir():
             raise ConfigError(f"-m {folder}: not a folder")
-        models[model_id] = load_model_entry(model_id, folder, engine, device, batch_tokens, workers)
+        models[model_id] = load_model_entry(
+            model_id, folder, engine, device, batch_tokens, workers, shortlist
+        )
     return models
 
 

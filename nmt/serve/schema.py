@@ -19,6 +19,9 @@ from nmt.serve.config import MAX_LINES_LIMIT, DecodeOptions
 
 MAX_BEAM = 32  # a larger beam only costs time: refused rather than run
 
+# Deprecated request fields, by the field that replaces each.
+DEPRECATED_FIELDS = {"return_alignment": "return_piece_alignment"}
+
 
 class TranslateRequest(BaseModel):
     """``POST /v1/translate``: source lines and decoding options."""
@@ -88,7 +91,8 @@ class TranslateRequest(BaseModel):
         default=False,
         json_schema_extra={"deprecated": True},
         description="Deprecated: write return_piece_alignment. Adds the same piece pairs "
-        "under the old name alignment.",
+        "under the old name alignment; a request that sends it is answered with the headers "
+        "Deprecation: true and Warning: 299.",
     )
     return_attention: bool = Field(
         default=False,
@@ -109,6 +113,14 @@ class TranslateRequest(BaseModel):
                 {"count": len(unknown), "first": ", ".join(unknown[:3])},
             )
         return data
+
+    def deprecations(self) -> list[str]:
+        """A message for each deprecated field (:data:`DEPRECATED_FIELDS`) the request sent."""
+        return [
+            f"{old} is deprecated: write {new} instead (the same pairs)"
+            for old, new in DEPRECATED_FIELDS.items()
+            if old in self.model_fields_set
+        ]
 
     def options(self) -> DecodeOptions:
         """The decoding options: the batch key. Sampling without an explicit ``beam_size``
