@@ -17,9 +17,10 @@ from rich.progress import TaskID
 
 from cli.console import handle_errors
 from cli.options import renamed
-from cli.train import RichObserver, resolve_options, run_reported
+from cli.train import RichObserver, run_reported
 from cli.train import train as train_command
 from nmt.train.distill import distill as run_distill
+from nmt.train.options import resolve_options
 from nmt.train.teacher import CHUNK_LINES, DistillObserver, TeacherSettings
 
 

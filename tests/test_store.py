@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import nmt.data.encoding as encoding
 import nmt.data.store as store
 from cli.main import app
 from nmt.data.store import open_store, prepare, read_meta
@@ -55,8 +56,8 @@ def test_round_trip_gives_the_tokenizer_ids(
 def test_worker_processes_write_the_same_files(
     tmp_path: Path, tiny_corpus: tuple[Path, Path], spm_model: Path, monkeypatch, start_method
 ) -> None:
-    monkeypatch.setattr(store, "CHUNK_LINES", 37)  # 11 chunks: order across workers matters
-    monkeypatch.setattr(store, "_start_method", lambda: start_method)
+    monkeypatch.setattr(encoding, "CHUNK_LINES", 37)  # 11 chunks: order across workers matters
+    monkeypatch.setattr(encoding, "_start_method", lambda: start_method)
     prepare(tiny_corpus[0], tmp_path / "one", "de", "en", spm_path=spm_model, workers=1)
     prepare(tiny_corpus[0], tmp_path / "two", "de", "en", spm_path=spm_model, workers=2)
     for name in ("train.de.bin", "train.en.bin", "train.de.idx.npy", "train.en.idx.npy"):
@@ -117,7 +118,7 @@ def test_a_complete_store_is_kept_unless_overwrite(
         raise OSError("disk full")
 
     real = store.encode_chunks
-    monkeypatch.setattr(store, "CHUNK_LINES", 100)
+    monkeypatch.setattr(encoding, "CHUNK_LINES", 100)
     monkeypatch.setattr(store, "encode_chunks", crash)
     with pytest.raises(OSError, match="disk full"):
         prepare(tiny_corpus[0], out, "de", "en", spm_path=spm_model, overwrite=True)

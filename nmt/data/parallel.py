@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 import torch
 
-from nmt.data.store import keep_reason
+from nmt.data.encoding import keep_reason
 from nmt.data.textio import (  # noqa: F401 - corpus_path, count_lines, iter_lines re-exported
     check_line_counts,
     corpus_path,
@@ -89,7 +89,7 @@ def encode_parallel(
     tokenizer: Tokenizer, src: Sequence[str], tgt: Sequence[str], max_len: int
 ) -> ParallelData:
     """Encode pairs in memory and drop those with an empty side or more than ``max_len``
-    tokens (the filter of :func:`nmt.data.store.keep_reason`; large corpora go through
+    tokens (the filter of :func:`nmt.data.encoding.keep_reason`; large corpora go through
     :func:`nmt.data.store.prepare` instead)."""
     src_ids, tgt_ids = tokenizer.encode(src), tokenizer.encode_target(tgt)
     kept = ParallelData([], [])

@@ -14,23 +14,18 @@ in and out as needed. The layout follows fairseq's ``mmap`` indexed dataset, sim
     train.LANG.idx.npy   int64 offsets, n + 1 of them: sentence i is bin[idx[i]:idx[i + 1]]
     valid.LANG           the validation text as given (UTF-8), when ``--valid`` was given
 
-Encoding runs in worker processes, chunk by chunk, with at most ``2 * workers`` chunks in
-flight, so preparing does not hold the corpus in memory either (SentencePiece training
-samples at most 2M sentences).
+Encoding runs in worker processes, chunk by chunk (:mod:`nmt.data.encoding`), so preparing
+does not hold the corpus in memory either (SentencePiece training samples at most 2M
+sentences).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import multiprocessing
 import os
-import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from nmt.config import ModelConfig, TrainConfig, check_vocab_floor
+from nmt.data.encoding import DROP_REASONS, encode_chunks
 from nmt.data.prepared import (  # noqa: F401 - re-exported: nmt.data.store is the data folder's API
     META_FILE,
     SPM_FILE,
@@ -61,10 +57,7 @@ from nmt.data.vocab import (
 from nmt.errors import ConfigError, InputError
 from nmt.fileio import fsync_dir, removed_on_error, write_json
 
-CHUNK_LINES = 20_000  # sentence pairs per worker task
 POOL_MIN_LINES = 100_000  # below this, worker processes cost more than they save
-
-DROP_REASONS = ("empty", "too_long", "ratio")
 
 
 @dataclass
@@ -90,106 +83,6 @@ class PrepareSummary:
     tokens: dict[str, int] = field(default_factory=dict)
     valid_lines: int = 0
     seconds: float = 0.0
-
-
-@dataclass
-class EncodedChunk:
-    """Token ids of the kept pairs of one chunk: flat ids and per-sentence lengths."""
-
-    src_ids: np.ndarray
-    src_lens: np.ndarray
-    tgt_ids: np.ndarray
-    tgt_lens: np.ndarray
-    lines: int
-    dropped: dict[str, int]
-
-
-# --- encoding (also run in worker processes: keep this part free of torch) ------------------
-_worker_tokenizer: Tokenizer | None = None
-
-
-def _init_worker(vocab_dir: str) -> None:
-    global _worker_tokenizer
-    _worker_tokenizer = load_tokenizer(vocab_dir)
-
-
-def keep_reason(src_len: int, tgt_len: int, max_len: int, max_ratio: float = 0.0) -> str | None:
-    """Why a pair of ``src_len`` / ``tgt_len`` tokens is dropped, or ``None`` to keep it."""
-    if src_len == 0 or tgt_len == 0:
-        return "empty"
-    if src_len > max_len or tgt_len > max_len:
-        return "too_long"
-    if max_ratio and max(src_len, tgt_len) > max_ratio * min(src_len, tgt_len):
-        return "ratio"
-    return None
-
-
-def _encode_chunk(
-    src: list[str], tgt: list[str], max_len: int, max_ratio: float, dtype: str
-) -> EncodedChunk:
-    """Encode one chunk of pairs with the worker's tokenizer and filter them."""
-    assert _worker_tokenizer is not None, "_init_worker was not called"
-    src_ids, tgt_ids = _worker_tokenizer.encode(src), _worker_tokenizer.encode_target(tgt)
-    dropped = dict.fromkeys(DROP_REASONS, 0)
-    kept_src, kept_tgt = [], []
-    for s, t in zip(src_ids, tgt_ids):
-        reason = keep_reason(len(s), len(t), max_len, max_ratio)
-        if reason is None:
-            kept_src.append(s)
-            kept_tgt.append(t)
-        else:
-            dropped[reason] += 1
-    return EncodedChunk(
-        np.fromiter(itertools.chain.from_iterable(kept_src), dtype=dtype),
-        np.fromiter(map(len, kept_src), dtype=np.int64, count=len(kept_src)),
-        np.fromiter(itertools.chain.from_iterable(kept_tgt), dtype=dtype),
-        np.fromiter(map(len, kept_tgt), dtype=np.int64, count=len(kept_tgt)),
-        len(src),
-        dropped,
-    )
-
-
-def _chunks(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[list[str], list[str]]]:
-    iterator = iter(pairs)
-    while chunk := list(itertools.islice(iterator, CHUNK_LINES)):
-        src, tgt = zip(*chunk)
-        yield list(src), list(tgt)
-
-
-def _start_method() -> str:
-    # fork is fast and re-imports nothing, but is unsafe once other threads run (e.g. a
-    # process group's); then the workers start fresh (they import only this module's needs).
-    if sys.platform == "linux" and threading.active_count() == 1:
-        return "fork"
-    return "spawn"
-
-
-def encode_chunks(
-    pairs: Iterable[tuple[str, str]],
-    vocab_dir: Path,
-    settings: tuple[int, float, str],
-    workers: int,
-) -> Iterator[EncodedChunk]:
-    """Encode ``pairs`` chunk by chunk, in order, in ``workers`` processes (1 = in this one).
-
-    Args:
-        vocab_dir: the folder holding the SentencePiece model(s) (:mod:`nmt.data.vocab`).
-        settings: ``(max_len, max_ratio, id dtype name)``.
-    """
-    if workers <= 1:
-        _init_worker(str(vocab_dir))
-        for src, tgt in _chunks(pairs):
-            yield _encode_chunk(src, tgt, *settings)
-        return
-    context = multiprocessing.get_context(_start_method())
-    with context.Pool(workers, _init_worker, (str(vocab_dir),)) as pool:
-        pending: deque[Any] = deque()
-        for src, tgt in _chunks(pairs):
-            pending.append(pool.apply_async(_encode_chunk, (src, tgt, *settings)))
-            if len(pending) >= 2 * workers:  # bounded read-ahead: memory stays flat
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
 
 
 # --- writing a data folder -----------------------------------------------------------------

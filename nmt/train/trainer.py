@@ -2,17 +2,17 @@
 runs one flat, ordered loop (:meth:`Trainer.run`: stop? → set LR → micro-steps under
 autocast → unscale, clip, step → log → validate → checkpoint).
 
-The schedule is in :mod:`nmt.train.schedule`, the resume checkpoint and its counters in
-:mod:`nmt.train.resume`, validation in :mod:`nmt.train.validation`, the records and the
-observer that receives them in :mod:`nmt.train.log`; the run folder is prepared by
-:mod:`nmt.train.run`.
+The schedule is in :mod:`nmt.train.schedule`, the stopping and time-budget methods in
+:mod:`nmt.train.budget`, the checkpoint methods in :mod:`nmt.train.checkpointing`, the resume
+checkpoint and its counters in :mod:`nmt.train.resume`, validation in
+:mod:`nmt.train.validation`, the records and the observer that receives them in
+:mod:`nmt.train.log`; the run folder is prepared by :mod:`nmt.train.run`.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import signal
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -21,40 +21,30 @@ from pathlib import Path
 import torch
 
 from nmt.config import ModelConfig, TrainConfig
-from nmt.data.batching import BATCHING_VERSION, RankSteps
+from nmt.data.batching import RankSteps
 from nmt.data.multilingual import ValidSet
 from nmt.data.parallel import Batch, Corpus, ParallelData
 from nmt.data.tokenizer import Tokenizer
 from nmt.device import pick_dtype, resolve_device, set_tf32
-from nmt.errors import ConfigError, TrainingError
+from nmt.errors import TrainingError
 from nmt.model import checkpoint as ckpt
 from nmt.model.onednn import use_onednn_training
 from nmt.model.transformer import Transformer
+from nmt.train.budget import TimeBudget
+from nmt.train.checkpointing import RunCheckpoints
 from nmt.train.distributed import DistEnv, sum_across
 from nmt.train.feed import UpdateFeed
 from nmt.train.log import RunLog, RunStart, StepStats, TrainObserver, ValidResult
 from nmt.train.loss import LossModule
-from nmt.train.resume import (
-    TrainState,
-    changed_data_order,
-    corpus_fingerprint,
-    load_resume,
-    save_resume,
-)
-from nmt.train.schedule import (
-    budget_reason,
-    checkpoint_due,
-    learning_rate,
-    planned_steps,
-    schedule_notes,
-)
+from nmt.train.resume import TrainState
+from nmt.train.schedule import checkpoint_due, learning_rate, schedule_notes
 from nmt.train.validation import bleu_chrf, search_output, valid_loss
 
 MAX_BAD_STEPS = 20  # consecutive non-finite losses before training gives up
 MIN_LOSS_SCALE = 1e-4  # fp16: a loss scale below this means the loss is exploding (fairseq)
 
 
-class Trainer:
+class Trainer(TimeBudget, RunCheckpoints):
     """Owns the model, optimizer and data of one run and runs the loop.
 
     Args:
@@ -295,28 +285,6 @@ class Trainer:
             "cudnn_tf32": cuda and torch.backends.cudnn.allow_tf32,
         }
 
-    # --- stopping -----------------------------------------------------------------------
-    def out_of_budget(self) -> str | None:
-        """Why training should stop now (a budget or patience, :func:`nmt.train.schedule.
-        budget_reason`, or a signal), or ``None``."""
-        reason = budget_reason(self.cfg, self.state)
-        if reason is None and self.stop_signal is not None:
-            reason = f"interrupted by signal {signal.Signals(self.stop_signal).name}"
-        return reason
-
-    def check_stop(self, tokens: int = 0) -> tuple[str | None, int]:
-        """Whether to stop before the next update (agreed by all ranks: any rank's reason
-        stops all) and that update's target tokens summed over ranks."""
-        reason = self.out_of_budget()
-        if not self.dist.enabled:
-            return reason, tokens
-        total, stops = sum_across(
-            [float(tokens), float(reason is not None)], self.dist, self.device
-        )
-        if stops and reason is None:
-            reason = "stopped together with another process"
-        return reason, int(total)
-
     def skipped_update(self, bad_in_row: int) -> int:
         """Count a skipped (non-finite) update; give up after ``MAX_BAD_STEPS`` in a row, or
         with fp16 once the loss scale has fallen below ``MIN_LOSS_SCALE`` (overflows that
@@ -349,80 +317,6 @@ class Trainer:
             f"{problem}; the weights are no longer finite, so {self.out_dir} keeps its last "
             f"resume checkpoint (from before); {hint}"
         )
-
-    # --- the schedule's budget ----------------------------------------------------------
-    def clock(self) -> float:
-        """Seconds of a monotonic wall clock (a method, so that tests can slow time down)."""
-        return time.monotonic()
-
-    def count_time(self) -> None:
-        """Set ``state.elapsed_s``: the seconds before this start plus the wall-clock time
-        since the loop began (:meth:`run`)."""
-        start, before = self.loop_start
-        self.state.elapsed_s = before + self.clock() - start
-
-    def budget_steps(self) -> int:
-        """The last update of a linear schedule: the smallest of ``max_steps``, ``max_epochs``
-        × updates per epoch and the plan for ``max_minutes`` (0 = not known yet)."""
-        c, s = self.cfg, self.state
-        ends = [n for n in (c.max_steps, c.max_epochs * self.steps_per_epoch, s.planned_steps) if n]
-        return min(ends, default=0)
-
-    def decay_anchor(self) -> tuple[int, float] | None:
-        """``(update, learning rate)`` the linear decay runs from since the last time plan
-        (``None`` before one: from the end of the warm-up at the peak rate)."""
-        s = self.state
-        return (s.plan_step, s.plan_lr) if s.plan_step else None
-
-    def plan_time_budget(self) -> None:
-        """(Re-)plan ``max_minutes`` as a number of updates, at every validation after the
-        warm-up: the seconds left divided by rank 0's time per update since the last plan
-        (the whole run's before the first; validation and checkpoints included), shared with
-        every rank. The decay restarts from the current rate (it stays continuous) towards
-        the new end; the plan is kept in ``resume.pt``.
-
-        Re-planning follows the wall clock, so the decay ends when the time does even when
-        updates get faster or slower as the run goes (a plan made once ended 10% early in
-        ``make demo``).
-        """
-        c, s = self.cfg, self.state
-        lr_now = learning_rate(c, s.step, self.budget_steps(), self.decay_anchor())
-        recent = s.step > s.plan_step > 0 and s.elapsed_s > s.plan_elapsed_s
-        since = (s.plan_step, s.plan_elapsed_s) if recent else (0, 0.0)
-        plan = planned_steps(
-            s.step - since[0], s.elapsed_s - since[1], c.max_minutes * 60 - since[1]
-        )
-        plan += since[0]
-        shared = sum_across(
-            [float(plan if self.dist.is_main else 0), s.elapsed_s if self.dist.is_main else 0.0],
-            self.dist,
-            self.device,
-        )
-        s.planned_steps, s.plan_step, s.plan_lr = int(shared[0]), s.step, lr_now
-        s.plan_elapsed_s, s.plan_minutes = shared[1], c.max_minutes
-        self.run_log.write({"type": "plan", "step": s.step, "planned_steps": s.planned_steps})
-        per_update = (s.elapsed_s - since[1]) / max(s.step - since[0], 1)
-        self.observer.on_message(
-            f"time budget: {s.planned_steps} updates fit into max_minutes={c.max_minutes:g} "
-            f"at {per_update:.2f} s per update lately; the learning rate decays linearly from "
-            f"{lr_now:.2e} to 0 by then"
-        )
-
-    def replan_changed_budget(self) -> None:
-        """On resume with another ``max_minutes`` than the one planned for: re-plan at once
-        from the new budget (or, with none left, decay towards the step or epoch budget),
-        the rate continuing from where the run stopped."""
-        c, s = self.cfg, self.state
-        self.observer.on_message(
-            f"max_minutes changed from {s.plan_minutes:g} to {c.max_minutes:g} since the last "
-            "plan: re-planning the linear decay"
-        )
-        if not c.max_minutes:
-            lr_now = learning_rate(c, s.step, self.budget_steps(), self.decay_anchor())
-            s.planned_steps, s.plan_minutes = 0, 0.0
-            s.plan_step, s.plan_lr, s.plan_elapsed_s = s.step, lr_now, s.elapsed_s
-            return
-        self.plan_time_budget()
 
     # --- validation ---------------------------------------------------------------------
     def validate(self) -> ValidResult:
@@ -474,80 +368,6 @@ class Trainer:
         self.run_log.write({"type": "valid", **vars(result)})
         self.observer.on_validate(result)
         return result
-
-    # --- checkpoints --------------------------------------------------------------------
-    def data_order(self) -> dict[str, int | str]:
-        """What decides the order of the batches, and so what the saved position in an
-        epoch means: batch size, seed, batches per update (processes × accum: update ``i``
-        takes the plan's batches ``i × W × A`` to ``(i + 1) × W × A - 1`` whichever way they
-        are shared out) and the corpus."""
-        c = self.cfg
-        if self.corpus_fingerprint is None:  # once: the corpus does not change in a run
-            self.corpus_fingerprint = corpus_fingerprint(self.train_data)
-        return {
-            "batching": BATCHING_VERSION,
-            "batch_tokens": c.batch_tokens,
-            "seed": c.seed,
-            "batches_per_update": self.dist.world_size * c.accum,
-            "corpus": self.corpus_fingerprint,
-        }
-
-    def save_resume(self) -> None:
-        """Write ``resume.pt`` and ``last.safetensors`` (:func:`nmt.train.resume.save_resume`; all
-        ranks must call it), with :meth:`data_order`."""
-        save_resume(
-            self.out_dir,
-            self.model,
-            self.optimizer,
-            self.scaler,
-            self.state,
-            self.dist,
-            {
-                "data_order": self.data_order(),
-                "update": {
-                    "update_tokens": self.update_tokens,
-                    "accum": self.cfg.accum,
-                    "world_size": self.dist.world_size,
-                },
-            },
-        )
-
-    def load_resume(self, path: Path, reset_data_position: bool = False) -> None:
-        """Restore everything :meth:`save_resume` wrote.
-
-        Args:
-            reset_data_position: when the batch order differs from the saved run's (see
-                :meth:`data_order`), continue the weights and optimizer from the start of a
-                new epoch instead of refusing.
-
-        Raises:
-            ConfigError: the batch order differs (the field, both values and the ways out
-                named) and ``reset_data_position`` is not set.
-            CheckpointError: an unreadable checkpoint.
-        """
-        self.state, saved = load_resume(path, self.model, self.optimizer, self.scaler, self.dist)
-        changed = changed_data_order(saved, self.data_order(), path, self.state.epoch)
-        if changed and not reset_data_position:
-            raise ConfigError(changed)
-        if changed:
-            if self.state.batch_in_epoch:
-                self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
-            self.observer.on_message(
-                f"{changed.split(';')[0]}: continuing from the start of epoch {self.state.epoch}"
-            )
-
-    def step_checkpoint(self) -> Path:
-        """``checkpoints/step-N.safetensors`` of the current step."""
-        return self.out_dir / "checkpoints" / f"step-{self.state.step:08d}.safetensors"
-
-    def save_step_checkpoint(self) -> None:
-        """Write ``checkpoints/step-N.safetensors`` and keep the newest ``keep_checkpoints``."""
-        if not self.dist.is_main:
-            return
-        path = self.step_checkpoint()
-        ckpt.save_weights(path, self.model, self.state.step)
-        for old in sorted(path.parent.glob("step-*.safetensors"))[: -self.cfg.keep_checkpoints]:
-            old.unlink()
 
     def finish(self) -> None:
         """Final validation (unless the last step just had one) and checkpoints."""
