@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from agreement import assert_float32_agree
+from agreement import assert_float32_agree, inject_bf16_log_probs
 
+import nmt.decode.search as search
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from nmt.decode.beam import beam_search
@@ -124,45 +125,113 @@ def scripted_src(*sentences: tuple[int, int]) -> torch.Tensor:
     return pad(rows, suffix=EOS_ID)
 
 
-def test_scripted_greedy() -> None:
-    [hyp] = greedy_search(ScriptedModel(), scripted_src((0, 3)))
+# Search's scores against the values worked out by hand above (float64 logarithms): search
+# adds float32 log-probabilities, one rounding of ~6e-8 each, so the 1-3 steps of TABLE stay
+# within HAND_TOL and the 5-10 steps to a length limit within LONG_HAND_TOL. The companions:
+# log-probabilities rounded to bfloat16 (a cast left in) and the EOS forced at the limit
+# given for free (log 1 = 0 instead of log LATE_EOS) (tests/README.md).
+HAND_TOL, LONG_HAND_TOL = 1e-6, 1e-5
+Scores = tuple[list[float], list[float]]  # (search's, worked out by hand)
+
+
+def assert_hand_scores(got: list[float], want: list[float], tol: float) -> None:
+    """Search's scores ``got`` within ``tol`` of the hand-worked ``want``; prints the gap."""
+    gap = max(abs(g - w) for g, w in zip(got, want, strict=True))
+    print(f"search vs hand-worked scores: gap {gap:.2g} (tol {tol:g})")
+    assert gap <= tol, f"scores {got} vs hand-worked {want}: {gap:.3g} apart, beyond {tol:g}"
+
+
+def greedy_scores(model: ScriptedModel) -> Scores:
+    """Greedy on sentence 0: [A], P = 0.2 (score and normalized score)."""
+    [hyp] = greedy_search(model, scripted_src((0, 3)))
     assert hyp.tokens == [A]
-    assert hyp.score == pytest.approx(math.log(0.2), abs=1e-6)
-    assert hyp.normalized == hyp.score
+    return [hyp.score, hyp.normalized], [math.log(0.2)] * 2
 
 
-def test_scripted_beam_2_beats_greedy_and_length_penalty_flips_the_winner() -> None:
-    model, src = ScriptedModel(), scripted_src((0, 3))
+def beam_2_scores(model: ScriptedModel) -> Scores:
+    """Beam 2 on sentence 0, alpha 0 then 1: the winners and their scores worked out above
+    (the length penalty flips the winner)."""
+    src = scripted_src((0, 3))
     [[raw, raw_second]] = beam_search(model, src, beam_size=2, length_penalty_alpha=0.0, nbest=2)
     assert raw.tokens == [B] and raw_second.tokens == [B, C]
-    assert raw.score == pytest.approx(math.log(0.234), abs=1e-6)
-    assert raw_second.score == pytest.approx(math.log(0.216), abs=1e-6)
     assert raw.score > math.log(0.2)  # greedy's [A]
     [[best, second]] = beam_search(model, src, beam_size=2, length_penalty_alpha=1.0, nbest=2)
     assert best.tokens == [B, C] and second.tokens == [B]
-    assert best.score == pytest.approx(math.log(0.216), abs=1e-6)
-    assert best.normalized == pytest.approx(math.log(0.216) / (8 / 6), abs=1e-6)
-    assert second.normalized == pytest.approx(math.log(0.234) / (7 / 6), abs=1e-6)
+    got = [raw.score, raw_second.score, best.score, best.normalized, second.normalized]
+    b, bc = math.log(0.234), math.log(0.216)
+    return got, [b, bc, bc, bc / (8 / 6), b / (7 / 6)]
+
+
+def beam_1_scores(model: ScriptedModel) -> Scores:
+    """Beam 1 on sentence 0: greedy's [A], P = 0.2."""
+    [[hyp]] = beam_search(model, scripted_src((0, 3)), beam_size=1)
+    assert hyp.tokens == [A]
+    return [hyp.score], [math.log(0.2)]
+
+
+def limit_scores(model: ScriptedModel, beam_size: int) -> Scores:
+    """Sentences that never end, of lengths 4 and 1 (EOS not counted): limits int(1.5 * 4)
+    + 3 = 9 and int(1.5 * 1) + 3 = 4 tokens, then EOS forced with its own log-probability."""
+    src = scripted_src((1, 4), (1, 1))
+    assert max_lengths(src, 1.5, 3, cap=100).tolist() == [9, 4]
+    if beam_size == 1:
+        hyps = greedy_search(model, src, max_len_a=1.5, max_len_b=3)
+    else:
+        hyps = [h[0] for h in beam_search(model, src, beam_size, 0.0, 1.5, 3)]
+    assert [h.tokens for h in hyps] == [[A] * 9, [A] * 4]
+    want = [n * math.log(0.6) + math.log(LATE_EOS) for n in (9, 4)]
+    return [h.score for h in hyps], want
+
+
+def test_scripted_greedy() -> None:
+    assert_hand_scores(*greedy_scores(ScriptedModel()), HAND_TOL)
+
+
+def test_scripted_beam_2_beats_greedy_and_length_penalty_flips_the_winner() -> None:
+    assert_hand_scores(*beam_2_scores(ScriptedModel()), HAND_TOL)
 
 
 def test_scripted_beam_1_is_greedy() -> None:
-    [[hyp]] = beam_search(ScriptedModel(), scripted_src((0, 3)), beam_size=1)
-    assert hyp.tokens == [A] and hyp.score == pytest.approx(math.log(0.2), abs=1e-6)
+    assert_hand_scores(*beam_1_scores(ScriptedModel()), HAND_TOL)
 
 
 @pytest.mark.parametrize("beam_size", [1, 2, 3])
 def test_model_that_never_ends_stops_at_a_times_src_len_plus_b(beam_size: int) -> None:
-    # Source lengths 4 and 1 (EOS not counted): limits int(1.5 * 4) + 3 = 9 and
-    # int(1.5 * 1) + 3 = 4 tokens, then EOS is forced with its own log-probability.
-    src = scripted_src((1, 4), (1, 1))
-    assert max_lengths(src, 1.5, 3, cap=100).tolist() == [9, 4]
-    if beam_size == 1:
-        hyps = greedy_search(ScriptedModel(), src, max_len_a=1.5, max_len_b=3)
-    else:
-        hyps = [h[0] for h in beam_search(ScriptedModel(), src, beam_size, 0.0, 1.5, 3)]
-    assert [h.tokens for h in hyps] == [[A] * 9, [A] * 4]
-    assert hyps[0].score == pytest.approx(9 * math.log(0.6) + math.log(LATE_EOS), abs=1e-5)
-    assert hyps[1].score == pytest.approx(4 * math.log(0.6) + math.log(LATE_EOS), abs=1e-5)
+    assert_hand_scores(*limit_scores(ScriptedModel(), beam_size), LONG_HAND_TOL)
+
+
+@pytest.mark.parametrize("scores", [greedy_scores, beam_2_scores, beam_1_scores])
+def test_hand_bound_fails_log_probs_rounded_to_bf16(
+    scores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HAND_TOL's companion: the same outputs, but each step's log-probabilities rounded to
+    bfloat16 (a cast left in) before search adds them."""
+    model = ScriptedModel()
+    inject_bf16_log_probs(monkeypatch, model)
+    with pytest.raises(AssertionError, match="beyond"):
+        assert_hand_scores(*scores(model), HAND_TOL)
+
+
+def free_eos_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bug ``search._only_eos`` guards against: a row at its length limit ends with EOS
+    for free (log 1 = 0), not with the model's log-probability of EOS."""
+
+    def free(logp: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
+        forced = torch.full_like(logp, float("-inf"))
+        forced[:, eos_id] = 0.0
+        return forced
+
+    monkeypatch.setattr(search, "_only_eos", free)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_long_hand_bound_fails_a_free_eos_at_the_limit(
+    beam_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LONG_HAND_TOL's companion: the EOS forced at the limit given for free."""
+    free_eos_at_the_limit(monkeypatch)
+    with pytest.raises(AssertionError, match="beyond"):
+        assert_hand_scores(*limit_scores(ScriptedModel(), beam_size), LONG_HAND_TOL)
 
 
 def test_length_limit_is_capped_by_the_position_table() -> None:
@@ -179,9 +248,8 @@ def test_scripted_nbest_order_and_scores() -> None:
     [hyps] = beam_search(ScriptedModel(), scripted_src((1, 1)), 3, 1.0, 1.0, 3, nbest=3)
     assert len(hyps) == 3 and hyps[0].tokens == [A] * 4
     end = math.log(LATE_EOS)
-    assert [h.score for h in hyps] == pytest.approx(
-        [4 * math.log(0.6) + end] + 2 * [3 * math.log(0.6) + math.log(0.4) + end], abs=1e-5
-    )
+    want = [4 * math.log(0.6) + end] + 2 * [3 * math.log(0.6) + math.log(0.4) + end]
+    assert_hand_scores([h.score for h in hyps], want, LONG_HAND_TOL)
     assert all(h.tokens.count(B) == 1 for h in hyps[1:]) and hyps[1].tokens != hyps[2].tokens
 
 
@@ -283,6 +351,30 @@ def forced_log_prob(model: Transformer, src_ids: list[int], tokens: list[int]) -
         return float(logp.gather(1, labels[:, None]).sum())
 
 
+# The score search reports (summed step by step from the cached decoder) against the
+# forced-decoding log-probability of the same output (the whole prefix at once): two float32
+# paths, compared per token (EOS counted) as agreement.py's SCORE_TOL; whole scores of up to
+# ~30 tokens differed by 1.5e-5. Its companions: the EOS forced at a length limit, or a
+# target prefix, given for free (tests/README.md).
+SEARCH_FORCED_TOL = 1e-4  # per token
+
+
+def assert_scores_are_forced(
+    model: Transformer, sources: list[list[int]], found: list[list[Hypothesis]]
+) -> None:
+    """Every hypothesis of ``found`` (per source of ``sources``) scores its forced-decoding
+    log-probability within SEARCH_FORCED_TOL per token (EOS counted); prints the largest
+    gap per token."""
+    gaps = [
+        abs(h.score - forced_log_prob(model, ids, h.tokens)) / (len(h.tokens) + 1)
+        for ids, hyps in zip(sources, found, strict=True)
+        for h in hyps
+    ]
+    print(f"search vs forced scores: gap {max(gaps):.2g}/token (tol {SEARCH_FORCED_TOL:g})")
+    bad = sum(g > SEARCH_FORCED_TOL for g in gaps)
+    assert not bad, f"{bad} of {len(gaps)} scores beyond {SEARCH_FORCED_TOL:g}/token of forced"
+
+
 @pytest.mark.kernels
 def test_reported_score_is_the_forced_decoding_log_probability(trained, sources) -> None:
     """Also for hypotheses cut at the length limit (a = 0.5, b = 1 cuts most of them): EOS is
@@ -294,15 +386,27 @@ def test_reported_score_is_the_forced_decoding_log_probability(trained, sources)
         limits = max_lengths(src, a, b, model.cfg.max_positions - 1).tolist()
         nbest = beam_search(model, src, 5, 1.0, a, b, nbest=5)
         greedy = greedy_search(model, src, a, b)
-        for ids, hyps, h1, limit in zip(sources, nbest, greedy, limits):
-            assert len(hyps) == 5
-            for h in [*hyps, h1]:
-                at_limit += len(h.tokens) == limit
-                assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+        assert all(len(hyps) == 5 for hyps in nbest)
+        assert_scores_are_forced(model, sources, [[*hyps, h1] for hyps, h1 in zip(nbest, greedy)])
+        for hyps, h1, limit in zip(nbest, greedy, limits):
+            at_limit += sum(len(h.tokens) == limit for h in [*hyps, h1])
             for h in hyps:
                 lp = length_penalty(len(h.tokens) + 1, 1)
                 assert h.normalized == pytest.approx(h.score / lp)
     assert at_limit >= len(sources)
+
+
+@pytest.mark.kernels
+def test_forced_bound_fails_a_free_eos_at_the_limit(
+    trained, sources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEARCH_FORCED_TOL's companion: greedy outputs cut at the limit (a = 0.5, b = 1) whose
+    forced EOS is given for free."""
+    model, _ = trained
+    free_eos_at_the_limit(monkeypatch)
+    greedy = greedy_search(model, batch(sources), 0.5, 1)
+    with pytest.raises(AssertionError, match="beyond"):
+        assert_scores_are_forced(model, sources, [[h] for h in greedy])
 
 
 @pytest.mark.kernels
@@ -322,6 +426,14 @@ def test_nbest_is_ordered_distinct_and_starts_with_the_1best(trained, sources) -
 # --- target prefixes --------------------------------------------------------------------------
 
 
+def reference_prefixes(tokenizer: Tokenizer, refs: list[str]) -> list[list[int]]:
+    """The first 1-4 words of each reference as a target prefix; none for every third."""
+    return [
+        [] if i % 3 == 0 else tokenizer.encode([" ".join(ref.split()[: 1 + i % 4])])[0]
+        for i, ref in enumerate(refs)
+    ]
+
+
 @pytest.mark.kernels
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_prefix_is_forced_and_the_score_is_the_forced_decoding_score(
@@ -333,11 +445,7 @@ def test_prefix_is_forced_and_the_score_is_the_forced_decoding_score(
     own tokens are scored, not given for free. Sentences without a prefix (every third) are
     searched as they would be without any prefixes in the batch."""
     model, tokenizer = trained
-    refs = multi30k("test_2016_flickr", "en", len(sources))
-    prefixes = [
-        [] if i % 3 == 0 else tokenizer.encode([" ".join(ref.split()[: 1 + i % 4])])[0]
-        for i, ref in enumerate(refs)
-    ]
+    prefixes = reference_prefixes(tokenizer, multi30k("test_2016_flickr", "en", len(sources)))
     src = batch(sources)
     prefix = prefix_tensor(prefixes, src.device)
     if beam_size == 1:
@@ -347,17 +455,39 @@ def test_prefix_is_forced_and_the_score_is_the_forced_decoding_score(
         found = beam_search(model, src, beam_size, 1.0, 2.0, 20, prefix=prefix)
         plain = beam_search(model, src, beam_size, 1.0, 2.0, 20)
     continued = 0
-    for ids, p, hyps in zip(sources, prefixes, found):
+    for p, hyps in zip(prefixes, found):
         h = hyps[0]
         assert h.tokens[: len(p)] == p
         continued += len(h.tokens) > len(p)
-        assert h.score == pytest.approx(forced_log_prob(model, ids, h.tokens), abs=1e-4)
+    assert_scores_are_forced(model, sources, [hyps[:1] for hyps in found])
     assert continued >= 0.8 * len(sources)
     assert sum(bool(p) for p in prefixes) >= 7
     free = [i for i, p in enumerate(prefixes) if not p]
     as_plain = {tuple(sources[i]): plain[i] for i in free}
     as_prefixed = {tuple(sources[i]): found[i] for i in free}
     assert_float32_agree(model, beam_size, as_plain, as_prefixed)
+
+
+@pytest.mark.kernels
+def test_forced_bound_fails_a_prefix_given_for_free(
+    trained, sources, multi30k, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEARCH_FORCED_TOL's companion for prefixes: a search that forces the prefix tokens
+    with log-probability 0 (given for free) instead of the model's own."""
+    model, tokenizer = trained
+    prefixes = reference_prefixes(tokenizer, multi30k("test_2016_flickr", "en", len(sources)))
+
+    def for_free(logp: torch.Tensor, tokens: torch.Tensor) -> None:
+        rows = (tokens >= 0).nonzero()[:, 0]
+        logp[rows] = float("-inf")
+        logp[rows, tokens[rows]] = 0.0
+
+    monkeypatch.setattr(search, "force_tokens", for_free)
+    found = greedy_search(
+        model, batch(sources), 2.0, 20, prefix_tensor(prefixes, torch.device("cpu"))
+    )
+    with pytest.raises(AssertionError, match="beyond"):
+        assert_scores_are_forced(model, sources, [[h] for h in found])
 
 
 def test_prefix_tensor() -> None:
