@@ -21,6 +21,7 @@ from test_cuda import (
 )
 from test_train import Recorder
 
+import nmt.train.checkpointing
 import nmt.train.loss
 import nmt.train.trainer
 from nmt.train.run import train
@@ -115,7 +116,7 @@ def test_resume_bound_fails_a_resume_that_leaves_the_rng_state(
 
     straight = run(tmp_path / "straight", 12)
     run(tmp_path / "split", 7)
-    load_resume = nmt.train.trainer.load_resume
+    load_resume = nmt.train.checkpointing.load_resume
 
     def keeping_the_rng(*args: Any, **kwargs: Any) -> Any:
         rng = torch.get_rng_state()
@@ -123,7 +124,7 @@ def test_resume_bound_fails_a_resume_that_leaves_the_rng_state(
         torch.set_rng_state(rng)
         return loaded
 
-    monkeypatch.setattr(nmt.train.trainer, "load_resume", keeping_the_rng)
+    monkeypatch.setattr(nmt.train.checkpointing, "load_resume", keeping_the_rng)
     resumed = run(tmp_path / "split", 12)
     assert [s.step for s in resumed.steps] == list(range(8, 13))
     expected = [s.loss for s in straight.steps[7:]]

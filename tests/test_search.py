@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from agreement import assert_float32_agree, inject_bf16_log_probs
 
+import nmt.decode.beam as beam
 import nmt.decode.search as search
 from nmt.data.parallel import pad
 from nmt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
@@ -213,7 +214,7 @@ def test_hand_bound_fails_log_probs_rounded_to_bf16(
 
 
 def free_eos_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bug ``search._only_eos`` guards against: a row at its length limit ends with EOS
+    """The bug ``search.only_eos`` guards against: a row at its length limit ends with EOS
     for free (log 1 = 0), not with the model's log-probability of EOS."""
 
     def free(logp: torch.Tensor, eos_id: int = EOS_ID) -> torch.Tensor:
@@ -221,7 +222,8 @@ def free_eos_at_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
         forced[:, eos_id] = 0.0
         return forced
 
-    monkeypatch.setattr(search, "_only_eos", free)
+    monkeypatch.setattr(search, "only_eos", free)
+    monkeypatch.setattr(beam, "only_eos", free)  # beam search imports it by name
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
