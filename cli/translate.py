@@ -103,7 +103,8 @@ def check_output_options(
         ConfigError: ``--nbest-format`` without ``--nbest``; ``--scores`` with n-best
             lines (:func:`nbest_listed`: they carry the log-probability already); ``--nbest``,
             ``--alignment``, ``--ref`` or ``--target-prefix`` with ``--score-target``
-            (which prints scores of given translations, one line each).
+            (which prints scores of given translations, one line each); ``--alignment`` with
+            n-best lines (they have no alignment field).
     """
     if nbest_format is not None and nbest_format not in NBEST_FORMATS:
         raise ConfigError(
@@ -134,6 +135,11 @@ def check_output_options(
     if scores and nbest_listed(nbest, nbest_format):
         raise ConfigError(
             f"--nbest {nbest} lines carry each hypothesis's log-probability already: drop --scores"
+        )
+    if alignment and nbest_listed(nbest, nbest_format):
+        raise ConfigError(
+            f"--nbest {nbest}{f' --nbest-format {nbest_format}' if nbest_format else ''}: "
+            "n-best lines have no alignment field; drop --alignment"
         )
 
 
@@ -309,7 +315,7 @@ def translate(
         length_penalty=length_penalty,
         max_len_a=max_len_a,
         max_len_b=max_len_b,
-        nbest=nbest or 1,
+        nbest=1 if nbest is None else nbest,
         batch_tokens=batch_tokens,
         batch_size=batch_size,
         alignment=alignment,

@@ -414,6 +414,8 @@ def test_weights_by_name_are_the_model_folders(
         (["--nbest", "2", "--beam-size", "2", "--score-target", "in.de"], "drop --nbest 2"),
         (["--alignment", "--score-target", "in.de"], "drop --alignment"),
         (["--nbest-format", "xml", "--nbest", "2"], "--nbest-format xml: choose one of tsv"),
+        (["--nbest", "1", "--nbest-format", "moses", "--alignment"], "have no alignment field"),
+        (["--nbest", "0"], "--nbest 0 must be between 1"),
     ],
 )
 def test_options_the_output_would_ignore_are_errors(
